@@ -1,0 +1,120 @@
+"""Django admin for operators: inventory, server types (burn-in thresholds editable), reservations, audit.
+
+BMC passwords never appear: the credential admin shows the username only, and a new password is written
+through a write-only field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+
+from provisioner import models
+from provisioner.models.inventory import SERVER_TYPE_FIELDS
+
+_DESCRIPTION_FIELDS = ("name", "description", "hourly_price_cents")
+
+
+class ServerTypeForm(forms.ModelForm):
+    class Meta:
+        model = models.ServerType
+        fields = ("slug", *SERVER_TYPE_FIELDS, "burnin_thresholds")
+
+    def clean_burnin_thresholds(self) -> dict[str, Any]:
+        from provisioner.burnin.thresholds import resolve_thresholds
+        from provisioner.errors import InvalidRequest
+
+        value = self.cleaned_data["burnin_thresholds"] or {}
+        try:
+            resolve_thresholds(value)  # unknown keys and bad values get a clear message
+        except InvalidRequest as exc:
+            raise forms.ValidationError(str(exc))
+        return value
+
+
+@admin.register(models.ServerType)
+class ServerTypeAdmin(admin.ModelAdmin):
+    form = ServerTypeForm
+    list_display = ("slug", "name", "gpu_model", "gpu_count", "pcie_gen", "nvlink_links")
+    fieldsets = (
+        (None, {"fields": ("slug", *_DESCRIPTION_FIELDS)}),
+        ("Hardware", {"fields": tuple(f for f in SERVER_TYPE_FIELDS if f not in _DESCRIPTION_FIELDS)}),
+        (
+            "Burn-in",
+            {
+                "fields": ("burnin_thresholds",),
+                "description": "Overrides of the default thresholds in provisioner/burnin/thresholds.py "
+                "(key: value; null turns a limit off).",
+            },
+        ),
+    )
+
+
+class BmcCredentialForm(forms.ModelForm):
+    new_password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="write-only; leave empty to keep the current password",
+    )
+
+    class Meta:
+        model = models.BmcCredential
+        fields = ("node", "username")
+
+    def save(self, commit: bool = True) -> models.BmcCredential:
+        cred = super().save(commit=False)
+        if self.cleaned_data.get("new_password"):
+            cred.password = self.cleaned_data["new_password"]
+        if commit:
+            cred.save()
+        return cred
+
+
+@admin.register(models.BmcCredential)
+class BmcCredentialAdmin(admin.ModelAdmin):
+    form = BmcCredentialForm
+    list_display = ("node", "username", "updated_at")
+
+
+@admin.register(models.Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ("name", "server_type", "state", "power_state", "bmc_protocol", "bmc_address", "owner")
+    list_filter = ("state", "power_state", "server_type", "bmc_protocol")
+    search_fields = ("name", "serial", "boot_mac", "bmc_address")
+    # state is written only through the lifecycle service (provisioner/services/lifecycle.py)
+    readonly_fields = (
+        "state",
+        "state_changed_at",
+        "state_reason",
+        "power_state",
+        "lease_owner",
+        "lease_operation",
+        "lease_expires_at",
+        "host_key_fingerprints",
+        "known_hosts",
+    )
+
+
+for model in (models.Site, models.Rack, models.Image, models.Organization, models.Membership):
+    admin.site.register(model)
+
+
+@admin.register(models.Reservation)
+class ReservationAdmin(admin.ModelAdmin):
+    list_display = ("pk", "organization", "server_type", "count", "state", "starts_at", "ends_at")
+    list_filter = ("state", "server_type")
+    readonly_fields = ("state",)
+
+
+@admin.register(models.AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "action", "node", "from_state", "to_state", "actor_label", "reason")
+    list_filter = ("action",)
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,72 @@
+"""The reaper: finds operations whose worker died (no heartbeat for a lease TTL) and resumes or fails them.
+
+django-tasks-db leaves a killed worker's task marked running forever, so recovery lives here, on our
+Operation rows. A resumed operation restarts its current step, which is safe because steps are idempotent.
+After NEOCLOUD_MAX_RECOVERIES resumptions the operation is failed and its node moved to ``error`` with the
+reason, so that no node stays in a transient state.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from provisioner.engine.runner import enqueue
+from provisioner.models import LogLine, Node, Operation, Step
+from provisioner.services.audit import Actor
+from provisioner.states import OperationState, StepState
+
+log = logging.getLogger(__name__)
+
+
+def reap(now=None) -> dict[str, int]:
+    """One pass. Returns counts of resumed and failed operations."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.NEOCLOUD_LEASE_TTL_SECONDS)
+    counts = {"resumed": 0, "failed": 0}
+    for op in Operation.objects.filter(state=OperationState.RUNNING, heartbeat_at__lt=stale_before):
+        with transaction.atomic():
+            # Conditional update: only one reaper wins the right to recover this operation.
+            taken = Operation.objects.filter(
+                pk=op.pk, state=OperationState.RUNNING, worker_id=op.worker_id, heartbeat_at=op.heartbeat_at
+            ).update(state=OperationState.PENDING, worker_id="", recoveries=op.recoveries + 1)
+            if taken != 1:
+                continue
+            dead_worker = op.worker_id
+            Node.objects.filter(pk=op.node_id, lease_owner=dead_worker).update(
+                lease_owner="", lease_operation=None, lease_expires_at=None
+            )
+            Step.objects.filter(operation=op, state=StepState.RUNNING).update(state=StepState.PENDING)
+            if op.recoveries + 1 <= settings.NEOCLOUD_MAX_RECOVERIES:
+                LogLine.objects.create(
+                    operation=op,
+                    level=LogLine.Level.WARNING,
+                    message=f"worker {dead_worker} stopped heartbeating; resuming at step {op.current_step}",
+                )
+                enqueue(op)
+                counts["resumed"] += 1
+                continue
+        _give_up(op, dead_worker)
+        counts["failed"] += 1
+    return counts
+
+
+def _give_up(op: Operation, dead_worker: str) -> None:
+    from provisioner.services import hooks
+
+    message = (
+        f"worker {dead_worker} died and the operation was already resumed "
+        f"{settings.NEOCLOUD_MAX_RECOVERIES} times; giving up"
+    )
+    Operation.objects.filter(pk=op.pk).update(
+        state=OperationState.FAILED, finished_at=timezone.now(), error=message, error_code="worker_lost"
+    )
+    LogLine.objects.create(operation=op, level=LogLine.Level.ERROR, message=message)
+    step = Step.objects.filter(operation=op, index=op.current_step).first()
+    hooks.operation_failed(
+        Operation.objects.get(pk=op.pk), step, None, Actor.system("reaper"), message=message
+    )

@@ -1,0 +1,267 @@
+"""Running an operation: claim it, hold the node's lease, run its steps in order, finish or fail it.
+
+Every step is idempotent, so an operation interrupted anywhere (a killed worker, a lost lease) can be
+resumed from its current step by any worker. Retryable errors are retried with exponential backoff up to
+the step's attempt limit; a step that overruns its timeout is interrupted and counts as a retryable failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from provisioner.engine import steps as _steps  # noqa: F401 - registers the step functions
+from provisioner.engine.context import StepCancelled, StepContext
+from provisioner.engine.locks import Heartbeat, node_task
+from provisioner.engine.registry import STEPS, plan_for
+from provisioner.errors import IllegalTransition, NeocloudError, NodeLocked, StepTimeout
+from provisioner.models import LogLine, Operation, Step
+from provisioner.services.audit import Actor
+from provisioner.states import OperationState, StepState
+
+log = logging.getLogger(__name__)
+
+_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def worker_id() -> str:
+    return _WORKER_ID
+
+
+def create_operation(
+    kind: str, node, *, reservation=None, requested_by=None, params=None, rollout=None
+) -> Operation:
+    """Create an operation with its planned steps (pending). The caller enqueues it after commit."""
+    op = Operation.objects.create(
+        kind=kind,
+        node=node,
+        reservation=reservation,
+        requested_by=requested_by,
+        params=params or {},
+        rollout=rollout,
+    )
+    Step.objects.bulk_create(
+        Step(
+            operation=op,
+            index=i,
+            name=spec.name,
+            max_attempts=spec.max_attempts,
+            timeout_seconds=spec.timeout_seconds,
+        )
+        for i, spec in enumerate(plan_for(kind))
+    )
+    return op
+
+
+def enqueue(op: Operation, *, delay: float = 0) -> None:
+    """Queue the operation for a worker once the current transaction commits."""
+    from provisioner.engine.tasks import execute_operation
+
+    def send() -> None:
+        task = execute_operation
+        if delay:
+            task = task.using(run_after=timezone.now() + timedelta(seconds=delay))
+        task.enqueue(op.pk)
+
+    transaction.on_commit(send)
+
+
+class StepFailed(Exception):
+    def __init__(self, step: Step | None, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.step = step
+        self.error = error
+
+
+def claim(operation_id: int, owner: str) -> Operation | None:
+    """Take an operation that is pending (or running under this same worker id). Conditional update."""
+    now = timezone.now()
+    updated = Operation.objects.filter(
+        Q(state=OperationState.PENDING) | Q(state=OperationState.RUNNING, worker_id=owner), pk=operation_id
+    ).update(state=OperationState.RUNNING, worker_id=owner, heartbeat_at=now)
+    if updated != 1:
+        return None
+    op = Operation.objects.select_related("node", "reservation").get(pk=operation_id)
+    if op.started_at is None:
+        Operation.objects.filter(pk=op.pk).update(started_at=now)
+    return op
+
+
+def execute(operation_id: int, owner: str | None = None) -> str:
+    """Run one operation to its end. Returns its final state (or 'skipped'/'deferred')."""
+    owner = owner or worker_id()
+    op = claim(operation_id, owner)
+    if op is None:
+        return "skipped"
+    actor = Actor.system(f"worker:{owner}")
+    try:
+        with node_task(op.node_id, owner, op) as heartbeat:
+            _log(op, None, f"{op.kind} started on {op.node.name} by {owner}")
+            _run_steps(op, actor, heartbeat)
+    except NodeLocked as exc:
+        # Another operation holds the node (e.g. a provision being cancelled): try again shortly.
+        Operation.objects.filter(pk=op.pk, worker_id=owner).update(state=OperationState.PENDING, worker_id="")
+        _log(op, None, f"waiting: {exc}")
+        enqueue(op, delay=2)
+        return "deferred"
+    except _LeaseLost:
+        _log(op, None, "lease lost; another worker will resume this operation", LogLine.Level.WARNING)
+        return "lost"
+    except StepFailed as failure:
+        _fail(op, failure, actor)
+        return OperationState.FAILED
+    except _Cancelled:
+        _finish(op, OperationState.CANCELLED, "cancelled")
+        from provisioner.services import hooks
+
+        hooks.operation_cancelled(Operation.objects.get(pk=op.pk), actor)
+        return OperationState.CANCELLED
+    except Exception as exc:
+        # A bug in the engine itself: fail the operation visibly rather than leave it "running".
+        log.exception("operation %s crashed", op.pk)
+        step = op.steps.filter(index=Operation.objects.get(pk=op.pk).current_step).first()
+        _fail(op, StepFailed(step, exc), actor)
+        return OperationState.FAILED
+    _finish(op, OperationState.SUCCEEDED, "")
+    from provisioner.services import hooks
+
+    hooks.operation_succeeded(Operation.objects.get(pk=op.pk), actor)
+    return OperationState.SUCCEEDED
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _run_steps(op: Operation, actor: Actor, heartbeat: Heartbeat) -> None:
+    for step in op.steps.order_by("index"):
+        if step.state in (StepState.SUCCEEDED, StepState.SKIPPED):
+            continue
+        op.refresh_from_db()
+        if op.cancel_requested:
+            Step.objects.filter(operation=op, state=StepState.PENDING).update(state=StepState.SKIPPED)
+            raise _Cancelled()
+        _run_step(op, step, actor, heartbeat)
+        Operation.objects.filter(pk=op.pk).update(current_step=step.index + 1)
+
+
+def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> None:
+    spec = STEPS[step.name]
+    while True:
+        if heartbeat.lost.is_set():
+            raise _LeaseLost()
+        step.attempts += 1
+        step.state = StepState.RUNNING
+        step.started_at = timezone.now()
+        step.error = step.error_code = ""
+        step.save(update_fields=["attempts", "state", "started_at", "error", "error_code"])
+        _log(op, step, f"step {step.name}: attempt {step.attempts} of {step.max_attempts}")
+        error = _call_with_timeout(spec.fn, op, step, actor, heartbeat, step.timeout_seconds)
+        if error is None:
+            step.state = StepState.SUCCEEDED
+            step.finished_at = timezone.now()
+            step.save(update_fields=["state", "finished_at"])
+            return
+        op.refresh_from_db()
+        if op.cancel_requested and isinstance(error, IllegalTransition | StepCancelled):
+            raise _Cancelled()
+        if heartbeat.lost.is_set():
+            raise _LeaseLost()
+        retryable = isinstance(error, NeocloudError) and error.retryable
+        step.error_code = getattr(error, "code", "internal_error")
+        step.error = _describe(error)
+        if retryable and step.attempts < step.max_attempts:
+            delay = settings.NEOCLOUD_RETRY_BACKOFF_SECONDS * (2 ** (step.attempts - 1))
+            step.state = StepState.PENDING
+            step.save(update_fields=["state", "error", "error_code"])
+            _log(
+                op,
+                step,
+                f"step {step.name} failed ({step.error}); retrying in {delay:.1f} s",
+                LogLine.Level.WARNING,
+            )
+            time.sleep(delay)
+            continue
+        step.state = StepState.FAILED
+        step.finished_at = timezone.now()
+        step.save(update_fields=["state", "error", "error_code", "finished_at"])
+        _log(op, step, f"step {step.name} failed: {step.error}", LogLine.Level.ERROR)
+        raise StepFailed(step, error)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, NeocloudError):
+        return str(error)
+    # Unexpected exceptions: the class name and message, never a traceback in user-facing text.
+    return f"internal error ({type(error).__name__}: {error})"
+
+
+def _call_with_timeout(fn, op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat, timeout: float):
+    """Run the step in a thread; wait up to ``timeout``. Returns the exception it raised, or None."""
+    cancelled = threading.Event()
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def target() -> None:
+        try:
+            ctx = StepContext(
+                operation=Operation.objects.select_related("node").get(pk=op.pk),
+                step=step,
+                actor=actor,
+                cancelled=cancelled,
+            )
+            fn(ctx)
+        except BaseException as exc:
+            if not isinstance(exc, NeocloudError | StepCancelled | IllegalTransition):
+                log.exception("step %s of operation %s raised", step.name, op.pk)
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, name=f"op{op.pk}-{step.name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+        if heartbeat.lost.is_set() or time.monotonic() > deadline:
+            cancelled.set()
+            thread.join(timeout=10)  # steps poll ctx.check_cancelled(); give them time to stop cleanly
+            if heartbeat.lost.is_set():
+                return StepCancelled("lease lost")
+            return StepTimeout(f"step {step.name} did not finish within {timeout:.0f} s")
+    close_old_connections()
+    return outcome["error"]
+
+
+def _log(op: Operation, step: Step | None, message: str, level: str = LogLine.Level.INFO) -> None:
+    LogLine.objects.create(operation=op, step=step, level=level, message=message)
+
+
+def _finish(op: Operation, state: str, error: str, error_code: str = "") -> None:
+    Operation.objects.filter(pk=op.pk).update(
+        state=state, finished_at=timezone.now(), error=error, error_code=error_code, worker_id=""
+    )
+    _log(op, None, f"{op.kind} {state}" + (f": {error}" if error else ""))
+
+
+def _fail(op: Operation, failure: StepFailed, actor: Actor) -> None:
+    from provisioner.services import hooks
+
+    code = getattr(failure.error, "code", "internal_error")
+    step_name = failure.step.name if failure.step else "engine"
+    message = f"{step_name}: {_describe(failure.error)}"
+    _finish(op, OperationState.FAILED, message, code)
+    hooks.operation_failed(Operation.objects.get(pk=op.pk), failure.step, failure.error, actor)

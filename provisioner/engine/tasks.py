@@ -1,0 +1,21 @@
+"""Tasks queued through Django's Tasks API (django-tasks backport, database backend)."""
+
+from __future__ import annotations
+
+from django_tasks import task
+
+
+@task(queue_name="default")
+def execute_operation(operation_id: int) -> str:
+    """Run an operation to its end in this worker (see engine/runner.py)."""
+    from provisioner.engine.runner import execute
+
+    return str(execute(operation_id))
+
+
+@task(queue_name="power")
+def sync_fleet_power() -> dict[str, int]:
+    """Poll every enrolled BMC and record power state and drift (see services/power.py)."""
+    from provisioner.services.power import sync_power
+
+    return sync_power()

@@ -1,0 +1,114 @@
+"""Typed errors of the provisioner.
+
+Every error a person can see carries a sentence they can act on (``str(err)``) and a stable
+machine-readable ``code``. ``retryable`` tells the engine whether running the same step again may help.
+No error message ever contains a credential: drivers build messages from addresses and usernames only.
+"""
+
+from __future__ import annotations
+
+
+class NeocloudError(Exception):
+    """Base class: a failure with a stable code and a sentence for people."""
+
+    code = "error"
+    retryable = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class IllegalTransition(NeocloudError):
+    code = "illegal_transition"
+
+
+class NodeLocked(NeocloudError):
+    """Another operation holds the node's lease."""
+
+    code = "node_locked"
+    retryable = True
+
+
+class CapacityError(NeocloudError):
+    """Not enough free servers of the requested type in the requested window."""
+
+    code = "not_enough_capacity"
+
+
+class QuotaExceeded(NeocloudError):
+    code = "quota_exceeded"
+
+
+class InvalidRequest(NeocloudError):
+    code = "invalid_request"
+
+
+class StepTimeout(NeocloudError):
+    code = "step_timeout"
+    retryable = True
+
+
+# --- hardware (driver) errors -------------------------------------------------------------------
+
+
+class DriverError(NeocloudError):
+    """A hardware interface failed."""
+
+    code = "driver_error"
+
+
+class BmcUnreachable(DriverError):
+    """The BMC did not answer in time (network, BMC hung or rebooting)."""
+
+    code = "bmc_unreachable"
+    retryable = True
+
+
+class BmcAuthFailed(DriverError):
+    """The BMC refused our credentials. Retrying with the same password will not help."""
+
+    code = "bmc_auth_failed"
+    retryable = False
+
+
+class BmcCommandFailed(DriverError):
+    """The BMC answered but refused or failed the command."""
+
+    code = "bmc_command_failed"
+    retryable = True
+
+
+class UnsupportedOperation(DriverError):
+    """The BMC or driver does not support what was asked (a boot device, a reset type)."""
+
+    code = "unsupported_operation"
+    retryable = False
+
+
+class DeployFailed(DriverError):
+    code = "deploy_failed"
+
+
+class ImageChecksumMismatch(DeployFailed):
+    code = "image_checksum_mismatch"
+    retryable = False
+
+
+class BurnInFailed(DriverError):
+    """Burn-in ran and found faults (not retryable: the server goes to quarantine)."""
+
+    code = "burnin_failed"
+    retryable = False
+
+
+class NvmlUnavailable(DriverError):
+    """NVML could not be loaded: no NVIDIA driver or no GPU on this host."""
+
+    code = "nvml_unavailable"
+    retryable = False

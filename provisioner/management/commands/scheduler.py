@@ -1,0 +1,67 @@
+"""The housekeeping loop (healthchecks.io style): reaper, reservation windows, spares, fleet power sync.
+
+Run one next to the workers (``manage.py scheduler``); several are safe, since every action claims its
+rows with conditional updates. Stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
+
+from provisioner.engine.reaper import reap
+from provisioner.services.hooks import fill_waiting_reservations
+from provisioner.services.reservations import expire_reservations, start_due_reservations
+from provisioner.services.rollouts import advance_running_rollouts
+
+log = logging.getLogger("provisioner.scheduler")
+
+
+def housekeeping_pass() -> dict[str, int]:
+    counts = dict(reap())
+    counts["started"] = start_due_reservations()
+    counts["expired"] = expire_reservations()
+    counts["spares"] = fill_waiting_reservations()
+    counts["rollouts"] = advance_running_rollouts()
+    return counts
+
+
+class Command(BaseCommand):
+    help = "Run the scheduler loop: reap dead operations, start and end reservation windows, sync power."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+        parser.add_argument("--once", action="store_true", help="one pass, then exit")
+        parser.add_argument("--no-power-sync", action="store_true")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        last_sync = 0.0
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                counts = housekeeping_pass()
+                if any(counts.values()):
+                    log.info("scheduler pass: %s", counts)
+                if (
+                    not opts["no_power_sync"]
+                    and time.monotonic() - last_sync >= settings.NEOCLOUD_POWER_SYNC_SECONDS
+                ):
+                    from provisioner.engine.tasks import sync_fleet_power
+
+                    sync_fleet_power.enqueue()
+                    last_sync = time.monotonic()
+            except Exception:
+                log.exception("scheduler pass failed; continuing")
+            if opts["once"]:
+                break
+            stop.wait(opts["interval"])

@@ -1,0 +1,29 @@
+"""Neocloud's domain model, split by concern."""
+
+from provisioner.models.audit import AuditEvent
+from provisioner.models.inventory import BmcCredential, Image, Node, Rack, ServerType, Site
+from provisioner.models.operations import LogLine, Operation, Rollout, Step
+from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
+from provisioner.models.tenancy import ApiToken, Membership, Organization, SSHKey
+
+__all__ = [
+    "Allocation",
+    "ApiToken",
+    "AuditEvent",
+    "BmcCredential",
+    "BurnInReport",
+    "DeployTicket",
+    "Image",
+    "LogLine",
+    "Membership",
+    "Node",
+    "Operation",
+    "Organization",
+    "Rack",
+    "Reservation",
+    "Rollout",
+    "SSHKey",
+    "ServerType",
+    "Site",
+    "Step",
+]

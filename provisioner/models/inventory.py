@@ -1,0 +1,224 @@
+"""What we own: sites, racks, hardware profiles, nodes, their BMC credentials, and OS images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from provisioner import crypto
+from provisioner.drivers.base import BmcAccess
+from provisioner.models.tenancy import OrgScopedQuerySet
+from provisioner.states import NodeState, PowerStateChoice
+
+
+class Site(models.Model):
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    netbox_id = models.PositiveIntegerField(null=True, blank=True, unique=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Rack(models.Model):
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="racks")
+    name = models.CharField(max_length=50)
+    netbox_id = models.PositiveIntegerField(null=True, blank=True, unique=True)
+
+    class Meta:
+        ordering = ["site__slug", "name"]
+        constraints = [models.UniqueConstraint(fields=["site", "name"], name="uniq_rack_per_site")]
+
+    def __str__(self) -> str:
+        return f"{self.site.slug}/{self.name}"
+
+
+# What describes a server type to customers and operators (catalog, API, admin, inventory files).
+SERVER_TYPE_FIELDS = (
+    "name",
+    "description",
+    "cpu_model",
+    "cpu_cores",
+    "ram_gib",
+    "gpu_model",
+    "gpu_count",
+    "gpu_memory_gib",
+    "pcie_gen",
+    "pcie_width",
+    "nvlink_links",
+    "disk_gib",
+    "hourly_price_cents",
+)
+
+
+class ServerType(models.Model):
+    """A hardware profile customers reserve by, e.g. ``h100-8x``: 8x H100 80GB, NVLink, 2 TB RAM."""
+
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    cpu_model = models.CharField(max_length=100)
+    cpu_cores = models.PositiveIntegerField()
+    ram_gib = models.PositiveIntegerField()
+    gpu_model = models.CharField(max_length=100, help_text="as NVML names it, e.g. 'NVIDIA H100 80GB HBM3'")
+    gpu_count = models.PositiveIntegerField()
+    gpu_memory_gib = models.PositiveIntegerField()
+    pcie_gen = models.PositiveSmallIntegerField()
+    pcie_width = models.PositiveSmallIntegerField(default=16)
+    nvlink_links = models.PositiveSmallIntegerField(default=0, help_text="active NVLinks per GPU; 0 = none")
+    disk_gib = models.PositiveIntegerField()
+    hourly_price_cents = models.PositiveIntegerField(default=0)
+    # Operator overrides of the burn-in thresholds (keys as in provisioner.burnin.thresholds.DEFAULTS).
+    burnin_thresholds = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def burnin_expectations(self) -> dict[str, Any]:
+        """What burn-in checks this hardware against."""
+        return {
+            "gpu_count": self.gpu_count,
+            "gpu_model": self.gpu_model,
+            "gpu_memory_gib": self.gpu_memory_gib,
+            "pcie_gen": self.pcie_gen,
+            "pcie_width": self.pcie_width,
+            "nvlink_links": self.nvlink_links,
+            "persistence_mode": None,
+            "mig_mode": False,
+        }
+
+
+class NodeQuerySet(OrgScopedQuerySet):
+    """Staff see the fleet; a customer sees the nodes their organizations hold now."""
+
+    org_field = "owner"
+
+
+class Node(models.Model):
+    class BmcProtocol(models.TextChoices):
+        IPMI = "ipmi", "IPMI"
+        REDFISH = "redfish", "Redfish"
+        FAKE = "fake", "Fake (tests)"
+
+    name = models.CharField(max_length=100, unique=True)
+    serial = models.CharField(max_length=100, blank=True)
+    server_type = models.ForeignKey(ServerType, on_delete=models.PROTECT, related_name="nodes")
+    rack = models.ForeignKey(Rack, on_delete=models.PROTECT, related_name="nodes", null=True, blank=True)
+    netbox_id = models.PositiveIntegerField(null=True, blank=True, unique=True)
+
+    bmc_protocol = models.CharField(max_length=10, choices=BmcProtocol.choices)
+    bmc_address = models.CharField(max_length=255)
+    bmc_port = models.PositiveIntegerField()
+    bmc_system_id = models.CharField(max_length=100, blank=True, help_text="Redfish ComputerSystem id")
+    boot_mac = models.CharField(max_length=17, unique=True)
+
+    # Written only by provisioner.services.lifecycle.process_event (see states.py).
+    state = models.CharField(
+        max_length=20, choices=NodeState.choices, default=NodeState.ENROLLING, db_index=True
+    )
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    state_reason = models.TextField(blank=True)
+    power_state = models.CharField(
+        max_length=10, choices=PowerStateChoice.choices, default=PowerStateChoice.UNKNOWN
+    )
+    power_checked_at = models.DateTimeField(null=True, blank=True)
+    bmc_last_contact_at = models.DateTimeField(null=True, blank=True)
+    bmc_last_error = models.CharField(max_length=300, blank=True)
+
+    owner = models.ForeignKey(
+        "provisioner.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
+    )
+    reservation = models.ForeignKey(
+        "provisioner.Reservation", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
+    )
+
+    # The node's address on the customer network (IPAM: NetBox, the lab); the deploy agent configures it.
+    primary_address = models.GenericIPAddressField(null=True, blank=True)
+    # What the customer connects to once handed over.
+    ssh_address = models.CharField(max_length=100, blank=True)
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_user = models.CharField(max_length=50, default="root")
+    host_key_fingerprints = models.JSONField(default=dict, blank=True)
+    known_hosts = models.TextField(blank=True)
+    image = models.ForeignKey("provisioner.Image", null=True, blank=True, on_delete=models.SET_NULL)
+
+    # The node's lease: at most one operation works on a node at a time (see engine/locks.py).
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_operation = models.ForeignKey(
+        "provisioner.Operation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def bmc_access(self, *, timeout: float | None = None) -> BmcAccess:
+        """The plain-Python handle drivers take. Raises BmcCredential.DoesNotExist if none is stored."""
+        from django.conf import settings
+
+        cred = self.bmc_credential
+        return BmcAccess(
+            protocol=self.bmc_protocol,
+            address=self.bmc_address,
+            port=self.bmc_port,
+            username=cred.username,
+            password=cred.password,
+            system_id=self.bmc_system_id,
+            timeout=timeout if timeout is not None else settings.NEOCLOUD_BMC_TIMEOUT_SECONDS,
+        )
+
+
+class BmcCredential(models.Model):
+    """A node's BMC login. The password is encrypted at rest and never shown (admin, API, logs, errors)."""
+
+    node = models.OneToOneField(Node, on_delete=models.CASCADE, related_name="bmc_credential")
+    username = models.CharField(max_length=100)
+    password_encrypted = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"BMC login {self.username}@{self.node.name}"
+
+    def __repr__(self) -> str:
+        return f"<BmcCredential node={self.node_id} username={self.username!r} password=***>"
+
+    @property
+    def password(self) -> str:
+        return crypto.decrypt(self.password_encrypted)
+
+    @password.setter
+    def password(self, value: str) -> None:
+        self.password_encrypted = crypto.encrypt(value)
+
+
+class Image(models.Model):
+    class Format(models.TextChoices):
+        RAW = "raw", "raw"
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=100)
+    url = models.CharField(max_length=500, help_text="where the deploy agent streams it from")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    format = models.CharField(max_length=10, choices=Format.choices, default=Format.RAW)
+    os_name = models.CharField(max_length=100, blank=True)
+    public = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,157 @@
+"""What happens after an operation ends: reservation bookkeeping, quarantine and substitution."""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.db import transaction
+from django.utils import timezone
+
+from provisioner.errors import BurnInFailed, CapacityError, IllegalTransition
+from provisioner.models import Allocation, Node, Operation, Reservation, Step
+from provisioner.services.audit import Actor, record
+from provisioner.services.lifecycle import process_event
+from provisioner.services.reservations import (
+    _lock_server_type,
+    _start_provisioning,
+    free_nodes,
+    settle_reservation,
+)
+from provisioner.states import (
+    TRANSIENT_STATES,
+    NodeEvent,
+    NodeState,
+    OperationKind,
+    ReservationState,
+)
+
+PROVISIONING_KINDS = (OperationKind.PROVISION, OperationKind.REIMAGE)
+
+
+def _advance_rollout(op: Operation, actor: Actor) -> None:
+    if op.rollout_id:
+        from provisioner.services.rollouts import advance_rollout
+
+        advance_rollout(op.rollout_id, actor=actor)
+
+
+def operation_succeeded(op: Operation, actor: Actor) -> None:
+    _advance_rollout(op, actor)
+    reservation = op.reservation
+    if reservation is None:
+        return
+    if op.kind in PROVISIONING_KINDS:
+        mark_reservation_active_if_ready(reservation)
+    elif op.kind == OperationKind.RELEASE:
+        settle_reservation(Reservation.objects.get(pk=reservation.pk))
+
+
+def mark_reservation_active_if_ready(reservation: Reservation) -> None:
+    allocs = Allocation.objects.filter(reservation=reservation, active=True).select_related("node")
+    if allocs.count() == reservation.count and all(
+        a.node.state == NodeState.ACTIVE and a.node.reservation_id == reservation.pk for a in allocs
+    ):
+        Reservation.objects.filter(
+            pk=reservation.pk, state__in=[ReservationState.PROVISIONING, ReservationState.WAITING]
+        ).update(state=ReservationState.ACTIVE)
+
+
+def operation_cancelled(op: Operation, actor: Actor) -> None:
+    _advance_rollout(op, actor)
+
+
+def operation_failed(
+    op: Operation, step: Step | None, error: BaseException | None, actor: Actor, *, message: str = ""
+) -> None:
+    """Leave nothing half-done: the node goes to quarantine (failed burn-in) or error (anything else),
+    and a customer's reservation gets a spare where one is free."""
+    node = Node.objects.get(pk=op.node_id)
+    reason = message or op.error or (str(error) if error else "operation failed")
+    if isinstance(error, BurnInFailed) and node.state == NodeState.BURNING_IN:
+        process_event(node, NodeEvent.BURNIN_FAILED, actor=actor, reason=reason, operation=op)
+    elif node.state in TRANSIENT_STATES:
+        # someone else may have moved it meanwhile (e.g. a release): their transition stands
+        with contextlib.suppress(IllegalTransition):
+            process_event(node, NodeEvent.FAIL, actor=actor, reason=reason, operation=op)
+    _advance_rollout(op, actor)
+    if op.kind in PROVISIONING_KINDS and op.reservation_id and not op.cancel_requested:
+        replace_failed_node(
+            Node.objects.get(pk=node.pk), Reservation.objects.get(pk=op.reservation_id), actor, reason
+        )
+    elif op.kind == OperationKind.RELEASE and op.reservation_id:
+        settle_reservation(Reservation.objects.get(pk=op.reservation_id))
+
+
+def replace_failed_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> Node | None:
+    """Take a failed node out of the reservation and provision a healthy spare of the same type if one is
+    free for the rest of the window. Without a spare the reservation waits (the scheduler retries)."""
+    with transaction.atomic():
+        now = timezone.now()
+        Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
+            active=False, ended_at=now, end_reason=f"replaced: {reason}"[:200]
+        )
+        Node.objects.filter(pk=node.pk, reservation=reservation).update(owner=None, reservation=None)
+        record(actor, "replace_node", node=node, reservation=reservation, reason=reason)
+    return add_spare(reservation, actor)
+
+
+def add_spare(reservation: Reservation, actor: Actor) -> Node | None:
+    """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free."""
+    try:
+        with transaction.atomic():
+            _lock_server_type(reservation.server_type)
+            reservation = Reservation.objects.select_for_update().get(pk=reservation.pk)
+            if reservation.state not in (
+                ReservationState.PROVISIONING,
+                ReservationState.ACTIVE,
+                ReservationState.WAITING,
+            ):
+                return None
+            missing = reservation.count - reservation.allocations.filter(active=True).count()
+            if missing <= 0:
+                return None
+            start = max(timezone.now(), reservation.starts_at)
+            spare = (
+                free_nodes(reservation.server_type, start, reservation.ends_at)
+                .filter(state=NodeState.AVAILABLE)
+                .order_by("name")
+                .first()
+            )
+            if spare is None:
+                raise CapacityError("no spare")
+            Allocation.objects.create(
+                reservation=reservation, node=spare, starts_at=start, ends_at=reservation.ends_at
+            )
+            reservation.state = ReservationState.PROVISIONING
+            reservation.status_message = (
+                "One server failed its checks before handover and was replaced by a healthy spare."
+            )
+            reservation.save(update_fields=["state", "status_message"])
+            record(
+                actor,
+                "substitute",
+                node=spare,
+                reservation=reservation,
+                reason="healthy spare for a failed server",
+            )
+            _start_provisioning(reservation, spare, actor)
+            return spare
+    except CapacityError:
+        Reservation.objects.filter(pk=reservation.pk).update(
+            state=ReservationState.WAITING,
+            status_message=(
+                "One server failed its checks and no healthy spare of this type is free right now. "
+                "Your other servers are unaffected; we will add a replacement as soon as one is free, "
+                "or you can release the reservation and you will not be charged for the missing server."
+            ),
+        )
+        return None
+
+
+def fill_waiting_reservations(actor: Actor | None = None) -> int:
+    actor = actor or Actor.system("scheduler")
+    filled = 0
+    for reservation in Reservation.objects.filter(state=ReservationState.WAITING):
+        while add_spare(reservation, actor) is not None:
+            filled += 1
+    return filled

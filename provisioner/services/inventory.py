@@ -1,0 +1,133 @@
+"""Enrolling inventory from YAML files (inventory/*.yaml) into the database. Idempotent upserts.
+
+File shape (see inventory/example.yaml):
+  sites: [{slug, name, racks: [name, ...]}]
+  server_types: [{slug, name, cpu_model, cpu_cores, ram_gib, gpu_model, gpu_count, gpu_memory_gib,
+                  pcie_gen, pcie_width, nvlink_links, disk_gib}]
+  images: [{slug, name, url, sha256, size_bytes, format, os_name}]
+  nodes: [{name, serial, server_type, site, rack, boot_mac, address,
+           bmc: {protocol, address, port, username, password | password_env | password_file, system_id}}]
+BMC passwords never live in committed files: use password_env or password_file (the lab's generated
+inventory under var/ holds its throwaway lab passwords inline).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.db import transaction
+
+from provisioner.errors import InvalidRequest
+from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
+from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services.audit import Actor, record
+from provisioner.services.lifecycle import process_event
+from provisioner.states import NodeEvent, NodeState
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _password(bmc: dict[str, Any], node_name: str) -> str:
+    if "password" in bmc:
+        return str(bmc["password"])
+    if "password_env" in bmc:
+        value = os.environ.get(bmc["password_env"])
+        if value is None:
+            raise InvalidRequest(f"node {node_name}: environment variable {bmc['password_env']} is not set")
+        return value
+    if "password_file" in bmc:
+        return Path(bmc["password_file"]).read_text().strip()
+    raise InvalidRequest(f"node {node_name}: bmc needs password, password_env or password_file")
+
+
+def normalize_mac(mac: str) -> str:
+    value = mac.strip().lower().replace("-", ":")
+    if not _MAC.match(value):
+        raise InvalidRequest(f"{mac!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
+    return value
+
+
+@transaction.atomic
+def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
+    """Create or update everything in ``data``; new nodes go enrolling -> available. Returns counts."""
+    counts = {"sites": 0, "server_types": 0, "images": 0, "nodes_created": 0, "nodes_updated": 0}
+    for site_data in data.get("sites", []):
+        site, _ = Site.objects.update_or_create(
+            slug=site_data["slug"], defaults={"name": site_data.get("name", site_data["slug"])}
+        )
+        for rack_name in site_data.get("racks", []):
+            Rack.objects.get_or_create(site=site, name=rack_name)
+        counts["sites"] += 1
+    for st in data.get("server_types", []):
+        ServerType.objects.update_or_create(
+            slug=st["slug"], defaults={k: st[k] for k in SERVER_TYPE_FIELDS if k in st}
+        )
+        counts["server_types"] += 1
+    for img in data.get("images", []):
+        Image.objects.update_or_create(
+            slug=img["slug"],
+            defaults={
+                k: img[k] for k in ("name", "url", "sha256", "size_bytes", "format", "os_name") if k in img
+            },
+        )
+        counts["images"] += 1
+    for nd in data.get("nodes", []):
+        name = nd["name"]
+        try:
+            server_type = ServerType.objects.get(slug=nd["server_type"])
+        except ServerType.DoesNotExist:
+            raise InvalidRequest(f"node {name}: unknown server type {nd['server_type']!r}")
+        rack = None
+        if nd.get("site") and nd.get("rack"):
+            rack, _ = Rack.objects.get_or_create(
+                site=Site.objects.get_or_create(slug=nd["site"], defaults={"name": nd["site"]})[0],
+                name=nd["rack"],
+            )
+        bmc = nd["bmc"]
+        fields = {
+            "serial": nd.get("serial", ""),
+            "server_type": server_type,
+            "rack": rack,
+            "bmc_protocol": bmc["protocol"],
+            "bmc_address": bmc["address"],
+            "bmc_port": int(bmc.get("port", 623 if bmc["protocol"] == "ipmi" else 443)),
+            "bmc_system_id": bmc.get("system_id", ""),
+            "boot_mac": normalize_mac(nd["boot_mac"]),
+            "primary_address": nd.get("address") or None,
+        }
+        if bmc["protocol"] not in Node.BmcProtocol.values:
+            raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")
+        node, created = Node.objects.update_or_create(name=name, defaults=fields)
+        cred, _ = BmcCredential.objects.get_or_create(
+            node=node, defaults={"username": bmc["username"], "password_encrypted": ""}
+        )
+        cred.username = bmc["username"]
+        cred.password = _password(bmc, name)
+        cred.save()
+        if created:
+            record(
+                actor,
+                "enroll",
+                node=node,
+                reason=f"enrolled from inventory ({bmc['protocol']} {bmc['address']})",
+            )
+            counts["nodes_created"] += 1
+        else:
+            counts["nodes_updated"] += 1
+        if node.state == NodeState.ENROLLING:
+            process_event(node, NodeEvent.ENROLLED, actor=actor, reason="inventory enrolled")
+    return counts
+
+
+def enroll_file(path: str | Path, *, actor: Actor) -> dict[str, int]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"cannot read inventory {path}: {exc}")
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"inventory {path} must be a mapping with sites, server_types, images, nodes")
+    return enroll(data, actor=actor)

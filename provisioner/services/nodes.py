@@ -1,0 +1,117 @@
+"""Operator actions on nodes: maintenance, quarantine review, reimage, burn-in re-run, power."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from provisioner.engine.runner import create_operation, enqueue
+from provisioner.errors import IllegalTransition, InvalidRequest
+from provisioner.models import Node, Operation
+from provisioner.services.audit import Actor, record
+from provisioner.services.lifecycle import process_event
+from provisioner.states import LEASED_STATES, NodeEvent, NodeState, OperationKind, OperationState
+
+
+def _busy(node: Node) -> bool:
+    return Operation.objects.filter(
+        node=node, state__in=[OperationState.PENDING, OperationState.RUNNING]
+    ).exists()
+
+
+@transaction.atomic
+def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "") -> Node:
+    """Put a node on operator hold, or lift the hold (the node is wiped before it is leased again)."""
+    if on:
+        return process_event(node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold")
+    node = process_event(node, NodeEvent.UNMAINTAIN, actor=actor, reason=reason or "hold lifted")
+    enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
+    return node
+
+
+@transaction.atomic
+def return_from_quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
+    """After repair: wipe and return the node to the pool."""
+    if not reason:
+        raise InvalidRequest("say what was repaired: a reason is required to return a quarantined server")
+    node = process_event(node, NodeEvent.UNQUARANTINE, actor=actor, reason=reason)
+    enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
+    return node
+
+
+@transaction.atomic
+def quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
+    return process_event(node, NodeEvent.QUARANTINE, actor=actor, reason=reason or "quarantined by operator")
+
+
+@transaction.atomic
+def recover(node: Node, *, actor: Actor, reason: str = "") -> Node:
+    """Retry a node in error: wipe it and put it back in the pool."""
+    node = process_event(node, NodeEvent.RECOVER, actor=actor, reason=reason or "operator retry")
+    enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
+    return node
+
+
+@transaction.atomic
+def rerun_burnin(node: Node, *, actor: Actor) -> Operation:
+    if node.state != NodeState.QUARANTINED:
+        raise IllegalTransition(f"burn-in can be re-run on quarantined servers; {node.name} is {node.state}")
+    if _busy(node):
+        raise IllegalTransition(f"{node.name} is busy with another operation")
+    op = create_operation(OperationKind.BURNIN, node, requested_by=actor.user)
+    record(actor, "burnin_rerun", node=node, operation=op, reason="operator re-run of burn-in")
+    enqueue(op)
+    return op
+
+
+@transaction.atomic
+def reimage(
+    node: Node, *, actor: Actor, image=None, force: bool = False, rollout=None, reason: str = ""
+) -> Operation:
+    """Reimage one node. A leased node (a customer's) is refused unless ``force``; an idle node is wiped
+    (clean) so it returns to the pool fresh.
+
+    :raises IllegalTransition: leased without force, busy, or in a state that cannot be reimaged.
+    """
+    node = Node.objects.select_for_update().get(pk=node.pk)
+    if _busy(node):
+        raise IllegalTransition(f"{node.name} is busy with another operation; try again when it finishes")
+    if node.state in LEASED_STATES and not force:
+        raise IllegalTransition(
+            f"{node.name} is leased to a customer ({node.state}); pass force to reimage it anyway"
+        )
+    params = {"reason": reason or "reimage requested"}
+    if image is not None:
+        params["image_id"] = image.pk
+    if node.state == NodeState.ACTIVE:
+        op = create_operation(
+            OperationKind.REIMAGE,
+            node,
+            reservation=node.reservation,
+            requested_by=actor.user,
+            params=params,
+            rollout=rollout,
+        )
+    elif node.state == NodeState.AVAILABLE:
+        process_event(node, NodeEvent.CLEAN, actor=actor, reason=params["reason"])
+        op = create_operation(
+            OperationKind.CLEAN, node, requested_by=actor.user, params=params, rollout=rollout
+        )
+    else:
+        raise IllegalTransition(
+            f"{node.name} is {node.state}; only active or available servers can be reimaged"
+        )
+    record(actor, "reimage", node=node, operation=op, reason=params["reason"], data={"force": force})
+    enqueue(op)
+    return op
+
+
+@transaction.atomic
+def power(node: Node, action: str, *, actor: Actor) -> Operation:
+    if action not in {"on", "off", "reset", "pxe"}:
+        raise InvalidRequest("power action must be on, off, reset or pxe")
+    if _busy(node):
+        raise IllegalTransition(f"{node.name} is busy with another operation")
+    op = create_operation(OperationKind.POWER, node, requested_by=actor.user, params={"action": action})
+    record(actor, "power", node=node, operation=op, reason=action)
+    enqueue(op)
+    return op

@@ -1,0 +1,215 @@
+"""Rolling bulk reimage: at most ``max_parallel`` nodes at once; halt once more than ``failure_budget`` fail.
+
+A rollout's progress is derived from its operations (one per started node) plus "refused" audit events
+for nodes that could not be started (busy, leased without force, in a state that cannot be reimaged).
+Every decision is taken with the Rollout row locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
+IMMEDIATE transactions serialize writers), so two workers finishing operations at the same moment cannot
+both start "the last free slot" or start the same node twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.utils import timezone
+
+from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
+from provisioner.models import AuditEvent, Image, Node, Operation, Rollout
+from provisioner.services import nodes as node_service
+from provisioner.services.audit import Actor, record
+from provisioner.states import LEASED_STATES, OperationState
+
+MAX_ROLLOUT_NODES = 10_000
+REFUSED_ACTION = "rollout_refused"
+_FAILED = (OperationState.FAILED, OperationState.CANCELLED)
+_IN_FLIGHT = (OperationState.PENDING, OperationState.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutProgress:
+    """Counts of a rollout; ``operations`` maps node id to its operation, ``refused`` node id to why."""
+
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    pending: int
+    refused: dict[int, str]
+    operations: dict[int, Operation]
+
+
+def progress(rollout: Rollout) -> RolloutProgress:
+    """Where a rollout stands now. Read-only."""
+    ops: dict[int, Operation] = {}
+    for op in Operation.objects.filter(rollout=rollout).order_by("created_at", "id"):
+        ops[op.node_id] = op  # a node has one operation per rollout; the latest wins if ever more
+    refused = {
+        int(e.data["node"]): e.reason
+        for e in AuditEvent.objects.filter(action=REFUSED_ACTION, data__rollout=rollout.pk)
+    }
+    succeeded = sum(op.state == OperationState.SUCCEEDED for op in ops.values())
+    failed = sum(op.state in _FAILED for op in ops.values()) + len(refused)
+    running = sum(op.state in _IN_FLIGHT for op in ops.values())
+    started = set(ops) | set(refused)
+    pending = sum(1 for nid in rollout.node_ids if nid not in started)
+    return RolloutProgress(
+        total=len(rollout.node_ids),
+        succeeded=succeeded,
+        failed=failed,
+        running=running,
+        pending=pending,
+        refused=refused,
+        operations=ops,
+    )
+
+
+def start_rollout(
+    nodes: Iterable[Node],
+    *,
+    actor: Actor,
+    image: Image | None = None,
+    max_parallel: int,
+    failure_budget: int,
+    force: bool = False,
+) -> Rollout:
+    """Create a rollout over ``nodes`` (in the given order) and start its first ``max_parallel`` reimages.
+
+    Not idempotent: each call creates a new rollout. Without ``force`` a rollout that includes a node leased
+    to a customer is refused as a whole, before anything starts.
+
+    :raises InvalidRequest: no nodes, duplicates, or max_parallel < 1.
+    :raises IllegalTransition: a node is leased and ``force`` is false (the message names the nodes).
+    """
+    node_list = list(nodes)
+    if not node_list:
+        raise InvalidRequest("a rollout needs at least one node")
+    if len(node_list) > MAX_ROLLOUT_NODES:
+        raise InvalidRequest(f"a rollout may cover at most {MAX_ROLLOUT_NODES} nodes")
+    ids = [n.pk for n in node_list]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest("each node may appear only once in a rollout")
+    if max_parallel < 1:
+        raise InvalidRequest("max_parallel must be at least 1")
+    if failure_budget < 0:
+        raise InvalidRequest("failure_budget cannot be negative")
+    if not force:
+        leased = list(Node.objects.filter(pk__in=ids, state__in=LEASED_STATES).values_list("name", flat=True))
+        if leased:
+            raise IllegalTransition(
+                f"{len(leased)} node(s) are leased to customers ({', '.join(sorted(leased)[:10])}); "
+                "leave them out or pass force to reimage them anyway"
+            )
+    with transaction.atomic():
+        rollout = Rollout.objects.create(
+            requested_by=actor.user,
+            image=image,
+            node_ids=ids,
+            max_parallel=max_parallel,
+            failure_budget=failure_budget,
+            force=force,
+        )
+        record(
+            actor,
+            "rollout_start",
+            reason=f"rollout {rollout.pk}: {len(ids)} node(s), {max_parallel} at a time, "
+            f"failure budget {failure_budget}",
+            data={"rollout": rollout.pk, "force": force},
+        )
+    return advance_rollout(rollout, actor=actor)
+
+
+def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Rollout:
+    """Start the next nodes while fewer than ``max_parallel`` are in flight; halt when more than
+    ``failure_budget`` have failed; mark the rollout succeeded when every node is done.
+
+    Idempotent and safe to call concurrently (from every finished operation and from the scheduler):
+    the Rollout row is locked for the whole decision.
+    """
+    actor = actor or Actor.system("rollout")
+    pk = rollout if isinstance(rollout, int) else rollout.pk
+    with transaction.atomic():
+        locked = Rollout.objects.select_for_update().get(pk=pk)
+        if locked.state != Rollout.State.RUNNING:
+            return locked
+        status = progress(locked)
+        if status.failed > locked.failure_budget:
+            _halt(locked, status, actor)
+            return locked
+        started = set(status.operations) | set(status.refused)
+        waiting = [nid for nid in locked.node_ids if nid not in started]
+        in_flight = status.running
+        failed = status.failed
+        for nid in waiting:
+            if in_flight >= locked.max_parallel:
+                break
+            node = Node.objects.filter(pk=nid).first()
+            if node is None:
+                error: NeocloudError = InvalidRequest(f"node {nid} no longer exists")
+            else:
+                try:
+                    node_service.reimage(
+                        node,
+                        actor=actor,
+                        image=locked.image,
+                        force=locked.force,
+                        rollout=locked,
+                        reason=f"rolling reimage {locked.pk}",
+                    )
+                    in_flight += 1
+                    continue
+                except NeocloudError as exc:
+                    error = exc
+            failed += 1
+            record(
+                actor,
+                REFUSED_ACTION,
+                node=node,
+                reason=f"rollout {locked.pk}: {error}",
+                data={"rollout": locked.pk, "node": nid, "code": error.code},
+            )
+            if failed > locked.failure_budget:
+                _halt(locked, progress(locked), actor)
+                return locked
+        final = progress(locked)
+        if final.pending == 0 and final.running == 0:
+            locked.state = Rollout.State.SUCCEEDED
+            locked.finished_at = timezone.now()
+            locked.message = (
+                f"all {final.total} node(s) reimaged"
+                if final.failed == 0
+                else f"{final.succeeded} of {final.total} node(s) reimaged; {final.failed} failed "
+                f"(within the failure budget of {locked.failure_budget})"
+            )
+            locked.save(update_fields=["state", "finished_at", "message"])
+            record(
+                actor,
+                "rollout_finish",
+                reason=f"rollout {locked.pk}: {locked.message}",
+                data={"rollout": locked.pk},
+            )
+    return locked
+
+
+def _halt(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
+    rollout.state = Rollout.State.HALTED
+    rollout.finished_at = timezone.now()
+    rollout.message = (
+        f"halted: {status.failed} node(s) failed, more than the failure budget of {rollout.failure_budget}; "
+        f"{status.pending} node(s) not started"
+        + (f", {status.running} still running to completion" if status.running else "")
+    )
+    rollout.save(update_fields=["state", "finished_at", "message"])
+    record(
+        actor, "rollout_halt", reason=f"rollout {rollout.pk}: {rollout.message}", data={"rollout": rollout.pk}
+    )
+
+
+def advance_running_rollouts(actor: Actor | None = None) -> int:
+    """Scheduler pass: advance every running rollout (catches a lost finish hook). Returns how many."""
+    count = 0
+    for pk in Rollout.objects.filter(state=Rollout.State.RUNNING).values_list("pk", flat=True):
+        advance_rollout(pk, actor=actor or Actor.system("scheduler"))
+        count += 1
+    return count

@@ -1,0 +1,170 @@
+"""Organizations, their members, SSH keys and API tokens: every change checked and audited here.
+
+Role rules: any member may manage the organization's SSH keys; only owners add or remove members; the
+last owner cannot leave (the organization would be orphaned). Tokens belong to a user, not an organization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from provisioner.errors import InvalidRequest, NeocloudError
+from provisioner.models import ApiToken, Membership, Organization, SSHKey
+from provisioner.services.audit import Actor, record
+from provisioner.sshkeys import parse_public_key
+
+
+class NotPermitted(NeocloudError):
+    """The actor may see the object but their role does not allow this change (the API answers 403)."""
+
+    code = "permission_denied"
+
+
+def role_in(org: Organization, user: Any) -> str | None:
+    """The user's role in ``org`` ("owner" / "member"), or None when they are not a member."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Membership.objects.filter(organization=org, user=user).values_list("role", flat=True).first()
+
+
+def require_owner(org: Organization, actor: Actor) -> None:
+    """:raises NotPermitted: the actor is not an owner of ``org`` (staff count as owners)."""
+    if getattr(actor.user, "is_staff", False):
+        return
+    if role_in(org, actor.user) != Membership.Role.OWNER:
+        raise NotPermitted(f"only an owner of {org.name} can change its members")
+
+
+@transaction.atomic
+def create_organization(user: User, name: str, *, actor: Actor) -> Organization:
+    """Create an organization with ``user`` as its owner. Not idempotent: a taken name is refused.
+
+    :raises InvalidRequest: empty or taken name.
+    """
+    name = name.strip()
+    if not name:
+        raise InvalidRequest("give the organization a name")
+    if Organization.objects.filter(name__iexact=name).exists():
+        raise InvalidRequest(f"an organization called {name!r} already exists; pick another name")
+    base = slugify(name)[:90] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    org = Organization.objects.create(name=name, slug=slug)
+    Membership.objects.create(organization=org, user=user, role=Membership.Role.OWNER)
+    record(actor, "org_create", organization=org, reason=name)
+    return org
+
+
+@transaction.atomic
+def add_member(org: Organization, username: str, *, role: str, actor: Actor) -> Membership:
+    """Add an existing user to ``org``, or change the role of one already in it. Idempotent.
+
+    :raises NotPermitted: the actor is not an owner.
+    :raises InvalidRequest: unknown user or role, or demoting the last owner.
+    """
+    require_owner(org, actor)
+    if role not in Membership.Role.values:
+        raise InvalidRequest("role must be 'owner' or 'member'")
+    user = User.objects.filter(username=username.strip()).first()
+    if user is None:
+        raise InvalidRequest(f"there is no user called {username.strip()!r}; ask them to sign up first")
+    membership, created = Membership.objects.select_for_update().get_or_create(
+        organization=org, user=user, defaults={"role": role}
+    )
+    if created:
+        record(actor, "member_add", organization=org, reason=f"{user.username} as {role}")
+    elif membership.role != role:
+        if membership.role == Membership.Role.OWNER and _owner_count(org) == 1:
+            raise InvalidRequest("the last owner cannot be made a member: make someone else an owner first")
+        membership.role = role
+        membership.save(update_fields=["role"])
+        record(actor, "member_role", organization=org, reason=f"{user.username} is now {role}")
+    return membership
+
+
+def _owner_count(org: Organization) -> int:
+    return Membership.objects.filter(organization=org, role=Membership.Role.OWNER).count()
+
+
+@transaction.atomic
+def remove_member(org: Organization, user_id: int, *, actor: Actor) -> None:
+    """Remove a member. Not idempotent: removing someone not in ``org`` is refused.
+
+    :raises NotPermitted: the actor is not an owner.
+    :raises InvalidRequest: not a member, or the last owner.
+    """
+    require_owner(org, actor)
+    # Lock the organization's memberships so two owners removing each other cannot orphan it.
+    rows = list(Membership.objects.select_for_update().filter(organization=org).select_related("user"))
+    membership = next((m for m in rows if m.user_id == user_id), None)
+    if membership is None:
+        raise InvalidRequest("that user is not a member of this organization")
+    if membership.role == Membership.Role.OWNER and sum(m.role == Membership.Role.OWNER for m in rows) == 1:
+        raise InvalidRequest("the last owner cannot be removed: make someone else an owner first")
+    membership.delete()
+    record(actor, "member_remove", organization=org, reason=membership.user.username)
+
+
+def create_ssh_key(org: Organization, name: str, text: str, *, actor: Actor) -> SSHKey:
+    """Validate and store a public key for ``org``. Not idempotent: a repeated key or name is refused.
+
+    :raises InvalidRequest: not one acceptable public key (the sentence says why), or the name or the key
+        is already stored for this organization.
+    """
+    parsed = parse_public_key(text)
+    name = (name or "").strip() or parsed.comment or parsed.fingerprint[:20]
+    if SSHKey.objects.filter(organization=org, fingerprint=parsed.fingerprint).exists():
+        raise InvalidRequest(f"this key ({parsed.fingerprint}) is already saved for {org.name}")
+    if SSHKey.objects.filter(organization=org, name=name).exists():
+        raise InvalidRequest(f"a key called {name!r} already exists in {org.name}; pick another name")
+    try:
+        with transaction.atomic():
+            key = SSHKey.objects.create(
+                organization=org,
+                created_by=actor.user,
+                name=name[:100],
+                public_key=parsed.line,
+                fingerprint=parsed.fingerprint,
+            )
+            record(actor, "ssh_key_add", organization=org, reason=f"{key.name} {key.fingerprint}")
+    except IntegrityError:
+        raise InvalidRequest("this key or its name was just saved by someone else") from None
+    return key
+
+
+@transaction.atomic
+def delete_ssh_key(key: SSHKey, *, actor: Actor) -> None:
+    """Forget a key. Servers already handed over keep it (keys are copied at reservation time)."""
+    record(actor, "ssh_key_delete", organization=key.organization, reason=f"{key.name} {key.fingerprint}")
+    key.delete()
+
+
+@transaction.atomic
+def issue_token(user: User, name: str, *, actor: Actor) -> tuple[ApiToken, str]:
+    """Create an API token for ``user``. Returns (row, plaintext); the plaintext exists only here.
+
+    :raises InvalidRequest: empty name.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise InvalidRequest("give the token a name, e.g. 'ci' or 'laptop'")
+    row, plaintext = ApiToken.issue(user, name[:100])
+    record(actor, "token_issue", reason=f"{row.name} ({row.hint}…) for {user.username}")
+    return row, plaintext
+
+
+@transaction.atomic
+def revoke_token(token: ApiToken, *, actor: Actor) -> ApiToken:
+    """Revoke a token. Idempotent: revoking a revoked token changes nothing."""
+    updated = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if updated:
+        record(actor, "token_revoke", reason=f"{token.name} ({token.hint}…)")
+    token.refresh_from_db()
+    return token

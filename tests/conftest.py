@@ -1,0 +1,244 @@
+"""Shared fixtures: personas (owner, member, outsider, operator), inventory, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return (
+        f"neocloud test database: {db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST', '')} {db['TEST']['NAME']}"
+    )
+
+
+def ssh_keygen(
+    tmp_path: Path, kind: str = "ed25519", bits: int | None = None, name: str = "key"
+) -> tuple[str, str]:
+    """A real key pair made by ssh-keygen: (private key text, public key line)."""
+    path = tmp_path / name
+    cmd = ["ssh-keygen", "-q", "-N", "", "-t", kind, "-f", str(path), "-C", f"{name}@test"]
+    if bits:
+        cmd += ["-b", str(bits)]
+    subprocess.run(cmd, check=True)
+    return path.read_text(), (tmp_path / f"{name}.pub").read_text().strip()
+
+
+@pytest.fixture
+def fake_hw_dir(settings, tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "fake-hw"
+    path.mkdir()
+    settings.NEOCLOUD_FAKE_HW_DIR = path
+    monkeypatch.setenv("NEOCLOUD_FAKE_HW_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def inventory(db, tmp_path: Path):
+    """A small fleet with fake BMCs: 4 h100-8x nodes and 2 a100-8x nodes, an image, two organizations."""
+    from django.contrib.auth.models import User
+
+    from provisioner.models import Image, Membership, Organization, SSHKey
+    from provisioner.services.audit import Actor
+    from provisioner.services.inventory import enroll
+    from provisioner.sshkeys import parse_public_key
+
+    def node(i: int, st: str) -> dict:
+        return {
+            "name": f"node-{st}-{i:02d}",
+            "server_type": st,
+            "site": "lab",
+            "rack": "r1",
+            "boot_mac": f"52:54:00:00:{0 if st == 'h100-8x' else 1:02x}:{i:02x}",
+            "bmc": {
+                "protocol": "fake",
+                "address": f"fake-{st}-{i}",
+                "port": 623,
+                "username": "admin",
+                "password": "secret-bmc-pw",
+            },
+        }
+
+    enroll(
+        {
+            "sites": [{"slug": "lab", "name": "Lab", "racks": ["r1"]}],
+            "server_types": [
+                {
+                    "slug": "h100-8x",
+                    "name": "8x H100 SXM",
+                    "cpu_model": "Xeon 8480+",
+                    "cpu_cores": 112,
+                    "ram_gib": 2048,
+                    "gpu_model": "NVIDIA H100 80GB HBM3",
+                    "gpu_count": 8,
+                    "gpu_memory_gib": 80,
+                    "pcie_gen": 5,
+                    "pcie_width": 16,
+                    "nvlink_links": 18,
+                    "disk_gib": 7680,
+                },
+                {
+                    "slug": "a100-8x",
+                    "name": "8x A100 SXM",
+                    "cpu_model": "EPYC 7763",
+                    "cpu_cores": 128,
+                    "ram_gib": 1024,
+                    "gpu_model": "NVIDIA A100-SXM4-80GB",
+                    "gpu_count": 8,
+                    "gpu_memory_gib": 80,
+                    "pcie_gen": 4,
+                    "pcie_width": 16,
+                    "nvlink_links": 12,
+                    "disk_gib": 3840,
+                },
+            ],
+            "images": [
+                {
+                    "slug": "ubuntu-24.04",
+                    "name": "Ubuntu 24.04",
+                    "url": "http://127.0.0.1:9/ubuntu.raw",
+                    "sha256": "0" * 64,
+                    "size_bytes": 1024,
+                    "format": "raw",
+                    "os_name": "Ubuntu",
+                }
+            ],
+            "nodes": [node(i, "h100-8x") for i in range(1, 5)] + [node(i, "a100-8x") for i in range(1, 3)],
+        },
+        actor=Actor.system("test"),
+    )
+    owner = User.objects.create_user("olivia", password="pw-olivia-123")
+    member = User.objects.create_user("mike", password="pw-mike-12345")
+    outsider = User.objects.create_user("oscar", password="pw-oscar-1234")
+    operator = User.objects.create_user("opal", password="pw-opal-12345", is_staff=True)
+    acme = Organization.objects.create(name="Acme AI", slug="acme", server_quota=16)
+    other = Organization.objects.create(name="Other Labs", slug="other", server_quota=16)
+    Membership.objects.create(organization=acme, user=owner, role=Membership.Role.OWNER)
+    Membership.objects.create(organization=acme, user=member, role=Membership.Role.MEMBER)
+    Membership.objects.create(organization=other, user=outsider, role=Membership.Role.OWNER)
+    _, pub = ssh_keygen(tmp_path, name="acme")
+    parsed = parse_public_key(pub)
+    key = SSHKey.objects.create(
+        organization=acme,
+        created_by=owner,
+        name="laptop",
+        public_key=parsed.line,
+        fingerprint=parsed.fingerprint,
+    )
+    _, pub2 = ssh_keygen(tmp_path, name="other")
+    parsed2 = parse_public_key(pub2)
+    other_key = SSHKey.objects.create(
+        organization=other,
+        created_by=outsider,
+        name="ws",
+        public_key=parsed2.line,
+        fingerprint=parsed2.fingerprint,
+    )
+
+    class Inv:
+        pass
+
+    inv = Inv()
+    inv.owner, inv.member, inv.outsider, inv.operator = owner, member, outsider, operator
+    inv.acme, inv.other, inv.key, inv.other_key = acme, other, key, other_key
+    inv.image = Image.objects.get(slug="ubuntu-24.04")
+    from provisioner.models import ServerType
+
+    inv.h100 = ServerType.objects.get(slug="h100-8x")
+    inv.a100 = ServerType.objects.get(slug="a100-8x")
+    return inv
+
+
+def worker_env(settings) -> dict[str, str]:
+    """Environment for a real worker process that shares this test's database and fake hardware."""
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    env["NEOCLOUD_FAKE_HW_DIR"] = str(settings.NEOCLOUD_FAKE_HW_DIR)
+    env["NEOCLOUD_LAB_DIR"] = str(settings.NEOCLOUD_LAB_DIR)
+    env["NEOCLOUD_DEPLOY_DRIVER"] = settings.NEOCLOUD_DEPLOY_DRIVER
+    env["NEOCLOUD_BURNIN_DRIVER"] = settings.NEOCLOUD_BURNIN_DRIVER
+    return env
+
+
+class WorkerPool:
+    """Real ``manage.py db_worker`` processes (and a scheduler) for a test."""
+
+    def __init__(self, settings, log_dir: Path) -> None:
+        self.env = worker_env(settings)
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def worker(self) -> subprocess.Popen:
+        return self._spawn(
+            ["db_worker", "--queue-name", "*", "--interval", "0.1", "--no-startup-delay", "--no-reload"],
+            "worker",
+        )
+
+    def scheduler(self) -> subprocess.Popen:
+        return self._spawn(["scheduler", "--interval", "0.3", "--no-power-sync"], "scheduler")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture
+def workers(settings, transactional_db, tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(settings, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message="condition", details=None):
+    """Poll ``predicate`` until it returns something truthy; fail with ``message`` (and ``details()``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    extra = f"\n{details()}" if details else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}{extra}")

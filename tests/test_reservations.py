@@ -1,0 +1,238 @@
+"""Reservations: windows, capacity, quota, idempotency, extend, release, and no double booking under races."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection, connections
+from django.utils import timezone
+
+from provisioner.errors import CapacityError, InvalidRequest, QuotaExceeded
+from provisioner.models import Allocation, Node, Reservation
+from provisioner.services.audit import Actor
+from provisioner.services.reservations import (
+    availability,
+    expire_reservations,
+    extend_reservation,
+    release_reservation,
+    reserve_servers,
+    start_due_reservations,
+)
+from provisioner.states import NodeState, OperationKind, ReservationState
+
+HOUR = dt.timedelta(hours=1)
+
+
+def _reserve(inv, count, **kw):
+    kw.setdefault("image", inv.image)
+    kw.setdefault("ssh_keys", [inv.key])
+    kw.setdefault("actor", Actor(user=inv.owner, label="olivia"))
+    return reserve_servers(kw.pop("org", inv.acme), kw.pop("server_type", inv.h100), count, **kw)
+
+
+@pytest.mark.django_db
+def test_reserve_now_takes_available_nodes_and_queues_provisioning(
+    inventory, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        r = _reserve(inventory, 2)
+    assert r.state == ReservationState.PROVISIONING
+    nodes = list(Node.objects.filter(reservation=r))
+    assert len(nodes) == 2
+    assert {n.state for n in nodes} == {NodeState.RESERVED}
+    assert {n.owner_id for n in nodes} == {inventory.acme.pk}
+    assert set(r.operations.values_list("kind", flat=True)) == {OperationKind.PROVISION}
+    assert len(callbacks) == 2  # one queued task per node, sent after commit
+    assert availability(inventory.h100) == 2
+
+
+@pytest.mark.django_db
+def test_not_enough_capacity_books_nothing(inventory):
+    with pytest.raises(CapacityError, match=r"not enough capacity: 4 .* free for that window, 5 requested"):
+        _reserve(inventory, 5)
+    assert Reservation.objects.count() == 0
+    assert Allocation.objects.count() == 0
+    assert Node.objects.filter(state=NodeState.AVAILABLE).count() == 6
+
+
+@pytest.mark.django_db
+def test_future_window_books_nodes_busy_now_but_free_then(inventory):
+    now = timezone.now()
+    _reserve(inventory, 4, ends_at=now + HOUR)  # the whole h100 pool for the next hour
+    with pytest.raises(CapacityError):
+        _reserve(inventory, 1, ends_at=now + 2 * HOUR)
+    later = _reserve(
+        inventory,
+        4,
+        org=inventory.other,
+        ssh_keys=[inventory.other_key],
+        starts_at=now + HOUR,
+        ends_at=now + 3 * HOUR,
+    )
+    assert later.state == ReservationState.SCHEDULED
+    with pytest.raises(CapacityError):
+        _reserve(inventory, 1, starts_at=now + 2 * HOUR, ends_at=now + 4 * HOUR)
+
+
+@pytest.mark.django_db
+def test_open_ended_reservation_blocks_all_future_windows_of_its_nodes(inventory):
+    _reserve(inventory, 4)  # no end
+    with pytest.raises(CapacityError):
+        _reserve(inventory, 1, starts_at=timezone.now() + 100 * HOUR, ends_at=timezone.now() + 101 * HOUR)
+
+
+@pytest.mark.django_db
+def test_bad_windows_and_counts_are_refused_with_clear_messages(inventory):
+    now = timezone.now()
+    with pytest.raises(InvalidRequest, match="end after it starts"):
+        _reserve(inventory, 1, starts_at=now + HOUR, ends_at=now + HOUR)
+    with pytest.raises(InvalidRequest, match="past"):
+        _reserve(inventory, 1, starts_at=now - 10 * HOUR)
+    with pytest.raises(InvalidRequest, match="count must be between"):
+        _reserve(inventory, 0)
+    with pytest.raises(InvalidRequest, match="SSH key"):
+        _reserve(inventory, 1, ssh_keys=[])
+    with pytest.raises(InvalidRequest, match="belong to the reserving organization"):
+        _reserve(inventory, 1, ssh_keys=[inventory.other_key])
+
+
+@pytest.mark.django_db
+def test_quota_limits_servers_held_at_once(inventory):
+    inventory.acme.server_quota = 3
+    inventory.acme.save()
+    _reserve(inventory, 2)
+    with pytest.raises(QuotaExceeded, match="may hold 3 servers at once; it holds 2"):
+        _reserve(inventory, 2)
+
+
+@pytest.mark.django_db
+def test_idempotency_key_never_books_twice(inventory):
+    first = _reserve(inventory, 1, idempotency_key="abc-123")
+    again = _reserve(inventory, 1, idempotency_key="abc-123")
+    assert again.pk == first.pk
+    assert Allocation.objects.filter(active=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_extend_moves_the_end_unless_the_node_is_booked_after(inventory):
+    now = timezone.now()
+    r = _reserve(inventory, 4, ends_at=now + HOUR)
+    r = extend_reservation(r, now + 2 * HOUR, actor=Actor.system("test"))
+    assert r.ends_at == now + 2 * HOUR
+    assert set(r.allocations.values_list("ends_at", flat=True)) == {now + 2 * HOUR}
+    _reserve(
+        inventory,
+        1,
+        org=inventory.other,
+        ssh_keys=[inventory.other_key],
+        starts_at=now + 2 * HOUR,
+        ends_at=now + 5 * HOUR,
+    )
+    with pytest.raises(CapacityError, match="cannot extend"):
+        extend_reservation(r, now + 3 * HOUR, actor=Actor.system("test"))
+    r.refresh_from_db()
+    assert r.ends_at == now + 2 * HOUR
+    with pytest.raises(InvalidRequest, match="later than the current end"):
+        extend_reservation(r, now + HOUR, actor=Actor.system("test"))
+
+
+@pytest.mark.django_db
+def test_release_returns_capacity_and_queues_wipe(inventory):
+    r = _reserve(inventory, 2)
+    r = release_reservation(r, actor=Actor.system("test"))
+    assert r.state == ReservationState.RELEASING
+    assert set(Node.objects.filter(pk__in=r.allocations.values("node")).values_list("state", flat=True)) == {
+        NodeState.RELEASING
+    }
+    assert r.operations.filter(kind=OperationKind.RELEASE).count() == 2
+    assert r.operations.filter(kind=OperationKind.PROVISION, cancel_requested=True).count() == 2
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 0
+    # idempotent
+    assert release_reservation(r, actor=Actor.system("test")).state == ReservationState.RELEASING
+
+
+@pytest.mark.django_db
+def test_window_end_releases_automatically_and_scheduled_windows_start(inventory):
+    now = timezone.now()
+    r = _reserve(inventory, 1, ends_at=now + HOUR)
+    future = _reserve(inventory, 1, starts_at=now + HOUR, ends_at=now + 2 * HOUR)
+    assert future.state == ReservationState.SCHEDULED
+    assert expire_reservations() == 0
+    Reservation.objects.filter(pk=r.pk).update(ends_at=now - dt.timedelta(seconds=1), starts_at=now - HOUR)
+    Allocation.objects.filter(reservation=r).update(
+        ends_at=now - dt.timedelta(seconds=1), starts_at=now - HOUR
+    )
+    assert expire_reservations() == 1
+    r.refresh_from_db()
+    assert r.state == ReservationState.RELEASING
+    Reservation.objects.filter(pk=future.pk).update(starts_at=now - dt.timedelta(seconds=1))
+    assert start_due_reservations() == 1
+    future.refresh_from_db()
+    assert future.state == ReservationState.PROVISIONING
+    assert Node.objects.filter(reservation=future, state=NodeState.RESERVED).count() == 1
+
+
+def _race(inventory, clients: int, count: int, starts_at=None, ends_at=None) -> tuple[int, list[str]]:
+    """Start ``clients`` threads at once, each reserving ``count`` servers; return (successes, errors)."""
+    barrier = threading.Barrier(clients)
+    successes = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        try:
+            barrier.wait()
+            _reserve(inventory, count, starts_at=starts_at, ends_at=ends_at, idempotency_key=f"race-{i}")
+            with lock:
+                successes.append(i)
+        except CapacityError as exc:
+            with lock:
+                errors.append(str(exc))
+        except Exception as exc:  # anything else is a failure of the test
+            with lock:
+                errors.append(f"UNEXPECTED {type(exc).__name__}: {exc}")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return len(successes), errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reservations_for_the_last_servers_never_double_book(inventory):
+    """12 clients race for 4 free servers, one each: exactly 4 succeed, 8 get 'not enough capacity'."""
+    ok, errors = _race(inventory, clients=12, count=1)
+    assert ok == 4, errors
+    assert len(errors) == 8 and all(e.startswith("not enough capacity") for e in errors), errors
+    assert Allocation.objects.filter(active=True).count() == 4
+    assert Allocation.objects.filter(active=True).values("node").distinct().count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_future_window_reservations_never_overlap(inventory):
+    """Races for a future window (no node state changes, only allocations) on the same 4 nodes."""
+    start = timezone.now() + 10 * HOUR
+    ok, errors = _race(inventory, clients=10, count=2, starts_at=start, ends_at=start + HOUR)
+    assert ok == 2, errors
+    assert all(e.startswith("not enough capacity") for e in errors), errors
+    assert Allocation.objects.filter(active=True).values("node").distinct().count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgres_exclusion_constraint_rejects_overlapping_allocations(inventory):
+    if connection.vendor != "postgresql":
+        pytest.skip("exclusion constraints exist on PostgreSQL only; SQLite relies on IMMEDIATE transactions")
+    from django.db import IntegrityError
+
+    r = _reserve(inventory, 1, starts_at=timezone.now() + HOUR, ends_at=timezone.now() + 3 * HOUR)
+    alloc = r.allocations.get()
+    with pytest.raises(IntegrityError, match="allocation_no_overlap"):
+        Allocation.objects.create(
+            reservation=r, node=alloc.node, starts_at=alloc.starts_at + HOUR / 2, ends_at=alloc.ends_at + HOUR
+        )

@@ -1,0 +1,181 @@
+"""Neocloud settings. Every knob comes from the environment (see webapp/env.py); the defaults are the
+embedded mode: SQLite under var/, one web process, one worker, the lab. Nothing to start by hand."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from webapp.env import database_from_url, env_bool, env_choice, env_float, env_int, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("NEOCLOUD_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+PRODUCTION = env_bool("NEOCLOUD_PRODUCTION", False)
+DEBUG = env_bool("NEOCLOUD_DEBUG", not PRODUCTION)
+
+
+def _embedded_secret(name: str, filename: str, make: str = "token") -> str:
+    """A secret from the environment, or in embedded mode one generated once under var/ (mode 0600)."""
+    value = env_str(name)
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set when NEOCLOUD_PRODUCTION is true")
+    path = VAR_DIR / filename
+    if not path.exists():
+        if make == "fernet":
+            from cryptography.fernet import Fernet
+
+            new = Fernet.generate_key().decode()
+        else:
+            new = secrets.token_urlsafe(50)
+        path.touch(mode=0o600)
+        path.write_text(new)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _embedded_secret("NEOCLOUD_SECRET_KEY", "secret_key")
+# Fernet keys (comma-separated, newest first) that encrypt BMC credentials at rest.
+NEOCLOUD_CREDENTIAL_KEYS = _embedded_secret("NEOCLOUD_CREDENTIAL_KEYS", "credential_keys", make="fernet")
+
+ALLOWED_HOSTS = [h for h in env_str("NEOCLOUD_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("NEOCLOUD_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "django_tasks",
+    "django_tasks_db",
+    "provisioner",
+    "webapp.portal",
+    "webapp.api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.request_id.RequestIdMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "webapp" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = "webapp.wsgi.application"
+
+DATABASES = {
+    "default": database_from_url(env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'neocloud.sqlite3'}"))
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The test database is a file, not :memory:, so real worker processes started by tests can share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-neocloud.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": env_str("NEOCLOUD_TEST_DATABASE_NAME", "test_neocloud")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:catalog"
+LOGOUT_REDIRECT_URL = "portal:login"
+
+# Tasks: Django's Tasks API (django-tasks backport) on the same database (django-tasks-db).
+TASKS = {
+    "default": {
+        "BACKEND": env_choice(
+            "NEOCLOUD_TASK_BACKEND",
+            "django_tasks_db.DatabaseBackend",
+            {"django_tasks_db.DatabaseBackend", "django_tasks.backends.immediate.ImmediateBackend"},
+        ),
+        "QUEUES": ["default", "power"],
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "webapp.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "webapp.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Neocloud API",
+    "DESCRIPTION": "Reserve whole bare-metal GPU servers; operators reimage and manage the fleet.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Neocloud engine ------------------------------------------------------------------------------
+# Lease of a node by an operation: renewed every HEARTBEAT seconds, lost after LEASE_TTL without one.
+NEOCLOUD_HEARTBEAT_SECONDS = env_float("NEOCLOUD_HEARTBEAT_SECONDS", 2.0, minimum=0.1)
+NEOCLOUD_LEASE_TTL_SECONDS = env_float("NEOCLOUD_LEASE_TTL_SECONDS", 15.0, minimum=0.5)
+if NEOCLOUD_LEASE_TTL_SECONDS <= NEOCLOUD_HEARTBEAT_SECONDS * 2:
+    raise ImproperlyConfigured(
+        "NEOCLOUD_LEASE_TTL_SECONDS must be more than twice NEOCLOUD_HEARTBEAT_SECONDS"
+    )
+# How often an interrupted operation is resumed before it is failed for good.
+NEOCLOUD_MAX_RECOVERIES = env_int("NEOCLOUD_MAX_RECOVERIES", 3, minimum=0)
+NEOCLOUD_RETRY_BACKOFF_SECONDS = env_float("NEOCLOUD_RETRY_BACKOFF_SECONDS", 1.0, minimum=0)
+# Which implementations do the hardware work: "fake" simulates in files; "pxe"/"ansible" are the real paths.
+NEOCLOUD_DEPLOY_DRIVER = env_choice("NEOCLOUD_DEPLOY_DRIVER", "fake", {"fake", "ansible"})
+NEOCLOUD_BURNIN_DRIVER = env_choice("NEOCLOUD_BURNIN_DRIVER", "fake", {"fake", "ansible"})
+NEOCLOUD_FAKE_HW_DIR = Path(env_str("NEOCLOUD_FAKE_HW_DIR", str(VAR_DIR / "fake-hw")))
+NEOCLOUD_LAB_DIR = Path(env_str("NEOCLOUD_LAB_DIR", str(VAR_DIR / "lab")))
+# Where lab servers and the deploy agent reach the boot service and image server.
+NEOCLOUD_BOOT_URL = env_str("NEOCLOUD_BOOT_URL", "http://127.0.0.1:8000")
+NEOCLOUD_BOOT_DIR = Path(env_str("NEOCLOUD_BOOT_DIR", str(VAR_DIR / "boot")))
+NEOCLOUD_IMAGE_DIR = Path(env_str("NEOCLOUD_IMAGE_DIR", str(VAR_DIR / "images")))
+# Seconds of GPU load during burn-in on real servers (lab servers use a short simulated load).
+NEOCLOUD_BURNIN_LOAD_SECONDS = env_float("NEOCLOUD_BURNIN_LOAD_SECONDS", 60.0, minimum=1)
+NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)
+NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("NEOCLOUD_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "paramiko": {"level": "WARNING"}},
+}
