@@ -1,0 +1,47 @@
+"""The description of one lab server, shared by the BMC endpoints, the firmware and the sshd runner.
+
+The lab keeps its state under ``LAB_DIR`` (default ``var/lab`` in the project): ``lab.json`` lists the
+nodes (one ``LabNodeSpec`` each); every node has a directory with its file-backed disk and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass
+class LabNodeSpec:
+    name: str  # e.g. "lab-h100-01"
+    index: int  # 1-based, stable: derives addresses
+    server_type: str  # ServerType slug, e.g. "h100-8x"
+    mac: str  # boot NIC MAC, lower-case colon form
+    bmc_protocol: str  # "ipmi" | "redfish"
+    bmc_address: str  # its own loopback address, e.g. 127.0.10.1
+    bmc_port: int  # 623 for IPMI, 8000 for Redfish
+    bmc_username: str
+    bmc_password: str = dataclasses.field(repr=False)
+    system_id: str = ""  # Redfish ComputerSystem id ("" for IPMI)
+    ssh_address: str = ""  # in 198.18.0.0/15, inside the node's network namespace
+    netns: str = ""  # network namespace name, e.g. "nc-lab-01"
+    disk_path: str = ""  # file-backed disk
+    disk_size: int = 256 * 1024 * 1024
+    gpu_faults: dict[str, Any] = dataclasses.field(default_factory=dict)  # simulated NVML faults
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabNodeSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def load_specs(lab_dir: Path) -> list[LabNodeSpec]:
+    path = lab_dir / "lab.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return [LabNodeSpec.from_dict(d) for d in data.get("nodes", [])]

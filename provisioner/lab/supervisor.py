@@ -1,0 +1,317 @@
+"""Start, inspect and stop the lab: one detached process per lab node (plain Python, no Django).
+
+``up`` writes ``lab.json`` (one LabNodeSpec per node), creates each node's sparse disk, starts every
+node process that is not already running (pid file ``nodes/<name>/node.pid``) and waits until every
+BMC answers on the network. ``status`` reads pid files and each node's state.json. ``down`` stops every
+node process of the lab, by pid and by scanning /proc for strays, and verifies none is left.
+BMC passwords live in lab.json (mode 0600) and never appear on a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from provisioner.lab.machine import read_state_file
+from provisioner.lab.node_process import node_dir
+from provisioner.lab.spec import LabNodeSpec, load_specs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NODE_MODULE = "provisioner.lab.node_process"
+IPMI_PORT = 623
+REDFISH_PORT = 8000
+BMC_USERNAME = "ncadmin"
+MAX_NODES = 200  # 127.0.10.<i> and 198.18.0.<i+1> stay inside one /24
+
+
+class LabError(RuntimeError):
+    """The lab could not be started or stopped; the message says which node and where its log is."""
+
+
+def make_specs(
+    n: int, lab_dir: Path, protocols: str = "mixed", server_type: str = "h100-8x"
+) -> list[LabNodeSpec]:
+    """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols."""
+    if not 1 <= n <= MAX_NODES:
+        raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
+    if protocols not in ("mixed", "ipmi", "redfish"):
+        raise ValueError(f"protocols must be mixed, ipmi or redfish, not {protocols!r}")
+    specs = []
+    for i in range(1, n + 1):
+        protocol = protocols if protocols != "mixed" else ("ipmi" if i % 2 else "redfish")
+        name = f"lab-node-{i:02d}"
+        specs.append(
+            LabNodeSpec(
+                name=name,
+                index=i,
+                server_type=server_type,
+                mac=f"52:54:00:00:{i >> 8:02x}:{i & 0xFF:02x}",
+                bmc_protocol=protocol,
+                bmc_address=f"127.0.10.{i}",
+                bmc_port=IPMI_PORT if protocol == "ipmi" else REDFISH_PORT,
+                bmc_username=BMC_USERNAME,
+                # IPMI 2.0 passwords are at most 20 bytes; 16 url-safe characters carry 96 bits
+                bmc_password=secrets.token_urlsafe(12),
+                system_id="" if protocol == "ipmi" else f"system-{i:02d}",
+                ssh_address=f"198.18.0.{i + 1}",
+                netns=f"nclab-{i}",
+                disk_path=str(node_dir(lab_dir, name) / "disk.img"),
+            )
+        )
+    return specs
+
+
+def write_lab_json(lab_dir: Path, specs: list[LabNodeSpec], boot_url: str) -> None:
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    path = lab_dir / "lab.json"
+    tmp = path.with_name(".lab.json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"boot_url": boot_url, "nodes": [s.to_dict() for s in specs]}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _pid_file(lab_dir: Path, name: str) -> Path:
+    return node_dir(lab_dir, name) / "node.pid"
+
+
+def _read_pid(lab_dir: Path, name: str) -> int | None:
+    try:
+        return int(_pid_file(lab_dir, name).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_node_process(pid: int, lab_dir: Path, name: str | None = None) -> bool:
+    """True when pid is a running node process of this lab (guards against pid reuse)."""
+    args = _cmdline(pid)
+    if NODE_MODULE not in args or "--lab-dir" not in args:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":
+        return False
+    given = Path(args[args.index("--lab-dir") + 1])
+    if not given.is_absolute():
+        given = Path(os.readlink(f"/proc/{pid}/cwd")) / given
+    if given.resolve() != lab_dir.resolve():
+        return False
+    return name is None or ("--name" in args and args[args.index("--name") + 1] == name)
+
+
+def lab_processes(lab_dir: Path) -> list[int]:
+    """Every live node process of this lab, found by scanning /proc (not trusting pid files)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_node_process(int(entry.name), lab_dir):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _create_disk(spec: LabNodeSpec) -> None:
+    path = Path(spec.disk_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        with open(path, "wb") as f:
+            f.truncate(spec.disk_size)  # sparse: no blocks written
+
+
+def _start_node(lab_dir: Path, spec: LabNodeSpec, boot_url: str) -> int:
+    directory = node_dir(lab_dir, spec.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    with open(directory / "node.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                NODE_MODULE,
+                "--lab-dir",
+                str(lab_dir.resolve()),
+                "--name",
+                spec.name,
+                "--boot-url",
+                boot_url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # detached: survives the caller, gets no terminal signals
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
+    _pid_file(lab_dir, spec.name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def ipmi_answers(address: str, port: int = IPMI_PORT, timeout: float = 0.2) -> bool:
+    """True when an IPMI BMC answers Get Channel Authentication Capabilities (session-less)."""
+    body = bytes([0x20, 0x18, 0xC8, 0x81, 0x00, 0x38, 0x8E, 0x04])
+    body += bytes([(-sum(body[3:])) & 0xFF])
+    packet = b"\x06\x00\xff\x07" + b"\x00" + b"\x00" * 8 + bytes([len(body)]) + body
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(packet, (address, port))
+            data, _ = sock.recvfrom(512)
+        except OSError:
+            return False
+    return len(data) > 20 and data[:4] == b"\x06\x00\xff\x07"
+
+
+def redfish_answers(address: str, port: int = REDFISH_PORT, timeout: float = 0.5) -> bool:
+    """True when a Redfish service root answers."""
+    try:
+        return requests.get(f"http://{address}:{port}/redfish/v1/", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def bmc_answers(spec: LabNodeSpec) -> bool:
+    if spec.bmc_protocol == "ipmi":
+        return ipmi_answers(spec.bmc_address, spec.bmc_port)
+    return redfish_answers(spec.bmc_address, spec.bmc_port)
+
+
+def up(
+    n: int, lab_dir: Path, boot_url: str = "", protocols: str = "mixed", *, wait_timeout: float = 30.0
+) -> list[LabNodeSpec]:
+    """Start an n-node lab. Idempotent: an existing lab.json with n nodes and the same protocols keeps
+    its specs (and passwords); nodes already running are left alone.
+
+    :raises LabError: a node's BMC did not answer within ``wait_timeout`` (the message names its log).
+    """
+    lab_dir = lab_dir.resolve()
+    specs = load_specs(lab_dir)
+    wanted = make_specs(n, lab_dir, protocols)
+    same_shape = len(specs) == n and [s.bmc_protocol for s in specs] == [s.bmc_protocol for s in wanted]
+    if not same_shape:
+        if lab_processes(lab_dir):
+            down(lab_dir)
+        specs = wanted
+    write_lab_json(lab_dir, specs, boot_url)
+    for spec in specs:
+        _create_disk(spec)
+        pid = _read_pid(lab_dir, spec.name)
+        if pid is None or not _is_node_process(pid, lab_dir, spec.name):
+            _start_node(lab_dir, spec, boot_url)
+    deadline = time.monotonic() + wait_timeout
+    waiting = list(specs)
+    while waiting:
+        waiting = [s for s in waiting if not bmc_answers(s)]
+        if not waiting:
+            break
+        for spec in waiting:
+            pid = _read_pid(lab_dir, spec.name)
+            if pid is not None and not _is_node_process(pid, lab_dir, spec.name):
+                raise LabError(
+                    f"lab node {spec.name} exited; see {node_dir(lab_dir, spec.name) / 'node.log'}"
+                )
+        if time.monotonic() > deadline:
+            names = ", ".join(s.name for s in waiting)
+            raise LabError(f"BMCs of {names} did not answer within {wait_timeout:.0f} s; see their node.log")
+        time.sleep(0.1)
+    # a node that could not bind its address (another lab holds it) exits, though that lab answered
+    for spec in specs:
+        pid = _read_pid(lab_dir, spec.name)
+        if pid is None or not _is_node_process(pid, lab_dir, spec.name):
+            raise LabError(f"lab node {spec.name} exited; see {node_dir(lab_dir, spec.name) / 'node.log'}")
+    return specs
+
+
+def status(lab_dir: Path) -> list[dict[str, Any]]:
+    """Per node: protocol, address, port, credentials, power, boot device, pid and whether it runs.
+    Read-only and idempotent; power is "unknown" when the node never ran."""
+    lab_dir = lab_dir.resolve()
+    rows = []
+    for spec in load_specs(lab_dir):
+        state = read_state_file(node_dir(lab_dir, spec.name))
+        pid = _read_pid(lab_dir, spec.name)
+        rows.append(
+            {
+                "name": spec.name,
+                "protocol": spec.bmc_protocol,
+                "address": spec.bmc_address,
+                "port": spec.bmc_port,
+                "username": spec.bmc_username,
+                "password": spec.bmc_password,
+                "system_id": spec.system_id,
+                "mac": spec.mac,
+                "ssh_address": spec.ssh_address,
+                "power": state.get("power", "unknown"),
+                "boot_device": state.get("boot_device", "unknown"),
+                "boot_persistent": state.get("boot_persistent"),
+                "boot_mode": state.get("boot_mode", "unknown"),
+                "pid": pid,
+                "alive": pid is not None and _is_node_process(pid, lab_dir, spec.name),
+            }
+        )
+    return rows
+
+
+def down(lab_dir: Path, *, timeout: float = 10.0) -> None:
+    """Stop every process of the lab and verify none is left. Idempotent.
+
+    :raises LabError: a process survived SIGKILL (should not happen; the message names its pid).
+    """
+    lab_dir = lab_dir.resolve()
+    pids = set(lab_processes(lab_dir))
+    for spec in load_specs(lab_dir):
+        pid = _read_pid(lab_dir, spec.name)
+        if pid is not None and _is_node_process(pid, lab_dir, spec.name):
+            pids.add(pid)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout / 2
+    while time.monotonic() < deadline and any(_is_node_process(p, lab_dir) for p in pids):
+        _reap(pids)
+        time.sleep(0.05)
+    for pid in pids:
+        if _is_node_process(pid, lab_dir):
+            _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout / 2
+    while time.monotonic() < deadline and lab_processes(lab_dir):
+        _reap(pids)
+        time.sleep(0.05)
+    _reap(pids)
+    left = lab_processes(lab_dir)
+    if left:
+        raise LabError(f"lab processes {left} survived SIGKILL")
+    for spec in load_specs(lab_dir):
+        _pid_file(lab_dir, spec.name).unlink(missing_ok=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _reap(pids: set[int]) -> None:
+    """Collect exit statuses of node processes this process started, so none stays a zombie."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
