@@ -1,0 +1,123 @@
+"""The boot service: iPXE scripts per MAC, placeholder deploy kernel/initrd, and the deploy agent's API.
+
+Plain Django views (no session, no CSRF: nodes in a PXE ramdisk have neither); the agent authenticates
+with the one-time bearer token from its kernel command line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from provisioner.boot import tickets
+from provisioner.models import DeployTicket, Node
+from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, render_ipxe_script, render_local_boot_script
+
+IPXE = "text/plain; charset=utf-8"
+# The "deploy ramdisk" the lab firmware and real iPXE fetch. In the lab the agent runs directly; a real site
+# serves its kernel and initrd here (NEOCLOUD_BOOT_DIR holds vmlinuz and initrd.img).
+PLACEHOLDER_KERNEL = b"NEOCLOUD-DEPLOY-KERNEL\n"
+PLACEHOLDER_INITRD = b"NEOCLOUD-DEPLOY-INITRD\n"
+
+
+def _base_url(request: HttpRequest) -> str:
+    return f"{request.scheme}://{request.get_host()}"
+
+
+@require_GET
+def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
+    try:
+        mac = normalize_mac(mac)
+    except IpxeScriptError:
+        return HttpResponse("#!ipxe\necho invalid MAC address\nexit 1\n", status=400, content_type=IPXE)
+    node = Node.objects.filter(boot_mac=mac).first()
+    if node is None:
+        return HttpResponse("#!ipxe\necho unknown machine\nexit 1\n", status=404, content_type=IPXE)
+    ticket, token = tickets.claim_for_boot(node)
+    if ticket is None:
+        return HttpResponse(render_local_boot_script(), content_type=IPXE)
+    if token is None:
+        # The script (and its token) was handed out already: a second boot must not get another one.
+        return HttpResponse("#!ipxe\necho deploy token already used\nexit 1\n", status=403, content_type=IPXE)
+    return HttpResponse(render_ipxe_script(_base_url(request), token, node.name), content_type=IPXE)
+
+
+def _deploy_file(name: str, placeholder: bytes) -> HttpResponse | FileResponse:
+    path = settings.NEOCLOUD_BOOT_DIR / name
+    if path.is_file():
+        return FileResponse(path.open("rb"), content_type="application/octet-stream")
+    return HttpResponse(placeholder, content_type="application/octet-stream")
+
+
+@require_GET
+def deploy_kernel(request: HttpRequest) -> HttpResponse | FileResponse:
+    return _deploy_file("vmlinuz", PLACEHOLDER_KERNEL)
+
+
+@require_GET
+def deploy_initrd(request: HttpRequest) -> HttpResponse | FileResponse:
+    return _deploy_file("initrd.img", PLACEHOLDER_INITRD)
+
+
+def _ticket(request: HttpRequest) -> DeployTicket | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme != "Bearer":
+        return None
+    return tickets.ticket_for_token(token.strip())
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@require_GET
+def agent_instructions(request: HttpRequest) -> JsonResponse:
+    ticket = _ticket(request)
+    if ticket is None:
+        return _error(403, "invalid_token", "unknown or expired deploy token")
+    if ticket.result_at is not None or not tickets.take_instructions(ticket):
+        return _error(
+            409, "token_used", "these instructions were already fetched; a new deploy needs a new boot"
+        )
+    return JsonResponse(ticket.instructions)
+
+
+@csrf_exempt
+@require_POST
+def agent_progress(request: HttpRequest) -> JsonResponse:
+    ticket = _ticket(request)
+    if ticket is None:
+        return _error(403, "invalid_token", "unknown or expired deploy token")
+    body = _json_body(request)
+    if body is None:
+        return _error(400, "invalid_request", "progress must be a JSON object")
+    tickets.record_progress(ticket, {k: body.get(k) for k in ("stage", "percent", "message")})
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@require_POST
+def agent_result(request: HttpRequest) -> JsonResponse:
+    ticket = _ticket(request)
+    if ticket is None:
+        return _error(403, "invalid_token", "unknown or expired deploy token")
+    body = _json_body(request)
+    if body is None or body.get("status") not in ("ok", "failed"):
+        return _error(400, "invalid_request", "result must be a JSON object with status ok or failed")
+    if not tickets.record_result(ticket, body):
+        return _error(409, "token_used", "a result was already reported for this deploy")
+    return JsonResponse({"ok": True})

@@ -1,0 +1,671 @@
+"""The deploy agent: runs in the deploy ramdisk, writes the image and the node's config to its disk.
+
+    python -m provisioner.pxe.agent --api URL --token T --disk /dev/sda
+    python -m provisioner.pxe.agent --cmdline /proc/cmdline --disk /dev/sda
+
+``--cmdline`` reads ``neocloud.api=`` and ``neocloud.token=`` from a kernel command line (what the
+iPXE script of provisioner.pxe.ipxe passes); ``--token-file`` or the ``NEOCLOUD_TOKEN`` environment
+variable keep the token out of the process list. The token is never printed.
+
+Steps (each reported to ``<api>/progress``; the outcome to ``<api>/result``):
+1. ``GET <api>/instructions`` (one-time token: a second GET is refused with 409, an unknown token 403).
+2. Invalidate the old config drive, then stream the image over HTTP to the disk in big chunks,
+   hashing while writing (never the whole image in memory); check ``Content-Length`` against the
+   announced size and the disk's room; fsync; compare the sha256.
+3. Write the config drive (provisioner.pxe.configdrive) with hostname, keys, fresh SSH host keys
+   (ed25519, ecdsa P-256, rsa 3072 made by ssh-keygen), network, image and deployed_at.
+4. Post the result with the public host keys and their ``ssh-keygen -lf`` fingerprints.
+
+On failure (checksum mismatch, write error, image too large...) the agent zeroes the first MiB of the
+disk and the config-drive area, posts ``status: failed`` with an ``error_code``, and exits 1, so a
+half-written node never looks deployed.
+
+Fault injection for the lab (never set in production): ``NEOCLOUD_FAULT_CORRUPT_OFFSET=N`` flips the
+byte at offset N of the received stream before it is hashed and written, as a bad network would;
+``NEOCLOUD_FAULT_CRASH_AFTER_BYTES=N`` kills the agent (SIGKILL) once N bytes are on the disk, as a
+ramdisk crash would: nothing is reported and the disk is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import datetime
+import hashlib
+import http.client
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from provisioner.pxe.configdrive import CONFIG_DRIVE_SIZE, ConfigDriveError, write_config_drive
+
+log = logging.getLogger("provisioner.pxe.agent")
+
+CHUNK_SIZE = 4 * 1024 * 1024
+PIPELINE_DEPTH = 4
+WIPE_SIZE = 1024 * 1024
+HOST_KEY_TYPES: tuple[tuple[str, list[str]], ...] = (
+    ("ed25519", []),
+    ("ecdsa", ["-b", "256"]),
+    ("rsa", ["-b", "3072"]),
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+EXIT_OK = 0
+EXIT_DEPLOY_FAILED = 1
+EXIT_NO_INSTRUCTIONS = 2
+EXIT_REPORT_FAILED = 3
+
+
+class AgentError(Exception):
+    """A deploy failure with the ``error_code`` the agent reports to the boot service."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- talking to the boot service ------------------------------------------------------------------
+
+
+class AgentApi:
+    """The boot service's agent API, authenticated with the one-time bearer token."""
+
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise AgentError("bad_arguments", "the agent API URL must be http(s)://...")
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:  # never show the token
+        return f"AgentApi({self.base_url!r}, token='***')"
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.base_url}/{path}", data=data, method=method)  # noqa: S310
+        request.add_header("Authorization", f"Bearer {self._token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentError("boot_service_unreachable", f"{method} {self.base_url}/{path} failed: {exc}")
+
+    def get_instructions(self) -> dict[str, Any]:
+        """Fetch this node's instructions. Not idempotent: the token is spent by the first call.
+
+        :raises AgentError: ``token_already_used`` (409), ``token_refused`` (401/403), other HTTP errors.
+        """
+        status, body = self._request("GET", "instructions")
+        if status == 409:
+            raise AgentError(
+                "token_already_used",
+                "the boot service refused the instructions: this one-time token was already used "
+                "(another agent or a replayed boot); power-cycle the node through a new deploy",
+            )
+        if status in (401, 403):
+            raise AgentError(
+                "token_refused", "the boot service does not know this token (expired or revoked)"
+            )
+        if status != 200:
+            raise AgentError("instructions_failed", f"GET instructions answered HTTP {status}")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise AgentError("bad_instructions", "the instructions are not JSON")
+        return validate_instructions(document)
+
+    def post_progress(self, stage: str, percent: int, message: str) -> None:
+        """Report progress. Best effort: a lost progress report does not fail the deploy. Idempotent."""
+        try:
+            status, _ = self._request(
+                "POST", "progress", {"stage": stage, "percent": percent, "message": message}
+            )
+        except AgentError as exc:
+            log.warning("progress report lost: %s", exc)
+            return
+        if status >= 300:
+            log.warning("progress report answered HTTP %d", status)
+
+    def post_result(self, result: dict[str, Any], attempts: int = 5) -> None:
+        """Report the outcome, retrying transient failures. Idempotent on the server side.
+
+        :raises AgentError: ``result_not_accepted`` after all attempts.
+        """
+        last = ""
+        for attempt in range(attempts):
+            try:
+                status, _ = self._request("POST", "result", result)
+            except AgentError as exc:
+                last = str(exc)
+            else:
+                if status < 300:
+                    return
+                last = f"HTTP {status}"
+                if 400 <= status < 500:
+                    break  # the server will not change its mind
+            time.sleep(min(0.5 * 2**attempt, 5))
+        raise AgentError("result_not_accepted", f"the boot service did not accept the result: {last}")
+
+
+def validate_instructions(document: Any) -> dict[str, Any]:
+    """Check the shape of the instructions document. Pure.
+
+    :raises AgentError: ``bad_instructions`` naming the field at fault.
+    """
+
+    def bad(field: str) -> AgentError:
+        return AgentError("bad_instructions", f"the instructions have a missing or invalid {field}")
+
+    if not isinstance(document, dict):
+        raise bad("document")
+    if document.get("action") == "erase":
+        return document  # a wipe needs nothing but the disk
+    image, config = document.get("image"), document.get("config")
+    if not isinstance(image, dict) or not isinstance(config, dict):
+        raise bad("image or config")
+    if urlsplit(str(image.get("url", ""))).scheme not in ("http", "https"):
+        raise bad("image.url")
+    if not isinstance(image.get("sha256"), str) or not _SHA256.match(image["sha256"].lower()):
+        raise bad("image.sha256")
+    if image.get("format", "raw") != "raw":
+        raise AgentError("unsupported_image_format", f"image format {image.get('format')!r} is not raw")
+    if not isinstance(image.get("size"), int) or image["size"] <= 0:
+        raise bad("image.size")
+    if not isinstance(config.get("hostname"), str) or not config["hostname"]:
+        raise bad("config.hostname")
+    keys = config.get("authorized_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise bad("config.authorized_keys")
+    if not isinstance(config.get("network", {}), dict):
+        raise bad("config.network")
+    return document
+
+
+# --- the kernel command line ------------------------------------------------------------------------
+
+
+def parse_kernel_cmdline(text: str) -> dict[str, str]:
+    """Parse ``key=value`` words of a kernel command line (``/proc/cmdline``). Pure."""
+    params: dict[str, str] = {}
+    for word in text.split():
+        key, _, value = word.partition("=")
+        params[key] = value
+    return params
+
+
+# --- writing the image ------------------------------------------------------------------------------
+
+
+def disk_size(disk_path: str) -> int:
+    """Size in bytes of a disk (block device or file). Idempotent.
+
+    :raises AgentError: ``disk_unavailable``.
+    """
+    try:
+        fd = os.open(disk_path, os.O_RDONLY)
+    except OSError as exc:
+        raise AgentError("disk_unavailable", f"cannot open the disk {disk_path}: {exc.strerror}")
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def wipe_disk_markers(disk_path: str) -> None:
+    """Zero the first MiB (partition table, file system superblock) and the config-drive area, fsync.
+    Idempotent. Errors are logged, not raised: this runs on the failure path.
+    """
+    try:
+        fd = os.open(disk_path, os.O_WRONLY)
+    except OSError as exc:
+        log.error("cannot open %s to wipe it: %s", disk_path, exc.strerror)
+        return
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.pwrite(fd, bytes(min(WIPE_SIZE, size)), 0)
+        if size >= CONFIG_DRIVE_SIZE * 2:
+            os.pwrite(fd, bytes(CONFIG_DRIVE_SIZE), size - CONFIG_DRIVE_SIZE)
+        os.fsync(fd)
+    except OSError as exc:
+        log.error("wiping %s failed: %s", disk_path, exc.strerror)
+    finally:
+        os.close(fd)
+
+
+def _open_image(url: str, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    parts = urlsplit(url)
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(parts.netloc, timeout=timeout)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    conn.request("GET", path, headers={"Accept-Encoding": "identity"})
+    return conn, conn.getresponse()
+
+
+@dataclasses.dataclass
+class WriteOutcome:
+    sha256: str
+    bytes_written: int
+
+
+def stream_image_to_disk(
+    url: str,
+    disk_path: str,
+    expected_size: int,
+    progress: Callable[[int], None] | None = None,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    timeout: float = 60.0,
+    corrupt_offset: int | None = None,
+) -> WriteOutcome:
+    """Stream ``url`` onto the disk from offset 0, hashing while writing; fsync; return the sha256.
+
+    Receiving runs on this thread, hashing and writing on a second one, with ``PIPELINE_DEPTH``
+    buffers of ``chunk_size`` in flight (sha256 and write release the GIL, so both cores work).
+    Idempotent (rewrites from the start). ``progress`` gets the bytes written so far.
+
+    :raises AgentError: ``image_too_large`` (does not fit before the config-drive area),
+        ``image_size_mismatch`` (Content-Length or received bytes differ from ``expected_size``),
+        ``image_download_failed``, ``disk_write_failed``.
+    """
+    room = disk_size(disk_path) - CONFIG_DRIVE_SIZE
+    if expected_size > room:
+        raise AgentError(
+            "image_too_large",
+            f"the image ({expected_size} bytes) does not fit on the disk "
+            f"({room} bytes before the config drive)",
+        )
+    try:
+        conn, response = _open_image(url, timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        raise AgentError("image_download_failed", f"cannot fetch the image from {url}: {exc}")
+    try:
+        if response.status != 200:
+            raise AgentError(
+                "image_download_failed", f"the image server answered HTTP {response.status} for {url}"
+            )
+        length = response.getheader("Content-Length")
+        if length is None or not length.isdigit() or int(length) != expected_size:
+            raise AgentError(
+                "image_size_mismatch",
+                f"the image server announced {length} bytes, the instructions {expected_size}",
+            )
+        return _pipeline(response, disk_path, expected_size, progress, chunk_size, corrupt_offset)
+    finally:
+        conn.close()
+
+
+def _pipeline(
+    response: http.client.HTTPResponse,
+    disk_path: str,
+    expected_size: int,
+    progress: Callable[[int], None] | None,
+    chunk_size: int,
+    corrupt_offset: int | None,
+) -> WriteOutcome:
+    try:
+        # O_WRONLY without O_TRUNC: a file-backed disk must keep its size (and a block device cannot).
+        fd = os.open(disk_path, os.O_WRONLY)
+    except OSError as exc:
+        raise AgentError("disk_write_failed", f"cannot open the disk {disk_path} for writing: {exc.strerror}")
+    digest = hashlib.sha256()
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(PIPELINE_DEPTH):
+        free.put(bytearray(chunk_size))
+    full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+    written = 0
+    write_error: list[OSError] = []
+
+    def writer() -> None:
+        nonlocal written
+        while (item := full.get()) is not None:
+            buf, n = item
+            view = memoryview(buf)[:n]
+            try:
+                if not write_error:
+                    digest.update(view)
+                    offset = 0
+                    while offset < n:
+                        offset += os.write(fd, view[offset:])
+                    written += n
+                    if progress is not None:
+                        progress(written)
+            except OSError as exc:
+                write_error.append(exc)
+            finally:
+                view.release()
+                free.put(buf)
+
+    thread = threading.Thread(target=writer, name="agent-writer", daemon=True)
+    thread.start()
+    received = 0
+    try:
+        while received < expected_size and not write_error:
+            buf = free.get()
+            view = memoryview(buf)
+            n = 0
+            try:
+                while n < chunk_size and received + n < expected_size:
+                    got = response.readinto(view[n : min(chunk_size, expected_size - received)])
+                    if not got:
+                        break
+                    n += got
+            except (OSError, http.client.HTTPException) as exc:
+                free.put(buf)
+                raise AgentError(
+                    "image_download_failed", f"the image download broke after {received + n} bytes: {exc}"
+                )
+            finally:
+                view.release()
+            if corrupt_offset is not None and received <= corrupt_offset < received + n:
+                buf[corrupt_offset - received] ^= 0xFF
+            if n == 0:
+                free.put(buf)
+                break
+            full.put((buf, n))
+            received += n
+    finally:
+        full.put(None)
+        thread.join()
+        try:
+            if not write_error:
+                os.fsync(fd)
+        except OSError as exc:
+            write_error.append(exc)
+        os.close(fd)
+    if write_error:
+        raise AgentError(
+            "disk_write_failed",
+            f"writing the image to {disk_path} failed after {written} bytes: {write_error[0]}",
+        )
+    if received != expected_size:
+        raise AgentError(
+            "image_size_mismatch", f"the image stream ended after {received} of {expected_size} bytes"
+        )
+    return WriteOutcome(digest.hexdigest(), written)
+
+
+# --- SSH host keys ----------------------------------------------------------------------------------
+
+
+def fingerprint(public_line: str) -> str:
+    """The ``ssh-keygen -lf`` fingerprint of a public key line: ``SHA256:`` + unpadded base64. Pure.
+
+    :raises ValueError: the line has no base64 key blob.
+    """
+    parts = public_line.split()
+    if len(parts) < 2:
+        raise ValueError("a public key line is '<type> <base64> [comment]'")
+    blob = base64.b64decode(parts[1], validate=True)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def generate_host_keys(comment: str) -> dict[str, dict[str, str]]:
+    """Fresh SSH host keys, one per type in ``HOST_KEY_TYPES``, keyed by the public key type
+    (``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ``ssh-rsa``): ``{"private": ..., "public": ...}``.
+    Not idempotent (new keys each call). The keys are generated concurrently.
+
+    :raises AgentError: ``host_key_generation_failed`` (ssh-keygen missing or failed).
+    """
+    keys: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="neocloud-hostkeys-") as tmp:
+        procs = []
+        for kind, extra in HOST_KEY_TYPES:
+            path = Path(tmp) / f"ssh_host_{kind}_key"
+            cmd = ["ssh-keygen", "-q", "-N", "", "-t", kind, *extra, "-C", comment, "-f", str(path)]
+            try:
+                procs.append(
+                    (kind, path, subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                )
+            except OSError as exc:
+                raise AgentError("host_key_generation_failed", f"cannot run ssh-keygen: {exc.strerror}")
+        for kind, path, proc in procs:
+            _, stderr = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise AgentError(
+                    "host_key_generation_failed",
+                    f"ssh-keygen -t {kind} failed: {stderr.decode().strip()[:200]}",
+                )
+            public = path.with_suffix(".pub").read_text().strip()
+            keys[public.split()[0]] = {"private": path.read_text(), "public": public}
+    return keys
+
+
+# --- the deploy -----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Posts write progress at most every 5 % or 2 s (the boot service need not see every chunk)."""
+
+    def __init__(self, api: AgentApi, total: int) -> None:
+        self.api, self.total = api, max(total, 1)
+        self.last_percent, self.last_time = -1, 0.0
+
+    def __call__(self, written: int) -> None:
+        percent = min(100, written * 100 // self.total)
+        now = time.monotonic()
+        if percent >= self.last_percent + 5 or (now - self.last_time >= 2 and percent != self.last_percent):
+            self.last_percent, self.last_time = percent, now
+            log.info("stage=write percent=%d bytes=%d", percent, written)
+            self.api.post_progress("write", percent, f"{written} of {self.total} bytes written")
+
+
+class _CrashAfter:
+    """Fault injection: SIGKILL this process once ``limit`` bytes are written (see the module doc)."""
+
+    def __init__(self, inner: Callable[[int], None], limit: int) -> None:
+        self.inner, self.limit = inner, limit
+
+    def __call__(self, written: int) -> None:
+        self.inner(written)
+        if written >= self.limit:
+            log.error("fault injection: the agent crashes after %d bytes", written)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def deploy(
+    api: AgentApi, disk_path: str, *, corrupt_offset: int | None = None, crash_after: int | None = None
+) -> int:
+    """Run the whole deploy against the boot service and return the process exit code.
+
+    Not idempotent: it spends the one-time token. Never raises for deploy failures: they are
+    reported to the boot service (``status: failed``) and give exit code 1.
+    """
+    try:
+        instructions = api.get_instructions()
+    except AgentError as exc:
+        log.error("no instructions (%s): %s", exc.code, exc)
+        return EXIT_NO_INSTRUCTIONS
+    if instructions.get("action") == "erase":
+        return erase(api, disk_path)
+    image, config = instructions["image"], instructions["config"]
+    expected_sha = image["sha256"].lower()
+    log.info("deploying %s (%d bytes, sha256 %s) to %s", image["url"], image["size"], expected_sha, disk_path)
+    outcome = WriteOutcome("", 0)
+    try:
+        api.post_progress("download", 0, f"streaming {image['size']} bytes from {image['url']}")
+        # A reimage must never leave the previous deploy's config drive behind a half-written image.
+        wipe_disk_markers(disk_path)
+        started = time.monotonic()
+        progress: Callable[[int], None] = _Progress(api, image["size"])
+        if crash_after is not None:
+            progress = _CrashAfter(progress, crash_after)
+        outcome = stream_image_to_disk(
+            image["url"], disk_path, image["size"], progress, corrupt_offset=corrupt_offset
+        )
+        elapsed = time.monotonic() - started
+        log.info("stage=write done bytes=%d seconds=%.3f", outcome.bytes_written, elapsed)
+        api.post_progress("verify", 100, "checking the sha256 of the written image")
+        if outcome.sha256 != expected_sha:
+            raise AgentError(
+                "image_checksum_mismatch",
+                f"the image's sha256 is {outcome.sha256}, expected {expected_sha}: the image or its transfer "
+                "is corrupt; the disk was wiped",
+            )
+        api.post_progress("configdrive", 0, "generating host keys and writing the config drive")
+        host_keys = generate_host_keys(f"root@{config['hostname']}")
+        document = {
+            "hostname": config["hostname"],
+            "authorized_keys": list(config.get("authorized_keys", [])),
+            "host_keys": host_keys,
+            "network": dict(config.get("network", {})),
+            "image": {"url": image["url"], "sha256": expected_sha, "size": image["size"]},
+            "node": instructions.get("node"),
+            "deployed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        try:
+            write_config_drive(disk_path, document)
+        except (OSError, ConfigDriveError) as exc:
+            raise AgentError("configdrive_failed", f"writing the config drive failed: {exc}")
+        api.post_progress("configdrive", 100, "config drive written")
+    except AgentError as exc:
+        log.error("deploy failed (%s): %s", exc.code, exc)
+        wipe_disk_markers(disk_path)
+        try:
+            api.post_result(
+                {
+                    "status": "failed",
+                    "error_code": exc.code,
+                    "message": str(exc),
+                    "sha256": outcome.sha256,
+                    "bytes_written": outcome.bytes_written,
+                    "host_keys": {},
+                    "host_key_fingerprints": {},
+                }
+            )
+        except AgentError as report:
+            log.error("%s", report)
+        return EXIT_DEPLOY_FAILED
+    publics = {kind: pair["public"] for kind, pair in host_keys.items()}
+    result = {
+        "status": "ok",
+        "error_code": None,
+        "message": f"image written ({outcome.bytes_written} bytes) and config drive written",
+        "sha256": outcome.sha256,
+        "bytes_written": outcome.bytes_written,
+        "host_keys": publics,
+        "host_key_fingerprints": {kind: fingerprint(line) for kind, line in publics.items()},
+    }
+    try:
+        api.post_result(result)
+    except AgentError as exc:
+        log.error("%s", exc)
+        return EXIT_REPORT_FAILED
+    log.info("deploy done")
+    return EXIT_OK
+
+
+ERASE_CHUNK = 4 * 1024 * 1024
+
+
+def erase(api: AgentApi, disk_path: str) -> int:
+    """Overwrite the whole disk with zeros (config drive included), fsync, and report. Idempotent.
+
+    A real site would add the drive's own secure erase (NVMe format/sanitize) here; zeros written
+    through the block layer are what every drive supports.
+    """
+    try:
+        size = disk_size(disk_path)
+        api.post_progress("erase", 0, f"overwriting {size} bytes with zeros")
+        zeros = bytes(ERASE_CHUNK)
+        fd = os.open(disk_path, os.O_WRONLY)
+        try:
+            written = 0
+            last_percent = 0
+            while written < size:
+                written += os.pwrite(fd, zeros[: min(ERASE_CHUNK, size - written)], written)
+                percent = int(100 * written / size)
+                if percent >= last_percent + 25:
+                    api.post_progress("erase", percent, f"{written} of {size} bytes overwritten")
+                    last_percent = percent
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except (OSError, AgentError) as exc:
+        code = exc.code if isinstance(exc, AgentError) else "disk_write_failed"
+        log.error("erase failed: %s", exc)
+        try:
+            api.post_result(
+                {"status": "failed", "error_code": code, "message": f"erasing the disk failed: {exc}"}
+            )
+        except AgentError as report:
+            log.error("%s", report)
+        return EXIT_DEPLOY_FAILED
+    api.post_result(
+        {
+            "status": "ok",
+            "error_code": None,
+            "message": f"disk overwritten ({written} bytes)",
+            "bytes_written": written,
+        }
+    )
+    log.info("erase done (%d bytes)", written)
+    return EXIT_OK
+
+
+def _resolve_arguments(args: argparse.Namespace) -> tuple[str, str]:
+    params = parse_kernel_cmdline(Path(args.cmdline).read_text()) if args.cmdline else {}
+    api = args.api or params.get("neocloud.api", "")
+    token = args.token or ""
+    if not token and args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    token = token or os.environ.get("NEOCLOUD_TOKEN", "") or params.get("neocloud.token", "")
+    if not api or not token:
+        raise SystemExit(
+            "the agent needs --api and a token (--token, --token-file, NEOCLOUD_TOKEN or --cmdline)"
+        )
+    return api, token
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Neocloud deploy agent")
+    parser.add_argument("--api", help="agent API base URL (neocloud.api= on the kernel command line)")
+    parser.add_argument("--token", help="one-time token (prefer --token-file or NEOCLOUD_TOKEN)")
+    parser.add_argument("--token-file")
+    parser.add_argument("--cmdline", help="a kernel command line file such as /proc/cmdline")
+    parser.add_argument("--disk", required=True, help="the target disk (block device or file)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s", stream=sys.stderr
+    )
+    api_url, token = _resolve_arguments(args)
+    try:
+        api = AgentApi(api_url, token)
+    except AgentError as exc:
+        log.error("%s", exc)
+        return EXIT_NO_INSTRUCTIONS
+    corrupt = os.environ.get("NEOCLOUD_FAULT_CORRUPT_OFFSET")
+    crash = os.environ.get("NEOCLOUD_FAULT_CRASH_AFTER_BYTES")
+    return deploy(
+        api,
+        args.disk,
+        corrupt_offset=int(corrupt) if corrupt else None,
+        crash_after=int(crash) if crash else None,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

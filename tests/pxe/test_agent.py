@@ -1,0 +1,259 @@
+"""The deploy agent against a real HTTP boot service (tests/pxe/bootservice.py) and our image server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bootservice import BootService
+
+from provisioner.pxe.agent import fingerprint, parse_kernel_cmdline
+from provisioner.pxe.configdrive import read_config_drive, write_config_drive
+from provisioner.pxe.images import build_demo_image
+from provisioner.pxe.imageserver import ImageServer
+
+ROOT = Path(__file__).resolve().parents[2]
+MAC = "52:54:00:aa:bb:01"
+CUSTOMER_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGw2a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5 alice@example"
+)
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    directory = tmp_path_factory.mktemp("images")
+    path = directory / "demo.img"
+    sha, size = build_demo_image(path, size_mib=16)
+    return path, sha, size
+
+
+@pytest.fixture(scope="module")
+def image_server(image: tuple[Path, str, int]) -> Iterator[ImageServer]:
+    with ImageServer(image[0].parent) as server:
+        yield server
+
+
+@pytest.fixture
+def boot() -> Iterator[BootService]:
+    with BootService() as service:
+        yield service
+
+
+def make_disk(path: Path, size: int = 32 * MIB, fill: bytes = b"\xa5") -> Path:
+    with open(path, "wb") as fh:
+        fh.write(fill * size)
+    return path
+
+
+def run_agent(boot: BootService, token: str, disk: Path, *extra: str, env: dict[str, str] | None = None):
+    environment = dict(os.environ, NEOCLOUD_TOKEN=token, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.pxe.agent", "--api", boot.api_url, "--disk", str(disk), *extra],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ssh_keygen_fingerprint(public_line: str, tmp_path: Path) -> str:
+    path = tmp_path / "key.pub"
+    path.write_text(public_line + "\n")
+    out = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+def test_agent_writes_image_and_config_drive_with_fresh_host_keys(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-happy-0123456789abcdef"
+    deployment = boot.add_deployment(
+        "lab-node-01", MAC, token, image_server.url_for("demo.img"), sha, size, [CUSTOMER_KEY]
+    )
+    disk = make_disk(tmp_path / "disk.img")
+
+    proc = run_agent(boot, token, disk)
+
+    assert proc.returncode == 0, proc.stderr
+    assert token not in proc.stdout + proc.stderr
+    with open(disk, "rb") as fh:
+        assert hashlib.sha256(fh.read(size)).hexdigest() == sha
+    assert disk.stat().st_size == 32 * MIB  # the disk keeps its size
+    document = read_config_drive(str(disk))
+    assert document is not None
+    assert document["hostname"] == "lab-node-01"
+    assert document["authorized_keys"] == [CUSTOMER_KEY]
+    assert document["network"] == {"address": "198.18.0.5", "prefix": 15}
+    assert document["image"]["sha256"] == sha
+    assert set(document["host_keys"]) == {"ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"}
+
+    result = deployment.result
+    assert result is not None and result["status"] == "ok" and result["error_code"] is None
+    assert result["sha256"] == sha and result["bytes_written"] == size
+    for kind, pair in document["host_keys"].items():
+        assert pair["private"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        assert result["host_keys"][kind] == pair["public"]
+        # The fingerprint the agent reports is the one ssh-keygen computes for the key on the disk.
+        assert result["host_key_fingerprints"][kind] == ssh_keygen_fingerprint(pair["public"], tmp_path)
+        key_file = tmp_path / f"{kind}.key"
+        key_file.write_text(pair["private"])
+        key_file.chmod(0o600)
+        derived = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True, check=True
+        ).stdout.split()[:2]
+        assert derived == pair["public"].split()[:2]
+    stages = [p["stage"] for p in deployment.progress]
+    assert (
+        stages[0] == "download" and "write" in stages and "verify" in stages and stages[-1] == "configdrive"
+    )
+    assert all(0 <= p["percent"] <= 100 for p in deployment.progress)
+
+
+def test_two_deploys_get_different_host_keys(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    fingerprints = []
+    for n in range(2):
+        token = f"tok-twice-{n}-0123456789abcdef"
+        deployment = boot.add_deployment(
+            "lab-node-01", MAC, token, image_server.url_for("demo.img"), sha, size
+        )
+        assert run_agent(boot, token, make_disk(tmp_path / f"disk{n}.img")).returncode == 0
+        fingerprints.append(deployment.result["host_key_fingerprints"]["ssh-ed25519"])
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_checksum_mismatch_wipes_disk_and_reports_failure(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-mismatch-0123456789abcdef"
+    wrong = hashlib.sha256(b"not the image").hexdigest()
+    deployment = boot.add_deployment("lab-node-02", MAC, token, image_server.url_for("demo.img"), wrong, size)
+    disk = make_disk(tmp_path / "disk.img")
+    write_config_drive(str(disk), {"hostname": "previous-tenant"})  # a previous deploy's config drive
+
+    proc = run_agent(boot, token, disk)
+
+    assert proc.returncode == 1
+    assert "image_checksum_mismatch" in proc.stderr
+    result = deployment.result
+    assert result["status"] == "failed" and result["error_code"] == "image_checksum_mismatch"
+    assert wrong in result["message"] and result["sha256"] == sha
+    assert result["host_keys"] == {}
+    assert read_config_drive(str(disk)) is None  # the node never looks deployed
+    with open(disk, "rb") as fh:
+        assert fh.read(MIB) == bytes(MIB)
+
+
+def test_corrupted_stream_is_detected(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-corrupt-0123456789abcdef"
+    deployment = boot.add_deployment("lab-node-03", MAC, token, image_server.url_for("demo.img"), sha, size)
+    disk = make_disk(tmp_path / "disk.img")
+
+    proc = run_agent(boot, token, disk, env={"NEOCLOUD_FAULT_CORRUPT_OFFSET": str(5 * MIB + 7)})
+
+    assert proc.returncode == 1
+    assert deployment.result["error_code"] == "image_checksum_mismatch"
+    assert deployment.result["sha256"] != sha
+    assert read_config_drive(str(disk)) is None
+
+
+def test_reused_token_is_refused_and_disk_untouched(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-reused-0123456789abcdef"
+    boot.add_deployment("lab-node-04", MAC, token, image_server.url_for("demo.img"), sha, size)
+    assert run_agent(boot, token, make_disk(tmp_path / "first.img")).returncode == 0
+    second = make_disk(tmp_path / "second.img")
+
+    proc = run_agent(boot, token, second)
+
+    assert proc.returncode == 2
+    assert "token_already_used" in proc.stderr
+    assert token not in proc.stderr
+    with open(second, "rb") as fh:
+        assert fh.read(MIB) == b"\xa5" * MIB
+
+
+def test_unknown_token_is_refused(boot, tmp_path):
+    proc = run_agent(boot, "tok-nobody-0123456789abcdef", make_disk(tmp_path / "disk.img", size=4 * MIB))
+    assert proc.returncode == 2
+    assert "token_refused" in proc.stderr
+
+
+def test_image_larger_than_disk_fails_before_writing(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-toolarge-0123456789abcdef"
+    deployment = boot.add_deployment("lab-node-05", MAC, token, image_server.url_for("demo.img"), sha, size)
+    disk = make_disk(tmp_path / "small.img", size=size)  # no room left for the config drive
+
+    proc = run_agent(boot, token, disk)
+
+    assert proc.returncode == 1
+    assert deployment.result["error_code"] == "image_too_large"
+    assert deployment.result["bytes_written"] == 0
+    assert disk.stat().st_size == size
+    with open(disk, "rb") as fh:
+        assert fh.read(MIB) == bytes(MIB)
+
+
+def test_size_announced_by_server_must_match_instructions(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-size-0123456789abcdef"
+    deployment = boot.add_deployment(
+        "lab-node-06", MAC, token, image_server.url_for("demo.img"), sha, size - 4096
+    )
+    proc = run_agent(boot, token, make_disk(tmp_path / "disk.img"))
+    assert proc.returncode == 1
+    assert deployment.result["error_code"] == "image_size_mismatch"
+
+
+def test_missing_image_is_reported(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-missing-0123456789abcdef"
+    deployment = boot.add_deployment("lab-node-07", MAC, token, image_server.url_for("nope.img"), sha, size)
+    proc = run_agent(boot, token, make_disk(tmp_path / "disk.img"))
+    assert proc.returncode == 1
+    assert deployment.result["error_code"] == "image_download_failed"
+    assert "404" in deployment.result["message"]
+
+
+def test_agent_reads_api_and_token_from_kernel_cmdline(boot, image, image_server, tmp_path):
+    _path, sha, size = image
+    token = "tok-cmdline-0123456789abcdef"
+    deployment = boot.add_deployment("lab-node-08", MAC, token, image_server.url_for("demo.img"), sha, size)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(
+        f"BOOT_IMAGE=vmlinuz neocloud.api={boot.api_url} neocloud.token={token} console=ttyS0\n"
+    )
+    disk = make_disk(tmp_path / "disk.img")
+    environment = {k: v for k, v in os.environ.items() if k != "NEOCLOUD_TOKEN"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner.pxe.agent", "--cmdline", str(cmdline), "--disk", str(disk)],
+        env=dict(environment, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert deployment.result["status"] == "ok"
+    assert token not in proc.stderr
+
+
+def test_parse_kernel_cmdline():
+    params = parse_kernel_cmdline(
+        "quiet neocloud.api=http://h/boot/api neocloud.token=abc console=ttyS0,115200\n"
+    )
+    assert params["neocloud.api"] == "http://h/boot/api"
+    assert params["neocloud.token"] == "abc"
+    assert params["quiet"] == ""
+
+
+def test_fingerprint_rejects_garbage():
+    with pytest.raises(ValueError):
+        fingerprint("ssh-ed25519")
