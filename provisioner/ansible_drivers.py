@@ -1,0 +1,249 @@
+"""Deploy, handover, wipe and burn-in as Ansible playbooks (playbooks/*.yml) run through ansible-runner.
+
+These are the real paths: the BMC is driven through our drivers (the neocloud_bmc module), the node
+network-boots and runs the real deploy agent, and handover and burn-in run over real SSH on the node.
+Lab nodes (listed in the lab's lab.json) differ only in two facts the playbooks take as variables:
+their "OS" runs this repository's Python, and their GPUs are simulated (with the lab's injected faults).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from provisioner.ansible import PlaybookFailed, run_playbook
+from provisioner.boot.tickets import open_ticket
+from provisioner.burnin.bundle import build_bundle
+from provisioner.drivers.base import (
+    BurnInDriver,
+    DeployDriver,
+    DeployRequest,
+    DeployResult,
+    HandoverRequest,
+    HandoverResult,
+)
+from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
+from provisioner.lab.spec import LabNodeSpec, load_specs
+from provisioner.models import DeployTicket, Node, Operation
+
+LAB_PREFIX = 15  # lab addresses live in 198.18.0.0/15
+
+
+def lab_spec(node_name: str) -> LabNodeSpec | None:
+    """The lab's description of this node, if it is a lab server."""
+    for spec in load_specs(Path(settings.NEOCLOUD_LAB_DIR)):
+        if spec.name == node_name:
+            return spec
+    return None
+
+
+def _cancel_event(log: Any) -> Any:
+    return getattr(log, "cancelled", None)
+
+
+def _operation(request_extra: dict[str, Any]) -> Operation:
+    return Operation.objects.get(pk=request_extra["operation_id"])
+
+
+def _ticket_failure(ticket: DeployTicket, exc: PlaybookFailed) -> DriverError:
+    result = DeployTicket.objects.get(pk=ticket.pk).result or {}
+    if result.get("error_code") == "image_checksum_mismatch":
+        return ImageChecksumMismatch(f"deploy agent: {result.get('message')}")
+    if result.get("status") == "failed":
+        return DeployFailed(f"deploy agent: {result.get('message')}")
+    return DeployFailed(str(exc), retryable=exc.retryable)
+
+
+class AnsibleDeployDriver(DeployDriver):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.spec = lab_spec(node.name)
+
+    @property
+    def python(self) -> str:
+        return sys.executable if self.spec else "/usr/bin/python3"
+
+    def _address(self) -> str:
+        address = self.node.primary_address or (self.spec.ssh_address if self.spec else "")
+        if not address:
+            raise DeployFailed(
+                f"{self.node.name} has no primary address to configure (set it in the inventory)"
+            )
+        return address
+
+    def deploy(self, request: DeployRequest, log: Any) -> DeployResult:
+        address = self._address()
+        instructions = {
+            "action": "deploy",
+            "node": request.node_name,
+            "image": {
+                "url": request.image_url,
+                "sha256": request.image_sha256,
+                "format": request.image_format,
+                "size": request.extra.get("image_size"),
+            },
+            "config": {
+                "hostname": request.hostname,
+                "authorized_keys": [*request.authorized_keys, request.provisioning_public_key],
+                "network": {"address": address, "prefix": LAB_PREFIX},
+            },
+        }
+        ticket = open_ticket(self.node, _operation(request.extra), instructions)
+        try:
+            run_playbook(
+                "provision.yml",
+                extravars={
+                    "node": self.node.name,
+                    "ticket": ticket.pk,
+                    "address": address,
+                    "ssh_port": 22,
+                    "deploy_timeout": 600,
+                    "ssh_timeout": 120,
+                },
+                log=log,
+                cancel=_cancel_event(log),
+            )
+        except PlaybookFailed as exc:
+            raise _ticket_failure(ticket, exc)
+        result = DeployTicket.objects.get(pk=ticket.pk).result or {}
+        host_keys: dict[str, str] = result.get("host_keys") or {}
+        fingerprints: dict[str, str] = result.get("host_key_fingerprints") or {}
+        if not host_keys or not fingerprints:
+            raise DeployFailed(f"the deploy agent on {self.node.name} reported no host keys")
+        known_hosts = "\n".join(
+            f"{address} {line.split()[0]} {line.split()[1]}" for line in host_keys.values()
+        )
+        return DeployResult(
+            address=address, ssh_port=22, host_key_fingerprints=fingerprints, known_hosts=known_hosts
+        )
+
+    def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
+        host = {
+            "ansible_host": request.address,
+            "ansible_port": request.port,
+            "ansible_user": request.username,
+            "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
+            "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes -o ConnectTimeout=10",
+            "ansible_python_interpreter": self.python,
+        }
+        known_hosts = Node.objects.get(pk=self.node.pk).known_hosts
+        try:
+            run_playbook(
+                "handover.yml",
+                extravars={
+                    "address": request.address,
+                    "ssh_port": request.port,
+                    "customer_keys": request.customer_keys,
+                    "provisioning_public_key": request.provisioning_public_key,
+                },
+                hosts={request.node_name: host},
+                files={
+                    "provisioning_key": request.provisioning_private_key,
+                    "known_hosts": known_hosts + "\n",
+                },
+                secrets=[request.provisioning_private_key],
+                log=log,
+                cancel=_cancel_event(log),
+            )
+        except PlaybookFailed as exc:
+            if "Permission denied" in str(exc) and self._already_handed_over(request):
+                log("the provisioning key was already removed by an earlier attempt; host keys verified")
+            else:
+                raise DriverError(f"handover of {request.node_name} failed: {exc}", retryable=exc.retryable)
+        return HandoverResult(
+            host_key_fingerprints=request.expected_fingerprints,
+            known_hosts=known_hosts,
+            ssh_command=f"ssh {request.username}@{request.address}",
+        )
+
+    def _already_handed_over(self, request: HandoverRequest) -> bool:
+        """A retried handover whose first attempt removed our key: the node must still show exactly the
+        host keys generated at deploy (scan_host_keys raises on any other key)."""
+        from provisioner.handover import scan_host_keys
+
+        try:
+            scanned = scan_host_keys(request.address, request.port, request.expected_fingerprints)
+        except DriverError:
+            return False
+        return {k.fingerprint for k in scanned} == set(request.expected_fingerprints.values())
+
+    def wipe(self, node_name: str, log: Any) -> None:
+        op = Operation.objects.filter(node=self.node).order_by("-created_at").first()
+        if op is None:
+            raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
+        ticket = open_ticket(self.node, op, {"action": "erase", "node": node_name})
+        try:
+            run_playbook(
+                "wipe.yml",
+                extravars={"node": node_name, "ticket": ticket.pk, "wipe_timeout": 600},
+                log=log,
+                cancel=_cancel_event(log),
+            )
+        except PlaybookFailed as exc:
+            raise _ticket_failure(ticket, exc)
+
+
+class AnsibleBurnInDriver(BurnInDriver):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.spec = lab_spec(node.name)
+
+    def _faults(self) -> dict[str, Any]:
+        if self.spec is None:
+            return {}
+        path = Path(settings.NEOCLOUD_LAB_DIR) / "nodes" / self.spec.name / "gpu_faults.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        return dict(self.spec.gpu_faults)
+
+    def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
+        node = Node.objects.get(pk=self.node.pk)
+        lab = self.spec is not None
+        host = {
+            "ansible_host": node.ssh_address,
+            "ansible_port": node.ssh_port,
+            "ansible_user": node.ssh_user,
+            "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
+            "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes -o ConnectTimeout=10",
+            "ansible_python_interpreter": sys.executable if lab else "/usr/bin/python3",
+        }
+        private_key = expectations["provisioning_private_key"]
+        task = "Run the burn-in checks under load"
+        try:
+            result = run_playbook(
+                "burnin.yml",
+                extravars={
+                    "python": sys.executable if lab else "/usr/bin/python3",
+                    "backend": "simulated" if lab else "nvml",
+                    "expect": expectations["expect"],
+                    "thresholds": expectations.get("thresholds") or {},
+                    "faults": self._faults(),
+                    "load_seconds": settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
+                    "xid_wait_seconds": 5 if not lab else 0.2,
+                    "sample_interval": 1 if not lab else 0.2,
+                },
+                hosts={node_name: host},
+                files={
+                    "provisioning_key": private_key,
+                    "known_hosts": node.known_hosts + "\n",
+                    "burnin_agent": build_bundle(),
+                },
+                secrets=[private_key],
+                log=log,
+                cancel=_cancel_event(log),
+            )
+        except PlaybookFailed as exc:
+            if "nvml_unavailable" in str(exc) or "NVML not available" in str(exc):
+                raise NvmlUnavailable(f"{node_name}: NVML not available on the server; burn-in cannot run")
+            raise DriverError(f"burn-in on {node_name} could not run: {exc}", retryable=exc.retryable)
+        stdout = result.last(task).get("stdout", "")
+        try:
+            return json.loads(stdout)
+        except ValueError:
+            raise DriverError(f"burn-in on {node_name} printed no JSON report")
