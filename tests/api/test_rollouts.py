@@ -1,0 +1,162 @@
+"""Rolling bulk reimage through the API with real worker processes and fake hardware: the concurrency cap
+holds, the failure budget halts the rollout, and concurrent advancing never over-starts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import close_old_connections
+from rest_framework.test import APIClient
+
+from provisioner.drivers.base import BmcAccess
+from provisioner.drivers.fake import write_fake_bmc
+from provisioner.models import ApiToken, Node, Operation, Rollout
+from provisioner.services.audit import Actor
+from provisioner.services.rollouts import advance_rollout, advance_running_rollouts, start_rollout
+from provisioner.states import NodeState, OperationState
+from tests.conftest import wait_for
+
+V1 = "/api/v1"
+H100 = ["node-h100-8x-01", "node-h100-8x-02", "node-h100-8x-03", "node-h100-8x-04"]
+
+
+def operator_client(inv) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(inv.operator, 'ops')[1]}")
+    return client
+
+
+def rollout_done(client: APIClient, rollout_id: int):
+    """One scheduler pass (what the scheduler loop calls), then the rollout if it has finished."""
+    advance_running_rollouts()
+    body = client.get(f"{V1}/admin/reimage-rollouts/{rollout_id}").json()
+    return body if body["state"] != "running" else None
+
+
+def max_overlap(ops: list[Operation]) -> int:
+    """Most operations unfinished at the same instant, from creation to finish (stricter than start)."""
+    events = sorted([(op.created_at, 1) for op in ops] + [(op.finished_at, -1) for op in ops])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.slow
+def test_rollout_never_runs_more_than_max_parallel(inventory, fake_hw_dir, workers):
+    for _ in range(3):
+        workers.worker()
+    for name in H100:  # each wipe takes a moment, so a third node would overlap if the cap leaked
+        node = Node.objects.get(name=name)
+        write_fake_bmc(_access(node), fault="slow", slow_seconds=0.3)
+    client = operator_client(inventory)
+    created = client.post(
+        f"{V1}/admin/reimage-rollouts", {"nodes": H100, "max_parallel": 2, "failure_budget": 0}, format="json"
+    )
+    assert created.status_code == 202, created.content
+    body = created.json()
+    assert body["counts"] == {"total": 4, "succeeded": 0, "failed": 0, "running": 2, "pending": 2}
+    assert [n["operation"] is not None for n in body["nodes"]] == [True, True, False, False]
+    done = wait_for(
+        lambda: rollout_done(client, body["id"]),
+        90,
+        interval=0.2,
+        message="rollout finished",
+        details=workers.logs,
+    )
+    assert done["state"] == "succeeded", done
+    assert done["counts"] == {"total": 4, "succeeded": 4, "failed": 0, "running": 0, "pending": 0}
+    ops = list(Operation.objects.filter(rollout_id=body["id"]))
+    assert len(ops) == 4 and all(op.state == OperationState.SUCCEEDED for op in ops)
+    assert max_overlap(ops) == 2
+    starts = sorted(op.started_at for op in ops)
+    finishes = sorted(op.finished_at for op in ops)
+    # the third node started only after one of the first two finished
+    assert starts[2] >= finishes[0]
+    assert all(Node.objects.get(name=n).state == NodeState.AVAILABLE for n in H100)
+
+
+@pytest.mark.slow
+def test_failure_budget_zero_halts_after_one_failure(inventory, fake_hw_dir, workers):
+    workers.worker()
+    broken = Node.objects.get(name="node-h100-8x-01")
+    write_fake_bmc(_access(broken), fault="auth")  # its wipe fails for good: the BMC refuses our login
+    client = operator_client(inventory)
+    created = client.post(
+        f"{V1}/admin/reimage-rollouts", {"nodes": H100, "max_parallel": 1, "failure_budget": 0}, format="json"
+    ).json()
+    done = wait_for(
+        lambda: rollout_done(client, created["id"]),
+        60,
+        interval=0.2,
+        message="rollout halted",
+        details=workers.logs,
+    )
+    assert done["state"] == "halted"
+    assert done["halted_reason"].startswith("halted: 1 node(s) failed, more than the failure budget of 0")
+    assert done["counts"] == {"total": 4, "succeeded": 0, "failed": 1, "running": 0, "pending": 3}
+    assert (
+        Operation.objects.filter(rollout_id=created["id"]).count() == 1
+    )  # nothing started after the failure
+    assert done["nodes"][0]["state"] == "failed" and "refused" in done["nodes"][0]["error"].lower()
+    assert Node.objects.get(pk=broken.pk).state == NodeState.ERROR
+    assert all(Node.objects.get(name=n).state == NodeState.AVAILABLE for n in H100[1:])
+
+
+def test_rollout_with_a_leased_node_is_refused_without_force(inventory):
+    from provisioner.services.reservations import reserve_servers
+
+    reserve_servers(
+        inventory.acme,
+        inventory.h100,
+        1,
+        image=inventory.image,
+        ssh_keys=[inventory.key],
+        actor=Actor(user=inventory.owner, label="olivia"),
+    )
+    client = operator_client(inventory)
+    refused = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"filter": {"server_type": "h100-8x"}, "max_parallel": 2},
+        format="json",
+    )
+    assert refused.status_code == 409
+    assert "node-h100-8x-01" in refused.json()["error"]["message"]
+    assert Rollout.objects.count() == 0
+    neither = client.post(f"{V1}/admin/reimage-rollouts", {"max_parallel": 2}, format="json")
+    assert neither.status_code == 400 and "nodes" in neither.json()["error"]["details"]
+
+
+def test_concurrent_advances_never_exceed_the_cap(inventory, transactional_db):
+    nodes = [Node.objects.get(name=n) for n in H100]
+    rollout = start_rollout(nodes, actor=Actor.system("test"), max_parallel=1, failure_budget=0)
+    Rollout.objects.filter(pk=rollout.pk).update(max_parallel=3)  # three slots now, eight racing advancers
+    barrier = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def advance() -> None:
+        try:
+            barrier.wait(timeout=10)
+            advance_rollout(rollout.pk)
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=advance) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert failures == []
+    ops = Operation.objects.filter(rollout=rollout)
+    assert ops.count() == 3
+    assert len(set(ops.values_list("node_id", flat=True))) == 3
+
+
+def _access(node: Node) -> BmcAccess:
+    return BmcAccess(
+        protocol="fake", address=node.bmc_address, port=node.bmc_port, username="admin", password=""
+    )

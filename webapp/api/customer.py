@@ -1,0 +1,381 @@
+"""Customer endpoints under /api/v1/: catalog, SSH keys, reservations, servers, operations, organizations,
+tokens and the audit trail. Views are thin: they scope with ``for_user`` and call provisioner.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from provisioner.models import (
+    AuditEvent,
+    Image,
+    Node,
+    Operation,
+    Organization,
+    Reservation,
+    ServerType,
+    SSHKey,
+)
+from provisioner.services import reservations as reservation_service
+from provisioner.services import tenancy
+from provisioner.services.audit import Actor
+from webapp.api import serializers as s
+from webapp.api.permissions import OwnerOnlyActions, acting_organization, organizations_for, tokens_for
+
+
+def errors(*codes: int) -> dict[int, Any]:
+    """Schema entries for error responses: they all share the one error shape."""
+    return {code: OpenApiResponse(s.ErrorSerializer, description="error") for code in codes}
+
+
+class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
+    """Hardware profiles you can reserve, with how many are free."""
+
+    serializer_class = s.ServerTypeSerializer
+    queryset = ServerType.objects.all()
+    lookup_field = "slug"
+    lookup_value_regex = "[^/]+"
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        query = s.AvailabilityQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        start = query.validated_data.get("starts_at")
+        end = query.validated_data.get("ends_at")
+        if start is None and end is not None:
+            start = timezone.now()
+        context["availability"] = {
+            st.pk: reservation_service.availability(st, start, end) for st in ServerType.objects.all()
+        }
+        return context
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("starts_at", OpenApiTypes.DATETIME, description="window start (default now)"),
+            OpenApiParameter("ends_at", OpenApiTypes.DATETIME, description="window end (default open-ended)"),
+        ],
+        responses={200: s.ServerTypeSerializer(many=True), **errors(400, 401)},
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+
+class ImageViewSet(viewsets.ReadOnlyModelViewSet):
+    """OS images servers can be deployed with."""
+
+    serializer_class = s.ImageSerializer
+    queryset = Image.objects.all()
+    lookup_field = "slug"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> QuerySet[Image]:
+        if self.request.user.is_staff:
+            return Image.objects.all()
+        return Image.objects.filter(public=True)
+
+
+@extend_schema_view(destroy=extend_schema(responses={204: None, **errors(401, 404)}))
+class SSHKeyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Your organizations' SSH public keys; reservations put them on the servers."""
+
+    serializer_class = s.SSHKeySerializer
+    queryset = SSHKey.objects.all()
+
+    def get_queryset(self) -> QuerySet[SSHKey]:
+        return SSHKey.objects.for_user(self.request.user).select_related("organization")
+
+    @extend_schema(
+        request=s.SSHKeyCreateSerializer, responses={201: s.SSHKeySerializer, **errors(400, 401, 404)}
+    )
+    def create(self, request: Request) -> Response:
+        data = _valid(s.SSHKeyCreateSerializer, request)
+        org = acting_organization(request.user, data.get("organization"))
+        key = tenancy.create_ssh_key(
+            org, data.get("name", ""), data["public_key"], actor=Actor.from_request(request)
+        )
+        return Response(s.SSHKeySerializer(key).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: SSHKey) -> None:
+        tenancy.delete_ssh_key(instance, actor=Actor.from_request(self.request))
+
+
+def _user(request: Request) -> User:
+    """The authenticated user (every customer endpoint requires one)."""
+    assert isinstance(request.user, User)
+    return request.user
+
+
+def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class ReservationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Whole servers for a window. Provisioning starts at once for a window that starts now."""
+
+    serializer_class = s.ReservationSerializer
+    queryset = Reservation.objects.all()
+    filterset_fields = ["state"]
+
+    def get_queryset(self) -> QuerySet[Reservation]:
+        return (
+            Reservation.objects.for_user(self.request.user)
+            .select_related("organization", "server_type", "image")
+            .prefetch_related("ssh_keys", "nodes")
+        )
+
+    @extend_schema(
+        request=s.ReservationCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="a retried request with the same key returns the first reservation (200) "
+                "instead of booking again",
+            )
+        ],
+        responses={
+            201: s.ReservationSerializer,
+            200: OpenApiResponse(s.ReservationSerializer, description="replay of an Idempotency-Key"),
+            **errors(400, 401, 403, 404, 409),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        data = _valid(s.ReservationCreateSerializer, request)
+        org = acting_organization(request.user, data.get("organization"))
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if len(key) > 100:
+            raise ValidationError({"Idempotency-Key": ["at most 100 characters"]})
+        server_type = ServerType.objects.filter(slug=data["server_type"]).first()
+        if server_type is None:
+            raise ValidationError({"server_type": [f"no server type {data['server_type']!r}"]})
+        image = self._image(data["image"])
+        ssh_keys = self._ssh_keys(org, data["ssh_keys"])
+        existing = Reservation.objects.filter(organization=org, idempotency_key=key).first() if key else None
+        if existing is not None:
+            return self._replay(existing, server_type, data["count"])
+        reservation = reservation_service.reserve_servers(
+            org,
+            server_type,
+            data["count"],
+            image=image,
+            actor=Actor.from_request(request),
+            starts_at=data.get("starts_at"),
+            ends_at=data.get("ends_at"),
+            ssh_keys=ssh_keys,
+            name=data.get("name", ""),
+            idempotency_key=key,
+        )
+        return Response(self._out(reservation.pk), status=status.HTTP_201_CREATED)
+
+    def _replay(self, existing: Reservation, server_type: ServerType, count: int) -> Response:
+        if existing.server_type_id != server_type.pk or existing.count != count:
+            return Response(
+                {"error": {"code": "idempotency_key_reused",
+                           "message": f"this Idempotency-Key was used for reservation {existing.pk}, "
+                                      "which asked for something else; use a new key for a new request"}},
+                status=status.HTTP_409_CONFLICT,
+            )  # fmt: skip
+        return Response(self._out(existing.pk), status=status.HTTP_200_OK)
+
+    def _out(self, pk: int) -> dict[str, Any]:
+        # The caller already holds an authorized row (get_object or its own create): no scoping join needed.
+        row = (
+            Reservation.objects.select_related("organization", "server_type", "image")
+            .prefetch_related("ssh_keys", "nodes")
+            .get(pk=pk)
+        )
+        return s.ReservationSerializer(row, context=self.get_serializer_context()).data
+
+    def _image(self, slug: str) -> Image:
+        images = Image.objects.all() if self.request.user.is_staff else Image.objects.filter(public=True)
+        image = images.filter(slug=slug).first()
+        if image is None:
+            raise ValidationError({"image": [f"no image {slug!r}"]})
+        return image
+
+    @staticmethod
+    def _ssh_keys(org: Organization, refs: list[str]) -> list[SSHKey]:
+        ids = [int(r) for r in refs if r.isdigit()]
+        found = list(SSHKey.objects.filter(organization=org).filter(Q(pk__in=ids) | Q(name__in=refs)))
+        known = {str(k.pk) for k in found} | {k.name for k in found}
+        missing = [r for r in refs if r not in known]
+        if missing:
+            raise ValidationError({"ssh_keys": [f"no SSH key {r!r} in {org.name}" for r in missing]})
+        return found
+
+    @extend_schema(
+        request=s.ExtendSerializer, responses={200: s.ReservationSerializer, **errors(400, 401, 404, 409)}
+    )
+    @action(detail=True, methods=["post"])
+    def extend(self, request: Request, pk: str | None = None) -> Response:
+        reservation = self.get_object()
+        data = _valid(s.ExtendSerializer, request)
+        reservation_service.extend_reservation(
+            reservation, data["ends_at"], actor=Actor.from_request(request)
+        )
+        return Response(self._out(reservation.pk))
+
+    @extend_schema(request=None, responses={202: s.ReservationSerializer, **errors(401, 404)})
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str | None = None) -> Response:
+        """Give the servers back: they are wiped and return to the pool. Idempotent."""
+        reservation = self.get_object()
+        reservation_service.release_reservation(reservation, actor=Actor.from_request(request))
+        return Response(self._out(reservation.pk), status=status.HTTP_202_ACCEPTED)
+
+
+class ServerViewSet(viewsets.ReadOnlyModelViewSet):
+    """Servers your organizations hold now, with how to reach them."""
+
+    serializer_class = s.ServerSerializer
+    queryset = Node.objects.all()
+
+    def get_queryset(self) -> QuerySet[Node]:
+        return (
+            Node.objects.for_user(self.request.user)
+            .filter(owner__isnull=False)
+            .select_related("server_type", "image")
+        )
+
+
+class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+    """Long-running work (provision, release, reimage ...): progress, steps and log."""
+
+    queryset = Operation.objects.all()
+    filterset_fields = ["state", "kind", "reservation"]
+
+    def get_serializer_class(self) -> type:
+        return s.OperationSerializer if self.action == "retrieve" else s.OperationSummarySerializer
+
+    def get_queryset(self) -> QuerySet[Operation]:
+        return Operation.objects.for_user(self.request.user).select_related("node").prefetch_related("steps")
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        after = self.request.query_params.get("after", "0")
+        if not after.isdigit():
+            raise ValidationError({"after": ["must be a log line id (a non-negative integer)"]})
+        context["log_after"] = int(after)
+        return context
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", OpenApiTypes.INT, description="only log lines with a larger id")
+        ],
+        responses={200: s.OperationSerializer, **errors(400, 401, 404)},
+    )
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+
+class OrganizationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Organizations you belong to, their members and quota. Owners manage members."""
+
+    serializer_class = s.OrganizationSerializer
+    queryset = Organization.objects.all()
+    permission_classes = [*viewsets.GenericViewSet.permission_classes, OwnerOnlyActions]
+
+    def get_queryset(self) -> QuerySet[Organization]:
+        return organizations_for(self.request.user).prefetch_related("memberships__user")
+
+    @extend_schema(
+        request=s.OrganizationCreateSerializer, responses={201: s.OrganizationSerializer, **errors(400, 401)}
+    )
+    def create(self, request: Request) -> Response:
+        data = _valid(s.OrganizationCreateSerializer, request)
+        org = tenancy.create_organization(_user(request), data["name"], actor=Actor.from_request(request))
+        return Response(
+            self.get_serializer(self.get_queryset().get(pk=org.pk)).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(
+        request=s.MemberAddSerializer, responses={201: s.MemberSerializer, **errors(400, 401, 403, 404)}
+    )
+    @action(detail=True, methods=["post"], url_path="members")
+    def add_member(self, request: Request, pk: str | None = None) -> Response:
+        """Add a user (by username) or change their role. Owners only."""
+        org = self.get_object()
+        data = _valid(s.MemberAddSerializer, request)
+        membership = tenancy.add_member(
+            org, data["username"], role=data["role"], actor=Actor.from_request(request)
+        )
+        return Response(s.MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        parameters=[OpenApiParameter("user_id", OpenApiTypes.INT, OpenApiParameter.PATH)],
+        responses={204: None, **errors(400, 401, 403, 404)},
+    )
+    @action(detail=True, methods=["delete"], url_path=r"members/(?P<user_id>\d+)")
+    def remove_member(self, request: Request, pk: str | None = None, user_id: str = "") -> Response:
+        """Remove a member. Owners only; the last owner cannot be removed."""
+        org = self.get_object()
+        tenancy.remove_member(org, int(user_id), actor=Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Your personal API tokens. The token itself is shown once, when created; only its hash is stored."""
+
+    serializer_class = s.ApiTokenSerializer
+    queryset = tenancy.ApiToken.objects.all()
+
+    def get_queryset(self) -> QuerySet[Any]:
+        return tokens_for(self.request.user)
+
+    @extend_schema(
+        request=s.ApiTokenCreateSerializer, responses={201: s.ApiTokenIssuedSerializer, **errors(400, 401)}
+    )
+    def create(self, request: Request) -> Response:
+        data = _valid(s.ApiTokenCreateSerializer, request)
+        row, plaintext = tenancy.issue_token(_user(request), data["name"], actor=Actor.from_request(request))
+        body = dict(s.ApiTokenSerializer(row).data, token=plaintext)
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(responses={204: None, **errors(401, 404)})
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Revoke a token: it stops working at once. Idempotent."""
+        tenancy.revoke_token(self.get_object(), actor=Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """Who did what to your organizations' reservations and servers, newest first."""
+
+    serializer_class = s.AuditEventSerializer
+    queryset = AuditEvent.objects.all()
+    filterset_fields = ["action", "reservation", "operation"]
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        return AuditEvent.objects.for_user(self.request.user).select_related("node")

@@ -1,0 +1,58 @@
+"""One error shape for the whole API: {"error": {"code": "...", "message": "...", "details": {...}}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from provisioner.errors import CapacityError, IllegalTransition, NeocloudError, NodeLocked, QuotaExceeded
+from provisioner.services.tenancy import NotPermitted
+
+_STATUS_FOR = {
+    CapacityError: status.HTTP_409_CONFLICT,
+    IllegalTransition: status.HTTP_409_CONFLICT,
+    NodeLocked: status.HTTP_409_CONFLICT,
+    QuotaExceeded: status.HTTP_403_FORBIDDEN,
+    NotPermitted: status.HTTP_403_FORBIDDEN,
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, NeocloudError):
+        http_status = next(
+            (s for cls, s in _STATUS_FOR.items() if isinstance(exc, cls)), status.HTTP_400_BAD_REQUEST
+        )
+        return Response(error_body(exc.code, str(exc)), status=http_status)
+    # Django's own exceptions become DRF's here so that their codes are the specific ones (not_found, ...).
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = response.data
+    codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+    code: str = codes if isinstance(codes, str) else str(getattr(exc, "default_code", "error"))
+    if isinstance(detail, dict) and set(detail) == {"detail"}:
+        message = str(detail["detail"])
+        details = None
+    else:
+        message = "the request is not valid; see details" if response.status_code == 400 else str(exc)
+        details = detail
+        if response.status_code == 400:
+            code = "invalid_request"
+    response.data = error_body(str(code), message, details)
+    return response

@@ -1,0 +1,207 @@
+"""Operator endpoints under /api/v1/admin/ (staff only): the fleet, node actions, quarantine review and
+rolling reimages. Every action goes through provisioner.services, which audits it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import Q, QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from provisioner.models import Image, Node, Operation, Rollout
+from provisioner.services import nodes as node_service
+from provisioner.services import rollouts as rollout_service
+from provisioner.services.audit import Actor
+from provisioner.states import NodeState, OperationKind, PowerStateChoice
+from webapp.api import serializers as s
+from webapp.api.customer import errors
+from webapp.api.permissions import IsOperator
+
+
+class NodeFilter(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=NodeState.choices)
+    site = django_filters.CharFilter(field_name="rack__site__slug", help_text="site slug")
+    server_type = django_filters.CharFilter(field_name="server_type__slug", help_text="server type slug")
+    power = django_filters.ChoiceFilter(field_name="power_state", choices=PowerStateChoice.choices)
+
+    class Meta:
+        model = Node
+        fields = ["state", "site", "server_type", "power"]
+
+
+def _op_out(op: Operation) -> dict[str, Any]:
+    op = Operation.objects.select_related("node").prefetch_related("steps").get(pk=op.pk)
+    return s.OperationSerializer(op, context={"log_after": 0}).data
+
+
+def _accepted(op: Operation) -> Response:
+    return Response(_op_out(op), status=status.HTTP_202_ACCEPTED)
+
+
+class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
+    """The fleet. Filters: state, site, server_type, power."""
+
+    permission_classes = [IsOperator]
+    queryset = Node.objects.all()
+    filterset_class = NodeFilter
+
+    def get_queryset(self) -> QuerySet[Node]:
+        return Node.objects.for_user(self.request.user).select_related(
+            "server_type", "rack__site", "owner", "image"
+        )
+
+    def get_serializer_class(self) -> type:
+        return s.AdminNodeDetailSerializer if self.action == "retrieve" else s.AdminNodeSerializer
+
+    def _actor(self) -> Actor:
+        return Actor.from_request(self.request)
+
+    def _data(self, serializer_class: type) -> dict[str, Any]:
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    @extend_schema(
+        request=s.MaintenanceSerializer,
+        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def maintenance(self, request: Request, pk: str | None = None) -> Response:
+        """Put the node on operator hold (on=true) or lift the hold (on=false: it is wiped, then pooled)."""
+        node = self.get_object()
+        data = self._data(s.MaintenanceSerializer)
+        node = node_service.set_maintenance(
+            node, data["on"], actor=self._actor(), reason=data.get("reason", "")
+        )
+        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+
+    @extend_schema(
+        request=s.ReimageSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+    )
+    @action(detail=True, methods=["post"])
+    def reimage(self, request: Request, pk: str | None = None) -> Response:
+        """Reimage one node. A node leased to a customer is refused (409) unless force=true."""
+        node = self.get_object()
+        data = self._data(s.ReimageSerializer)
+        image = _image(data.get("image"))
+        op = node_service.reimage(
+            node, actor=self._actor(), image=image, force=data["force"], reason=data.get("reason", "")
+        )
+        return _accepted(op)
+
+    @extend_schema(
+        request=s.PowerSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+    )
+    @action(detail=True, methods=["post"])
+    def power(self, request: Request, pk: str | None = None) -> Response:
+        node = self.get_object()
+        data = self._data(s.PowerSerializer)
+        return _accepted(node_service.power(node, data["action"], actor=self._actor()))
+
+    @extend_schema(
+        request=s.ReasonSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+    )
+    @action(detail=True, methods=["post"], url_path="return-to-pool")
+    def return_to_pool(self, request: Request, pk: str | None = None) -> Response:
+        """After repair: wipe a quarantined node and return it to the pool."""
+        node = self.get_object()
+        data = self._data(s.ReasonSerializer)
+        node = node_service.return_from_quarantine(node, actor=self._actor(), reason=data["reason"])
+        op = (
+            Operation.objects.filter(node=node, kind=OperationKind.CLEAN)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        assert op is not None, "return_from_quarantine always queues a clean operation"
+        return _accepted(op)
+
+    @extend_schema(request=None, responses={202: s.OperationSerializer, **errors(401, 403, 404, 409)})
+    @action(detail=True, methods=["post"], url_path="rerun-burnin")
+    def rerun_burnin(self, request: Request, pk: str | None = None) -> Response:
+        """Run burn-in again on a quarantined node (it stays quarantined; read the new report)."""
+        return _accepted(node_service.rerun_burnin(self.get_object(), actor=self._actor()))
+
+
+def _image(slug: str | None) -> Image | None:
+    if not slug:
+        return None
+    image = Image.objects.filter(slug=slug).first()
+    if image is None:
+        raise ValidationError({"image": [f"no image {slug!r}"]})
+    return image
+
+
+class QuarantineViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Quarantined nodes awaiting review, with the burn-in that put them there."""
+
+    permission_classes = [IsOperator]
+    serializer_class = s.QuarantinedNodeSerializer
+    queryset = Node.objects.all()
+
+    def get_queryset(self) -> QuerySet[Node]:
+        return (
+            Node.objects.for_user(self.request.user)
+            .filter(state=NodeState.QUARANTINED)
+            .select_related("server_type", "rack__site", "owner", "image")
+        )
+
+
+class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Rolling bulk reimages: at most max_parallel at once, halted once failures exceed failure_budget."""
+
+    permission_classes = [IsOperator]
+    serializer_class = s.RolloutSerializer
+    queryset = Rollout.objects.all()
+
+    def get_queryset(self) -> QuerySet[Rollout]:
+        return Rollout.objects.select_related("image", "requested_by")
+
+    @extend_schema(
+        request=s.RolloutCreateSerializer, responses={202: s.RolloutSerializer, **errors(400, 401, 403, 409)}
+    )
+    def create(self, request: Request) -> Response:
+        serializer = s.RolloutCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        nodes = _rollout_nodes(data)
+        rollout = rollout_service.start_rollout(
+            nodes,
+            actor=Actor.from_request(request),
+            image=_image(data.get("image")),
+            max_parallel=data["max_parallel"],
+            failure_budget=data["failure_budget"],
+            force=data["force"],
+        )
+        return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
+    if data.get("nodes"):
+        refs = data["nodes"]
+        ids = [int(r) for r in refs if r.isdigit()]
+        found = list(Node.objects.filter(Q(pk__in=ids) | Q(name__in=refs)))
+        by_ref = {str(n.pk): n for n in found} | {n.name: n for n in found}
+        missing = [r for r in refs if r not in by_ref]
+        if missing:
+            raise ValidationError({"nodes": [f"no node {r!r}" for r in missing]})
+        return [by_ref[r] for r in refs]
+    spec = data["filter"]
+    nodes = Node.objects.all()
+    if spec.get("state"):
+        if spec["state"] not in NodeState.values:
+            raise ValidationError({"filter": {"state": [f"unknown state {spec['state']!r}"]}})
+        nodes = nodes.filter(state=spec["state"])
+    if spec.get("site"):
+        nodes = nodes.filter(rack__site__slug=spec["site"])
+    if spec.get("server_type"):
+        nodes = nodes.filter(server_type__slug=spec["server_type"])
+    found = list(nodes.order_by("name"))
+    if not found:
+        raise ValidationError({"filter": ["no node matches this filter"]})
+    return found

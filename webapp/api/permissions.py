@@ -1,0 +1,83 @@
+"""Who may do what through the API, in one place.
+
+Rows: every queryset is scoped by the models' ``for_user`` (a customer sees their organizations' rows, staff
+see all); a row outside that scope is a 404, never a 403, so its existence does not leak. Actions: the small
+mapping below says which viewset actions are staff-only or owner-only (403 for everyone else).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import permissions
+from rest_framework.exceptions import NotFound, ValidationError
+
+from provisioner.models import ApiToken, Membership, Organization
+
+OWNER_ONLY_ACTIONS = {
+    "organizations": {"add_member", "remove_member"},
+}
+
+
+class IsOperator(permissions.BasePermission):
+    """Staff only: the whole ``/api/v1/admin/`` tree."""
+
+    message = "this endpoint is for operators (staff) only"
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class OwnerOnlyActions(permissions.BasePermission):
+    """Owner-only actions of OWNER_ONLY_ACTIONS[view.basename]; staff count as owners."""
+
+    message = "only an owner of this organization can do that"
+
+    def has_object_permission(self, request: Any, view: Any, obj: Any) -> bool:
+        if getattr(view, "action", None) not in OWNER_ONLY_ACTIONS.get(view.basename, set()):
+            return True
+        if request.user.is_staff:
+            return True
+        org = obj if isinstance(obj, Organization) else obj.organization
+        return Membership.objects.filter(
+            organization=org, user=request.user, role=Membership.Role.OWNER
+        ).exists()
+
+
+def organizations_for(user: Any) -> QuerySet[Organization]:
+    """Organizations the user belongs to (staff: all)."""
+    if getattr(user, "is_staff", False):
+        return Organization.objects.all()
+    if not getattr(user, "is_authenticated", False):
+        return Organization.objects.none()
+    return Organization.objects.filter(memberships__user=user).distinct()
+
+
+def tokens_for(user: Any) -> QuerySet[ApiToken]:
+    """API tokens are personal: everyone, staff included, sees only their own."""
+    if not getattr(user, "is_authenticated", False):
+        return ApiToken.objects.none()
+    return ApiToken.objects.filter(user=user)
+
+
+def acting_organization(user: Any, slug: str | None) -> Organization:
+    """The organization a create request acts for: the one named, or the user's only one.
+
+    Only organizations the user is a member of qualify, for staff too: operators do not book for customers.
+
+    :raises NotFound: ``slug`` names an organization the user is not a member of.
+    :raises ValidationError: none named and the user is in zero or several organizations.
+    """
+    mine = Organization.objects.filter(memberships__user=user).distinct()
+    if slug:
+        org = mine.filter(slug=slug).first()
+        if org is None:
+            raise NotFound(f"you are not a member of an organization called {slug!r}")
+        return org
+    orgs = list(mine[:2])
+    if len(orgs) == 1:
+        return orgs[0]
+    if not orgs:
+        raise ValidationError({"organization": ["you are not a member of any organization"]})
+    raise ValidationError({"organization": ["you belong to several organizations: name one (its slug)"]})

@@ -1,0 +1,580 @@
+"""Request and response shapes of the API. Output serializers never include BMC credentials, token hashes or
+provisioning keys: fields are listed explicitly, never ``__all__``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from provisioner.models import (
+    ApiToken,
+    AuditEvent,
+    BurnInReport,
+    Image,
+    LogLine,
+    Membership,
+    Node,
+    Operation,
+    Organization,
+    Reservation,
+    Rollout,
+    ServerType,
+    SSHKey,
+    Step,
+)
+from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.states import LEASED_STATES
+
+LOG_LINES_PER_RESPONSE = 500
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="stable machine-readable code, e.g. not_enough_capacity")
+    message = serializers.CharField(help_text="a sentence for people")
+    details = serializers.JSONField(required=False, help_text="per-field problems for validation errors")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorBodySerializer()
+
+
+# --- catalog --------------------------------------------------------------------------------------
+
+
+class ServerTypeSerializer(serializers.ModelSerializer):
+    available = serializers.SerializerMethodField(
+        help_text="servers free now, or for the window given by ?starts_at=&ends_at="
+    )
+
+    class Meta:
+        model = ServerType
+        fields = ["id", "slug", *SERVER_TYPE_FIELDS, "available"]
+
+    def get_available(self, obj: ServerType) -> int:
+        return self.context["availability"][obj.pk]
+
+
+class AvailabilityQuerySerializer(serializers.Serializer):
+    starts_at = serializers.DateTimeField(required=False)
+    ends_at = serializers.DateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        start, end = attrs.get("starts_at"), attrs.get("ends_at")
+        if start and end and end <= start:
+            raise serializers.ValidationError({"ends_at": ["must be after starts_at"]})
+        return attrs
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Image
+        fields = ["id", "slug", "name", "os_name", "format", "size_bytes", "sha256", "created_at"]
+
+
+# --- tenancy --------------------------------------------------------------------------------------
+
+
+class SSHKeySerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = SSHKey
+        fields = ["id", "organization", "name", "public_key", "fingerprint", "created_at"]
+
+
+class SSHKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    public_key = serializers.CharField(max_length=16384, help_text="one OpenSSH public key line")
+    organization = serializers.SlugField(required=False, help_text="slug; needed if you are in several")
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    user_id = serializers.IntegerField(source="user.id", read_only=True)
+    username = serializers.CharField(source="user.username", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["user_id", "username", "role", "created_at"]
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    members = MemberSerializer(source="memberships", many=True, read_only=True)
+    my_role = serializers.SerializerMethodField()
+    servers_held = serializers.SerializerMethodField(
+        help_text="servers leased now (counts against the quota)"
+    )
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "server_quota", "servers_held", "my_role", "members", "created_at"]
+
+    def get_my_role(self, obj: Organization) -> str | None:
+        user = self.context["request"].user
+        return next((m.role for m in obj.memberships.all() if m.user_id == user.pk), None)
+
+    def get_servers_held(self, obj: Organization) -> int:
+        return obj.nodes.filter(state__in=LEASED_STATES).count()
+
+
+class OrganizationCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "hint", "created_at", "last_used_at", "revoked_at"]
+
+
+class ApiTokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+
+
+class ApiTokenIssuedSerializer(ApiTokenSerializer):
+    token = serializers.CharField(help_text="the token itself: shown only in this response, store it now")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_label", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "node",
+            "reservation",
+            "operation",
+            "from_state",
+            "to_state",
+            "reason",
+            "request_id",
+        ]
+
+
+# --- operations -----------------------------------------------------------------------------------
+
+
+class StepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Step
+        fields = [
+            "index",
+            "name",
+            "state",
+            "attempts",
+            "max_attempts",
+            "error_code",
+            "error",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class LogLineSerializer(serializers.ModelSerializer):
+    step = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = LogLine
+        fields = ["id", "created_at", "level", "step", "message"]
+
+
+class OperationSummarySerializer(serializers.ModelSerializer):
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    percent = serializers.IntegerField(source="progress_percent", read_only=True)
+
+    class Meta:
+        model = Operation
+        fields = [
+            "id",
+            "kind",
+            "state",
+            "percent",
+            "node",
+            "reservation",
+            "rollout",
+            "error_code",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class OperationSerializer(OperationSummarySerializer):
+    steps = StepSerializer(many=True, read_only=True)
+    log = serializers.SerializerMethodField(
+        help_text=f"log lines after ?after=<id> (at most {LOG_LINES_PER_RESPONSE}); poll with the last id"
+    )
+
+    class Meta(OperationSummarySerializer.Meta):
+        fields = [*OperationSummarySerializer.Meta.fields, "steps", "log"]
+
+    @extend_schema_field(LogLineSerializer(many=True))
+    def get_log(self, obj: Operation) -> Any:
+        after = self.context.get("log_after", 0)
+        lines = (
+            obj.log_lines.filter(id__gt=after).select_related("step").order_by("id")[:LOG_LINES_PER_RESPONSE]
+        )
+        return LogLineSerializer(lines, many=True).data
+
+
+# --- reservations and servers ---------------------------------------------------------------------
+
+
+class ReservationServerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Node
+        fields = ["id", "name", "state"]
+
+
+class ReservationSerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    ssh_keys = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    servers = ReservationServerSerializer(source="nodes", many=True, read_only=True)
+    operations = serializers.SerializerMethodField(help_text="provisioning and release work, newest first")
+
+    class Meta:
+        model = Reservation
+        fields = [
+            "id",
+            "name",
+            "organization",
+            "server_type",
+            "count",
+            "image",
+            "ssh_keys",
+            "starts_at",
+            "ends_at",
+            "state",
+            "status_message",
+            "servers",
+            "operations",
+            "created_at",
+            "released_at",
+        ]
+
+    @extend_schema_field(OperationSummarySerializer(many=True))
+    def get_operations(self, obj: Reservation) -> Any:
+        ops = obj.operations.select_related("node").prefetch_related("steps").order_by("-created_at")[:50]
+        return OperationSummarySerializer(ops, many=True).data
+
+
+class ReservationCreateSerializer(serializers.Serializer):
+    server_type = serializers.SlugField(help_text="server type slug, e.g. h100-8x")
+    count = serializers.IntegerField(min_value=1, max_value=256)
+    image = serializers.CharField(max_length=100, help_text="image slug")
+    ssh_keys = serializers.ListField(
+        child=serializers.CharField(max_length=100), min_length=1, help_text="SSH key ids or names"
+    )
+    starts_at = serializers.DateTimeField(required=False, help_text="default: now")
+    ends_at = serializers.DateTimeField(required=False, allow_null=True, help_text="default: until released")
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    organization = serializers.SlugField(required=False, help_text="slug; needed if you are in several")
+
+
+class ExtendSerializer(serializers.Serializer):
+    ends_at = serializers.DateTimeField()
+
+
+class BurnInSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BurnInReport
+        fields = ["passed", "summary", "failed_checks", "created_at"]
+
+
+class ServerSerializer(serializers.ModelSerializer):
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    address = serializers.CharField(source="ssh_address", read_only=True)
+    ssh_command = serializers.SerializerMethodField()
+    burnin = serializers.SerializerMethodField(help_text="the latest burn-in of this server for its lease")
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "server_type",
+            "state",
+            "reservation",
+            "image",
+            "address",
+            "ssh_port",
+            "ssh_user",
+            "ssh_command",
+            "host_key_fingerprints",
+            "known_hosts",
+            "burnin",
+        ]
+
+    def get_ssh_command(self, obj: Node) -> str | None:
+        if not obj.ssh_address:
+            return None
+        return f"ssh {obj.ssh_user}@{obj.ssh_address}" + ("" if obj.ssh_port == 22 else f" -p {obj.ssh_port}")
+
+    @extend_schema_field(BurnInSummarySerializer(allow_null=True))
+    def get_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.filter(reservation=obj.reservation).order_by("-created_at").first()
+        return BurnInSummarySerializer(report).data if report else None
+
+
+# --- operators ------------------------------------------------------------------------------------
+
+
+class BurnInReportSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BurnInReport
+        fields = [
+            "id",
+            "passed",
+            "summary",
+            "failed_checks",
+            "report",
+            "operation",
+            "reservation",
+            "created_at",
+        ]
+
+
+class AdminNodeSerializer(serializers.ModelSerializer):
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    site = serializers.CharField(source="rack.site.slug", read_only=True, allow_null=True, default=None)
+    rack = serializers.CharField(source="rack.name", read_only=True, allow_null=True, default=None)
+    owner = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "serial",
+            "server_type",
+            "site",
+            "rack",
+            "state",
+            "state_changed_at",
+            "state_reason",
+            "power_state",
+            "power_checked_at",
+            "bmc_protocol",
+            "bmc_address",
+            "bmc_port",
+            "bmc_last_contact_at",
+            "bmc_last_error",
+            "owner",
+            "reservation",
+            "image",
+            "ssh_address",
+            "primary_address",
+        ]
+
+
+class AdminNodeDetailSerializer(AdminNodeSerializer):
+    history = serializers.SerializerMethodField(help_text="the node's audit trail, newest first (last 100)")
+    recent_operations = serializers.SerializerMethodField(help_text="last 20 operations")
+    latest_burnin = serializers.SerializerMethodField()
+
+    class Meta(AdminNodeSerializer.Meta):
+        fields = [*AdminNodeSerializer.Meta.fields, "history", "recent_operations", "latest_burnin"]
+
+    @extend_schema_field(AuditEventSerializer(many=True))
+    def get_history(self, obj: Node) -> Any:
+        return AuditEventSerializer(
+            obj.audit_events.select_related("node").order_by("-created_at", "-id")[:100], many=True
+        ).data
+
+    @extend_schema_field(OperationSummarySerializer(many=True))
+    def get_recent_operations(self, obj: Node) -> Any:
+        ops = obj.operations.select_related("node").prefetch_related("steps").order_by("-created_at")[:20]
+        return OperationSummarySerializer(ops, many=True).data
+
+    @extend_schema_field(BurnInReportSerializer(allow_null=True))
+    def get_latest_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.order_by("-created_at").first()
+        return BurnInReportSerializer(report).data if report else None
+
+
+class QuarantinedNodeSerializer(AdminNodeSerializer):
+    latest_burnin = serializers.SerializerMethodField(help_text="why it is here: its latest burn-in")
+
+    class Meta(AdminNodeSerializer.Meta):
+        fields = [*AdminNodeSerializer.Meta.fields, "latest_burnin"]
+
+    @extend_schema_field(BurnInSummarySerializer(allow_null=True))
+    def get_latest_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.order_by("-created_at").first()
+        return BurnInSummarySerializer(report).data if report else None
+
+
+class MaintenanceSerializer(serializers.Serializer):
+    on = serializers.BooleanField()
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+
+
+class ReimageSerializer(serializers.Serializer):
+    image = serializers.CharField(
+        max_length=100, required=False, help_text="image slug; default: the node's current image"
+    )
+    force = serializers.BooleanField(
+        default=False, help_text="reimage even if the node is leased to a customer"
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+
+
+class PowerSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["on", "off", "reset", "pxe"])
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, help_text="what was repaired")
+
+
+class NodeFilterSpecSerializer(serializers.Serializer):
+    state = serializers.CharField(required=False)
+    site = serializers.SlugField(required=False)
+    server_type = serializers.SlugField(required=False)
+
+
+class RolloutCreateSerializer(serializers.Serializer):
+    nodes = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        min_length=1,
+        help_text="node ids or names",
+    )
+    filter = NodeFilterSpecSerializer(required=False, help_text="instead of nodes: every node matching this")
+    image = serializers.CharField(max_length=100, required=False, help_text="image slug")
+    max_parallel = serializers.IntegerField(min_value=1, max_value=1000)
+    failure_budget = serializers.IntegerField(min_value=0, default=0)
+    force = serializers.BooleanField(default=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("nodes")) == bool(attrs.get("filter")):
+            raise serializers.ValidationError({"nodes": ["give either nodes or filter (not both)"]})
+        return attrs
+
+
+class RolloutNodeSerializer(serializers.Serializer):
+    node_id = serializers.IntegerField()
+    node = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=["pending", "running", "succeeded", "failed", "cancelled", "refused"],
+        help_text="pending: not started yet; refused: could not be started (see error)",
+    )
+    operation = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+
+
+class RolloutCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    running = serializers.IntegerField()
+    pending = serializers.IntegerField()
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    counts = serializers.SerializerMethodField()
+    nodes = serializers.SerializerMethodField()
+    halted_reason = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "state",
+            "message",
+            "halted_reason",
+            "image",
+            "max_parallel",
+            "failure_budget",
+            "force",
+            "requested_by",
+            "counts",
+            "nodes",
+            "created_at",
+            "finished_at",
+        ]
+
+    def _progress(self, obj: Rollout) -> Any:
+        from provisioner.services.rollouts import progress
+
+        cache = self.context.setdefault("_rollout_progress", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = progress(obj)
+        return cache[obj.pk]
+
+    @extend_schema_field(RolloutCountsSerializer)
+    def get_counts(self, obj: Rollout) -> dict[str, int]:
+        p = self._progress(obj)
+        return {
+            "total": p.total,
+            "succeeded": p.succeeded,
+            "failed": p.failed,
+            "running": p.running,
+            "pending": p.pending,
+        }
+
+    @extend_schema_field(RolloutNodeSerializer(many=True))
+    def get_nodes(self, obj: Rollout) -> Any:
+        p = self._progress(obj)
+        names = dict(Node.objects.filter(pk__in=obj.node_ids).values_list("pk", "name"))
+        rows = []
+        for nid in obj.node_ids:
+            op = p.operations.get(nid)
+            if op is not None:
+                rows.append(
+                    {
+                        "node_id": nid,
+                        "node": names.get(nid, str(nid)),
+                        "state": op.state,
+                        "operation": op.pk,
+                        "error": op.error,
+                    }
+                )
+            elif nid in p.refused:
+                rows.append(
+                    {
+                        "node_id": nid,
+                        "node": names.get(nid, str(nid)),
+                        "state": "refused",
+                        "operation": None,
+                        "error": p.refused[nid],
+                    }
+                )
+            else:
+                rows.append(
+                    {
+                        "node_id": nid,
+                        "node": names.get(nid, str(nid)),
+                        "state": "pending",
+                        "operation": None,
+                        "error": "",
+                    }
+                )
+        return rows
+
+    def get_halted_reason(self, obj: Rollout) -> str | None:
+        return obj.message if obj.state == Rollout.State.HALTED else None

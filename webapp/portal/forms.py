@@ -1,0 +1,194 @@
+"""Portal forms. Validation that belongs to the domain (SSH keys, windows, capacity, quota) is done by
+provisioner code; the forms turn its errors into messages next to the right field."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from provisioner.errors import InvalidRequest
+from provisioner.models import Image, Node, Organization, ServerType, SSHKey
+from provisioner.sshkeys import parse_public_key
+from provisioner.states import NodeState
+
+# <input type="datetime-local"> sends naive local times; the portal shows and takes times in UTC.
+DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+
+
+def model_choices(form: forms.Form, name: str) -> forms.ModelChoiceField:
+    """A form's model-choice field, typed, so its queryset can be scoped to the user."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ModelChoiceField)
+    return field
+
+
+def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None or timezone.is_aware(value):
+        return value
+    return timezone.make_aware(value, dt.UTC)
+
+
+class SignUpForm(UserCreationForm):
+    organization = forms.CharField(
+        max_length=100, label="Organization name", help_text="Your team or company; you become its owner."
+    )
+
+    class Meta(UserCreationForm.Meta):  # type: ignore[name-defined]
+        model = User
+        fields = ("username",)
+
+    def clean_organization(self) -> str:
+        name = self.cleaned_data["organization"].strip()
+        if Organization.objects.filter(name__iexact=name).exists():
+            raise forms.ValidationError("An organization with this name already exists; pick another name.")
+        return name
+
+
+class WindowForm(forms.Form):
+    """An availability window: start and end in UTC, both optional (empty start = now)."""
+
+    starts_at = forms.DateTimeField(required=False, widget=DATETIME_INPUT, label="From (UTC)")
+    ends_at = forms.DateTimeField(required=False, widget=DATETIME_INPUT, label="Until (UTC)")
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        start, end = aware_utc(data.get("starts_at")), aware_utc(data.get("ends_at"))
+        if start and end and end <= start:
+            raise forms.ValidationError("The window must end after it starts.")
+        if end and not start and end <= timezone.now():
+            raise forms.ValidationError("The end of the window is in the past.")
+        data["starts_at"], data["ends_at"] = start, end
+        return data
+
+
+class ReserveForm(forms.Form):
+    WHEN_CHOICES = [("now", "Now"), ("later", "Later (scheduled window)")]
+
+    server_type = forms.ModelChoiceField(queryset=ServerType.objects.all(), empty_label=None)
+    count = forms.IntegerField(min_value=1, max_value=256, initial=1, label="Number of servers")
+    when = forms.ChoiceField(choices=WHEN_CHOICES, initial="now", widget=forms.RadioSelect, label="Start")
+    starts_at = forms.DateTimeField(required=False, widget=DATETIME_INPUT, label="Start (UTC)")
+    ends_at = forms.DateTimeField(
+        required=False,
+        widget=DATETIME_INPUT,
+        label="End (UTC)",
+        help_text="Leave empty to keep the servers until you release them.",
+    )
+    image = forms.ModelChoiceField(
+        queryset=Image.objects.filter(public=True), empty_label=None, label="OS image"
+    )
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Reservation name",
+        help_text="Optional, for your own reference.",
+    )
+    ssh_keys = forms.ModelMultipleChoiceField(
+        queryset=SSHKey.objects.none(), required=False, widget=forms.CheckboxSelectMultiple, label="SSH keys"
+    )
+    new_key_name = forms.CharField(max_length=100, required=False, label="New key name")
+    new_key = forms.CharField(
+        required=False,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAAC3Nza... you@laptop", "spellcheck": "false"}
+        ),
+        label="Or paste a new public key",
+    )
+
+    def __init__(self, *args, organization: Organization | None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.organization = organization
+        if organization is not None:
+            model_choices(self, "ssh_keys").queryset = SSHKey.objects.filter(organization=organization)
+
+    def clean_new_key(self) -> str:
+        text = self.cleaned_data.get("new_key", "").strip()
+        if text:
+            try:
+                self.parsed_key = parse_public_key(text)
+            except InvalidRequest as exc:
+                raise forms.ValidationError(str(exc))
+        return text
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if not data.get("ssh_keys") and not data.get("new_key") and "new_key" not in self.errors:
+            self.add_error(
+                "ssh_keys", "Choose at least one SSH key, or paste a new one: it is how you log in."
+            )
+        start, end = aware_utc(data.get("starts_at")), aware_utc(data.get("ends_at"))
+        if data.get("when") == "later":
+            if start is None:
+                self.add_error("starts_at", "Pick when the window starts.")
+            elif start <= timezone.now():
+                self.add_error(
+                    "starts_at", "A scheduled window must start in the future; choose Now to start at once."
+                )
+        else:
+            start = None
+        if end is not None and end <= (start or timezone.now()):
+            self.add_error("ends_at", "The end must be after the start.")
+        data["starts_at"], data["ends_at"] = start, end
+        return data
+
+
+class ExtendForm(forms.Form):
+    ends_at = forms.DateTimeField(widget=DATETIME_INPUT, label="New end (UTC)")
+
+    def clean_ends_at(self) -> dt.datetime | None:
+        return aware_utc(self.cleaned_data["ends_at"])
+
+
+class SSHKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="Defaults to the key's comment.")
+    public_key = forms.CharField(
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAAC3Nza... you@laptop", "spellcheck": "false"}
+        ),
+        label="Public key",
+        help_text="The contents of ~/.ssh/id_ed25519.pub (never the private key).",
+    )
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, label="Token name", help_text="Where it will be used, e.g. 'ci-pipeline'."
+    )
+
+
+class InviteForm(forms.Form):
+    username = forms.CharField(max_length=150, help_text="They must have signed up already.")
+    role = forms.ChoiceField(choices=[("member", "Member"), ("owner", "Owner")], initial="member")
+
+
+class FleetFilterForm(forms.Form):
+    state = forms.ChoiceField(choices=[("", "All states"), *NodeState.choices], required=False)
+    site = forms.CharField(required=False)
+    server_type = forms.CharField(required=False)
+    q = forms.CharField(required=False, label="Name")
+
+
+class ReimageForm(forms.Form):
+    image = forms.ModelChoiceField(
+        queryset=Image.objects.all(), required=False, empty_label="Keep current image"
+    )
+    force = forms.BooleanField(required=False, label="Force (the server is leased to a customer)")
+    reason = forms.CharField(max_length=500, required=False)
+
+
+class RolloutForm(forms.Form):
+    nodes = forms.ModelMultipleChoiceField(
+        queryset=Node.objects.all(), error_messages={"required": "Select at least one server."}
+    )
+    image = forms.ModelChoiceField(
+        queryset=Image.objects.all(), required=False, empty_label="Keep current image"
+    )
+    max_parallel = forms.IntegerField(min_value=1, max_value=1000, initial=2, label="At most in parallel")
+    failure_budget = forms.IntegerField(
+        min_value=0, max_value=1000, initial=1, label="Failures allowed before halting"
+    )
+    force = forms.BooleanField(required=False, label="Include servers leased to customers")

@@ -1,0 +1,118 @@
+"""Template helpers: state badges, progress, the ssh command line, the org switcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils.html import format_html
+
+from webapp.portal.access import current_membership, memberships
+
+register = template.Library()
+
+# Badge colour per state: green = usable, blue = working (with a spinner), red = needs attention,
+# grey = on hold or over.
+_TONE = {
+    "available": "green",
+    "active": "green",
+    "succeeded": "green",
+    "passed": "green",
+    "reserved": "teal",
+    "scheduled": "teal",
+    "deploying": "blue",
+    "burning_in": "blue",
+    "provisioning": "blue",
+    "releasing": "blue",
+    "cleaning": "blue",
+    "enrolling": "blue",
+    "running": "blue",
+    "pending": "blue",
+    "waiting": "amber",
+    "quarantined": "red",
+    "error": "red",
+    "failed": "red",
+    "halted": "red",
+    "maintenance": "grey",
+    "released": "grey",
+    "ended": "grey",
+    "cancelled": "grey",
+    "skipped": "grey",
+    "on": "green",
+    "off": "grey",
+    "unknown": "amber",
+}
+_SPINNING = {"deploying", "burning_in", "provisioning", "releasing", "cleaning", "enrolling", "running"}
+
+
+@register.simple_tag
+def state_badge(state: str, label: str = "") -> str:
+    """A coloured badge for any node, reservation, operation or step state; a spinner while it works."""
+    state = str(state or "unknown")
+    text = label or state.replace("_", " ")
+    tone = _TONE.get(state, "grey")
+    if state in _SPINNING:
+        return format_html(
+            '<span class="badge badge-{} state-{}"><span class="spinner"></span>{}</span>', tone, state, text
+        )
+    return format_html('<span class="badge badge-{} state-{}">{}</span>', tone, state, text)
+
+
+@register.simple_tag
+def progress_bar(percent: Any, state: str = "") -> str:
+    pct = max(0, min(100, int(percent or 0)))
+    tone = _TONE.get(str(state), "blue")
+    return format_html(
+        '<div class="progress" role="progressbar" aria-valuenow="{}" aria-valuemin="0" aria-valuemax="100">'
+        '<div class="progress-fill progress-{}" style="width: {}%"></div></div>',
+        pct,
+        tone,
+        pct,
+    )
+
+
+@register.filter
+def ssh_command(node: Any) -> str:
+    """The command a customer types to log in to a handed-over server."""
+    port = "" if int(node.ssh_port or 22) == 22 else f"-p {node.ssh_port} "
+    return f"ssh {port}{node.ssh_user}@{node.ssh_address}"
+
+
+@register.filter
+def step_percent(operation: Any) -> int:
+    """Percent of an operation's steps finished, from its prefetched steps."""
+    steps = list(operation.steps.all())
+    if not steps:
+        return 0
+    done = sum(1 for s in steps if s.state in ("succeeded", "skipped"))
+    return int(100 * done / len(steps))
+
+
+@register.filter
+def current_step(operation: Any) -> Any:
+    steps = list(operation.steps.all())
+    return next((s for s in steps if s.state in ("running", "failed")), None) or next(
+        (s for s in steps if s.state == "pending"), None
+    )
+
+
+@register.filter
+def humanize_name(value: str) -> str:
+    return str(value).replace("_", " ")
+
+
+@register.filter
+def dollars(cents: Any) -> str:
+    return f"${int(cents or 0) / 100:,.2f}"
+
+
+@register.inclusion_tag("portal/_org_switcher.html", takes_context=True)
+def org_switcher(context: template.Context) -> dict:
+    request = context["request"]
+    current = current_membership(request)
+    return {
+        "request": request,
+        "memberships": memberships(request),
+        "current": current,
+        "csrf_token": context.get("csrf_token"),
+    }

@@ -1,0 +1,114 @@
+"""The catalog of server types with live availability, and the reserve form."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from provisioner.errors import InvalidRequest, NeocloudError
+from provisioner.models import Allocation, ServerType
+from provisioner.services import tenancy
+from provisioner.services.audit import Actor
+from provisioner.services.reservations import availability, reserve_servers
+from webapp.portal.access import current_org
+from webapp.portal.forms import ReserveForm, WindowForm
+from webapp.portal.wording import reservation_refusal, sentence
+
+
+def _catalog_rows(form: WindowForm) -> list[dict]:
+    window = form.cleaned_data if form.is_valid() else {}
+    start, end = window.get("starts_at"), window.get("ends_at")
+    rows = []
+    for st in ServerType.objects.annotate(total=Count("nodes")).order_by("slug"):
+        row = {"type": st, "total": st.total, "now": availability(st)}
+        if start or end:
+            row["window"] = availability(st, start, end)
+        rows.append(row)
+    return rows
+
+
+@login_required
+def catalog(request: HttpRequest) -> HttpResponse:
+    form = WindowForm(request.GET or None)
+    context = {
+        "rows": _catalog_rows(form),
+        "form": form,
+        "has_window": bool(request.GET.get("starts_at") or request.GET.get("ends_at")),
+    }
+    if request.headers.get("HX-Request"):
+        return render(request, "portal/catalog/_availability.html", context)
+    return render(request, "portal/catalog/catalog.html", context)
+
+
+class _KeyRefused(Exception):
+    """The pasted key was refused (the reservation is then not attempted)."""
+
+    def __init__(self, error: InvalidRequest) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@login_required
+def reserve(request: HttpRequest) -> HttpResponse:
+    org = current_org(request)
+    initial = {}
+    if request.GET.get("type"):
+        initial["server_type"] = ServerType.objects.filter(slug=request.GET["type"]).first()
+    form = ReserveForm(request.POST or None, organization=org, initial=initial)
+    if request.method == "POST" and org is None:
+        form.add_error(
+            None, "You are not a member of any organization: create one or ask an owner to invite you."
+        )
+    elif request.method == "POST" and org is not None and form.is_valid():
+        data = form.cleaned_data
+        actor = Actor.from_request(request)
+        try:
+            # One transaction: a pasted key is saved only if the reservation is made.
+            with transaction.atomic():
+                keys = list(data["ssh_keys"])
+                if data["new_key"]:
+                    try:
+                        keys.append(
+                            tenancy.create_ssh_key(org, data["new_key_name"], data["new_key"], actor=actor)
+                        )
+                    except InvalidRequest as exc:
+                        raise _KeyRefused(exc) from exc
+                reservation = reserve_servers(
+                    org,
+                    data["server_type"],
+                    data["count"],
+                    image=data["image"],
+                    actor=actor,
+                    starts_at=data["starts_at"],
+                    ends_at=data["ends_at"],
+                    ssh_keys=keys,
+                    name=data["name"],
+                )
+        except _KeyRefused as refused:
+            form.add_error("new_key", sentence(refused.error))
+        except NeocloudError as exc:
+            form.add_error(None, reservation_refusal(exc))
+        else:
+            messages.success(
+                request,
+                f"Reservation {reservation.pk} made: {reservation.count}x {reservation.server_type.name}.",
+            )
+            return redirect("portal:reservation", pk=reservation.pk)
+    quota = None
+    if org is not None:
+        held = (
+            Allocation.objects.filter(active=True, reservation__organization=org)
+            .values("node_id")
+            .distinct()
+            .count()
+        )
+        quota = {"held": held, "limit": org.server_quota}
+    types = list(ServerType.objects.all())
+    live = {st.pk: availability(st) for st in types}
+    return render(
+        request, "portal/catalog/reserve.html", {"form": form, "org": org, "quota": quota, "live": live}
+    )

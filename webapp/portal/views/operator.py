@@ -1,0 +1,240 @@
+"""Operator pages (staff only): the fleet grid, node detail with history and logs, node actions,
+bulk rolling reimage and its progress."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from provisioner.errors import NeocloudError
+from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operation, Rollout, ServerType, Site
+from provisioner.services import nodes as node_services
+from provisioner.services import rollouts as rollout_services
+from provisioner.services.audit import Actor, record
+from provisioner.states import FINISHED_OPERATION_STATES, LEASED_STATES, TRANSIENT_STATES, NodeState
+from webapp.portal.access import staff_required
+from webapp.portal.forms import FleetFilterForm, ReimageForm, RolloutForm, model_choices
+from webapp.portal.wording import sentence
+
+LOG_LINES_PER_OPERATION = 200
+
+
+@staff_required
+def fleet(request: HttpRequest) -> HttpResponse:
+    form = FleetFilterForm(request.GET or None)
+    base = Node.objects.for_user(request.user).select_related(
+        "server_type", "rack__site", "owner", "reservation"
+    )
+    nodes = base
+    if form.is_valid():
+        f = form.cleaned_data
+        if f["state"]:
+            nodes = nodes.filter(state=f["state"])
+        if f["site"]:
+            nodes = nodes.filter(rack__site__slug=f["site"])
+        if f["server_type"]:
+            nodes = nodes.filter(server_type__slug=f["server_type"])
+        if f["q"]:
+            nodes = nodes.filter(name__icontains=f["q"])
+    # The grid: counts per (site, server type) and state, over the whole fleet (filters narrow the table).
+    grid: dict[tuple[str, str], Counter] = {}
+    totals: Counter = Counter()
+    for site_slug, type_slug, state in base.values_list("rack__site__slug", "server_type__slug", "state"):
+        grid.setdefault((site_slug or "-", type_slug), Counter())[state] += 1
+        totals[state] += 1
+    states = [s for s in NodeState if totals[s]]
+    grid_rows = [
+        {"site": site, "server_type": st, "cells": [counts[s] for s in states], "total": sum(counts.values())}
+        for (site, st), counts in sorted(grid.items())
+    ]
+    page = Paginator(nodes, 100).get_page(request.GET.get("page"))
+    context = {
+        "form": form,
+        "page": page,
+        "states": states,
+        "totals": [(s, totals[s]) for s in states],
+        "total": sum(totals.values()),
+        "grid_rows": grid_rows,
+        "sites": Site.objects.all(),
+        "server_types": ServerType.objects.all(),
+        "rollout_form": RolloutForm(),
+        "query": request.GET.urlencode(),
+    }
+    if request.headers.get("HX-Request"):
+        return render(request, "portal/ops/_fleet_table.html", context)
+    return render(request, "portal/ops/fleet.html", context)
+
+
+def _nodes_in_detail(request: HttpRequest):
+    related = ("server_type", "rack__site", "owner", "reservation", "image")
+    return Node.objects.for_user(request.user).select_related(*related)
+
+
+def _node_context(request: HttpRequest, node: Node) -> dict:
+    operations = list(
+        Operation.objects.for_user(request.user)
+        .filter(node=node)
+        .select_related("reservation", "rollout", "requested_by")
+        .prefetch_related("steps")[:10]
+    )
+    logs_for = {op.pk for op in operations[:3]}
+    lines = LogLine.objects.filter(operation_id__in=logs_for).select_related("step").order_by("-id")
+    by_op: dict[int, list[LogLine]] = {}
+    for line in lines:
+        bucket = by_op.setdefault(line.operation_id, [])
+        if len(bucket) < LOG_LINES_PER_OPERATION:
+            bucket.append(line)
+    for op in operations:
+        op.recent_logs = list(reversed(by_op.get(op.pk, [])))  # type: ignore[attr-defined]
+    busy = any(op.state not in FINISHED_OPERATION_STATES for op in operations)
+    return {
+        "node": node,
+        "operations": operations,
+        "polling": busy or node.state in TRANSIENT_STATES,
+        "timeline": AuditEvent.objects.for_user(request.user).filter(node=node).select_related("actor")[:100],
+        "reimage_form": ReimageForm(),
+        "leased": node.state in LEASED_STATES,
+    }
+
+
+@staff_required
+def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    node = get_object_or_404(_nodes_in_detail(request), pk=pk)
+    context = _node_context(request, node)
+    context["reports"] = BurnInReport.objects.for_user(request.user).filter(node=node)[:5]
+    return render(request, "portal/ops/node.html", context)
+
+
+@staff_required
+def node_live(request: HttpRequest, pk: int) -> HttpResponse:
+    node = get_object_or_404(
+        Node.objects.for_user(request.user).select_related("server_type", "owner"), pk=pk
+    )
+    return render(request, "portal/ops/_node_live.html", _node_context(request, node))
+
+
+def _node_action(request: HttpRequest, node: Node, action: str) -> str:
+    """Run one operator action through the services; returns the sentence to show."""
+    actor = Actor.from_request(request)
+    reason = request.POST.get("reason", "").strip()
+    if action == "maintenance_on":
+        node_services.set_maintenance(node, True, actor=actor, reason=reason)
+        return f"{node.name} is on maintenance hold."
+    if action == "maintenance_off":
+        node_services.set_maintenance(node, False, actor=actor, reason=reason)
+        return f"{node.name} hold lifted: it is wiped, then returns to the pool."
+    if action == "return_to_pool":
+        node_services.return_from_quarantine(node, actor=actor, reason=reason)
+        return f"{node.name} is being wiped and returned to the pool."
+    if action == "keep_out":
+        record(actor, "quarantine_review", node=node, reason=reason or "kept out of the pool after review")
+        return f"{node.name} stays quarantined; your note is in its timeline."
+    if action == "rerun_burnin":
+        node_services.rerun_burnin(node, actor=actor)
+        return f"Burn-in re-run started on {node.name}."
+    if action == "recover":
+        node_services.recover(node, actor=actor, reason=reason)
+        return f"{node.name} is being wiped and returned to the pool."
+    if action == "quarantine":
+        node_services.quarantine(node, actor=actor, reason=reason)
+        return f"{node.name} is quarantined."
+    if action == "reimage":
+        form = ReimageForm(request.POST)
+        if not form.is_valid():
+            raise NeocloudError("the reimage form is not valid")
+        f = form.cleaned_data
+        node_services.reimage(node, actor=actor, image=f["image"], force=f["force"], reason=f["reason"])
+        return f"Reimage of {node.name} started."
+    raise NeocloudError(f"unknown action {action!r}")
+
+
+@staff_required
+@require_POST
+def node_action(request: HttpRequest, pk: int) -> HttpResponse:
+    node = get_object_or_404(Node.objects.for_user(request.user), pk=pk)
+    action = request.POST.get("action", "")
+    try:
+        messages.success(request, _node_action(request, node, action))
+    except NeocloudError as exc:
+        messages.error(request, f"Not done: {sentence(exc)}")
+    return redirect("portal:ops_node", pk=node.pk)
+
+
+@staff_required
+@require_POST
+def rollout_start(request: HttpRequest) -> HttpResponse:
+    form = RolloutForm(request.POST)
+    model_choices(form, "nodes").queryset = Node.objects.for_user(request.user)
+    if not form.is_valid():
+        errors = "; ".join(str(e) for errs in form.errors.values() for e in errs)
+        messages.error(request, f"Rollout not started: {errors}")
+        return redirect("portal:ops_fleet")
+    f = form.cleaned_data
+    try:
+        rollout = rollout_services.start_rollout(
+            list(f["nodes"]),
+            actor=Actor.from_request(request),
+            image=f["image"],
+            max_parallel=f["max_parallel"],
+            failure_budget=f["failure_budget"],
+            force=f["force"],
+        )
+    except NeocloudError as exc:
+        messages.error(request, f"Rollout not started: {sentence(exc)}")
+        return redirect("portal:ops_fleet")
+    messages.success(request, f"Rollout {rollout.pk} started on {len(f['nodes'])} servers.")
+    return redirect("portal:ops_rollout", pk=rollout.pk)
+
+
+def _rollout_context(rollout: Rollout) -> dict:
+    status = rollout_services.progress(rollout)
+    nodes = {n.pk: n for n in Node.objects.filter(pk__in=rollout.node_ids)}
+    ops = {
+        op.pk: op
+        for op in Operation.objects.filter(
+            pk__in=[o.pk for o in status.operations.values()]
+        ).prefetch_related("steps")
+    }
+    rows = [
+        {
+            "node": nodes.get(nid),
+            "node_id": nid,
+            "operation": ops.get(status.operations[nid].pk) if nid in status.operations else None,
+            "refused": status.refused.get(nid, ""),
+        }
+        for nid in rollout.node_ids
+    ]
+    done = status.succeeded + status.failed
+    return {
+        "rollout": rollout,
+        "rows": rows,
+        "status": status,
+        "done": done,
+        "percent": int(100 * done / status.total) if status.total else 100,
+        "polling": rollout.state == Rollout.State.RUNNING,
+    }
+
+
+@staff_required
+def rollout_list(request: HttpRequest) -> HttpResponse:
+    rollouts = Paginator(Rollout.objects.select_related("requested_by", "image"), 25).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "portal/ops/rollouts.html", {"page": rollouts})
+
+
+@staff_required
+def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    rollout = get_object_or_404(Rollout.objects.select_related("requested_by", "image"), pk=pk)
+    return render(request, "portal/ops/rollout.html", _rollout_context(rollout))
+
+
+@staff_required
+def rollout_live(request: HttpRequest, pk: int) -> HttpResponse:
+    rollout = get_object_or_404(Rollout.objects.select_related("requested_by", "image"), pk=pk)
+    return render(request, "portal/ops/_rollout_live.html", _rollout_context(rollout))

@@ -1,0 +1,141 @@
+"""A customer's reservations: list and history, the live detail page, extend and release."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from provisioner.errors import NeocloudError
+from provisioner.models import BurnInReport, Operation, Reservation
+from provisioner.services.audit import Actor
+from provisioner.services.reservations import extend_reservation, release_reservation
+from provisioner.states import OPEN_RESERVATION_STATES, OperationState, ReservationState
+from webapp.portal.access import current_org
+from webapp.portal.forms import ExtendForm
+from webapp.portal.wording import sentence
+
+# While a reservation is in one of these, its detail page keeps polling.
+_MOVING_STATES = {
+    ReservationState.SCHEDULED,
+    ReservationState.PROVISIONING,
+    ReservationState.RELEASING,
+    ReservationState.WAITING,
+}
+
+
+def _scoped(request: HttpRequest):
+    return Reservation.objects.for_user(request.user).select_related("server_type", "image", "organization")
+
+
+@login_required
+def reservation_list(request: HttpRequest) -> HttpResponse:
+    org = current_org(request)
+    rows = _scoped(request)
+    if org is not None:
+        rows = rows.filter(organization=org)
+    current = rows.filter(state__in=OPEN_RESERVATION_STATES)
+    history = Paginator(rows.exclude(state__in=OPEN_RESERVATION_STATES), 25).get_page(request.GET.get("page"))
+    return render(
+        request, "portal/reservations/list.html", {"current": current, "history": history, "org": org}
+    )
+
+
+def _servers(request: HttpRequest, reservation: Reservation) -> list[dict]:
+    """Each server of the reservation with its latest operation (steps loaded) and burn-in report."""
+    ops = (
+        Operation.objects.for_user(request.user)
+        .filter(reservation=reservation)
+        .prefetch_related("steps")
+        .order_by("node_id", "-created_at")
+    )
+    latest: dict[int, Operation] = {}
+    for op in ops:
+        latest.setdefault(op.node_id, op)
+    reports: dict[int, BurnInReport] = {}
+    for report in (
+        BurnInReport.objects.for_user(request.user).filter(reservation=reservation).order_by("-created_at")
+    ):
+        reports.setdefault(report.node_id, report)
+    servers = []
+    for alloc in reservation.allocations.select_related("node").order_by("node__name"):
+        node = alloc.node
+        held = alloc.active and node.reservation_id == reservation.pk
+        servers.append(
+            {
+                "allocation": alloc,
+                "node": node,
+                "held": held,
+                "state": node.state if held else ("ended" if not alloc.active else "waiting"),
+                "operation": latest.get(node.pk),
+                "burnin": reports.get(node.pk),
+                "ready": held and node.state == "active" and bool(node.ssh_address),
+            }
+        )
+    return servers
+
+
+def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
+    servers = _servers(request, reservation)
+    busy = any(
+        s["operation"] and s["operation"].state in (OperationState.PENDING, OperationState.RUNNING)
+        for s in servers
+    )
+    return {
+        "reservation": reservation,
+        "servers": servers,
+        "polling": busy or reservation.state in _MOVING_STATES,
+        "is_open": reservation.state in OPEN_RESERVATION_STATES,
+        "extend_form": ExtendForm(),
+    }
+
+
+@login_required
+def reservation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    reservation = get_object_or_404(_scoped(request), pk=pk)
+    return render(request, "portal/reservations/detail.html", _detail_context(request, reservation))
+
+
+@login_required
+def reservation_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The polled part of the detail page (HTMX swaps it every 2 s while anything moves)."""
+    reservation = get_object_or_404(_scoped(request), pk=pk)
+    return render(request, "portal/reservations/_live.html", _detail_context(request, reservation))
+
+
+@login_required
+@require_POST
+def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
+    reservation = get_object_or_404(_scoped(request), pk=pk)
+    form = ExtendForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Pick the new end date and time of the reservation.")
+    else:
+        try:
+            extend_reservation(reservation, form.cleaned_data["ends_at"], actor=Actor.from_request(request))
+        except NeocloudError as exc:
+            messages.error(request, f"Not extended: {sentence(exc)}")
+        else:
+            messages.success(
+                request,
+                f"Reservation {reservation.pk} now ends {form.cleaned_data['ends_at']:%Y-%m-%d %H:%M} UTC.",
+            )
+    return redirect("portal:reservation", pk=reservation.pk)
+
+
+@login_required
+@require_POST
+def reservation_release(request: HttpRequest, pk: int) -> HttpResponse:
+    reservation = get_object_or_404(_scoped(request), pk=pk)
+    try:
+        release_reservation(reservation, actor=Actor.from_request(request))
+    except NeocloudError as exc:
+        messages.error(request, f"Not released: {sentence(exc)}")
+    else:
+        messages.success(
+            request, "Released: the servers are being wiped and returned. You are no longer billed for them."
+        )
+    return redirect("portal:reservation", pk=reservation.pk)
