@@ -1,0 +1,342 @@
+"""Load the reservation API over HTTP and prove that concurrency never double-books a server.
+
+    .venv/bin/python bench/api_load.py --seconds 30 --clients 50
+
+Against PostgreSQL (``--database-url``, default a database of its own, ``neocloud_bench``, dropped and
+re-created each run): migrates, seeds one server type with ``--nodes`` fake nodes, ``--orgs`` organizations
+and one user with an API token per client. Serves the real WSGI application from ``--server-procs`` processes
+on 127.0.0.1 (each a wsgiref ThreadingWSGIServer sharing the port through SO_REUSEPORT; gunicorn is not
+installed). ``--clients`` threads, each with its own requests session and token, reserve 1-2 servers for
+random windows (a fifth of them starting now) and release their reservations for ``--seconds``. No worker
+runs: provisioning and release operations stay queued, as they would while workers are busy.
+
+Then checks the database for double bookings: pairs of active allocations of one node whose windows overlap,
+and nodes held now by two open reservations. Prints throughput and latency; the last line is exactly
+
+    api load: N req/s, p99 X ms, double bookings D
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/neocloud_bench"
+
+
+def _setup_django(database_url: str, var_dir: str) -> None:
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+    os.environ["NEOCLOUD_VAR_DIR"] = var_dir
+    os.environ["NEOCLOUD_LOG_LEVEL"] = "ERROR"
+    os.environ["NEOCLOUD_DEBUG"] = "false"
+    import django
+
+    django.setup()
+
+
+# --- the server processes -------------------------------------------------------------------------
+
+
+def serve(port: int) -> None:
+    """Run in a child process: the WSGI app on 127.0.0.1:port, a thread per connection."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from django.core.wsgi import get_wsgi_application
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        request_queue_size = 512
+
+        def server_bind(self) -> None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = make_server(
+        "127.0.0.1", port, get_wsgi_application(), server_class=Server, handler_class=QuietHandler
+    )
+    httpd.serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- database -------------------------------------------------------------------------------------
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def seed(nodes: int, orgs: int, clients: int) -> list[str]:
+    """One server type with ``nodes`` fake nodes; ``orgs`` organizations; one user+token per client."""
+    from django.contrib.auth.models import User
+
+    from provisioner.models import ApiToken, Membership, Organization, SSHKey
+    from provisioner.services.audit import Actor
+    from provisioner.services.inventory import enroll
+    from provisioner.sshkeys import generate_keypair, parse_public_key
+
+    enroll(
+        {
+            "sites": [{"slug": "bench", "name": "Bench", "racks": ["r1"]}],
+            "server_types": [
+                {"slug": "h100-8x", "name": "8x H100 SXM", "cpu_model": "Xeon 8480+", "cpu_cores": 112,
+                 "ram_gib": 2048, "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 8, "gpu_memory_gib": 80,
+                 "pcie_gen": 5, "pcie_width": 16, "nvlink_links": 18, "disk_gib": 7680},
+            ],
+            "images": [{"slug": "ubuntu-24.04", "name": "Ubuntu 24.04", "url": "http://127.0.0.1:9/u.raw",
+                        "sha256": "0" * 64, "size_bytes": 1024, "format": "raw", "os_name": "Ubuntu"}],
+            "nodes": [
+                {"name": f"bench-{i:03d}", "server_type": "h100-8x", "site": "bench", "rack": "r1",
+                 "boot_mac": f"52:54:00:10:{i // 256:02x}:{i % 256:02x}",
+                 "bmc": {"protocol": "fake", "address": f"bench-{i}", "port": 623, "username": "admin",
+                         "password": "bench-bmc-pw"}}
+                for i in range(nodes)
+            ],
+        },
+        actor=Actor.system("bench"),
+    )  # fmt: skip
+    organizations = []
+    for i in range(orgs):
+        org = Organization.objects.create(name=f"Bench Org {i}", slug=f"bench-{i}", server_quota=100_000)
+        _, public = generate_keypair("ed25519", comment=f"bench-{i}")
+        parsed = parse_public_key(public)
+        SSHKey.objects.create(
+            organization=org, name="key", public_key=parsed.line, fingerprint=parsed.fingerprint
+        )
+        organizations.append(org)
+    tokens = []
+    for c in range(clients):
+        user = User.objects.create_user(f"bench{c}")
+        Membership.objects.create(organization=organizations[c % orgs], user=user, role=Membership.Role.OWNER)
+        tokens.append(ApiToken.issue(user, "bench")[1])
+    return tokens
+
+
+def double_bookings() -> tuple[int, int]:
+    """(overlapping active allocation pairs of one node, nodes held now by two or more open reservations)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            """
+            SELECT count(*) FROM provisioner_allocation a JOIN provisioner_allocation b
+              ON a.node_id = b.node_id AND a.id < b.id
+            WHERE a.active AND b.active
+              AND a.starts_at < coalesce(b.ends_at, 'infinity')
+              AND b.starts_at < coalesce(a.ends_at, 'infinity')
+            """
+        )
+        overlapping = cur.fetchone()[0]
+        cur.execute(
+            """
+            SELECT count(*) FROM (
+              SELECT a.node_id FROM provisioner_allocation a
+                JOIN provisioner_reservation r ON r.id = a.reservation_id
+              WHERE a.active AND r.state IN ('scheduled', 'provisioning', 'active', 'waiting')
+                AND a.starts_at <= now() AND coalesce(a.ends_at, 'infinity') > now()
+              GROUP BY a.node_id HAVING count(DISTINCT a.reservation_id) > 1
+            ) held_twice
+            """
+        )
+        held_twice = cur.fetchone()[0]
+    return overlapping, held_twice
+
+
+# --- the clients ----------------------------------------------------------------------------------
+
+
+class Results:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.statuses: Counter[tuple[str, int]] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    def add(self, kind: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.latencies.append(seconds)
+            self.statuses[(kind, status)] += 1
+
+
+def client_loop(base: str, token: str, deadline: float, results: Results, seed_value: int) -> None:
+    import requests
+
+    rng = random.Random(seed_value)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    mine: list[int] = []
+    while time.monotonic() < deadline:
+        if mine and (len(mine) >= 3 or rng.random() < 0.4):
+            rid = mine.pop(rng.randrange(len(mine)))
+            kind, method, url, body = "release", "post", f"{base}/api/v1/reservations/{rid}/release", None
+        else:
+            now = datetime.now(UTC)
+            start = now if rng.random() < 0.2 else now + timedelta(minutes=rng.randrange(5, 48 * 60))
+            end = start + timedelta(minutes=rng.randrange(30, 12 * 60))
+            body = {
+                "server_type": "h100-8x",
+                "count": rng.randint(1, 2),
+                "image": "ubuntu-24.04",
+                "ssh_keys": ["key"],
+                "starts_at": start.isoformat(),
+                "ends_at": end.isoformat(),
+            }
+            kind, method, url = "reserve", "post", f"{base}/api/v1/reservations"
+        t0 = time.perf_counter()
+        try:
+            response = session.request(method, url, json=body, timeout=30)
+        except requests.RequestException as exc:
+            with results.lock:
+                results.errors[type(exc).__name__] += 1
+            continue
+        results.add(kind, response.status_code, time.perf_counter() - t0)
+        if kind == "reserve" and response.status_code == 201:
+            mine.append(response.json()["id"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--nodes", type=int, default=40)
+    parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument("--server-procs", type=int, default=2)
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--var-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.database_url.startswith("postgres"):
+        parser.error("the bench needs PostgreSQL (--database-url postgres://...)")
+
+    if args.serve:
+        _setup_django(args.database_url, args.var_dir)
+        serve(args.serve)
+        return 0
+
+    var_dir = tempfile.mkdtemp(prefix="neocloud-bench-")
+    recreate_database(args.database_url)
+    env = {**os.environ, "DATABASE_URL": args.database_url, "DJANGO_SETTINGS_MODULE": "webapp.settings",
+           "NEOCLOUD_VAR_DIR": var_dir, "NEOCLOUD_LOG_LEVEL": "ERROR"}  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "manage.py"), "migrate", "-v", "0"], env=env, check=True
+    )
+    _setup_django(args.database_url, var_dir)
+    tokens = seed(args.nodes, args.orgs, args.clients)
+
+    port = free_port()
+    servers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(port),
+                "--var-dir",
+                var_dir,
+                "--database-url",
+                args.database_url,
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(args.server_procs)
+    ]
+    try:
+        import requests
+
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{base}/api/schema/", timeout=5)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the API server did not start") from None
+                time.sleep(0.2)
+        results = Results()
+        started = time.monotonic()
+        threads = [
+            threading.Thread(
+                target=client_loop, args=(base, tok, started + args.seconds, results, i), daemon=True
+            )
+            for i, tok in enumerate(tokens)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=args.seconds + 60)
+        elapsed = time.monotonic() - started
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    overlapping, held_twice = double_bookings()
+    doubles = overlapping + held_twice
+    total = sum(results.statuses.values())
+    booked = results.statuses[("reserve", 201)]
+    ms = [x * 1000 for x in results.latencies] or [0.0]
+    print(
+        f"server: {args.server_procs} wsgiref ThreadingWSGIServer process(es) on {base}; "
+        f"{args.clients} clients, {args.nodes} nodes, {elapsed:.1f} s"
+    )
+    for (kind, status), n in sorted(results.statuses.items()):
+        print(f"  {kind:8s} {status}: {n}")
+    if results.errors:
+        print(f"  transport errors: {dict(results.errors)}")
+    unexpected = {k: n for k, n in results.statuses.items() if k[1] >= 500}
+    if unexpected:
+        print(f"  SERVER ERRORS: {unexpected}")
+    print(f"reservations: {booked / elapsed:.1f}/s booked ({booked} in total)")
+    p50, p99 = statistics.median(ms), percentile(ms, 0.99)
+    print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms")
+    print(f"double bookings: {overlapping} overlapping allocation pairs, {held_twice} node(s) held twice now")
+    print(f"api load: {total / elapsed:.0f} req/s, p99 {p99:.0f} ms, double bookings {doubles}")
+    return 0 if doubles == 0 and not unexpected else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

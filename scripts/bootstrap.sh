@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh machine: system packages (apt) and the project's virtual environment (.venv).
+# Both README commands call this first; running it again on a ready machine takes a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs)
+
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "bootstrap: installing system packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+stamp=.venv/.neocloud-installed
+if [ ! -x .venv/bin/python ]; then
+    echo "bootstrap: creating .venv with $PYTHON"
+    "$PYTHON" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing Python dependencies into .venv"
+    mkdir -p var
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } > var/bootstrap.log 2>&1; then
+        cat var/bootstrap.log >&2
+        echo "bootstrap: installing Python dependencies failed (log above, also in var/bootstrap.log)" >&2
+        exit 1
+    fi
+    touch "$stamp"
+fi
