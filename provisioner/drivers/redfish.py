@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import requests
 import sushy
 from sushy import exceptions as sushy_exc
 
@@ -94,10 +95,10 @@ class RedfishPowerDriver(PowerDriver):
                     f"{self.access.label} refused the credentials of user {self.access.username!r} "
                     f"(HTTP {err.status_code}); check the BMC user and password"
                 ) from None
-            except sushy_exc.ConnectionError:
+            except sushy_exc.ConnectionError as err:
                 self._reset_connection()
                 raise BmcUnreachable(
-                    f"{self.access.label} did not answer within {self.access.timeout:.1f} s; check the BMC's "
+                    f"{self.access.label} {self._unreachable_reason(err)}; check the BMC's "
                     "network and power (the node's power state is unknown until it answers)"
                 ) from None
             except sushy_exc.ResourceNotFoundError:
@@ -116,6 +117,18 @@ class RedfishPowerDriver(PowerDriver):
             except sushy_exc.SushyError as err:
                 self._reset_connection()
                 raise BmcCommandFailed(f"{self.access.label}: {what} failed ({type(err).__name__})") from None
+
+    def _unreachable_reason(self, err: BaseException) -> str:
+        """What went wrong on the wire, in words: sushy wraps every transport error in ConnectionError."""
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, requests.exceptions.Timeout):
+            return f"did not answer within {self.access.timeout:.1f} s"
+        text = str(cause or err)
+        if "Connection refused" in text:
+            return "refused the connection (nothing listening on its port)"
+        if "closed connection without response" in text or "Connection reset" in text:
+            return "closed the connection without answering"
+        return f"could not be reached within {self.access.timeout:.1f} s"
 
     def _reset_connection(self) -> None:
         root, self._root = self._root, None

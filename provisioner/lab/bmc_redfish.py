@@ -199,6 +199,11 @@ class RedfishHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:
+            # The client asked for "Connection: close" (sushy always does). Say that we close, as RFC 9112
+            # section 9.6 asks: without it the client's pool keeps the socket and may send its next request
+            # into the connection we are closing, which it sees as "closed without response".
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 

@@ -136,6 +136,7 @@ def test_bmc_that_drops_packets_is_unreachable_within_its_timeout(target: Target
         driver.get_power_state()
     assert time.monotonic() - started < 3.0
     assert err.value.retryable and target.access.password not in str(err.value)
+    assert "did not answer within 1.0 s" in str(err.value)  # a timeout says so, with the limit
 
 
 def test_slow_bmc_answers_within_timeout_and_times_out_beyond_it(target: Target) -> None:
@@ -160,8 +161,10 @@ def test_nothing_listening_is_unreachable_and_sweeps_as_unknown(target: Target) 
     dead = dataclasses.replace(target.access, address="127.0.10.250", timeout=1.0)
     if dead.protocol == "fake":
         write_fake_bmc(dead, fault="timeout")
-    with pytest.raises(BmcUnreachable):
+    with pytest.raises(BmcUnreachable) as err:
         power_driver_for(dead).get_power_state()
+    if dead.protocol == "redfish":  # TCP tells a refused connection from silence; IPMI's UDP cannot
+        assert "refused the connection" in str(err.value)
     results = sweep_power([dead, target.access], timeout=1.0, max_workers=4)
     assert results[dead].state == PowerState.UNKNOWN and results[dead].error_code == "bmc_unreachable"
     assert results[target.access].state in (PowerState.ON, PowerState.OFF)
