@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
+from provisioner.httputil import ClosingHandlerMixin
 from provisioner.lab.machine import SimulatedServer
 
 ROOT = "/redfish/v1"
@@ -178,7 +179,7 @@ def apply_reset(server: SimulatedServer, reset_type: str) -> None:
         )
 
 
-class RedfishHandler(BaseHTTPRequestHandler):
+class RedfishHandler(ClosingHandlerMixin, BaseHTTPRequestHandler):
     server: RedfishHttpServer
     protocol_version = "HTTP/1.1"  # keep-alive, as BMC clients expect
 
@@ -199,11 +200,6 @@ class RedfishHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if self.close_connection:
-            # The client asked for "Connection: close" (sushy always does). Say that we close, as RFC 9112
-            # section 9.6 asks: without it the client's pool keeps the socket and may send its next request
-            # into the connection we are closing, which it sees as "closed without response".
-            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 

@@ -23,13 +23,15 @@ import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
+from provisioner.httputil import ClosingHandlerMixin
+
 log = logging.getLogger("provisioner.pxe.imageserver")
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SEND_BUFFER = 4 * 1024 * 1024
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(ClosingHandlerMixin, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _ImageHTTPServer
     server_version = "NeocloudImageServer/1"

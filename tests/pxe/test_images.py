@@ -65,3 +65,5 @@ def test_image_server_get_head_range_and_refusals(demo, tmp_path):
         conn.close()
         with urllib.request.urlopen(server.url_for("demo.img"), timeout=10) as response:
             assert hashlib.sha256(response.read()).hexdigest() == sha
+            # urllib asks to close: the answer must say the server closes, or a pooling client races it
+            assert response.headers["Connection"] == "close"
