@@ -67,11 +67,23 @@ def _describe_failure(res: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p) or "no output"
 
 
+def _base_settings_module() -> str:
+    name = os.environ.get("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    return (
+        os.environ.get("NEOCLOUD_BASE_SETTINGS", "webapp.settings")
+        if name == "webapp.settings_helper"
+        else name
+    )
+
+
 def environment() -> dict[str, str]:
     """What our modules need to reach the database (the same one this process uses)."""
     env = {
         "NEOCLOUD_ROOT": str(settings.BASE_DIR),
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "webapp.settings"),
+        # our modules start Django with only the engine's apps, on top of this process's settings
+        "DJANGO_SETTINGS_MODULE": "webapp.settings_helper",
+        "NEOCLOUD_BASE_SETTINGS": _base_settings_module(),
+        "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
         "DATABASE_URL": database_url(settings.DATABASES["default"]),
         "NEOCLOUD_FAKE_HW_DIR": str(settings.NEOCLOUD_FAKE_HW_DIR),
         "PYTHONPATH": str(settings.BASE_DIR),

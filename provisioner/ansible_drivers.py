@@ -242,8 +242,13 @@ class AnsibleBurnInDriver(BurnInDriver):
             if "nvml_unavailable" in str(exc) or "NVML not available" in str(exc):
                 raise NvmlUnavailable(f"{node_name}: NVML not available on the server; burn-in cannot run")
             raise DriverError(f"burn-in on {node_name} could not run: {exc}", retryable=exc.retryable)
-        stdout = result.last(task).get("stdout", "")
+        res = result.last(task)
+        stdout = res.get("stdout", "")
         try:
             return json.loads(stdout)
         except ValueError:
-            raise DriverError(f"burn-in on {node_name} printed no JSON report")
+            stderr = str(res.get("stderr", "")).strip()
+            raise DriverError(
+                f"burn-in on {node_name} printed no JSON report (stdout begins {stdout.strip()[:120]!r}; "
+                f"stderr ends {stderr[-300:]!r})"
+            )

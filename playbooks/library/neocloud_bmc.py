@@ -26,11 +26,10 @@ options:
   timeout: {description: Seconds to wait for expect_power, type: float, default: 60}
 """
 
-import os
-import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.neocloud_django import setup_django
 
 ACTIONS = [
     "status",
@@ -45,16 +44,6 @@ ACTIONS = [
 ]
 
 
-def _setup_django():
-    root = os.environ.get("NEOCLOUD_ROOT")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    import django
-
-    django.setup()
-
-
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -65,7 +54,7 @@ def main():
         },
         supports_check_mode=False,
     )
-    _setup_django()
+    setup_django()
     from django.utils import timezone
 
     from provisioner import hardware

@@ -15,11 +15,10 @@ options:
   timeout: {description: Seconds to wait, type: float, default: 600}
 """
 
-import os
-import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.neocloud_django import setup_django
 
 
 def main():
@@ -29,13 +28,7 @@ def main():
             "timeout": {"type": "float", "default": 600.0},
         }
     )
-    root = os.environ.get("NEOCLOUD_ROOT")
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    import django
-
-    django.setup()
+    setup_django()
     from provisioner.models import DeployTicket
 
     deadline = time.monotonic() + module.params["timeout"]
