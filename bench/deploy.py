@@ -31,10 +31,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 WRITE_DONE = re.compile(r"^(\S+ \S+) agent INFO stage=write done bytes=(\d+) seconds=([\d.]+)", re.M)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and of its children it has waited for (ansible runs, modules)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime + stime of a process, the same of the children it has waited for: ansible runs, modules)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    return own, (int(fields[13]) + int(fields[14])) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def parallel_cp(image: Path, workdir: Path, n: int) -> float:
@@ -135,6 +140,8 @@ def main() -> int:
         )
         time.sleep(2)  # workers and the web server up
         cpu_before = sum(cpu_seconds(p.pid) for p in [web, *workers])
+        web_before = cpu_seconds(web.pid)
+        workers_before = [cpu_split(p.pid) for p in workers]
         started = time.monotonic()
         reservation = reserve_servers(
             org,
@@ -153,6 +160,10 @@ def main() -> int:
             time.sleep(0.5)
         wall = time.monotonic() - started
         cpu = sum(cpu_seconds(p.pid) for p in [web, *workers]) - cpu_before
+        web_cpu = cpu_seconds(web.pid) - web_before
+        workers_after = [cpu_split(p.pid) for p in workers]
+        worker_own = sum(a[0] - b[0] for a, b in zip(workers_after, workers_before, strict=True))
+        worker_children = sum(a[1] - b[1] for a, b in zip(workers_after, workers_before, strict=True))
         # stream throughput: all agents' write phases, as one aggregate
         windows = []
         for spec in specs:
@@ -175,6 +186,10 @@ def main() -> int:
         cp_bps = parallel_cp(big, var, args.nodes)
         ratio = stream_bps / cp_bps
         print(f"control plane CPU: {cpu:.1f} s for {args.nodes} nodes; wall {wall:.1f} s")
+        print(
+            f"  per node: ansible-playbook runs and our modules {worker_children / args.nodes:.2f} s, "
+            f"workers themselves {worker_own / args.nodes:.2f} s, web/boot service {web_cpu / args.nodes:.2f} s"
+        )
         print(
             f"agents streamed {sum(w[2] for w in windows) / 2**20:.0f} MiB at {stream_bps / 2**20:.0f} MiB/s; "
             f"{args.nodes} parallel cp at {cp_bps / 2**20:.0f} MiB/s"

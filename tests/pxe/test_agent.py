@@ -257,3 +257,39 @@ def test_parse_kernel_cmdline():
 def test_fingerprint_rejects_garbage():
     with pytest.raises(ValueError):
         fingerprint("ssh-ed25519")
+
+
+class _StuckBootService:
+    """A boot service whose progress endpoint hangs until released: the write path must not wait for it."""
+
+    timeout = 5.0
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.reports: list[tuple[str, int]] = []
+
+    def post_progress(self, stage: str, percent: int, message: str) -> None:
+        self.release.wait(10)
+        self.reports.append((stage, percent))
+
+
+def test_the_image_is_written_while_a_progress_report_hangs(image, image_server, tmp_path):
+    from provisioner.pxe.agent import CONFIG_DRIVE_SIZE, ProgressReporter, stream_image_to_disk
+
+    path, sha, size = image
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(size + CONFIG_DRIVE_SIZE + (1 << 20))
+    service = _StuckBootService()
+    reporter = ProgressReporter(service, "write", size)  # type: ignore[arg-type]
+    outcome = stream_image_to_disk(
+        image_server.url_for(path.name), str(disk), size, reporter, chunk_size=1 << 16
+    )
+    assert outcome.sha256 == sha and outcome.bytes_written == size
+    assert service.reports == []  # the first report is still stuck, and the whole image is on disk
+    service.release.set()
+    reporter.close()
+    assert service.reports[-1] == ("write", 100)  # close() sends the last state
+    assert len(service.reports) <= 2  # reports due while one hung collapsed into the newest
