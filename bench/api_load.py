@@ -4,11 +4,13 @@
 
 Against PostgreSQL (``--database-url``, default a database of its own, ``neocloud_bench``, dropped and
 re-created each run): migrates, seeds one server type with ``--nodes`` fake nodes, ``--orgs`` organizations
-and one user with an API token per client. Serves the real WSGI application from ``--server-procs`` processes
-on 127.0.0.1 (each a wsgiref ThreadingWSGIServer sharing the port through SO_REUSEPORT; gunicorn is not
-installed). ``--clients`` threads, each with its own requests session and token, reserve 1-2 servers for
-random windows (a fifth of them starting now) and release their reservations for ``--seconds``. No worker
-runs: provisioning and release operations stay queued, as they would while workers are busy.
+and one user with an API token per client. Serves the real WSGI application on 127.0.0.1 the way production
+does: gunicorn with ``--server-procs`` sync worker processes, each keeping its database connection
+(NEOCLOUD_DB_CONN_MAX_AGE). ``--server wsgiref`` serves it from wsgiref ThreadingWSGIServer processes
+instead (a thread per connection, a new database connection per request), to compare with the old setup.
+``--clients`` threads, each with its own requests session and token, reserve 1-2 servers for random windows
+(a fifth of them starting now) and release their reservations for ``--seconds``. No worker runs:
+provisioning and release operations stay queued, as they would while workers are busy.
 
 Then checks the database for double bookings: pairs of active allocations of one node whose windows overlap,
 and nodes held now by two open reservations. Prints throughput and latency; the last line is exactly
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -237,13 +240,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--nodes", type=int, default=40)
     parser.add_argument("--orgs", type=int, default=10)
-    parser.add_argument("--server-procs", type=int, default=2)
+    parser.add_argument("--server", choices=["gunicorn", "wsgiref"], default="gunicorn")
+    parser.add_argument(
+        "--server-procs", type=int, help="gunicorn workers (default 6) or wsgiref processes (default 2)"
+    )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--var-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.database_url.startswith("postgres"):
         parser.error("the bench needs PostgreSQL (--database-url postgres://...)")
+    if args.server_procs is None:
+        args.server_procs = 6 if args.server == "gunicorn" else 2
 
     if args.serve:
         _setup_django(args.database_url, args.var_dir)
@@ -261,23 +269,35 @@ def main() -> int:
     tokens = seed(args.nodes, args.orgs, args.clients)
 
     port = free_port()
-    servers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve",
-                str(port),
-                "--var-dir",
-                var_dir,
-                "--database-url",
-                args.database_url,
-            ],
-            env=env,
-            start_new_session=True,
-        )
-        for _ in range(args.server_procs)
-    ]
+    if args.server == "gunicorn":
+        # Sync workers: one request at a time per process, so a worker that holds a reservation lock is
+        # never waiting for the GIL behind other requests; --server-procs of them keep both cores busy
+        # while some wait on PostgreSQL. Each keeps its database connection between requests.
+        server_env = {**env, "NEOCLOUD_DEBUG": "false", "NEOCLOUD_DB_CONN_MAX_AGE": "600"}
+        command = [
+            sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--chdir", str(PROJECT_ROOT),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(args.server_procs), "--worker-class", "sync",
+            "--backlog", "512", "--log-level", "warning", "--preload",
+        ]  # fmt: skip
+        servers = [subprocess.Popen(command, env=server_env, start_new_session=True)]
+    else:
+        servers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve",
+                    str(port),
+                    "--var-dir",
+                    var_dir,
+                    "--database-url",
+                    args.database_url,
+                ],
+                env=env,
+                start_new_session=True,
+            )
+            for _ in range(args.server_procs)
+        ]
     try:
         import requests
 
@@ -311,7 +331,7 @@ def main() -> int:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)  # the server and any worker it left behind
                 proc.wait()
 
     overlapping, held_twice = double_bookings()
@@ -319,10 +339,12 @@ def main() -> int:
     total = sum(results.statuses.values())
     booked = results.statuses[("reserve", 201)]
     ms = [x * 1000 for x in results.latencies] or [0.0]
-    print(
-        f"server: {args.server_procs} wsgiref ThreadingWSGIServer process(es) on {base}; "
-        f"{args.clients} clients, {args.nodes} nodes, {elapsed:.1f} s"
+    server = (
+        f"gunicorn, {args.server_procs} sync worker(s)"
+        if args.server == "gunicorn"
+        else f"{args.server_procs} wsgiref ThreadingWSGIServer process(es)"
     )
+    print(f"server: {server} on {base}; {args.clients} clients, {args.nodes} nodes, {elapsed:.1f} s")
     for (kind, status), n in sorted(results.statuses.items()):
         print(f"  {kind:8s} {status}: {n}")
     if results.errors:

@@ -98,6 +98,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-neocloud.sqlite3")}
 else:
     DATABASES["default"]["TEST"] = {"NAME": env_str("NEOCLOUD_TEST_DATABASE_NAME", "test_neocloud")}
+    # Seconds a web process keeps its PostgreSQL connection between requests (0: a new one per request).
+    # Long-lived workers of a WSGI server (gunicorn) should set it: a new connection costs a backend fork
+    # and more CPU than a whole small request. The embedded runserver starts a thread per request, which
+    # would only leave idle connections behind, so the default stays 0. Reused connections are checked
+    # at the start of each request, so a restarted database costs no failed request.
+    _conn_max_age = env_int("NEOCLOUD_DB_CONN_MAX_AGE", 0, minimum=0)
+    DATABASES["default"]["CONN_MAX_AGE"] = _conn_max_age
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = _conn_max_age > 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
