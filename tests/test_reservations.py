@@ -236,3 +236,81 @@ def test_postgres_exclusion_constraint_rejects_overlapping_allocations(inventory
         Allocation.objects.create(
             reservation=r, node=alloc.node, starts_at=alloc.starts_at + HOUR / 2, ends_at=alloc.ends_at + HOUR
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_quota_holds_under_concurrent_reservations_of_several_server_types(inventory):
+    """The organization's row lock makes the quota exact even across server types (separate type locks)."""
+    inventory.acme.server_quota = 2
+    inventory.acme.save()
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        try:
+            barrier.wait()
+            _reserve(inventory, 1, server_type=inventory.h100 if i % 2 else inventory.a100)
+            result = "ok"
+        except QuotaExceeded:
+            result = "quota"
+        except Exception as exc:
+            result = f"UNEXPECTED {type(exc).__name__}: {exc}"
+        finally:
+            connections.close_all()
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(outcomes) == ["ok", "ok", "quota", "quota", "quota", "quota"], outcomes
+    assert Allocation.objects.filter(active=True, reservation__organization=inventory.acme).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_server_type_lock_covers_only_choosing_and_allocating_nodes(inventory):
+    """Every reservation of a type waits for its lock: after taking it, only the free-node query and the
+    allocation insert run before the commit. (PostgreSQL: on SQLite the IMMEDIATE transaction is the lock.)"""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks exist on PostgreSQL only")
+    from django.test.utils import CaptureQueriesContext
+
+    for starts_at in (None, timezone.now() + HOUR):
+        with CaptureQueriesContext(connection) as ctx:
+            _reserve(inventory, 1, starts_at=starts_at, ends_at=timezone.now() + 2 * HOUR)
+        sql = [q["sql"] for q in ctx.captured_queries]
+        locked = next(
+            i for i, q in enumerate(sql) if 'FROM "provisioner_servertype"' in q and "FOR NO KEY" in q
+        )
+        commit = next(i for i, q in enumerate(sql) if i > locked and q.startswith("COMMIT"))
+        under_lock = sql[locked + 1 : commit]
+        assert len(under_lock) == 2, under_lock
+        assert under_lock[0].startswith("SELECT") and 'FROM "provisioner_node"' in under_lock[0]
+        assert under_lock[1].startswith('INSERT INTO "provisioner_allocation"')
+
+
+@pytest.mark.django_db
+def test_a_window_booked_now_but_not_started_is_started_by_the_scheduler(inventory, monkeypatch):
+    """Booking commits first; should starting the servers fail, the reservation stays booked and scheduled,
+    and the scheduler's next pass starts it."""
+    from django.db import DatabaseError
+
+    from provisioner.services import reservations
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(reservations, "_start_provisioning", broken)
+    r = _reserve(inventory, 2)
+    assert r.state == ReservationState.SCHEDULED
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 2
+    assert not Node.objects.filter(reservation=r).exists()
+    monkeypatch.undo()
+    assert start_due_reservations() == 2
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    assert Node.objects.filter(reservation=r, state=NodeState.RESERVED).count() == 2
+    assert set(r.operations.values_list("kind", flat=True)) == {OperationKind.PROVISION}

@@ -1,20 +1,29 @@
 """Reserving whole servers for a window, extending, releasing, and the scheduler's window handling.
 
 Double booking is impossible by construction:
-- every reservation is made inside one transaction that first takes a lock serializing reservations of the
-  same server type (``SELECT ... FOR UPDATE`` of the ServerType row on PostgreSQL; on SQLite the IMMEDIATE
-  transaction mode takes the database write lock at BEGIN), then reads which nodes are free in the window
-  and writes allocations;
+- every reservation is made inside one transaction that takes a lock serializing reservations of the
+  same server type (``SELECT ... FOR NO KEY UPDATE`` of the ServerType row on PostgreSQL; on SQLite the
+  IMMEDIATE transaction mode takes the database write lock at BEGIN), then reads which nodes are free in the
+  window and writes allocations;
 - on PostgreSQL an exclusion constraint (migration 0002) rejects two active overlapping allocations of one
   node even if some future code path forgot the lock.
+
+Every reservation of a type waits for that lock, so it is held for as little as possible: the reservation
+row, its keys, its audit record and the quota check come first, and only "which nodes are free" and the
+allocations that take them come after it; the commit releases it. A window that starts now is then started
+in a second, short transaction, the way the scheduler starts a window that has come due (and the scheduler
+finishes the job should this process die in between). Lock order: organization, then server type; both are
+FOR NO KEY UPDATE so that they never wait for the key-share locks that inserting rows referencing them take.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Case, Q, QuerySet, When
 from django.utils import timezone
 
@@ -42,6 +51,8 @@ from provisioner.states import (
     ReservationState,
 )
 
+log = logging.getLogger(__name__)
+
 # A window starting within this much of now counts as "now": provisioning starts at once.
 START_NOW_SLACK = dt.timedelta(seconds=60)
 MAX_SERVERS_PER_RESERVATION = 256
@@ -56,7 +67,18 @@ def _overlapping(starts_at: dt.datetime, ends_at: dt.datetime | None) -> Q:
 
 
 def _lock_server_type(server_type: ServerType) -> None:
-    ServerType.objects.select_for_update().filter(pk=server_type.pk).first()
+    """Serialize reservations of this server type until the transaction ends.
+
+    NO KEY UPDATE, not UPDATE: it must not wait for the key-share locks that inserting a reservation of this
+    type takes (the reservation row is written before this lock is taken), and it still excludes every
+    other holder of this lock.
+    """
+    list(
+        ServerType.objects.select_for_update(no_key=True)
+        .filter(pk=server_type.pk)
+        .order_by()
+        .values_list("pk")
+    )
 
 
 def free_nodes(
@@ -94,6 +116,15 @@ def _validate_window(
 
 
 def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> None:
+    """Refuse if the organization would hold more than its quota in the window. Call inside a transaction:
+    it locks the organization's row until the end, so two reservations of one organization (of any server
+    types) cannot both see room for themselves."""
+    quota = (
+        Organization.objects.select_for_update(no_key=True)
+        .filter(pk=org.pk)
+        .order_by()
+        .values_list("server_quota", flat=True)
+    )[0]
     held = (
         Allocation.objects.filter(
             _overlapping(starts_at, ends_at), active=True, reservation__organization=org
@@ -102,9 +133,9 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
         .distinct()
         .count()
     )
-    if held + count > org.server_quota:
+    if held + count > quota:
         raise QuotaExceeded(
-            f"{org.name} may hold {org.server_quota} servers at once; it holds {held} in that window "
+            f"{org.name} may hold {quota} servers at once; it holds {held} in that window "
             f"and asked for {count} more"
         )
 
@@ -130,9 +161,52 @@ def reserve_servers(
     :raises CapacityError: fewer than ``count`` servers are free in the window (nothing is booked).
     :raises QuotaExceeded, InvalidRequest:
     """
+    return book_servers(
+        org,
+        server_type,
+        count,
+        image=image,
+        actor=actor,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        ssh_keys=ssh_keys,
+        name=name,
+        idempotency_key=idempotency_key,
+    ).reservation
+
+
+@dataclasses.dataclass(frozen=True)
+class Booking:
+    """What book_servers did: the reservation, the nodes it started (by name) and the provisioning
+    operations it queued for them (newest first, no step run yet). A ``replay`` is the reservation an
+    earlier request with the same idempotency key made; nothing else about it is known here."""
+
+    reservation: Reservation
+    started: list[Node]
+    operations: list[Operation]
+    replay: bool = False
+
+
+def book_servers(
+    org: Organization,
+    server_type: ServerType,
+    count: int,
+    *,
+    image: Image,
+    actor: Actor,
+    starts_at: dt.datetime | None = None,
+    ends_at: dt.datetime | None = None,
+    ssh_keys: Iterable[SSHKey] = (),
+    name: str = "",
+    idempotency_key: str = "",
+) -> Booking:
+    """reserve_servers, also saying what it started: callers that show the result need not read it back.
+
+    :raises CapacityError, QuotaExceeded, InvalidRequest: as reserve_servers.
+    """
     if count < 1 or count > MAX_SERVERS_PER_RESERVATION:
         raise InvalidRequest(f"count must be between 1 and {MAX_SERVERS_PER_RESERVATION}")
-    keys = list(ssh_keys)
+    keys = list({k.pk: k for k in ssh_keys}.values())
     if not keys:
         raise InvalidRequest("at least one SSH key is needed to reach the servers")
     if any(k.organization_id != org.pk for k in keys):
@@ -140,24 +214,12 @@ def reserve_servers(
     if idempotency_key:
         existing = Reservation.objects.filter(organization=org, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing
+            return Booking(existing, [], [], replay=True)
     start, end = _validate_window(starts_at, ends_at)
     starts_now = start <= timezone.now() + START_NOW_SLACK
     try:
         with transaction.atomic():
-            _lock_server_type(server_type)
-            _check_quota(org, count, start, end)
-            # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
-            candidates = list(
-                free_nodes(server_type, start, end)
-                .annotate(busy_now=Case(When(state=NodeState.AVAILABLE, then=0), default=1))
-                .order_by("busy_now", "name")[:count]
-            )
-            if len(candidates) < count:
-                raise CapacityError(
-                    f"not enough capacity: {len(candidates)} {server_type.name} server(s) free for that window, "
-                    f"{count} requested"
-                )
+            # Nothing of this is visible to others before the commit: write it before taking the lock.
             reservation = Reservation.objects.create(
                 organization=org,
                 created_by=actor.user,
@@ -168,23 +230,97 @@ def reserve_servers(
                 name=name,
                 starts_at=start,
                 ends_at=end,
-                state=ReservationState.PROVISIONING if starts_now else ReservationState.SCHEDULED,
+                # A window starting now is started right after the booking commits (_start_nodes).
+                state=ReservationState.SCHEDULED,
                 idempotency_key=idempotency_key,
             )
-            reservation.ssh_keys.set(keys)
-            Allocation.objects.bulk_create(
-                Allocation(reservation=reservation, node=n, starts_at=start, ends_at=end) for n in candidates
-            )
+            reservation.ssh_keys.add(*keys)
             record(actor, "reserve", reservation=reservation, reason=f"{count}x {server_type.slug}")
-            if starts_now:
-                for node in candidates:
-                    _start_provisioning(reservation, node, actor)
+            _check_quota(org, count, start, end)
+            nodes = _allocate(reservation, server_type, count, start, end, load_nodes=starts_now)
     except IntegrityError as exc:
         if idempotency_key and "idempotency" in str(exc).lower():
-            return Reservation.objects.get(organization=org, idempotency_key=idempotency_key)
+            replay = Reservation.objects.get(organization=org, idempotency_key=idempotency_key)
+            return Booking(replay, [], [], replay=True)
         # The PostgreSQL exclusion constraint caught an overlap: report it as a capacity problem.
         raise CapacityError("not enough capacity: those servers were just booked by someone else; try again")
-    return reservation
+    operations: list[Operation] = []
+    if starts_now:
+        try:
+            with transaction.atomic():
+                operations = _start_nodes(reservation, nodes, actor)
+        except DatabaseError:
+            # The servers are booked; the scheduler starts a due window it finds still scheduled.
+            log.exception("reservation %s is booked but could not be started now", reservation.pk)
+            reservation.state = ReservationState.SCHEDULED
+            operations = []
+    started = sorted((op.node for op in operations), key=lambda n: n.name)
+    return Booking(reservation, started, operations[::-1])
+
+
+def _allocate(
+    reservation: Reservation,
+    server_type: ServerType,
+    count: int,
+    start: dt.datetime,
+    end: dt.datetime | None,
+    *,
+    load_nodes: bool,
+) -> list[Node]:
+    """Under the server type's lock, take ``count`` nodes free in the window for the reservation.
+
+    Returns the nodes (only their id, name and state, and only if ``load_nodes``: a future window needs
+    just the ids). Everything after the lock is held until the caller's transaction commits.
+
+    :raises CapacityError: fewer than ``count`` are free.
+    """
+    _lock_server_type(server_type)
+    # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
+    candidates = free_nodes(server_type, start, end).order_by(
+        Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name"
+    )[:count]
+    if load_nodes:
+        nodes = list(candidates.only("pk", "name", "state"))
+        node_ids = [n.pk for n in nodes]
+    else:
+        nodes = []
+        node_ids = list(candidates.values_list("pk", flat=True))
+    if len(node_ids) < count:
+        raise CapacityError(
+            f"not enough capacity: {len(node_ids)} {server_type.name} server(s) free for that window, "
+            f"{count} requested"
+        )
+    Allocation.objects.bulk_create(
+        Allocation(reservation=reservation, node_id=pk, starts_at=start, ends_at=end) for pk in node_ids
+    )
+    return nodes
+
+
+def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
+    """Start provisioning the reservation's ``nodes`` that are still available (call inside a transaction);
+    mark the reservation provisioning once none of its allocated nodes is left to start. Returns the
+    provisioning operations, in the order of ``nodes``. A node that is not available now is started by the
+    scheduler on a later pass.
+    """
+    started = []
+    for node in nodes:
+        if node.state != NodeState.AVAILABLE:
+            continue
+        try:
+            started.append(_start_provisioning(reservation, node, actor))
+        except IllegalTransition:
+            continue  # it changed meanwhile (or the scheduler started it first)
+    if len(started) < len(nodes) and (
+        Allocation.objects.filter(reservation=reservation, active=True)
+        .exclude(node__reservation=reservation)
+        .exists()
+    ):
+        return started
+    if Reservation.objects.filter(pk=reservation.pk, state=ReservationState.SCHEDULED).update(
+        state=ReservationState.PROVISIONING
+    ):
+        reservation.state = ReservationState.PROVISIONING
+    return started
 
 
 def _start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Operation:
@@ -206,40 +342,54 @@ def _start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> O
 def release_reservation(
     reservation: Reservation, *, actor: Actor, reason: str = "released by customer"
 ) -> Reservation:
-    """Release every server of the reservation: cancel work in progress, wipe, return to the pool. Idempotent."""
+    """Release every server of the reservation: cancel work in progress, wipe, return to the pool. Idempotent.
+
+    Returns the reservation as it is now, with its organization, server type and image loaded.
+    """
     with transaction.atomic():
-        reservation = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        reservation = (
+            Reservation.objects.select_for_update(of=("self",))
+            .select_related("organization", "server_type", "image")
+            .get(pk=reservation.pk)
+        )
         if reservation.state not in OPEN_RESERVATION_STATES:
             return reservation
         now = timezone.now()
-        for alloc in reservation.allocations.filter(active=True).select_related("node"):
-            alloc.active = False
-            alloc.ended_at = now
-            alloc.end_reason = reason
-            alloc.save(update_fields=["active", "ended_at", "end_reason"])
-            if alloc.node.reservation_id == reservation.pk:
-                _release_node(alloc.node, reservation, actor, reason)
+        allocations = list(
+            # process_event records who held the node: its owner and reservation come with it
+            reservation.allocations.filter(active=True).select_related("node__owner", "node__reservation")
+        )
+        Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
+            active=False, ended_at=now, end_reason=reason
+        )
+        held = [a.node for a in allocations if a.node.reservation_id == reservation.pk]
+        if held:
+            Operation.objects.filter(
+                node__in=held,
+                reservation=reservation,
+                state__in=[OperationState.PENDING, OperationState.RUNNING],
+            ).exclude(kind=OperationKind.RELEASE).update(cancel_requested=True)
+        wiping = [node for node in held if _release_node(node, reservation, actor, reason)]
         reservation.state = ReservationState.RELEASING
         reservation.released_at = now
         reservation.status_message = reason
         reservation.save(update_fields=["state", "released_at", "status_message"])
         record(actor, "release", reservation=reservation, reason=reason)
-        settle_reservation(reservation)
+        if not wiping:  # otherwise a release operation was just queued: it is not settled yet
+            settle_reservation(reservation)
     return reservation
 
 
-def _release_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> None:
-    Operation.objects.filter(
-        node=node, reservation=reservation, state__in=[OperationState.PENDING, OperationState.RUNNING]
-    ).exclude(kind=OperationKind.RELEASE).update(cancel_requested=True)
-    node.refresh_from_db()
+def _release_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> bool:
+    """Take the node out of the reservation; queue its wipe if it was leased. Returns whether it was."""
     if node.state not in (NodeState.RESERVED, NodeState.DEPLOYING, NodeState.BURNING_IN, NodeState.ACTIVE):
         # Quarantined or in error: it leaves the reservation but stays out of the pool for an operator.
         Node.objects.filter(pk=node.pk).update(owner=None, reservation=None)
-        return
+        return False
     process_event(node, NodeEvent.RELEASE, actor=actor, reason=reason, owner=None, reservation=None)
     op = create_operation(OperationKind.RELEASE, node, reservation=reservation, requested_by=actor.user)
     enqueue(op)
+    return True
 
 
 def settle_reservation(reservation: Reservation) -> None:
@@ -251,10 +401,10 @@ def settle_reservation(reservation: Reservation) -> None:
         kind=OperationKind.RELEASE,
         state__in=[OperationState.PENDING, OperationState.RUNNING],
     ).exists()
-    if not busy:
-        Reservation.objects.filter(pk=reservation.pk, state=ReservationState.RELEASING).update(
-            state=ReservationState.RELEASED
-        )
+    if not busy and Reservation.objects.filter(pk=reservation.pk, state=ReservationState.RELEASING).update(
+        state=ReservationState.RELEASED
+    ):
+        reservation.state = ReservationState.RELEASED
 
 
 def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor: Actor) -> Reservation:
@@ -311,25 +461,13 @@ def start_due_reservations(actor: Actor | None = None) -> int:
     now = timezone.now()
     for reservation in Reservation.objects.filter(state=ReservationState.SCHEDULED, starts_at__lte=now):
         with transaction.atomic():
-            pending = list(
-                Allocation.objects.filter(reservation=reservation, active=True)
+            pending = [
+                alloc.node
+                for alloc in Allocation.objects.filter(reservation=reservation, active=True)
                 .select_related("node")
                 .exclude(node__reservation=reservation)
-            )
-            for alloc in pending:
-                if alloc.node.state != NodeState.AVAILABLE:
-                    continue
-                try:
-                    _start_provisioning(reservation, alloc.node, actor)
-                    started += 1
-                except IllegalTransition:
-                    continue
-            if (
-                not Allocation.objects.filter(reservation=reservation, active=True)
-                .exclude(node__reservation=reservation)
-                .exists()
-            ):
-                Reservation.objects.filter(pk=reservation.pk).update(state=ReservationState.PROVISIONING)
+            ]
+            started += len(_start_nodes(reservation, pending, actor))
     return started
 
 
