@@ -137,12 +137,22 @@ class ReservationViewSet(
     queryset = Reservation.objects.all()
     filterset_fields = ["state"]
 
+    # Actions that change one reservation: the service reads it again under its lock, and ?state= (which
+    # filters the list) does not hide it from them.
+    CHANGES = frozenset({"extend", "release"})
+
     def get_queryset(self) -> QuerySet[Reservation]:
-        return (
-            Reservation.objects.for_user(self.request.user)
-            .select_related("organization", "server_type", "image")
-            .prefetch_related("ssh_keys", "nodes")
+        mine = Reservation.objects.for_user(self.request.user)
+        if self.action in self.CHANGES:
+            return mine
+        return mine.select_related("organization", "server_type", "image").prefetch_related(
+            "ssh_keys", "nodes"
         )
+
+    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.action in self.CHANGES:
+            return queryset
+        return super().filter_queryset(queryset)
 
     @extend_schema(
         request=s.ReservationCreateSerializer,
@@ -175,7 +185,7 @@ class ReservationViewSet(
         existing = Reservation.objects.filter(organization=org, idempotency_key=key).first() if key else None
         if existing is not None:
             return self._replay(existing, server_type, data["count"])
-        reservation = reservation_service.reserve_servers(
+        booking = reservation_service.book_servers(
             org,
             server_type,
             data["count"],
@@ -187,7 +197,13 @@ class ReservationViewSet(
             name=data.get("name", ""),
             idempotency_key=key,
         )
-        return Response(self._out(reservation.pk), status=status.HTTP_201_CREATED)
+        if booking.replay:  # a concurrent request with the same Idempotency-Key made it first
+            return self._replay(booking.reservation, server_type, data["count"])
+        key_ids = [k.pk for k in sorted(ssh_keys, key=lambda k: k.name)]
+        return Response(
+            s.reservation_data(booking.reservation, ssh_key_ids=key_ids, booking=booking),
+            status=status.HTTP_201_CREATED,
+        )
 
     def _replay(self, existing: Reservation, server_type: ServerType, count: int) -> Response:
         if existing.server_type_id != server_type.pk or existing.count != count:
@@ -200,13 +216,9 @@ class ReservationViewSet(
         return Response(self._out(existing.pk), status=status.HTTP_200_OK)
 
     def _out(self, pk: int) -> dict[str, Any]:
-        # The caller already holds an authorized row (get_object or its own create): no scoping join needed.
-        row = (
-            Reservation.objects.select_related("organization", "server_type", "image")
-            .prefetch_related("ssh_keys", "nodes")
-            .get(pk=pk)
-        )
-        return s.ReservationSerializer(row, context=self.get_serializer_context()).data
+        # The caller already holds an authorized row (get_object or a replay): no scoping join needed.
+        row = Reservation.objects.select_related("organization", "server_type", "image").get(pk=pk)
+        return s.reservation_data(row)
 
     def _image(self, slug: str) -> Image:
         images = Image.objects.all() if self.request.user.is_staff else Image.objects.filter(public=True)
@@ -241,9 +253,10 @@ class ReservationViewSet(
     @action(detail=True, methods=["post"])
     def release(self, request: Request, pk: str | None = None) -> Response:
         """Give the servers back: they are wiped and return to the pool. Idempotent."""
-        reservation = self.get_object()
-        reservation_service.release_reservation(reservation, actor=Actor.from_request(request))
-        return Response(self._out(reservation.pk), status=status.HTTP_202_ACCEPTED)
+        reservation = reservation_service.release_reservation(
+            self.get_object(), actor=Actor.from_request(request)
+        )
+        return Response(s.reservation_data(reservation), status=status.HTTP_202_ACCEPTED)
 
 
 class ServerViewSet(viewsets.ReadOnlyModelViewSet):

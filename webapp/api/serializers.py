@@ -3,8 +3,10 @@ provisioning keys: fields are listed explicitly, never ``__all__``."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import TYPE_CHECKING, Any
 
+from django.db.models import Count, Q
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -25,7 +27,10 @@ from provisioner.models import (
     Step,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
-from provisioner.states import LEASED_STATES
+from provisioner.states import LEASED_STATES, StepState
+
+if TYPE_CHECKING:
+    from provisioner.services.reservations import Booking
 
 LOG_LINES_PER_RESPONSE = 500
 
@@ -276,6 +281,101 @@ class ReservationSerializer(serializers.ModelSerializer):
     def get_operations(self, obj: Reservation) -> Any:
         ops = obj.operations.select_related("node").prefetch_related("steps").order_by("-created_at")[:50]
         return OperationSummarySerializer(ops, many=True).data
+
+
+_TIMESTAMP = serializers.DateTimeField(read_only=True)
+
+
+def _timestamp(value: dt.datetime | None) -> str | None:
+    return None if value is None else _TIMESTAMP.to_representation(value)
+
+
+def reservation_data(
+    reservation: Reservation,
+    *,
+    ssh_key_ids: list[int] | None = None,
+    booking: Booking | None = None,
+) -> dict[str, Any]:
+    """What ReservationSerializer says about one reservation, read with at most three small queries.
+
+    The create and release endpoints answer with this on every call: a serializer tree re-reads the
+    reservation with four prefetches and builds its fields anew each time, which costs more than the
+    booking itself. ``reservation`` must come with its organization, server type and image loaded;
+    ``ssh_key_ids``, if the caller has them, in the order of the keys' names. With the ``booking`` that
+    just made the reservation, its servers and operations are the ones the booking started (read nothing).
+    The tests check that this and the serializer agree.
+    """
+    if ssh_key_ids is None:
+        ssh_key_ids = list(SSHKey.objects.filter(reservations=reservation).values_list("pk", flat=True))
+    if booking is not None and not booking.replay:
+        servers = [{"id": n.pk, "name": n.name, "state": n.state} for n in booking.started]
+        operations = [
+            _operation_data({c: getattr(op, c) for c in _OPERATION_COLUMNS}, node=op.node.name, percent=0)
+            for op in booking.operations
+        ]
+    else:
+        servers = list(Node.objects.filter(reservation=reservation).values("id", "name", "state"))
+        done = [StepState.SUCCEEDED, StepState.SKIPPED]
+        operations = [
+            _operation_data(
+                op,
+                node=op["node__name"],
+                percent=int(100 * op["steps_done"] / op["steps_total"]) if op["steps_total"] else 0,
+            )
+            for op in Operation.objects.filter(reservation=reservation)
+            .values(*_OPERATION_COLUMNS, "node__name")
+            .annotate(steps_total=Count("steps"), steps_done=Count("steps", filter=Q(steps__state__in=done)))
+            .order_by("-created_at")[:50]
+        ]
+    return {
+        "id": reservation.pk,
+        "name": reservation.name,
+        "organization": reservation.organization.slug,
+        "server_type": reservation.server_type.slug,
+        "count": reservation.count,
+        "image": reservation.image.slug,
+        "ssh_keys": ssh_key_ids,
+        "starts_at": _timestamp(reservation.starts_at),
+        "ends_at": _timestamp(reservation.ends_at),
+        "state": reservation.state,
+        "status_message": reservation.status_message,
+        "servers": servers,
+        "operations": operations,
+        "created_at": _timestamp(reservation.created_at),
+        "released_at": _timestamp(reservation.released_at),
+    }
+
+
+_OPERATION_COLUMNS = (
+    "id",
+    "kind",
+    "state",
+    "reservation_id",
+    "rollout_id",
+    "error_code",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _operation_data(row: dict[str, Any], *, node: str, percent: int) -> dict[str, Any]:
+    """OperationSummarySerializer's fields from an operation's columns."""
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "percent": percent,
+        "node": node,
+        "reservation": row["reservation_id"],
+        "rollout": row["rollout_id"],
+        "error_code": row["error_code"],
+        "error": row["error"],
+        "created_at": _timestamp(row["created_at"]),
+        "started_at": _timestamp(row["started_at"]),
+        "finished_at": _timestamp(row["finished_at"]),
+    }
 
 
 class ReservationCreateSerializer(serializers.Serializer):
