@@ -23,8 +23,8 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Case, Q, QuerySet, When
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
 from provisioner.engine.runner import create_operation, enqueue
@@ -237,7 +237,7 @@ def book_servers(
             reservation.ssh_keys.add(*keys)
             record(actor, "reserve", reservation=reservation, reason=f"{count}x {server_type.slug}")
             _check_quota(org, count, start, end)
-            nodes = _allocate(reservation, server_type, count, start, end, load_nodes=starts_now)
+            node_ids = _allocate(reservation, server_type, count, start, end)
     except IntegrityError as exc:
         if idempotency_key and "idempotency" in str(exc).lower():
             replay = Reservation.objects.get(organization=org, idempotency_key=idempotency_key)
@@ -248,7 +248,8 @@ def book_servers(
     if starts_now:
         try:
             with transaction.atomic():
-                operations = _start_nodes(reservation, nodes, actor)
+                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state")
+                operations = _start_nodes(reservation, list(nodes), actor)
         except DatabaseError:
             # The servers are booked; the scheduler starts a due window it finds still scheduled.
             log.exception("reservation %s is booked but could not be started now", reservation.pk)
@@ -264,36 +265,53 @@ def _allocate(
     count: int,
     start: dt.datetime,
     end: dt.datetime | None,
-    *,
-    load_nodes: bool,
-) -> list[Node]:
-    """Under the server type's lock, take ``count`` nodes free in the window for the reservation.
+) -> list[int]:
+    """Under the server type's lock, give the reservation ``count`` nodes free in the window; return their ids.
 
-    Returns the nodes (only their id, name and state, and only if ``load_nodes``: a future window needs
-    just the ids). Everything after the lock is held until the caller's transaction commits.
+    Choosing the nodes and inserting their allocations is one statement (INSERT ... SELECT): everything
+    after the lock is held until the caller's transaction commits, and every other reservation of the type
+    waits that long. The free nodes are the ones free_nodes() lists.
 
-    :raises CapacityError: fewer than ``count`` are free.
+    :raises CapacityError: fewer than ``count`` are free (the caller's transaction must roll back).
     """
     _lock_server_type(server_type)
     # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
-    candidates = free_nodes(server_type, start, end).order_by(
-        Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name"
-    )[:count]
-    if load_nodes:
-        nodes = list(candidates.only("pk", "name", "state"))
-        node_ids = [n.pk for n in nodes]
-    else:
-        nodes = []
-        node_ids = list(candidates.values_list("pk", flat=True))
+    free = (
+        free_nodes(server_type, start, end)
+        .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+        .values(node_id=F("pk"))[:count]
+    )
+    free_sql, free_params = free.query.sql_with_params()
+    ops = connection.ops
+    columns = ", ".join(
+        ops.quote_name(c)
+        for c in ("reservation_id", "node_id", "starts_at", "ends_at", "active", "created_at", "end_reason")
+    )
+    # Identifiers come from the model, quoted by the backend; every value is a parameter.
+    insert = (
+        f"INSERT INTO {ops.quote_name(Allocation._meta.db_table)} ({columns}) "  # noqa: S608
+        f"SELECT %s, free.node_id, %s, %s, %s, %s, %s FROM ({free_sql}) free RETURNING node_id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            insert,
+            [
+                reservation.pk,
+                ops.adapt_datetimefield_value(start),
+                ops.adapt_datetimefield_value(end),
+                True,
+                ops.adapt_datetimefield_value(timezone.now()),
+                "",
+                *free_params,
+            ],
+        )
+        node_ids = [row[0] for row in cursor.fetchall()]
     if len(node_ids) < count:
         raise CapacityError(
             f"not enough capacity: {len(node_ids)} {server_type.name} server(s) free for that window, "
             f"{count} requested"
         )
-    Allocation.objects.bulk_create(
-        Allocation(reservation=reservation, node_id=pk, starts_at=start, ends_at=end) for pk in node_ids
-    )
-    return nodes
+    return node_ids
 
 
 def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
