@@ -242,7 +242,9 @@ def main() -> int:
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--server", choices=["gunicorn", "wsgiref"], default="gunicorn")
     parser.add_argument(
-        "--server-procs", type=int, help="gunicorn workers (default 6) or wsgiref processes (default 2)"
+        "--server-procs",
+        type=int,
+        help="gunicorn workers (default 2 per core) or wsgiref processes (default 2)",
     )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -251,7 +253,7 @@ def main() -> int:
     if not args.database_url.startswith("postgres"):
         parser.error("the bench needs PostgreSQL (--database-url postgres://...)")
     if args.server_procs is None:
-        args.server_procs = 6 if args.server == "gunicorn" else 2
+        args.server_procs = 2 * (os.cpu_count() or 1) if args.server == "gunicorn" else 2
 
     if args.serve:
         _setup_django(args.database_url, args.var_dir)
@@ -270,10 +272,17 @@ def main() -> int:
 
     port = free_port()
     if args.server == "gunicorn":
-        # Sync workers: one request at a time per process, so a worker that holds a reservation lock is
-        # never waiting for the GIL behind other requests; --server-procs of them keep both cores busy
-        # while some wait on PostgreSQL. Each keeps its database connection between requests.
-        server_env = {**env, "NEOCLOUD_DEBUG": "false", "NEOCLOUD_DB_CONN_MAX_AGE": "600"}
+        # Sync workers: one request at a time per process, so a worker that holds a reservation lock never
+        # waits for the GIL behind other requests. The work is CPU-bound Python: two workers per core keep
+        # the cores busy while some wait on PostgreSQL (locks, commits); more only share the cores among
+        # more requests in flight, which stretches every one of them. Each keeps its database connection
+        # between requests and has PostgreSQL prepare the statements it repeats.
+        server_env = {
+            "NEOCLOUD_DB_PREPARED_STATEMENTS": "true",
+            **env,
+            "NEOCLOUD_DEBUG": "false",
+            "NEOCLOUD_DB_CONN_MAX_AGE": "600",
+        }
         command = [
             sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--chdir", str(PROJECT_ROOT),
             "--bind", f"127.0.0.1:{port}", "--workers", str(args.server_procs), "--worker-class", "sync",

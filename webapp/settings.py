@@ -100,12 +100,18 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": env_str("NEOCLOUD_TEST_DATABASE_NAME", "test_neocloud")}
     # Seconds a web process keeps its PostgreSQL connection between requests (0: a new one per request).
     # Long-lived workers of a WSGI server (gunicorn) should set it: a new connection costs a backend fork
-    # and more CPU than a whole small request. The embedded runserver starts a thread per request, which
+    # and about as much CPU as a small request. The embedded runserver starts a thread per request, which
     # would only leave idle connections behind, so the default stays 0. Reused connections are checked
     # at the start of each request, so a restarted database costs no failed request.
     _conn_max_age = env_int("NEOCLOUD_DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_MAX_AGE"] = _conn_max_age
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _conn_max_age > 0
+    # Server-side parameter binding, so that PostgreSQL parses and plans a query the connection sends again
+    # and again only once (psycopg prepares it on its 5th use). Pays off with persistent connections; not
+    # behind a pooler in transaction mode (PgBouncer), whose server connections change under the client.
+    if env_bool("NEOCLOUD_DB_PREPARED_STATEMENTS", False):
+        _options: dict = DATABASES["default"]["OPTIONS"]  # type: ignore[assignment]
+        _options.update(server_side_binding=True, prepare_threshold=5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
