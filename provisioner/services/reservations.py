@@ -373,14 +373,16 @@ def release_reservation(
         if reservation.state not in OPEN_RESERVATION_STATES:
             return reservation
         now = timezone.now()
-        allocations = list(
-            # process_event records who held the node: its owner and reservation come with it
-            reservation.allocations.filter(active=True).select_related("node__owner", "node__reservation")
-        )
+        allocations = list(reservation.allocations.filter(active=True).select_related("node"))
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
             active=False, ended_at=now, end_reason=reason
         )
         held = [a.node for a in allocations if a.node.reservation_id == reservation.pk]
+        for node in held:
+            # process_event records who held the node: hand it the rows we have instead of reading them
+            node.reservation = reservation
+            if node.owner_id == reservation.organization_id:
+                node.owner = reservation.organization
         if held:
             Operation.objects.filter(
                 node__in=held,
@@ -388,13 +390,13 @@ def release_reservation(
                 state__in=[OperationState.PENDING, OperationState.RUNNING],
             ).exclude(kind=OperationKind.RELEASE).update(cancel_requested=True)
         wiping = [node for node in held if _release_node(node, reservation, actor, reason)]
-        reservation.state = ReservationState.RELEASING
+        # Without a wipe queued here, it may be settled at once (see settle_reservation).
+        settled = not wiping and not _release_in_progress(reservation)
+        reservation.state = ReservationState.RELEASED if settled else ReservationState.RELEASING
         reservation.released_at = now
         reservation.status_message = reason
         reservation.save(update_fields=["state", "released_at", "status_message"])
         record(actor, "release", reservation=reservation, reason=reason)
-        if not wiping:  # otherwise a release operation was just queued: it is not settled yet
-            settle_reservation(reservation)
     return reservation
 
 
@@ -414,15 +416,19 @@ def settle_reservation(reservation: Reservation) -> None:
     """Move a releasing reservation to released once none of its nodes is still being released."""
     if reservation.state != ReservationState.RELEASING:
         return
-    busy = Operation.objects.filter(
+    if not _release_in_progress(reservation) and Reservation.objects.filter(
+        pk=reservation.pk, state=ReservationState.RELEASING
+    ).update(state=ReservationState.RELEASED):
+        reservation.state = ReservationState.RELEASED
+
+
+def _release_in_progress(reservation: Reservation) -> bool:
+    """Whether one of the reservation's nodes is still being released (wiped)."""
+    return Operation.objects.filter(
         reservation=reservation,
         kind=OperationKind.RELEASE,
         state__in=[OperationState.PENDING, OperationState.RUNNING],
     ).exists()
-    if not busy and Reservation.objects.filter(pk=reservation.pk, state=ReservationState.RELEASING).update(
-        state=ReservationState.RELEASED
-    ):
-        reservation.state = ReservationState.RELEASED
 
 
 def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor: Actor) -> Reservation:

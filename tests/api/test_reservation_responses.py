@@ -90,7 +90,7 @@ def test_reserve_and_release_stay_within_their_query_budget(inventory, django_as
     # a window starting now also moves each node (6 queries in process_event) and creates its operation (2)
     with django_assert_max_num_queries(34):
         now = client.post(f"{V1}/reservations", reserve_body(count=2)).json()
-    with django_assert_max_num_queries(14):
+    with django_assert_max_num_queries(13):
         client.post(f"{V1}/reservations/{future['id']}/release")
     with django_assert_max_num_queries(29):
         client.post(f"{V1}/reservations/{now['id']}/release")
