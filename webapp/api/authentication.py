@@ -25,7 +25,10 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         token = parts[1]
         if not token.startswith(ApiToken.PREFIX):
             raise exceptions.AuthenticationFailed("malformed API token")
-        row = ApiToken.active().select_related("user").filter(token_hash=ApiToken.hash(token)).first()
+        try:  # token_hash is unique: get() needs no ordering, unlike first()
+            row = ApiToken.active().select_related("user").get(token_hash=ApiToken.hash(token))
+        except ApiToken.DoesNotExist:
+            row = None
         if row is None or not row.user.is_active:
             raise exceptions.AuthenticationFailed("invalid or revoked API token")
         now = timezone.now()

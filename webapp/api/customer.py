@@ -177,8 +177,9 @@ class ReservationViewSet(
         key = request.headers.get("Idempotency-Key", "").strip()
         if len(key) > 100:
             raise ValidationError({"Idempotency-Key": ["at most 100 characters"]})
-        server_type = ServerType.objects.filter(slug=data["server_type"]).first()
-        if server_type is None:
+        try:
+            server_type = ServerType.objects.get(slug=data["server_type"])
+        except ServerType.DoesNotExist:
             raise ValidationError({"server_type": [f"no server type {data['server_type']!r}"]})
         image = self._image(data["image"])
         ssh_keys = self._ssh_keys(org, data["ssh_keys"])
@@ -222,10 +223,10 @@ class ReservationViewSet(
 
     def _image(self, slug: str) -> Image:
         images = Image.objects.all() if self.request.user.is_staff else Image.objects.filter(public=True)
-        image = images.filter(slug=slug).first()
-        if image is None:
+        try:
+            return images.get(slug=slug)
+        except Image.DoesNotExist:
             raise ValidationError({"image": [f"no image {slug!r}"]})
-        return image
 
     @staticmethod
     def _ssh_keys(org: Organization, refs: list[str]) -> list[SSHKey]:
