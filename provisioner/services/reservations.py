@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
@@ -274,7 +275,6 @@ def _allocate(
 
     :raises CapacityError: fewer than ``count`` are free (the caller's transaction must roll back).
     """
-    _lock_server_type(server_type)
     # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
     free = (
         free_nodes(server_type, start, end)
@@ -292,19 +292,18 @@ def _allocate(
         f"INSERT INTO {ops.quote_name(Allocation._meta.db_table)} ({columns}) "  # noqa: S608
         f"SELECT %s, free.node_id, %s, %s, %s, %s, %s FROM ({free_sql}) free RETURNING node_id"
     )
+    params: list[Any] = [
+        reservation.pk,
+        ops.adapt_datetimefield_value(start),
+        ops.adapt_datetimefield_value(end),
+        True,
+        ops.adapt_datetimefield_value(timezone.now()),
+        "",
+    ]
+    # All built before taking the lock (the ORM's work is not free): the lock covers the statement alone.
+    _lock_server_type(server_type)
     with connection.cursor() as cursor:
-        cursor.execute(
-            insert,
-            [
-                reservation.pk,
-                ops.adapt_datetimefield_value(start),
-                ops.adapt_datetimefield_value(end),
-                True,
-                ops.adapt_datetimefield_value(timezone.now()),
-                "",
-                *free_params,
-            ],
-        )
+        cursor.execute(insert, [*params, *free_params])
         node_ids = [row[0] for row in cursor.fetchall()]
     if len(node_ids) < count:
         raise CapacityError(
