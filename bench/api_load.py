@@ -9,11 +9,17 @@ does: gunicorn with ``--server-procs`` sync worker processes, each keeping its d
 (NEOCLOUD_DB_CONN_MAX_AGE). ``--server wsgiref`` serves it from wsgiref ThreadingWSGIServer processes
 instead (a thread per connection, a new database connection per request), to compare with the old setup.
 ``--clients`` threads, each with its own requests session and token, reserve 1-2 servers for random windows
-(a fifth of them starting now) and release their reservations for ``--seconds``. No worker runs:
+(a fifth of them starting now) and release their reservations for ``--seconds``: a closed loop, each sends
+its next request when it has the answer, so the mean latency is about clients / throughput. No worker runs:
 provisioning and release operations stay queued, as they would while workers are busy.
 
+Then, unless ``--open-rate 0``, the same mix arrives at ``--open-rate`` requests per second for
+``--open-seconds`` whatever the answers' latency (an open loop, latency counted from when each request was
+due): how long a request takes when the server is not saturated.
+
 Then checks the database for double bookings: pairs of active allocations of one node whose windows overlap,
-and nodes held now by two open reservations. Prints throughput and latency; the last line is exactly
+and nodes held now by two open reservations. Prints throughput and latency; the last line, the closed loop's,
+is exactly
 
     api load: N req/s, p99 X ms, double bookings D
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import signal
 import socket
@@ -191,7 +198,28 @@ class Results:
             self.statuses[(kind, status)] += 1
 
 
+def next_request(rng: random.Random, mine: list[int], base: str) -> tuple[str, str, dict | None]:
+    """What a client does next: release one of its reservations (``mine``), or reserve 1-2 servers for a
+    random window, a fifth of them starting now. Returns (kind, url, body)."""
+    if mine and (len(mine) >= 3 or rng.random() < 0.4):
+        rid = mine.pop(rng.randrange(len(mine)))
+        return "release", f"{base}/api/v1/reservations/{rid}/release", None
+    now = datetime.now(UTC)
+    start = now if rng.random() < 0.2 else now + timedelta(minutes=rng.randrange(5, 48 * 60))
+    end = start + timedelta(minutes=rng.randrange(30, 12 * 60))
+    body = {
+        "server_type": "h100-8x",
+        "count": rng.randint(1, 2),
+        "image": "ubuntu-24.04",
+        "ssh_keys": ["key"],
+        "starts_at": start.isoformat(),
+        "ends_at": end.isoformat(),
+    }
+    return "reserve", f"{base}/api/v1/reservations", body
+
+
 def client_loop(base: str, token: str, deadline: float, results: Results, seed_value: int) -> None:
+    """A closed-loop client: sends its next request as soon as it has the answer to the last one."""
     import requests
 
     rng = random.Random(seed_value)
@@ -199,25 +227,10 @@ def client_loop(base: str, token: str, deadline: float, results: Results, seed_v
     session.headers["Authorization"] = f"Bearer {token}"
     mine: list[int] = []
     while time.monotonic() < deadline:
-        if mine and (len(mine) >= 3 or rng.random() < 0.4):
-            rid = mine.pop(rng.randrange(len(mine)))
-            kind, method, url, body = "release", "post", f"{base}/api/v1/reservations/{rid}/release", None
-        else:
-            now = datetime.now(UTC)
-            start = now if rng.random() < 0.2 else now + timedelta(minutes=rng.randrange(5, 48 * 60))
-            end = start + timedelta(minutes=rng.randrange(30, 12 * 60))
-            body = {
-                "server_type": "h100-8x",
-                "count": rng.randint(1, 2),
-                "image": "ubuntu-24.04",
-                "ssh_keys": ["key"],
-                "starts_at": start.isoformat(),
-                "ends_at": end.isoformat(),
-            }
-            kind, method, url = "reserve", "post", f"{base}/api/v1/reservations"
+        kind, url, body = next_request(rng, mine, base)
         t0 = time.perf_counter()
         try:
-            response = session.request(method, url, json=body, timeout=30)
+            response = session.post(url, json=body, timeout=30)
         except requests.RequestException as exc:
             with results.lock:
                 results.errors[type(exc).__name__] += 1
@@ -225,6 +238,51 @@ def client_loop(base: str, token: str, deadline: float, results: Results, seed_v
         results.add(kind, response.status_code, time.perf_counter() - t0)
         if kind == "reserve" and response.status_code == 201:
             mine.append(response.json()["id"])
+
+
+def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results: Results) -> float:
+    """Requests arriving at a fixed rate, whatever the latency of earlier ones (users who do not wait for
+    each other), spread over the clients' tokens. Latency counts from when a request was due, so a server
+    that falls behind shows it. Returns the seconds it took."""
+    import requests
+
+    due: queue.Queue[tuple[float, int] | None] = queue.Queue()
+    clients = [(token, [], threading.Lock(), random.Random(1000 + i)) for i, token in enumerate(tokens)]
+
+    def sender() -> None:
+        session = requests.Session()
+        while (item := due.get()) is not None:
+            at, c = item
+            token, mine, lock, rng = clients[c]
+            with lock:
+                kind, url, body = next_request(rng, mine, base)
+            try:
+                response = session.post(
+                    url, json=body, timeout=30, headers={"Authorization": f"Bearer {token}"}
+                )
+            except requests.RequestException as exc:
+                with results.lock:
+                    results.errors[type(exc).__name__] += 1
+                continue
+            results.add(kind, response.status_code, time.perf_counter() - at)
+            if kind == "reserve" and response.status_code == 201:
+                with lock:
+                    mine.append(response.json()["id"])
+
+    total = int(rate * seconds)
+    senders = [threading.Thread(target=sender, daemon=True) for _ in range(min(total, 200))]
+    for t in senders:
+        t.start()
+    started = time.perf_counter()
+    for k in range(total):
+        at = started + k / rate
+        time.sleep(max(0.0, at - time.perf_counter()))
+        due.put((at, k % len(clients)))
+    for _ in senders:
+        due.put(None)
+    for t in senders:
+        t.join(timeout=seconds + 60)
+    return time.perf_counter() - started
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -240,6 +298,13 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--nodes", type=int, default=40)
     parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=40,
+        help="after the closed loop, requests per second arriving regardless of answers (0: skip)",
+    )
+    parser.add_argument("--open-seconds", type=float, default=15)
     parser.add_argument("--server", choices=["gunicorn", "wsgiref"], default="gunicorn")
     parser.add_argument(
         "--server-procs",
@@ -333,6 +398,12 @@ def main() -> int:
         for t in threads:
             t.join(timeout=args.seconds + 60)
         elapsed = time.monotonic() - started
+        open_results = Results()
+        open_elapsed = (
+            open_loop(base, tokens, args.open_rate, args.open_seconds, open_results)
+            if args.open_rate
+            else 0.0
+        )
     finally:
         for proc in servers:
             proc.terminate()
@@ -358,12 +429,22 @@ def main() -> int:
         print(f"  {kind:8s} {status}: {n}")
     if results.errors:
         print(f"  transport errors: {dict(results.errors)}")
-    unexpected = {k: n for k, n in results.statuses.items() if k[1] >= 500}
+    unexpected = {k: n for k, n in (results.statuses + open_results.statuses).items() if k[1] >= 500}
     if unexpected:
         print(f"  SERVER ERRORS: {unexpected}")
     print(f"reservations: {booked / elapsed:.1f}/s booked ({booked} in total)")
     p50, p99 = statistics.median(ms), percentile(ms, 0.99)
     print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms")
+    if open_results.latencies:
+        open_ms = [x * 1000 for x in open_results.latencies]
+        answered = sum(open_results.statuses.values())
+        errors = sum(n for (_, code), n in open_results.statuses.items() if code >= 500)
+        errors += sum(open_results.errors.values())
+        print(
+            f"open loop: {args.open_rate:g} req/s offered for {args.open_seconds:g} s, "
+            f"{answered / open_elapsed:.0f} req/s answered ({errors} errors), "
+            f"p50 {statistics.median(open_ms):.0f} ms, p99 {percentile(open_ms, 0.99):.0f} ms"
+        )
     print(f"double bookings: {overlapping} overlapping allocation pairs, {held_twice} node(s) held twice now")
     print(f"api load: {total / elapsed:.0f} req/s, p99 {p99:.0f} ms, double bookings {doubles}")
     return 0 if doubles == 0 and not unexpected else 1
