@@ -341,13 +341,8 @@ def main() -> int:
         # waits for the GIL behind other requests. The work is CPU-bound Python: two workers per core keep
         # the cores busy while some wait on PostgreSQL (locks, commits); more only share the cores among
         # more requests in flight, which stretches every one of them. Each keeps its database connection
-        # between requests and has PostgreSQL prepare the statements it repeats.
-        server_env = {
-            "NEOCLOUD_DB_PREPARED_STATEMENTS": "true",
-            **env,
-            "NEOCLOUD_DEBUG": "false",
-            "NEOCLOUD_DB_CONN_MAX_AGE": "600",
-        }
+        # between requests.
+        server_env = {**env, "NEOCLOUD_DEBUG": "false", "NEOCLOUD_DB_CONN_MAX_AGE": "600"}
         command = [
             sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--chdir", str(PROJECT_ROOT),
             "--bind", f"127.0.0.1:{port}", "--workers", str(args.server_procs), "--worker-class", "sync",

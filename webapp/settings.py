@@ -106,12 +106,6 @@ else:
     _conn_max_age = env_int("NEOCLOUD_DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_MAX_AGE"] = _conn_max_age
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _conn_max_age > 0
-    # Server-side parameter binding, so that PostgreSQL parses and plans a query the connection sends again
-    # and again only once (psycopg prepares it on its 5th use). Pays off with persistent connections; not
-    # behind a pooler in transaction mode (PgBouncer), whose server connections change under the client.
-    if env_bool("NEOCLOUD_DB_PREPARED_STATEMENTS", False):
-        _options: dict = DATABASES["default"]["OPTIONS"]  # type: ignore[assignment]
-        _options.update(server_side_binding=True, prepare_threshold=5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
