@@ -9,7 +9,8 @@ stalls about a second per call and forking ``ipmitool`` costs about 28 ms per co
   chains each job's commands from the response callbacks, all multiplexed on pyghmi's loop, with a
   deadline per job (``BmcAccess.timeout``), so one dead BMC costs its timeout and nobody else's time;
 * sessions are kept (keyed by BMC and user) and reused until idle for ``SESSION_IDLE_LIMIT`` seconds,
-  so the periodic power sync pays the login once, not every minute.
+  so the periodic power sync pays the login once, not every minute;
+* logins are asynchronous to the end (``_LoopSession``): pyghmi's own last login step blocks the loop.
 
 Errors: no answer before the deadline -> BmcUnreachable; password or user refused -> BmcAuthFailed;
 completion code != 0 -> BmcCommandFailed; a boot device/mode the BMC refuses -> UnsupportedOperation.
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from typing import Any
 
 import pyghmi.exceptions as pyghmi_exc
 import pyghmi.ipmi.private.session as ipmisession
+import pyghmi.ipmi.private.util as ipmiutil
 
 from provisioner.drivers.base import BmcAccess, BootDevice, BootMode, BootSetting, PowerDriver, PowerState
 from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
@@ -45,6 +48,10 @@ log = logging.getLogger(__name__)
 SESSION_IDLE_LIMIT = 25.0  # below the usual 30-60 s BMC session timeout and pyghmi's 29 s keepalive
 LOOP_TICK = 0.05
 
+NETFN_APP = 0x06
+CMD_SET_SESSION_PRIVILEGE = 0x3B
+CC_PRIVILEGE_REFUSED = (0x80, 0x81)  # "not available" / "exceeds the user's or channel's limit"
+PRIV_ADMINISTRATOR, PRIV_OPERATOR = 4, 3
 NETFN_CHASSIS = 0x00
 CMD_CHASSIS_STATUS = 0x01
 CMD_CHASSIS_CONTROL = 0x02
@@ -59,6 +66,69 @@ CC_INVALID_DATA, CC_INVALID_COMMAND, CC_PARAM_UNSUPPORTED = 0xCC, 0xC1, 0x80
 
 # one thread at a time drives pyghmi's process-global event loop
 _LOOP_LOCK = threading.RLock()
+
+
+class _LoopSession(ipmisession.Session):  # type: ignore[misc]
+    """pyghmi's client session, with the last login step asynchronous like the others.
+
+    After RAKP 4 pyghmi sends Set Session Privilege Level *synchronously*, from inside the packet
+    handler: the shared event loop then serves that one session until it answers, and pyghmi's
+    directed wait often misses an answer that arrived before it started waiting, so it sleeps out
+    the retry timer (0.5-1 s). During a cold sweep of 200 BMCs these nested waits added up to 2-8 s,
+    and up to 30 s once a BMC stopped answering; meanwhile the other logins' RAKP timers expired,
+    pyghmi restarted those logins from the same UDP port, and (see provisioner/lab/bmc_ipmi.py) the
+    lab BMC process dropped every session from that port. Here the request goes out with a callback
+    and the login completes when it answers, so one slow BMC delays nobody else.
+    """
+
+    privlevel: int  # set by pyghmi's __init__ and login
+    logging: bool
+
+    def _req_priv_level(self) -> None:
+        self.logged = 1
+        self.logoutexpiry = None
+        self.maxtimeout = 4  # as pyghmi: recover by re-login quickly
+        self.logontries = 1
+        # the privilege request is this session's only command; a re-login resends it itself
+        self.onlogpayload = None
+        self._send_priv_request()
+
+    def _send_priv_request(self) -> None:
+        self.incommand = False
+        self.raw_command(
+            netfn=NETFN_APP,
+            command=CMD_SET_SESSION_PRIVILEGE,
+            data=[self.privlevel],
+            callback=self._got_priv_level,
+        )
+
+    def _got_priv_level(self, response: dict[str, Any]) -> None:
+        self.incommand = False
+        while self.evq:
+            self.evq.popleft().set()
+        if not self.logging:  # a late or duplicate answer: the login already ended
+            return
+        code = response.get("code", 0)
+        if "error" not in response and code in CC_PRIVILEGE_REFUSED and self.privlevel == PRIV_ADMINISTRATOR:
+            self.privlevel = PRIV_OPERATOR  # as pyghmi: some BMCs only refuse administrator here
+            self._send_priv_request()
+            return
+        if "error" in response or code:
+            self.logged = 0
+            self.logging = False
+            suffix = f" while requesting privilege level {self.privlevel}"
+            self.onlogon({"error": ipmiutil.get_ipmi_error(response, suffix=suffix)})
+            return
+        self.logging = False
+        with ipmiutil.protect(ipmisession.KEEPALIVE_SESSIONS):
+            ipmisession.Session.keepalive_sessions[self] = {
+                "ipmisession": self,
+                # pyghmi keeps its own clock (os.times), not time.monotonic
+                "timeout": ipmiutil._monotonic_time() + ipmisession.MAX_IDLE - random.random() * 4.9,
+            }
+        # tell the waiters on the loop's next turn: pyghmi is still inside this answer's handler, and
+        # after this callback returns it forgets the request entry of any command sent from it
+        ipmisession.Session.iterwaiters.append(self.onlogon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +302,7 @@ def _start(job: IpmiJob) -> None:
         _send_next(job)
 
     try:
-        job._session = ipmisession.Session(
+        job._session = _LoopSession(
             bmc=job.access.address,
             userid=job.access.username,
             password=job.access.password,
