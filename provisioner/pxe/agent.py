@@ -32,6 +32,7 @@ import argparse
 import base64
 import dataclasses
 import datetime
+import functools
 import hashlib
 import http.client
 import json
@@ -487,13 +488,14 @@ class ProgressReporter:
     def _percent(self) -> int:
         return min(100, self._written * 100 // self.total)
 
+    def _ready(self, threshold: int) -> bool:
+        return self._closed or self._percent() >= threshold
+
     def _run(self) -> None:
         last_percent, last_time = 0, time.monotonic()
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda t=last_percent + self.every: self._closed or self._percent() >= t, timeout=2.0
-                )
+                self._cond.wait_for(functools.partial(self._ready, last_percent + self.every), timeout=2.0)
                 closed, written, percent = self._closed, self._written, self._percent()
             due = percent >= last_percent + self.every or (
                 time.monotonic() - last_time >= 2 and percent != last_percent

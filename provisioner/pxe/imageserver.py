@@ -95,7 +95,12 @@ class _Handler(ClosingHandlerMixin, http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if send_body and length:
                 self.wfile.flush()
-                self.connection.sendfile(fh, start, length)
+                try:
+                    self.connection.sendfile(fh, start, length)
+                except (BrokenPipeError, ConnectionResetError):
+                    # the client went away mid-image (an agent that stopped reading): nothing to answer
+                    log.info("%s closed the connection during %s", self.address_string(), self.path)
+                    self.close_connection = True
 
     def do_GET(self) -> None:
         self._serve(send_body=True)
