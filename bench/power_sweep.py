@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,17 +123,27 @@ def main() -> None:
     parser.add_argument("--max-workers", type=int, default=64)
     args = parser.parse_args()
 
+    # SIGTERM (timeout(1), CI) runs the cleanup below instead of leaving the BMC processes behind
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def phase(what: str) -> None:  # on stderr, so that a run that stops somewhere says where
+        print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="nc-bench-") as tmp:
         procs, accesses = start_bmcs(args.bmcs, args.per_process, Path(tmp))
         try:
+            phase(f"{len(accesses)} BMCs up; powering half of them on")
             for access in accesses[::2]:  # half the fleet on, so a sweep that says "off" everywhere fails
                 IpmiPowerDriver(access).power_on()
+            phase("cold sweep")
             t0 = time.perf_counter()
             cold = sweep_power(accesses, timeout=5.0, max_workers=args.max_workers)
             cold_s = time.perf_counter() - t0
+            phase("warm sweep")
             t0 = time.perf_counter()
             warm = sweep_power(accesses, timeout=5.0, max_workers=args.max_workers)
             ours_s = time.perf_counter() - t0
+            phase("ipmitool, one BMC after the other")
             t0 = time.perf_counter()
             theirs = ipmitool_sweep(accesses)
             ipmitool_s = time.perf_counter() - t0
