@@ -10,7 +10,9 @@ instead of staying silent, honours the persistent and UEFI boot flags, and appli
 One pyghmi event loop serves every BMC created in a process; ``serve_forever`` keeps it alive when a
 handler raises, and the supervisor runs one process per lab node so one crash takes down one BMC.
 Several BMCs do share a process in the bench's light mode, so ``LabServerSession`` also keeps one
-BMC's client restarting a login from drop the sessions of the others (see ``_handle_ipmi_packet``).
+BMC's client restarting a login from drop the sessions of the others (see ``_handle_ipmi_packet``),
+and pyghmi's I/O thread reads without waiting (``provisioner.drivers.pyghmi_io``): with its own reader,
+one answer sent at the wrong moment left it blocked on one BMC's socket and the whole group silent.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
+from provisioner.drivers import pyghmi_io
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
 from provisioner.lab.machine import SimulatedServer
 
 log = logging.getLogger(__name__)
+
+pyghmi_io.install()
 
 # RMCP+ algorithm numbers (IPMI 2.0 tables 13-17..13-19) of cipher suite 3, the only one served.
 SUPPORTED_AUTH = 1  # RAKP-HMAC-SHA1
