@@ -152,6 +152,14 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
     ) -> None:
         self.server = server
         super().__init__({username: password}, port=port, address=address)
+        if ipmisession.iosockets[0] is self.serversocket:
+            # pyghmi wakes its I/O thread (asleep in select() on the sockets that existed when it fell
+            # asleep, for up to 300 s) with a datagram to (session.myself, port of its first socket).
+            # myself is a client's loopback guess, ::ffff:127.0.0.1, but here the first socket is this
+            # BMC's, bound to its own address: the wake-up went nowhere, and a group process did not
+            # read its later BMCs' sockets until a packet came for the first one (5 s of each group
+            # test's start went into 0.2 s probes timing out). Aim the wake-up at this socket.
+            ipmisession.myself = self.serversocket.getsockname()[0]
 
     # --- session-less traffic (channel auth caps, cipher suites, open session) -------------------
 
