@@ -25,6 +25,20 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def watch_key(ticket_id: int) -> str:
+    """The capability to read one ticket's progress and result (what the engine's wait task polls with).
+    An HMAC of the ticket id under the secret key: nothing to store, useless for any other ticket."""
+    from django.utils.crypto import salted_hmac
+
+    return salted_hmac("neocloud.deploy-ticket.watch", str(ticket_id), algorithm="sha256").hexdigest()
+
+
+def check_watch_key(ticket_id: int, key: str) -> bool:
+    from django.utils.crypto import constant_time_compare
+
+    return constant_time_compare(watch_key(ticket_id), key)
+
+
 def open_ticket(node: Node, operation: Operation, instructions: dict[str, Any]) -> DeployTicket:
     """Open a new ticket for the node, closing any earlier unfinished one (a retried deploy)."""
     with transaction.atomic():

@@ -96,6 +96,28 @@ def agent_instructions(request: HttpRequest) -> JsonResponse:
     return JsonResponse(ticket.instructions)
 
 
+@require_GET
+def ticket_status(request: HttpRequest, ticket_id: int) -> JsonResponse:
+    """A deploy ticket's state for the engine's wait task (Bearer: the ticket's watch key)."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Bearer" or not tickets.check_watch_key(ticket_id, key.strip()):
+        return _error(403, "invalid_key", "unknown ticket or wrong watch key")
+    ticket = DeployTicket.objects.filter(pk=ticket_id).only(
+        "script_served_at", "progress", "result_at", "result"
+    )
+    row = ticket.first()
+    if row is None:
+        return _error(404, "unknown_ticket", f"no deploy ticket {ticket_id}")
+    return JsonResponse(
+        {
+            "script_served": row.script_served_at is not None,
+            "finished": row.result_at is not None,
+            "progress": row.progress or {},
+            "result": row.result or {},
+        }
+    )
+
+
 @csrf_exempt
 @require_POST
 def agent_progress(request: HttpRequest) -> JsonResponse:
