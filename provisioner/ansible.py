@@ -1,24 +1,51 @@
 """Running playbooks through ansible-runner, with every event streamed into the operation's log.
 
-- Each run gets a private data directory of its own (mode 0700), removed afterwards: SSH keys handed to
-  Ansible live there only for the run.
-- No BMC secret ever enters Ansible: our modules (playbooks/library/) look credentials up themselves
-  from the database by node name. Anything else secret is passed in ``secrets`` and masked in every
-  log line; tasks that touch secrets also set ``no_log``.
-- ``cancel`` (a threading.Event) stops the run: the engine sets it on a step timeout or a lost lease.
+One play, many hosts. Every playbook targets the inventory group ``nodes``, and a run for one node joins
+the runs of the same playbook that other nodes start at the same moment (from any worker process on this
+machine, with the same database and settings): N nodes that deploy together cost one ansible-playbook
+start (about 1 s of CPU each: Ansible parses its configuration and plugin metadata every time it starts)
+instead of N. The plays use the ``free`` strategy, so hosts do not wait for each other between tasks, and a
+failing host leaves the play without stopping the others. Each caller still sees only its own node: its
+events in its log, its task results, its failure.
+
+How a batch forms, under ``VAR_DIR/ansible/<environment digest>/<playbook>/`` (every directory mode 0700):
+
+1. A caller writes its request (host variables and private files such as SSH keys) into ``pending/<id>/``,
+   then takes ``collect.lock``.
+2. Holding the lock and finding its request still pending, it leads a new batch: it waits until no other
+   request has arrived for the quiet period (bounded), moves all pending requests into
+   ``batches/<batch>/hosts/<id>/``, releases the lock and runs Ansible in a thread, appending each host's
+   events to that host's ``events.jsonl`` and finally writing its ``done.json``.
+3. Holding the lock and finding its request gone, it was taken into a batch and only follows.
+
+Every caller then follows its own host's events until the host is done. The leader holds the batch's
+``running.lock`` while Ansible runs: a follower whose leader died (lock free, no result) fails with a
+retryable error and the engine retries the step.
+
+Secrets (BMC credentials, SSH private keys, a deploy ticket's watch key) are never Ansible variables: they
+are private files (``files``, mode 0600 in 0700 directories, removed after the run) whose paths the tasks
+get, and their values, passed in ``secrets``, are masked in every log line. Ansible gets no database URL. ``cancel`` (a threading.Event, set by the engine on a step timeout or a lost
+lease) stops the caller's host: our long-running modules watch its cancel file, and a batch whose hosts are
+all cancelled is stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
 import os
+import secrets as _secrets
 import shutil
 import sys
-import tempfile
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ansible_runner
 from django.conf import settings
@@ -26,8 +53,17 @@ from django.conf import settings
 from provisioner.errors import DriverError
 from webapp.env import database_url
 
+log = logging.getLogger(__name__)
+
 PLAYBOOK_DIR = Path(settings.BASE_DIR) / "playbooks"
 LogFn = Callable[..., None]
+# What a follower needs of each event; the rest (stdout rendering, uuids, timings) stays with the leader.
+_EVENT_FIELDS = ("task", "host", "res", "ignore_errors", "processed", "failures", "dark")
+_POLL_SECONDS = 0.1
+# How long a cancelled caller waits for its host to stop before it gives up on the host.
+CANCEL_GRACE_SECONDS = 30.0
+# Age after which a batch nobody runs, or a request nobody took, is what a killed worker left behind.
+STALE_SECONDS = 600.0
 
 
 class PlaybookFailed(DriverError):
@@ -41,8 +77,9 @@ class PlaybookFailed(DriverError):
 class PlaybookResult:
     status: str
     rc: int
-    results: dict[str, list[dict[str, Any]]]  # task name -> results of that task (per host)
+    results: dict[str, list[dict[str, Any]]]  # task name -> results of that task for this host
     failures: list[str]
+    batch_size: int = 1  # how many hosts shared the ansible-playbook run
 
     def last(self, task: str) -> dict[str, Any]:
         items = self.results.get(task) or []
@@ -67,26 +104,14 @@ def _describe_failure(res: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p) or "no output"
 
 
-def _base_settings_module() -> str:
-    name = os.environ.get("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    return (
-        os.environ.get("NEOCLOUD_BASE_SETTINGS", "webapp.settings")
-        if name == "webapp.settings_helper"
-        else name
-    )
-
-
 def environment() -> dict[str, str]:
-    """What our modules need to reach the database (the same one this process uses)."""
+    """What ansible-playbook and our modules need. No database URL and no Django settings: our modules
+    talk to BMCs and to the boot service only, with what the engine hands them in private files."""
     env = {
-        "NEOCLOUD_ROOT": str(settings.BASE_DIR),
-        # our modules start Django with only the engine's apps, on top of this process's settings
-        "DJANGO_SETTINGS_MODULE": "webapp.settings_helper",
-        "NEOCLOUD_BASE_SETTINGS": _base_settings_module(),
         "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
-        "DATABASE_URL": database_url(settings.DATABASES["default"]),
-        "NEOCLOUD_FAKE_HW_DIR": str(settings.NEOCLOUD_FAKE_HW_DIR),
+        # our modules import the drivers from this project
         "PYTHONPATH": str(settings.BASE_DIR),
+        "NEOCLOUD_FAKE_HW_DIR": str(settings.NEOCLOUD_FAKE_HW_DIR),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         # one SSH round trip per remote task instead of put + exec + cleanup
         "ANSIBLE_PIPELINING": "True",
@@ -98,118 +123,359 @@ def environment() -> dict[str, str]:
         # ansible-playbook and our modules run from this virtual environment
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
     }
-    for name in ("NEOCLOUD_VAR_DIR", "NEOCLOUD_CREDENTIAL_KEYS", "NEOCLOUD_SECRET_KEY"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
+    if os.environ.get("NEOCLOUD_VAR_DIR"):
+        env["NEOCLOUD_VAR_DIR"] = os.environ["NEOCLOUD_VAR_DIR"]
     return env
 
 
-def run_playbook(
-    playbook: str,
-    *,
-    extravars: dict[str, Any],
-    log: LogFn,
-    hosts: dict[str, dict[str, Any]] | None = None,
-    files: dict[str, str | bytes] | None = None,
-    secrets: Iterable[str] = (),
-    cancel: threading.Event | None = None,
-    timeout: float | None = None,
-) -> PlaybookResult:
-    """Run ``playbooks/<playbook>`` and return per-task results.
+def local_host(**hostvars: Any) -> dict[str, Any]:
+    """Host variables for a node whose tasks run on the control plane (BMC, boot service)."""
+    return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **hostvars}
 
-    ``hosts`` become the inventory (group ``nodes``; ``localhost`` is implicit). ``files`` are written
-    into the run's private directory (mode 0600) and their paths passed as extra vars ``<name>_path``.
 
-    :raises PlaybookFailed: a task failed or a host was unreachable (message: task and output).
-    """
-    secrets = [s for s in secrets if s]
-    private = Path(tempfile.mkdtemp(prefix="neocloud-ansible-"))
-    os.chmod(private, 0o700)
-    results: dict[str, list[dict[str, Any]]] = {}
-    failures: list[str] = []
-    # whether every failed task said a retry may help (our modules pass the driver error's ``retryable``)
-    retryable_failures: list[bool] = []
+class _HostEvents:
+    """One host's Ansible events turned into log lines and task results, secrets masked."""
 
-    def handle(event: dict[str, Any]) -> bool:
+    def __init__(self, host: str, log: LogFn, secrets: list[str]) -> None:
+        self.host = host
+        self.log = log
+        self.secrets = secrets
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.failures: list[str] = []
+        self.retryable: list[bool] = []  # whether each failed task said a retry may help
+        self.finished = False  # Ansible reported this host processed (stats) or out of the play (failed)
+
+    def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event", "")
         data = event.get("event_data", {})
         task = data.get("task", "")
         host = data.get("host", "")
         res = data.get("res") or {}
-        if kind == "playbook_on_task_start":
-            log(_mask(f"TASK [{task}]", secrets), data={"ansible_event": kind, "task": task})
+        if kind == "runner_on_start":
+            # per host (not playbook_on_task_start): under the free strategy hosts reach tasks at their own pace
+            self.log(_mask(f"TASK [{task}]", self.secrets), data={"ansible_event": kind, "task": task})
         elif kind == "runner_on_ok":
-            results.setdefault(task, []).append(res)
+            self.results.setdefault(task, []).append(res)
             status = "changed" if res.get("changed") else "ok"
             message = f"{status}: [{host}] {task}"
             if res.get("msg") and not res.get("_ansible_no_log"):
                 message += f" — {res['msg']}"
-            log(_mask(message, secrets), data={"ansible_event": kind, "task": task, "host": host})
+            self.log(_mask(message, self.secrets), data={"ansible_event": kind, "task": task, "host": host})
         elif kind in ("runner_on_failed", "runner_on_unreachable"):
             if data.get("ignore_errors"):
-                log(_mask(f"failed (ignored): [{host}] {task}", secrets), level="warning")
-                return True
-            results.setdefault(task, []).append(res)
+                self.log(_mask(f"failed (ignored): [{host}] {task}", self.secrets), level="warning")
+                return
+            self.results.setdefault(task, []).append(res)
             what = "unreachable" if kind == "runner_on_unreachable" else "failed"
-            detail = _mask(_describe_failure(res), secrets)
-            failures.append(f"task '{task}' {what} on {host}: {detail}")
-            retryable_failures.append(bool(res.get("retryable")))
-            log(
+            detail = _mask(_describe_failure(res), self.secrets)
+            self.failures.append(f"task '{task}' {what} on {host}: {detail}")
+            self.retryable.append(bool(res.get("retryable")))
+            self.log(
                 f"{what}: [{host}] {task} — {detail}",
                 level="error",
                 data={"ansible_event": kind, "task": task},
             )
+            # a failed host leaves the play: nothing more will run for it
+            self.finished = host == self.host
         elif kind == "runner_item_on_failed":
-            detail = _mask(_describe_failure(res), secrets)
-            log(f"item failed: [{host}] {task} — {detail}", level="error")
-        return True
+            detail = _mask(_describe_failure(res), self.secrets)
+            self.log(f"item failed: [{host}] {task} — {detail}", level="error")
+        elif kind == "playbook_on_stats":
+            self.finished = self.finished or self.host in (data.get("processed") or {})
 
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _held(path: Path) -> bool:
+    """Whether some process holds the lock on ``path`` (our leader, while Ansible runs)."""
     try:
-        extra = dict(extravars)
-        for name, content in (files or {}).items():
-            path = private / name
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content)
-            path.chmod(0o600)
-            extra[f"{name}_path"] = str(path)
+        with open(path) as fh:  # read-only: never creates the file (nor touches its directory)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _spool(playbook: str, env: dict[str, str]) -> Path:
+    """Batches form only among runs of one playbook for one control plane (same environment and database:
+    test runs side by side never share a batch)."""
+    scope = {**env, "database": database_url(settings.DATABASES["default"])}
+    digest = hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()[:16]
+    root = _private_dir(Path(settings.VAR_DIR) / "ansible")
+    spool = _private_dir(_private_dir(root / digest) / Path(playbook).stem)
+    _private_dir(spool / "pending")
+    _private_dir(spool / "batches")
+    return spool
+
+
+def _write_request(
+    spool: Path, host: str, hostvars: dict[str, Any], files: dict[str, str | bytes], timeout: float | None
+) -> Path:
+    request_id = f"{time.time_ns()}-{_secrets.token_hex(4)}"
+    staging = _private_dir(spool / f"staging-{request_id}")
+    for name, content in files.items():
+        path = staging / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content if isinstance(content, bytes) else content.encode())
+    request = {"host": host, "hostvars": hostvars, "files": sorted(files), "timeout": timeout}
+    (staging / "request.json").write_text(json.dumps(request))
+    pending = spool / "pending" / request_id
+    os.rename(staging, pending)  # appears whole to a collecting leader
+    return pending
+
+
+def _wait_quiet(pending: Path) -> None:
+    quiet = settings.NEOCLOUD_ANSIBLE_BATCH_QUIET_SECONDS
+    if quiet <= 0:
+        return
+    deadline = time.monotonic() + settings.NEOCLOUD_ANSIBLE_BATCH_MAX_WAIT_SECONDS
+    seen = len(os.listdir(pending))
+    while (left := deadline - time.monotonic()) > 0 and seen < settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS:
+        time.sleep(min(quiet, left))
+        now = len(os.listdir(pending))
+        if now == seen:
+            return
+        seen = now
+
+
+def _sweep_stale(spool: Path) -> None:
+    """Remove what killed workers left behind (their private files included): batches nobody runs any
+    more and requests nobody took, once older than ``STALE_SECONDS``."""
+    cutoff = time.time() - STALE_SECONDS
+    batches = [b for b in (spool / "batches").iterdir() if not _held(b / "running.lock")]
+    requests = [*spool.glob("staging-*"), *(spool / "pending").iterdir()]
+    for path in [*batches, *requests]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _join(spool: Path, pending: Path, playbook: str, env: dict[str, str]) -> Path:
+    """Lead a new batch with the requests pending now, or find the batch a leader took ours into."""
+    with _flock(spool / "collect.lock"):
+        if not pending.exists():
+            found = list((spool / "batches").glob(f"*/hosts/{pending.name}"))
+            if not found:
+                raise PlaybookFailed(f"{playbook}: the run request vanished from {spool}", retryable=True)
+            return found[0]
+        batch = _private_dir(spool / "batches" / f"{time.time_ns()}-{_secrets.token_hex(3)}")
+        hosts = _private_dir(batch / "hosts")
+        running = open(batch / "running.lock", "a")  # noqa: SIM115 - held by the leader thread until done
+        fcntl.flock(running, fcntl.LOCK_EX)
+        _sweep_stale(spool)
+        _wait_quiet(spool / "pending")
+        others = sorted(p for p in (spool / "pending").iterdir() if p != pending)
+        for path in [pending, *others][: settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS]:
+            os.rename(path, hosts / path.name)
+    threading.Thread(
+        target=_lead, args=(batch, playbook, env, running), name=f"ansible-{batch.name}", daemon=True
+    ).start()
+    return hosts / pending.name
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    """Atomically, and quietly if the follower already left (its directory is gone)."""
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(document))
+        os.rename(tmp, path)
+    except OSError:
+        pass
+
+
+def _lead(batch: Path, playbook: str, env: dict[str, str], running: IO[str]) -> None:
+    """Run the batch's hosts in one ansible-playbook and fan their events out. Runs in its own thread."""
+    dirs = {d.name: d for d in (batch / "hosts").iterdir()}
+    requests = {rid: json.loads((d / "request.json").read_text()) for rid, d in dirs.items()}
+    inventory_hosts: dict[str, dict[str, Any]] = {}
+    sinks: dict[str, IO[str]] = {}
+    for rid, request in requests.items():
+        hostvars = dict(request["hostvars"])
+        for name in request["files"]:
+            hostvars[f"{name}_path"] = str(dirs[rid] / name)
+        hostvars["neocloud_cancel_path"] = str(dirs[rid] / "cancel")
+        inventory_hosts[request["host"]] = hostvars
+        sinks[request["host"]] = open(dirs[rid] / "events.jsonl", "a", buffering=1)  # noqa: SIM115
+    timeouts = [r["timeout"] for r in requests.values() if r["timeout"]]
+    timeout = int(max(timeouts)) if timeouts else 0
+
+    def fan_out(event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        slim = {"event": event.get("event"), "event_data": {k: data[k] for k in _EVENT_FIELDS if k in data}}
+        line = json.dumps(slim, default=str) + "\n"
+        host = data.get("host")
+        # events without a host (stats) or for a host outside the batch concern everyone
+        for sink in [sinks[host]] if host in sinks else sinks.values():
+            with contextlib.suppress(OSError, ValueError):
+                sink.write(line)
+        return False  # nothing is kept in ansible-runner's own artifacts beyond what it writes anyway
+
+    def all_cancelled() -> bool:
+        return all((d / "cancel").exists() or not d.exists() for d in dirs.values())
+
+    status, rc, output = "failed", -1, ""
+    try:
         inventory = {
             "all": {
-                "hosts": {
-                    "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-                },
-                "children": {"nodes": {"hosts": hosts or {}}},
+                "hosts": {"localhost": local_host()},
+                "children": {"nodes": {"hosts": inventory_hosts}},
             }
         }
         runner = ansible_runner.run(
-            private_data_dir=str(private),
+            private_data_dir=str(_private_dir(batch / "run")),
             project_dir=str(PLAYBOOK_DIR),
             playbook=playbook,
             inventory=inventory,
-            extravars=extra,
-            envvars=environment(),
-            event_handler=handle,
-            cancel_callback=(lambda: bool(cancel and cancel.is_set())),
+            envvars={**env, "ANSIBLE_FORKS": str(max(5, len(inventory_hosts)))},
+            event_handler=fan_out,
+            cancel_callback=all_cancelled,
             quiet=True,
-            timeout=int(timeout) if timeout else None,
-            settings={"suppress_ansible_output": True, "job_timeout": int(timeout) if timeout else 0},
+            timeout=timeout or None,
+            settings={"suppress_ansible_output": True, "job_timeout": timeout},
         )
         status, rc = runner.status, runner.rc
-        if status not in ("successful", "canceled", "timeout") and not failures:
-            # Ansible stopped before any task ran (syntax error, missing module): keep its own words.
+        if status not in ("successful", "failed", "canceled", "timeout") or rc not in (0, 2):
             output = runner.stdout.read() if runner.stdout else ""
-            failures.append(
-                _mask(output.strip()[-1500:] or f"ansible exited with status {status} (rc {rc})", secrets)
-            )
+    except Exception as exc:  # the followers must hear of it, whatever it is
+        log.exception("ansible batch %s crashed", batch.name)
+        output = f"running ansible-playbook failed: {exc}"
     finally:
-        shutil.rmtree(private, ignore_errors=True)
-    if status != "successful":
-        if status == "canceled":
-            raise PlaybookFailed(f"{playbook} was cancelled (step timeout or lost lease)", retryable=True)
-        if status == "timeout":
-            raise PlaybookFailed(f"{playbook} ran longer than {timeout:.0f} s", retryable=True)
-        reason = failures[0] if failures else f"ansible exited with status {status} (rc {rc})"
-        retryable = bool(retryable_failures) and all(retryable_failures)
-        raise PlaybookFailed(f"{playbook}: {reason}", retryable=retryable)
-    return PlaybookResult(status=status, rc=rc, results=results, failures=failures)
+        for sink in sinks.values():
+            with contextlib.suppress(OSError):
+                sink.close()
+        done = {"status": status, "rc": rc, "output": output[-1500:], "batch_size": len(inventory_hosts)}
+        for d in dirs.values():
+            _write_json(d / "done.json", done)
+        shutil.rmtree(batch / "run", ignore_errors=True)
+        running.close()
+        # each follower removes its own directory once it has read its result
+        deadline = time.monotonic() + 120
+        while any(d.exists() for d in dirs.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shutil.rmtree(batch, ignore_errors=True)
+
+
+def _follow(
+    host_dir: Path, events: _HostEvents, cancel: threading.Event | None, playbook: str
+) -> dict[str, Any]:
+    """Feed this host's events to ``events`` until the host is done; return the run's outcome."""
+    stream = host_dir / "events.jsonl"
+    done = host_dir / "done.json"
+    running = host_dir.parent.parent / "running.lock"
+    fh: IO[str] | None = None
+    partial = ""
+    cancel_deadline: float | None = None
+    next_alive_check = time.monotonic() + 1.0
+
+    def drain() -> None:
+        nonlocal fh, partial
+        if fh is None:
+            if not stream.exists():
+                return
+            fh = open(stream)  # noqa: SIM115 - closed below
+        for line in fh:
+            partial += line
+            if partial.endswith("\n"):
+                events.handle(json.loads(partial))
+                partial = ""
+
+    try:
+        while True:
+            finished = done.exists()  # read before draining: every event precedes done.json
+            drain()
+            if finished:
+                return dict(json.loads(done.read_text()))
+            if events.finished and events.failures:
+                return {"status": "failed", "rc": 2, "output": ""}  # out of the play; others go on
+            now = time.monotonic()
+            if cancel is not None and cancel.is_set() and cancel_deadline is None:
+                (host_dir / "cancel").touch()
+                cancel_deadline = now + CANCEL_GRACE_SECONDS
+            if cancel_deadline is not None and now > cancel_deadline:
+                return {"status": "canceled", "rc": -1, "output": ""}
+            if now > next_alive_check:
+                next_alive_check = now + 1.0
+                if not _held(running) and not done.exists():
+                    return {"status": "lost", "rc": -1, "output": ""}
+            time.sleep(_POLL_SECONDS)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def run_playbook(
+    playbook: str,
+    *,
+    host: str,
+    hostvars: dict[str, Any],
+    log: LogFn,
+    files: dict[str, str | bytes] | None = None,
+    secrets: Iterable[str] = (),
+    cancel: threading.Event | None = None,
+    timeout: float | None = None,
+) -> PlaybookResult:
+    """Run ``playbooks/<playbook>`` for one host (in the group ``nodes``) and return its task results.
+
+    The run may share its ansible-playbook process with other hosts' runs of the same playbook (see the
+    module's docstring); ``log`` gets this host's events only. ``files`` are written into the request's
+    private directory (mode 0600) and their paths given to the host as variables ``<name>_path``.
+
+    :raises PlaybookFailed: a task failed or the host was unreachable (message: task and output), the run
+        was cancelled or timed out (retryable), or the process running it died (retryable).
+    """
+    secrets = [s for s in secrets if s]
+    env = environment()
+    spool = _spool(playbook, env)
+    pending = _write_request(spool, host, hostvars, files or {}, timeout)
+    events = _HostEvents(host, log, secrets)
+    host_dir = pending
+    try:
+        host_dir = _join(spool, pending, playbook, env)
+        outcome = _follow(host_dir, events, cancel, playbook)
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+        shutil.rmtree(pending, ignore_errors=True)
+    status = outcome["status"]
+    if events.failures:
+        retryable = all(events.retryable)
+        raise PlaybookFailed(f"{playbook}: {events.failures[0]}", retryable=retryable)
+    if status == "canceled":
+        raise PlaybookFailed(f"{playbook} was cancelled (step timeout or lost lease)", retryable=True)
+    if status == "timeout":
+        raise PlaybookFailed(f"{playbook} ran longer than {timeout or 0:.0f} s", retryable=True)
+    if status == "lost":
+        raise PlaybookFailed(
+            f"{playbook}: the process running Ansible for {host} stopped without a result", retryable=True
+        )
+    if not events.finished:
+        # Ansible stopped before this host ran (syntax error, missing module): keep its own words.
+        reason = (
+            outcome.get("output", "").strip() or f"ansible exited with status {status} (rc {outcome['rc']})"
+        )
+        raise PlaybookFailed(f"{playbook}: {_mask(reason, secrets)}")
+    return PlaybookResult(
+        status="successful",
+        rc=0,
+        results=events.results,
+        failures=[],
+        batch_size=int(outcome.get("batch_size", 1)),
+    )

@@ -8,15 +8,17 @@ their "OS" runs this repository's Python, and their GPUs are simulated (with the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
-from provisioner.ansible import PlaybookFailed, run_playbook
-from provisioner.boot.tickets import open_ticket
+from provisioner.ansible import PlaybookFailed, local_host, run_playbook
+from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
 from provisioner.drivers.base import (
     BurnInDriver,
@@ -58,6 +60,37 @@ def _ticket_failure(ticket: DeployTicket, exc: PlaybookFailed) -> DriverError:
     return DeployFailed(str(exc), retryable=exc.retryable)
 
 
+def bmc_access_file(node: Node) -> str:
+    """The BMC access (credentials included) for the neocloud_bmc module, as the private file it reads."""
+    return json.dumps(dataclasses.asdict(node.bmc_access()))
+
+
+def _run_netboot_playbook(
+    node: Node, playbook: str, ticket: DeployTicket, hostvars: dict[str, Any], log: Any
+) -> None:
+    """provision.yml or wipe.yml: BMC actions, a network boot and a wait for the agent's ticket result."""
+    access = node.bmc_access()
+    key = watch_key(ticket.pk)
+    try:
+        run_playbook(
+            playbook,
+            host=node.name,
+            hostvars=local_host(
+                ticket_status_url=f"{settings.NEOCLOUD_BOOT_URL.rstrip('/')}/boot/api/tickets/{ticket.pk}",
+                **hostvars,
+            ),
+            files={"bmc": bmc_access_file(node), "ticket_key": key},
+            secrets=[access.password, key],
+            log=log,
+            cancel=_cancel_event(log),
+        )
+    except PlaybookFailed as exc:
+        raise _ticket_failure(ticket, exc)
+    finally:
+        # the modules report to us, not to the database: record that the BMC answered
+        Node.objects.filter(pk=node.pk).update(bmc_last_contact_at=timezone.now())
+
+
 class AnsibleDeployDriver(DeployDriver):
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -93,22 +126,13 @@ class AnsibleDeployDriver(DeployDriver):
             },
         }
         ticket = open_ticket(self.node, _operation(request.extra), instructions)
-        try:
-            run_playbook(
-                "provision.yml",
-                extravars={
-                    "node": self.node.name,
-                    "ticket": ticket.pk,
-                    "address": address,
-                    "ssh_port": 22,
-                    "deploy_timeout": 600,
-                    "ssh_timeout": 120,
-                },
-                log=log,
-                cancel=_cancel_event(log),
-            )
-        except PlaybookFailed as exc:
-            raise _ticket_failure(ticket, exc)
+        _run_netboot_playbook(
+            self.node,
+            "provision.yml",
+            ticket,
+            {"address": address, "ssh_port": 22, "deploy_timeout": 600, "ssh_timeout": 120},
+            log,
+        )
         result = DeployTicket.objects.get(pk=ticket.pk).result or {}
         host_keys: dict[str, str] = result.get("host_keys") or {}
         fingerprints: dict[str, str] = result.get("host_key_fingerprints") or {}
@@ -123,6 +147,8 @@ class AnsibleDeployDriver(DeployDriver):
 
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
         host = {
+            "customer_keys": request.customer_keys,
+            "provisioning_public_key": request.provisioning_public_key,
             "ansible_host": request.address,
             "ansible_port": request.port,
             "ansible_user": request.username,
@@ -135,13 +161,8 @@ class AnsibleDeployDriver(DeployDriver):
         try:
             run_playbook(
                 "handover.yml",
-                extravars={
-                    "address": request.address,
-                    "ssh_port": request.port,
-                    "customer_keys": request.customer_keys,
-                    "provisioning_public_key": request.provisioning_public_key,
-                },
-                hosts={request.node_name: host},
+                host=request.node_name,
+                hostvars=host,
                 files={
                     "provisioning_key": request.provisioning_private_key,
                     "known_hosts": known_hosts + "\n",
@@ -155,11 +176,32 @@ class AnsibleDeployDriver(DeployDriver):
                 log("the provisioning key was already removed by an earlier attempt; host keys verified")
             else:
                 raise DriverError(f"handover of {request.node_name} failed: {exc}", retryable=exc.retryable)
+        self._check_provisioning_key_refused(request)
+        log(f"verified from outside: {request.address} refuses the provisioning key")
         return HandoverResult(
             host_key_fingerprints=request.expected_fingerprints,
             known_hosts=known_hosts,
             ssh_command=f"ssh {request.username}@{request.address}",
         )
+
+    @staticmethod
+    def _check_provisioning_key_refused(request: HandoverRequest) -> None:
+        """Prove from the control plane that the provisioning key no longer logs in (real SSH, strict
+        host-key checking). In-process with paramiko: an ansible task for it cost ~0.5 s of CPU per node."""
+        from provisioner.handover import SshAuthFailed, connect
+
+        try:
+            client = connect(
+                request.address,
+                request.port,
+                request.username,
+                request.provisioning_private_key,
+                request.expected_fingerprints,
+            )
+        except SshAuthFailed:
+            return
+        client.close()
+        raise DriverError(f"handover of {request.node_name} failed: the provisioning key still logs in")
 
     def _already_handed_over(self, request: HandoverRequest) -> bool:
         """A retried handover whose first attempt removed our key: the node must still show exactly the
@@ -177,15 +219,7 @@ class AnsibleDeployDriver(DeployDriver):
         if op is None:
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
         ticket = open_ticket(self.node, op, {"action": "erase", "node": node_name})
-        try:
-            run_playbook(
-                "wipe.yml",
-                extravars={"node": node_name, "ticket": ticket.pk, "wipe_timeout": 600},
-                log=log,
-                cancel=_cancel_event(log),
-            )
-        except PlaybookFailed as exc:
-            raise _ticket_failure(ticket, exc)
+        _run_netboot_playbook(self.node, "wipe.yml", ticket, {"wipe_timeout": 600}, log)
 
 
 class AnsibleBurnInDriver(BurnInDriver):
@@ -212,23 +246,22 @@ class AnsibleBurnInDriver(BurnInDriver):
             "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
             "-o IdentitiesOnly=yes -o ConnectTimeout=10",
             "ansible_python_interpreter": sys.executable if lab else "/usr/bin/python3",
+            "python": sys.executable if lab else "/usr/bin/python3",
+            "backend": "simulated" if lab else "nvml",
+            "expect": expectations["expect"],
+            "thresholds": expectations.get("thresholds") or {},
+            "faults": self._faults(),
+            "load_seconds": settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
+            "xid_wait_seconds": 5 if not lab else 0.2,
+            "sample_interval": 1 if not lab else 0.2,
         }
         private_key = expectations["provisioning_private_key"]
         task = "Run the burn-in checks under load"
         try:
             result = run_playbook(
                 "burnin.yml",
-                extravars={
-                    "python": sys.executable if lab else "/usr/bin/python3",
-                    "backend": "simulated" if lab else "nvml",
-                    "expect": expectations["expect"],
-                    "thresholds": expectations.get("thresholds") or {},
-                    "faults": self._faults(),
-                    "load_seconds": settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
-                    "xid_wait_seconds": 5 if not lab else 0.2,
-                    "sample_interval": 1 if not lab else 0.2,
-                },
-                hosts={node_name: host},
+                host=node_name,
+                hostvars=host,
                 files={
                     "provisioning_key": private_key,
                     "known_hosts": node.known_hosts + "\n",

@@ -172,6 +172,7 @@ def worker_env(settings) -> dict[str, str]:
         env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
     env["NEOCLOUD_FAKE_HW_DIR"] = str(settings.NEOCLOUD_FAKE_HW_DIR)
     env["NEOCLOUD_LAB_DIR"] = str(settings.NEOCLOUD_LAB_DIR)
+    env["NEOCLOUD_BOOT_URL"] = settings.NEOCLOUD_BOOT_URL
     env["NEOCLOUD_DEPLOY_DRIVER"] = settings.NEOCLOUD_DEPLOY_DRIVER
     env["NEOCLOUD_BURNIN_DRIVER"] = settings.NEOCLOUD_BURNIN_DRIVER
     return env

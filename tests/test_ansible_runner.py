@@ -1,11 +1,19 @@
 """Playbooks through ansible-runner: task events reach the log, and a driver error's ``retryable`` crosses
-the Ansible boundary so the engine retries what a retry can fix (a silent BMC) and nothing else."""
+the Ansible boundary so the engine retries what a retry can fix (a silent BMC) and nothing else. Runs
+for several nodes that start together share one ansible-playbook, and each caller sees only its node."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from typing import Any
+
 import pytest
 
-from provisioner.ansible import PlaybookFailed, run_playbook
+from provisioner import ansible
+from provisioner.ansible import PlaybookFailed, PlaybookResult, local_host, run_playbook
+from provisioner.ansible_drivers import bmc_access_file
 from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import read_fake_bmc, write_fake_bmc
 from provisioner.models import Node
@@ -19,12 +27,34 @@ def _access(node: Node) -> BmcAccess:
     )
 
 
-def _run(node: Node, action: str, lines: list[str]) -> None:
-    run_playbook(
+def _run(node: Node, action: str, lines: list[str]) -> PlaybookResult:
+    return run_playbook(
         "power.yml",
-        extravars={"node": node.name, "action": action},
+        host=node.name,
+        hostvars=local_host(action=action),
+        files={"bmc": bmc_access_file(node)},
+        secrets=[node.bmc_access().password],
         log=lambda message, **_: lines.append(message),
     )
+
+
+def _run_together(nodes: list[Node], action: str) -> dict[str, Any]:
+    """Start the same playbook for several nodes at once, each from its own thread (as workers do)."""
+    outcomes: dict[str, Any] = {}
+    logs: dict[str, list[str]] = {node.name: [] for node in nodes}
+
+    def one(node: Node) -> None:
+        try:
+            outcomes[node.name] = _run(node, action, logs[node.name])
+        except PlaybookFailed as exc:
+            outcomes[node.name] = exc
+
+    threads = [threading.Thread(target=one, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return {"outcomes": outcomes, "logs": logs}
 
 
 def test_power_playbook_drives_the_bmc_and_streams_task_events(inventory, fake_hw_dir, transactional_db):
@@ -32,12 +62,11 @@ def test_power_playbook_drives_the_bmc_and_streams_task_events(inventory, fake_h
     lines: list[str] = []
     _run(node, "power_on", lines)
     assert read_fake_bmc(_access(node))["power"] == "on"
-    assert lines[0] == "TASK [power_on]" and "power on" in lines[-1]
-    assert Node.objects.get(pk=node.pk).power_state == "on"
+    assert lines[0] == "TASK [Power action]" and "power on" in lines[-1]
 
 
-def test_silent_bmc_fails_the_playbook_as_retryable(inventory, fake_hw_dir, transactional_db, monkeypatch):
-    monkeypatch.setenv("NEOCLOUD_BMC_TIMEOUT_SECONDS", "0.2")
+def test_silent_bmc_fails_the_playbook_as_retryable(inventory, fake_hw_dir, transactional_db, settings):
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.2
     node = Node.objects.get(name="node-h100-8x-02")
     write_fake_bmc(_access(node), fault="timeout")
     with pytest.raises(PlaybookFailed, match="did not answer") as err:
@@ -52,3 +81,72 @@ def test_refused_credentials_fail_the_playbook_as_final(inventory, fake_hw_dir, 
         _run(node, "status", [])
     assert not err.value.retryable
     assert "secret-bmc-pw" not in str(err.value)
+
+
+def test_runs_started_together_share_one_ansible_playbook(inventory, fake_hw_dir, transactional_db):
+    nodes = list(Node.objects.filter(name__in=["node-h100-8x-01", "node-h100-8x-02", "node-a100-8x-01"]))
+    run = _run_together(nodes, "power_on")
+    for node in nodes:
+        result = run["outcomes"][node.name]
+        assert isinstance(result, PlaybookResult), result
+        assert result.batch_size == 3
+        assert read_fake_bmc(_access(node))["power"] == "on"
+        # each caller's log holds its own host's events only
+        lines = run["logs"][node.name]
+        assert lines[0] == "TASK [Power action]"
+        assert any(f"[{node.name}]" in line for line in lines)
+        assert not any(f"[{other.name}]" in line for other in nodes if other != node for line in lines)
+
+
+def test_a_failing_host_leaves_the_others_in_its_batch_alone(inventory, fake_hw_dir, transactional_db):
+    bad, good = Node.objects.get(name="node-h100-8x-03"), Node.objects.get(name="node-h100-8x-04")
+    write_fake_bmc(_access(bad), fault="auth")
+    run = _run_together([bad, good], "power_on")
+    assert isinstance(run["outcomes"][bad.name], PlaybookFailed)
+    assert not run["outcomes"][bad.name].retryable
+    assert isinstance(run["outcomes"][good.name], PlaybookResult)
+    assert run["outcomes"][good.name].batch_size == 2
+    assert read_fake_bmc(_access(good))["power"] == "on"
+    assert read_fake_bmc(_access(bad))["power"] != "on"
+
+
+def test_a_caller_whose_ansible_process_died_fails_as_retryable(
+    inventory, fake_hw_dir, transactional_db, monkeypatch
+):
+    """The leader holds the batch's running lock while Ansible runs; without it and without a result the
+    followers (the leader's own caller included) must not wait forever."""
+
+    def die(batch, playbook, env, running) -> None:
+        running.close()  # what the kernel does when the leading worker is killed
+
+    monkeypatch.setattr(ansible, "_lead", die)
+    node = Node.objects.get(name="node-h100-8x-01")
+    with pytest.raises(PlaybookFailed, match="stopped without a result") as err:
+        _run(node, "status", [])
+    assert err.value.retryable
+
+
+def test_batch_files_are_private_and_removed_after_the_run(
+    inventory, fake_hw_dir, transactional_db, settings
+):
+    node = Node.objects.get(name="node-h100-8x-02")
+    root = settings.VAR_DIR / "ansible"
+    spool = ansible._spool("power.yml", ansible.environment())
+    # what a worker killed mid-run 20 minutes ago left behind, its BMC access file included
+    stale = spool / "batches" / "stale-batch" / "hosts" / "stale-request"
+    stale.mkdir(parents=True)
+    (stale / "bmc").write_text("old secret")
+    os.utime(spool / "batches" / "stale-batch", (time.time() - 1200, time.time() - 1200))
+    modes: dict[str, int] = {}
+
+    def spy(message: str, **_: Any) -> None:  # called while the run is under way
+        for path in spool.rglob("secret"):
+            modes[path.name] = path.stat().st_mode & 0o777
+            for parent in path.relative_to(root).parents:
+                modes[str(parent)] = (root / parent).stat().st_mode & 0o777
+
+    files = {"bmc": bmc_access_file(node), "secret": "x"}
+    run_playbook("power.yml", host=node.name, hostvars=local_host(action="status"), log=spy, files=files)
+    assert modes.pop("secret") == 0o600
+    assert len(modes) >= 4 and set(modes.values()) == {0o700}, modes
+    assert not list(spool.rglob("secret")) and not list(spool.rglob("bmc"))

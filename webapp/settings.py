@@ -178,6 +178,11 @@ NEOCLOUD_IMAGE_DIR = Path(env_str("NEOCLOUD_IMAGE_DIR", str(VAR_DIR / "images"))
 NEOCLOUD_BURNIN_LOAD_SECONDS = env_float("NEOCLOUD_BURNIN_LOAD_SECONDS", 60.0, minimum=1)
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Playbook runs for several nodes that start together share one ansible-playbook process (one play, many
+# hosts). A run waits until no other node joined for QUIET seconds, at most MAX_WAIT seconds; 0 disables.
+NEOCLOUD_ANSIBLE_BATCH_QUIET_SECONDS = env_float("NEOCLOUD_ANSIBLE_BATCH_QUIET_SECONDS", 0.4, minimum=0)
+NEOCLOUD_ANSIBLE_BATCH_MAX_WAIT_SECONDS = env_float("NEOCLOUD_ANSIBLE_BATCH_MAX_WAIT_SECONDS", 2.0, minimum=0)
+NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS = env_int("NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS", 50, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -1,10 +1,11 @@
 #!/usr/bin/python
 """Ansible module: power and boot-device control of a Neocloud node through Neocloud's own drivers.
 
-There is one implementation of BMC control (provisioner/drivers); this module only calls it. The node's
-BMC credentials are read from Neocloud's database by node name, so no secret passes through Ansible.
-Several actions may be given in order (one module run, one BMC session): starting a Python process with
-Django for each action was most of a deploy's control-plane CPU time.
+There is one implementation of BMC control (provisioner/drivers); this module only calls it. How to reach
+the BMC, credentials included, comes in a private file (mode 0600 in the run's 0700 directory, removed
+after the run) that the engine writes: no secret is an Ansible variable, an argument or a log line. The
+module starts no Django and opens no database connection (that was most of its CPU time); the engine
+records the power state it reports. Several actions may be given in order (one module run, one session).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ DOCUMENTATION = r"""
 module: neocloud_bmc
 short_description: Power and boot device of a Neocloud node via its BMC (IPMI or Redfish)
 options:
-  node: {description: Node name in Neocloud's inventory, required: true, type: str}
+  node: {description: Node name (for messages), required: true, type: str}
+  access_path: {description: JSON file with the BMC's protocol, address, port, username, password, system_id,
+                timeout, required: true, type: path}
   action:
     description: One action, or a list run in order
     required: true
@@ -26,10 +29,10 @@ options:
   timeout: {description: Seconds to wait for expect_power, type: float, default: 60}
 """
 
+import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.neocloud_django import setup_django
 
 ACTIONS = [
     "status",
@@ -48,27 +51,29 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "node": {"type": "str", "required": True},
+            "access_path": {"type": "path", "required": True},
             "action": {"type": "list", "elements": "str", "required": True, "choices": ACTIONS},
             "expect_power": {"type": "str", "choices": ["on", "off"]},
             "timeout": {"type": "float", "default": 60.0},
         },
         supports_check_mode=False,
     )
-    setup_django()
-    from django.utils import timezone
-
-    from provisioner import hardware
-    from provisioner.drivers.base import BootDevice, BootSetting
+    # the project is on PYTHONPATH (the engine's environment)
+    from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting
     from provisioner.drivers.limits import with_retries
+    from provisioner.drivers.registry import power_driver_for
     from provisioner.errors import NeocloudError
-    from provisioner.models import Node
 
     name, actions = module.params["node"], module.params["action"]
     try:
-        node = Node.objects.select_related("bmc_credential").get(name=name)
-    except Node.DoesNotExist:
-        module.fail_json(msg=f"no node named {name!r} in Neocloud")
-    driver = hardware.power_driver(node)
+        with open(module.params["access_path"]) as fh:
+            access = BmcAccess(**json.load(fh))
+    except (OSError, ValueError, TypeError) as exc:
+        module.fail_json(msg=f"{name}: cannot read the BMC access file: {exc.__class__.__name__}")
+    try:
+        driver = power_driver_for(access)
+    except NeocloudError as exc:
+        module.fail_json(msg=f"{name}: {exc}", error_code=exc.code, retryable=exc.retryable)
     changed = False
     done = []
 
@@ -109,9 +114,6 @@ def main():
             done.append(action)
         if module.params["expect_power"]:
             power = wait_for_power(module.params["expect_power"], power)
-        Node.objects.filter(pk=node.pk).update(
-            power_state=power.value, power_checked_at=timezone.now(), bmc_last_contact_at=timezone.now()
-        )
     except NeocloudError as exc:
         module.fail_json(msg=f"{name}: {exc}", error_code=exc.code, retryable=exc.retryable, done=done)
     finally:

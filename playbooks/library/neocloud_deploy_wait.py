@@ -2,7 +2,9 @@
 """Ansible module: wait for the deploy agent of one deploy ticket to report its result.
 
 The agent (running in the node's deploy ramdisk) posts progress and a result to Neocloud's boot service;
-this module polls the ticket in Neocloud's database and fails with the agent's own message on failure.
+this module polls the ticket's status there (``GET /boot/api/tickets/<id>``) with the ticket's watch key,
+read from a private file, and fails with the agent's own message on failure. It starts no Django and
+opens no database connection: a poll costs the boot service one indexed row read.
 """
 
 from __future__ import annotations
@@ -11,40 +13,79 @@ DOCUMENTATION = r"""
 module: neocloud_deploy_wait
 short_description: Wait for a Neocloud deploy agent's result
 options:
-  ticket: {description: Deploy ticket id, required: true, type: int}
+  status_url: {description: The ticket's status URL on the boot service, required: true, type: str}
+  key_path: {description: File holding the ticket's watch key, required: true, type: path}
   timeout: {description: Seconds to wait, type: float, default: 600}
+  interval: {description: Seconds between polls, type: float, default: 0.5}
+  cancel_path: {description: Stop waiting (failed, retryable) as soon as this file exists, type: path}
 """
 
+import json
+import os
 import time
+import urllib.error
+import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.neocloud_django import setup_django
+
+
+def poll(url, key):
+    """(status document, None) or (None, why it could not be read)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})  # noqa: S310 - http(s) checked
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http(s) checked in main()
+            return json.loads(response.read()), None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (403, 404):
+            raise PermissionError(f"the boot service refused the ticket status (HTTP {exc.code})")
+        return None, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return None, str(exc)
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
-            "ticket": {"type": "int", "required": True},
+            "status_url": {"type": "str", "required": True},
+            "key_path": {"type": "path", "required": True},
             "timeout": {"type": "float", "default": 600.0},
+            "interval": {"type": "float", "default": 0.5},
+            "cancel_path": {"type": "path"},
         }
     )
-    setup_django()
-    from provisioner.models import DeployTicket
-
-    deadline = time.monotonic() + module.params["timeout"]
-    booted = False
+    params = module.params
+    if not params["status_url"].startswith(("http://", "https://")):
+        module.fail_json(msg=f"status_url must be an http(s) URL, not {params['status_url']!r}")
+    try:
+        with open(params["key_path"]) as fh:
+            key = fh.read().strip()
+    except OSError as exc:
+        module.fail_json(msg=f"cannot read the ticket's watch key: {exc.strerror}")
+    deadline = time.monotonic() + params["timeout"]
+    status, last_error = {}, None
     while True:
-        ticket = DeployTicket.objects.get(pk=module.params["ticket"])
-        if ticket.result_at is not None:
-            break
-        booted = booted or ticket.script_served_at is not None
+        try:
+            document, error = poll(params["status_url"], key)
+        except PermissionError as exc:
+            module.fail_json(msg=str(exc))
+        if document is not None:
+            status, last_error = document, None
+            if status.get("finished"):
+                break
+        else:
+            last_error = error  # the boot service restarting: keep waiting until the deadline
+        if params["cancel_path"] and os.path.exists(params["cancel_path"]):
+            module.fail_json(msg="cancelled while waiting for the deploy agent", retryable=True)
         if time.monotonic() > deadline:
-            stage = ticket.progress or {}
-            if not booted:
+            if last_error:
+                module.fail_json(msg=f"the boot service did not answer: {last_error}", retryable=True)
+            if not status.get("script_served"):
                 module.fail_json(msg="the node never fetched its iPXE script (did it PXE boot?)")
-            module.fail_json(msg=f"the deploy agent did not finish in time (last progress: {stage})")
-        time.sleep(0.3)
-    result = ticket.result or {}
+            module.fail_json(
+                msg=f"the deploy agent did not finish in time (last progress: {status.get('progress') or {}})"
+            )
+        time.sleep(params["interval"])
+    result = status.get("result") or {}
     if result.get("status") != "ok":
         module.fail_json(
             msg=f"deploy agent failed: {result.get('message', 'no message')}",
