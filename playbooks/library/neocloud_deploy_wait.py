@@ -16,7 +16,7 @@ options:
   status_url: {description: The ticket's status URL on the boot service, required: true, type: str}
   key_path: {description: File holding the ticket's watch key, required: true, type: path}
   timeout: {description: Seconds to wait, type: float, default: 600}
-  interval: {description: Seconds between polls, type: float, default: 0.5}
+  interval: {description: Seconds between polls, type: float, default: 1.0}
   cancel_path: {description: Stop waiting (failed, retryable) as soon as this file exists, type: path}
 """
 
@@ -49,7 +49,7 @@ def main():
             "status_url": {"type": "str", "required": True},
             "key_path": {"type": "path", "required": True},
             "timeout": {"type": "float", "default": 600.0},
-            "interval": {"type": "float", "default": 0.5},
+            "interval": {"type": "float", "default": 1.0},
             "cancel_path": {"type": "path"},
         }
     )

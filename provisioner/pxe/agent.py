@@ -463,11 +463,16 @@ class ProgressReporter:
     The writer only records the byte count (``reporter(written)``) and never waits: each report is an HTTP
     round trip to the boot service, and when that was done on the write path the agents of a busy control
     plane wrote at 18 MiB/s instead of 500 (measured; a slow control plane must not slow the disks). Reports
-    that fall due while one is in flight collapse into the newest. ``close()`` sends the last one.
+    that fall due while one is in flight collapse into the newest, and at most one goes out per
+    ``min_interval`` seconds (ten agents reporting every 5% of a fast write cost the boot service ~200
+    requests in a few seconds, CPU the agents then missed). ``close()`` sends the last one.
     """
 
-    def __init__(self, api: AgentApi, stage: str, total: int, every_percent: int = 5) -> None:
+    def __init__(
+        self, api: AgentApi, stage: str, total: int, every_percent: int = 5, min_interval: float = 1.0
+    ) -> None:
         self.api, self.stage, self.total, self.every = api, stage, max(total, 1), every_percent
+        self.min_interval = min_interval
         self._written = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -491,11 +496,17 @@ class ProgressReporter:
     def _ready(self, threshold: int) -> bool:
         return self._closed or self._percent() >= threshold
 
+    def _closing(self) -> bool:
+        return self._closed
+
     def _run(self) -> None:
         last_percent, last_time = 0, time.monotonic()
         while True:
             with self._cond:
                 self._cond.wait_for(functools.partial(self._ready, last_percent + self.every), timeout=2.0)
+                rest = self.min_interval - (time.monotonic() - last_time)
+                if rest > 0:
+                    self._cond.wait_for(self._closing, timeout=rest)
                 closed, written, percent = self._closed, self._written, self._percent()
             due = percent >= last_percent + self.every or (
                 time.monotonic() - last_time >= 2 and percent != last_percent

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,3 +295,30 @@ def test_the_image_is_written_while_a_progress_report_hangs(image, image_server,
     reporter.close()
     assert service.reports[-1] == ("write", 100)  # close() sends the last state
     assert len(service.reports) <= 2  # reports due while one hung collapsed into the newest
+
+
+class _RecordingBootService:
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, int]] = []
+
+    def post_progress(self, stage: str, percent: int, message: str) -> None:
+        self.reports.append((time.monotonic(), percent))
+
+
+def test_progress_reports_are_spaced_by_the_minimum_interval():
+    from provisioner.pxe.agent import ProgressReporter
+
+    service = _RecordingBootService()
+    reporter = ProgressReporter(service, "write", 100, every_percent=5, min_interval=0.2)  # type: ignore[arg-type]
+    for written in range(1, 101):  # a fast disk: 100% in about a second
+        reporter(written)
+        time.sleep(0.01)
+    time.sleep(2.3)  # the reporter sends a change older than 2 s on its own
+    assert service.reports[-1][1] == 100
+    times = [t for t, _ in service.reports]
+    assert 3 <= len(times) <= 8  # every 5% would have been 20 reports
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(times))
+    reporter.close()  # nothing new to say: no further report
+    assert len(service.reports) == len(times)
