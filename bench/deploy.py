@@ -93,7 +93,7 @@ def main() -> int:
     from provisioner.models import Image, Membership, Node, Organization, Reservation, ServerType, SSHKey
     from provisioner.pxe.images import build_demo_image
     from provisioner.services.audit import Actor
-    from provisioner.services.reservations import reserve_servers
+    from provisioner.services.reservations import book_servers
     from provisioner.sshkeys import generate_keypair, parse_public_key
     from provisioner.states import NodeState, ReservationState
 
@@ -143,14 +143,14 @@ def main() -> int:
         web_before = cpu_seconds(web.pid)
         workers_before = [cpu_split(p.pid) for p in workers]
         started = time.monotonic()
-        reservation = reserve_servers(
+        reservation = book_servers(
             org,
             ServerType.objects.get(slug="h100-8x"),
             args.nodes,
             image=image,
             ssh_keys=[key],
             actor=Actor(user=user, label="bench"),
-        )
+        ).reservation
         while Reservation.objects.get(pk=reservation.pk).state != ReservationState.ACTIVE:
             bad = Node.objects.filter(state__in=[NodeState.ERROR, NodeState.QUARANTINED]).first()
             if bad or time.monotonic() - started > args.timeout:

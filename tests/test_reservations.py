@@ -14,10 +14,10 @@ from provisioner.models import Allocation, Node, Reservation
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import (
     availability,
+    book_servers,
     expire_reservations,
     extend_reservation,
     release_reservation,
-    reserve_servers,
     start_due_reservations,
 )
 from provisioner.states import NodeState, OperationKind, ReservationState
@@ -29,7 +29,7 @@ def _reserve(inv, count, **kw):
     kw.setdefault("image", inv.image)
     kw.setdefault("ssh_keys", [inv.key])
     kw.setdefault("actor", Actor(user=inv.owner, label="olivia"))
-    return reserve_servers(kw.pop("org", inv.acme), kw.pop("server_type", inv.h100), count, **kw)
+    return book_servers(kw.pop("org", inv.acme), kw.pop("server_type", inv.h100), count, **kw).reservation
 
 
 @pytest.mark.django_db

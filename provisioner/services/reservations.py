@@ -141,41 +141,6 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
         )
 
 
-def reserve_servers(
-    org: Organization,
-    server_type: ServerType,
-    count: int,
-    *,
-    image: Image,
-    actor: Actor,
-    starts_at: dt.datetime | None = None,
-    ends_at: dt.datetime | None = None,
-    ssh_keys: Iterable[SSHKey] = (),
-    name: str = "",
-    idempotency_key: str = "",
-) -> Reservation:
-    """Reserve ``count`` whole servers of ``server_type`` for [starts_at, ends_at).
-
-    Starts provisioning at once when the window starts now; otherwise the scheduler starts it.
-    A repeated ``idempotency_key`` returns the reservation made the first time instead of booking again.
-
-    :raises CapacityError: fewer than ``count`` servers are free in the window (nothing is booked).
-    :raises QuotaExceeded, InvalidRequest:
-    """
-    return book_servers(
-        org,
-        server_type,
-        count,
-        image=image,
-        actor=actor,
-        starts_at=starts_at,
-        ends_at=ends_at,
-        ssh_keys=ssh_keys,
-        name=name,
-        idempotency_key=idempotency_key,
-    ).reservation
-
-
 @dataclasses.dataclass(frozen=True)
 class Booking:
     """What book_servers did: the reservation, the nodes it started (by name) and the provisioning
@@ -201,9 +166,15 @@ def book_servers(
     name: str = "",
     idempotency_key: str = "",
 ) -> Booking:
-    """reserve_servers, also saying what it started: callers that show the result need not read it back.
+    """Reserve ``count`` whole servers of ``server_type`` for [starts_at, ends_at).
 
-    :raises CapacityError, QuotaExceeded, InvalidRequest: as reserve_servers.
+    Starts provisioning at once when the window starts now; otherwise the scheduler starts it.
+    A repeated ``idempotency_key`` returns the reservation made the first time instead of booking again
+    (a ``replay``). The Booking also says what was started, so callers that show the result need not read
+    it back; callers that need only the reservation take ``book_servers(...).reservation``.
+
+    :raises CapacityError: fewer than ``count`` servers are free in the window (nothing is booked).
+    :raises QuotaExceeded, InvalidRequest:
     """
     if count < 1 or count > MAX_SERVERS_PER_RESERVATION:
         raise InvalidRequest(f"count must be between 1 and {MAX_SERVERS_PER_RESERVATION}")

@@ -106,9 +106,9 @@ def test_failure_budget_zero_halts_after_one_failure(inventory, fake_hw_dir, wor
 
 
 def test_rollout_with_a_leased_node_is_refused_without_force(inventory):
-    from provisioner.services.reservations import reserve_servers
+    from provisioner.services.reservations import book_servers
 
-    reserve_servers(
+    book_servers(
         inventory.acme,
         inventory.h100,
         1,

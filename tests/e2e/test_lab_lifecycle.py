@@ -13,7 +13,7 @@ from provisioner.handover import SshAuthFailed, run_command
 from provisioner.models import Image, Node, Operation, Reservation, ServerType
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import release_reservation, reserve_servers
+from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, ReservationState
 from tests.conftest import wait_for
 
@@ -22,14 +22,14 @@ TIMEOUT = 480
 
 
 def _reserve(customer, count):
-    return reserve_servers(
+    return book_servers(
         customer["org"],
         ServerType.objects.get(slug="h100-8x"),
         count,
         image=Image.objects.get(slug="neocloud-demo-linux"),
         ssh_keys=[customer["key"]],
         actor=Actor(user=customer["user"], label=customer["user"].username),
-    )
+    ).reservation
 
 
 def _wait_state(reservation, state, workers, timeout=TIMEOUT):

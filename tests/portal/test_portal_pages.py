@@ -20,7 +20,7 @@ from provisioner.models import (
     SSHKey,
 )
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import reserve_servers
+from provisioner.services.reservations import book_servers
 from provisioner.states import NodeState
 from tests.conftest import ssh_keygen
 
@@ -33,14 +33,14 @@ def _login(client, user) -> None:
 
 
 def _reserve(inv, count=1, org=None, key=None, user=None) -> Reservation:
-    return reserve_servers(
+    return book_servers(
         org or inv.acme,
         inv.h100,
         count,
         image=inv.image,
         ssh_keys=[key or inv.key],
         actor=Actor(user=user or inv.owner, label="test"),
-    )
+    ).reservation
 
 
 @pytest.mark.parametrize("page", CUSTOMER_PAGES + OPERATOR_PAGES)
@@ -313,7 +313,7 @@ def test_catalog_shows_availability_now_and_for_a_window(client, inventory):
 
 def test_extend_and_release_from_the_detail_page(client, inventory):
     end = timezone.now() + dt.timedelta(hours=4)
-    r = reserve_servers(
+    r = book_servers(
         inventory.acme,
         inventory.h100,
         1,
@@ -321,7 +321,7 @@ def test_extend_and_release_from_the_detail_page(client, inventory):
         ssh_keys=[inventory.key],
         actor=Actor(user=inventory.owner, label="t"),
         ends_at=end,
-    )
+    ).reservation
     _login(client, inventory.owner)
     new_end = (end + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
     page = client.post(reverse("portal:reservation_extend", args=[r.pk]), {"ends_at": new_end}, follow=True)

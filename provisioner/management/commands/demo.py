@@ -33,7 +33,7 @@ from provisioner.models import (
     SSHKey,
 )
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import release_reservation, reserve_servers
+from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.sshkeys import generate_keypair, parse_public_key
 from provisioner.states import NodeState, ReservationState
 from webapp.env import database_url
@@ -82,7 +82,7 @@ class Command(BaseCommand):
                 self.say(f"  {s.name}: {s.bmc_protocol} BMC at {s.bmc_address}:{s.bmc_port}, MAC {s.mac}")
             customer, key, private_path = self.demo_customer()
             self.step(f"Portal: {boot_url}/  (demo customer: demo / demo-password-1)")
-            reservation = reserve_servers(
+            reservation = book_servers(
                 customer,
                 ServerType.objects.get(slug="h100-8x"),
                 2,
@@ -90,7 +90,7 @@ class Command(BaseCommand):
                 ssh_keys=[key],
                 actor=Actor(user=User.objects.get(username="demo"), label="demo"),
                 name="demo training run",
-            )
+            ).reservation
             nodes = list(Node.objects.filter(reservation=reservation).order_by("name"))
             self.step(f"Reserved {', '.join(f'{n.name} ({n.bmc_protocol})' for n in nodes)}: provisioning")
             self.follow(reservation, nodes, ReservationState.ACTIVE, opts["timeout"])

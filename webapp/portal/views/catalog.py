@@ -13,7 +13,7 @@ from provisioner.errors import InvalidRequest, NeocloudError
 from provisioner.models import Allocation, ServerType
 from provisioner.services import tenancy
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import availability, reserve_servers
+from provisioner.services.reservations import availability, book_servers
 from webapp.portal.access import current_org
 from webapp.portal.forms import ReserveForm, WindowForm
 from webapp.portal.wording import reservation_refusal, sentence
@@ -77,7 +77,7 @@ def reserve(request: HttpRequest) -> HttpResponse:
                         )
                     except InvalidRequest as exc:
                         raise _KeyRefused(exc) from exc
-                reservation = reserve_servers(
+                reservation = book_servers(
                     org,
                     data["server_type"],
                     data["count"],
@@ -87,7 +87,7 @@ def reserve(request: HttpRequest) -> HttpResponse:
                     ends_at=data["ends_at"],
                     ssh_keys=keys,
                     name=data["name"],
-                )
+                ).reservation
         except _KeyRefused as refused:
             form.add_error("new_key", sentence(refused.error))
         except NeocloudError as exc:
