@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 import pytest
 
+from provisioner import ansible
 from provisioner.sshkeys import generate_keypair
 
-PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
 pytestmark = pytest.mark.slow
 
 
@@ -48,11 +47,7 @@ def _run_module(tmp_path: Path, args: dict[str, Any]) -> dict[str, Any]:
         project_dir=str(project),
         playbook="play.yml",
         inventory={"all": {"hosts": {"localhost": {"ansible_connection": "local"}}}},
-        envvars={
-            "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-        },
+        envvars=ansible.environment(),
         event_handler=handle,
         quiet=True,
     )
