@@ -283,16 +283,35 @@ class CheckSuite:
         except pynvml.NVMLError as err:
             # A reading that fails (GPU lost, unknown error, or NotSupported where the feature is required)
             # fails its check with the NVML error in words.
-            return [
-                CheckResult(
-                    name, gpu, FAILED, None, None, f"{_gpu_label(gpu)}: {name} could not be read: {err}."
-                )
-            ]
+            return self._failed(name, gpu, None, None, f"{name} could not be read: {err}.")
 
     def _result(
         self, name: str, gpu: int | None, status: str, value: Any, threshold: Any, message: str
     ) -> list[CheckResult]:
+        """The check's one result, its message prefixed with the GPU it is about (or "Host")."""
         return [CheckResult(name, gpu, status, value, threshold, f"{_gpu_label(gpu)}: {message}")]
+
+    # One per status, for the outcomes a check knows when it writes them.
+
+    def _passed(
+        self, name: str, gpu: int | None, value: Any, threshold: Any, message: str
+    ) -> list[CheckResult]:
+        return self._result(name, gpu, PASSED, value, threshold, message)
+
+    def _failed(
+        self, name: str, gpu: int | None, value: Any, threshold: Any, message: str
+    ) -> list[CheckResult]:
+        return self._result(name, gpu, FAILED, value, threshold, message)
+
+    def _not_checked(
+        self, name: str, gpu: int | None, value: Any, threshold: Any, message: str
+    ) -> list[CheckResult]:
+        return self._result(name, gpu, NOT_CHECKED, value, threshold, message)
+
+    def _not_supported(
+        self, name: str, gpu: int | None, value: Any, threshold: Any, message: str
+    ) -> list[CheckResult]:
+        return self._result(name, gpu, NOT_SUPPORTED, value, threshold, message)
 
     # --- inventory ------------------------------------------------------------------------------
 
@@ -301,62 +320,48 @@ class CheckSuite:
         cuda = self.backend.cuda_driver_version()
         cuda_text = f"{cuda // 1000}.{(cuda % 1000) // 10}"
         value = {"driver_version": driver, "cuda_driver_version": cuda_text}
-        return self._result(
-            "inventory.driver", None, PASSED, value, None, f"NVIDIA driver {driver}, CUDA {cuda_text}."
+        return self._passed(
+            "inventory.driver", None, value, None, f"NVIDIA driver {driver}, CUDA {cuda_text}."
         )
 
     def check_gpu_count(self) -> list[CheckResult]:
         count = self.backend.device_count()
         expected = self.expect.gpu_count
         if expected is None:
-            return self._result(
-                "inventory.gpu_count", None, NOT_CHECKED, count, None, f"{count} GPU(s) (count not checked)."
+            return self._not_checked(
+                "inventory.gpu_count", None, count, None, f"{count} GPU(s) (count not checked)."
             )
         if count != expected:
-            return self._result(
-                "inventory.gpu_count",
-                None,
-                FAILED,
-                count,
-                expected,
-                f"{count} GPU(s) visible, expected {expected}.",
+            return self._failed(
+                "inventory.gpu_count", None, count, expected, f"{count} GPU(s) visible, expected {expected}."
             )
-        return self._result(
-            "inventory.gpu_count", None, PASSED, count, expected, f"{count} GPU(s), as expected."
-        )
+        return self._passed("inventory.gpu_count", None, count, expected, f"{count} GPU(s), as expected.")
 
     def check_model(self, gpu: int) -> list[CheckResult]:
         model = self.backend.device_name(gpu)
         expected = self.expect.gpu_model
         if expected is None:
-            return self._result(
-                "inventory.model", gpu, NOT_CHECKED, model, None, f"{model} (model not checked)."
-            )
+            return self._not_checked("inventory.model", gpu, model, None, f"{model} (model not checked).")
         if model != expected:
-            return self._result(
-                "inventory.model", gpu, FAILED, model, expected, f"model {model}, expected {expected}."
+            return self._failed(
+                "inventory.model", gpu, model, expected, f"model {model}, expected {expected}."
             )
-        return self._result("inventory.model", gpu, PASSED, model, expected, f"{model}, as expected.")
+        return self._passed("inventory.model", gpu, model, expected, f"{model}, as expected.")
 
     def check_memory_size(self, gpu: int) -> list[CheckResult]:
         total = self.backend.memory_total_bytes(gpu)
         gib = round(total / 2**30, 2)
         expected = self.expect.gpu_memory_gib
         if expected is None:
-            return self._result("inventory.memory", gpu, NOT_CHECKED, gib, None, f"{gib} GiB (not checked).")
+            return self._not_checked("inventory.memory", gpu, gib, None, f"{gib} GiB (not checked).")
         tolerance = self.th["memory_tolerance_fraction"] or 0.0
         minimum = round(expected * (1 - tolerance), 2)
         threshold = {"expected_gib": expected, "min_gib": minimum}
         if gib < minimum:
-            return self._result(
-                "inventory.memory",
-                gpu,
-                FAILED,
-                gib,
-                threshold,
-                f"{gib} GiB of memory, expected {expected} GiB.",
+            return self._failed(
+                "inventory.memory", gpu, gib, threshold, f"{gib} GiB of memory, expected {expected} GiB."
             )
-        return self._result("inventory.memory", gpu, PASSED, gib, threshold, f"{gib} GiB of memory.")
+        return self._passed("inventory.memory", gpu, gib, threshold, f"{gib} GiB of memory.")
 
     def check_identity(self, gpu: int) -> list[CheckResult]:
         uuid = self.backend.uuid(gpu)
@@ -365,7 +370,7 @@ class CheckSuite:
         except pynvml.NVMLError_NotSupported:
             serial = None  # boards without an InfoROM serial (some PCIe and VM-passthrough cards)
         value = {"uuid": uuid, "serial": serial}
-        return self._result("inventory.identity", gpu, PASSED, value, None, f"UUID {uuid}, serial {serial}.")
+        return self._passed("inventory.identity", gpu, value, None, f"UUID {uuid}, serial {serial}.")
 
     # --- memory health --------------------------------------------------------------------------
 
@@ -373,14 +378,12 @@ class CheckSuite:
         current, pending = self.backend.ecc_mode(gpu)
         value = {"current": current, "pending": pending}
         if not current:
-            return self._result(
-                "memory.ecc_mode", gpu, FAILED, value, True, "ECC is disabled, expected enabled."
-            )
+            return self._failed("memory.ecc_mode", gpu, value, True, "ECC is disabled, expected enabled.")
         if not pending:
-            return self._result(
-                "memory.ecc_mode", gpu, FAILED, value, True, "ECC will be disabled at the next reset."
+            return self._failed(
+                "memory.ecc_mode", gpu, value, True, "ECC will be disabled at the next reset."
             )
-        return self._result("memory.ecc_mode", gpu, PASSED, value, True, "ECC enabled.")
+        return self._passed("memory.ecc_mode", gpu, value, True, "ECC enabled.")
 
     def check_ecc_errors(self, gpu: int) -> list[CheckResult]:
         limits = {
@@ -395,8 +398,8 @@ class CheckSuite:
             }
         except pynvml.NVMLError_NotSupported:
             # NVML counts ECC errors only with ECC enabled; memory.ecc_mode reports that.
-            return self._result(
-                "memory.ecc_errors", gpu, NOT_SUPPORTED, None, limits, "ECC error counters not available."
+            return self._not_supported(
+                "memory.ecc_errors", gpu, None, limits, "ECC error counters not available."
             )
         try:
             value["sram_aggregate"] = self.backend.sram_uncorrectable_aggregate(gpu)
@@ -408,9 +411,9 @@ class CheckSuite:
             if count is not None and limits[kind] is not None and count > limits[kind]
         ]
         if problems:
-            return self._result("memory.ecc_errors", gpu, FAILED, value, limits, "; ".join(problems) + ".")
-        return self._result(
-            "memory.ecc_errors", gpu, PASSED, value, limits, "no uncorrectable ECC errors over the limits."
+            return self._failed("memory.ecc_errors", gpu, value, limits, "; ".join(problems) + ".")
+        return self._passed(
+            "memory.ecc_errors", gpu, value, limits, "no uncorrectable ECC errors over the limits."
         )
 
     def check_remapping(self, gpu: int) -> list[CheckResult]:
@@ -424,27 +427,24 @@ class CheckSuite:
         }
         value = asdict(rows)
         if rows.failure and not threshold["allow_failure"]:
-            return self._result(
+            return self._failed(
                 "memory.remapping",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 "row remapping failed (no spare rows left); the GPU needs replacement.",
             )
         if rows.pending and not threshold["allow_pending"]:
-            return self._result(
+            return self._failed(
                 "memory.remapping",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 "a row remap is pending; the GPU needs a reset before use.",
             )
-        return self._result(
+        return self._passed(
             "memory.remapping",
             gpu,
-            PASSED,
             value,
             threshold,
             f"no pending or failed row remaps ({rows.corrected} correctable, "
@@ -455,13 +455,8 @@ class CheckSuite:
         try:
             pages = self.backend.retired_pages(gpu)
         except pynvml.NVMLError_NotSupported:
-            return self._result(
-                "memory.remapping",
-                gpu,
-                NOT_SUPPORTED,
-                None,
-                None,
-                "neither row remapping nor page retirement supported.",
+            return self._not_supported(
+                "memory.remapping", gpu, None, None, "neither row remapping nor page retirement supported."
             )
         threshold = {
             "max_retired_pages": self.th["max_retired_pages"],
@@ -470,25 +465,23 @@ class CheckSuite:
         value = asdict(pages)
         total = pages.single_bit + pages.double_bit
         if pages.pending and not threshold["allow_pending"]:
-            return self._result(
+            return self._failed(
                 "memory.remapping",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 "a page retirement is pending; the GPU needs a reset.",
             )
         if threshold["max_retired_pages"] is not None and total > threshold["max_retired_pages"]:
-            return self._result(
+            return self._failed(
                 "memory.remapping",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 f"{total} retired memory pages, limit {threshold['max_retired_pages']}.",
             )
-        return self._result(
-            "memory.remapping", gpu, PASSED, value, threshold, f"{total} retired pages, none pending."
+        return self._passed(
+            "memory.remapping", gpu, value, threshold, f"{total} retired pages, none pending."
         )
 
     def check_recovery_action(self, gpu: int) -> list[CheckResult]:
@@ -496,27 +489,15 @@ class CheckSuite:
         try:
             action = self.backend.recovery_action(gpu)
         except pynvml.NVMLError_NotSupported:
-            return self._result(
-                "memory.recovery_action",
-                gpu,
-                NOT_SUPPORTED,
-                None,
-                allowed,
-                "driver does not report a recovery action.",
+            return self._not_supported(
+                "memory.recovery_action", gpu, None, allowed, "driver does not report a recovery action."
             )
         words = RECOVERY_ACTIONS.get(action, f"action {action}")
         if allowed is not None and action not in allowed:
-            return self._result(
-                "memory.recovery_action",
-                gpu,
-                FAILED,
-                action,
-                allowed,
-                f"the driver asks for recovery: {words}.",
+            return self._failed(
+                "memory.recovery_action", gpu, action, allowed, f"the driver asks for recovery: {words}."
             )
-        return self._result(
-            "memory.recovery_action", gpu, PASSED, action, allowed, f"recovery action {words}."
-        )
+        return self._passed("memory.recovery_action", gpu, action, allowed, f"recovery action {words}.")
 
     # --- PCIe -----------------------------------------------------------------------------------
 
@@ -544,25 +525,15 @@ class CheckSuite:
         }
         where = "under load" if self.obs.load.ran else "at idle (no load ran)"
         if width < want_width:
-            return self._result(
-                "pcie.link",
-                gpu,
-                FAILED,
-                value,
-                threshold,
-                f"PCIe link x{width}, expected x{want_width} ({where}).",
+            return self._failed(
+                "pcie.link", gpu, value, threshold, f"PCIe link x{width}, expected x{want_width} ({where})."
             )
         if gen < want_gen:
-            return self._result(
-                "pcie.link",
-                gpu,
-                FAILED,
-                value,
-                threshold,
-                f"PCIe link Gen{gen}, expected Gen{want_gen} ({where}).",
+            return self._failed(
+                "pcie.link", gpu, value, threshold, f"PCIe link Gen{gen}, expected Gen{want_gen} ({where})."
             )
-        return self._result(
-            "pcie.link", gpu, PASSED, value, threshold, f"PCIe {_gen_width(gen, width)} {where}, as expected."
+        return self._passed(
+            "pcie.link", gpu, value, threshold, f"PCIe {_gen_width(gen, width)} {where}, as expected."
         )
 
     def check_pcie_replays(self, gpu: int) -> list[CheckResult]:
@@ -570,24 +541,15 @@ class CheckSuite:
         try:
             after = self.backend.pcie_replay_counter(gpu)
         except pynvml.NVMLError_NotSupported:
-            return self._result(
-                "pcie.replays", gpu, NOT_SUPPORTED, None, limit, "PCIe replay counter not supported."
-            )
+            return self._not_supported("pcie.replays", gpu, None, limit, "PCIe replay counter not supported.")
         before = self.obs.pcie_replays_before.get(gpu)
         during = after - before if before is not None else after
         value = {"during_run": during, "total": after}
         if limit is not None and during > limit:
-            return self._result(
-                "pcie.replays",
-                gpu,
-                FAILED,
-                value,
-                limit,
-                f"{during} PCIe replays during the run, limit {limit}.",
+            return self._failed(
+                "pcie.replays", gpu, value, limit, f"{during} PCIe replays during the run, limit {limit}."
             )
-        return self._result(
-            "pcie.replays", gpu, PASSED, value, limit, f"{during} PCIe replays during the run."
-        )
+        return self._passed("pcie.replays", gpu, value, limit, f"{during} PCIe replays during the run.")
 
     # --- NVLink ---------------------------------------------------------------------------------
 
@@ -602,35 +564,32 @@ class CheckSuite:
                 continue  # the link does not exist on this GPU
         value = {"active": len(active), "down_links": down}
         if expected is None:
-            return self._result(
+            return self._not_checked(
                 "nvlink.links",
                 gpu,
-                NOT_CHECKED,
                 value,
                 None,
                 f"{len(active)} NVLinks active (not checked: the server type expects no NVLink count).",
             )
         if len(active) < expected:
             detail = f" (down: {', '.join(map(str, down))})" if down else ""
-            return self._result(
+            return self._failed(
                 "nvlink.links",
                 gpu,
-                FAILED,
                 value,
                 expected,
                 f"{len(active)} NVLinks active{detail}, expected {expected}.",
             )
-        return self._result(
-            "nvlink.links", gpu, PASSED, value, expected, f"{len(active)} NVLinks active, as expected."
+        return self._passed(
+            "nvlink.links", gpu, value, expected, f"{len(active)} NVLinks active, as expected."
         )
 
     def check_nvlink_errors(self, gpu: int) -> list[CheckResult]:
         limit = self.th["max_nvlink_errors"]
         if not self.expect.nvlink_links:
-            return self._result(
+            return self._not_checked(
                 "nvlink.errors",
                 gpu,
-                NOT_CHECKED,
                 None,
                 limit,
                 "NVLink errors not checked: the server type expects no NVLinks.",
@@ -649,17 +608,14 @@ class CheckSuite:
         value = {"during_run": during, "links_with_errors": sorted(worst_links)}
         if limit is not None and total > limit:
             links = ", ".join(map(str, sorted(worst_links)))
-            return self._result(
+            return self._failed(
                 "nvlink.errors",
                 gpu,
-                FAILED,
                 value,
                 limit,
                 f"{total} NVLink errors during the run on link(s) {links}, limit {limit}.",
             )
-        return self._result(
-            "nvlink.errors", gpu, PASSED, value, limit, f"{total} NVLink errors during the run."
-        )
+        return self._passed("nvlink.errors", gpu, value, limit, f"{total} NVLink errors during the run.")
 
     # --- XIDs -----------------------------------------------------------------------------------
 
@@ -668,26 +624,19 @@ class CheckSuite:
         bad = sorted({x for x in xids if x in drain})
         described = ", ".join(f"XID {x} ({XID_MEANINGS.get(x, 'see the NVIDIA XID catalog')})" for x in bad)
         if bad:
-            return self._result(
-                "xid.events", gpu, FAILED, xids, drain, f"{described} during burn-in; drain the server."
+            return self._failed(
+                "xid.events", gpu, xids, drain, f"{described} during burn-in; drain the server."
             )
         if xids:
             app = [x for x in xids if x in APPLICATION_XIDS]
             note = " (application XIDs, not hardware faults)" if app else ""
-            return self._result(
-                "xid.events", gpu, PASSED, xids, drain, f"XIDs {sorted(set(xids))} seen{note}."
-            )
-        return self._result("xid.events", gpu, PASSED, [], drain, "no XID errors during burn-in.")
+            return self._passed("xid.events", gpu, xids, drain, f"XIDs {sorted(set(xids))} seen{note}.")
+        return self._passed("xid.events", gpu, [], drain, "no XID errors during burn-in.")
 
     def check_xids(self, gpu: int) -> list[CheckResult]:
         if gpu in self.obs.unwatched_gpus:
-            return self._result(
-                "xid.events",
-                gpu,
-                NOT_SUPPORTED,
-                None,
-                self.th["drain_xids"],
-                "XID events could not be watched.",
+            return self._not_supported(
+                "xid.events", gpu, None, self.th["drain_xids"], "XID events could not be watched."
             )
         return self._xid_result(gpu, [e.xid for e in self.obs.xids if e.gpu == gpu])
 
@@ -716,8 +665,8 @@ class CheckSuite:
         temps = [s.temperature_c for s in self.obs.samples.get(gpu, []) if s.temperature_c is not None]
         if not temps:
             error = self._sample_error(gpu, "temperature_c") or "no samples"
-            return self._result(
-                "thermal.margin", gpu, FAILED, None, minimum, f"temperature could not be read: {error}."
+            return self._failed(
+                "thermal.margin", gpu, None, minimum, f"temperature could not be read: {error}."
             )
         try:
             slowdown: int | None = self.backend.temperature_threshold_c(gpu, "slowdown")
@@ -730,29 +679,22 @@ class CheckSuite:
             "margin_c": None if slowdown is None else slowdown - peak,
         }
         if slowdown is None:
-            return self._result(
-                "thermal.margin",
-                gpu,
-                NOT_SUPPORTED,
-                value,
-                minimum,
-                f"peak {peak} C; slowdown threshold not reported.",
+            return self._not_supported(
+                "thermal.margin", gpu, value, minimum, f"peak {peak} C; slowdown threshold not reported."
             )
         margin = slowdown - peak
         if minimum is not None and margin < minimum:
-            return self._result(
+            return self._failed(
                 "thermal.margin",
                 gpu,
-                FAILED,
                 value,
                 minimum,
                 f"peak {peak} C {self._load_note()}, only {margin} C below the slowdown threshold "
                 f"{slowdown} C (need {minimum} C).",
             )
-        return self._result(
+        return self._passed(
             "thermal.margin",
             gpu,
-            PASSED,
             value,
             minimum,
             f"peak {peak} C {self._load_note()}, {margin} C below the slowdown threshold.",
@@ -764,16 +706,9 @@ class CheckSuite:
         if not powers:
             error = self._sample_error(gpu, "power_mw")
             if error and "Not Supported" in error:
-                return self._result(
-                    "power.draw", gpu, NOT_SUPPORTED, None, fraction, "power reading not supported."
-                )
-            return self._result(
-                "power.draw",
-                gpu,
-                FAILED,
-                None,
-                fraction,
-                f"power could not be read: {error or 'no samples'}.",
+                return self._not_supported("power.draw", gpu, None, fraction, "power reading not supported.")
+            return self._failed(
+                "power.draw", gpu, None, fraction, f"power could not be read: {error or 'no samples'}."
             )
         limit_w = self.backend.power_limit_mw(gpu) / 1000
         peak_w = max(powers) / 1000
@@ -784,18 +719,16 @@ class CheckSuite:
             "max_w": None if fraction is None else round(limit_w * fraction, 1),
         }
         if fraction is not None and peak_w > limit_w * fraction:
-            return self._result(
+            return self._failed(
                 "power.draw",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 f"power draw {peak_w:.0f} W {self._load_note()}, above the enforced limit {limit_w:.0f} W.",
             )
-        return self._result(
+        return self._passed(
             "power.draw",
             gpu,
-            PASSED,
             value,
             threshold,
             f"peak {peak_w:.0f} W of {limit_w:.0f} W {self._load_note()}.",
@@ -813,18 +746,12 @@ class CheckSuite:
         if not readings:
             error = self._sample_error(gpu, "clock_event_reasons")
             if error and "Not Supported" in error:
-                return self._result(
-                    "clocks.event_reasons",
-                    gpu,
-                    NOT_SUPPORTED,
-                    None,
-                    threshold,
-                    "clock event reasons not supported.",
+                return self._not_supported(
+                    "clocks.event_reasons", gpu, None, threshold, "clock event reasons not supported."
                 )
-            return self._result(
+            return self._failed(
                 "clocks.event_reasons",
                 gpu,
-                FAILED,
                 None,
                 threshold,
                 f"clock event reasons could not be read: {error or 'no samples'}.",
@@ -832,18 +759,16 @@ class CheckSuite:
         value = {"seen_mask": hex(seen), "seen": _reasons_names(seen)}
         bad = seen & bad_mask
         if bad:
-            return self._result(
+            return self._failed(
                 "clocks.event_reasons",
                 gpu,
-                FAILED,
                 value,
                 threshold,
                 f"clocks slowed by {', '.join(_reasons_names(bad))} {self._load_note()}.",
             )
-        return self._result(
+        return self._passed(
             "clocks.event_reasons",
             gpu,
-            PASSED,
             value,
             threshold,
             f"no hardware or thermal slowdown {self._load_note()} "
@@ -857,20 +782,19 @@ class CheckSuite:
         mode = self.backend.persistence_mode(gpu)
         words = "enabled" if mode else "disabled"
         if expected is None:
-            return self._result(
-                "modes.persistence", gpu, NOT_CHECKED, mode, None, f"persistence mode {words} (not checked)."
+            return self._not_checked(
+                "modes.persistence", gpu, mode, None, f"persistence mode {words} (not checked)."
             )
         if mode != expected:
-            return self._result(
+            return self._failed(
                 "modes.persistence",
                 gpu,
-                FAILED,
                 mode,
                 expected,
                 f"persistence mode {words}, expected {'enabled' if expected else 'disabled'}.",
             )
-        return self._result(
-            "modes.persistence", gpu, PASSED, mode, expected, f"persistence mode {words}, as expected."
+        return self._passed(
+            "modes.persistence", gpu, mode, expected, f"persistence mode {words}, as expected."
         )
 
     def check_mig(self, gpu: int) -> list[CheckResult]:
@@ -882,20 +806,17 @@ class CheckSuite:
         value = {"current": current, "pending": pending}
         words = "enabled" if current else "disabled"
         if expected is None:
-            return self._result(
-                "modes.mig", gpu, NOT_CHECKED, value, None, f"MIG mode {words} (not checked)."
-            )
+            return self._not_checked("modes.mig", gpu, value, None, f"MIG mode {words} (not checked).")
         if current != expected or pending != expected:
-            return self._result(
+            return self._failed(
                 "modes.mig",
                 gpu,
-                FAILED,
                 value,
                 expected,
                 f"MIG mode {words} (pending {'enabled' if pending else 'disabled'}), "
                 f"expected {'enabled' if expected else 'disabled'}.",
             )
-        return self._result("modes.mig", gpu, PASSED, value, expected, f"MIG mode {words}, as expected.")
+        return self._passed("modes.mig", gpu, value, expected, f"MIG mode {words}, as expected.")
 
     # --- load -----------------------------------------------------------------------------------
 
@@ -904,10 +825,9 @@ class CheckSuite:
         required = bool(self.th["require_load"])
         value = {"kind": load.kind, "ran": load.ran, "error": load.error}
         if load.error:
-            return self._result(
+            return self._failed(
                 "load.ran",
                 None,
-                FAILED,
                 value,
                 {"require_load": required},
                 f"the {load.kind} load failed: {load.error}.",
@@ -922,6 +842,4 @@ class CheckSuite:
                 {"require_load": required},
                 "no load ran (none chosen, or neither torch nor dcgmi present): readings taken at idle.",
             )
-        return self._result(
-            "load.ran", None, PASSED, value, {"require_load": required}, f"{load.kind} load ran."
-        )
+        return self._passed("load.ran", None, value, {"require_load": required}, f"{load.kind} load ran.")
