@@ -24,9 +24,11 @@ retryable error and the engine retries the step.
 
 Secrets (BMC credentials, SSH private keys, a deploy ticket's watch key) are never Ansible variables: they
 are private files (``files``, mode 0600 in 0700 directories, removed after the run) whose paths the tasks
-get, and their values, passed in ``secrets``, are masked in every log line. Ansible gets no database URL. ``cancel`` (a threading.Event, set by the engine on a step timeout or a lost
-lease) stops the caller's host: our long-running modules watch its cancel file, and a batch whose hosts are
-all cancelled is stopped.
+get, and their values, passed in ``secrets``, are masked in every log line. Ansible gets no database URL.
+
+``cancel`` (a threading.Event, set by the engine on a step timeout or a lost lease) stops the caller's
+host: our long-running modules watch its cancel file, and a batch whose hosts are all cancelled is
+stopped.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ class _HostEvents:
         host = data.get("host", "")
         res = data.get("res") or {}
         if kind == "runner_on_start":
-            # per host (not playbook_on_task_start): under the free strategy hosts reach tasks at their own pace
+            # per host (not playbook_on_task_start): under strategy free hosts reach tasks at their own pace
             self.log(_mask(f"TASK [{task}]", self.secrets), data={"ansible_event": kind, "task": task})
         elif kind == "runner_on_ok":
             self.results.setdefault(task, []).append(res)

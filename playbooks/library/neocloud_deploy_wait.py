@@ -31,9 +31,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 def poll(url, key):
     """(status document, None) or (None, why it could not be read)."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})  # noqa: S310 - http(s) checked
+    headers = {"Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) only, checked in main()
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http(s) checked in main()
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - as above
             return json.loads(response.read()), None
     except urllib.error.HTTPError as exc:
         if exc.code in (403, 404):
@@ -91,9 +92,10 @@ def main():
             msg=f"deploy agent failed: {result.get('message', 'no message')}",
             error_code=result.get("error_code") or "deploy_failed",
         )
+    written, sha = result.get("bytes_written", 0), str(result.get("sha256", ""))[:12]
     module.exit_json(
         changed=True,
-        msg=f"image written and verified ({result.get('bytes_written', 0)} bytes, sha256 {str(result.get('sha256', ''))[:12]}…)",
+        msg=f"image written and verified ({written} bytes, sha256 {sha}…)",
         host_key_fingerprints=result.get("host_key_fingerprints", {}),
     )
 
