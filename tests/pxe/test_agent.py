@@ -322,3 +322,31 @@ def test_progress_reports_are_spaced_by_the_minimum_interval():
     assert all(b - a >= 0.19 for a, b in itertools.pairwise(times))
     reporter.close()  # nothing new to say: no further report
     assert len(service.reports) == len(times)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache_only"])
+def test_streamed_image_lands_byte_for_byte_with_or_without_o_direct(tmp_path, monkeypatch, direct):
+    """Whole chunks go to the disk with O_DIRECT, the unaligned tail through the page cache; where the
+    file system refuses O_DIRECT (tmpfs) everything goes through the page cache."""
+    from provisioner.pxe import agent
+
+    body = os.urandom(3 * MIB + 123)  # not a multiple of the disk block: the tail takes the other path
+    (tmp_path / "odd.img").write_bytes(body)
+    disk = make_disk(tmp_path / "disk.img", size=8 * MIB)
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy_open(path, flags, *args):
+        if flags & os.O_DIRECT and not direct:
+            raise OSError(22, "Invalid argument")  # as tmpfs answers
+        opened.append(flags & os.O_DIRECT)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(agent.os, "open", spy_open)
+    with ImageServer(tmp_path) as server:
+        outcome = agent.stream_image_to_disk(server.url_for("odd.img"), str(disk), len(body), chunk_size=MIB)
+    assert outcome.sha256 == hashlib.sha256(body).hexdigest() and outcome.bytes_written == len(body)
+    data = disk.read_bytes()
+    assert data[: len(body)] == body
+    assert data[len(body) : len(body) + 16] == b"\xa5" * 16  # nothing past the image was touched
+    assert (os.O_DIRECT in opened) == direct
