@@ -178,6 +178,8 @@ def main() -> int:
                 busy += end - max(start, cursor)
                 cursor = end
         stream_bps = sum(w[2] for w in windows) / busy
+        t0 = min(w[0] for w in windows)
+        print("windows:", " ".join(f"{w[0] - t0:.1f}-{w[1] - t0:.1f}" for w in sorted(windows)))
         per_agent = sorted(w[2] / (w[1] - w[0]) / 2**20 for w in windows)
         print(
             f"per-agent write rates MiB/s: min {per_agent[0]:.0f}, median {per_agent[len(per_agent) // 2]:.0f}, "

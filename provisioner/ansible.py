@@ -452,6 +452,9 @@ def run_playbook(
     host_dir = pending
     try:
         host_dir = _join(spool, pending, playbook, env)
+        with contextlib.suppress(OSError):  # every host of the batch is in place once _join returns
+            shared = len(os.listdir(host_dir.parent))
+            log(f"{playbook}: one ansible-playbook run for {shared} node{'s' if shared != 1 else ''}")
         outcome = _follow(host_dir, events, cancel, playbook)
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)

@@ -62,7 +62,8 @@ def test_power_playbook_drives_the_bmc_and_streams_task_events(inventory, fake_h
     lines: list[str] = []
     _run(node, "power_on", lines)
     assert read_fake_bmc(_access(node))["power"] == "on"
-    assert lines[0] == "TASK [Power action]" and "power on" in lines[-1]
+    assert lines[0] == "power.yml: one ansible-playbook run for 1 node"
+    assert lines[1] == "TASK [Power action]" and "power on" in lines[-1]
 
 
 def test_silent_bmc_fails_the_playbook_as_retryable(inventory, fake_hw_dir, transactional_db, settings):
@@ -93,7 +94,8 @@ def test_runs_started_together_share_one_ansible_playbook(inventory, fake_hw_dir
         assert read_fake_bmc(_access(node))["power"] == "on"
         # each caller's log holds its own host's events only
         lines = run["logs"][node.name]
-        assert lines[0] == "TASK [Power action]"
+        assert lines[0] == "power.yml: one ansible-playbook run for 3 nodes"
+        assert lines[1] == "TASK [Power action]"
         assert any(f"[{node.name}]" in line for line in lines)
         assert not any(f"[{other.name}]" in line for other in nodes if other != node for line in lines)
 
