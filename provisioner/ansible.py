@@ -286,8 +286,14 @@ def _join(spool: Path, pending: Path, playbook: str, env: dict[str, str]) -> Pat
         _sweep_stale(spool)
         _wait_quiet(spool / "pending")
         others = sorted(p for p in (spool / "pending").iterdir() if p != pending)
-        for path in [pending, *others][: settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS]:
-            os.rename(path, hosts / path.name)
+        taken: set[str] = set()
+        for path in [pending, *others]:
+            if len(taken) >= settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS:
+                break
+            host = json.loads((path / "request.json").read_text())["host"]
+            if host not in taken:  # one inventory entry per host: a second request waits for the next batch
+                taken.add(host)
+                os.rename(path, hosts / path.name)
     threading.Thread(
         target=_lead, args=(batch, playbook, env, running), name=f"ansible-{batch.name}", daemon=True
     ).start()
@@ -376,9 +382,7 @@ def _lead(batch: Path, playbook: str, env: dict[str, str], running: IO[str]) -> 
         shutil.rmtree(batch, ignore_errors=True)
 
 
-def _follow(
-    host_dir: Path, events: _HostEvents, cancel: threading.Event | None, playbook: str
-) -> dict[str, Any]:
+def _follow(host_dir: Path, events: _HostEvents, cancel: threading.Event | None) -> dict[str, Any]:
     """Feed this host's events to ``events`` until the host is done; return the run's outcome."""
     stream = host_dir / "events.jsonl"
     done = host_dir / "done.json"
@@ -455,7 +459,7 @@ def run_playbook(
         with contextlib.suppress(OSError):  # every host of the batch is in place once _join returns
             shared = len(os.listdir(host_dir.parent))
             log(f"{playbook}: one ansible-playbook run for {shared} node{'s' if shared != 1 else ''}")
-        outcome = _follow(host_dir, events, cancel, playbook)
+        outcome = _follow(host_dir, events, cancel)
     finally:
         shutil.rmtree(host_dir, ignore_errors=True)
         shutil.rmtree(pending, ignore_errors=True)

@@ -152,3 +152,19 @@ def test_batch_files_are_private_and_removed_after_the_run(
     assert modes.pop("secret") == 0o600
     assert len(modes) >= 4 and set(modes.values()) == {0o700}, modes
     assert not list(spool.rglob("secret")) and not list(spool.rglob("bmc"))
+
+
+def test_two_runs_for_the_same_node_never_share_a_batch(inventory, fake_hw_dir, transactional_db):
+    """One inventory entry per host: a second request for a node waits for the next batch."""
+    node = Node.objects.get(name="node-h100-8x-01")
+    results: list[Any] = []
+
+    def one() -> None:
+        results.append(_run(node, "status", []))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert [r.batch_size for r in results] == [1, 1]
