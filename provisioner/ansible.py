@@ -77,10 +77,9 @@ class PlaybookFailed(DriverError):
 
 @dataclasses.dataclass
 class PlaybookResult:
-    status: str
-    rc: int
+    """A successful run for one host (a failed one raises PlaybookFailed)."""
+
     results: dict[str, list[dict[str, Any]]]  # task name -> results of that task for this host
-    failures: list[str]
     batch_size: int = 1  # how many hosts shared the ansible-playbook run
 
     def last(self, task: str) -> dict[str, Any]:
@@ -109,7 +108,7 @@ def _describe_failure(res: dict[str, Any]) -> str:
 def environment() -> dict[str, str]:
     """What ansible-playbook and our modules need. No database URL and no Django settings: our modules
     talk to BMCs and to the boot service only, with what the engine hands them in private files."""
-    env = {
+    return {
         "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
         # our modules import the drivers from this project
         "PYTHONPATH": str(settings.BASE_DIR),
@@ -125,14 +124,26 @@ def environment() -> dict[str, str]:
         # ansible-playbook and our modules run from this virtual environment
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
     }
-    if os.environ.get("NEOCLOUD_VAR_DIR"):
-        env["NEOCLOUD_VAR_DIR"] = os.environ["NEOCLOUD_VAR_DIR"]
-    return env
 
 
 def local_host(**hostvars: Any) -> dict[str, Any]:
     """Host variables for a node whose tasks run on the control plane (BMC, boot service)."""
     return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **hostvars}
+
+
+def ssh_host(address: str, port: int, user: str, interpreter: str, **hostvars: Any) -> dict[str, Any]:
+    """Host variables for a node reached over SSH with the provisioning key and strict host-key checking
+    against the deploy's known_hosts (the run's files ``provisioning_key`` and ``known_hosts``)."""
+    return {
+        "ansible_host": address,
+        "ansible_port": port,
+        "ansible_user": user,
+        "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
+        "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
+        "-o IdentitiesOnly=yes -o ConnectTimeout=10",
+        "ansible_python_interpreter": interpreter,
+        **hostvars,
+    }
 
 
 class _HostEvents:
@@ -286,16 +297,17 @@ def _join(spool: Path, pending: Path, playbook: str, env: dict[str, str]) -> Pat
         _sweep_stale(spool)
         _wait_quiet(spool / "pending")
         others = sorted(p for p in (spool / "pending").iterdir() if p != pending)
-        taken: set[str] = set()
+        claimed: dict[Path, dict[str, Any]] = {}  # host directory in the batch -> its request
         for path in [pending, *others]:
-            if len(taken) >= settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS:
+            if len(claimed) >= settings.NEOCLOUD_ANSIBLE_BATCH_MAX_HOSTS:
                 break
-            host = json.loads((path / "request.json").read_text())["host"]
-            if host not in taken:  # one inventory entry per host: a second request waits for the next batch
-                taken.add(host)
+            request = json.loads((path / "request.json").read_text())
+            # one inventory entry per host: a second request for a host waits for the next batch
+            if all(r["host"] != request["host"] for r in claimed.values()):
                 os.rename(path, hosts / path.name)
+                claimed[hosts / path.name] = request
     threading.Thread(
-        target=_lead, args=(batch, playbook, env, running), name=f"ansible-{batch.name}", daemon=True
+        target=_lead, args=(batch, claimed, playbook, env, running), name=f"ansible-{batch.name}", daemon=True
     ).start()
     return hosts / pending.name
 
@@ -310,19 +322,20 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
         pass
 
 
-def _lead(batch: Path, playbook: str, env: dict[str, str], running: IO[str]) -> None:
-    """Run the batch's hosts in one ansible-playbook and fan their events out. Runs in its own thread."""
-    dirs = {d.name: d for d in (batch / "hosts").iterdir()}
-    requests = {rid: json.loads((d / "request.json").read_text()) for rid, d in dirs.items()}
+def _lead(
+    batch: Path, requests: dict[Path, dict[str, Any]], playbook: str, env: dict[str, str], running: IO[str]
+) -> None:
+    """Run the batch's hosts in one ansible-playbook and fan their events out. Runs in its own thread.
+    ``requests``: each host's directory in the batch and the request the caller wrote there."""
     inventory_hosts: dict[str, dict[str, Any]] = {}
     sinks: dict[str, IO[str]] = {}
-    for rid, request in requests.items():
+    for directory, request in requests.items():
         hostvars = dict(request["hostvars"])
         for name in request["files"]:
-            hostvars[f"{name}_path"] = str(dirs[rid] / name)
-        hostvars["neocloud_cancel_path"] = str(dirs[rid] / "cancel")
+            hostvars[f"{name}_path"] = str(directory / name)
+        hostvars["neocloud_cancel_path"] = str(directory / "cancel")
         inventory_hosts[request["host"]] = hostvars
-        sinks[request["host"]] = open(dirs[rid] / "events.jsonl", "a", buffering=1)  # noqa: SIM115
+        sinks[request["host"]] = open(directory / "events.jsonl", "a", buffering=1)  # noqa: SIM115
     timeouts = [r["timeout"] for r in requests.values() if r["timeout"]]
     timeout = int(max(timeouts)) if timeouts else 0
 
@@ -335,10 +348,10 @@ def _lead(batch: Path, playbook: str, env: dict[str, str], running: IO[str]) -> 
         for sink in [sinks[host]] if host in sinks else sinks.values():
             with contextlib.suppress(OSError, ValueError):
                 sink.write(line)
-        return False  # nothing is kept in ansible-runner's own artifacts beyond what it writes anyway
+        return False  # handled: ansible-runner need not also keep the event in its artifact directory
 
     def all_cancelled() -> bool:
-        return all((d / "cancel").exists() or not d.exists() for d in dirs.values())
+        return all((d / "cancel").exists() or not d.exists() for d in requests)
 
     status, rc, output = "failed", -1, ""
     try:
@@ -371,13 +384,13 @@ def _lead(batch: Path, playbook: str, env: dict[str, str], running: IO[str]) -> 
             with contextlib.suppress(OSError):
                 sink.close()
         done = {"status": status, "rc": rc, "output": output[-1500:], "batch_size": len(inventory_hosts)}
-        for d in dirs.values():
+        for d in requests:
             _write_json(d / "done.json", done)
         shutil.rmtree(batch / "run", ignore_errors=True)
         running.close()
         # each follower removes its own directory once it has read its result
         deadline = time.monotonic() + 120
-        while any(d.exists() for d in dirs.values()) and time.monotonic() < deadline:
+        while any(d.exists() for d in requests) and time.monotonic() < deadline:
             time.sleep(0.5)
         shutil.rmtree(batch, ignore_errors=True)
 
@@ -481,10 +494,4 @@ def run_playbook(
             outcome.get("output", "").strip() or f"ansible exited with status {status} (rc {outcome['rc']})"
         )
         raise PlaybookFailed(f"{playbook}: {_mask(reason, secrets)}")
-    return PlaybookResult(
-        status="successful",
-        rc=0,
-        results=events.results,
-        failures=[],
-        batch_size=int(outcome.get("batch_size", 1)),
-    )
+    return PlaybookResult(results=events.results, batch_size=int(outcome.get("batch_size", 1)))

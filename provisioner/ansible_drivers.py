@@ -17,10 +17,11 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from provisioner.ansible import PlaybookFailed, local_host, run_playbook
+from provisioner.ansible import PlaybookFailed, local_host, run_playbook, ssh_host
 from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
 from provisioner.drivers.base import (
+    BmcAccess,
     BurnInDriver,
     DeployDriver,
     DeployRequest,
@@ -60,9 +61,9 @@ def _ticket_failure(ticket: DeployTicket, exc: PlaybookFailed) -> DriverError:
     return DeployFailed(str(exc), retryable=exc.retryable)
 
 
-def bmc_access_file(node: Node) -> str:
+def bmc_access_file(access: BmcAccess) -> str:
     """The BMC access (credentials included) for the neocloud_bmc module, as the private file it reads."""
-    return json.dumps(dataclasses.asdict(node.bmc_access()))
+    return json.dumps(dataclasses.asdict(access))
 
 
 def _run_netboot_playbook(
@@ -79,16 +80,16 @@ def _run_netboot_playbook(
                 ticket_status_url=f"{settings.NEOCLOUD_BOOT_URL.rstrip('/')}/boot/api/tickets/{ticket.pk}",
                 **hostvars,
             ),
-            files={"bmc": bmc_access_file(node), "ticket_key": key},
+            files={"bmc": bmc_access_file(access), "ticket_key": key},
             secrets=[access.password, key],
             log=log,
             cancel=_cancel_event(log),
         )
     except PlaybookFailed as exc:
         raise _ticket_failure(ticket, exc)
-    finally:
-        # the modules report to us, not to the database: record that the BMC answered
-        Node.objects.filter(pk=node.pk).update(bmc_last_contact_at=timezone.now())
+    # the modules report to us, not to the database: record that the BMC answered (it did, the run passed)
+    now = timezone.now()
+    Node.objects.filter(pk=node.pk).update(bmc_last_contact_at=now, power_checked_at=now)
 
 
 class AnsibleDeployDriver(DeployDriver):
@@ -146,17 +147,14 @@ class AnsibleDeployDriver(DeployDriver):
         )
 
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
-        host = {
-            "customer_keys": request.customer_keys,
-            "provisioning_public_key": request.provisioning_public_key,
-            "ansible_host": request.address,
-            "ansible_port": request.port,
-            "ansible_user": request.username,
-            "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
-            "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
-            "-o IdentitiesOnly=yes -o ConnectTimeout=10",
-            "ansible_python_interpreter": self.python,
-        }
+        host = ssh_host(
+            request.address,
+            request.port,
+            request.username,
+            self.python,
+            customer_keys=request.customer_keys,
+            provisioning_public_key=request.provisioning_public_key,
+        )
         known_hosts = Node.objects.get(pk=self.node.pk).known_hosts
         try:
             run_playbook(
@@ -238,23 +236,21 @@ class AnsibleBurnInDriver(BurnInDriver):
     def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
         node = Node.objects.get(pk=self.node.pk)
         lab = self.spec is not None
-        host = {
-            "ansible_host": node.ssh_address,
-            "ansible_port": node.ssh_port,
-            "ansible_user": node.ssh_user,
-            "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
-            "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
-            "-o IdentitiesOnly=yes -o ConnectTimeout=10",
-            "ansible_python_interpreter": sys.executable if lab else "/usr/bin/python3",
-            "python": sys.executable if lab else "/usr/bin/python3",
-            "backend": "simulated" if lab else "nvml",
-            "expect": expectations["expect"],
-            "thresholds": expectations.get("thresholds") or {},
-            "faults": self._faults(),
-            "load_seconds": settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
-            "xid_wait_seconds": 5 if not lab else 0.2,
-            "sample_interval": 1 if not lab else 0.2,
-        }
+        python = sys.executable if lab else "/usr/bin/python3"
+        host = ssh_host(
+            node.ssh_address,
+            node.ssh_port,
+            node.ssh_user,
+            python,
+            python=python,
+            backend="simulated" if lab else "nvml",
+            expect=expectations["expect"],
+            thresholds=expectations.get("thresholds") or {},
+            faults=self._faults(),
+            load_seconds=settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
+            xid_wait_seconds=5 if not lab else 0.2,
+            sample_interval=1 if not lab else 0.2,
+        )
         private_key = expectations["provisioning_private_key"]
         task = "Run the burn-in checks under load"
         try:

@@ -28,12 +28,13 @@ def _access(node: Node) -> BmcAccess:
 
 
 def _run(node: Node, action: str, lines: list[str]) -> PlaybookResult:
+    access = node.bmc_access()
     return run_playbook(
         "power.yml",
         host=node.name,
         hostvars=local_host(action=action),
-        files={"bmc": bmc_access_file(node)},
-        secrets=[node.bmc_access().password],
+        files={"bmc": bmc_access_file(access)},
+        secrets=[access.password],
         log=lambda message, **_: lines.append(message),
     )
 
@@ -147,7 +148,7 @@ def test_batch_files_are_private_and_removed_after_the_run(
             for parent in path.relative_to(root).parents:
                 modes[str(parent)] = (root / parent).stat().st_mode & 0o777
 
-    files = {"bmc": bmc_access_file(node), "secret": "x"}
+    files = {"bmc": bmc_access_file(node.bmc_access()), "secret": "x"}
     run_playbook("power.yml", host=node.name, hostvars=local_host(action="status"), log=spy, files=files)
     assert modes.pop("secret") == 0o600
     assert len(modes) >= 4 and set(modes.values()) == {0o700}, modes
