@@ -15,7 +15,6 @@ stops every process it started and prints as its last line:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -32,7 +31,7 @@ from provisioner.drivers.base import BmcAccess, PowerState  # noqa: E402
 from provisioner.drivers.ipmi import IpmiPowerDriver  # noqa: E402
 from provisioner.drivers.sweep import sweep_power  # noqa: E402
 from provisioner.lab.spec import LabNodeSpec  # noqa: E402
-from provisioner.lab.supervisor import ipmi_answers  # noqa: E402
+from provisioner.lab.supervisor import silent_ipmi_bmcs, start_ipmi_group  # noqa: E402
 
 USERNAME = "bench"
 BASE_PORT = 20000
@@ -58,27 +57,14 @@ def start_bmcs(
         )
         for i in range(1, n + 1)
     ]
-    procs = []
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    for start in range(0, n, per_process):
-        group = workdir / f"group-{start}.json"
-        fd = os.open(group, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump([s.to_dict() for s in specs[start : start + per_process]], f)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "provisioner.lab.node_process", "--group", str(group)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        )
+    procs = [
+        start_ipmi_group(specs[start : start + per_process], workdir / f"group-{start}.json")
+        for start in range(0, n, per_process)
+    ]
     accesses = [BmcAccess("ipmi", s.bmc_address, s.bmc_port, USERNAME, password, timeout=5.0) for s in specs]
-    deadline = time.monotonic() + 60
-    waiting = list(accesses)
-    while waiting and time.monotonic() < deadline:
-        waiting = [a for a in waiting if not ipmi_answers(a.address, a.port)]
-    if waiting:
-        raise SystemExit(f"{len(waiting)} bench BMCs did not come up")
+    silent = silent_ipmi_bmcs([(a.address, a.port) for a in accesses], timeout=60)
+    if silent:
+        raise SystemExit(f"{len(silent)} bench BMCs did not come up")
     return procs, accesses
 
 

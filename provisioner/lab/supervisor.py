@@ -187,6 +187,29 @@ def ipmi_answers(address: str, port: int = IPMI_PORT, timeout: float = 0.2) -> b
     return len(data) > 20 and data[:4] == b"\x06\x00\xff\x07"
 
 
+def start_ipmi_group(specs: list[LabNodeSpec], group_file: Path) -> subprocess.Popen[bytes]:
+    """Serve the IPMI BMCs of ``specs`` from one process (``node_process --group``), the way benches and
+    tests run many BMCs. ``group_file`` holds their passwords: written mode 0600. The caller stops the
+    process; ``silent_ipmi_bmcs`` waits for the BMCs to answer."""
+    fd = os.open(group_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump([s.to_dict() for s in specs], f)
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisioner.lab.node_process", "--group", str(group_file)],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def silent_ipmi_bmcs(addresses: list[tuple[str, int]], timeout: float) -> list[tuple[str, int]]:
+    """Wait up to ``timeout`` seconds for the IPMI BMCs at ``addresses`` to answer; return those that did not."""
+    deadline = time.monotonic() + timeout
+    waiting = list(addresses)
+    while waiting and time.monotonic() < deadline:
+        waiting = [(address, port) for address, port in waiting if not ipmi_answers(address, port)]
+    return waiting
+
+
 def redfish_answers(address: str, port: int = REDFISH_PORT, timeout: float = 0.5) -> bool:
     """True when a Redfish service root answers."""
     try:

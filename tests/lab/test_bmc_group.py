@@ -4,15 +4,10 @@ whole group gets every power state."""
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +15,8 @@ from provisioner.drivers import ipmi
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.sweep import sweep_power
 from provisioner.lab.spec import LabNodeSpec
-from provisioner.lab.supervisor import ipmi_answers
+from provisioner.lab.supervisor import silent_ipmi_bmcs, start_ipmi_group
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GROUP_SIZE = 25
 FIRST = 101  # 127.0.21.101-125, ports 21101-21125: the bench's range, unused by a 200-BMC bench run
 USERNAME = "group"
@@ -51,22 +45,11 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[BmcAccess]]
         )
         for i in range(FIRST, FIRST + GROUP_SIZE)
     ]
-    group_file = tmp_path_factory.mktemp("group") / "group.json"
-    fd = os.open(group_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump([s.to_dict() for s in specs], f)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner.lab.node_process", "--group", str(group_file)],
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_ipmi_group(specs, tmp_path_factory.mktemp("group") / "group.json")
     accesses = [BmcAccess("ipmi", s.bmc_address, s.bmc_port, USERNAME, password, timeout=3.0) for s in specs]
     try:
-        deadline = time.monotonic() + 20
-        waiting = list(accesses)
-        while waiting and time.monotonic() < deadline:
-            waiting = [a for a in waiting if not ipmi_answers(a.address, a.port)]
-        assert not waiting, f"{len(waiting)} group BMCs did not come up"
+        silent = silent_ipmi_bmcs([(a.address, a.port) for a in accesses], timeout=20)
+        assert not silent, f"{len(silent)} group BMCs did not come up"
         yield accesses
     finally:
         for access in accesses:
