@@ -197,6 +197,20 @@ class Results:
             self.latencies.append(seconds)
             self.statuses[(kind, status)] += 1
 
+    def post(self, session, kind: str, url: str, body: dict | None, started: float, token: str) -> int | None:
+        """Send one request and record its outcome (latency from ``started``, a perf_counter time).
+        Returns the new reservation's id when a reservation was created."""
+        import requests
+
+        try:
+            response = session.post(url, json=body, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        except requests.RequestException as exc:
+            with self.lock:
+                self.errors[type(exc).__name__] += 1
+            return None
+        self.add(kind, response.status_code, time.perf_counter() - started)
+        return response.json()["id"] if kind == "reserve" and response.status_code == 201 else None
+
 
 def next_request(rng: random.Random, mine: list[int], base: str) -> tuple[str, str, dict | None]:
     """What a client does next: release one of its reservations (``mine``), or reserve 1-2 servers for a
@@ -224,20 +238,11 @@ def client_loop(base: str, token: str, deadline: float, results: Results, seed_v
 
     rng = random.Random(seed_value)
     session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
     mine: list[int] = []
     while time.monotonic() < deadline:
         kind, url, body = next_request(rng, mine, base)
-        t0 = time.perf_counter()
-        try:
-            response = session.post(url, json=body, timeout=30)
-        except requests.RequestException as exc:
-            with results.lock:
-                results.errors[type(exc).__name__] += 1
-            continue
-        results.add(kind, response.status_code, time.perf_counter() - t0)
-        if kind == "reserve" and response.status_code == 201:
-            mine.append(response.json()["id"])
+        if (created := results.post(session, kind, url, body, time.perf_counter(), token)) is not None:
+            mine.append(created)
 
 
 def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results: Results) -> float:
@@ -256,18 +261,9 @@ def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results
             token, mine, lock, rng = clients[c]
             with lock:
                 kind, url, body = next_request(rng, mine, base)
-            try:
-                response = session.post(
-                    url, json=body, timeout=30, headers={"Authorization": f"Bearer {token}"}
-                )
-            except requests.RequestException as exc:
-                with results.lock:
-                    results.errors[type(exc).__name__] += 1
-                continue
-            results.add(kind, response.status_code, time.perf_counter() - at)
-            if kind == "reserve" and response.status_code == 201:
+            if (created := results.post(session, kind, url, body, at, token)) is not None:
                 with lock:
-                    mine.append(response.json()["id"])
+                    mine.append(created)
 
     total = int(rate * seconds)
     senders = [threading.Thread(target=sender, daemon=True) for _ in range(min(total, 200))]
