@@ -11,7 +11,9 @@
 # A single GPU in a VM has no NVLink peers (every link reports "not supported"), so nvlink_links is null
 # ("not checked", said in the report); persistence mode is the VM image's choice, also null. A
 # pass-through H100 trains to PCIe Gen5 x16 under load, which is checked. EXPECT overrides the
-# expectation JSON, LOAD_SECONDS the length of the load (default 60).
+# expectation JSON, LOAD_SECONDS the length of the load (default 60). The committed
+# tests/data/burnin_real_h100_wrong_expectations.json is a run with an 8x H200 type's expectations
+# (gpu_count 8, gpu_model "NVIDIA H200", gpu_memory_gib 141, nvlink_links 18): exit code 1, four failures.
 set -u -o pipefail
 
 OUT="${OUT:-./out}"

@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 REAL_REPORT = Path(
     os.environ.get("NEOCLOUD_BURNIN_REAL_REPORT", REPO / "tests" / "data" / "burnin_real_h100.json")
 )
+# The same H100 burned in against an 8x H200 server type's expectations (EXPECT in the script): the real
+# NVML data must fail exactly the checks that the expectations get wrong.
+REAL_WRONG_REPORT = REPO / "tests" / "data" / "burnin_real_h100_wrong_expectations.json"
 
 H100_8X = {
     "gpu_count": 8,
@@ -349,3 +352,19 @@ def test_real_gpu_report_passes_h100() -> None:
     assert check(report, "inventory.model", 0)["value"] == "NVIDIA H100 80GB HBM3"
     power = check(report, "power.draw", 0)["value"]
     assert power["max_w"] > 300  # the matmul load really loaded the GPU
+
+
+def test_real_gpu_report_fails_wrong_expectations() -> None:
+    report = json.loads(REAL_WRONG_REPORT.read_text())
+    assert report["backend"] == "nvml" and report["load"]["ran"] is True
+    assert report["passed"] is False
+    failed = {(c["name"], c["gpu"]) for c in report["checks"] if c["status"] == "failed"}
+    assert failed == {
+        ("inventory.gpu_count", None),
+        ("inventory.model", 0),
+        ("inventory.memory", 0),
+        ("nvlink.links", 0),
+    }
+    assert check(report, "inventory.gpu_count", None)["value"] == 1
+    assert report["summary"].startswith("FAILED: 4 of ")
+    assert "expected NVIDIA H200" in report["summary"]
