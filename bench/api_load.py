@@ -17,6 +17,10 @@ Then, unless ``--open-rate 0``, the same mix arrives at ``--open-rate`` requests
 ``--open-seconds`` whatever the answers' latency (an open loop, latency counted from when each request was
 due): how long a request takes when the server is not saturated.
 
+Where the CPU went during the closed loop: CPU seconds per request of the API server's processes, of the
+PostgreSQL backends serving the bench's database and of this load generator, and the throughput ceiling
+that follows on this machine's cores (with the mean latency Little's law then gives the closed loop).
+
 Then checks the database for double bookings: pairs of active allocations of one node whose windows overlap,
 and nodes held now by two open reservations. Prints throughput and latency; the last line, the closed loop's,
 is exactly
@@ -252,7 +256,9 @@ def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results
     import requests
 
     due: queue.Queue[tuple[float, int] | None] = queue.Queue()
-    clients = [(token, [], threading.Lock(), random.Random(1000 + i)) for i, token in enumerate(tokens)]
+    clients: list[tuple[str, list[int], threading.Lock, random.Random]] = [
+        (token, [], threading.Lock(), random.Random(1000 + i)) for i, token in enumerate(tokens)
+    ]
 
     def sender() -> None:
         session = requests.Session()
@@ -279,6 +285,64 @@ def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results
     for t in senders:
         t.join(timeout=seconds + 60)
     return time.perf_counter() - started
+
+
+# --- where the CPU goes ---------------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def cpu_snapshot(servers: list[subprocess.Popen], database_url: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the API server's processes and of the PostgreSQL backends serving the
+    bench's database (found in pg_stat_activity; they stay up, the workers keep their connections)."""
+    import psycopg
+
+    web = [pid for proc in servers for pid in (proc.pid, *_descendants(proc.pid))]
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        backends = [
+            row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [name])
+        ]
+    return {
+        "web": {pid: _cpu_seconds(pid) for pid in web},
+        "postgres": {pid: _cpu_seconds(pid) for pid in backends},
+    }
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK  # less idle and iowait
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    return {
+        part: sum(seconds - before[part].get(pid, 0.0) for pid, seconds in after[part].items())
+        for part in after
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -377,6 +441,8 @@ def main() -> int:
                     raise SystemExit("the API server did not start") from None
                 time.sleep(0.2)
         results = Results()
+        cpu_before, client_before = cpu_snapshot(servers, args.database_url), time.process_time()
+        busy_before = machine_busy_seconds()
         started = time.monotonic()
         threads = [
             threading.Thread(
@@ -389,6 +455,9 @@ def main() -> int:
         for t in threads:
             t.join(timeout=args.seconds + 60)
         elapsed = time.monotonic() - started
+        cpu = cpu_used(cpu_before, cpu_snapshot(servers, args.database_url))
+        cpu["load generator"] = time.process_time() - client_before
+        others = machine_busy_seconds() - busy_before - sum(cpu.values())
         open_results = Results()
         open_elapsed = (
             open_loop(base, tokens, args.open_rate, args.open_seconds, open_results)
@@ -436,6 +505,18 @@ def main() -> int:
             f"{answered / open_elapsed:.0f} req/s answered ({errors} errors), "
             f"p50 {statistics.median(open_ms):.0f} ms, p99 {percentile(open_ms, 0.99):.0f} ms"
         )
+    # Little's law for a closed loop: mean latency = clients / throughput, and the throughput of a
+    # saturated machine is its cores over the CPU one request costs, summed over every process involved.
+    per_request = {part: seconds / max(total, 1) for part, seconds in cpu.items()}
+    ceiling = (os.cpu_count() or 1) / sum(per_request.values())
+    print(
+        "CPU per request: "
+        + ", ".join(f"{part} {1000 * seconds:.1f} ms" for part, seconds in per_request.items())
+        + f"; {os.cpu_count()} cores serve at most {ceiling:.0f} req/s, at which {args.clients} closed-loop "
+        f"clients wait {1000 * args.clients / ceiling:.0f} ms on average; "
+        f"{100 * others / elapsed / (os.cpu_count() or 1):.0f}% of the machine went elsewhere "
+        "(kernel work not charged to a process, other processes)"
+    )
     print(f"double bookings: {overlapping} overlapping allocation pairs, {held_twice} node(s) held twice now")
     print(f"api load: {total / elapsed:.0f} req/s, p99 {p99:.0f} ms, double bookings {doubles}")
     return 0 if doubles == 0 and not unexpected else 1
