@@ -57,7 +57,12 @@ class BackgroundHooks:
 
 
 def load_firmware(spec: LabNodeSpec, lab_dir: Path, boot_url: str) -> FirmwareHooks:
-    """The lab firmware for a node, or no-op hooks when provisioner.lab.firmware is not installed."""
+    """The lab firmware for a node: an emulated computer for the ``qemu`` kind, else the simulated firmware,
+    or no-op hooks when provisioner.lab.firmware is not installed."""
+    if spec.kind == "qemu":
+        from provisioner.lab.qemu_firmware import QemuFirmware
+
+        return QemuFirmware(spec, lab_dir, boot_url)
     try:
         module = importlib.import_module(FIRMWARE_MODULE)
     except ModuleNotFoundError as err:

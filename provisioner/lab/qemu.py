@@ -14,9 +14,11 @@ The serial console goes to ``<workdir>/console.log``; QMP listens on ``<workdir>
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,14 @@ QEMU_BINARY = "qemu-system-x86_64"
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 RELAY = Path(__file__).with_name("guestfwd_relay.py")
 GUEST_ADDRESS = "10.0.2.15"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started QEMU dies, so a lab node that is
+    killed never leaves its computer running."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class QemuError(Exception):
@@ -66,6 +76,7 @@ class QemuComputer:
     disk: Path
     forwards: list[GuestForward] = dataclasses.field(default_factory=list)
     bootfile: str | None = None  # DHCP bootfile for a network boot (iPXE expands ${mac:hexhyp})
+    boot_from: str = "network"  # "network" or "disk": which the firmware tries first (the other second)
     kernel: Path | None = None  # direct kernel boot instead of the network
     initrd: Path | None = None
     append: str = ""
@@ -87,20 +98,23 @@ class QemuComputer:
             + [forward.netdev_option() for forward in self.forwards]
             + ([f"bootfile={self.bootfile}"] if self.bootfile else [])
         )
+        if self.boot_from not in ("network", "disk"):
+            raise QemuError(f"boot_from must be 'network' or 'disk', not {self.boot_from!r}")
+        net_index, disk_index = (1, 2) if self.boot_from == "network" else (2, 1)
         cmd = [
             QEMU_BINARY, "-accel", "tcg", "-nographic", "-nodefaults", "-serial", "stdio",
             "-m", str(self.memory_mib), "-no-reboot",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-netdev", netdev,
-            "-device", f"virtio-net-pci,netdev=n0,mac={self.mac},bootindex=1",
+            "-device", f"virtio-net-pci,netdev=n0,mac={self.mac},bootindex={net_index}",
             "-drive", f"file={self.disk},format=raw,if=none,id=disk0,cache=unsafe",
-            "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
+            "-device", f"virtio-blk-pci,drive=disk0,bootindex={disk_index}",
         ]  # fmt: skip
         if self.kernel is not None:
             cmd += ["-kernel", str(self.kernel), "-append", self.append]
             if self.initrd is not None:
                 cmd += ["-initrd", str(self.initrd)]
-        else:
+        elif self.boot_from == "network":
             cmd += ["-boot", "n"]
         return cmd
 
@@ -117,7 +131,11 @@ class QemuComputer:
         self.qmp_path.unlink(missing_ok=True)
         with open(self.console_path, "ab") as console:
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
 
     def running(self) -> bool:

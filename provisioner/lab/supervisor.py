@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from provisioner.lab.images import IMAGE_SERVER_PORT
 from provisioner.lab.machine import read_state_file
 from provisioner.lab.node_process import node_dir
 from provisioner.lab.spec import LabNodeSpec, load_specs
@@ -40,13 +41,22 @@ class LabError(RuntimeError):
 
 
 def make_specs(
-    n: int, lab_dir: Path, protocols: str = "mixed", server_type: str = "h100-8x"
+    n: int,
+    lab_dir: Path,
+    protocols: str = "mixed",
+    server_type: str = "h100-8x",
+    kind: str = "simulated",
+    image_port: int = IMAGE_SERVER_PORT,
 ) -> list[LabNodeSpec]:
-    """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols."""
+    """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols.
+    ``kind`` is "simulated" or "qemu" (every node an emulated computer: see provisioner.lab.qemu_firmware,
+    whose guest reaches the image server on loopback port ``image_port``)."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
         raise ValueError(f"protocols must be mixed, ipmi or redfish, not {protocols!r}")
+    if kind not in ("simulated", "qemu"):
+        raise ValueError(f"kind must be simulated or qemu, not {kind!r}")
     specs = []
     for i in range(1, n + 1):
         protocol = protocols if protocols != "mixed" else ("ipmi" if i % 2 else "redfish")
@@ -67,6 +77,8 @@ def make_specs(
                 ssh_address=f"198.18.0.{i + 1}",
                 netns=f"nclab-{i}",
                 disk_path=str(node_dir(lab_dir, name) / "disk.img"),
+                kind=kind,
+                image_port=image_port,
             )
         )
     return specs
@@ -225,17 +237,26 @@ def bmc_answers(spec: LabNodeSpec) -> bool:
 
 
 def up(
-    n: int, lab_dir: Path, boot_url: str = "", protocols: str = "mixed", *, wait_timeout: float = 30.0
+    n: int,
+    lab_dir: Path,
+    boot_url: str = "",
+    protocols: str = "mixed",
+    *,
+    wait_timeout: float = 30.0,
+    kind: str = "simulated",
+    image_port: int = IMAGE_SERVER_PORT,
 ) -> list[LabNodeSpec]:
-    """Start an n-node lab. Idempotent: an existing lab.json with n nodes and the same protocols keeps
-    its specs (and passwords); nodes already running are left alone.
+    """Start an n-node lab. Idempotent: an existing lab.json with n nodes and the same protocols, kind and
+    image port keeps its specs (and passwords); nodes already running are left alone.
 
     :raises LabError: a node's BMC did not answer within ``wait_timeout`` (the message names its log).
     """
     lab_dir = lab_dir.resolve()
     specs = load_specs(lab_dir)
-    wanted = make_specs(n, lab_dir, protocols)
-    same_shape = len(specs) == n and [s.bmc_protocol for s in specs] == [s.bmc_protocol for s in wanted]
+    wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port)
+    same_shape = len(specs) == n and [(s.bmc_protocol, s.kind, s.image_port) for s in specs] == [
+        (s.bmc_protocol, s.kind, s.image_port) for s in wanted
+    ]
     if not same_shape:
         if lab_processes(lab_dir):
             down(lab_dir)

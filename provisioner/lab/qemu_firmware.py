@@ -1,0 +1,92 @@
+"""The ``qemu`` kind of lab server: the lab BMC's power commands drive an emulated computer.
+
+Where a ``simulated`` node's firmware (provisioner.lab.firmware) fetches the iPXE script itself and runs
+the agent on the host, a ``qemu`` node is a QEMU computer (provisioner.lab.qemu: TCG, never KVM) with the
+node's MAC and its file-backed disk on virtio:
+
+- power on, boot device PXE: QEMU starts with the network first: Debian's iPXE ROM takes slirp's DHCP
+  bootfile ``http://10.0.2.100/boot/${mac:hexhyp}.ipxe``, relayed to the lab's boot service, and boots what
+  the script says (the deploy ramdisk of provisioner.lab.ramdisk runs the agent, then powers off);
+- power on, boot device DISK: QEMU starts with the disk first (SeaBIOS boots whatever is on it);
+- power off: QMP ``quit``, as a hard power-off; the QEMU process is gone when the hook returns.
+
+The guest reaches two host services, both on loopback: the boot service (the port of ``boot_url``) at
+10.0.2.100:80 and the lab image server (``spec.image_port``) at 10.0.2.101:80. Image URLs handed to a
+``qemu`` node must therefore name 10.0.2.101, not 127.0.0.1 (the guest's own loopback). The fault
+injections of the simulated firmware (agent crash, image corruption) do not reach a guest's agent.
+
+A deploy ramdisk that powers the computer off leaves the BMC saying "on" until the next power command, as a
+real BMC would show a host that halted without the BMC's doing; the engine's reset after the deploy then
+powers it off (nothing to quit) and on again. QEMU's console is ``nodes/<name>/qemu/console.log``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from provisioner.drivers.base import BootDevice, BootSetting
+from provisioner.lab.qemu import GuestForward, QemuComputer
+from provisioner.lab.spec import LabNodeSpec
+
+BOOT_SERVICE_GUEST_ADDRESS = "10.0.2.100"
+IMAGE_SERVER_GUEST_ADDRESS = "10.0.2.101"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+class QemuFirmwareError(ValueError):
+    """The node cannot be an emulated computer: its boot URL is not an http URL on this host's loopback."""
+
+
+class QemuFirmware:
+    """FirmwareHooks for a ``qemu`` lab node. Thread-safe: one QEMU process at a time per node."""
+
+    def __init__(self, spec: LabNodeSpec, lab_dir: Path, boot_url: str) -> None:
+        parts = urlsplit(boot_url)
+        if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.port is None:
+            raise QemuFirmwareError(
+                f"a qemu lab node needs the boot service at http://127.0.0.1:<port>, not {boot_url!r}"
+            )
+        self.spec = spec
+        self.node_dir = Path(lab_dir) / "nodes" / spec.name
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        self.forwards = [
+            GuestForward(BOOT_SERVICE_GUEST_ADDRESS, 80, parts.port),
+            GuestForward(IMAGE_SERVER_GUEST_ADDRESS, 80, spec.image_port),
+        ]
+        self._lock = threading.Lock()
+        self.computer: QemuComputer | None = None
+
+    def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None:
+        """Start QEMU booting ``boot.device`` first; returns once the process runs. Idempotent while it runs."""
+        network = boot.device == BootDevice.PXE
+        with self._lock:
+            if self.computer is not None and self.computer.running():
+                return
+            self.computer = QemuComputer(
+                workdir=self.node_dir / "qemu",
+                mac=spec.mac,
+                disk=Path(spec.disk_path),
+                forwards=self.forwards,
+                bootfile=f"http://{BOOT_SERVICE_GUEST_ADDRESS}/boot/${{mac:hexhyp}}.ipxe",
+                boot_from="network" if network else "disk",
+            )
+            self.computer.start()
+            pid = self.computer.process.pid if self.computer.process else None
+        self._console(f"power on: QEMU (pid {pid}) boots {'the network' if network else 'the disk'} first")
+
+    def on_power_off(self, spec: LabNodeSpec) -> None:
+        """QMP ``quit`` (then SIGTERM/SIGKILL); returns when QEMU is gone. Idempotent."""
+        with self._lock:
+            computer = self.computer
+            was_running = computer is not None and computer.running()
+            if computer is not None:
+                computer.power_off()
+        self._console("power off: QEMU quit" if was_running else "power off: QEMU was not running")
+
+    def _console(self, line: str) -> None:
+        stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        with open(self.node_dir / "console.log", "a") as fh:
+            fh.write(f"{stamp} {line}\n")

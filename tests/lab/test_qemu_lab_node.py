@@ -1,0 +1,136 @@
+"""A ``qemu`` lab node: the lab's IPMI BMC powers an emulated computer, driven by the engine's IPMI driver.
+
+``supervisor.up(..., kind="qemu")`` starts the node process with its real IPMI endpoint; our IPMI power
+driver sets a one-time PXE boot and powers on, and QEMU (TCG) network-boots through the Django boot service
+into the deploy ramdisk, whose agent writes the image. Then the engine's next steps: boot from disk and
+reset (QEMU starts again, disk first), and power off, which quits QEMU over QMP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting, PowerDriver, PowerState
+from provisioner.drivers.registry import power_driver_for
+from provisioner.lab import supervisor
+from provisioner.lab.qemu import qemu_available
+from provisioner.lab.ramdisk import ensure_ramdisk
+from provisioner.pxe.configdrive import read_config_drive
+from provisioner.pxe.images import build_demo_image
+from provisioner.pxe.imageserver import ImageServer
+from tests.conftest import wait_for
+
+NODE = "node-h100-8x-01"  # boot MAC 52:54:00:00:00:01, the MAC of lab-node-01
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.lab,
+    pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86 and ipxe-qemu are needed"),
+]
+
+
+def _qemu_children(parent: int) -> list[int]:
+    """The QEMU processes whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and stat[0] != "Z" and b"qemu-system-x86_64" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_lab_bmc_powers_an_emulated_computer_through_a_deploy_and_off(
+    transactional_db, inventory, live_server, settings, tmp_path: Path
+) -> None:
+    from provisioner.boot import tickets
+    from provisioner.engine.runner import create_operation
+    from provisioner.models import DeployTicket, Node
+
+    settings.NEOCLOUD_BOOT_DIR = ensure_ramdisk().directory
+    images = tmp_path / "images"
+    sha256, size = build_demo_image(images / "demo.raw", 16)
+    node = Node.objects.get(name=NODE)
+    lab_dir = tmp_path / "lab"
+    opened: list[PowerDriver] = []
+    with ImageServer(images) as image_server:
+        try:
+            (spec,) = supervisor.up(
+                1, lab_dir, live_server.url, protocols="ipmi", kind="qemu", image_port=image_server.port
+            )
+            assert spec.mac == node.boot_mac
+            node_pid = int((lab_dir / "nodes" / spec.name / "node.pid").read_text())
+            qemu_console = lab_dir / "nodes" / spec.name / "qemu" / "console.log"
+            ticket = tickets.open_ticket(
+                node,
+                create_operation("provision", node),
+                {
+                    "action": "deploy",
+                    "node": node.name,
+                    "image": {
+                        "url": "http://10.0.2.101/demo.raw",
+                        "sha256": sha256,
+                        "format": "raw",
+                        "size": size,
+                    },
+                    "config": {"hostname": "gpu-box-2", "authorized_keys": [], "network": {}},
+                },
+            )
+            bmc = power_driver_for(
+                BmcAccess("ipmi", spec.bmc_address, spec.bmc_port, spec.bmc_username, spec.bmc_password)
+            )
+            opened.append(bmc)
+            bmc.power_off()
+            bmc.set_boot_device(BootSetting(BootDevice.PXE))
+            bmc.power_on()
+            wait_for(lambda: _qemu_children(node_pid), timeout=10, message="QEMU started by the node process")
+
+            def deployed() -> bool:
+                return DeployTicket.objects.get(pk=ticket.pk).result_at is not None
+
+            started = time.monotonic()
+            wait_for(
+                deployed,
+                timeout=300,
+                interval=1,
+                message="the agent's result",
+                details=qemu_console.read_text,
+            )
+            deploy_seconds = time.monotonic() - started
+            result = DeployTicket.objects.get(pk=ticket.pk).result
+            assert result["status"] == "ok" and result["sha256"] == sha256, result
+            # The ramdisk powers the computer off when the agent is done; the BMC still says on.
+            wait_for(lambda: not _qemu_children(node_pid), timeout=30, message="the ramdisk's power-off")
+            assert bmc.get_power_state() == PowerState.ON
+            with open(spec.disk_path, "rb") as fh:
+                assert hashlib.sha256(fh.read(size)).hexdigest() == sha256
+            drive = read_config_drive(spec.disk_path)
+            assert drive is not None and drive["hostname"] == "gpu-box-2"
+
+            # The engine's next step: boot from disk, reset. QEMU comes up again with the disk first.
+            bmc.set_boot_device(BootSetting(BootDevice.DISK, persistent=True))
+            bmc.reset()
+            wait_for(lambda: _qemu_children(node_pid), timeout=10, message="QEMU started again")
+            wait_for(
+                lambda: "Booting from Hard Disk" in qemu_console.read_text(errors="replace"),
+                timeout=60,
+                message="SeaBIOS booting the disk",
+            )
+            bmc.power_off()  # QMP quit: the process is gone when the BMC answers
+            wait_for(lambda: not _qemu_children(node_pid), timeout=15, message="QEMU to quit")
+            assert bmc.get_power_state() == PowerState.OFF
+            assert "power off: QEMU quit" in (lab_dir / "nodes" / spec.name / "console.log").read_text()
+        finally:
+            for driver in opened:  # the IPMI driver keeps its session: later tests must not inherit it
+                driver.close()
+            supervisor.down(lab_dir)
+    print(f"BMC power-on to the agent's result: {deploy_seconds:.1f} s (TCG)")
