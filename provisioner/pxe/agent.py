@@ -625,10 +625,13 @@ def deploy(
             outcome = stream_image_to_disk(
                 image["url"], disk_path, image["size"], progress, corrupt_offset=corrupt_offset
             )
+            # The image is on the disk (fsynced): the write stage ends here, before close() waits for the
+            # last progress report's round trip to the boot service (about 0.1 s on a busy one, measured).
+            log.info(
+                "stage=write done bytes=%d seconds=%.3f", outcome.bytes_written, time.monotonic() - started
+            )
         finally:
             reporter.close()
-        elapsed = time.monotonic() - started
-        log.info("stage=write done bytes=%d seconds=%.3f", outcome.bytes_written, elapsed)
         api.post_progress("verify", 100, "checking the sha256 of the written image")
         if outcome.sha256 != expected_sha:
             raise AgentError(

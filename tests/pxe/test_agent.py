@@ -350,3 +350,51 @@ def test_streamed_image_lands_byte_for_byte_with_or_without_o_direct(tmp_path, m
     assert data[: len(body)] == body
     assert data[len(body) : len(body) + 16] == b"\xa5" * 16  # nothing past the image was touched
     assert (os.O_DIRECT in opened) == direct
+
+
+class _SlowLastWriteReportService:
+    """A boot service that takes a second to answer the write stage's last progress report."""
+
+    timeout = 5.0
+
+    def __init__(self, instructions: dict) -> None:
+        self.instructions = instructions
+        self.last_write_report_answered = 0.0
+        self.result: dict = {}
+
+    def get_instructions(self) -> dict:
+        return self.instructions
+
+    def post_progress(self, stage: str, percent: int, message: str) -> None:
+        if stage == "write" and percent == 100:
+            time.sleep(1.0)
+            self.last_write_report_answered = time.time()
+
+    def post_result(self, result: dict) -> None:
+        self.result = result
+
+
+def test_write_stage_ends_when_the_image_is_on_disk_not_when_its_last_report_is_answered(
+    image, image_server, tmp_path, caplog
+):
+    """The agent's "stage=write done" line times the data path (stream, hash, write, fsync): the deploy
+    bench measures the agents' throughput from it."""
+    from provisioner.pxe.agent import CONFIG_DRIVE_SIZE, deploy
+
+    path, sha, size = image
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(size + 2 * CONFIG_DRIVE_SIZE)
+    service = _SlowLastWriteReportService(
+        {
+            "image": {"url": image_server.url_for(path.name), "sha256": sha, "size": size},
+            "config": {"hostname": "n1"},
+        }
+    )
+    caplog.set_level("INFO", logger="provisioner.pxe.agent")
+    assert deploy(service, str(disk)) == 0  # type: ignore[arg-type]
+    assert service.result["status"] == "ok"
+    done = [r for r in caplog.records if r.getMessage().startswith("stage=write done")]
+    assert len(done) == 1
+    assert float(done[0].getMessage().rsplit("seconds=", 1)[1]) < 1.0
+    assert done[0].created < service.last_write_report_answered
