@@ -2,7 +2,8 @@
 
 The computer's network is QEMU's user-mode stack with ``restrict=on``: the guest reaches nothing on the
 host or beyond except the addresses forwarded with ``guestfwd`` (each connection is relayed to a loopback
-port by provisioner/lab/guestfwd_relay.py). Its DHCP server (slirp, 10.0.2.2) gives the guest 10.0.2.15
+port by provisioner/lab/guestfwd_relay.py); ``host_forwards`` (``hostfwd``, bound to 127.0.0.1) let this host
+reach a guest port such as its sshd. Its DHCP server (slirp, 10.0.2.2) gives the guest 10.0.2.15
 and, for a network boot, a ``bootfile`` URL. Booted from the network with no ``kernel`` given, SeaBIOS
 runs Debian's iPXE ROM for virtio-net (package ipxe-qemu), which fetches that bootfile; given ``kernel``
 and ``initrd``, QEMU loads them directly (for tests of the ramdisk alone).
@@ -75,6 +76,8 @@ class QemuComputer:
     mac: str
     disk: Path
     forwards: list[GuestForward] = dataclasses.field(default_factory=list)
+    # (host port, guest port): 127.0.0.1:<host port> on this host reaches the guest's TCP <guest port>
+    host_forwards: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     bootfile: str | None = None  # DHCP bootfile for a network boot (iPXE expands ${mac:hexhyp})
     boot_from: str = "network"  # "network" or "disk": which the firmware tries first (the other second)
     kernel: Path | None = None  # direct kernel boot instead of the network
@@ -96,6 +99,7 @@ class QemuComputer:
         netdev = ",".join(
             ["user", "id=n0", "restrict=on"]
             + [forward.netdev_option() for forward in self.forwards]
+            + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in self.host_forwards]
             + ([f"bootfile={self.bootfile}"] if self.bootfile else [])
         )
         if self.boot_from not in ("network", "disk"):

@@ -51,9 +51,10 @@ BUSYBOX_PACKAGE = "busybox-static"
 ROOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net")
 AGENT_MODULE = "provisioner.pxe.agent"
 AGENT_ROOT = "/opt/neocloud"
-# Imported by the agent only when it runs, not when it is imported: codecs looked up by name (header
-# decoding, the IDNA step of getaddrinfo for a host name) and runpy for ``python -m``.
-RUNTIME_MODULES = ("runpy", "encodings.latin_1", "encodings.ascii", "encodings.idna", "stringprep")
+# Imported only when a program runs, not when it is imported: codecs looked up by name (header decoding,
+# the IDNA step of getaddrinfo for a host name), locale (gettext's, for argparse's messages) and runpy
+# for ``python -m``.
+RUNTIME_MODULES = ("runpy", "locale", "encodings.latin_1", "encodings.ascii", "encodings.idna", "stringprep")
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -199,9 +200,13 @@ class Cpio:
 # --- the pieces -------------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> str:
+def run_command(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a build step and return its output.
+
+    :raises RamdiskBuildError: it could not start or failed (with the end of its error output).
+    """
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise RamdiskBuildError(f"cannot run {cmd[0]}: {exc.strerror}")
     if proc.returncode != 0:
@@ -214,7 +219,7 @@ def kernel_package() -> str:
     override = os.environ.get("NEOCLOUD_RAMDISK_KERNEL_PACKAGE")
     if override:
         return override
-    for line in _run(["apt-cache", "depends", KERNEL_META_PACKAGE]).splitlines():
+    for line in run_command(["apt-cache", "depends", KERNEL_META_PACKAGE]).splitlines():
         match = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
         if match:
             return match.group(1)
@@ -228,7 +233,7 @@ def download_package(name: str, debs: Path) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
     if not found:
-        _run(["apt-get", "download", "-q", name], cwd=debs)
+        run_command(["apt-get", "download", "-q", name], cwd=debs)
         found = sorted(debs.glob(f"{name}_*.deb"))
     if not found:
         raise RamdiskBuildError(f"apt-get download {name} gave no .deb in {debs}")
@@ -238,7 +243,7 @@ def download_package(name: str, debs: Path) -> Path:
 def unpack(deb: Path, into: Path) -> Path:
     """Unpack a .deb's files into ``into`` (``dpkg-deb -x``, no maintainer scripts, no root needed)."""
     into.mkdir(parents=True, exist_ok=True)
-    _run(["dpkg-deb", "-x", str(deb), str(into)])
+    run_command(["dpkg-deb", "-x", str(deb), str(into)])
     return into
 
 
@@ -277,21 +282,24 @@ def shared_libraries(binaries: Iterable[Path]) -> set[Path]:
     """Every library ``ldd`` lists for the binaries, by the path the dynamic linker finds it at."""
     libraries: set[Path] = set()
     for binary in binaries:
-        for line in _run(["ldd", str(binary)]).splitlines():
+        for line in run_command(["ldd", str(binary)]).splitlines():
             match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
             if match:
                 libraries.add(Path(match.group(1)))
     return libraries
 
 
-def python_modules(staging: Path) -> tuple[list[Path], list[str]]:
-    """The files Debian's python3.11 loads for the agent, and the .pyc paths compiled into ``staging``."""
+def python_modules(
+    staging: Path, module: str = AGENT_MODULE, runtime: Iterable[str] = RUNTIME_MODULES
+) -> tuple[list[Path], list[str]]:
+    """The files Debian's python3.11 loads to run ``module`` (plus ``runtime``), and the .pyc paths
+    compiled into ``staging``."""
     if not DEBIAN_PYTHON.exists():
         raise RamdiskBuildError(f"{DEBIAN_PYTHON} is missing (Debian package python3.11-minimal)")
-    out = _run(
+    out = run_command(
         [
             str(DEBIAN_PYTHON), "-I", "-S", "-c", _COLLECTOR,
-            str(REPO_ROOT), str(staging), AGENT_MODULE, ",".join(RUNTIME_MODULES),
+            str(REPO_ROOT), str(staging), module, ",".join(runtime),
         ]
     )  # fmt: skip
     document = json.loads(out)
@@ -306,44 +314,51 @@ def _inputs_digest(paths: Iterable[Path]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class AgentFiles:
-    """What Debian's python3.11 loads to run the agent, and the .pyc files compiled for them."""
+class ProgramFiles:
+    """A program taken from this machine: the files Debian's python3.11 loads to run one of our modules,
+    the .pyc files compiled for them, and the binaries it runs (their libraries come from ``ldd``)."""
 
     files: list[Path]
     compiled: list[str]  # paths inside the initramfs, their bytes under ``staging``
     staging: Path
-
-    @property
-    def binaries(self) -> list[Path]:
-        return [DEBIAN_PYTHON, SSH_KEYGEN]
+    binaries: list[Path]
 
     def digest(self) -> str:
-        """A hash of every input taken from this machine: interpreter, ssh-keygen, modules, the agent."""
+        """A hash of every input taken from this machine and of this build script."""
         return _inputs_digest([*self.files, *self.binaries, Path(__file__).resolve()])
 
 
-def collect_agent_files(staging: Path) -> AgentFiles:
-    """Find (and compile into ``staging``) what the agent needs from this machine.
+def collect_program_files(
+    staging: Path, module: str, binaries: list[Path], runtime: Iterable[str] = RUNTIME_MODULES
+) -> ProgramFiles:
+    """Find (and compile into ``staging``) what running ``python3.11 -m module`` and ``binaries`` needs.
 
-    :raises RamdiskBuildError: Debian's python3.11 or ssh-keygen is not installed.
+    :raises RamdiskBuildError: Debian's python3.11 or one of the binaries is not installed.
     """
-    for binary in (DEBIAN_PYTHON, SSH_KEYGEN):
+    for binary in (DEBIAN_PYTHON, *binaries):
         if not binary.exists():
             raise RamdiskBuildError(
-                f"{binary} is missing (Debian packages python3.11-minimal, libpython3.11-stdlib, openssh-client)"
+                f"{binary} is missing (Debian packages python3.11-minimal, libpython3.11-stdlib, "
+                "openssh-client, openssh-server)"
             )
-    files, compiled = python_modules(staging)
-    return AgentFiles(files, compiled, staging)
+    files, compiled = python_modules(staging, module, runtime)
+    return ProgramFiles(files, compiled, staging, [DEBIAN_PYTHON, *binaries])
 
 
-def build_initrd(target: Path, modules: list[Path], busybox: Path, agent: AgentFiles) -> None:
-    """Write the gzip'd initramfs to ``target`` (atomically)."""
+def collect_agent_files(staging: Path) -> ProgramFiles:
+    """What the deploy agent needs from this machine: python3.11, its modules, ssh-keygen."""
+    return collect_program_files(staging, AGENT_MODULE, [SSH_KEYGEN])
+
+
+def base_archive(init_script: str, modules: list[Path], busybox: Path, program: ProgramFiles) -> Cpio:
+    """An initramfs with ``/init``, busybox, the kernel modules (loaded by /init in this order, listed in
+    /etc/neocloud/modules), the DHCP script, and the program with its libraries."""
     archive = Cpio()
     for directory in ("proc", "sys", "dev", "tmp", "run", "root", "etc/neocloud", "usr/bin", "lib/modules"):
         archive.directory(directory)
     archive.char_device("dev/console", 5, 1)
     archive.char_device("dev/null", 1, 3, 0o666)
-    archive.file("init", INIT_SCRIPT.encode(), 0o755)
+    archive.file("init", init_script.encode(), 0o755)
     archive.file("bin/busybox", busybox.read_bytes(), 0o755)
     archive.file("etc/neocloud/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
     archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
@@ -352,20 +367,30 @@ def build_initrd(target: Path, modules: list[Path], busybox: Path, agent: AgentF
     for module in modules:
         archive.file(f"lib/modules/{module.name}", module.read_bytes())
     repo = str(REPO_ROOT) + "/"
-    for path in agent.files:
+    for path in program.files:
         inside = f"{AGENT_ROOT}/{str(path)[len(repo) :]}" if str(path).startswith(repo) else str(path)
         archive.file(inside, path.read_bytes(), 0o755 if path.suffix == ".so" else 0o644)
-    for cfile in agent.compiled:
-        archive.file(cfile, (agent.staging / cfile.lstrip("/")).read_bytes())
-    for binary in agent.binaries:
+    for cfile in program.compiled:
+        archive.file(cfile, (program.staging / cfile.lstrip("/")).read_bytes())
+    for binary in program.binaries:
         archive.file(str(binary), binary.read_bytes(), 0o755)
-    extensions = [p for p in agent.files if p.suffix == ".so"]
-    for library in sorted(shared_libraries(agent.binaries + extensions)):
+    extensions = [p for p in program.files if p.suffix == ".so"]
+    for library in sorted(shared_libraries(program.binaries + extensions)):
         archive.file(str(library), library.resolve().read_bytes(), 0o755)
+    return archive
+
+
+def write_initrd(archive: Cpio, target: Path) -> None:
+    """Write the archive gzip'd (no timestamp) to ``target``, atomically."""
     tmp_target = target.with_name(f".{target.name}.tmp")
     with open(tmp_target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
         gz.write(archive.tobytes())
     tmp_target.replace(target)
+
+
+def build_initrd(target: Path, modules: list[Path], busybox: Path, agent: ProgramFiles) -> None:
+    """Write the deploy ramdisk's gzip'd initramfs to ``target`` (atomically)."""
+    write_initrd(base_archive(INIT_SCRIPT, modules, busybox, agent), target)
 
 
 def ensure_ramdisk(directory: Path = DEFAULT_DIR) -> Ramdisk:

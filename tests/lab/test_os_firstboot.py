@@ -1,0 +1,50 @@
+"""First boot of the lab OS image (provisioner.lab.os_firstboot), run here against a file-backed disk: it
+installs what the deploy agent wrote to the config drive, with the permissions sshd insists on."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from provisioner.lab.os_firstboot import apply_config, main
+from provisioner.pxe.agent import generate_host_keys
+from provisioner.pxe.configdrive import write_config_drive
+
+
+def _disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as fh:
+        fh.truncate(4 * 1024 * 1024)
+    return disk
+
+
+def test_first_boot_installs_hostname_authorized_keys_and_the_agents_host_keys(tmp_path: Path) -> None:
+    disk = _disk(tmp_path)
+    host_keys = generate_host_keys("root@gpu-box-3")
+    write_config_drive(
+        str(disk),
+        {"hostname": "gpu-box-3", "authorized_keys": ["ssh-ed25519 AAAA customer"], "host_keys": host_keys},
+    )
+    root = tmp_path / "root"
+    assert main(["--disk", str(disk), "--root", str(root)]) == 0
+    assert (root / "etc/hostname").read_text() == "gpu-box-3\n"
+    authorized = root / "root/.ssh/authorized_keys"
+    assert authorized.read_text() == "ssh-ed25519 AAAA customer\n"
+    assert stat.S_IMODE(authorized.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "root/.ssh").stat().st_mode) == 0o700
+    private = root / "etc/ssh/ssh_host_ed25519_key"
+    assert private.read_text() == host_keys["ssh-ed25519"]["private"]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert (root / "etc/ssh/ssh_host_rsa_key.pub").read_text().strip() == host_keys["ssh-rsa"]["public"]
+    assert (root / "etc/ssh/ssh_host_ecdsa_key").exists()
+
+
+def test_first_boot_fails_without_a_config_drive_or_host_keys(tmp_path: Path) -> None:
+    disk = _disk(tmp_path)
+    assert main(["--disk", str(disk), "--root", str(tmp_path / "root")]) == 1
+    write_config_drive(str(disk), {"hostname": "gpu-box-4", "authorized_keys": []})
+    assert main(["--disk", str(disk), "--root", str(tmp_path / "root")]) == 1
+    with pytest.raises(ValueError, match="hostname"):
+        apply_config({"authorized_keys": []}, tmp_path / "root")
