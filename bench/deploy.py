@@ -22,6 +22,9 @@ was the default before) each agent writes for 2-3 s, about as long as the agents
 the other, and the start of every node's next Ansible task lands in the same seconds: the window then
 measures ramp-up and the control plane's CPU more than the stream (measured on 2 cores: agents 639-701 MiB/s
 at 192 MiB, 1194-1245 MiB/s at 1024 MiB). The lab nodes' disks are grown to fit the image.
+Keep N x the image well below the RAM: cp goes through the page cache. At 2048 MiB (20 GiB of cp on a
+24 GiB machine) cp fell to 970 MiB/s while the O_DIRECT copies held 1987 MiB/s, and the ratio (1.32)
+measured the page cache, not the agents (1280 MiB/s).
 
 ``--cpu-breakdown`` samples /proc every 0.2 s and prints where the CPU went while agents wrote: on a small
 machine the agents, the image server and the whole control plane share the cores.
