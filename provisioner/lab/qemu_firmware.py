@@ -7,7 +7,8 @@ node's MAC and its file-backed disk on virtio:
 - power on, boot device PXE: QEMU starts with the network first: Debian's iPXE ROM takes slirp's DHCP
   bootfile ``http://10.0.2.100/boot/${mac:hexhyp}.ipxe``, relayed to the lab's boot service, and boots what
   the script says (the deploy ramdisk of provisioner.lab.ramdisk runs the agent, then powers off);
-- power on, boot device DISK: QEMU starts with the disk first (SeaBIOS boots whatever is on it);
+- power on, boot device DISK: QEMU starts with the disk first (SeaBIOS boots whatever is on it: the lab
+  OS image of provisioner.lab.osimage starts sshd, reached at 127.0.0.1:``spec.ssh_forward_port``);
 - power off: QMP ``quit``, as a hard power-off; the QEMU process is gone when the hook returns.
 
 The guest reaches two host services, both on loopback: the boot service (the port of ``boot_url``) at
@@ -70,6 +71,7 @@ class QemuFirmware:
                 mac=spec.mac,
                 disk=Path(spec.disk_path),
                 forwards=self.forwards,
+                host_forwards=[(spec.ssh_forward_port, 22)] if spec.ssh_forward_port else [],
                 bootfile=f"http://{BOOT_SERVICE_GUEST_ADDRESS}/boot/${{mac:hexhyp}}.ipxe",
                 boot_from="network" if network else "disk",
             )

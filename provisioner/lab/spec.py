@@ -33,6 +33,7 @@ class LabNodeSpec:
     # "qemu": an emulated computer, powered by the BMC (provisioner.lab.qemu_firmware)
     kind: str = "simulated"
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
+    ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -33,7 +33,8 @@ NODE_MODULE = "provisioner.lab.node_process"
 IPMI_PORT = 623
 REDFISH_PORT = 8000
 BMC_USERNAME = "ncadmin"
-MAX_NODES = 200  # 127.0.10.<i> and 198.18.0.<i+1> stay inside one /24
+MAX_NODES = 200
+QEMU_SSH_PORT_BASE = 22000  # a qemu node's sshd is forwarded from 127.0.0.1:<base + index>  # 127.0.10.<i> and 198.18.0.<i+1> stay inside one /24
 
 
 class LabError(RuntimeError):
@@ -50,7 +51,8 @@ def make_specs(
 ) -> list[LabNodeSpec]:
     """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols.
     ``kind`` is "simulated" or "qemu" (every node an emulated computer: see provisioner.lab.qemu_firmware,
-    whose guest reaches the image server on loopback port ``image_port``)."""
+    whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
+    at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index)."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
@@ -79,6 +81,7 @@ def make_specs(
                 disk_path=str(node_dir(lab_dir, name) / "disk.img"),
                 kind=kind,
                 image_port=image_port,
+                ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" else 0,
             )
         )
     return specs

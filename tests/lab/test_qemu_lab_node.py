@@ -2,13 +2,15 @@
 
 ``supervisor.up(..., kind="qemu")`` starts the node process with its real IPMI endpoint; our IPMI power
 driver sets a one-time PXE boot and powers on, and QEMU (TCG) network-boots through the Django boot service
-into the deploy ramdisk, whose agent writes the image. Then the engine's next steps: boot from disk and
-reset (QEMU starts again, disk first), and power off, which quits QEMU over QMP.
+into the deploy ramdisk, whose agent writes the lab OS image (provisioner.lab.osimage). Then the engine's
+next steps: boot from disk and reset (QEMU starts again, disk first, and the deployed OS's sshd answers
+with the host keys the agent reported), and power off, which quits QEMU over QMP.
 """
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,12 +19,12 @@ import pytest
 from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting, PowerDriver, PowerState
 from provisioner.drivers.registry import power_driver_for
 from provisioner.lab import supervisor
+from provisioner.lab.osimage import ensure_os_image
 from provisioner.lab.qemu import qemu_available
 from provisioner.lab.ramdisk import ensure_ramdisk
 from provisioner.pxe.configdrive import read_config_drive
-from provisioner.pxe.images import build_demo_image
 from provisioner.pxe.imageserver import ImageServer
-from tests.conftest import wait_for
+from tests.conftest import ssh_keygen, wait_for
 
 NODE = "node-h100-8x-01"  # boot MAC 52:54:00:00:00:01, the MAC of lab-node-01
 
@@ -57,12 +59,13 @@ def test_lab_bmc_powers_an_emulated_computer_through_a_deploy_and_off(
     from provisioner.models import DeployTicket, Node
 
     settings.NEOCLOUD_BOOT_DIR = ensure_ramdisk().directory
-    images = tmp_path / "images"
-    sha256, size = build_demo_image(images / "demo.raw", 16)
+    image = ensure_os_image()
+    sha256, size = image.sha256, image.size
+    _, customer_key = ssh_keygen(tmp_path, name="customer")
     node = Node.objects.get(name=NODE)
     lab_dir = tmp_path / "lab"
     opened: list[PowerDriver] = []
-    with ImageServer(images) as image_server:
+    with ImageServer(image.path.parent) as image_server:
         try:
             (spec,) = supervisor.up(
                 1, lab_dir, live_server.url, protocols="ipmi", kind="qemu", image_port=image_server.port
@@ -77,12 +80,12 @@ def test_lab_bmc_powers_an_emulated_computer_through_a_deploy_and_off(
                     "action": "deploy",
                     "node": node.name,
                     "image": {
-                        "url": "http://10.0.2.101/demo.raw",
+                        "url": f"http://10.0.2.101/{image.path.name}",
                         "sha256": sha256,
                         "format": "raw",
                         "size": size,
                     },
-                    "config": {"hostname": "gpu-box-2", "authorized_keys": [], "network": {}},
+                    "config": {"hostname": "gpu-box-2", "authorized_keys": [customer_key], "network": {}},
                 },
             )
             bmc = power_driver_for(
@@ -116,15 +119,35 @@ def test_lab_bmc_powers_an_emulated_computer_through_a_deploy_and_off(
             drive = read_config_drive(spec.disk_path)
             assert drive is not None and drive["hostname"] == "gpu-box-2"
 
-            # The engine's next step: boot from disk, reset. QEMU comes up again with the disk first.
+            # The engine's next step: boot from disk, reset. QEMU comes up again with the disk first, and the
+            # deployed OS's sshd answers with the host keys of the agent's result.
             bmc.set_boot_device(BootSetting(BootDevice.DISK, persistent=True))
             bmc.reset()
             wait_for(lambda: _qemu_children(node_pid), timeout=10, message="QEMU started again")
             wait_for(
-                lambda: "Booting from Hard Disk" in qemu_console.read_text(errors="replace"),
-                timeout=60,
-                message="SeaBIOS booting the disk",
+                lambda: "neocloud-os: sshd started" in qemu_console.read_text(errors="replace"),
+                timeout=120,
+                interval=0.5,
+                message="sshd in the deployed OS",
+                details=lambda: qemu_console.read_text(errors="replace")[-3000:],
             )
+            known_hosts = tmp_path / "known_hosts"
+            known_hosts.write_text(
+                "".join(
+                    f"[127.0.0.1]:{spec.ssh_forward_port} {key}\n" for key in result["host_keys"].values()
+                )
+            )
+            login = subprocess.run(
+                [
+                    "ssh", "-i", str(tmp_path / "customer"), "-p", str(spec.ssh_forward_port),
+                    "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "root@127.0.0.1", "hostname",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )  # fmt: skip
+            assert login.returncode == 0 and login.stdout.strip() == "gpu-box-2", login.stderr
             bmc.power_off()  # QMP quit: the process is gone when the BMC answers
             wait_for(lambda: not _qemu_children(node_pid), timeout=15, message="QEMU to quit")
             assert bmc.get_power_state() == PowerState.OFF
