@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--nodes", type=int, default=4)
     p_up.add_argument("--boot-url", default=os.environ.get("NEOCLOUD_BOOT_URL", "http://127.0.0.1:8000/boot"))
     p_up.add_argument("--protocols", choices=["mixed", "ipmi", "redfish"], default="mixed")
+    p_up.add_argument(
+        "--kind",
+        choices=["simulated", "qemu"],
+        default="simulated",
+        help="qemu: every node an emulated computer (QEMU, TCG) powered by its BMC",
+    )
     sub.add_parser("down", help="stop every lab process")
     p_status = sub.add_parser("status", help="show nodes, BMCs and power")
     p_status.add_argument("--json", action="store_true", help="machine-readable, with BMC credentials")
@@ -26,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            specs = supervisor.up(args.nodes, args.lab_dir, args.boot_url, args.protocols)
+            specs = supervisor.up(args.nodes, args.lab_dir, args.boot_url, args.protocols, kind=args.kind)
             print(f"lab up: {len(specs)} nodes under {args.lab_dir}")
         elif args.command == "down":
             supervisor.down(args.lab_dir)

@@ -8,7 +8,8 @@ and, for a network boot, a ``bootfile`` URL. Booted from the network with no ``k
 runs Debian's iPXE ROM for virtio-net (package ipxe-qemu), which fetches that bootfile; given ``kernel``
 and ``initrd``, QEMU loads them directly (for tests of the ramdisk alone).
 
-The serial console goes to ``<workdir>/console.log``; QMP listens on ``<workdir>/qmp.sock``, so
+The serial console goes to ``<workdir>/console.log``, line by line through a thread that masks the one-time
+deploy token (the kernel prints its command line, which carries ``neocloud.token=``); QMP listens on ``<workdir>/qmp.sock``, so
 ``power_off()`` ends the machine the way a BMC's hard power-off would (``quit``).
 """
 
@@ -18,14 +19,17 @@ import contextlib
 import ctypes
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 QEMU_BINARY = "qemu-system-x86_64"
 # QEMU loads the virtio-net boot ROM from ipxe-qemu by itself; its presence is what a network boot needs.
@@ -33,6 +37,7 @@ IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 RELAY = Path(__file__).with_name("guestfwd_relay.py")
 GUEST_ADDRESS = "10.0.2.15"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+TOKEN_ARGUMENT = re.compile(rb"(neocloud\.token=)[^\s\x1b]+")
 
 
 def _die_with_parent() -> None:
@@ -85,6 +90,7 @@ class QemuComputer:
     append: str = ""
     memory_mib: int = 1024
     process: subprocess.Popen[bytes] | None = dataclasses.field(default=None, init=False, repr=False)
+    _console_copier: threading.Thread | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def console_path(self) -> Path:
@@ -133,14 +139,27 @@ class QemuComputer:
             raise QemuError(f"{QEMU_BINARY} is not installed (Debian package qemu-system-x86)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_path.unlink(missing_ok=True)
-        with open(self.console_path, "ab") as console:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self._console_copier = threading.Thread(
+            target=self._copy_console, args=(self.process.stdout,), name="qemu-console", daemon=True
+        )
+        self._console_copier.start()
+
+    def _copy_console(self, pipe: IO[bytes]) -> None:
+        with pipe, open(self.console_path, "ab") as console:
+            for line in pipe:
+                console.write(TOKEN_ARGUMENT.sub(rb"\1***", line))
+                console.flush()
+
+    def _console_done(self, timeout: float = 5.0) -> None:
+        if self._console_copier is not None:
+            self._console_copier.join(timeout)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -150,9 +169,11 @@ class QemuComputer:
         if self.process is None:
             return None
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
+        self._console_done()
+        return code
 
     def power_off(self, timeout: float = 10.0) -> None:
         """Hard power-off: QMP ``quit``, then SIGTERM/SIGKILL if QEMU does not go. Idempotent."""
@@ -165,6 +186,7 @@ class QemuComputer:
             if self.wait(timeout) is None:
                 self.process.kill()
                 self.process.wait(timeout=timeout)
+                self._console_done()
 
     def qmp(self, command: str, timeout: float = 5.0) -> dict[str, object]:
         """Run one QMP command and return its answer.

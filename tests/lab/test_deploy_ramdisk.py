@@ -128,6 +128,7 @@ def test_ramdisk_boots_a_debian_kernel_and_the_agent_deploys_onto_the_virtio_dis
         console = computer.console()
     assert exit_code == 0, f"the computer did not power itself off within 180 s; console:\n{console[-4000:]}"
     assert "neocloud-ramdisk: agent exited with status 0" in console, console[-4000:]
+    assert TOKEN not in console and "neocloud.token=***" in console  # the kernel printed its command line
     assert deployment.result is not None and deployment.result["status"] == "ok", deployment.result
     assert deployment.result["sha256"] == sha256
     with open(disk, "rb") as fh:

@@ -12,6 +12,7 @@ virtio disk and posts its result, then the ramdisk powers the computer off.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -89,6 +90,8 @@ def test_emulated_computer_pxe_boots_and_the_agent_deploys_through_the_boot_serv
     assert f"{node.boot_mac.replace(':', '-')}.ipxe" in console
     assert f"Linux version {ramdisk.kernel_version}" in console
     assert "neocloud-ramdisk: agent exited with status 0" in console, console[-4000:]
+    # The kernel printed its command line; the console log masks the one-time token in it.
+    assert "neocloud.token=***" in console and not re.search(r"neocloud\.token=(?!\*\*\*)", console)
 
     ticket = DeployTicket.objects.get(pk=ticket.pk)
     assert ticket.script_served_at is not None and ticket.instructions_fetched_at is not None
