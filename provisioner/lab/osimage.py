@@ -34,6 +34,7 @@ from provisioner.lab.ramdisk import (
     ROOT_MODULES,
     RamdiskBuildError,
     base_archive,
+    build_lock,
     collect_program_files,
     download_package,
     kernel_package,
@@ -174,6 +175,11 @@ def ensure_os_image(directory: Path = DEFAULT_DIR) -> OsImage:
     :raises RamdiskBuildError: a download, a host binary (sshd, python3.11) or a tool failed.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    with build_lock(directory):
+        return _ensure_os_image(directory)
+
+
+def _ensure_os_image(directory: Path) -> OsImage:
     debs = directory / "debs"
     kernel_deb = download_package(kernel_package(), debs)
     busybox_deb = download_package(BUSYBOX_PACKAGE, debs)

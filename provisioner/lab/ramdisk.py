@@ -28,7 +28,9 @@ changes (``stamp.json`` holds the package names and a hash of the rest). Nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import io
@@ -39,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +200,17 @@ class Cpio:
 
 
 # --- the pieces -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Hold ``<directory>/.build.lock`` (flock): two test runs never build into one directory at once."""
+    with open(directory / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_command(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -401,6 +414,11 @@ def ensure_ramdisk(directory: Path = DEFAULT_DIR) -> Ramdisk:
     :raises RamdiskBuildError: a download, a host binary or a kernel module is missing.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    with build_lock(directory):
+        return _ensure_ramdisk(directory)
+
+
+def _ensure_ramdisk(directory: Path) -> Ramdisk:
     debs = directory / "debs"
     kernel_deb = download_package(kernel_package(), debs)
     busybox_deb = download_package(BUSYBOX_PACKAGE, debs)
