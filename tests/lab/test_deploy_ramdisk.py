@@ -21,7 +21,7 @@ from provisioner.lab.ramdisk import Cpio, RamdiskBuildError, ensure_ramdisk, mod
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.images import build_demo_image
 from provisioner.pxe.imageserver import ImageServer
-from tests.pxe.bootservice import BootService
+from tests.pxe.bootservice import BootService, Deployment
 
 MAC = "52:54:00:12:34:57"
 TOKEN = "ramdisk-token-0123456789abcdef"
@@ -83,27 +83,23 @@ def test_module_order_loads_dependencies_first(tmp_path: Path) -> None:
         module_order(tmp_path, ["virtio_blk"])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86 and ipxe-qemu are needed")
-def test_ramdisk_boots_a_debian_kernel_and_the_agent_deploys_onto_the_virtio_disk(tmp_path: Path) -> None:
-    ramdisk = ensure_ramdisk()
-    with gzip.open(ramdisk.initrd) as fh:
-        names = _read_newc(fh.read())
-    assert {"init", "bin/busybox", "usr/bin/python3.11", "usr/bin/ssh-keygen"} <= set(names)
-    assert "opt/neocloud/provisioner/pxe/agent.py" in names
-    assert "usr/lib/python3.11/unittest/__init__.py" not in names  # only what the agent imports
+needs_qemu = pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86 and ipxe-qemu are needed")
 
-    images = tmp_path / "images"
-    sha256, size = build_demo_image(images / "demo.raw", 16)
+
+def _deploy_in_qemu(
+    tmp_path: Path, image: Path, sha256: str, size: int
+) -> tuple[Deployment, Path, str, float]:
+    """Boot the ramdisk with a deployment of ``image`` pending; (deployment, disk, console, seconds)."""
+    ramdisk = ensure_ramdisk()
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
-    with BootService() as boot, ImageServer(images) as image_server:
+    with BootService() as boot, ImageServer(image.parent) as image_server:
         deployment = boot.add_deployment(
             "qemu-ramdisk",
             MAC,
             TOKEN,
-            f"http://{IMAGE_HOST}/demo.raw",
+            f"http://{IMAGE_HOST}/{image.name}",
             sha256,
             size,
             ["ssh-ed25519 AAAA test"],
@@ -127,8 +123,24 @@ def test_ramdisk_boots_a_debian_kernel_and_the_agent_deploys_onto_the_virtio_dis
         elapsed = time.monotonic() - started
         console = computer.console()
     assert exit_code == 0, f"the computer did not power itself off within 180 s; console:\n{console[-4000:]}"
-    assert "neocloud-ramdisk: agent exited with status 0" in console, console[-4000:]
     assert TOKEN not in console and "neocloud.token=***" in console  # the kernel printed its command line
+    return deployment, disk, console, elapsed
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_ramdisk_boots_a_debian_kernel_and_the_agent_deploys_onto_the_virtio_disk(tmp_path: Path) -> None:
+    ramdisk = ensure_ramdisk()
+    with gzip.open(ramdisk.initrd) as fh:
+        names = _read_newc(fh.read())
+    assert {"init", "bin/busybox", "usr/bin/python3.11", "usr/bin/ssh-keygen"} <= set(names)
+    assert "opt/neocloud/provisioner/pxe/agent.py" in names
+    assert "usr/lib/python3.11/unittest/__init__.py" not in names  # only what the agent imports
+
+    image = tmp_path / "images" / "demo.raw"
+    sha256, size = build_demo_image(image, 16)
+    deployment, disk, console, elapsed = _deploy_in_qemu(tmp_path, image, sha256, size)
+    assert "neocloud-ramdisk: agent exited with status 0" in console, console[-4000:]
     assert deployment.result is not None and deployment.result["status"] == "ok", deployment.result
     assert deployment.result["sha256"] == sha256
     with open(disk, "rb") as fh:
@@ -138,3 +150,17 @@ def test_ramdisk_boots_a_debian_kernel_and_the_agent_deploys_onto_the_virtio_dis
     assert drive["authorized_keys"] == ["ssh-ed25519 AAAA test"]
     assert set(drive["host_keys"]) == {"ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"}
     print(f"ramdisk booted and deployed {size} bytes in {elapsed:.1f} s (TCG)")
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_ramdisk_agent_reports_a_checksum_mismatch_and_leaves_no_bootable_disk(tmp_path: Path) -> None:
+    image = tmp_path / "images" / "demo.raw"
+    _, size = build_demo_image(image, 16)
+    deployment, disk, console, _ = _deploy_in_qemu(tmp_path, image, "0" * 64, size)
+    assert "neocloud-ramdisk: agent exited with status 1" in console, console[-4000:]
+    assert deployment.result is not None and deployment.result["status"] == "failed"
+    assert deployment.result["error_code"] == "image_checksum_mismatch"
+    with open(disk, "rb") as fh:
+        assert fh.read(1024 * 1024) == bytes(1024 * 1024)  # the file system's superblock is gone
+    assert read_config_drive(str(disk)) is None
