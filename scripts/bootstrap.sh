@@ -35,3 +35,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+
+# The lab's emulated computers (provisioner/lab/ramdisk.py, osimage.py): Debian's kernel, busybox and boot
+# tools are downloaded here, once (var/ramdisk/debs), so that tests and the demo never reach the network.
+if ! { .venv/bin/python -m provisioner.lab.ramdisk && .venv/bin/python -m provisioner.lab.osimage; } > var/lab-images.log 2>&1; then
+    cat var/lab-images.log >&2
+    echo "bootstrap: building the lab's deploy ramdisk and OS image failed (log above, also in var/lab-images.log)" >&2
+    exit 1
+fi

@@ -181,7 +181,7 @@ def ensure_os_image(directory: Path = DEFAULT_DIR) -> OsImage:
 
 def _ensure_os_image(directory: Path) -> OsImage:
     debs = directory / "debs"
-    kernel_deb = download_package(kernel_package(), debs)
+    kernel_deb = download_package(kernel_package(debs), debs)
     busybox_deb = download_package(BUSYBOX_PACKAGE, debs)
     tool_debs = [download_package(name, debs) for name in TOOL_PACKAGES]
     target = directory / IMAGE_NAME

@@ -46,6 +46,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / "var" / "ramdisk"
+# Set: never download a package, build only from what ``debs`` already holds (the test suite sets it).
+OFFLINE_VARIABLE = "NEOCLOUD_LAB_OFFLINE"
 DEBIAN_PYTHON = Path("/usr/bin/python3.11")
 SSH_KEYGEN = Path("/usr/bin/ssh-keygen")
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -227,11 +229,16 @@ def run_command(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | N
     return proc.stdout
 
 
-def kernel_package() -> str:
-    """The versioned kernel package Debian's ``linux-image-amd64`` points at (e.g. linux-image-6.1.0-56-amd64)."""
+def kernel_package(debs: Path | None = None) -> str:
+    """The versioned kernel package to use (e.g. linux-image-6.1.0-56-amd64): the one already downloaded
+    into ``debs``, else the one Debian's ``linux-image-amd64`` points at now. Delete the cached .deb to move
+    to a newer kernel."""
     override = os.environ.get("NEOCLOUD_RAMDISK_KERNEL_PACKAGE")
     if override:
         return override
+    cached = sorted(debs.glob("linux-image-*-amd64_*.deb")) if debs is not None else []
+    if cached:
+        return cached[-1].name.split("_", 1)[0]
     for line in run_command(["apt-cache", "depends", KERNEL_META_PACKAGE]).splitlines():
         match = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
         if match:
@@ -245,6 +252,11 @@ def download_package(name: str, debs: Path) -> Path:
     """The .deb of package ``name`` in ``debs``, fetched with ``apt-get download`` unless already there."""
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
+    if not found and os.environ.get(OFFLINE_VARIABLE):
+        # the test suite sets it: tests reach only loopback and the lab; scripts/bootstrap.sh downloads
+        raise RamdiskBuildError(
+            f"{name} is not in {debs} and {OFFLINE_VARIABLE} forbids downloading it: run scripts/bootstrap.sh"
+        )
     if not found:
         run_command(["apt-get", "download", "-q", name], cwd=debs)
         found = sorted(debs.glob(f"{name}_*.deb"))
@@ -420,7 +432,7 @@ def ensure_ramdisk(directory: Path = DEFAULT_DIR) -> Ramdisk:
 
 def _ensure_ramdisk(directory: Path) -> Ramdisk:
     debs = directory / "debs"
-    kernel_deb = download_package(kernel_package(), debs)
+    kernel_deb = download_package(kernel_package(debs), debs)
     busybox_deb = download_package(BUSYBOX_PACKAGE, debs)
     kernel = directory / "vmlinuz"
     initrd = directory / "initrd.img"

@@ -1,7 +1,7 @@
 """The deploy ramdisk (provisioner.lab.ramdisk): a real Debian kernel and an initramfs that runs our agent.
 
 The fast tests check the archive format and the module ordering on synthetic inputs. The slow one builds
-the real ramdisk (the first run downloads Debian's kernel and busybox-static with apt-get), boots it in
+the real ramdisk (from Debian's kernel and busybox-static, downloaded by scripts/bootstrap.sh), boots it in
 QEMU under TCG with the kernel command line our iPXE script passes, and lets the agent deploy an image
 from our image server onto the computer's virtio disk, reporting to the boot-service stand-in of
 tests/pxe/bootservice.py. The whole-path test with iPXE and the Django boot service is test_qemu_deploy.py.
@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from provisioner.lab.qemu import GuestForward, QemuComputer, qemu_available
-from provisioner.lab.ramdisk import Cpio, RamdiskBuildError, ensure_ramdisk, module_order
+from provisioner.lab.ramdisk import (
+    Cpio,
+    RamdiskBuildError,
+    download_package,
+    ensure_ramdisk,
+    kernel_package,
+    module_order,
+)
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.images import build_demo_image
 from provisioner.pxe.imageserver import ImageServer
@@ -27,6 +34,21 @@ MAC = "52:54:00:12:34:57"
 TOKEN = "ramdisk-token-0123456789abcdef"
 BOOT_HOST = "10.0.2.100"
 IMAGE_HOST = "10.0.2.101"
+
+
+def test_tests_never_download_a_missing_package(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NEOCLOUD_LAB_OFFLINE", "1")  # tests/conftest.py sets it for the whole suite
+    with pytest.raises(RamdiskBuildError, match=r"run scripts/bootstrap\.sh"):
+        download_package("busybox-static", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_downloaded_kernel_is_kept_until_its_deb_is_deleted(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("NEOCLOUD_RAMDISK_KERNEL_PACKAGE", raising=False)
+    (tmp_path / "linux-image-6.1.0-9-amd64_6.1.27-1_amd64.deb").write_bytes(b"")
+    (tmp_path / "busybox-static_1.35.0_amd64.deb").write_bytes(b"")
+    assert kernel_package(tmp_path) == "linux-image-6.1.0-9-amd64"
+    assert download_package("linux-image-6.1.0-9-amd64", tmp_path).name.startswith("linux-image-6.1.0-9")
 
 
 def _read_newc(data: bytes) -> dict[str, tuple[int, bytes, int]]:
