@@ -23,7 +23,7 @@ the ratio measured 0.38-0.41 (cp 3077-3228 MiB/s, the run before it 2125-2603).
 The image is 1024 MiB by default (``--image-mib``): a real OS image is 2-10 GB. With a small one (192 MiB
 was the default before) each agent writes for 2-3 s, about as long as the agents take to start one after
 the other, and the start of every node's next Ansible task lands in the same seconds: the window then
-measures ramp-up and the control plane's CPU more than the stream (measured on 2 cores: agents 639-701 MiB/s
+measures ramp-up and the control plane's CPU more than the stream (measured on 2 cores: agents 639-747 MiB/s
 at 192 MiB, 1194-1245 MiB/s at 1024 MiB). The lab nodes' disks are grown to fit the image.
 Keep N x the image well below the RAM: cp goes through the page cache. At 2048 MiB (20 GiB of cp on a
 24 GiB machine) cp fell to 970 MiB/s while the O_DIRECT copies held 1987 MiB/s, and the ratio (1.32)
