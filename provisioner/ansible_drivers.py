@@ -3,14 +3,19 @@
 These are the real paths: the BMC is driven through our drivers (the neocloud_bmc module), the node
 network-boots and runs the real deploy agent, and handover and burn-in run over real SSH on the node.
 Lab nodes (listed in the lab's lab.json) differ only in two facts the playbooks take as variables:
-their "OS" runs this repository's Python, and their GPUs are simulated (with the lab's injected faults).
+their Python (a simulated node's "OS" runs this repository's; an emulated computer's lab OS has
+/usr/bin/python3 as any server's) and their GPUs, simulated (with the lab's injected faults).
+
+Where SSH reaches a node is node data: its inventory SSH endpoint (a port forward on the site's gateway),
+else its primary address on port 22. Provisioning waits for that endpoint, records it as the node's
+ssh_address/ssh_port with known_hosts lines in OpenSSH's ``[host]:port`` form off port 22, and Ansible,
+the handover's checks and the customer use what was recorded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +104,7 @@ class AnsibleDeployDriver(DeployDriver):
 
     @property
     def python(self) -> str:
-        return sys.executable if self.spec else "/usr/bin/python3"
+        return self.spec.os_python() if self.spec else "/usr/bin/python3"
 
     def _address(self) -> str:
         address = self.node.primary_address or (self.spec.ssh_address if self.spec else "")
@@ -109,8 +114,16 @@ class AnsibleDeployDriver(DeployDriver):
             )
         return address
 
+    def _ssh_endpoint(self, address: str) -> tuple[str, int]:
+        """Where SSH reaches the deployed node: its inventory endpoint (a gateway's port forward), else
+        ``address`` (the one the agent configures), port 22."""
+        return (self.node.ssh_endpoint_address or address, self.node.ssh_endpoint_port)
+
     def deploy(self, request: DeployRequest, log: Any) -> DeployResult:
+        from provisioner.handover import known_hosts_name
+
         address = self._address()
+        ssh_address, ssh_port = self._ssh_endpoint(address)
         instructions = {
             "action": "deploy",
             "node": request.node_name,
@@ -131,7 +144,7 @@ class AnsibleDeployDriver(DeployDriver):
             self.node,
             "provision.yml",
             ticket,
-            {"address": address, "ssh_port": 22, "deploy_timeout": 600, "ssh_timeout": 120},
+            {"address": ssh_address, "ssh_port": ssh_port, "deploy_timeout": 600, "ssh_timeout": 120},
             log,
         )
         result = DeployTicket.objects.get(pk=ticket.pk).result or {}
@@ -139,11 +152,13 @@ class AnsibleDeployDriver(DeployDriver):
         fingerprints: dict[str, str] = result.get("host_key_fingerprints") or {}
         if not host_keys or not fingerprints:
             raise DeployFailed(f"the deploy agent on {self.node.name} reported no host keys")
-        known_hosts = "\n".join(
-            f"{address} {line.split()[0]} {line.split()[1]}" for line in host_keys.values()
-        )
+        host = known_hosts_name(ssh_address, ssh_port)
+        known_hosts = "\n".join(f"{host} {line.split()[0]} {line.split()[1]}" for line in host_keys.values())
         return DeployResult(
-            address=address, ssh_port=22, host_key_fingerprints=fingerprints, known_hosts=known_hosts
+            address=ssh_address,
+            ssh_port=ssh_port,
+            host_key_fingerprints=fingerprints,
+            known_hosts=known_hosts,
         )
 
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
@@ -179,7 +194,8 @@ class AnsibleDeployDriver(DeployDriver):
         return HandoverResult(
             host_key_fingerprints=request.expected_fingerprints,
             known_hosts=known_hosts,
-            ssh_command=f"ssh {request.username}@{request.address}",
+            ssh_command=f"ssh {request.username}@{request.address}"
+            + ("" if request.port == 22 else f" -p {request.port}"),
         )
 
     @staticmethod
@@ -236,7 +252,7 @@ class AnsibleBurnInDriver(BurnInDriver):
     def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
         node = Node.objects.get(pk=self.node.pk)
         lab = self.spec is not None
-        python = sys.executable if lab else "/usr/bin/python3"
+        python = self.spec.os_python() if self.spec else "/usr/bin/python3"
         host = ssh_host(
             node.ssh_address,
             node.ssh_port,

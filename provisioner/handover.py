@@ -81,6 +81,12 @@ class HandoverResult:
         return "".join(line + "\n" for line in self.known_hosts_lines)
 
 
+def known_hosts_name(address: str, port: int) -> str:
+    """How a known_hosts line names a host: ``address``, or ``[address]:port`` when SSH is not on port 22
+    (OpenSSH and paramiko look keys up by that form). Pure."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
 def _no_log(_message: str) -> None:
     return None
 
@@ -432,7 +438,7 @@ def perform_handover(
             "its sshd reads another authorized_keys file"
         )
 
-    host = address if port == 22 else f"[{address}]:{port}"
+    host = known_hosts_name(address, port)
     return HandoverResult(
         host_key_fingerprints={k.key_type: k.fingerprint for k in host_keys},
         known_hosts_lines=[f"{host} {k.key_type} {k.blob_b64}" for k in host_keys],

@@ -87,7 +87,8 @@ def deploy(ctx: StepContext) -> None:
     request = DeployRequest(
         node_name=node.name,
         boot_mac=node.boot_mac,
-        image_url=image.url,
+        # the site's image mirror when it has one: servers fetch images on their own site's network
+        image_url=image.url_for_site(node.rack.site if node.rack else None),
         image_sha256=image.sha256,
         image_format=image.format,
         hostname=node.name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ class LabNodeSpec:
     kind: str = "simulated"
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
     ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)
+
+    def os_python(self) -> str:
+        """The Python of the OS this node runs once deployed: a simulated node's "OS" is this host's, run
+        in the node's network namespace; an emulated computer boots the lab OS image (Debian's python3)."""
+        return sys.executable if self.kind == "simulated" else "/usr/bin/python3"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

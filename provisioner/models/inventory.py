@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import models
 
@@ -16,6 +17,13 @@ class Site(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
     netbox_id = models.PositiveIntegerField(null=True, blank=True, unique=True)
+    # Servers fetch images from their site's mirror (images stay on the site's network, and a site whose
+    # servers cannot reach the catalog's host still deploys): the catalog URL's file name under this base.
+    image_mirror_url = models.URLField(
+        max_length=300,
+        blank=True,
+        help_text="base URL of this site's image mirror (blank: servers fetch from the catalog URL)",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -141,6 +149,13 @@ class Node(models.Model):
 
     # The node's address on the customer network (IPAM: NetBox, the lab); the deploy agent configures it.
     primary_address = models.GenericIPAddressField(null=True, blank=True)
+    # Where the node's SSH server is reached from outside (the control plane, its customer) when that is not
+    # primary_address:22: a port forward (DNAT) on the site's gateway, as on clouds that share one public
+    # address among many servers. From the inventory; deploy copies it into ssh_address/ssh_port.
+    ssh_endpoint_address = models.CharField(
+        max_length=100, blank=True, help_text="SSH reached at this address (blank: the primary address)"
+    )
+    ssh_endpoint_port = models.PositiveIntegerField(default=22, help_text="SSH reached at this port")
     # What the customer connects to once handed over.
     ssh_address = models.CharField(max_length=100, blank=True)
     ssh_port = models.PositiveIntegerField(default=22)
@@ -222,3 +237,11 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def url_for_site(self, site: Site | None) -> str:
+        """The URL a server at ``site`` fetches this image from: the same file name under the site's image
+        mirror, or the catalog URL when the site has no mirror. Pure."""
+        if site is None or not site.image_mirror_url:
+            return self.url
+        name = urlsplit(self.url).path.rsplit("/", 1)[-1]
+        return f"{site.image_mirror_url.rstrip('/')}/{name}"

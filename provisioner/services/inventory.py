@@ -57,7 +57,11 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
     counts = {"sites": 0, "server_types": 0, "images": 0, "nodes_created": 0, "nodes_updated": 0}
     for site_data in data.get("sites", []):
         site, _ = Site.objects.update_or_create(
-            slug=site_data["slug"], defaults={"name": site_data.get("name", site_data["slug"])}
+            slug=site_data["slug"],
+            defaults={
+                "name": site_data.get("name", site_data["slug"]),
+                "image_mirror_url": site_data.get("image_mirror_url", ""),
+            },
         )
         for rack_name in site_data.get("racks", []):
             Rack.objects.get_or_create(site=site, name=rack_name)
@@ -98,6 +102,9 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "bmc_system_id": bmc.get("system_id", ""),
             "boot_mac": normalize_mac(nd["boot_mac"]),
             "primary_address": nd.get("address") or None,
+            # where SSH is reached when it is not primary address:22 (a port forward on the site's gateway)
+            "ssh_endpoint_address": (nd.get("ssh_endpoint") or {}).get("address", ""),
+            "ssh_endpoint_port": int((nd.get("ssh_endpoint") or {}).get("port", 22)),
         }
         if bmc["protocol"] not in Node.BmcProtocol.values:
             raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")

@@ -220,7 +220,8 @@ class Command(BaseCommand):
             n.refresh_from_db()
             report = n.burnin_reports.first()
             self.step(f"{n.name} is yours")
-            self.say(f"  ssh -i {private_path} {n.ssh_user}@{n.ssh_address}")
+            port = "" if n.ssh_port == 22 else f"-p {n.ssh_port} "
+            self.say(f"  ssh -i {private_path} {port}{n.ssh_user}@{n.ssh_address}")
             for kind, fp in n.host_key_fingerprints.items():
                 self.say(f"  host key {kind}: {fp}")
             if report:

@@ -74,7 +74,10 @@ class Command(BaseCommand):
         self.stdout.write(f"{n.name}  {n.server_type.name}  state={n.state}  power={n.power_state}")
         self.stdout.write(f"  BMC {n.bmc_protocol}://{n.bmc_address}:{n.bmc_port}  MAC {n.boot_mac}")
         if n.ssh_address:
-            self.stdout.write(f"  ssh {n.ssh_user}@{n.ssh_address}  {json.dumps(n.host_key_fingerprints)}")
+            port = "" if n.ssh_port == 22 else f"-p {n.ssh_port} "
+            self.stdout.write(
+                f"  ssh {port}{n.ssh_user}@{n.ssh_address}  {json.dumps(n.host_key_fingerprints)}"
+            )
         self.stdout.write("History:")
         for ev in AuditEvent.objects.filter(node=n).order_by("created_at", "id"):
             arrow = f"{ev.from_state} -> {ev.to_state}" if ev.to_state else ev.action
