@@ -98,7 +98,8 @@ def _mask(text: str, secrets: Iterable[str]) -> str:
 
 def _describe_failure(res: dict[str, Any]) -> str:
     parts = [str(res.get("msg") or "")]
-    for key in ("stderr", "stdout"):
+    # module_* : what a module that never produced its JSON result printed (a traceback, a missing import)
+    for key in ("stderr", "stdout", "module_stderr", "module_stdout"):
         value = str(res.get(key) or "").strip()
         if value:
             parts.append(f"{key}: {value[-800:]}")
@@ -142,6 +143,9 @@ def ssh_host(address: str, port: int, user: str, interpreter: str, **hostvars: A
         "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
         "-o IdentitiesOnly=yes -o ConnectTimeout=10",
         "ansible_python_interpreter": interpreter,
+        # Files (the burn-in agent) go through `dd` on the server: any OS has it, also one without the sftp
+        # subsystem or scp (a minimal image), and the "smart" default's failed sftp and scp tries are skipped.
+        "ansible_ssh_transfer_method": "piped",
         **hostvars,
     }
 

@@ -9,7 +9,10 @@ holding SYSLINUX (package syslinux, installed with its mtools-based installer: n
 OpenSSH server (``/usr/sbin/sshd`` with the libraries ``ldd`` lists) and, at first boot,
 ``provisioner.lab.os_firstboot`` under Debian's python3.11, which applies the config drive the agent wrote
 at the end of the disk (hostname, root's authorized keys, the SSH host keys the agent reported). Its
-``/init`` loads the virtio modules, takes a DHCP lease on eth0, applies the config drive and starts sshd.
+``/init`` loads the virtio modules, takes a DHCP lease on eth0, applies the config drive and starts sshd. The
+engine then works on the server as on any: ``/usr/bin/python3`` (Debian's python3.11 with the standard library
+modules Ansible's modules and the burn-in agent load, and nvidia-ml-py) runs handover's Ansible module and
+the burn-in agent over SSH.
 
 Tools and packages come from Debian with ``apt-get download`` (kept in ``<dir>/debs``, unpacked only while
 building): the kernel and busybox-static of provisioner.lab.ramdisk, and syslinux, syslinux-common, mtools and
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import struct
@@ -32,6 +36,7 @@ from provisioner.lab.ramdisk import (
     BUSYBOX_PACKAGE,
     DEFAULT_DIR,
     ROOT_MODULES,
+    RUNTIME_MODULES,
     RamdiskBuildError,
     base_archive,
     build_lock,
@@ -49,6 +54,22 @@ IMAGE_NAME = "neocloud-lab-os.raw"
 FIRSTBOOT_MODULE = "provisioner.lab.os_firstboot"
 SSHD = Path("/usr/sbin/sshd")
 TOOL_PACKAGES = ("syslinux", "syslinux-common", "mtools", "dosfstools")
+# The standard library modules that the engine's work on a deployed server loads, besides first boot's: Ansible's
+# module runner (AnsiballZ) with ansible.module_utils.basic (handover's neocloud_authorized_keys) and the
+# burn-in agent (a zip application) with nvidia-ml-py. Found by running both under Debian's python3.11 and
+# listing the standard library modules it loaded (cp437: zipfile decodes AnsiballZ's member names with it);
+# the image's /usr/bin/python3 has these and no others.
+ENGINE_RUNTIME_MODULES = (
+    "argparse", "ast", "base64", "bisect", "bz2", "ctypes", "ctypes.util", "dataclasses", "datetime", "decimal",
+    "dis", "encodings.cp437", "encodings.utf_8", "errno", "fcntl", "fnmatch", "gettext", "glob", "grp", "hashlib", "hmac",
+    "importlib.util", "inspect", "ipaddress", "json", "locale", "logging", "lzma", "numbers", "pathlib",
+    "pkgutil", "platform", "pwd", "random", "runpy", "secrets", "select", "selectors", "shlex", "shutil",
+    "signal", "site", "socket", "string", "struct", "subprocess", "syslog", "tempfile", "textwrap",
+    "threading", "tokenize", "traceback", "typing", "urllib.parse", "uuid", "zipfile", "zipimport",
+)  # fmt: skip
+# nvidia-ml-py: what a GPU server's OS image carries for NVML (the burn-in imports it, also when simulated).
+NVML_MODULE = "pynvml"
+DIST_PACKAGES = "usr/lib/python3/dist-packages"
 PARTITION_START = 2048  # sectors: the partition starts at 1 MiB
 SECTOR = 512
 FAT_LABEL = "NEOCLOUDOS"
@@ -188,8 +209,11 @@ def _ensure_os_image(directory: Path) -> OsImage:
     stamp = directory / "os-stamp.json"
     with tempfile.TemporaryDirectory(prefix="neocloud-osimage-") as tmp:
         work = Path(tmp)
-        program = collect_program_files(work / "pyc", FIRSTBOOT_MODULE, [SSHD])
-        digest = hashlib.sha256(program.digest().encode() + Path(__file__).read_bytes()).hexdigest()
+        program = collect_program_files(
+            work / "pyc", FIRSTBOOT_MODULE, [SSHD], (*RUNTIME_MODULES, *ENGINE_RUNTIME_MODULES)
+        )
+        nvml = _nvml_source()
+        digest = hashlib.sha256(program.digest().encode() + Path(__file__).read_bytes() + nvml).hexdigest()
         wanted = {"debs": [d.name for d in (kernel_deb, busybox_deb, *tool_debs)], "inputs": digest}
         current = json.loads(stamp.read_text()) if stamp.exists() else {}
         if {k: current.get(k) for k in wanted} == wanted and target.exists():
@@ -211,6 +235,8 @@ def _ensure_os_image(directory: Path) -> OsImage:
         archive.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n")
         archive.file("etc/shadow", b"root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n", 0o600)
         archive.file("etc/ssh/sshd_config", SSHD_CONFIG.encode())
+        archive.symlink("usr/bin/python3", "python3.11")
+        archive.file(f"{DIST_PACKAGES}/{NVML_MODULE}.py", nvml)
         archive.directory("run/sshd")
         initrd = work / "initrd.img"
         write_initrd(archive, initrd)
@@ -221,6 +247,17 @@ def _ensure_os_image(directory: Path) -> OsImage:
         json.dumps({**wanted, "sha256": sha256, "size": size, "kernel_version": version}, indent=1)
     )
     return OsImage(target, sha256, size)
+
+
+def _nvml_source() -> bytes:
+    """pynvml.py (nvidia-ml-py, one pure-Python file) from this project's environment.
+
+    :raises RamdiskBuildError: nvidia-ml-py is not installed here.
+    """
+    spec = importlib.util.find_spec(NVML_MODULE)
+    if spec is None or spec.origin is None:
+        raise RamdiskBuildError("nvidia-ml-py (module pynvml) is not installed in this environment")
+    return Path(spec.origin).read_bytes()
 
 
 def main(argv: list[str] | None = None) -> int:
