@@ -3,6 +3,8 @@ endpoint (a port forward), from the inventory into the model, and the known_host
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from provisioner.handover import known_hosts_name
@@ -89,3 +91,19 @@ def test_a_nodes_ssh_endpoint_comes_from_the_inventory_and_defaults_to_port_22()
 def test_known_hosts_names_a_host_on_another_port_in_brackets():
     assert known_hosts_name("198.18.0.2", 22) == "198.18.0.2"
     assert known_hosts_name("127.0.0.1", 22001) == "[127.0.0.1]:22001"
+
+
+def test_a_qemu_lab_puts_its_computers_on_a_site_with_an_image_mirror_and_forwarded_ssh(tmp_path: Path):
+    from provisioner.lab.supervisor import make_specs
+    from provisioner.management.commands.lab import lab_inventory
+
+    specs = make_specs(2, tmp_path, "ipmi", kind="qemu")
+    inventory = lab_inventory(specs, {"slug": "os"})
+    site = next(s for s in inventory["sites"] if s["slug"] == "lab-qemu")
+    assert site["image_mirror_url"] == "http://10.0.2.101"
+    assert [(n["site"], n["ssh_endpoint"]) for n in inventory["nodes"]] == [
+        ("lab-qemu", {"address": "127.0.0.1", "port": 22001}),
+        ("lab-qemu", {"address": "127.0.0.1", "port": 22002}),
+    ]
+    simulated = lab_inventory(make_specs(1, tmp_path), {"slug": "os"})["nodes"][0]
+    assert simulated["site"] == "lab" and "ssh_endpoint" not in simulated

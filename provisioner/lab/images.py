@@ -1,9 +1,11 @@
-"""The lab's image catalog: a small real OS image built once, served over HTTP by a lab process."""
+"""The lab's image catalog, served over HTTP by a lab process: a small file-system image built once (what the
+simulated servers get) and the bootable lab OS image (what the emulated computers boot)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,38 @@ def ensure_demo_image(image_dir: Path) -> dict[str, object]:
         "size_bytes": info["size"],
         "format": "raw",
         "os_name": "Neocloud Demo Linux (ext4)",
+    }
+
+
+LAB_OS_SLUG = "neocloud-lab-os"
+
+
+def ensure_lab_os_image(image_dir: Path) -> dict[str, object]:
+    """Put the bootable lab OS image (provisioner.lab.osimage, built or reused) into the catalog directory;
+    return its catalog entry. Idempotent: the file is copied again only when the built image changed.
+
+    :raises RamdiskBuildError: the image could not be built (see provisioner.lab.osimage).
+    """
+    from provisioner.lab.osimage import ensure_os_image
+
+    built = ensure_os_image()
+    image_dir.mkdir(parents=True, exist_ok=True)
+    path = image_dir / built.path.name
+    meta = image_dir / f"{built.path.name}.json"
+    current = json.loads(meta.read_text()) if meta.exists() else {}
+    if not path.exists() or current.get("sha256") != built.sha256:
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(built.path, tmp)
+        os.replace(tmp, path)
+        meta.write_text(json.dumps({"sha256": built.sha256, "size": built.size}))
+    return {
+        "slug": LAB_OS_SLUG,
+        "name": "Neocloud Lab OS",
+        "url": f"http://127.0.0.1:{IMAGE_SERVER_PORT}/{path.name}",
+        "sha256": built.sha256,
+        "size_bytes": built.size,
+        "format": "raw",
+        "os_name": "Neocloud Lab OS (Debian kernel, busybox, OpenSSH, Python 3.11)",
     }
 
 

@@ -1,4 +1,13 @@
-"""``manage.py lab up --nodes N [--enroll] | status [--json] | down``: the virtual datacenter."""
+"""``manage.py lab up --nodes N [--kind simulated|qemu] [--no-enroll] | status [--json] | down``: the
+virtual datacenter.
+
+A ``qemu`` lab's nodes are emulated computers (provisioner.lab.qemu_firmware) on a site of their own,
+``lab-qemu``, whose facts differ from the loopback lab's the way one real site's differ from another's: its
+servers fetch images from the site's image mirror (the lab image server, which they reach at 10.0.2.101),
+and each one's SSH is reached through a port forward (127.0.0.1:22000+index), its inventory SSH endpoint.
+The emulated computers boot the deploy ramdisk from the boot service's NEOCLOUD_BOOT_DIR (bootstrap.sh
+builds it in var/ramdisk) and are deployed with the bootable lab OS image.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +20,50 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.lab import supervisor
-from provisioner.lab.images import ensure_demo_image, start_image_server, stop_image_server
+from provisioner.lab.images import (
+    ensure_demo_image,
+    ensure_lab_os_image,
+    start_image_server,
+    stop_image_server,
+)
+from provisioner.lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
+from provisioner.lab.ramdisk import RamdiskBuildError
 from provisioner.lab.spec import LabNodeSpec
 from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll
 
 ROOT = Path(settings.BASE_DIR)
+QEMU_SITE = {
+    "slug": "lab-qemu",
+    "name": "Neocloud Lab (emulated computers)",
+    "racks": ["lab-qemu-r1"],
+    # the guests reach the lab image server only at this address (QEMU user networking, restrict=on)
+    "image_mirror_url": f"http://{IMAGE_SERVER_GUEST_ADDRESS}",
+}
+
+
+def _node_placement(spec: LabNodeSpec) -> dict[str, Any]:
+    """Site, rack and, for an emulated computer, the SSH endpoint (its forwarded port) of a lab node."""
+    if spec.kind != "qemu":
+        return {"site": "lab", "rack": "lab-r1"}
+    return {
+        "site": QEMU_SITE["slug"],
+        "rack": QEMU_SITE["racks"][0],
+        "ssh_endpoint": {"address": "127.0.0.1", "port": spec.ssh_forward_port},
+    }
 
 
 def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any]) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
+    if any(s.kind == "qemu" for s in specs):
+        base["sites"] = [*base.get("sites", []), QEMU_SITE]
     base["images"] = [image]
     base["nodes"] = [
         {
             "name": s.name,
             "serial": f"LAB{s.index:05d}",
             "server_type": s.server_type,
-            "site": "lab",
-            "rack": "lab-r1",
+            **_node_placement(s),
             "boot_mac": s.mac,
             "address": s.ssh_address,
             "bmc": {
@@ -46,12 +81,33 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any]) -> dict[str, 
 
 
 def start_lab(
-    nodes: int, *, protocols: str = "mixed", do_enroll: bool = True, boot_url: str = ""
+    nodes: int,
+    *,
+    protocols: str = "mixed",
+    do_enroll: bool = True,
+    boot_url: str = "",
+    kind: str = "simulated",
 ) -> list[LabNodeSpec]:
+    """Start (or keep) the lab and enroll its nodes with the image they are deployed with.
+
+    :raises supervisor.LabError: a node did not start, or emulated computers would find no deploy ramdisk.
+    """
     lab_dir = Path(settings.NEOCLOUD_LAB_DIR)
     lab_dir.mkdir(parents=True, exist_ok=True)
-    specs = supervisor.up(nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols)
-    image = ensure_demo_image(Path(settings.NEOCLOUD_IMAGE_DIR))
+    if kind == "qemu":
+        missing = [
+            n for n in ("vmlinuz", "initrd.img") if not (Path(settings.NEOCLOUD_BOOT_DIR) / n).exists()
+        ]
+        if missing:
+            raise supervisor.LabError(
+                f"emulated computers boot the deploy ramdisk, but NEOCLOUD_BOOT_DIR ({settings.NEOCLOUD_BOOT_DIR}) "
+                f"has no {' or '.join(missing)}: run scripts/bootstrap.sh and set NEOCLOUD_BOOT_DIR=var/ramdisk"
+            )
+    specs = supervisor.up(nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols, kind=kind)
+    image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
+    image = ensure_demo_image(image_dir)
+    if kind == "qemu":
+        image = ensure_lab_os_image(image_dir)
     start_image_server(Path(settings.NEOCLOUD_IMAGE_DIR), lab_dir)
     if do_enroll:
         inventory = lab_inventory(specs, image)
@@ -79,6 +135,12 @@ class Command(BaseCommand):
         up = sub.add_parser("up", help="start the lab (idempotent)")
         up.add_argument("--nodes", type=int, default=4)
         up.add_argument("--protocols", choices=["mixed", "ipmi", "redfish"], default="mixed")
+        up.add_argument(
+            "--kind",
+            choices=["simulated", "qemu"],
+            default="simulated",
+            help="simulated servers, or emulated computers (QEMU, TCG) that PXE-boot and run a real OS",
+        )
         up.add_argument("--boot-url", default="", help="where lab firmware finds the boot service")
         up.add_argument("--no-enroll", action="store_true", help="do not enroll the nodes into Neocloud")
         st = sub.add_parser("status")
@@ -95,6 +157,7 @@ class Command(BaseCommand):
                     protocols=opts["protocols"],
                     do_enroll=not opts["no_enroll"],
                     boot_url=opts["boot_url"],
+                    kind=opts["kind"],
                 )
                 self.stdout.write(f"lab up: {len(specs)} nodes ({', '.join(s.bmc_protocol for s in specs)})")
             elif opts["action"] == "down":
@@ -110,5 +173,5 @@ class Command(BaseCommand):
                             f"{r['name']:<14} {r['protocol']:<8} {r['address']}:{r['port']:<5} power={r['power']:<7} "
                             f"{'running' if r['alive'] else 'stopped'}"
                         )
-        except supervisor.LabError as exc:
+        except (supervisor.LabError, RamdiskBuildError) as exc:
             raise CommandError(str(exc))
