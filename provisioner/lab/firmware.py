@@ -82,6 +82,11 @@ class Firmware:
         self._thread = thread
         thread.start()
 
+    def halted(self, spec: LabNodeSpec) -> bool:
+        """Never: the simulated deploy ramdisk waits for the BMC's next command, like one that does not
+        power off when it is done."""
+        return False
+
     def on_power_off(self, spec: LabNodeSpec) -> None:
         """Kill the agent if it runs and stop the node's OS. Idempotent."""
         with self._lock:

@@ -28,11 +28,16 @@ FAULTS_FILE = "faults.json"
 
 
 class FirmwareHooks(Protocol):
-    """What the simulated firmware hangs on power changes (implemented in provisioner.lab.firmware)."""
+    """What the firmware hangs on power changes (provisioner.lab.firmware, provisioner.lab.qemu_firmware).
+    ``on_power_on`` is called under the server's lock and must return at once."""
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None: ...
 
     def on_power_off(self, spec: LabNodeSpec) -> None: ...
+
+    def halted(self, spec: LabNodeSpec) -> bool:
+        """Whether the machine powered itself off since its last power on (its OS shut down)."""
+        ...
 
 
 class NoFirmware:
@@ -43,6 +48,9 @@ class NoFirmware:
 
     def on_power_off(self, spec: LabNodeSpec) -> None:
         return None
+
+    def halted(self, spec: LabNodeSpec) -> bool:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +164,16 @@ class SimulatedServer:
     # --- what the BMC does ------------------------------------------------------------------------
 
     def power_state(self) -> PowerState:
-        return self.power
+        with self._lock:
+            self._observe_halt()
+            return self.power
+
+    def _observe_halt(self) -> None:
+        """A machine that powered itself off (its OS ran ``poweroff``) is off, as a BMC reads it from the
+        power rails; call with the lock held."""
+        if self.power == PowerState.ON and self.hooks.halted(self.spec):
+            self.power = PowerState.OFF
+            self._save()
 
     def boot_setting(self) -> BootSetting:
         """The device the next boot uses: the one-time override if set, else the persistent one."""
@@ -178,12 +195,14 @@ class SimulatedServer:
     def power_on(self) -> None:
         """Power on (booting the next boot device). Idempotent."""
         with self._lock:
+            self._observe_halt()
             if self.power == PowerState.ON:
                 return
             self.power = PowerState.ON
             boot = self._consume_boot()
             self._save()
-        self.hooks.on_power_on(self.spec, boot)
+            # under the lock: a power_state() in between would ask the hooks about the previous boot
+            self.hooks.on_power_on(self.spec, boot)
 
     def power_off(self) -> None:
         """Power off (hard or soft: the simulation has no OS to wait for). Idempotent."""
@@ -197,6 +216,7 @@ class SimulatedServer:
     def reset(self) -> None:
         """Reboot a running server; power on one that is off."""
         with self._lock:
+            self._observe_halt()
             was_on = self.power == PowerState.ON
         if was_on:
             self.power_off()

@@ -39,6 +39,8 @@ class BackgroundHooks:
     def __init__(self, inner: FirmwareHooks) -> None:
         self.inner = inner
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._pending = 0  # power changes queued or running
+        self._pending_lock = threading.Lock()
         threading.Thread(target=self._run, name="firmware-hooks", daemon=True).start()
 
     def _run(self) -> None:
@@ -48,12 +50,27 @@ class BackgroundHooks:
                 job()
             except Exception:  # a firmware bug must not kill the BMC
                 log.exception("firmware hook failed")
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+
+    def _put(self, job: Callable[[], None]) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put(job)
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None:
-        self._queue.put(lambda: self.inner.on_power_on(spec, boot))
+        self._put(lambda: self.inner.on_power_on(spec, boot))
 
     def on_power_off(self, spec: LabNodeSpec) -> None:
-        self._queue.put(lambda: self.inner.on_power_off(spec))
+        self._put(lambda: self.inner.on_power_off(spec))
+
+    def halted(self, spec: LabNodeSpec) -> bool:
+        """Never while a power change is still queued: the machine it would report on is the previous one."""
+        with self._pending_lock:
+            if self._pending:
+                return False
+        return self.inner.halted(spec)
 
 
 def load_firmware(spec: LabNodeSpec, lab_dir: Path, boot_url: str) -> FirmwareHooks:

@@ -16,9 +16,9 @@ The guest reaches two host services, both on loopback: the boot service (the por
 ``qemu`` node must therefore name 10.0.2.101, not 127.0.0.1 (the guest's own loopback). The fault
 injections of the simulated firmware (agent crash, image corruption) do not reach a guest's agent.
 
-A deploy ramdisk that powers the computer off leaves the BMC saying "on" until the next power command, as a
-real BMC would show a host that halted without the BMC's doing; the engine's reset after the deploy then
-powers it off (nothing to quit) and on again. QEMU's console is ``nodes/<name>/qemu/console.log``.
+A computer that powers itself off (the deploy ramdisk when it is done, an OS's ``poweroff``) makes QEMU exit;
+the BMC then reports power off (``halted``), as a real BMC reads the host's power from its rails, and the
+engine's reset after the deploy powers it on again. QEMU's console is ``nodes/<name>/qemu/console.log``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ class QemuFirmware:
             self.computer.start()
             pid = self.computer.process.pid if self.computer.process else None
         self._console(f"power on: QEMU (pid {pid}) boots {'the network' if network else 'the disk'} first")
+
+    def halted(self, spec: LabNodeSpec) -> bool:
+        """Whether QEMU exited by itself since the last power on (the guest powered the computer off)."""
+        computer = self.computer  # no lock: a power off in progress holds it for seconds (QMP quit)
+        return computer is not None and computer.process is not None and not computer.running()
 
     def on_power_off(self, spec: LabNodeSpec) -> None:
         """QMP ``quit`` (then SIGTERM/SIGKILL); returns when QEMU is gone. Idempotent."""
