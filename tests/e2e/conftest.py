@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import WorkerPool, ssh_keygen
+from provisioner.models import Node, Reservation
+from provisioner.states import NodeState, ReservationState
+from tests.conftest import WorkerPool, ssh_keygen, wait_for
 
 
 @pytest.fixture
@@ -59,3 +61,19 @@ def customers(transactional_db, tmp_path):
         )
         out[slug] = {"user": user, "org": org, "key": key, "private": private}
     return out
+
+
+def wait_reservation_state(reservation, state, workers: WorkerPool, timeout: float) -> None:
+    """Wait until the reservation is in ``state``; fail at once, with the workers' logs, when a node ends in
+    error or quarantine or the reservation is waiting or failed."""
+
+    def done():
+        r = Reservation.objects.get(pk=reservation.pk)
+        bad = Node.objects.filter(state__in=[NodeState.ERROR, NodeState.QUARANTINED]).first()
+        assert bad is None, f"{bad.name} is {bad.state}: {bad.state_reason}\n{workers.logs()}"
+        assert r.state not in (ReservationState.WAITING, ReservationState.FAILED), r.status_message
+        return r.state == state
+
+    wait_for(
+        done, timeout, interval=0.5, message=f"reservation {reservation.pk} {state}", details=workers.logs
+    )

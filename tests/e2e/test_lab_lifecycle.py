@@ -16,6 +16,7 @@ from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, ReservationState
 from tests.conftest import wait_for
+from tests.e2e.conftest import wait_reservation_state
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 TIMEOUT = 480
@@ -32,19 +33,6 @@ def _reserve(customer, count):
     ).reservation
 
 
-def _wait_state(reservation, state, workers, timeout=TIMEOUT):
-    def done():
-        r = Reservation.objects.get(pk=reservation.pk)
-        bad = Node.objects.filter(state__in=[NodeState.ERROR, NodeState.QUARANTINED]).first()
-        assert bad is None, f"{bad.name} is {bad.state}: {bad.state_reason}\n{workers.logs()}"
-        assert r.state not in (ReservationState.WAITING, ReservationState.FAILED), r.status_message
-        return r.state == state
-
-    wait_for(
-        done, timeout, interval=0.5, message=f"reservation {reservation.pk} {state}", details=workers.logs
-    )
-
-
 def _login(node: Node, private_key: str, command: str):
     return run_command(
         node.ssh_address, node.ssh_port, node.ssh_user, private_key, node.host_key_fingerprints, command, 30
@@ -57,8 +45,8 @@ def test_two_customers_reserve_ssh_in_release_and_servers_return_wiped(lab, lab_
     lab_workers.scheduler()
     acme = _reserve(customers["acme"], 2)
     globex = _reserve(customers["globex"], 1)
-    _wait_state(acme, ReservationState.ACTIVE, lab_workers)
-    _wait_state(globex, ReservationState.ACTIVE, lab_workers)
+    wait_reservation_state(acme, ReservationState.ACTIVE, lab_workers, TIMEOUT)
+    wait_reservation_state(globex, ReservationState.ACTIVE, lab_workers, TIMEOUT)
 
     for reservation, who in ((acme, "acme"), (globex, "globex")):
         for node in Node.objects.filter(reservation=reservation):
@@ -85,8 +73,8 @@ def test_two_customers_reserve_ssh_in_release_and_servers_return_wiped(lab, lab_
 
     release_reservation(acme, actor=Actor(user=customers["acme"]["user"], label="acme"))
     release_reservation(globex, actor=Actor(user=customers["globex"]["user"], label="globex"))
-    _wait_state(acme, ReservationState.RELEASED, lab_workers)
-    _wait_state(globex, ReservationState.RELEASED, lab_workers)
+    wait_reservation_state(acme, ReservationState.RELEASED, lab_workers, TIMEOUT)
+    wait_reservation_state(globex, ReservationState.RELEASED, lab_workers, TIMEOUT)
     wait_for(
         lambda: Node.objects.filter(state=NodeState.AVAILABLE).count() == 3,
         60,

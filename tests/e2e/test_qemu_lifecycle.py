@@ -21,12 +21,13 @@ from provisioner.handover import SshAuthFailed, load_private_key, run_command
 from provisioner.lab.images import LAB_OS_SLUG
 from provisioner.lab.qemu import qemu_available
 from provisioner.lab.ramdisk import ensure_ramdisk
-from provisioner.models import DeployTicket, Image, Node, Operation, Reservation, ServerType
+from provisioner.models import DeployTicket, Image, Node, Operation, ServerType
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, ReservationState
 from tests.conftest import wait_for
+from tests.e2e.conftest import wait_reservation_state
 
 pytestmark = [
     pytest.mark.lab,
@@ -47,19 +48,6 @@ def qemu_lab(lab_workers, live_server, settings):
         yield spec
     finally:
         stop_lab()
-
-
-def _wait_reservation(reservation, state, workers):
-    def done():
-        r = Reservation.objects.get(pk=reservation.pk)
-        bad = Node.objects.filter(state__in=[NodeState.ERROR, NodeState.QUARANTINED]).first()
-        assert bad is None, f"{bad.name} is {bad.state}: {bad.state_reason}\n{workers.logs()}"
-        assert r.state not in (ReservationState.WAITING, ReservationState.FAILED), r.status_message
-        return r.state == state
-
-    wait_for(
-        done, TIMEOUT, interval=0.5, message=f"reservation {reservation.pk} {state}", details=workers.logs
-    )
 
 
 def _login_with_known_hosts(node: Node, private_key: str, known_hosts: Path, command: str) -> str:
@@ -99,7 +87,7 @@ def test_engine_provisions_hands_over_and_wipes_an_emulated_computer(
         ssh_keys=[customer["key"]],
         actor=Actor(user=customer["user"], label=customer["user"].username),
     ).reservation
-    _wait_reservation(reservation, ReservationState.ACTIVE, lab_workers)
+    wait_reservation_state(reservation, ReservationState.ACTIVE, lab_workers, TIMEOUT)
     provisioned = time.monotonic() - started
 
     node = Node.objects.get(reservation=reservation)
@@ -151,7 +139,7 @@ def test_engine_provisions_hands_over_and_wipes_an_emulated_computer(
 
     released_at = time.monotonic()
     release_reservation(reservation, actor=Actor(user=customer["user"], label="acme"))
-    _wait_reservation(reservation, ReservationState.RELEASED, lab_workers)
+    wait_reservation_state(reservation, ReservationState.RELEASED, lab_workers, TIMEOUT)
     wait_for(
         lambda: Node.objects.get(pk=node.pk).state == NodeState.AVAILABLE,
         TIMEOUT,
