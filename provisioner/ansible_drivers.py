@@ -37,6 +37,7 @@ from provisioner.drivers.base import (
 from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
 from provisioner.lab.spec import LabNodeSpec, load_specs
 from provisioner.models import DeployTicket, Node, Operation
+from provisioner.sshkeys import ssh_command
 
 LAB_PREFIX = 15  # lab addresses live in 198.18.0.0/15
 
@@ -194,8 +195,7 @@ class AnsibleDeployDriver(DeployDriver):
         return HandoverResult(
             host_key_fingerprints=request.expected_fingerprints,
             known_hosts=known_hosts,
-            ssh_command=f"ssh {request.username}@{request.address}"
-            + ("" if request.port == 22 else f" -p {request.port}"),
+            ssh_command=ssh_command(request.username, request.address, request.port),
         )
 
     @staticmethod

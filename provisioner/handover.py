@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import paramiko
 
 from provisioner.errors import DriverError, InvalidRequest, StepTimeout
-from provisioner.sshkeys import fingerprint_sha256, parse_public_key
+from provisioner.sshkeys import fingerprint_sha256, parse_public_key, ssh_command
 
 AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"  # set by the lab's sshd (provisioner.lab.sshd)
 DEFAULT_AUTHORIZED_KEYS = ".ssh/authorized_keys"  # relative to the user's home, like sshd's default
@@ -442,5 +442,5 @@ def perform_handover(
     return HandoverResult(
         host_key_fingerprints={k.key_type: k.fingerprint for k in host_keys},
         known_hosts_lines=[f"{host} {k.key_type} {k.blob_b64}" for k in host_keys],
-        ssh_command=f"ssh {username}@{address}" + ("" if port == 22 else f" -p {port}"),
+        ssh_command=ssh_command(username, address, port),
     )

@@ -212,3 +212,9 @@ def generate_keypair(kind: str = "ed25519", comment: str = "neocloud-provisionin
     if comment:
         public_line = f"{public_line} {comment}"
     return private_text, public_line
+
+
+def ssh_command(user: str, address: str, port: int = 22, *, identity: str = "") -> str:
+    """The command that logs in to a handed-over server: ``ssh [-i identity] [-p port] user@address``. Pure."""
+    options = (f"-i {identity} " if identity else "") + ("" if port == 22 else f"-p {port} ")
+    return f"ssh {options}{user}@{address}"

@@ -163,3 +163,11 @@ def test_generated_keypair_is_usable_by_openssh(tmp_path: Path, kind: str) -> No
 
 def test_generated_keypairs_differ() -> None:
     assert generate_keypair()[1] != generate_keypair()[1]
+
+
+def test_ssh_command_names_the_port_and_key_only_when_needed() -> None:
+    from provisioner.sshkeys import ssh_command
+
+    assert ssh_command("root", "198.18.0.2") == "ssh root@198.18.0.2"
+    assert ssh_command("root", "127.0.0.1", 22001) == "ssh -p 22001 root@127.0.0.1"
+    assert ssh_command("ubuntu", "h", 2222, identity="/k/id") == "ssh -i /k/id -p 2222 ubuntu@h"

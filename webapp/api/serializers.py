@@ -27,6 +27,7 @@ from provisioner.models import (
     Step,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.sshkeys import ssh_command
 from provisioner.states import LEASED_STATES, StepState
 
 if TYPE_CHECKING:
@@ -429,7 +430,7 @@ class ServerSerializer(serializers.ModelSerializer):
     def get_ssh_command(self, obj: Node) -> str | None:
         if not obj.ssh_address:
             return None
-        return f"ssh {obj.ssh_user}@{obj.ssh_address}" + ("" if obj.ssh_port == 22 else f" -p {obj.ssh_port}")
+        return ssh_command(obj.ssh_user, obj.ssh_address, obj.ssh_port)
 
     @extend_schema_field(BurnInSummarySerializer(allow_null=True))
     def get_burnin(self, obj: Node) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from provisioner.models import (
 )
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
-from provisioner.sshkeys import generate_keypair, parse_public_key
+from provisioner.sshkeys import generate_keypair, parse_public_key, ssh_command
 from provisioner.states import NodeState, ReservationState
 from webapp.env import database_url
 
@@ -220,8 +220,7 @@ class Command(BaseCommand):
             n.refresh_from_db()
             report = n.burnin_reports.first()
             self.step(f"{n.name} is yours")
-            port = "" if n.ssh_port == 22 else f"-p {n.ssh_port} "
-            self.say(f"  ssh -i {private_path} {port}{n.ssh_user}@{n.ssh_address}")
+            self.say(f"  {ssh_command(n.ssh_user, n.ssh_address, n.ssh_port, identity=str(private_path))}")
             for kind, fp in n.host_key_fingerprints.items():
                 self.say(f"  host key {kind}: {fp}")
             if report:

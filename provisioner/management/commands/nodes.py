@@ -12,6 +12,7 @@ from provisioner.models import AuditEvent, Node
 from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
+from provisioner.sshkeys import ssh_command
 
 
 class Command(BaseCommand):
@@ -74,10 +75,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{n.name}  {n.server_type.name}  state={n.state}  power={n.power_state}")
         self.stdout.write(f"  BMC {n.bmc_protocol}://{n.bmc_address}:{n.bmc_port}  MAC {n.boot_mac}")
         if n.ssh_address:
-            port = "" if n.ssh_port == 22 else f"-p {n.ssh_port} "
-            self.stdout.write(
-                f"  ssh {port}{n.ssh_user}@{n.ssh_address}  {json.dumps(n.host_key_fingerprints)}"
-            )
+            login = ssh_command(n.ssh_user, n.ssh_address, n.ssh_port)
+            self.stdout.write(f"  {login}  {json.dumps(n.host_key_fingerprints)}")
         self.stdout.write("History:")
         for ev in AuditEvent.objects.filter(node=n).order_by("created_at", "id"):
             arrow = f"{ev.from_state} -> {ev.to_state}" if ev.to_state else ev.action

@@ -7,6 +7,7 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
+from provisioner import sshkeys
 from webapp.portal.access import current_membership, memberships
 
 register = template.Library()
@@ -74,8 +75,7 @@ def progress_bar(percent: Any, state: str = "") -> str:
 @register.filter
 def ssh_command(node: Any) -> str:
     """The command a customer types to log in to a handed-over server."""
-    port = "" if int(node.ssh_port or 22) == 22 else f"-p {node.ssh_port} "
-    return f"ssh {port}{node.ssh_user}@{node.ssh_address}"
+    return sshkeys.ssh_command(node.ssh_user, node.ssh_address, int(node.ssh_port or 22))
 
 
 @register.filter
