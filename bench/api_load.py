@@ -48,6 +48,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from bench.procstat import TICK, cpu_split  # noqa: E402
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/neocloud_bench"
 
@@ -289,16 +290,13 @@ def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results
 
 # --- where the CPU goes ---------------------------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
-
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (0 if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_split(pid)[0]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def _descendants(pid: int) -> list[int]:

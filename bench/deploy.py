@@ -53,19 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-TICK = os.sysconf("SC_CLK_TCK")
+from bench.procstat import TICK, cpu_seconds, cpu_split  # noqa: E402
+
 WRITE_DONE = re.compile(r"^(\S+ \S+) agent INFO stage=write done bytes=(\d+) seconds=([\d.]+)", re.M)
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(utime + stime of a process, the same of the children it has waited for: ansible runs, modules)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICK
-    return own, (int(fields[13]) + int(fields[14])) / TICK
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
 
 
 def grow_disks(disk_paths: list[str], image_size: int) -> None:
