@@ -33,8 +33,8 @@ NODE_MODULE = "provisioner.lab.node_process"
 IPMI_PORT = 623
 REDFISH_PORT = 8000
 BMC_USERNAME = "ncadmin"
-MAX_NODES = 200
-QEMU_SSH_PORT_BASE = 22000  # a qemu node's sshd is forwarded from 127.0.0.1:<base + index>  # 127.0.10.<i> and 198.18.0.<i+1> stay inside one /24
+MAX_NODES = 200  # 127.0.10.<i> and 198.18.0.<i+1> stay inside one /24
+QEMU_SSH_PORT_BASE = 22000  # a qemu node's sshd is forwarded from 127.0.0.1:<base + index>
 
 
 class LabError(RuntimeError):

@@ -105,9 +105,7 @@ def start_lab(
             )
     specs = supervisor.up(nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols, kind=kind)
     image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
-    image = ensure_demo_image(image_dir)
-    if kind == "qemu":
-        image = ensure_lab_os_image(image_dir)
+    image = ensure_lab_os_image(image_dir) if kind == "qemu" else ensure_demo_image(image_dir)
     start_image_server(Path(settings.NEOCLOUD_IMAGE_DIR), lab_dir)
     if do_enroll:
         inventory = lab_inventory(specs, image)
