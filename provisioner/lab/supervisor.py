@@ -135,6 +135,27 @@ def _is_node_process(pid: int, lab_dir: Path, name: str | None = None) -> bool:
     return name is None or ("--name" in args and args[args.index("--name") + 1] == name)
 
 
+def other_labs(lab_dir: Path) -> dict[Path, list[int]]:
+    """Node processes of labs other than ``lab_dir`` that run now, by their lab directory. Every lab uses
+    the same addresses (127.0.10.<i>, 198.18.0.<i+1>, namespace nclab-<i>), so one machine runs one lab."""
+    others: dict[Path, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = _cmdline(int(entry.name))
+        if NODE_MODULE not in args or "--lab-dir" not in args:
+            continue
+        try:
+            given = Path(args[args.index("--lab-dir") + 1])
+            if not given.is_absolute():
+                given = Path(os.readlink(f"/proc/{entry.name}/cwd")) / given
+        except (IndexError, OSError):
+            continue
+        if given.resolve() != lab_dir.resolve() and _is_node_process(int(entry.name), given):
+            others.setdefault(given.resolve(), []).append(int(entry.name))
+    return others
+
+
 def lab_processes(lab_dir: Path) -> list[int]:
     """Every live node process of this lab, found by scanning /proc (not trusting pid files)."""
     pids = []
@@ -252,9 +273,16 @@ def up(
     """Start an n-node lab. Idempotent: an existing lab.json with n nodes and the same protocols, kind and
     image port keeps its specs (and passwords); nodes already running are left alone.
 
-    :raises LabError: a node's BMC did not answer within ``wait_timeout`` (the message names its log).
+    :raises LabError: a node's BMC did not answer within ``wait_timeout`` (the message names its log), or
+        another lab directory's nodes run (they hold the same addresses: the message says how to stop them).
     """
     lab_dir = lab_dir.resolve()
+    if others := other_labs(lab_dir):
+        where, pids = next(iter(others.items()))
+        raise LabError(
+            f"another lab runs from {where} ({len(pids)} node process(es), pids {', '.join(map(str, sorted(pids)))}) "
+            f"and holds the lab's addresses; stop it first: python -m provisioner.lab down --lab-dir {where}"
+        )
     specs = load_specs(lab_dir)
     wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port)
     same_shape = len(specs) == n and [(s.bmc_protocol, s.kind, s.image_port) for s in specs] == [

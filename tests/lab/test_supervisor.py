@@ -7,6 +7,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from provisioner.lab import supervisor
 
 
@@ -35,6 +37,18 @@ def test_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
         again = supervisor.up(3, lab_dir, "http://127.0.0.1:1/boot")  # idempotent: same nodes, same processes
         assert [s.bmc_password for s in again] == [s.bmc_password for s in specs]
         assert [r["pid"] for r in supervisor.status(lab_dir)] == pids
+
+        # a second lab would take the same addresses and namespaces: refused, naming the running one
+        other = tmp_path / "other-lab"
+        with pytest.raises(supervisor.LabError, match=f"another lab runs from {lab_dir.resolve()} \\(3 node"):
+            supervisor.up(1, other, "http://127.0.0.1:1/boot")
+        assert supervisor.lab_processes(other) == [] and not (other / "lab.json").exists()
+        assert [r["pid"] for r in supervisor.status(lab_dir)] == pids and all(
+            r["alive"] for r in supervisor.status(lab_dir)
+        )
+        assert {k: sorted(v) for k, v in supervisor.other_labs(other).items()} == {
+            lab_dir.resolve(): sorted(pids)
+        }
     finally:
         supervisor.down(lab_dir)
     assert supervisor.lab_processes(lab_dir) == []
