@@ -25,6 +25,8 @@ retryable error and the engine retries the step.
 Secrets (BMC credentials, SSH private keys, a deploy ticket's watch key) are never Ansible variables: they
 are private files (``files``, mode 0600 in 0700 directories, removed after the run) whose paths the tasks
 get, and their values, passed in ``secrets``, are masked in every log line. Ansible gets no database URL.
+Text that others chose (a customer's SSH key comment) goes in wrapped by ``untemplated``: Ansible renders
+host variables as Jinja, and ``{{ lookup('pipe', ...) }}`` would run on the control plane.
 
 ``cancel`` (a threading.Event, set by the engine on a step timeout or a lost lease) stops the caller's
 host: our long-running modules watch its cancel file, and a batch whose hosts are all cancelled is
@@ -130,6 +132,18 @@ def environment() -> dict[str, str]:
 def local_host(**hostvars: Any) -> dict[str, Any]:
     """Host variables for a node whose tasks run on the control plane (BMC, boot service)."""
     return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **hostvars}
+
+
+def untemplated(value: Any) -> Any:
+    """``value`` (text, or lists and dicts of it) as host variables Ansible passes on verbatim and never
+    renders as a template: the JSON inventory's form of ``!unsafe``. Pure."""
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, list | tuple):
+        return [untemplated(item) for item in value]
+    if isinstance(value, dict):
+        return {key: untemplated(item) for key, item in value.items()}
+    return value
 
 
 def ssh_host(address: str, port: int, user: str, interpreter: str, **hostvars: Any) -> dict[str, Any]:

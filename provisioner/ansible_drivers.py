@@ -22,7 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from provisioner.ansible import PlaybookFailed, local_host, run_playbook, ssh_host
+from provisioner.ansible import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
 from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
 from provisioner.drivers.base import (
@@ -168,8 +168,8 @@ class AnsibleDeployDriver(DeployDriver):
             request.port,
             request.username,
             self.python,
-            customer_keys=request.customer_keys,
-            provisioning_public_key=request.provisioning_public_key,
+            customer_keys=untemplated(request.customer_keys),
+            provisioning_public_key=untemplated(request.provisioning_public_key),
         )
         known_hosts = Node.objects.get(pk=self.node.pk).known_hosts
         try:
