@@ -123,6 +123,24 @@ def test_quota_limits_servers_held_at_once(inventory):
 
 
 @pytest.mark.django_db
+def test_extend_is_refused_when_the_extra_time_would_exceed_the_quota(inventory):
+    inventory.acme.server_quota = 2
+    inventory.acme.save()
+    now = timezone.now()
+    first = _reserve(inventory, 2, starts_at=now + HOUR, ends_at=now + 2 * HOUR)
+    # Another type, right after the first window: within the quota, as the two never overlap.
+    _reserve(inventory, 2, server_type=inventory.a100, starts_at=now + 2 * HOUR, ends_at=now + 3 * HOUR)
+    with pytest.raises(QuotaExceeded, match="may hold 2 servers at once; it holds 2"):
+        extend_reservation(first, now + 3 * HOUR, actor=Actor.system("test"))
+    first.refresh_from_db()
+    assert first.ends_at == now + 2 * HOUR
+    assert set(first.allocations.values_list("ends_at", flat=True)) == {now + 2 * HOUR}
+    inventory.acme.server_quota = 4
+    inventory.acme.save()
+    assert extend_reservation(first, now + 3 * HOUR, actor=Actor.system("test")).ends_at == now + 3 * HOUR
+
+
+@pytest.mark.django_db
 def test_idempotency_key_never_books_twice(inventory):
     first = _reserve(inventory, 1, idempotency_key="abc-123")
     again = _reserve(inventory, 1, idempotency_key="abc-123")

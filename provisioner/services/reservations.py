@@ -120,12 +120,7 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
     """Refuse if the organization would hold more than its quota in the window. Call inside a transaction:
     it locks the organization's row until the end, so two reservations of one organization (of any server
     types) cannot both see room for themselves."""
-    quota = (
-        Organization.objects.select_for_update(no_key=True)
-        .filter(pk=org.pk)
-        .order_by()
-        .values_list("server_quota", flat=True)
-    )[0]
+    quota = _lock_organization(org.pk)
     held = (
         Allocation.objects.filter(
             _overlapping(starts_at, ends_at), active=True, reservation__organization=org
@@ -139,6 +134,16 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
             f"{org.name} may hold {quota} servers at once; it holds {held} in that window "
             f"and asked for {count} more"
         )
+
+
+def _lock_organization(org_id: int) -> int:
+    """Serialize quota checks of this organization until the transaction ends; return its quota."""
+    return (
+        Organization.objects.select_for_update(no_key=True)
+        .filter(pk=org_id)
+        .order_by()
+        .values_list("server_quota", flat=True)
+    )[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,14 +407,17 @@ def _release_in_progress(reservation: Reservation) -> bool:
 
 
 def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor: Actor) -> Reservation:
-    """Move the window's end later. Fails without change if any of its servers is booked in the extra time.
+    """Move the window's end later. Fails without change if any of its servers is booked in the extra time,
+    or if the organization would hold more than its quota in it.
 
-    :raises CapacityError, InvalidRequest:
+    :raises CapacityError, QuotaExceeded, InvalidRequest:
     """
     if timezone.is_naive(ends_at):
         raise InvalidRequest("times must include a timezone")
     try:
         with transaction.atomic():
+            # The booking lock order (organization, then server type): the quota check below needs the first.
+            _lock_organization(reservation.organization_id)
             _lock_server_type(reservation.server_type)
             reservation = Reservation.objects.select_for_update().get(pk=reservation.pk)
             if reservation.state not in OPEN_RESERVATION_STATES:
@@ -430,6 +438,7 @@ def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor:
                 raise CapacityError(
                     "cannot extend: at least one of these servers is booked by another reservation in that time"
                 )
+            _check_quota(reservation.organization, len(allocs), reservation.ends_at, ends_at)
             old_end = reservation.ends_at
             Allocation.objects.filter(pk__in=[a.pk for a in allocs]).update(ends_at=ends_at)
             reservation.ends_at = ends_at
