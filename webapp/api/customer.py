@@ -120,6 +120,19 @@ def _user(request: Request) -> User:
     return request.user
 
 
+# The largest id a row can have: ids are 64-bit signed integers on every backend.
+MAX_ROW_ID = 2**63 - 1
+
+
+def _row_id(text: str) -> int | None:
+    """``text`` as a row id, or None when it cannot be one. ASCII digits only: str.isdigit() also accepts
+    '²', which int() refuses, and a larger number than any id overflows the database's integer."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
+
+
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
@@ -230,7 +243,7 @@ class ReservationViewSet(
 
     @staticmethod
     def _ssh_keys(org: Organization, refs: list[str]) -> list[SSHKey]:
-        ids = [int(r) for r in refs if r.isdigit()]
+        ids = [i for i in map(_row_id, refs) if i is not None]
         found = list(SSHKey.objects.filter(organization=org).filter(Q(pk__in=ids) | Q(name__in=refs)))
         known = {str(k.pk) for k in found} | {k.name for k in found}
         missing = [r for r in refs if r not in known]
@@ -288,10 +301,10 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
-        after = self.request.query_params.get("after", "0")
-        if not after.isdigit():
+        after = _row_id(self.request.query_params.get("after", "0"))
+        if after is None:
             raise ValidationError({"after": ["must be a log line id (a non-negative integer)"]})
-        context["log_after"] = int(after)
+        context["log_after"] = after
         return context
 
     @extend_schema(
