@@ -18,11 +18,42 @@ def _busy(node: Node) -> bool:
     ).exists()
 
 
+def _lock_idle(node: Node, doing: str) -> Node:
+    """Lock the node's row (call inside a transaction) and refuse when an operation is working on it: an
+    operator decision taken mid-operation would be undone by, or would undo, that operation's steps.
+
+    :raises IllegalTransition: an operation on the node is pending or running.
+    """
+    node = Node.objects.select_for_update().get(pk=node.pk)
+    if _busy(node):
+        raise IllegalTransition(f"{node.name} is busy with another operation; {doing} when it finishes")
+    return node
+
+
+def _refuse_if_held(node: Node, doing: str) -> None:
+    """A node a reservation still holds (e.g. quarantined while leased) must not be wiped into the pool.
+
+    :raises IllegalTransition: the node still belongs to a reservation.
+    """
+    if node.reservation_id is not None:
+        raise IllegalTransition(
+            f"{node.name} is still held by reservation {node.reservation_id}; {doing} once that "
+            "reservation has released it"
+        )
+
+
 @transaction.atomic
 def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "") -> Node:
-    """Put a node on operator hold, or lift the hold (the node is wiped before it is leased again)."""
+    """Put a node on operator hold, or lift the hold (the node is wiped before it is leased again).
+
+    :raises IllegalTransition: an operation is working on the node, the lifecycle table forbids it, or
+        (lifting the hold) a reservation still holds the node.
+    """
     if on:
+        node = _lock_idle(node, "put it on hold")
         return process_event(node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold")
+    node = _lock_idle(node, "lift the hold")
+    _refuse_if_held(node, "lift the hold")
     node = process_event(node, NodeEvent.UNMAINTAIN, actor=actor, reason=reason or "hold lifted")
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
     return node
@@ -33,6 +64,8 @@ def return_from_quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
     """After repair: wipe and return the node to the pool."""
     if not reason:
         raise InvalidRequest("say what was repaired: a reason is required to return a quarantined server")
+    node = _lock_idle(node, "return it to the pool")
+    _refuse_if_held(node, "return it to the pool")
     node = process_event(node, NodeEvent.UNQUARANTINE, actor=actor, reason=reason)
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
     return node
@@ -40,12 +73,23 @@ def return_from_quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
 
 @transaction.atomic
 def quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
+    """Take a node out of service for review.
+
+    :raises IllegalTransition: an operation is working on the node, or the lifecycle table forbids it.
+    """
+    node = _lock_idle(node, "quarantine it")
     return process_event(node, NodeEvent.QUARANTINE, actor=actor, reason=reason or "quarantined by operator")
 
 
 @transaction.atomic
 def recover(node: Node, *, actor: Actor, reason: str = "") -> Node:
-    """Retry a node in error: wipe it and put it back in the pool."""
+    """Retry a node in error: wipe it and put it back in the pool.
+
+    :raises IllegalTransition: an operation is working on the node, a reservation still holds it, or it is
+        not in error.
+    """
+    node = _lock_idle(node, "retry it")
+    _refuse_if_held(node, "retry it")
     node = process_event(node, NodeEvent.RECOVER, actor=actor, reason=reason or "operator retry")
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
     return node

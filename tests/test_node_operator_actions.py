@@ -1,0 +1,118 @@
+"""Operator actions on nodes (services/nodes.py) never leave a node in an inconsistent state: no hold or
+quarantine decision on a node an operation is working on, and no node returned to the pool while a
+customer's reservation still holds it."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.errors import IllegalTransition
+from provisioner.models import Allocation, Node, Operation
+from provisioner.services import nodes as node_service
+from provisioner.services.audit import Actor
+from provisioner.services.lifecycle import process_event
+from provisioner.services.reservations import book_servers
+from provisioner.states import NodeEvent, NodeState, OperationKind, OperationState
+
+pytestmark = pytest.mark.django_db
+
+OPS = Actor.system("test-operator")
+
+
+def _active_leased_node(inv) -> Node:
+    """A customer's server that went through provisioning (the engine's transitions, done directly)."""
+    reservation = book_servers(
+        inv.acme, inv.h100, 1, image=inv.image, ssh_keys=[inv.key], actor=Actor(user=inv.owner, label="o")
+    ).reservation
+    node = Node.objects.get(reservation=reservation)
+    for event in (NodeEvent.DEPLOY, NodeEvent.DEPLOYED, NodeEvent.BURNIN_PASSED):
+        node = process_event(node, event, actor=OPS)
+    Operation.objects.filter(reservation=reservation).update(state=OperationState.SUCCEEDED)
+    return node
+
+
+def test_a_quarantined_server_still_held_by_a_reservation_is_not_returned_to_the_pool(inventory):
+    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    assert node.reservation_id is not None
+    with pytest.raises(IllegalTransition, match="reservation"):
+        node_service.return_from_quarantine(node, actor=OPS, reason="DIMM replaced")
+    node.refresh_from_db()
+    assert node.state == NodeState.QUARANTINED
+    assert not Operation.objects.filter(node=node, kind=OperationKind.CLEAN).exists()
+
+
+def test_a_held_server_on_hold_is_not_wiped_into_the_pool_when_the_hold_is_lifted(inventory):
+    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    node = node_service.set_maintenance(node, True, actor=OPS, reason="swap DIMM")
+    with pytest.raises(IllegalTransition, match="reservation"):
+        node_service.set_maintenance(node, False, actor=OPS, reason="DIMM swapped")
+    node.refresh_from_db()
+    assert node.state == NodeState.MAINTENANCE
+    assert Allocation.objects.filter(node=node, active=True).exists()
+
+
+def test_a_server_in_error_still_held_by_a_reservation_is_not_recovered_into_the_pool(inventory):
+    node = _active_leased_node(inventory)
+    node = process_event(node, NodeEvent.REIMAGE, actor=OPS)
+    node = process_event(node, NodeEvent.FAIL, actor=OPS)
+    with pytest.raises(IllegalTransition, match="reservation"):
+        node_service.recover(node, actor=OPS, reason="retry")
+    node.refresh_from_db()
+    assert node.state == NodeState.ERROR
+
+
+def test_releasing_the_reservation_then_returning_the_server_to_the_pool_works(inventory):
+    from provisioner.services.reservations import release_reservation
+
+    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    release_reservation(node.reservation, actor=Actor(user=inventory.owner, label="o"))
+    node = node_service.return_from_quarantine(
+        Node.objects.get(pk=node.pk), actor=OPS, reason="DIMM replaced"
+    )
+    assert node.state == NodeState.CLEANING and node.reservation_id is None
+    assert Operation.objects.filter(
+        node=node, kind=OperationKind.CLEAN, state=OperationState.PENDING
+    ).exists()
+
+
+def _quarantined_with_burnin_rerun(inv) -> Node:
+    node = node_service.quarantine(Node.objects.get(name="node-a100-8x-01"), actor=OPS, reason="xid 79")
+    node_service.rerun_burnin(node, actor=OPS)
+    return node
+
+
+def test_no_hold_on_a_server_while_its_burnin_rerun_is_in_flight(inventory):
+    node = _quarantined_with_burnin_rerun(inventory)
+    with pytest.raises(IllegalTransition, match="busy"):
+        node_service.set_maintenance(node, True, actor=OPS, reason="swap GPU")
+    assert Node.objects.get(pk=node.pk).state == NodeState.QUARANTINED
+
+
+def test_no_return_to_pool_while_a_burnin_rerun_is_in_flight(inventory):
+    node = _quarantined_with_burnin_rerun(inventory)
+    with pytest.raises(IllegalTransition, match="busy"):
+        node_service.return_from_quarantine(node, actor=OPS, reason="GPU reseated")
+    assert Node.objects.get(pk=node.pk).state == NodeState.QUARANTINED
+    assert not Operation.objects.filter(node=node, kind=OperationKind.CLEAN).exists()
+
+
+def test_no_hold_or_quarantine_on_an_idle_server_while_a_power_action_is_in_flight(inventory):
+    node = Node.objects.get(name="node-a100-8x-02")
+    node_service.power(node, "reset", actor=OPS)
+    with pytest.raises(IllegalTransition, match="busy"):
+        node_service.set_maintenance(node, True, actor=OPS)
+    with pytest.raises(IllegalTransition, match="busy"):
+        node_service.quarantine(node, actor=OPS, reason="fans")
+    assert Node.objects.get(pk=node.pk).state == NodeState.AVAILABLE
+
+
+def test_no_recover_while_an_operation_on_the_server_is_in_flight(inventory):
+    node = Node.objects.get(name="node-a100-8x-02")
+    node = node_service.set_maintenance(node, True, actor=OPS)
+    node = node_service.quarantine(node, actor=OPS, reason="x")
+    node_service.power(node, "off", actor=OPS)
+    # a node in error with a power action queued on it
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ERROR)
+    with pytest.raises(IllegalTransition, match="busy"):
+        node_service.recover(node, actor=OPS)
+    assert Node.objects.get(pk=node.pk).state == NodeState.ERROR
