@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import django_filters
 from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -287,11 +288,34 @@ class ServerViewSet(viewsets.ReadOnlyModelViewSet):
         )
 
 
+def _visible(model: Any) -> Any:
+    """A filter's choices: the rows of ``model`` the requesting user may see. Left unscoped, a filter by id
+    answers 400 for an id that does not exist but 200 for another organization's, which tells them apart."""
+    return lambda request: model.objects.for_user(getattr(request, "user", None))
+
+
+class OperationFilter(django_filters.FilterSet):
+    reservation = django_filters.ModelChoiceFilter(queryset=_visible(Reservation))
+
+    class Meta:
+        model = Operation
+        fields = ["state", "kind", "reservation"]
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    reservation = django_filters.ModelChoiceFilter(queryset=_visible(Reservation))
+    operation = django_filters.ModelChoiceFilter(queryset=_visible(Operation))
+
+    class Meta:
+        model = AuditEvent
+        fields = ["action", "reservation", "operation"]
+
+
 class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     """Long-running work (provision, release, reimage ...): progress, steps and log."""
 
     queryset = Operation.objects.all()
-    filterset_fields = ["state", "kind", "reservation"]
+    filterset_class = OperationFilter
 
     def get_serializer_class(self) -> type:
         return s.OperationSerializer if self.action == "retrieve" else s.OperationSummarySerializer
@@ -402,7 +426,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = s.AuditEventSerializer
     queryset = AuditEvent.objects.all()
-    filterset_fields = ["action", "reservation", "operation"]
+    filterset_class = AuditEventFilter
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         return AuditEvent.objects.for_user(self.request.user).select_related("node")
