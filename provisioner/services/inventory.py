@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
 from provisioner.errors import InvalidRequest
@@ -40,8 +42,62 @@ def _password(bmc: dict[str, Any], node_name: str) -> str:
             raise InvalidRequest(f"node {node_name}: environment variable {bmc['password_env']} is not set")
         return value
     if "password_file" in bmc:
-        return Path(bmc["password_file"]).read_text().strip()
+        try:
+            return Path(bmc["password_file"]).read_text().strip()
+        except OSError as exc:
+            raise InvalidRequest(
+                f"node {node_name}: cannot read bmc password_file {bmc['password_file']}: {exc.strerror}"
+            )
     raise InvalidRequest(f"node {node_name}: bmc needs password, password_env or password_file")
+
+
+def _required(entry: dict[str, Any], key: str, where: str) -> Any:
+    value = entry.get(key)
+    if value is None or value == "":
+        raise InvalidRequest(f"{where}: {key} is missing")
+    return value
+
+
+def _port(value: Any, where: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = 0
+    if not 0 < port < 65536:
+        raise InvalidRequest(f"{where}: port {value!r} is not a TCP port (1-65535)")
+    return port
+
+
+def _checked_node(nd: Any, index: int) -> tuple[str, dict[str, Any]]:
+    """The node entry's name and bmc mapping, once the fields every node needs are there."""
+    if not isinstance(nd, dict) or not nd.get("name"):
+        raise InvalidRequest(
+            f"nodes entry {index + 1}: a node is a mapping with name, server_type, boot_mac, bmc"
+        )
+    name = str(nd["name"])
+    _required(nd, "server_type", f"node {name}")
+    _required(nd, "boot_mac", f"node {name}")
+    bmc = nd.get("bmc")
+    if not isinstance(bmc, dict):
+        raise InvalidRequest(f"node {name}: bmc is missing (protocol, address, username and a password)")
+    for key in ("protocol", "address", "username"):
+        _required(bmc, key, f"node {name}: bmc")
+    if nd.get("address"):
+        try:
+            validate_ipv46_address(str(nd["address"]))
+        except ValidationError:
+            raise InvalidRequest(f"node {name}: address {nd['address']!r} is not an IP address")
+    return name, bmc
+
+
+def _refuse_duplicates(name: str, boot_mac: str, serial: str) -> None:
+    """A boot MAC or serial number belongs to one server: a second node with it is an inventory mistake."""
+    other = Node.objects.filter(boot_mac=boot_mac).exclude(name=name).first()
+    if other is not None:
+        raise InvalidRequest(f"node {name}: boot_mac {boot_mac} is already node {other.name}'s")
+    other = Node.objects.filter(serial=serial).exclude(name=name).first() if serial else None
+    if other is not None:
+        raise InvalidRequest(f"node {name}: serial {serial} is already node {other.name}'s")
 
 
 def normalize_mac(mac: str) -> str:
@@ -79,8 +135,8 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             },
         )
         counts["images"] += 1
-    for nd in data.get("nodes", []):
-        name = nd["name"]
+    for index, nd in enumerate(data.get("nodes") or []):
+        name, bmc = _checked_node(nd, index)
         try:
             server_type = ServerType.objects.get(slug=nd["server_type"])
         except ServerType.DoesNotExist:
@@ -91,20 +147,26 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
                 site=Site.objects.get_or_create(slug=nd["site"], defaults={"name": nd["site"]})[0],
                 name=nd["rack"],
             )
-        bmc = nd["bmc"]
+        boot_mac = normalize_mac(str(nd["boot_mac"]))
+        serial = str(nd.get("serial") or "")
+        _refuse_duplicates(name, boot_mac, serial)
         fields = {
-            "serial": nd.get("serial", ""),
+            "serial": serial,
             "server_type": server_type,
             "rack": rack,
             "bmc_protocol": bmc["protocol"],
             "bmc_address": bmc["address"],
-            "bmc_port": int(bmc.get("port", 623 if bmc["protocol"] == "ipmi" else 443)),
+            "bmc_port": _port(
+                bmc.get("port", 623 if bmc["protocol"] == "ipmi" else 443), f"node {name}: bmc"
+            ),
             "bmc_system_id": bmc.get("system_id", ""),
-            "boot_mac": normalize_mac(nd["boot_mac"]),
+            "boot_mac": boot_mac,
             "primary_address": nd.get("address") or None,
             # where SSH is reached when it is not primary address:22 (a port forward on the site's gateway)
             "ssh_endpoint_address": (nd.get("ssh_endpoint") or {}).get("address", ""),
-            "ssh_endpoint_port": int((nd.get("ssh_endpoint") or {}).get("port", 22)),
+            "ssh_endpoint_port": _port(
+                (nd.get("ssh_endpoint") or {}).get("port", 22), f"node {name}: ssh_endpoint"
+            ),
         }
         if bmc["protocol"] not in Node.BmcProtocol.values:
             raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")
@@ -130,11 +192,22 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
     return counts
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the line: that line may hold a BMC password."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        what = " ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+        mark = exc.problem_mark or exc.context_mark
+        return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else what
+    return type(exc).__name__
+
+
 def enroll_file(path: str | Path, *, actor: Actor) -> dict[str, int]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise InvalidRequest(f"cannot read inventory {path}: {exc}")
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"inventory {path} is not valid YAML: {_yaml_problem(exc)}")
     if not isinstance(data, dict):
         raise InvalidRequest(f"inventory {path} must be a mapping with sites, server_types, images, nodes")
     return enroll(data, actor=actor)

@@ -1,0 +1,105 @@
+"""Enrolling an inventory file an operator wrote: every mistake is a clear sentence naming the node (never a
+traceback, never the BMC password), and nothing of the file is enrolled when one node is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from provisioner.models import Node
+
+SERVER_TYPE = (
+    "server_types:\n"
+    "  - {slug: t1, name: T1, cpu_model: x, cpu_cores: 1, ram_gib: 1, gpu_model: g, gpu_count: 1,\n"
+    "     gpu_memory_gib: 1, pcie_gen: 4, pcie_width: 16, nvlink_links: 0, disk_gib: 1}\n"
+    "nodes:\n"
+)
+BMC = "protocol: fake, address: 10.0.0.1, username: admin, password: hunter2-bmc"
+
+
+def _enroll(tmp_path: Path, nodes: str) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(SERVER_TYPE + nodes)
+    call_command("nodes", "enroll", str(path))
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("  - {name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01'}\n", "node n1: bmc is missing"),
+        (
+            "  - {name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {protocol: fake, username: a}}\n",
+            "node n1: bmc: address is missing",
+        ),
+        (f"  - {{name: n1, server_type: t1, bmc: {{{BMC}}}}}\n", "node n1: boot_mac is missing"),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 12, bmc: {{{BMC}}}}}\n",
+            "'12' is not a MAC address",
+        ),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}, port: https}}}}\n",
+            "node n1: bmc: port 'https' is not a TCP port",
+        ),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', address: 10.0.0, bmc: {{{BMC}}}}}\n",
+            "node n1: address '10.0.0' is not an IP address",
+        ),
+        (
+            "  - {name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01',\n"
+            "     bmc: {protocol: fake, address: x, username: a, password_file: /nonexistent/bmc-password}}\n",
+            "node n1: cannot read bmc password_file /nonexistent/bmc-password",
+        ),
+        ("  n1: {server_type: t1}\n", "nodes entry 1: a node is a mapping with name"),
+    ],
+)
+def test_a_node_with_missing_or_bad_fields_is_refused_with_a_sentence(
+    db, tmp_path: Path, nodes: str, message: str
+) -> None:
+    with pytest.raises(CommandError, match=message):
+        _enroll(tmp_path, nodes)
+    assert not Node.objects.exists()
+
+
+def test_two_nodes_with_one_boot_mac_are_refused(db, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="node n2: boot_mac aa:bb:cc:00:00:01 is already node n1's"):
+        _enroll(
+            tmp_path,
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n"
+            f"  - {{name: n2, server_type: t1, boot_mac: 'AA-BB-CC-00-00-01', bmc: {{{BMC}}}}}\n",
+        )
+    assert not Node.objects.exists()
+
+
+def test_two_nodes_with_one_serial_are_refused(db, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="node n2: serial SN-1 is already node n1's"):
+        _enroll(
+            tmp_path,
+            f"  - {{name: n1, serial: SN-1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n"
+            f"  - {{name: n2, serial: SN-1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:02', bmc: {{{BMC}}}}}\n",
+        )
+    assert not Node.objects.exists()
+
+
+def test_a_mac_taken_from_an_enrolled_node_is_refused_and_that_node_kept(db, tmp_path: Path) -> None:
+    _enroll(tmp_path, f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n")
+    with pytest.raises(CommandError, match="node n2: boot_mac aa:bb:cc:00:00:01 is already node n1's"):
+        _enroll(
+            tmp_path, f"  - {{name: n2, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n"
+        )
+    assert list(Node.objects.values_list("name", "boot_mac")) == [("n1", "aa:bb:cc:00:00:01")]
+
+
+def test_re_enrolling_a_node_keeps_its_own_mac_and_serial(db, tmp_path: Path) -> None:
+    line = f"  - {{name: n1, serial: SN-1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n"
+    _enroll(tmp_path, line)
+    _enroll(tmp_path, line)
+    assert Node.objects.get(name="n1").serial == "SN-1"
+
+
+def test_a_yaml_error_names_the_line_without_quoting_the_bmc_password(db, tmp_path: Path) -> None:
+    broken = "  - name: n1\n    bmc: {protocol: ipmi, password: hunter2-bmc}}\n"
+    with pytest.raises(CommandError, match=r"not valid YAML: .* at line 6, column \d+") as err:
+        _enroll(tmp_path, broken)
+    assert "hunter2" not in str(err.value)
