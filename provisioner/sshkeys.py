@@ -32,6 +32,9 @@ MAX_KEY_TEXT = 16 * 1024  # an 16384-bit RSA key is ~2.8 kB; anything much large
 _ACCEPTED_SENTENCE = (
     "use an ssh-ed25519 (recommended), ecdsa-sha2-nistp256/384/521 or ssh-rsa (3072 bits or more) key"
 )
+# Tabs separate fields; any other control character (NUL, ESC) is no part of a key line, and a database
+# (PostgreSQL refuses NUL in text) or a terminal showing the comment would choke on it.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _KEY_TOKEN = re.compile(
     r"(?:^|\s)(ssh-[a-z0-9@.-]+|ecdsa-sha2-[a-z0-9@.-]+|sk-[a-z0-9@.-]+)\s+AAAA", re.IGNORECASE
 )
@@ -92,6 +95,11 @@ def _refuse_obvious_mistakes(text: str) -> str:
     lines = [line for line in stripped.splitlines() if line.strip()]
     if len(lines) > 1 or len(_KEY_TOKEN.findall(stripped)) > 1:
         raise _invalid("The field holds more than one SSH key: add each key separately.")
+    if _CONTROL.search(lines[0]):
+        raise _invalid(
+            "The SSH key holds control characters: it was altered when copied. Paste the line as it is in "
+            "the .pub file."
+        )
     return lines[0].strip()
 
 

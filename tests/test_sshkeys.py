@@ -118,6 +118,13 @@ def test_garbage_is_refused_with_a_sentence(text: str, message: str) -> None:
         parse_public_key(text)
 
 
+@pytest.mark.parametrize("character", ["\x00", "\x1b", "\x7f"])
+def test_control_characters_in_a_key_line_are_refused(keydir: Path, character: str) -> None:
+    _path, text = _keygen(keydir, f"control-{ord(character)}", "-t", "ed25519")
+    with pytest.raises(InvalidRequest, match="control characters"):
+        parse_public_key(f"{text.strip()}{character}[31m evil")
+
+
 def test_key_whose_data_is_another_type_is_refused(keydir: Path) -> None:
     _path, text = _keygen(keydir, "liar", "-t", "ecdsa", "-b", "256")
     with pytest.raises(InvalidRequest, match="altered"):
