@@ -140,6 +140,38 @@ def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
     return serializer.validated_data
 
 
+def _asks_for(existing: Reservation, data: dict[str, Any], image: Image, ssh_keys: list[SSHKey]) -> bool:
+    """Whether a create request (``data``, validated, with its image and keys) asks for the reservation an
+    earlier request with the same Idempotency-Key made: a retry, not a new request reusing the key.
+
+    The booking moved a start just past (or none) to the time of booking, and an extend may have moved the
+    end later since: the same body still asks for the same reservation then.
+    """
+    if (existing.server_type.slug, existing.count, existing.image_id, existing.name) != (
+        data["server_type"],
+        data["count"],
+        image.pk,
+        data.get("name", ""),
+    ):
+        return False
+    if sorted(k.public_key for k in ssh_keys) != sorted(existing.authorized_keys):
+        return False
+    booked_at = existing.created_at
+    start = data.get("starts_at")
+    if start is None:
+        started_now = existing.starts_at <= booked_at + reservation_service.START_NOW_SLACK
+    else:
+        started_now = start < existing.starts_at <= booked_at
+    if start != existing.starts_at and not started_now:
+        return False
+    end = data.get("ends_at")
+    if end is None or existing.ends_at is None:
+        return end == existing.ends_at
+    return end == existing.ends_at or (
+        end < existing.ends_at and AuditEvent.objects.filter(reservation=existing, action="extend").exists()
+    )
+
+
 class ReservationViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -199,7 +231,7 @@ class ReservationViewSet(
         ssh_keys = self._ssh_keys(org, data["ssh_keys"])
         existing = Reservation.objects.filter(organization=org, idempotency_key=key).first() if key else None
         if existing is not None:
-            return self._replay(existing, server_type, data["count"])
+            return self._replay(existing, data, image, ssh_keys)
         booking = reservation_service.book_servers(
             org,
             server_type,
@@ -213,15 +245,17 @@ class ReservationViewSet(
             idempotency_key=key,
         )
         if booking.replay:  # a concurrent request with the same Idempotency-Key made it first
-            return self._replay(booking.reservation, server_type, data["count"])
+            return self._replay(booking.reservation, data, image, ssh_keys)
         key_ids = [k.pk for k in sorted(ssh_keys, key=lambda k: k.name)]
         return Response(
             s.reservation_data(booking.reservation, ssh_key_ids=key_ids, booking=booking),
             status=status.HTTP_201_CREATED,
         )
 
-    def _replay(self, existing: Reservation, server_type: ServerType, count: int) -> Response:
-        if existing.server_type_id != server_type.pk or existing.count != count:
+    def _replay(
+        self, existing: Reservation, data: dict[str, Any], image: Image, ssh_keys: list[SSHKey]
+    ) -> Response:
+        if not _asks_for(existing, data, image, ssh_keys):
             return Response(
                 {"error": {"code": "idempotency_key_reused",
                            "message": f"this Idempotency-Key was used for reservation {existing.pk}, "
