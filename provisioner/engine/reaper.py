@@ -3,7 +3,8 @@
 django-tasks-db leaves a killed worker's task marked running forever, so recovery lives here, on our
 Operation rows. A resumed operation restarts its current step, which is safe because steps are idempotent.
 After NEOCLOUD_MAX_RECOVERIES resumptions the operation is failed and its node moved to ``error`` with the
-reason, so that no node stays in a transient state.
+reason, so that no node stays in a transient state; an operation whose cancellation was requested is
+resumed regardless, since it only records that it was cancelled and leaves the node to the release.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def reap(now=None) -> dict[str, int]:
                 lease_owner="", lease_operation=None, lease_expires_at=None
             )
             Step.objects.filter(operation=op, state=StepState.RUNNING).update(state=StepState.PENDING)
-            if op.recoveries + 1 <= settings.NEOCLOUD_MAX_RECOVERIES:
+            # A cancelled operation resumes only to notice its cancellation (it runs no step), so it is
+            # never given up on: failing it would move the node, now a release's, to error.
+            if op.cancel_requested or op.recoveries + 1 <= settings.NEOCLOUD_MAX_RECOVERIES:
                 LogLine.objects.create(
                     operation=op,
                     level=LogLine.Level.WARNING,

@@ -24,7 +24,7 @@ from provisioner.engine import steps as _steps  # noqa: F401 - registers the ste
 from provisioner.engine.context import StepCancelled, StepContext
 from provisioner.engine.locks import Heartbeat, node_task
 from provisioner.engine.registry import STEPS, plan_for
-from provisioner.errors import IllegalTransition, NeocloudError, NodeLocked, StepTimeout
+from provisioner.errors import BurnInFailed, IllegalTransition, NeocloudError, NodeLocked, StepTimeout
 from provisioner.models import LogLine, Operation, Step
 from provisioner.services.audit import Actor
 from provisioner.states import OperationState, StepState
@@ -121,6 +121,7 @@ def execute(operation_id: int, owner: str | None = None) -> str:
         _fail(op, failure, actor)
         return OperationState.FAILED
     except _Cancelled:
+        _skip_unfinished_steps(op)
         _finish(op, OperationState.CANCELLED, "cancelled")
         from provisioner.services import hooks
 
@@ -153,7 +154,6 @@ def _run_steps(op: Operation, actor: Actor, heartbeat: Heartbeat) -> None:
             continue
         op.refresh_from_db()
         if op.cancel_requested:
-            Step.objects.filter(operation=op, state=StepState.PENDING).update(state=StepState.SKIPPED)
             raise _Cancelled()
         _run_step(op, step, actor, heartbeat)
         Operation.objects.filter(pk=op.pk).update(current_step=step.index + 1)
@@ -177,7 +177,10 @@ def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> 
             step.save(update_fields=["state", "finished_at"])
             return
         op.refresh_from_db()
-        if op.cancel_requested and isinstance(error, IllegalTransition | StepCancelled):
+        if op.cancel_requested and not isinstance(error, BurnInFailed):
+            # The release that cancelled us owns the node now (it moved it to releasing): failing this
+            # operation would move the node to error under the release and make its wipe fail. A failed
+            # burn-in is a finding about the hardware, not an interruption: it still fails the operation.
             raise _Cancelled()
         if heartbeat.lost.is_set():
             raise _LeaseLost()
@@ -201,6 +204,13 @@ def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> 
         step.save(update_fields=["state", "error", "error_code", "finished_at"])
         _log(op, step, f"step {step.name} failed: {step.error}", LogLine.Level.ERROR)
         raise StepFailed(step, error)
+
+
+def _skip_unfinished_steps(op: Operation) -> None:
+    """A cancelled operation runs none of its remaining steps, the interrupted one included."""
+    Step.objects.filter(operation=op, state__in=[StepState.PENDING, StepState.RUNNING]).update(
+        state=StepState.SKIPPED
+    )
 
 
 def _describe(error: BaseException) -> str:
