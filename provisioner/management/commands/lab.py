@@ -11,6 +11,7 @@ builds it in var/ramdisk) and are deployed with the bootable lab OS image.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,24 @@ def stop_lab() -> None:
     teardown_all("nclab-")
 
 
+def _node_count(text: str) -> int:
+    """--nodes: refused by argparse (a clear usage error) unless the lab can hold that many."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= supervisor.MAX_NODES:
+        raise argparse.ArgumentTypeError(f"the lab holds 1 to {supervisor.MAX_NODES} nodes, not {text}")
+    return n
+
+
 class Command(BaseCommand):
     help = "Start, inspect and stop the lab: simulated GPU servers with real IPMI/Redfish BMCs and sshd."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
         up = sub.add_parser("up", help="start the lab (idempotent)")
-        up.add_argument("--nodes", type=int, default=4)
+        up.add_argument("--nodes", type=_node_count, default=4)
         up.add_argument("--protocols", choices=["mixed", "ipmi", "redfish"], default="mixed")
         up.add_argument(
             "--kind",

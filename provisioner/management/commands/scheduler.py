@@ -6,6 +6,7 @@ rows with conditional updates. Stops cleanly on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import threading
@@ -33,11 +34,22 @@ def housekeeping_pass() -> dict[str, int]:
     return counts
 
 
+def _seconds(text: str) -> float:
+    """--interval: a positive number of seconds (0 or less would run passes back to back, nan never waits)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return seconds
+
+
 class Command(BaseCommand):
     help = "Run the scheduler loop: reap dead operations, start and end reservation windows, sync power."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
+        parser.add_argument("--interval", type=_seconds, default=1.0, help="seconds between passes")
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
         parser.add_argument("--no-power-sync", action="store_true")
 
