@@ -32,6 +32,10 @@ from provisioner.states import OperationState, StepState
 log = logging.getLogger(__name__)
 
 _WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+# How long an interrupted step (timeout, lost lease) gets to stop before the engine moves on. Longer than a
+# driver takes to stop its own work once cancelled (a playbook: provisioner.ansible.CANCEL_GRACE_SECONDS):
+# retrying sooner would drive the node from two attempts at once.
+STEP_STOP_GRACE_SECONDS = 40.0
 
 
 def worker_id() -> str:
@@ -248,7 +252,7 @@ def _call_with_timeout(fn, op: Operation, step: Step, actor: Actor, heartbeat: H
         thread.join(timeout=0.2)
         if heartbeat.lost.is_set() or time.monotonic() > deadline:
             cancelled.set()
-            thread.join(timeout=10)  # steps poll ctx.check_cancelled(); give them time to stop cleanly
+            thread.join(timeout=STEP_STOP_GRACE_SECONDS)  # steps poll ctx.cancelled; let them stop
             if heartbeat.lost.is_set():
                 return StepCancelled("lease lost")
             return StepTimeout(f"step {step.name} did not finish within {timeout:.0f} s")
