@@ -116,3 +116,19 @@ def test_no_recover_while_an_operation_on_the_server_is_in_flight(inventory):
     with pytest.raises(IllegalTransition, match="busy"):
         node_service.recover(node, actor=OPS)
     assert Node.objects.get(pk=node.pk).state == NodeState.ERROR
+
+
+def test_the_api_answers_409_to_returning_a_server_a_reservation_still_holds(inventory):
+    from rest_framework.test import APIClient
+
+    from provisioner.models import ApiToken
+
+    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(inventory.operator, 'ops')[1]}")
+    response = client.post(
+        f"/api/v1/admin/nodes/{node.pk}/return-to-pool", {"reason": "DIMM replaced"}, format="json"
+    )
+    assert response.status_code == 409, response.content
+    assert "still held by reservation" in response.content.decode()
+    assert Node.objects.get(pk=node.pk).state == NodeState.QUARANTINED
