@@ -348,3 +348,40 @@ def test_a_window_booked_now_but_not_started_is_started_by_the_scheduler(invento
     assert r.state == ReservationState.PROVISIONING
     assert Node.objects.filter(reservation=r, state=NodeState.RESERVED).count() == 2
     assert set(r.operations.values_list("kind", flat=True)) == {OperationKind.PROVISION}
+
+
+@pytest.mark.django_db
+def test_a_reservation_released_before_its_servers_are_started_never_leases_them(inventory, monkeypatch):
+    """Between the booking's commit and the start of its servers (or between the scheduler reading a due
+    window and starting it) the reservation may be released: its servers must then stay in the pool, not be
+    leased to a reservation that is over."""
+    from provisioner.services import reservations
+
+    start_nodes = reservations._start_nodes
+
+    def released_first(reservation, nodes, actor):
+        release_reservation(reservation, actor=Actor.system("test"))
+        return start_nodes(reservation, nodes, actor)
+
+    monkeypatch.setattr(reservations, "_start_nodes", released_first)
+    booking = book_servers(
+        inventory.acme,
+        inventory.h100,
+        2,
+        image=inventory.image,
+        ssh_keys=[inventory.key],
+        actor=Actor.system("t"),
+    )
+    assert booking.operations == [] and booking.started == []
+    r = Reservation.objects.get(pk=booking.reservation.pk)
+    assert r.state == ReservationState.RELEASED
+    assert not Node.objects.filter(reservation=r).exists()
+    assert Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE).count() == 4
+    assert not r.operations.exists()
+
+    due = _reserve(inventory, 1, starts_at=timezone.now() + HOUR)  # then its window comes due
+    Reservation.objects.filter(pk=due.pk).update(starts_at=timezone.now())
+    assert start_due_reservations() == 0
+    due.refresh_from_db()
+    assert due.state == ReservationState.RELEASED
+    assert Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE).count() == 4

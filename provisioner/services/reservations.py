@@ -293,8 +293,16 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
     """Start provisioning the reservation's ``nodes`` that are still available (call inside a transaction);
     mark the reservation provisioning once none of its allocated nodes is left to start. Returns the
     provisioning operations, in the order of ``nodes``. A node that is not available now is started by the
-    scheduler on a later pass.
+    scheduler on a later pass. Nothing is started once the reservation is no longer scheduled: it may have
+    been released since its nodes were read (the lock waits for a release in progress to commit).
     """
+    if not (
+        Reservation.objects.select_for_update(no_key=True)
+        .filter(pk=reservation.pk, state=ReservationState.SCHEDULED)
+        .order_by()
+        .exists()
+    ):
+        return []
     started = []
     for node in nodes:
         if node.state != NodeState.AVAILABLE:
