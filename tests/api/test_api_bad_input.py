@@ -46,3 +46,9 @@ def test_an_operation_log_cursor_that_is_no_log_line_id_is_a_clear_400(inventory
         "after": ["must be a log line id (a non-negative integer)"]
     }
     assert client.get(f"{V1}/operations/{op}?after=0").status_code == 200
+
+
+def test_availability_for_a_window_ending_before_now_is_a_clear_400(inventory):
+    response = api(inventory.owner).get(f"{V1}/server-types?ends_at=2001-01-01T00:00:00Z")
+    assert response.status_code == 400, response.content
+    assert "ends_at" in response.json()["error"]["details"]

@@ -55,6 +55,8 @@ class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
         end = query.validated_data.get("ends_at")
         if start is None and end is not None:
             start = timezone.now()
+            if end <= start:
+                raise ValidationError({"ends_at": ["must be after starts_at (default: now)"]})
         context["availability"] = {
             st.pk: reservation_service.availability(st, start, end) for st in ServerType.objects.all()
         }
