@@ -260,8 +260,9 @@ class AnsibleBurnInDriver(BurnInDriver):
             python,
             python=python,
             backend="simulated" if lab else "nvml",
-            expect=expectations["expect"],
-            thresholds=expectations.get("thresholds") or {},
+            # the server type's facts are operators' text: data, never templates (as the customer's keys)
+            expect=untemplated(expectations["expect"]),
+            thresholds=untemplated(expectations.get("thresholds") or {}),
             faults=self._faults(),
             load_seconds=settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
             xid_wait_seconds=5 if not lab else 0.2,
