@@ -1,18 +1,22 @@
-"""Operator CLI: ``manage.py nodes list|show NAME|enroll FILE|maintain NAME|unmaintain NAME``."""
+"""Operator CLI: ``manage.py nodes list|show NAME|enroll FILE|sync-netbox|maintain NAME|unmaintain NAME``."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.errors import NeocloudError
 from provisioner.models import AuditEvent, Node
+from provisioner.services import netbox
 from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
 from provisioner.sshkeys import ssh_command
+from webapp.env import env_str
 
 
 class Command(BaseCommand):
@@ -27,6 +31,23 @@ class Command(BaseCommand):
         show.add_argument("name")
         enroll = sub.add_parser("enroll", help="enroll sites, server types, images and nodes from YAML")
         enroll.add_argument("file")
+        nb = sub.add_parser(
+            "sync-netbox",
+            help="sync sites, racks and GPU servers from NetBox (exit status 1 when a device is skipped)",
+        )
+        nb.add_argument("--url", help="NetBox's web root (default: NEOCLOUD_NETBOX_URL)")
+        nb.add_argument(
+            "--token-file",
+            help="file holding the API token (default: NEOCLOUD_NETBOX_TOKEN_FILE or NEOCLOUD_NETBOX_TOKEN)",
+        )
+        nb.add_argument(
+            "--credentials",
+            help="BMC credentials file for new nodes (inventory/netbox-credentials.example.yaml)",
+        )
+        nb.add_argument("--role", default=netbox.DEFAULT_ROLE, help="device role slug of GPU servers")
+        nb.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
+        nb.add_argument("--timeout", type=float, default=30.0, help="seconds per NetBox request")
+        nb.add_argument("--verbose-unchanged", action="store_true", help="also list unchanged devices")
         for name in ("maintain", "unmaintain"):
             p = sub.add_parser(name)
             p.add_argument("name")
@@ -35,7 +56,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         actor = Actor.system("cli")
         try:
-            getattr(self, f"do_{opts['action']}")(opts, actor)
+            getattr(self, f"do_{opts['action'].replace('-', '_')}")(opts, actor)
         except NeocloudError as exc:
             raise CommandError(str(exc))
 
@@ -90,6 +111,40 @@ class Command(BaseCommand):
             f"enrolled: {counts['nodes_created']} new node(s), {counts['nodes_updated']} updated, "
             f"{counts['server_types']} server type(s), {counts['images']} image(s)"
         )
+
+    def do_sync_netbox(self, opts: dict[str, Any], actor: Actor) -> None:
+        url = opts["url"] or env_str("NEOCLOUD_NETBOX_URL")
+        if not url:
+            raise CommandError("no NetBox URL: give --url or set NEOCLOUD_NETBOX_URL")
+        if opts["token_file"]:
+            try:
+                token = Path(opts["token_file"]).read_text().strip()
+            except OSError as exc:
+                raise CommandError(f"cannot read token file {opts['token_file']}: {exc.strerror}")
+        else:
+            try:
+                token = env_str("NEOCLOUD_NETBOX_TOKEN")
+            except ImproperlyConfigured as exc:
+                raise CommandError(str(exc))
+        credentials = netbox.load_credentials(opts["credentials"]) if opts["credentials"] else None
+        api = netbox.connect(url, token, timeout=opts["timeout"])
+        report = netbox.sync(
+            api, actor=actor, credentials=credentials, dry_run=opts["dry_run"], role=opts["role"]
+        )
+        head = "NetBox sync, dry run (nothing written)" if report.dry_run else "NetBox sync"
+        self.stdout.write(f"{head}: {netbox.where(url)}, role {opts['role']}")
+        for place in report.places:
+            self.stdout.write(f"  {place}")
+        for r in report.results:
+            if r.outcome != "unchanged" or opts["verbose_unchanged"]:
+                self.stdout.write(
+                    f"  {r.outcome:<11} {r.device}: {r.message}"
+                    if r.message
+                    else f"  {r.outcome:<11} {r.device}"
+                )
+        self.stdout.write(f"{report.summary()}" + ("" if report.changed else "; nothing to change"))
+        if not report.ok:
+            raise CommandError(f"{report.count('skipped')} device(s) skipped; see the reasons above")
 
     def do_maintain(self, opts: dict[str, Any], actor: Actor) -> None:
         node_services.set_maintenance(self._node(opts["name"]), True, actor=actor, reason=opts["reason"])

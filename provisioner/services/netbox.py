@@ -1,0 +1,617 @@
+"""Inventory from NetBox: sites, racks and GPU servers (devices of one role) into Site, Rack and Node.
+
+What a device maps to:
+- name, serial, site (by netbox_id, then slug), rack (by netbox_id, then site and name);
+- server type: the device custom field ``neocloud_server_type``, else the device type's slug, matched to
+  ServerType.slug (an unknown one: the device is reported and skipped);
+- BMC: address from ``oob_ip`` (its prefix length dropped), protocol, port and Redfish system id from the
+  custom fields ``bmc_protocol`` (ipmi|redfish), ``bmc_port``, ``redfish_system_id``. BMC logins never come
+  from NetBox: a new node takes its username and password from the credentials file (an entry for its site,
+  else ``default``); an existing node keeps its own;
+- boot MAC: the interface tagged ``pxe``, else the only non-management interface with a MAC (NetBox < 4.2
+  ``mac_address`` and >= 4.2 ``primary_mac_address`` both read);
+- GPU facts: inventory items of role ``gpu`` (their number, and ``part_id`` as the model) must agree with the
+  server type; a mismatch is reported and the device left as it is.
+
+What an operator can rely on: the sync is idempotent (a second run changes nothing and says so); nodes are
+matched by netbox_id, then by serial (adopting nodes enrolled from YAML); a node a customer holds or an
+operation works on is not changed (its changes are reported as deferred and applied by a later sync once it
+is idle); a device gone from NetBox or no longer ``active`` is never deleted: an available node is put on hold
+(maintenance) through the node services, a leased one is left alone and reported. Each device is applied all
+or nothing, each change audited with the actor; ``dry_run`` runs the same code in a transaction it rolls back.
+The API token is never printed, logged or put in an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pynetbox
+import requests
+import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_ipv46_address
+from django.db import transaction
+
+from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
+from provisioner.models import BmcCredential, Node, Operation, Rack, ServerType, Site
+from provisioner.services import nodes as node_services
+from provisioner.services.audit import Actor, record
+from provisioner.services.inventory import _password, _port, _required, normalize_mac
+from provisioner.services.lifecycle import process_event
+from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState, OperationState
+
+DEFAULT_ROLE = "gpu-server"
+GPU_ITEM_ROLE = "gpu"
+PXE_TAG = "pxe"
+BMC_PROTOCOLS = ("ipmi", "redfish")
+# Device ids per interfaces / inventory-items request (a repeated device_id filter): keeps URLs short.
+_DEVICES_PER_REQUEST = 100
+_SYNCED_FIELDS = (
+    "name",
+    "serial",
+    "server_type",
+    "rack",
+    "bmc_protocol",
+    "bmc_address",
+    "bmc_port",
+    "bmc_system_id",
+    "boot_mac",
+)
+
+
+class NetboxUnavailable(NeocloudError):
+    """NetBox cannot be asked: bad URL, unreachable, token refused, not a NetBox 4.x API."""
+
+    code = "netbox_unavailable"
+    retryable = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceResult:
+    device: str
+    outcome: str  # one of SyncReport.OUTCOMES
+    message: str
+
+
+@dataclasses.dataclass
+class SyncReport:
+    """What a sync did (or, dry run, would do), device by device."""
+
+    OUTCOMES = ("created", "updated", "unchanged", "deferred", "maintenance", "skipped", "ignored")
+
+    dry_run: bool = False
+    results: list[DeviceResult] = dataclasses.field(default_factory=list)
+    places: list[str] = dataclasses.field(default_factory=list)  # sites and racks created or changed
+
+    def add(self, device: str, outcome: str, message: str) -> None:
+        self.results.append(DeviceResult(device, outcome, message))
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    @property
+    def ok(self) -> bool:
+        """No device was skipped for an error."""
+        return self.count("skipped") == 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.places) or any(
+            r.outcome in ("created", "updated", "maintenance") for r in self.results
+        )
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{self.count(o)} {'to maintenance' if o == 'maintenance' else o}" for o in self.OUTCOMES
+        )
+
+
+# --- talking to NetBox ---------------------------------------------------------------------------
+
+
+class _TimeoutSession(requests.Session):
+    """requests has no session-wide timeout; a NetBox that hangs must not hang the sync."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(*args, **kwargs)
+
+
+def where(url: str) -> str:
+    """The URL without credentials, path or query: what an error may show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def connect(url: str, token: str, *, timeout: float = 30.0) -> pynetbox.api:
+    """A pynetbox API for ``url`` (NetBox's web root) with ``token``. Makes no request.
+
+    :raises NetboxUnavailable: the URL is not an http(s) URL, or there is no token.
+    """
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise NetboxUnavailable(f"NetBox URL {where(url) if parts.hostname else url!r} is not an http(s) URL")
+    if not token:
+        raise NetboxUnavailable("no NetBox API token (give --token-file or NEOCLOUD_NETBOX_TOKEN_FILE)")
+    api = pynetbox.api(url.rstrip("/"), token=token)
+    api.http_session = _TimeoutSession(timeout)
+    return api
+
+
+def _unavailable(api: Any, exc: Exception) -> NetboxUnavailable:
+    """One sentence for a failed request: no token, no traceback, no response dump."""
+    at = where(str(getattr(api, "base_url", "")).removesuffix("/api"))
+    if isinstance(exc, pynetbox.RequestError):
+        code = exc.req.status_code
+        if code in (401, 403):
+            return NetboxUnavailable(
+                f"NetBox at {at} refused the API token (HTTP {code}); check the token file"
+            )
+        if code == 404:
+            return NetboxUnavailable(
+                f"{at} does not answer like a NetBox 4.x API (HTTP 404 for {exc.req.url})"
+            )
+        return NetboxUnavailable(f"NetBox at {at} answered HTTP {code} for {urlsplit(exc.req.url).path}")
+    if isinstance(exc, pynetbox.ContentError):
+        return NetboxUnavailable(f"{at} answered something that is not JSON: is it NetBox's web root?")
+    if isinstance(exc, requests.Timeout):
+        return NetboxUnavailable(f"NetBox at {at} did not answer in time")
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        if "refused" in text.lower():
+            why = "connection refused"
+        elif "resolve" in text.lower() or "name or service" in text.lower():
+            why = "host name not found"
+        else:
+            why = "connection failed"
+        return NetboxUnavailable(f"cannot reach NetBox at {at}: {why}")
+    return NetboxUnavailable(f"NetBox at {at} cannot be read: {type(exc).__name__}")
+
+
+def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+@dataclasses.dataclass
+class _Fetched:
+    devices: list[dict[str, Any]]
+    interfaces: dict[int, list[dict[str, Any]]]
+    gpus: dict[int, list[dict[str, Any]]]
+
+
+def _fetch(api: Any, role: str) -> _Fetched:
+    try:
+        status = api.status()
+        version = str(status.get("netbox-version", "")) if isinstance(status, dict) else ""
+        try:
+            major = int(version.split(".")[0])
+        except ValueError:
+            major = 0
+        if major < 4:
+            raise NetboxUnavailable(
+                f"NetBox {version or '(unknown version)'} is not supported: the sync reads NetBox 4.x"
+            )
+        devices = [dict(d) for d in api.dcim.devices.filter(role=role)]
+        interfaces: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        gpus: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        ids = [d["id"] for d in devices]
+        for chunk in _chunks(ids, _DEVICES_PER_REQUEST):
+            for iface in api.dcim.interfaces.filter(device_id=chunk):
+                row = dict(iface)
+                interfaces[row["device"]["id"]].append(row)
+            for item in api.dcim.inventory_items.filter(device_id=chunk, role=GPU_ITEM_ROLE):
+                row = dict(item)
+                gpus[row["device"]["id"]].append(row)
+    except NetboxUnavailable:
+        raise
+    except (pynetbox.RequestError, pynetbox.ContentError, requests.RequestException) as exc:
+        raise _unavailable(api, exc) from None
+    return _Fetched(devices, interfaces, gpus)
+
+
+# --- credentials for new nodes -------------------------------------------------------------------
+
+
+def load_credentials(path: str | Path) -> dict[str, Any]:
+    """Read a BMC credentials file: ``default`` and/or ``sites: {slug: ...}``, each entry a ``username`` and
+    ``password_file`` (or ``password_env``), as the YAML enrollment's ``bmc`` takes them.
+
+    :raises InvalidRequest: unreadable, not YAML, or not that shape.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read credentials file {path}: {exc.strerror}")
+    except yaml.YAMLError:
+        raise InvalidRequest(f"credentials file {path} is not valid YAML")
+    sites = data.get("sites") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(sites or {}, dict) or not (data.get("default") or sites):
+        raise InvalidRequest(
+            f"credentials file {path} must be a mapping with default and/or sites: {{<site slug>: ...}}"
+        )
+    entries = {"default": data.get("default")} if data.get("default") else {}
+    entries.update({f"sites.{slug}": entry for slug, entry in (sites or {}).items()})
+    for where, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise InvalidRequest(
+                f"credentials file {path}: {where} must be a mapping with username and a password"
+            )
+        _required(entry, "username", f"credentials file {path}: {where}")
+    return {"default": data.get("default"), "sites": dict(sites or {})}
+
+
+def _login_for(credentials: dict[str, Any] | None, site_slug: str, name: str) -> tuple[str, str]:
+    if credentials is None:
+        raise InvalidRequest(f"device {name}: a new node needs BMC credentials; give a credentials file")
+    entry = (credentials.get("sites") or {}).get(site_slug) or credentials.get("default")
+    if not entry:
+        raise InvalidRequest(
+            f"device {name}: the credentials file has no entry for site {site_slug} and no default"
+        )
+    return str(entry["username"]), _password(entry, name)
+
+
+# --- one device ----------------------------------------------------------------------------------
+
+
+def _label(dev: dict[str, Any]) -> str:
+    return str(dev.get("name") or f"#{dev['id']}")
+
+
+def _value(choice: Any) -> str:
+    return str(choice.get("value") if isinstance(choice, dict) else choice or "")
+
+
+def _mac_of(iface: dict[str, Any]) -> str:
+    primary = iface.get("primary_mac_address")
+    if isinstance(primary, dict) and primary.get("mac_address"):
+        return str(primary["mac_address"])
+    return str(iface.get("mac_address") or "")
+
+
+def _boot_mac(name: str, interfaces: list[dict[str, Any]]) -> str:
+    tagged = [i for i in interfaces if any(t.get("slug") == PXE_TAG for t in i.get("tags") or [])]
+    if len(tagged) > 1:
+        names = ", ".join(sorted(i["name"] for i in tagged))
+        raise InvalidRequest(f"device {name}: several interfaces are tagged {PXE_TAG} ({names}); tag one")
+    if tagged:
+        iface = tagged[0]
+        if not _mac_of(iface):
+            raise InvalidRequest(
+                f"device {name}: interface {iface['name']} (tagged {PXE_TAG}) has no MAC address"
+            )
+    else:
+        candidates = [i for i in interfaces if not i.get("mgmt_only") and _mac_of(i)]
+        if len(candidates) != 1:
+            raise InvalidRequest(
+                f"device {name}: no interface is tagged {PXE_TAG} and {len(candidates)} non-management "
+                f"interfaces have a MAC address; tag the boot interface {PXE_TAG}"
+            )
+        iface = candidates[0]
+    try:
+        return normalize_mac(_mac_of(iface))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"device {name}: interface {iface['name']}: {exc}")
+
+
+def _check_gpus(name: str, server_type: ServerType, items: list[dict[str, Any]]) -> None:
+    """NetBox's GPU inventory items against the server type. No GPU items: nothing recorded, nothing checked."""
+    if not items:
+        return
+    if len(items) != server_type.gpu_count:
+        raise InvalidRequest(
+            f"device {name}: NetBox lists {len(items)} GPU(s), server type {server_type.slug} has "
+            f"{server_type.gpu_count}"
+        )
+    models = sorted({str(i.get("part_id") or "") for i in items} - {""})
+    wrong = [m for m in models if m.casefold() != server_type.gpu_model.casefold()]
+    if wrong:
+        raise InvalidRequest(
+            f"device {name}: NetBox GPU model {', '.join(wrong)} is not server type {server_type.slug}'s "
+            f"{server_type.gpu_model}"
+        )
+
+
+def _wanted(
+    dev: dict[str, Any], interfaces: list[dict[str, Any]], gpus: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The node fields ``dev`` asks for (site and rack as NetBox's brief objects).
+
+    :raises InvalidRequest: a sentence naming the device.
+    """
+    if not dev.get("name"):
+        raise InvalidRequest(f"device #{dev['id']} has no name in NetBox")
+    name = str(dev["name"])
+    cf = dev.get("custom_fields") or {}
+    slug = str(cf.get("neocloud_server_type") or (dev.get("device_type") or {}).get("slug") or "")
+    server_type = ServerType.objects.filter(slug=slug).first()
+    if server_type is None:
+        raise InvalidRequest(
+            f"device {name}: unknown server type {slug!r} (the device type's slug or custom field "
+            "neocloud_server_type must be a server type's slug)"
+        )
+    oob = dev.get("oob_ip") or {}
+    if not oob.get("address"):
+        raise InvalidRequest(f"device {name}: oob_ip (the BMC's address) is not set")
+    address = str(oob["address"]).split("/", 1)[0]
+    try:
+        validate_ipv46_address(address)
+    except ValidationError:
+        raise InvalidRequest(f"device {name}: oob_ip {oob['address']!r} is not an IP address")
+    protocol = str(cf.get("bmc_protocol") or "")
+    if protocol not in BMC_PROTOCOLS:
+        raise InvalidRequest(
+            f"device {name}: custom field bmc_protocol is {protocol or 'not set'!r}; it must be ipmi or redfish"
+        )
+    port = cf.get("bmc_port") or (623 if protocol == "ipmi" else 443)
+    mac = _boot_mac(name, interfaces)
+    _check_gpus(name, server_type, gpus)
+    return {
+        "name": name,
+        "serial": str(dev.get("serial") or ""),
+        "server_type": server_type,
+        "site": dev["site"],
+        "rack": dev.get("rack"),
+        "bmc_protocol": protocol,
+        "bmc_address": address,
+        "bmc_port": _port(port, f"device {name}: custom field bmc_port"),
+        "bmc_system_id": str(cf.get("redfish_system_id") or "") if protocol == "redfish" else "",
+        "boot_mac": mac,
+    }
+
+
+def _busy(node: Node) -> bool:
+    return (
+        bool(node.lease_owner)
+        or Operation.objects.filter(
+            node=node, state__in=[OperationState.PENDING, OperationState.RUNNING]
+        ).exists()
+    )
+
+
+def _why_not_idle(node: Node) -> str:
+    """Why the sync must not change ``node`` now ('' when it may)."""
+    if node.state in LEASED_STATES or node.reservation_id is not None:
+        return f"leased ({node.state})"
+    if node.state in TRANSIENT_STATES or _busy(node):
+        return f"mid-operation ({node.state})"
+    return ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, ServerType):
+        return value.slug
+    if isinstance(value, Rack):
+        return f"{value.site.slug}/{value.name}"
+    return str(value) if value not in (None, "") else "(none)"
+
+
+class _Sync:
+    def __init__(self, actor: Actor, credentials: dict[str, Any] | None, report: SyncReport) -> None:
+        self.actor = actor
+        self.credentials = credentials
+        self.report = report
+
+    # sites and racks: created or renamed as the devices reference them
+    def site(self, brief: dict[str, Any], notes: list[str]) -> Site:
+        site = Site.objects.filter(netbox_id=brief["id"]).first()
+        if site is None:
+            site = Site.objects.filter(slug=brief["slug"]).first()
+            if site is not None and site.netbox_id is not None:
+                raise InvalidRequest(
+                    f"site {brief['slug']} is NetBox site #{site.netbox_id} here, not #{brief['id']}"
+                )
+        wanted = {"netbox_id": brief["id"], "slug": brief["slug"], "name": brief.get("name") or brief["slug"]}
+        if site is None:
+            site = Site.objects.create(**wanted)
+            self._place(notes, f"site {site.slug} created", wanted)
+            return site
+        changes = {k: v for k, v in wanted.items() if getattr(site, k) != v}
+        if changes:
+            if "slug" in changes and Site.objects.filter(slug=brief["slug"]).exclude(pk=site.pk).exists():
+                raise InvalidRequest(
+                    f"site {site.slug} is renamed {brief['slug']} in NetBox, which is another site"
+                )
+            Site.objects.filter(pk=site.pk).update(**changes)
+            site.refresh_from_db()
+            self._place(notes, f"site {site.slug} updated ({', '.join(sorted(changes))})", changes)
+        return site
+
+    def rack(self, brief: dict[str, Any] | None, site: Site, notes: list[str]) -> Rack | None:
+        if not brief:
+            return None
+        rack = Rack.objects.filter(netbox_id=brief["id"]).first()
+        if rack is None:
+            rack = Rack.objects.filter(site=site, name=brief["name"]).first()
+            if rack is not None and rack.netbox_id is not None:
+                raise InvalidRequest(f"rack {rack} is NetBox rack #{rack.netbox_id} here, not #{brief['id']}")
+        wanted = {"netbox_id": brief["id"], "site": site, "name": brief["name"]}
+        if rack is None:
+            rack = Rack.objects.create(**wanted)
+            self._place(notes, f"rack {rack} created", {"netbox_id": brief["id"]})
+            return rack
+        changes = {k: v for k, v in wanted.items() if getattr(rack, k) != v}
+        if changes:
+            if Rack.objects.filter(site=site, name=brief["name"]).exclude(pk=rack.pk).exists():
+                raise InvalidRequest(f"rack {site.slug}/{brief['name']} from NetBox is another rack here")
+            Rack.objects.filter(pk=rack.pk).update(**changes)
+            rack.refresh_from_db()
+            self._place(
+                notes, f"rack {rack} updated ({', '.join(sorted(changes))})", {"netbox_id": brief["id"]}
+            )
+        return rack
+
+    def _place(self, notes: list[str], message: str, data: dict[str, Any]) -> None:
+        record(self.actor, "netbox_sync", reason=f"{message} from NetBox", data={"netbox": data})
+        notes.append(message)
+
+    # nodes
+    def match(self, dev: dict[str, Any]) -> Node | None:
+        node = Node.objects.filter(netbox_id=dev["id"]).first()
+        if node is None and dev.get("serial"):
+            node = Node.objects.filter(netbox_id__isnull=True, serial=str(dev["serial"])).first()
+        return node
+
+    def refuse_duplicates(self, name: str, wanted: dict[str, Any], node: Node | None) -> None:
+        others = Node.objects.exclude(pk=node.pk) if node is not None else Node.objects.all()
+        other = others.filter(name=name).first()
+        if other is not None:
+            how = f"NetBox device #{other.netbox_id}" if other.netbox_id else "enrolled without NetBox"
+            raise InvalidRequest(
+                f"device {name}: a node named {name} already exists ({how}, serial {other.serial or 'none'}); "
+                "give the NetBox device that node's serial to adopt it"
+            )
+        other = others.filter(boot_mac=wanted["boot_mac"]).first()
+        if other is not None:
+            raise InvalidRequest(
+                f"device {name}: boot MAC {wanted['boot_mac']} is already node {other.name}'s"
+            )
+        other = others.filter(serial=wanted["serial"]).first() if wanted["serial"] else None
+        if other is not None:
+            raise InvalidRequest(f"device {name}: serial {wanted['serial']} is already node {other.name}'s")
+
+    def device(self, dev: dict[str, Any], fetched: _Fetched) -> None:
+        label = _label(dev)
+        status = _value(dev.get("status"))
+        node = self.match(dev)
+        if status != "active":
+            if node is None:
+                self.report.add(label, "ignored", f"status is {status}; only active devices are enrolled")
+            else:
+                self.retire(node, f"NetBox: device {label} is {status}")
+            return
+        notes: list[str] = []
+        try:
+            with transaction.atomic():
+                wanted = _wanted(dev, fetched.interfaces.get(dev["id"], []), fetched.gpus.get(dev["id"], []))
+                self.refuse_duplicates(wanted["name"], wanted, node)
+                site = self.site(wanted.pop("site"), notes)
+                wanted["rack"] = self.rack(wanted["rack"], site, notes)
+                if node is None:
+                    outcome, message = self.create(dev, wanted, site)
+                else:
+                    outcome, message = self.update(dev, node, wanted)
+        except (InvalidRequest, IllegalTransition) as exc:
+            self.report.add(label, "skipped", str(exc))
+            return
+        self.report.places.extend(n for n in notes if n not in self.report.places)
+        self.report.add(label, outcome, message)
+
+    def create(self, dev: dict[str, Any], wanted: dict[str, Any], site: Site) -> tuple[str, str]:
+        name = wanted["name"]
+        username, password = _login_for(self.credentials, site.slug, name)
+        node = Node.objects.create(netbox_id=dev["id"], **wanted)
+        cred = BmcCredential(node=node, username=username)
+        cred.password = password
+        cred.save()
+        where = f"{wanted['bmc_protocol']} {wanted['bmc_address']}:{wanted['bmc_port']}"
+        record(self.actor, "enroll", node=node, reason=f"enrolled from NetBox device #{dev['id']} ({where})")
+        process_event(node, NodeEvent.ENROLLED, actor=self.actor, reason="enrolled from NetBox")
+        rack = f", rack {_show(wanted['rack'])}" if wanted["rack"] else ""
+        return "created", f"{wanted['server_type'].slug}, {where}, boot MAC {wanted['boot_mac']}{rack}"
+
+    def update(self, dev: dict[str, Any], node: Node, wanted: dict[str, Any]) -> tuple[str, str]:
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        changes = {f: (getattr(node, f), wanted[f]) for f in _SYNCED_FIELDS if getattr(node, f) != wanted[f]}
+        text = "; ".join(f"{f} {_show(old)} -> {_show(new)}" for f, (old, new) in changes.items())
+        adopted = node.netbox_id is None
+        if adopted:
+            Node.objects.filter(pk=node.pk).update(netbox_id=dev["id"])
+            record(
+                self.actor,
+                "netbox_sync",
+                node=node,
+                reason=f"adopted by NetBox device #{dev['id']} (matched by serial {node.serial})",
+                data={"netbox_id": dev["id"]},
+            )
+        adoption = f"adopted (serial {node.serial}, enrolled before)" if adopted else ""
+        if not changes:
+            return ("updated", adoption) if adopted else ("unchanged", "")
+        busy = _why_not_idle(node)
+        if busy:
+            deferred = f"{busy}: {text} not applied; a later sync applies it once the node is idle"
+            return "deferred", "; ".join(p for p in (adoption, deferred) if p)
+        Node.objects.filter(pk=node.pk).update(**{f: new for f, (_, new) in changes.items()})
+        record(
+            self.actor,
+            "netbox_sync",
+            node=node,
+            reason=f"updated from NetBox: {text}",
+            data={
+                "netbox_id": dev["id"],
+                "changes": {f: [_show(o), _show(n)] for f, (o, n) in changes.items()},
+            },
+        )
+        return "updated", "; ".join(p for p in (adoption, text) if p)
+
+    def retire(self, node: Node, reason: str) -> None:
+        """A device gone from NetBox, or not active there: never deleted; an available node is put on hold."""
+        if node.state == NodeState.MAINTENANCE:
+            self.report.add(node.name, "unchanged", f"{reason}; already in maintenance")
+            return
+        if node.state != NodeState.AVAILABLE:
+            busy = _why_not_idle(node)
+            if busy:
+                self.report.add(
+                    node.name,
+                    "deferred",
+                    f"{reason}; {busy}, left alone (a later sync puts it on hold once available)",
+                )
+            else:
+                self.report.add(node.name, "unchanged", f"{reason}; {node.state}, already out of the pool")
+            return
+        try:
+            with transaction.atomic():
+                node_services.set_maintenance(node, True, actor=self.actor, reason=reason)
+        except IllegalTransition as exc:
+            self.report.add(node.name, "deferred", f"{reason}; not put on hold now: {exc}")
+            return
+        self.report.add(node.name, "maintenance", reason)
+
+
+def sync(
+    api: Any,
+    *,
+    actor: Actor,
+    credentials: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    role: str = DEFAULT_ROLE,
+) -> SyncReport:
+    """Bring sites, racks and nodes in line with NetBox's devices of ``role`` (see the module docstring).
+
+    ``api`` is a pynetbox API (see :func:`connect`); ``credentials`` as :func:`load_credentials` returns it
+    (needed only for new nodes). Each device is applied in its own transaction; ``dry_run`` runs everything
+    in one transaction and rolls it back, so the report is the plan and nothing is written.
+
+    :raises NetboxUnavailable: NetBox cannot be read (nothing is changed then).
+    """
+    fetched = _fetch(api, role)
+    report = SyncReport(dry_run=dry_run)
+    work = _Sync(actor, credentials, report)
+    # A real run commits device by device (one bad device does not hold back the others, and no lock is held
+    # for the whole sync); a dry run does the same work inside one transaction that it rolls back.
+    with transaction.atomic() if dry_run else contextlib.nullcontext():
+        for dev in fetched.devices:
+            work.device(dev, fetched)
+        seen = {dev["id"] for dev in fetched.devices}
+        for node in Node.objects.filter(netbox_id__isnull=False).order_by("name"):
+            if node.netbox_id not in seen:
+                work.retire(
+                    node, f"NetBox: device #{node.netbox_id} is gone (deleted, or no longer role {role})"
+                )
+        if dry_run:
+            transaction.set_rollback(True)
+    return report

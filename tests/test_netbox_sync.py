@@ -1,0 +1,470 @@
+"""Inventory from NetBox, over real HTTP against the lab NetBox (provisioner/lab/netbox.py) with pynetbox:
+what a first sync creates, that a second changes nothing, what is deferred on leased nodes, what happens to
+nodes whose device is gone or offline, and that every bad device is one sentence that changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from provisioner.lab.netbox import NetboxData, NetboxServer, running_netbox
+from provisioner.models import AuditEvent, Node, Rack, ServerType, Site
+from provisioner.services import netbox
+from provisioner.services.audit import Actor
+from provisioner.services.inventory import enroll
+from provisioner.services.lifecycle import process_event
+from provisioner.states import NodeEvent, NodeState
+
+TOKEN = "0123456789abcdef-netbox-token-s3cret"
+ACTOR = Actor.system("netbox-test")
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+@pytest.fixture
+def server_types(db) -> None:
+    common = {
+        "cpu_model": "x",
+        "cpu_cores": 1,
+        "ram_gib": 1,
+        "gpu_memory_gib": 80,
+        "pcie_gen": 5,
+        "disk_gib": 1,
+    }
+    ServerType.objects.create(slug="h100-8x", name="8x H100", gpu_model=H100, gpu_count=8, **common)
+    ServerType.objects.create(
+        slug="a100-8x", name="8x A100", gpu_model="NVIDIA A100-SXM4-80GB", gpu_count=8, **common
+    )
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "bmc-pw").write_text("bmc-default-pw\n")
+    (tmp_path / "ams-pw").write_text("bmc-ams1-pw\n")
+    path = tmp_path / "credentials.yaml"
+    path.write_text(
+        f"default: {{username: admin, password_file: {tmp_path / 'bmc-pw'}}}\n"
+        f"sites:\n  ams1: {{username: root, password_file: {tmp_path / 'ams-pw'}}}\n"
+    )
+    return netbox.load_credentials(path)
+
+
+class Lab:
+    def __init__(self, data: NetboxData, server: NetboxServer) -> None:
+        self.data, self.server = data, server
+        self.ams1 = data.add_site("ams1", "Amsterdam 1")
+        self.fra1 = data.add_site("fra1", "Frankfurt 1")
+        self.r01 = data.add_rack(self.ams1, "r01")
+        self.r02 = data.add_rack(self.ams1, "r02")
+
+    def gpu_server(self, name: str, n: int, *, gpus: int = 8, model: str = H100, **kw: Any) -> int:
+        kw.setdefault("site_id", self.ams1)
+        kw.setdefault("rack_id", self.r01 if kw["site_id"] == self.ams1 else None)
+        kw.setdefault("serial", f"SN-{n:04d}")
+        kw.setdefault("oob_ip", f"10.10.0.{n}/24")
+        kw.setdefault("custom_fields", {"bmc_protocol": "ipmi"})
+        pk = self.data.add_device(name, **kw)
+        self.data.add_interface(pk, "bmc", f"02:00:00:00:01:{n:02x}", mgmt_only=True)
+        self.data.add_interface(pk, "eno1", f"B8:3F:D2:00:00:{n:02X}")
+        for i in range(gpus):
+            self.data.add_inventory_item(pk, f"GPU{i}", part_id=model)
+        return pk
+
+    def sync(self, credentials: dict[str, Any] | None = None, **kw: Any) -> netbox.SyncReport:
+        return netbox.sync(netbox.connect(self.server.url, TOKEN), actor=ACTOR, credentials=credentials, **kw)
+
+
+@pytest.fixture
+def lab(server_types) -> Iterator[Lab]:
+    data = NetboxData()
+    with running_netbox(data, token=TOKEN) as server:
+        yield Lab(data, server)
+
+
+def outcomes(report: netbox.SyncReport) -> dict[str, tuple[str, str]]:
+    return {r.device: (r.outcome, r.message) for r in report.results}
+
+
+def test_first_sync_creates_sites_racks_and_nodes_with_bmc_mac_and_type(lab: Lab, credentials) -> None:
+    lab.gpu_server("ams1-gpu-01", 1)
+    redfish = lab.gpu_server(
+        "fra1-gpu-02",
+        2,
+        site_id=lab.fra1,
+        device_type="dell-xe9680",
+        oob_ip="2001:db8::2/64",
+        custom_fields={
+            "bmc_protocol": "redfish",
+            "bmc_port": 8443,
+            "redfish_system_id": "System.Embedded.1",
+            "neocloud_server_type": "a100-8x",
+        },
+        model="NVIDIA A100-SXM4-80GB",
+    )
+    # NetBox < 4.2 wrote the MAC on the interface; a pxe tag picks the boot interface among several
+    lab.data.add_interface(redfish, "eno2", "b8:3f:d2:00:00:99", tags=("pxe",), legacy_mac_field=True)
+
+    report = lab.sync(credentials)
+
+    assert report.ok and report.count("created") == 2, report.results
+    assert set(Site.objects.values_list("slug", "name", "netbox_id")) == {
+        ("ams1", "Amsterdam 1", lab.ams1),
+        ("fra1", "Frankfurt 1", lab.fra1),
+    }
+    assert list(Rack.objects.values_list("site__slug", "name", "netbox_id")) == [("ams1", "r01", lab.r01)]
+    a = Node.objects.get(name="ams1-gpu-01")
+    assert (a.server_type.slug, a.rack.name, a.serial, a.state) == ("h100-8x", "r01", "SN-0001", "available")
+    assert (a.bmc_protocol, a.bmc_address, a.bmc_port, a.bmc_system_id) == ("ipmi", "10.10.0.1", 623, "")
+    assert a.boot_mac == "b8:3f:d2:00:00:01"
+    assert (a.bmc_credential.username, a.bmc_credential.password) == ("root", "bmc-ams1-pw")
+    b = Node.objects.get(name="fra1-gpu-02")
+    assert (b.server_type.slug, b.rack, b.netbox_id) == ("a100-8x", None, redfish)
+    assert (b.bmc_protocol, b.bmc_address, b.bmc_port) == ("redfish", "2001:db8::2", 8443)
+    assert (b.bmc_system_id, b.boot_mac) == ("System.Embedded.1", "b8:3f:d2:00:00:99")
+    assert (b.bmc_credential.username, b.bmc_credential.password) == ("admin", "bmc-default-pw")
+    assert AuditEvent.objects.filter(node=a, action="enroll", actor_label="netbox-test").exists()
+    assert AuditEvent.objects.filter(node=a, to_state="available", actor_label="netbox-test").exists()
+    assert AuditEvent.objects.filter(node=None, reason="site ams1 created from NetBox").exists()
+
+
+def test_second_sync_changes_nothing_and_says_so(lab: Lab, credentials) -> None:
+    for n in range(1, 4):
+        lab.gpu_server(f"gpu-{n}", n)
+    lab.sync(credentials)
+    events = AuditEvent.objects.count()
+
+    report = lab.sync(credentials)
+
+    assert not report.changed and report.places == []
+    assert {o for o, _ in outcomes(report).values()} == {"unchanged"}
+    assert AuditEvent.objects.count() == events
+
+
+def test_a_changed_bmc_address_is_applied_to_an_available_node_and_audited(lab: Lab, credentials) -> None:
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.sync(credentials)
+    lab.data.devices[pk]["oob_ip"] = "10.10.9.1/24"
+    lab.data.devices[pk]["rack_id"] = lab.r02
+
+    report = lab.sync()  # no credentials needed: the node keeps its own
+
+    assert outcomes(report)["gpu-1"] == (
+        "updated",
+        "rack ams1/r01 -> ams1/r02; bmc_address 10.10.0.1 -> 10.10.9.1",
+    )
+    node = Node.objects.get(name="gpu-1")
+    assert (node.bmc_address, node.rack.name, node.bmc_credential.password) == (
+        "10.10.9.1",
+        "r02",
+        "bmc-ams1-pw",
+    )
+    event = AuditEvent.objects.get(node=node, action="netbox_sync")
+    assert event.actor_label == "netbox-test"
+    assert event.data["changes"]["bmc_address"] == ["10.10.0.1", "10.10.9.1"]
+
+
+def test_changes_to_a_leased_node_are_deferred_and_applied_once_it_is_available(
+    lab: Lab, credentials
+) -> None:
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.sync(credentials)
+    node = process_event(Node.objects.get(name="gpu-1"), NodeEvent.RESERVE, actor=ACTOR, reason="a customer")
+    lab.data.devices[pk]["oob_ip"] = "10.10.9.1/24"
+    lab.data.interfaces[max(lab.data.interfaces)]["mac"] = "b8:3f:d2:00:00:77"
+
+    report = lab.sync()
+
+    outcome, message = outcomes(report)["gpu-1"]
+    assert outcome == "deferred"
+    assert "leased (reserved)" in message and "bmc_address 10.10.0.1 -> 10.10.9.1" in message
+    assert "boot_mac b8:3f:d2:00:00:01 -> b8:3f:d2:00:00:77" in message
+    node.refresh_from_db()
+    assert (node.bmc_address, node.boot_mac, node.state) == ("10.10.0.1", "b8:3f:d2:00:00:01", "reserved")
+
+    process_event(node, NodeEvent.UNRESERVE, actor=ACTOR, reason="customer gave it up")
+    assert outcomes(lab.sync())["gpu-1"][0] == "updated"
+    node.refresh_from_db()
+    assert (node.bmc_address, node.boot_mac) == ("10.10.9.1", "b8:3f:d2:00:00:77")
+
+
+@pytest.mark.parametrize("how", ["deleted", "offline", "decommissioning", "other role"])
+def test_a_device_gone_or_not_active_sends_an_available_node_to_maintenance(
+    lab: Lab, credentials, how
+) -> None:
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.gpu_server("gpu-2", 2)
+    lab.sync(credentials)
+    if how == "deleted":
+        lab.data.remove_device(pk)
+    elif how == "other role":
+        lab.data.devices[pk]["role"] = "storage"
+    else:
+        lab.data.devices[pk]["status"] = how
+
+    report = lab.sync()
+
+    assert outcomes(report)["gpu-1"][0] == "maintenance"
+    node = Node.objects.get(name="gpu-1")
+    assert node.state == NodeState.MAINTENANCE
+    event = AuditEvent.objects.get(node=node, to_state="maintenance")
+    assert event.actor_label == "netbox-test" and event.reason.startswith("NetBox: device")
+    assert Node.objects.get(name="gpu-2").state == NodeState.AVAILABLE
+    # and again: nothing more happens, the node is never deleted
+    assert outcomes(lab.sync())["gpu-1"] == ("unchanged", f"{event.reason}; already in maintenance")
+    assert Node.objects.filter(name="gpu-1").exists()
+
+
+def test_a_gone_device_of_a_leased_node_leaves_the_node_alone_and_reports_it(lab: Lab, credentials) -> None:
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.sync(credentials)
+    process_event(Node.objects.get(name="gpu-1"), NodeEvent.RESERVE, actor=ACTOR, reason="a customer")
+    lab.data.devices[pk]["status"] = "offline"
+
+    outcome, message = outcomes(lab.sync())["gpu-1"]
+
+    assert outcome == "deferred" and "is offline" in message and "leased (reserved), left alone" in message
+    assert Node.objects.get(name="gpu-1").state == NodeState.RESERVED
+
+
+def _break_gpu_count(lab: Lab, pk: int) -> None:
+    lab.data.inventory_items.pop(
+        max(i for i, row in lab.data.inventory_items.items() if row["device_id"] == pk)
+    )
+
+
+def _break_gpu_model(lab: Lab, pk: int) -> None:
+    for row in lab.data.inventory_items.values():
+        if row["device_id"] == pk:
+            row["part_id"] = "NVIDIA A100-SXM4-80GB"
+
+
+def _set(field: str, value: Any):
+    def change(lab: Lab, pk: int) -> None:
+        lab.data.devices[pk][field] = value
+
+    return change
+
+
+def _set_mac(mac: str):
+    def change(lab: Lab, pk: int) -> None:
+        for row in lab.data.interfaces.values():
+            if row["device_id"] == pk and row["name"] == "eno1":
+                row["mac"] = mac
+
+    return change
+
+
+BAD_DEVICES = [
+    (_break_gpu_count, "device gpu-1: NetBox lists 7 GPU(s), server type h100-8x has 8"),
+    (_break_gpu_model, "device gpu-1: NetBox GPU model NVIDIA A100-SXM4-80GB is not server type h100-8x's"),
+    (_set("device_type", "mi300x-8x"), "device gpu-1: unknown server type 'mi300x-8x'"),
+    (_set("oob_ip", None), "device gpu-1: oob_ip (the BMC's address) is not set"),
+    (
+        _set("custom_fields", {}),
+        "device gpu-1: custom field bmc_protocol is 'not set'; it must be ipmi or redfish",
+    ),
+    (
+        _set("custom_fields", {"bmc_protocol": "ipmi", "bmc_port": "x"}),
+        "device gpu-1: custom field bmc_port: port",
+    ),
+    (_set_mac("b8:3f:d2:00:00"), "device gpu-1: interface eno1: 'b8:3f:d2:00:00' is not a MAC address"),
+    (_set_mac("b8:3f:d2:00:00:02"), "device gpu-1: boot MAC b8:3f:d2:00:00:02 is already node gpu-2's"),
+]
+
+
+@pytest.mark.parametrize(("breakage", "message"), BAD_DEVICES)
+def test_a_bad_device_is_one_sentence_and_creates_nothing(lab: Lab, credentials, breakage, message) -> None:
+    lab.gpu_server("gpu-2", 2)
+    breakage(lab, lab.gpu_server("gpu-1", 1))
+
+    report = lab.sync(credentials)
+
+    outcome, text = outcomes(report)["gpu-1"]
+    assert outcome == "skipped" and not report.ok
+    assert message in text, text
+    assert list(Node.objects.values_list("name", flat=True)) == ["gpu-2"]
+
+
+@pytest.mark.parametrize(("breakage", "message"), BAD_DEVICES)
+def test_a_bad_change_to_an_enrolled_node_changes_nothing(lab: Lab, credentials, breakage, message) -> None:
+    lab.gpu_server("gpu-2", 2)
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.sync(credentials)
+    before = Node.objects.values().get(name="gpu-1")
+    lab.data.devices[pk]["rack_id"] = lab.r02  # a good change that must not be applied alongside the bad one
+    breakage(lab, pk)
+
+    outcome, text = outcomes(lab.sync())["gpu-1"]
+
+    assert outcome == "skipped" and message in text, text
+    assert Node.objects.values().get(name="gpu-1") == before
+    assert not Rack.objects.filter(name="r02").exists()
+
+
+def test_a_boot_mac_or_serial_of_a_yaml_enrolled_node_is_refused(lab: Lab, credentials) -> None:
+    bmc = {"protocol": "ipmi", "address": "10.9.9.9", "username": "u", "password": "p"}
+    yaml_node = {"server_type": "h100-8x", "bmc": bmc}
+    enroll({"nodes": [{**yaml_node, "name": "old-1", "boot_mac": "b8:3f:d2:00:00:01"}]}, actor=ACTOR)
+    lab.gpu_server("gpu-1", 1, serial="")
+
+    assert outcomes(lab.sync(credentials))["gpu-1"] == (
+        "skipped",
+        "device gpu-1: boot MAC b8:3f:d2:00:00:01 is already node old-1's",
+    )
+    assert Node.objects.get(name="old-1").netbox_id is None
+
+
+def test_a_yaml_enrolled_node_is_adopted_by_serial_and_keeps_its_credentials(lab: Lab, credentials) -> None:
+    bmc = {"protocol": "ipmi", "address": "10.10.0.1", "username": "yaml-user", "password": "yaml-pw"}
+    node = {"name": "gpu-1", "serial": "SN-0001", "server_type": "h100-8x", "site": "ams1", "rack": "r01"}
+    enroll({"nodes": [{**node, "boot_mac": "b8:3f:d2:00:00:01", "bmc": bmc}]}, actor=ACTOR)
+    pk = lab.gpu_server("gpu-1", 1)
+
+    report = lab.sync(credentials)
+
+    assert outcomes(report)["gpu-1"][0] == "updated", report.results
+    adopted = Node.objects.get(name="gpu-1")
+    assert adopted.netbox_id == pk
+    assert (adopted.bmc_credential.username, adopted.bmc_credential.password) == ("yaml-user", "yaml-pw")
+    assert (Site.objects.get().netbox_id, Rack.objects.get().netbox_id) == (lab.ams1, lab.r01)
+    assert outcomes(lab.sync())["gpu-1"][0] == "unchanged"
+
+
+def test_dry_run_reports_the_plan_and_writes_nothing(lab: Lab, credentials) -> None:
+    pk = lab.gpu_server("gpu-1", 1)
+    pk2 = lab.gpu_server("gpu-2", 2)
+    lab.sync(credentials)
+    lab.data.remove_device(pk)
+    lab.gpu_server("gpu-3", 3, site_id=lab.fra1)
+    lab.data.devices[pk2]["oob_ip"] = "10.10.5.5/24"
+    tables = (Node, Site, Rack, AuditEvent)
+    before = [list(model.objects.values()) for model in tables]
+
+    plan = lab.sync(credentials, dry_run=True)
+
+    assert [list(model.objects.values()) for model in tables] == before
+    assert plan.dry_run
+    assert {d: o for d, (o, _) in outcomes(plan).items()} == {
+        "gpu-1": "maintenance",
+        "gpu-2": "updated",
+        "gpu-3": "created",
+    }
+    done = lab.sync(credentials)
+    assert outcomes(done) == outcomes(plan) and done.places == plan.places == ["site fra1 created"]
+
+
+def test_pagination_reads_every_page(server_types, credentials) -> None:
+    data = NetboxData()
+    with running_netbox(data, token=TOKEN, max_page_size=3) as server:
+        lab = Lab(data, server)
+        for n in range(1, 9):
+            lab.gpu_server(f"gpu-{n}", n)
+
+        report = lab.sync(credentials)
+
+    assert report.count("created") == 8 and report.ok
+    assert Node.objects.count() == 8
+    device_pages = [p for p in server.requests if p.startswith("/api/dcim/devices/")]
+    assert len(device_pages) == 3  # 3 + 3 + 2, the last two through the absolute next links NetBox returns
+    assert any("offset=6" in p for p in device_pages)
+    assert len([p for p in server.requests if p.startswith("/api/dcim/inventory-items/")]) == 22  # 64 GPUs
+
+
+def test_a_wrong_token_is_one_clear_sentence(lab: Lab) -> None:
+    api = netbox.connect(lab.server.url, "not-the-token")
+    with pytest.raises(netbox.NetboxUnavailable) as err:
+        netbox.sync(api, actor=ACTOR)
+    assert (
+        str(err.value) == f"NetBox at {lab.server.url} refused the API token (HTTP 401); check the token file"
+    )
+
+
+def test_an_unreachable_netbox_is_one_clear_sentence(db) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(
+        netbox.NetboxUnavailable,
+        match=rf"^cannot reach NetBox at http://127.0.0.1:{port}: connection refused$",
+    ):
+        netbox.sync(netbox.connect(f"http://127.0.0.1:{port}", TOKEN), actor=ACTOR)
+    with pytest.raises(
+        netbox.NetboxUnavailable, match=r"^NetBox URL 'netbox.example' is not an http\(s\) URL$"
+    ):
+        netbox.connect("netbox.example", TOKEN)
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "netbox-token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def _command(*args: str) -> tuple[str, str]:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    call_command("nodes", "sync-netbox", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_the_command_prints_a_summary_and_fails_when_a_device_is_skipped(
+    lab: Lab, tmp_path: Path, token_file: Path, caplog, credentials
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "c.yaml").write_text(f"default: {{username: admin, password_file: {tmp_path / 'bmc-pw'}}}\n")
+    lab.gpu_server("gpu-1", 1)
+    pk2 = lab.gpu_server("gpu-2", 2, oob_ip=None)
+    args = [
+        "--url",
+        lab.server.url,
+        "--token-file",
+        str(token_file),
+        "--credentials",
+        str(tmp_path / "c.yaml"),
+    ]
+
+    with pytest.raises(CommandError, match=r"^1 device\(s\) skipped; see the reasons above$") as err:
+        _command(*args, "--dry-run")
+    assert err.value.returncode == 1
+    assert Node.objects.count() == 0
+
+    with pytest.raises(CommandError):
+        out, _ = _command(*args)
+    lab.data.devices[pk2]["oob_ip"] = "10.10.0.2/24"  # fixed in NetBox
+    out, _ = _command(*args)
+    assert (
+        "  created     gpu-2: h100-8x, ipmi 10.10.0.2:623, boot MAC b8:3f:d2:00:00:02, rack ams1/r01" in out
+    )
+    assert out.endswith(
+        "1 created, 0 updated, 1 unchanged, 0 deferred, 0 to maintenance, 0 skipped, 0 ignored\n"
+    )
+    out, _ = _command(*args)
+    assert out.endswith(
+        "0 created, 0 updated, 2 unchanged, 0 deferred, 0 to maintenance, 0 skipped, 0 ignored; nothing to change\n"
+    )
+    assert TOKEN not in out + caplog.text
+
+
+def test_the_command_says_one_sentence_for_a_wrong_token_and_never_shows_it(
+    lab: Lab, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-token-do-not-print-me"
+    (tmp_path / "t").write_text(wrong)
+    monkeypatch.setenv("NEOCLOUD_NETBOX_URL", lab.server.url)
+    monkeypatch.setenv("NEOCLOUD_NETBOX_TOKEN_FILE", str(tmp_path / "t"))
+    with pytest.raises(CommandError) as err:
+        _command()
+    assert (
+        str(err.value) == f"NetBox at {lab.server.url} refused the API token (HTTP 401); check the token file"
+    )
+    assert wrong not in str(err.value) + caplog.text
+    with pytest.raises(CommandError, match="cannot read token file /nonexistent/token"):
+        _command("--token-file", "/nonexistent/token")
