@@ -95,8 +95,11 @@ def replace_failed_node(node: Node, reservation: Reservation, actor: Actor, reas
     return add_spare(reservation, actor)
 
 
-def add_spare(reservation: Reservation, actor: Actor) -> Node | None:
-    """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free."""
+def add_spare(
+    reservation: Reservation, actor: Actor, *, why: str = "failed its checks before handover"
+) -> Node | None:
+    """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free.
+    ``why`` completes "One server ..." in the reservation's status message."""
     try:
         with transaction.atomic():
             _lock_server_type(reservation.server_type)
@@ -123,9 +126,7 @@ def add_spare(reservation: Reservation, actor: Actor) -> Node | None:
                 reservation=reservation, node=spare, starts_at=start, ends_at=reservation.ends_at
             )
             reservation.state = ReservationState.PROVISIONING
-            reservation.status_message = (
-                "One server failed its checks before handover and was replaced by a healthy spare."
-            )
+            reservation.status_message = f"One server {why} and was replaced by a healthy spare."
             reservation.save(update_fields=["state", "status_message"])
             record(
                 actor,
@@ -140,7 +141,7 @@ def add_spare(reservation: Reservation, actor: Actor) -> Node | None:
         Reservation.objects.filter(pk=reservation.pk).update(
             state=ReservationState.WAITING,
             status_message=(
-                "One server failed its checks and no healthy spare of this type is free right now. "
+                f"One server {why} and no healthy spare of this type is free right now. "
                 "Your other servers are unaffected; we will add a replacement as soon as one is free, "
                 "or you can release the reservation and you will not be charged for the missing server."
             ),

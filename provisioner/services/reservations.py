@@ -465,8 +465,13 @@ def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor:
 def start_due_reservations(actor: Actor | None = None) -> int:
     """Start provisioning scheduled reservations whose window has begun. Returns how many nodes started.
 
-    A node still being cleaned from its previous lease is started on a later pass.
+    A node still being cleaned from its previous lease is started on a later pass. A node that went out of
+    service since it was booked (maintenance, quarantine, error: states it does not leave by itself) is
+    let go and a healthy spare of the type takes its place where one is free; otherwise the reservation
+    waits for one (``hooks.fill_waiting_reservations``), saying so.
     """
+    from provisioner.services.hooks import add_spare  # hooks builds on this module
+
     actor = actor or Actor.system("scheduler")
     started = 0
     now = timezone.now()
@@ -478,8 +483,28 @@ def start_due_reservations(actor: Actor | None = None) -> int:
                 .select_related("node")
                 .exclude(node__reservation=reservation)
             ]
-            started += len(_start_nodes(reservation, pending, actor))
+            out_of_service = [node for node in pending if node.state not in ALLOCATABLE_STATES]
+            for node in out_of_service:
+                _let_go_out_of_service(reservation, node, actor)
+            in_service = [node for node in pending if node.state in ALLOCATABLE_STATES]
+            started += len(_start_nodes(reservation, in_service, actor))
+        # after the commit: a spare locks the server type, then the reservation (booking's order)
+        if out_of_service:
+            while add_spare(reservation, actor, why=OUT_OF_SERVICE_WHY) is not None:
+                started += 1
     return started
+
+
+OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
+
+
+def _let_go_out_of_service(reservation: Reservation, node: Node, actor: Actor) -> None:
+    """End the reservation's allocation of a node that is out of service (call inside a transaction)."""
+    reason = f"out of service ({node.state}) when the window started"
+    Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
+        active=False, ended_at=timezone.now(), end_reason=f"replaced: {reason}"
+    )
+    record(actor, "replace_node", node=node, reservation=reservation, reason=reason)
 
 
 def expire_reservations(actor: Actor | None = None) -> int:

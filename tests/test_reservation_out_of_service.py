@@ -1,0 +1,107 @@
+"""A server booked for a future window that goes out of service before the window starts (maintenance,
+quarantine, error) must not hold the reservation back: when the window starts, a healthy spare of the type
+takes its place, or the reservation waits for one and says so."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from provisioner.models import Allocation, AuditEvent, Node, Reservation
+from provisioner.services.audit import Actor
+from provisioner.services.hooks import fill_waiting_reservations
+from provisioner.services.nodes import set_maintenance
+from provisioner.services.reservations import book_servers, start_due_reservations
+from provisioner.states import NodeState, ReservationState
+
+HOUR = dt.timedelta(hours=1)
+OPERATOR = Actor.system("operator-test")
+
+
+def _book_future(inv, count: int) -> Reservation:
+    now = timezone.now()
+    return book_servers(
+        inv.acme,
+        inv.h100,
+        count,
+        image=inv.image,
+        ssh_keys=[inv.key],
+        starts_at=now + 2 * HOUR,
+        ends_at=now + 5 * HOUR,
+        actor=Actor(user=inv.owner, label="olivia"),
+    ).reservation
+
+
+def _window_starts(reservation: Reservation) -> None:
+    Reservation.objects.filter(pk=reservation.pk).update(starts_at=timezone.now() - dt.timedelta(seconds=1))
+
+
+def _booked_node(reservation: Reservation) -> Node:
+    return Allocation.objects.get(reservation=reservation, active=True).node
+
+
+@pytest.mark.django_db
+def test_a_booked_server_put_on_hold_is_replaced_by_a_spare_when_the_window_starts(inventory):
+    r = _book_future(inventory, 1)
+    held = _booked_node(r)
+    set_maintenance(held, True, actor=OPERATOR, reason="fan replacement")
+    _window_starts(r)
+
+    assert start_due_reservations() == 1
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    assert "taken out of service before your window started" in r.status_message
+    assert "replaced by a healthy spare" in r.status_message
+    spare = Node.objects.get(reservation=r)
+    assert spare.pk != held.pk and spare.state == NodeState.RESERVED
+    gone = Allocation.objects.get(reservation=r, node=held)
+    assert not gone.active and "out of service (maintenance)" in gone.end_reason
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 1
+    held.refresh_from_db()
+    assert held.state == NodeState.MAINTENANCE and held.reservation_id is None
+    actions = list(AuditEvent.objects.filter(reservation=r).values_list("action", flat=True))
+    assert "replace_node" in actions and "substitute" in actions
+    assert start_due_reservations() == 0  # nothing left to start: the spare is not started twice
+
+
+@pytest.mark.django_db
+def test_without_a_spare_the_reservation_waits_and_gets_one_when_a_server_frees_up(inventory):
+    r = _book_future(inventory, 1)
+    held = _booked_node(r)
+    others = list(Node.objects.filter(server_type=inventory.h100).exclude(pk=held.pk))
+    for node in [held, *others]:
+        set_maintenance(node, True, actor=OPERATOR)
+    _window_starts(r)
+
+    assert start_due_reservations() == 0
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.WAITING
+    assert "taken out of service before your window started" in r.status_message
+    assert "no healthy spare" in r.status_message
+    assert not Allocation.objects.filter(reservation=r, active=True).exists()
+    assert start_due_reservations() == 0  # a waiting reservation is the spare filler's, not started again
+
+    # the hold on another server is lifted and its wipe brings it back: the waiting reservation takes it
+    Node.objects.filter(pk=others[0].pk).update(state=NodeState.AVAILABLE)
+    assert fill_waiting_reservations() == 1
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    assert Node.objects.get(reservation=r).pk == others[0].pk
+
+
+@pytest.mark.django_db
+def test_a_booked_server_back_in_service_in_time_is_the_one_started(inventory):
+    r = _book_future(inventory, 2)
+    booked = {a.node_id for a in Allocation.objects.filter(reservation=r, active=True)}
+    node = Node.objects.get(pk=min(booked))
+    set_maintenance(node, True, actor=OPERATOR)
+    Node.objects.filter(pk=node.pk).update(state=NodeState.AVAILABLE)  # hold lifted, wipe done
+    _window_starts(r)
+
+    assert start_due_reservations() == 2
+    assert set(Node.objects.filter(reservation=r).values_list("pk", flat=True)) == booked
+    assert not Allocation.objects.filter(reservation=r, active=False).exists()
