@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from provisioner.errors import InvalidRequest
 from provisioner.lab.netbox import NetboxData, NetboxServer, running_netbox
 from provisioner.models import AuditEvent, Node, Rack, ServerType, Site
 from provisioner.services import netbox
@@ -217,6 +218,16 @@ def test_a_device_gone_or_not_active_sends_an_available_node_to_maintenance(
     # and again: nothing more happens, the node is never deleted
     assert outcomes(lab.sync())["gpu-1"] == ("unchanged", f"{event.reason}; already in maintenance")
     assert Node.objects.filter(name="gpu-1").exists()
+
+
+def test_a_role_without_devices_does_not_put_the_whole_fleet_on_hold(lab: Lab, credentials) -> None:
+    lab.gpu_server("gpu-1", 1)
+    lab.sync(credentials)
+    with pytest.raises(
+        InvalidRequest, match="NetBox has no devices of role gpu-servers, yet nodes here came from"
+    ):
+        lab.sync(role="gpu-servers")
+    assert Node.objects.get(name="gpu-1").state == NodeState.AVAILABLE
 
 
 def test_a_gone_device_of_a_leased_node_leaves_the_node_alone_and_reports_it(lab: Lab, credentials) -> None:

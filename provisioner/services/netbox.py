@@ -597,8 +597,16 @@ def sync(
     in one transaction and rolls it back, so the report is the plan and nothing is written.
 
     :raises NetboxUnavailable: NetBox cannot be read (nothing is changed then).
+    :raises InvalidRequest: NetBox lists no device of ``role`` while nodes came from NetBox (nothing changed).
     """
     fetched = _fetch(api, role)
+    if not fetched.devices and Node.objects.filter(netbox_id__isnull=False).exists():
+        # Most likely a wrong --role or a NetBox being restored, not a fleet that vanished: putting every node
+        # on hold would empty the pool.
+        raise InvalidRequest(
+            f"NetBox has no devices of role {role}, yet nodes here came from NetBox; nothing done "
+            "(check the role; retire nodes one by one with nodes maintain)"
+        )
     report = SyncReport(dry_run=dry_run)
     work = _Sync(actor, credentials, report)
     # A real run commits device by device (one bad device does not hold back the others, and no lock is held
