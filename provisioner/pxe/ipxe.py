@@ -30,6 +30,7 @@ KERNEL_PATH = "/boot/deploy/vmlinuz"
 INITRD_PATH = "/boot/deploy/initrd.img"
 API_PATH = "/boot/api"
 
+# Checked with ``fullmatch``: ``$`` alone also matches before a final newline, which would end a line early.
 # A token travels on a kernel command line and in an HTTP header: URL-safe characters only.
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
 # A node name is a hostname label-ish slug; it ends up on the kernel command line.
@@ -70,7 +71,7 @@ def normalize_mac(mac: str) -> str:
     :raises IpxeScriptError: not a 48-bit MAC address in one of those forms.
     """
     candidate = mac.strip().lower()
-    if not _MAC.match(candidate):
+    if not _MAC.fullmatch(candidate):
         raise IpxeScriptError(
             f"{mac!r} is not a MAC address (expected six hex pairs separated by ':' or '-')"
         )
@@ -97,7 +98,7 @@ def validate_token(token: str) -> str:
 
     :raises IpxeScriptError:
     """
-    if not isinstance(token, str) or not _TOKEN.match(token):
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         raise IpxeScriptError("the boot token must be 16-256 characters from [A-Za-z0-9._~-]")
     return token
 
@@ -107,7 +108,7 @@ def validate_node_name(name: str) -> str:
 
     :raises IpxeScriptError:
     """
-    if not _NODE_NAME.match(name or ""):
+    if not _NODE_NAME.fullmatch(name or ""):
         raise IpxeScriptError(f"node name {name!r} must be 1-63 characters from [A-Za-z0-9._-]")
     return name
 
@@ -123,7 +124,7 @@ def render_ipxe_script(base_url: str, token: str, node_name: str, *, console: st
     base = validate_base_url(base_url)
     validate_token(token)
     validate_node_name(node_name)
-    if not _CONSOLE.match(console):
+    if not _CONSOLE.fullmatch(console):
         raise IpxeScriptError(
             f"console {console!r} must be a plain device name such as ttyS0 or ttyS0,115200"
         )

@@ -64,6 +64,14 @@ def test_unsafe_inputs_are_refused(base, token, node):
     assert TOKEN not in str(info.value)
 
 
+@pytest.mark.parametrize(("token", "node"), [(TOKEN, "n1\n"), (TOKEN + "\n", "n1")])
+def test_a_trailing_newline_is_refused_not_let_through_to_split_the_kernel_line(token, node):
+    """``$`` in a regular expression also matches before a final newline: a node name or token ending in
+    one would end the ``kernel`` line early and leave ``console=ttyS0`` as a command iPXE does not know."""
+    with pytest.raises(IpxeScriptError):
+        render_ipxe_script("http://10.0.0.2", token, node)
+
+
 @pytest.mark.parametrize("mac", ["52:54:00:AB:cd:01", "52-54-00-ab-cd-01", " 52:54:00:ab:cd:01 "])
 def test_normalize_mac_accepts_colon_and_hyphen_forms(mac):
     assert normalize_mac(mac) == "52:54:00:ab:cd:01"
