@@ -44,7 +44,25 @@ def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
     if token is None:
         # The script (and its token) was handed out already: a second boot must not get another one.
         return HttpResponse("#!ipxe\necho deploy token already used\nexit 1\n", status=403, content_type=IPXE)
-    return HttpResponse(render_ipxe_script(_base_url(request), token, node.name), content_type=IPXE)
+    try:
+        script = render_ipxe_script(_base_url(request), token, node.name)
+    except IpxeScriptError as exc:
+        # Booting again cannot fix this (the ticket's token is spent, the name stays): close the ticket with
+        # the reason, so the engine's wait fails now with it instead of timing out on a node that never boots.
+        tickets.record_result(
+            ticket,
+            {
+                "status": "failed",
+                "error_code": "boot_script_invalid",
+                "message": f"the boot service cannot write an iPXE script for {node.name!r}: {exc}",
+            },
+        )
+        return HttpResponse(
+            "#!ipxe\necho Neocloud cannot boot this node (see its deploy log)\nexit 1\n",
+            status=500,
+            content_type=IPXE,
+        )
+    return HttpResponse(script, content_type=IPXE)
 
 
 def _deploy_file(name: str, placeholder: bytes) -> HttpResponse | FileResponse:

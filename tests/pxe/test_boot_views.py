@@ -1,0 +1,61 @@
+"""The boot service's Django views: the iPXE script per MAC with its one-time token, and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.boot import tickets
+from provisioner.engine.runner import create_operation
+from provisioner.models import DeployTicket, Node
+from provisioner.pxe.ipxe import parse_ipxe_script
+
+MAC = "52:54:00:00:00:01"  # node-h100-8x-01 in the inventory fixture
+
+
+@pytest.fixture
+def node(inventory):
+    return Node.objects.get(boot_mac=MAC)
+
+
+def _open(node: Node) -> DeployTicket:
+    return tickets.open_ticket(
+        node, create_operation("provision", node), {"action": "erase", "node": node.name}
+    )
+
+
+@pytest.mark.parametrize("mac", [MAC, MAC.upper(), MAC.replace(":", "-"), MAC.upper().replace(":", "-")])
+def test_boot_script_carries_a_token_for_the_mac_in_colon_or_hyphen_form_any_case(client, node, mac):
+    _open(node)
+    response = client.get(f"/boot/{mac}.ipxe")
+    assert response.status_code == 200
+    params = parse_ipxe_script(response.content.decode()).kernel_params()
+    assert params["neocloud.node"] == node.name and params["neocloud.token"]
+
+
+@pytest.mark.parametrize("mac", ["5254.0000.0001", "525400000001", "52:54-00:00:00:01", "52:54:00:00:00:0g"])
+def test_other_mac_notations_are_refused_with_an_ipxe_script_that_says_so(client, node, mac):
+    _open(node)
+    response = client.get(f"/boot/{mac}.ipxe")
+    assert response.status_code == 400
+    assert response.content == b"#!ipxe\necho invalid MAC address\nexit 1\n"
+    assert DeployTicket.objects.get(node=node).script_served_at is None  # the deploy still waits for it
+
+
+def test_a_node_name_the_script_cannot_carry_fails_the_deploy_at_once_with_the_reason(client, node):
+    """A name such as NetBox allows ("gpu node 01") cannot go on a kernel command line: the boot service
+    answered with a 500 traceback, and the engine waited out its timeout for a node that never booted."""
+    Node.objects.filter(pk=node.pk).update(name="gpu node 01")
+    ticket = _open(node)
+
+    response = client.get(f"/boot/{MAC}.ipxe")
+
+    assert response.status_code == 500
+    assert parse_ipxe_script(response.content.decode()).exits
+    ticket.refresh_from_db()
+    assert ticket.result_at is not None
+    assert ticket.result["status"] == "failed" and ticket.result["error_code"] == "boot_script_invalid"
+    assert "'gpu node 01'" in ticket.result["message"]
+    status = client.get(
+        f"/boot/api/tickets/{ticket.pk}", HTTP_AUTHORIZATION=f"Bearer {tickets.watch_key(ticket.pk)}"
+    ).json()
+    assert status["finished"] and status["result"]["status"] == "failed"
