@@ -34,6 +34,9 @@ CHAIN_PATH = "/boot/${mac:hexhyp}.ipxe"
 
 _INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+# What dnsmasq reads in a dhcp-host line as a lease time (digits, optionally s/m/h/d/w) or a keyword
+# ("ignore": never answer that MAC), not as a name; ``dnsmasq --test`` accepts them all.
+_DHCP_HOST_WORD = re.compile(r"^([0-9]+[smhdwSMHDW]?|infinite|ignore)$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./-]*$")
 
 
@@ -92,8 +95,12 @@ def _checked(site: DnsmasqSite) -> ipaddress.IPv4Network:
         if not re.match(r"^(\d+[smhdw]?|infinite)$", site.lease_time):
             raise DnsmasqConfigError(f"lease time {site.lease_time!r} is not valid (e.g. 1h, 30m, 3600)")
     for host in site.hosts:
-        if not _HOSTNAME.match(host.name):
+        if not _HOSTNAME.fullmatch(host.name):
             raise DnsmasqConfigError(f"host name {host.name!r} must be a DNS label")
+        if _DHCP_HOST_WORD.fullmatch(host.name):
+            raise DnsmasqConfigError(
+                f"host name {host.name!r} would be read by dnsmasq as a lease time or keyword, not a name"
+            )
         if host.address is not None and ipaddress.IPv4Address(host.address) not in network:
             raise DnsmasqConfigError(f"address {host.address} of {host.name} is outside {network}")
     return network

@@ -84,3 +84,28 @@ def test_invalid_site_settings_are_refused(changes):
     settings = {"subnet": "192.0.2.0/24", "boot_url": "http://192.0.2.10:8000", **changes}
     with pytest.raises(DnsmasqConfigError):
         render_dnsmasq_config(DnsmasqSite(**settings))
+
+
+@pytest.mark.parametrize("name", ["ignore", "infinite", "1234", "12h", "7D"])
+def test_node_names_dnsmasq_would_read_as_a_lease_time_or_keyword_are_refused(tmp_path, name):
+    """In ``dhcp-host=<mac>,<name>`` dnsmasq takes digits (with an optional s/m/h/d/w) as a lease time and
+    ``ignore`` as "never answer this MAC": the node would silently lose its name, or never PXE boot, and
+    ``dnsmasq --test`` says nothing."""
+    path = tmp_path / "probe.conf"
+    path.write_text(f"dhcp-host=52:54:00:aa:bb:01,{name}\n")
+    check_dnsmasq_config(path)  # dnsmasq accepts the line: only we can catch it
+    site = DnsmasqSite(
+        subnet="192.0.2.0/24", boot_url="http://192.0.2.10:8000", hosts=[DhcpHost("52:54:00:aa:bb:01", name)]
+    )
+    with pytest.raises(DnsmasqConfigError, match="lease time or keyword"):
+        render_dnsmasq_config(site)
+
+
+def test_a_host_name_ending_in_a_newline_is_refused():
+    site = DnsmasqSite(
+        subnet="192.0.2.0/24",
+        boot_url="http://192.0.2.10:8000",
+        hosts=[DhcpHost("52:54:00:aa:bb:01", "n1\n")],
+    )
+    with pytest.raises(DnsmasqConfigError, match="DNS label"):
+        render_dnsmasq_config(site)
