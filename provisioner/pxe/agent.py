@@ -73,6 +73,10 @@ HOST_KEY_TYPES: tuple[tuple[str, list[str]], ...] = (
     ("rsa", ["-b", "3072"]),
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The config drive's hostname and key lines end up in files read line by line (/etc/hostname,
+# authorized_keys): one line each, no control characters (a newline in a key would add another key).
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 EXIT_OK = 0
 EXIT_DEPLOY_FAILED = 1
@@ -194,16 +198,16 @@ def validate_instructions(document: Any) -> dict[str, Any]:
         raise bad("image or config")
     if urlsplit(str(image.get("url", ""))).scheme not in ("http", "https"):
         raise bad("image.url")
-    if not isinstance(image.get("sha256"), str) or not _SHA256.match(image["sha256"].lower()):
+    if not isinstance(image.get("sha256"), str) or not _SHA256.fullmatch(image["sha256"].lower()):
         raise bad("image.sha256")
     if image.get("format", "raw") != "raw":
         raise AgentError("unsupported_image_format", f"image format {image.get('format')!r} is not raw")
     if not isinstance(image.get("size"), int) or image["size"] <= 0:
         raise bad("image.size")
-    if not isinstance(config.get("hostname"), str) or not config["hostname"]:
+    if not isinstance(config.get("hostname"), str) or not _HOSTNAME.fullmatch(config["hostname"]):
         raise bad("config.hostname")
     keys = config.get("authorized_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+    if not isinstance(keys, list) or not all(isinstance(k, str) and not _CONTROL.search(k) for k in keys):
         raise bad("config.authorized_keys")
     if not isinstance(config.get("network", {}), dict):
         raise bad("config.network")
@@ -605,6 +609,14 @@ def deploy(
         instructions = api.get_instructions()
     except AgentError as exc:
         log.error("no instructions (%s): %s", exc.code, exc)
+        if exc.code in ("bad_instructions", "unsupported_image_format"):
+            # The token was good: say why, so the engine fails now instead of at its timeout. Disk untouched.
+            try:
+                api.post_result(
+                    {"status": "failed", "error_code": exc.code, "message": str(exc), "bytes_written": 0}
+                )
+            except AgentError as report:
+                log.error("%s", report)
         return EXIT_NO_INSTRUCTIONS
     if instructions.get("action") == "erase":
         return erase(api, disk_path)
