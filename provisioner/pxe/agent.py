@@ -731,6 +731,9 @@ def erase(api: AgentApi, disk_path: str) -> int:
     except (OSError, AgentError) as exc:
         code = exc.code if isinstance(exc, AgentError) else "disk_write_failed"
         log.error("erase failed: %s", exc)
+        # The overwrite stopped part way: the config drive at the disk's end (the last tenant's keys, its
+        # host private keys) must not outlive a failed wipe.
+        wipe_disk_markers(disk_path)
         try:
             api.post_result(
                 {"status": "failed", "error_code": code, "message": f"erasing the disk failed: {exc}"}
@@ -738,14 +741,18 @@ def erase(api: AgentApi, disk_path: str) -> int:
         except AgentError as report:
             log.error("%s", report)
         return EXIT_DEPLOY_FAILED
-    api.post_result(
-        {
-            "status": "ok",
-            "error_code": None,
-            "message": f"disk overwritten ({written} bytes)",
-            "bytes_written": written,
-        }
-    )
+    try:
+        api.post_result(
+            {
+                "status": "ok",
+                "error_code": None,
+                "message": f"disk overwritten ({written} bytes)",
+                "bytes_written": written,
+            }
+        )
+    except AgentError as exc:
+        log.error("%s", exc)
+        return EXIT_REPORT_FAILED
     log.info("erase done (%d bytes)", written)
     return EXIT_OK
 
