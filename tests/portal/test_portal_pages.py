@@ -141,7 +141,8 @@ def test_rollout_of_idle_nodes_starts_and_shows_progress(client, inventory):
     body = client.get(response["Location"]).content.decode()
     assert "waiting for a slot" in body  # cap of 1: the second node waits
     assert all(n.name in body for n in idle)
-    assert client.get(reverse("portal:ops_rollout_live", args=[rollout.pk])).status_code == 200
+    live = client.get(reverse("portal:ops_rollout_live", args=[rollout.pk]), HTTP_HX_REQUEST="true")
+    assert live.status_code == 200
 
 
 def test_customer_never_sees_another_organizations_reservation(client, inventory):
@@ -162,7 +163,8 @@ def test_member_sees_the_organizations_reservation_with_its_servers(client, inve
     for node in Node.objects.filter(reservation=r):
         assert node.name in body
     assert 'hx-trigger="every 2s"' in body  # provisioning: the page polls
-    assert client.get(reverse("portal:reservation_live", args=[r.pk])).status_code == 200
+    live = client.get(reverse("portal:reservation_live", args=[r.pk]), HTTP_HX_REQUEST="true")
+    assert live.status_code == 200
 
 
 def test_reserve_form_shows_why_a_pasted_key_is_bad(client, inventory):

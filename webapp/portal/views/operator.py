@@ -22,6 +22,7 @@ from webapp.portal.forms import FleetFilterForm, ReimageForm, RolloutForm, model
 from webapp.portal.wording import sentence
 
 LOG_LINES_PER_OPERATION = 200
+FLEET_PAGE_SIZE = 100
 
 
 @staff_required
@@ -52,7 +53,9 @@ def fleet(request: HttpRequest) -> HttpResponse:
         {"site": site, "server_type": st, "cells": [counts[s] for s in states], "total": sum(counts.values())}
         for (site, st), counts in sorted(grid.items())
     ]
-    page = Paginator(nodes, 100).get_page(request.GET.get("page"))
+    page = Paginator(nodes, FLEET_PAGE_SIZE).get_page(request.GET.get("page"))
+    filters = request.GET.copy()
+    filters.pop("page", None)
     context = {
         "form": form,
         "page": page,
@@ -63,7 +66,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "sites": Site.objects.all(),
         "server_types": ServerType.objects.all(),
         "rollout_form": RolloutForm(),
-        "query": request.GET.urlencode(),
+        "query": filters.urlencode(),  # the pager adds the page number
     }
     if request.headers.get("HX-Request"):
         return render(request, "portal/ops/_fleet_table.html", context)
@@ -115,6 +118,8 @@ def node_live(request: HttpRequest, pk: int) -> HttpResponse:
     node = get_object_or_404(
         Node.objects.for_user(request.user).select_related("server_type", "owner"), pk=pk
     )
+    if not request.headers.get("HX-Request"):
+        return redirect("portal:ops_node", pk=node.pk)
     return render(request, "portal/ops/_node_live.html", _node_context(request, node))
 
 
@@ -237,4 +242,6 @@ def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @staff_required
 def rollout_live(request: HttpRequest, pk: int) -> HttpResponse:
     rollout = get_object_or_404(Rollout.objects.select_related("requested_by", "image"), pk=pk)
+    if not request.headers.get("HX-Request"):
+        return redirect("portal:ops_rollout", pk=rollout.pk)
     return render(request, "portal/ops/_rollout_live.html", _rollout_context(rollout))

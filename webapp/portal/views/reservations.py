@@ -78,7 +78,9 @@ def _servers(request: HttpRequest, reservation: Reservation) -> list[dict]:
     return servers
 
 
-def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
+def _detail_context(
+    request: HttpRequest, reservation: Reservation, extend_form: ExtendForm | None = None
+) -> dict:
     servers = _servers(request, reservation)
     busy = any(
         s["operation"] and s["operation"].state in (OperationState.PENDING, OperationState.RUNNING)
@@ -89,7 +91,7 @@ def _detail_context(request: HttpRequest, reservation: Reservation) -> dict:
         "servers": servers,
         "polling": busy or reservation.state in _MOVING_STATES,
         "is_open": reservation.state in OPEN_RESERVATION_STATES,
-        "extend_form": ExtendForm(),
+        "extend_form": extend_form or ExtendForm(),
     }
 
 
@@ -101,29 +103,35 @@ def reservation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def reservation_live(request: HttpRequest, pk: int) -> HttpResponse:
-    """The polled part of the detail page (HTMX swaps it every 2 s while anything moves)."""
+    """The polled part of the detail page (HTMX swaps it every 2 s while anything moves).
+
+    Asked for without HTMX (a copied link, scripts off) it sends the browser to the whole page."""
     reservation = get_object_or_404(_scoped(request), pk=pk)
+    if not request.headers.get("HX-Request"):
+        return redirect("portal:reservation", pk=reservation.pk)
     return render(request, "portal/reservations/_live.html", _detail_context(request, reservation))
 
 
 @login_required
 @require_POST
 def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
+    """Move the end of the reservation later. A refusal is shown next to the field, with the date kept."""
     reservation = get_object_or_404(_scoped(request), pk=pk)
     form = ExtendForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Pick the new end date and time of the reservation.")
-    else:
+    if form.is_valid():
         try:
             extend_reservation(reservation, form.cleaned_data["ends_at"], actor=Actor.from_request(request))
         except NeocloudError as exc:
-            messages.error(request, f"Not extended: {sentence(exc)}")
+            form.add_error("ends_at", sentence(exc))
         else:
             messages.success(
                 request,
                 f"Reservation {reservation.pk} now ends {form.cleaned_data['ends_at']:%Y-%m-%d %H:%M} UTC.",
             )
-    return redirect("portal:reservation", pk=reservation.pk)
+            return redirect("portal:reservation", pk=reservation.pk)
+    return render(
+        request, "portal/reservations/detail.html", _detail_context(request, reservation, extend_form=form)
+    )
 
 
 @login_required
