@@ -75,6 +75,7 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.BURNING_IN, E.RELEASE): S.RELEASING,
     (S.RELEASING, E.CLEAN): S.CLEANING,
     (S.CLEANING, E.CLEANED): S.AVAILABLE,
+    (S.CLEANING, E.MAINTAIN): S.MAINTENANCE,  # the wipe ends on hold: an operator asked while it was leased
     (S.AVAILABLE, E.CLEAN): S.CLEANING,  # operator reimage/wipe of an idle node
     (S.AVAILABLE, E.MAINTAIN): S.MAINTENANCE,
     (S.ERROR, E.MAINTAIN): S.MAINTENANCE,

@@ -230,7 +230,9 @@ def test_a_role_without_devices_does_not_put_the_whole_fleet_on_hold(lab: Lab, c
     assert Node.objects.get(name="gpu-1").state == NodeState.AVAILABLE
 
 
-def test_a_gone_device_of_a_leased_node_leaves_the_node_alone_and_reports_it(lab: Lab, credentials) -> None:
+def test_a_gone_device_of_a_leased_node_is_held_once_free_and_takes_no_new_bookings(
+    lab: Lab, credentials
+) -> None:
     pk = lab.gpu_server("gpu-1", 1)
     lab.sync(credentials)
     process_event(Node.objects.get(name="gpu-1"), NodeEvent.RESERVE, actor=ACTOR, reason="a customer")
@@ -238,8 +240,15 @@ def test_a_gone_device_of_a_leased_node_leaves_the_node_alone_and_reports_it(lab
 
     outcome, message = outcomes(lab.sync())["gpu-1"]
 
-    assert outcome == "deferred" and "is offline" in message and "leased (reserved), left alone" in message
-    assert Node.objects.get(name="gpu-1").state == NodeState.RESERVED
+    assert outcome == "maintenance" and "is offline" in message
+    assert "reserved: on hold once it is free and wiped" in message
+    node = Node.objects.get(name="gpu-1")
+    assert node.state == NodeState.RESERVED  # the customer keeps it
+    assert "is offline" in node.hold_requested
+    assert outcomes(lab.sync())["gpu-1"] == (
+        "unchanged",
+        f"{message.split(';')[0]}; already to be put on hold once free",
+    )
 
 
 def _break_gpu_count(lab: Lab, pk: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.utils import timezone
 
 from provisioner import crypto, hardware
@@ -209,7 +210,31 @@ def wipe(ctx: StepContext) -> None:
 
 @step("finish_clean", timeout=30)
 def finish_clean(ctx: StepContext) -> None:
-    _advance(ctx, NodeEvent.CLEANED, from_state=NodeState.CLEANING, to_state=NodeState.AVAILABLE)
+    """Back to the pool; or on hold, when an operator asked for one while the node was not free (its row
+    locked, so a hold asked for now is either seen here or applied by set_maintenance to a free node)."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=ctx.node.pk)
+        if node.state in (NodeState.AVAILABLE, NodeState.MAINTENANCE):
+            return  # a previous run of this step got there
+        if node.hold_requested:
+            process_event(
+                node,
+                NodeEvent.MAINTAIN,
+                actor=ctx.actor,
+                operation=ctx.operation,
+                expected_state=NodeState.CLEANING,
+                reason=f"wiped and put on hold, as an operator asked: {node.hold_requested}",
+                hold_requested="",
+            )
+            ctx.log(f"{node.name} wiped and put on hold ({node.hold_requested})")
+            return
+        process_event(
+            node,
+            NodeEvent.CLEANED,
+            actor=ctx.actor,
+            operation=ctx.operation,
+            expected_state=NodeState.CLEANING,
+        )
 
 
 @step("power_action", timeout=120)

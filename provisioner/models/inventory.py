@@ -139,6 +139,9 @@ class Node(models.Model):
     power_checked_at = models.DateTimeField(null=True, blank=True)
     bmc_last_contact_at = models.DateTimeField(null=True, blank=True)
     bmc_last_error = models.CharField(max_length=300, blank=True)
+    # An operator hold asked for while the node was not free (a customer held it, or it was being prepared
+    # or wiped): its reason. The node takes no new bookings; its wipe ends in maintenance, not the pool.
+    hold_requested = models.CharField(max_length=300, blank=True)
 
     owner = models.ForeignKey(
         "provisioner.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"

@@ -558,28 +558,33 @@ class _Sync:
         return "updated", "; ".join(p for p in (adoption, text) if p)
 
     def retire(self, node: Node, reason: str) -> None:
-        """A device gone from NetBox, or not active there: never deleted; an available node is put on hold."""
+        """A device gone from NetBox, or not active there: never deleted; an available node is put on hold,
+        one a customer holds (or being prepared or wiped) once it is free and wiped, taking no new bookings."""
         if node.state == NodeState.MAINTENANCE:
             self.report.add(node.name, "unchanged", f"{reason}; already in maintenance")
             return
-        if node.state != NodeState.AVAILABLE:
-            busy = _why_not_idle(node)
-            if busy:
-                self.report.add(
-                    node.name,
-                    "deferred",
-                    f"{reason}; {busy}, left alone (a later sync puts it on hold once available)",
-                )
-            else:
-                self.report.add(node.name, "unchanged", f"{reason}; {node.state}, already out of the pool")
+        if node.hold_requested:
+            self.report.add(node.name, "unchanged", f"{reason}; already to be put on hold once free")
+            return
+        if node.state not in (NodeState.AVAILABLE, *node_services.HOLD_WHEN_FREE_STATES):
+            self.report.add(node.name, "unchanged", f"{reason}; {node.state}, already out of the pool")
             return
         try:
             with transaction.atomic():
-                node_services.set_maintenance(node, True, actor=self.actor, reason=reason)
+                node = node_services.set_maintenance(
+                    node, True, actor=self.actor, reason=reason, when_free=True
+                )
         except IllegalTransition as exc:
             self.report.add(node.name, "deferred", f"{reason}; not put on hold now: {exc}")
             return
-        self.report.add(node.name, "maintenance", reason)
+        if node.state == NodeState.MAINTENANCE:
+            self.report.add(node.name, "maintenance", reason)
+        else:
+            self.report.add(
+                node.name,
+                "maintenance",
+                f"{reason}; {node.state}: on hold once it is free and wiped, no new bookings meanwhile",
+            )
 
 
 def sync(

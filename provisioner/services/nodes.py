@@ -43,19 +43,61 @@ def _refuse_if_held(node: Node, doing: str) -> None:
 
 
 @transaction.atomic
-def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "") -> Node:
+def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "", when_free: bool = False) -> Node:
     """Put a node on operator hold, or lift the hold (the node is wiped before it is leased again).
+
+    ``when_free``: a node that is not free now (a customer holds it, or it is being prepared, released or
+    wiped) gets the hold as soon as its wipe ends, instead of going back to the pool; meanwhile it takes no
+    new bookings (``hold_requested``). A free node is put on hold at once. Lifting the hold of a node that
+    is not on hold yet withdraws the request.
 
     :raises IllegalTransition: an operation is working on the node, the lifecycle table forbids it, or
         (lifting the hold) a reservation still holds the node.
     """
     if on:
-        node = _lock_idle(node, "put it on hold")
-        return process_event(node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold")
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        if when_free and locked.state in HOLD_WHEN_FREE_STATES:
+            return request_hold(locked, actor=actor, reason=reason or "operator hold")
+        node = _lock_idle(locked, "put it on hold")
+        return process_event(
+            node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold", hold_requested=""
+        )
     node = _lock_idle(node, "lift the hold")
+    if node.state != NodeState.MAINTENANCE and node.hold_requested:
+        Node.objects.filter(pk=node.pk).update(hold_requested="")
+        record(actor, "hold_withdrawn", node=node, reason=reason or f"withdrawn: {node.hold_requested}")
+        node.refresh_from_db()
+        return node
     _refuse_if_held(node, "lift the hold")
     node = process_event(node, NodeEvent.UNMAINTAIN, actor=actor, reason=reason or "hold lifted")
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
+    return node
+
+
+# Where a hold asked for "when free" waits: the node comes back through a wipe (CLEANING -> MAINTENANCE).
+HOLD_WHEN_FREE_STATES = frozenset(
+    {
+        NodeState.RESERVED,
+        NodeState.DEPLOYING,
+        NodeState.BURNING_IN,
+        NodeState.ACTIVE,
+        NodeState.RELEASING,
+        NodeState.CLEANING,
+    }
+)
+
+
+def request_hold(node: Node, *, actor: Actor, reason: str) -> Node:
+    """Record that ``node`` goes on hold when its wipe ends (call with its row locked, in a transaction)."""
+    Node.objects.filter(pk=node.pk).update(hold_requested=reason[:300])
+    record(
+        actor,
+        "hold_requested",
+        node=node,
+        reason=f"{reason} (applied when the server is free and wiped)",
+        data={"state": node.state},
+    )
+    node.refresh_from_db()
     return node
 
 

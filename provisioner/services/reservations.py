@@ -88,7 +88,8 @@ def free_nodes(
     """Nodes of this type that can be allocated for the window (call inside the reservation transaction)."""
     now = timezone.now()
     busy = Allocation.objects.filter(_overlapping(starts_at, ends_at), active=True).values("node_id")
-    nodes = Node.objects.filter(server_type=server_type).exclude(pk__in=busy)
+    # a node an operator asked to hold once free takes no new bookings
+    nodes = Node.objects.filter(server_type=server_type, hold_requested="").exclude(pk__in=busy)
     if starts_at <= now + START_NOW_SLACK:
         return nodes.filter(state=NodeState.AVAILABLE)
     return nodes.filter(state__in=ALLOCATABLE_STATES)
@@ -466,8 +467,8 @@ def start_due_reservations(actor: Actor | None = None) -> int:
     """Start provisioning scheduled reservations whose window has begun. Returns how many nodes started.
 
     A node still being cleaned from its previous lease is started on a later pass. A node that went out of
-    service since it was booked (maintenance, quarantine, error: states it does not leave by itself) is
-    let go and a healthy spare of the type takes its place where one is free; otherwise the reservation
+    service since it was booked (maintenance, quarantine, error: states it does not leave by itself; or an
+    operator asked to hold it once free) is let go and a healthy spare of the type takes its place where one is free; otherwise the reservation
     waits for one (``hooks.fill_waiting_reservations``), saying so.
     """
     from provisioner.services.hooks import add_spare  # hooks builds on this module
@@ -483,10 +484,12 @@ def start_due_reservations(actor: Actor | None = None) -> int:
                 .select_related("node")
                 .exclude(node__reservation=reservation)
             ]
-            out_of_service = [node for node in pending if node.state not in ALLOCATABLE_STATES]
+            out_of_service = [
+                node for node in pending if node.state not in ALLOCATABLE_STATES or node.hold_requested
+            ]
             for node in out_of_service:
                 _let_go_out_of_service(reservation, node, actor)
-            in_service = [node for node in pending if node.state in ALLOCATABLE_STATES]
+            in_service = [node for node in pending if node not in out_of_service]
             started += len(_start_nodes(reservation, in_service, actor))
         # after the commit: a spare locks the server type, then the reservation (booking's order)
         if out_of_service:
@@ -500,9 +503,10 @@ OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
 
 def _let_go_out_of_service(reservation: Reservation, node: Node, actor: Actor) -> None:
     """End the reservation's allocation of a node that is out of service (call inside a transaction)."""
-    reason = f"out of service ({node.state}) when the window started"
+    held = f"on hold once free: {node.hold_requested}" if node.hold_requested else ""
+    reason = f"out of service ({held or node.state}) when the window started"
     Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
-        active=False, ended_at=timezone.now(), end_reason=f"replaced: {reason}"
+        active=False, ended_at=timezone.now(), end_reason=f"replaced: {reason}"[:200]
     )
     record(actor, "replace_node", node=node, reservation=reservation, reason=reason)
 

@@ -73,11 +73,13 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
-        """Put the node on operator hold (on=true) or lift the hold (on=false: it is wiped, then pooled)."""
+        """Put the node on operator hold (on=true) or lift the hold (on=false: it is wiped, then pooled).
+        when_free=true holds a server that is not free once its customer is done and it is wiped; on=false
+        withdraws such a request."""
         node = self.get_object()
         data = self._data(s.MaintenanceSerializer)
         node = node_service.set_maintenance(
-            node, data["on"], actor=self._actor(), reason=data.get("reason", "")
+            node, data["on"], actor=self._actor(), reason=data.get("reason", ""), when_free=data["when_free"]
         )
         return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 

@@ -482,6 +482,7 @@ class AdminNodeSerializer(serializers.ModelSerializer):
             "bmc_port",
             "bmc_last_contact_at",
             "bmc_last_error",
+            "hold_requested",
             "owner",
             "reservation",
             "image",
@@ -529,7 +530,15 @@ class QuarantinedNodeSerializer(AdminNodeSerializer):
 
 class MaintenanceSerializer(serializers.Serializer):
     on = serializers.BooleanField()
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    when_free = serializers.BooleanField(
+        default=False,
+        help_text=(
+            "on=true for a server that is not free now (a customer holds it, or it is being prepared or "
+            "wiped): put it on hold once its wipe ends instead of returning it to the pool; it takes no new "
+            "bookings meanwhile (hold_requested). A free server goes on hold at once."
+        ),
+    )
 
 
 class ReimageSerializer(serializers.Serializer):

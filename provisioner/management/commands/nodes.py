@@ -1,4 +1,4 @@
-"""Operator CLI: ``manage.py nodes list|show NAME|enroll FILE|sync-netbox|maintain NAME|unmaintain NAME``."""
+"""Operator CLI: ``manage.py nodes list|show NAME|enroll FILE|sync-netbox|maintain NAME [--when-free]|unmaintain NAME``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
 from provisioner.sshkeys import ssh_command
+from provisioner.states import NodeState
 from webapp.env import env_str
 
 
@@ -52,6 +53,12 @@ class Command(BaseCommand):
             p = sub.add_parser(name)
             p.add_argument("name")
             p.add_argument("--reason", default="")
+            if name == "maintain":
+                p.add_argument(
+                    "--when-free",
+                    action="store_true",
+                    help="a server a customer holds (or being prepared or wiped): on hold once free and wiped",
+                )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         actor = Actor.system("cli")
@@ -147,9 +154,20 @@ class Command(BaseCommand):
             raise CommandError(f"{report.count('skipped')} device(s) skipped; see the reasons above")
 
     def do_maintain(self, opts: dict[str, Any], actor: Actor) -> None:
-        node_services.set_maintenance(self._node(opts["name"]), True, actor=actor, reason=opts["reason"])
-        self.stdout.write(f"{opts['name']}: maintenance")
+        node = node_services.set_maintenance(
+            self._node(opts["name"]), True, actor=actor, reason=opts["reason"], when_free=opts["when_free"]
+        )
+        if node.state == NodeState.MAINTENANCE:
+            self.stdout.write(f"{node.name}: maintenance")
+        else:
+            self.stdout.write(
+                f"{node.name}: {node.state}; on hold once it is free and wiped (no new bookings)"
+            )
 
     def do_unmaintain(self, opts: dict[str, Any], actor: Actor) -> None:
-        node_services.set_maintenance(self._node(opts["name"]), False, actor=actor, reason=opts["reason"])
-        self.stdout.write(f"{opts['name']}: back from maintenance (being wiped, then available)")
+        was = self._node(opts["name"])
+        node = node_services.set_maintenance(was, False, actor=actor, reason=opts["reason"])
+        if was.state != NodeState.MAINTENANCE:
+            self.stdout.write(f"{node.name}: {node.state}; hold request withdrawn")
+        else:
+            self.stdout.write(f"{node.name}: back from maintenance (being wiped, then available)")
