@@ -62,12 +62,14 @@ def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "", whe
         return process_event(
             node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold", hold_requested=""
         )
-    node = _lock_idle(node, "lift the hold")
-    if node.state != NodeState.MAINTENANCE and node.hold_requested:
-        Node.objects.filter(pk=node.pk).update(hold_requested="")
-        record(actor, "hold_withdrawn", node=node, reason=reason or f"withdrawn: {node.hold_requested}")
-        node.refresh_from_db()
-        return node
+    locked = Node.objects.select_for_update().get(pk=node.pk)
+    if locked.state != NodeState.MAINTENANCE and locked.hold_requested:
+        # only a flag: withdrawn whatever the node is doing (finish_clean reads it under the same lock)
+        Node.objects.filter(pk=locked.pk).update(hold_requested="")
+        record(actor, "hold_withdrawn", node=locked, reason=reason or f"withdrawn: {locked.hold_requested}")
+        locked.refresh_from_db()
+        return locked
+    node = _lock_idle(locked, "lift the hold")
     _refuse_if_held(node, "lift the hold")
     node = process_event(node, NodeEvent.UNMAINTAIN, actor=actor, reason=reason or "hold lifted")
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))

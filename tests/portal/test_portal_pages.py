@@ -104,6 +104,26 @@ def test_operator_puts_a_node_on_maintenance_and_back(client, inventory):
     assert Node.objects.get(pk=node.pk).state == NodeState.CLEANING
 
 
+def test_operator_asks_for_maintenance_when_a_leased_server_is_free_and_withdraws_it(client, inventory):
+    r = _reserve(inventory)
+    node = Node.objects.get(reservation=r)
+    _login(client, inventory.operator)
+    url = reverse("portal:ops_node_action", args=[node.pk])
+    page = client.get(reverse("portal:ops_node", args=[node.pk])).content.decode()
+    assert 'id="hold-when-free"' in page and "Put on maintenance" not in page
+
+    done = client.post(url, {"action": "maintenance_when_free", "reason": "swap PSU"}, follow=True)
+
+    text = done.content.decode()
+    assert "goes on maintenance hold once it is free and wiped" in text
+    assert 'id="hold-requested"' in text and "swap PSU" in text and 'id="withdraw-hold"' in text
+    node.refresh_from_db()
+    assert node.state == NodeState.RESERVED and node.hold_requested == "swap PSU"
+    withdrawn = client.post(url, {"action": "maintenance_off"}, follow=True).content.decode()
+    assert "Hold request on" in withdrawn and 'id="hold-requested"' not in withdrawn
+    assert Node.objects.get(pk=node.pk).hold_requested == ""
+
+
 def test_reimaging_a_busy_node_is_refused_in_plain_words(client, inventory):
     r = _reserve(inventory)  # no worker runs: its provisioning stays pending
     node = Node.objects.get(reservation=r)

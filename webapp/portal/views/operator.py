@@ -130,8 +130,16 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     if action == "maintenance_on":
         node_services.set_maintenance(node, True, actor=actor, reason=reason)
         return f"{node.name} is on maintenance hold."
+    if action == "maintenance_when_free":
+        node = node_services.set_maintenance(node, True, actor=actor, reason=reason, when_free=True)
+        if node.state == NodeState.MAINTENANCE:
+            return f"{node.name} is on maintenance hold."
+        return f"{node.name} goes on maintenance hold once it is free and wiped; it takes no new bookings."
     if action == "maintenance_off":
+        held = node.state == NodeState.MAINTENANCE
         node_services.set_maintenance(node, False, actor=actor, reason=reason)
+        if not held:
+            return f"Hold request on {node.name} withdrawn: it returns to the pool after its lease."
         return f"{node.name} hold lifted: it is wiped, then returns to the pool."
     if action == "return_to_pool":
         node_services.return_from_quarantine(node, actor=actor, reason=reason)
