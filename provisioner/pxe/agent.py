@@ -667,9 +667,17 @@ def deploy(
         except (OSError, ConfigDriveError) as exc:
             raise AgentError("configdrive_failed", f"writing the config drive failed: {exc}")
         api.post_progress("configdrive", 100, "config drive written")
-    except AgentError as exc:
+    except Exception as raised:  # whatever it was, the boot service hears it now
+        if isinstance(raised, AgentError):
+            exc = raised
+        else:  # a bug or a failure nobody foresaw: without a report the engine would wait out its timeout
+            log.exception("deploy failed unexpectedly")
+            exc = AgentError("agent_failed", f"the deploy agent failed: {type(raised).__name__}: {raised}")
         log.error("deploy failed (%s): %s", exc.code, exc)
-        wipe_disk_markers(disk_path)
+        try:
+            wipe_disk_markers(disk_path)
+        except OSError as wipe_error:  # the disk itself may be what failed: report anyway
+            log.error("could not wipe the disk's first MiB and config drive: %s", wipe_error)
         try:
             api.post_result(
                 {

@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from provisioner.pxe.agent import AgentError, validate_instructions
+from provisioner.pxe.configdrive import read_config_drive
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGw2a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5 alice@example"
 INSTRUCTIONS = {
@@ -81,3 +82,37 @@ def test_instructions_refused_by_the_agent_are_reported_as_the_deploys_failure(t
     assert deployment.result["status"] == "failed" and deployment.result["error_code"] == "bad_instructions"
     assert "config.hostname" in deployment.result["message"]
     assert disk.read_bytes() == b"\xa5" * (4 << 20)  # nothing was written
+
+
+def test_a_failure_nobody_foresaw_is_reported_and_the_disk_never_looks_deployed(tmp_path, monkeypatch):
+    """Anything the agent raises (here: the config drive writer hits a bug) reaches the boot service as a
+    failed result at once, with the disk's markers wiped, instead of leaving the engine to its timeout."""
+    from bootservice import BootService
+
+    from provisioner.pxe import agent
+    from provisioner.pxe.images import build_demo_image
+    from provisioner.pxe.imageserver import ImageServer
+
+    def broken(_disk: str, _document: dict) -> None:
+        raise KeyError("network")
+
+    monkeypatch.setattr(agent, "write_config_drive", broken)
+    sha, size = build_demo_image(tmp_path / "demo.img", size_mib=8)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\xa5" * (16 << 20))
+    with ImageServer(tmp_path) as images, BootService() as boot:
+        token = "tok-unforeseen-0123456789abcdef"
+        deployment = boot.add_deployment(
+            "lab-node-01", "52:54:00:aa:bb:01", token, images.url_for("demo.img"), sha, size
+        )
+        assert (
+            agent.deploy(agent.AgentApi(boot.api_url, token, timeout=5), str(disk))
+            == agent.EXIT_DEPLOY_FAILED
+        )
+
+    result = deployment.result
+    assert result is not None and result["status"] == "failed" and result["error_code"] == "agent_failed"
+    assert "KeyError" in result["message"] and "network" in result["message"]
+    assert read_config_drive(str(disk)) is None
+    with open(disk, "rb") as fh:
+        assert fh.read(1 << 20) == bytes(1 << 20)
