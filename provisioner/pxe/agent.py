@@ -669,11 +669,13 @@ def deploy(
         api.post_progress("configdrive", 100, "config drive written")
     except Exception as raised:  # whatever it was, the boot service hears it now
         if isinstance(raised, AgentError):
-            exc = raised
+            failure = raised
         else:  # a bug or a failure nobody foresaw: without a report the engine would wait out its timeout
             log.exception("deploy failed unexpectedly")
-            exc = AgentError("agent_failed", f"the deploy agent failed: {type(raised).__name__}: {raised}")
-        log.error("deploy failed (%s): %s", exc.code, exc)
+            failure = AgentError(
+                "agent_failed", f"the deploy agent failed: {type(raised).__name__}: {raised}"
+            )
+        log.error("deploy failed (%s): %s", failure.code, failure)
         try:
             wipe_disk_markers(disk_path)
         except OSError as wipe_error:  # the disk itself may be what failed: report anyway
@@ -682,8 +684,8 @@ def deploy(
             api.post_result(
                 {
                     "status": "failed",
-                    "error_code": exc.code,
-                    "message": str(exc),
+                    "error_code": failure.code,
+                    "message": str(failure),
                     "sha256": outcome.sha256,
                     "bytes_written": outcome.bytes_written,
                     "host_keys": {},
