@@ -94,6 +94,7 @@ class NodeAdmin(admin.ModelAdmin):
         "lease_expires_at",
         "host_key_fingerprints",
         "known_hosts",
+        "hold_requested",  # asked for and withdrawn through the node services (audited)
     )
 
 

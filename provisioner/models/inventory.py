@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.core.validators import RegexValidator
 from django.db import models
 
 from provisioner import crypto
@@ -125,7 +126,17 @@ class Node(models.Model):
     bmc_address = models.CharField(max_length=255)
     bmc_port = models.PositiveIntegerField()
     bmc_system_id = models.CharField(max_length=100, blank=True, help_text="Redfish ComputerSystem id")
-    boot_mac = models.CharField(max_length=17, unique=True)
+    # Stored as aa:bb:cc:dd:ee:ff (save() lower-cases and turns dashes into colons): the boot service looks
+    # MACs up in that form, so a node edited as AA-BB-... would never network-boot.
+    boot_mac = models.CharField(
+        max_length=17,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"\A[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}\Z", "Enter a MAC address such as 52:54:00:12:34:56."
+            )
+        ],
+    )
 
     # Written only by provisioner.services.lifecycle.process_event (see states.py).
     state = models.CharField(
@@ -181,6 +192,10 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.boot_mac = self.boot_mac.strip().lower().replace("-", ":")
+        super().save(*args, **kwargs)
 
     def bmc_access(self, *, timeout: float | None = None) -> BmcAccess:
         """The plain-Python handle drivers take. Raises BmcCredential.DoesNotExist if none is stored."""

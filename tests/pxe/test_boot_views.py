@@ -59,3 +59,20 @@ def test_a_node_name_the_script_cannot_carry_fails_the_deploy_at_once_with_the_r
         f"/boot/api/tickets/{ticket.pk}", HTTP_AUTHORIZATION=f"Bearer {tickets.watch_key(ticket.pk)}"
     ).json()
     assert status["finished"] and status["result"]["status"] == "failed"
+
+
+def test_a_boot_mac_edited_in_another_notation_is_stored_as_the_boot_service_looks_it_up(client, node):
+    """An operator editing the node (Django admin) may type AA-BB-...: stored as aa:bb:..., so the node
+    still network-boots; a value that is no MAC is refused by the form's validation."""
+    from django.core.exceptions import ValidationError
+
+    node.boot_mac = "52-54-00-AB-CD-EF"
+    node.save()
+    assert Node.objects.get(pk=node.pk).boot_mac == "52:54:00:ab:cd:ef"
+    _open(node)
+    response = client.get("/boot/52:54:00:ab:cd:ef.ipxe")
+    assert response.status_code == 200 and node.name in response.content.decode()
+
+    node.boot_mac = "52:54:00:ab:cd"
+    with pytest.raises(ValidationError, match="Enter a MAC address"):
+        node.full_clean()
