@@ -136,7 +136,7 @@ class OperationKind(models.TextChoices):
     PROVISION = "provision", "Provision"
     REIMAGE = "reimage", "Reimage"
     RELEASE = "release", "Release"
-    CLEAN = "clean", "Clean"
+    CLEAN = "clean", "Wipe"  # a clean operation wipes the disk (release, reimage of an idle server)
     BURNIN = "burnin", "Burn-in"
     POWER = "power", "Power"
 

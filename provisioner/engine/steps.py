@@ -202,8 +202,14 @@ def begin_clean(ctx: StepContext) -> None:
 def wipe(ctx: StepContext) -> None:
     node = ctx.node
     hardware.deploy_driver(node).wipe(node.name, ctx)
+    # the wipe ends by powering the server off through its BMC: that is when its power was last known
     Node.objects.filter(pk=node.pk).update(
-        ssh_address="", host_key_fingerprints={}, known_hosts="", image=None, power_state=PowerStateChoice.OFF
+        ssh_address="",
+        host_key_fingerprints={},
+        known_hosts="",
+        image=None,
+        power_state=PowerStateChoice.OFF,
+        power_checked_at=timezone.now(),
     )
     ctx.log(f"{node.name} wiped")
 

@@ -21,4 +21,9 @@ class Migration(migrations.Migration):
             name='boot_mac',
             field=models.CharField(max_length=17, unique=True, validators=[django.core.validators.RegexValidator('\\A[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}\\Z', 'Enter a MAC address such as 52:54:00:12:34:56.')]),
         ),
+        migrations.AlterField(
+            model_name='operation',
+            name='kind',
+            field=models.CharField(choices=[('provision', 'Provision'), ('reimage', 'Reimage'), ('release', 'Release'), ('clean', 'Wipe'), ('burnin', 'Burn-in'), ('power', 'Power')], max_length=20),
+        ),
     ]

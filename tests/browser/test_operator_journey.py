@@ -41,7 +41,7 @@ def test_operator_filters_the_fleet_and_reimages_one_node_live(page, inventory, 
 
     page.evaluate("window.__noReload = true")
     page.click("#reimage-button")
-    page.wait_for_selector("text=Reimage of node-a100-8x-01 started.")
+    page.wait_for_selector("text=node-a100-8x-01 is idle: it is wiped and returns to the pool")
     page.evaluate("window.__noReload = true")
     node = Node.objects.get(name="node-a100-8x-01")
     op = Operation.objects.filter(node=node).latest("created_at")
@@ -49,6 +49,7 @@ def test_operator_filters_the_fleet_and_reimages_one_node_live(page, inventory, 
     assert page.evaluate("window.__noReload") is True  # the operation finished on screen without a reload
     page.wait_for_selector("#node-live .log")
     assert "Available" in page.inner_text("#node-live .card")  # status card updated live as well
+    assert "checked never" not in page.inner_text("#node-live .card")  # the wipe powered it off via its BMC
     shot(page, "operator-03-node-reimaged")
 
 

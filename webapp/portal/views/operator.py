@@ -16,7 +16,13 @@ from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operatio
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
 from provisioner.services.audit import Actor, record
-from provisioner.states import FINISHED_OPERATION_STATES, LEASED_STATES, TRANSIENT_STATES, NodeState
+from provisioner.states import (
+    FINISHED_OPERATION_STATES,
+    LEASED_STATES,
+    TRANSIENT_STATES,
+    NodeState,
+    OperationKind,
+)
 from webapp.portal.access import staff_required
 from webapp.portal.forms import FleetFilterForm, ReimageForm, RolloutForm, model_choices
 from webapp.portal.wording import sentence
@@ -161,7 +167,11 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
         if not form.is_valid():
             raise NeocloudError("the reimage form is not valid")
         f = form.cleaned_data
-        node_services.reimage(node, actor=actor, image=f["image"], force=f["force"], reason=f["reason"])
+        op = node_services.reimage(node, actor=actor, image=f["image"], force=f["force"], reason=f["reason"])
+        if op.kind == OperationKind.CLEAN:
+            return (
+                f"{node.name} is idle: it is wiped and returns to the pool (it gets its image when reserved)."
+            )
         return f"Reimage of {node.name} started."
     raise NeocloudError(f"unknown action {action!r}")
 
