@@ -24,6 +24,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
@@ -114,7 +115,23 @@ def _validate_window(
     start = max(start, now)
     if ends_at is not None and ends_at <= start:
         raise InvalidRequest("the window must end after it starts")
+    _check_horizon(ends_at or start, now)
     return start, ends_at
+
+
+def _check_horizon(moment: dt.datetime, now: dt.datetime) -> None:
+    """Bookings reach at most NEOCLOUD_MAX_BOOKING_DAYS ahead: a window starting or ending in ten years
+    would hold servers through every hardware refresh until then.
+
+    :raises InvalidRequest: ``moment`` lies beyond the horizon.
+    """
+    days = settings.NEOCLOUD_MAX_BOOKING_DAYS
+    if moment > now + dt.timedelta(days=days):
+        raise InvalidRequest(
+            f"reservations can be booked at most {days} days ahead (until "
+            f"{(now + dt.timedelta(days=days)).date().isoformat()}); leave the end out to keep the servers "
+            "until you release them"
+        )
 
 
 def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> None:
@@ -437,6 +454,7 @@ def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor:
                 raise InvalidRequest("this reservation has no end; release it when done")
             if ends_at <= reservation.ends_at:
                 raise InvalidRequest("the new end must be later than the current end")
+            _check_horizon(ends_at, timezone.now())
             allocs = list(reservation.allocations.filter(active=True))
             clash = (
                 Allocation.objects.filter(_overlapping(reservation.ends_at, ends_at), active=True)

@@ -1,0 +1,62 @@
+"""Reservations reach at most NEOCLOUD_MAX_BOOKING_DAYS ahead (start, end, or an extension); an
+open-ended reservation (no end) is not limited: it lasts until released."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from provisioner.errors import InvalidRequest
+from provisioner.models import Reservation
+from provisioner.services.audit import Actor
+from provisioner.services.reservations import book_servers, extend_reservation
+from tests.api.test_api_flows import V1, api, reserve_body
+
+DAY = dt.timedelta(days=1)
+
+
+def _book(inv, **window) -> Reservation:
+    return book_servers(
+        inv.acme, inv.h100, 1, image=inv.image, ssh_keys=[inv.key], actor=Actor(user=inv.owner), **window
+    ).reservation
+
+
+@pytest.mark.django_db
+def test_a_window_beyond_the_horizon_is_refused_in_words(inventory, settings):
+    settings.NEOCLOUD_MAX_BOOKING_DAYS = 30
+    now = timezone.now()
+    with pytest.raises(InvalidRequest, match="at most 30 days ahead"):
+        _book(inventory, starts_at=now + 31 * DAY, ends_at=now + 32 * DAY)
+    with pytest.raises(InvalidRequest, match="leave the end out"):
+        _book(inventory, starts_at=now + DAY, ends_at=now + 31 * DAY)
+    assert not Reservation.objects.exists()
+
+    inside = _book(inventory, starts_at=now + 29 * DAY, ends_at=now + 30 * DAY - dt.timedelta(minutes=1))
+    open_ended = _book(inventory)  # now, until released
+    assert inside.pk and open_ended.ends_at is None
+
+
+@pytest.mark.django_db
+def test_an_extension_beyond_the_horizon_is_refused_and_changes_nothing(inventory, settings):
+    settings.NEOCLOUD_MAX_BOOKING_DAYS = 30
+    now = timezone.now()
+    r = _book(inventory, starts_at=now + DAY, ends_at=now + 2 * DAY)
+    with pytest.raises(InvalidRequest, match="at most 30 days ahead"):
+        extend_reservation(r, now + 40 * DAY, actor=Actor(user=inventory.owner))
+    r.refresh_from_db()
+    assert r.ends_at == now + 2 * DAY
+    assert extend_reservation(r, now + 20 * DAY, actor=Actor(user=inventory.owner)).ends_at == now + 20 * DAY
+
+
+@pytest.mark.django_db
+def test_the_api_answers_400_with_the_horizon(inventory):
+    far = timezone.now() + 5000 * DAY
+    response = api(inventory.owner).post(
+        f"{V1}/reservations",
+        reserve_body(starts_at=far.isoformat(), ends_at=(far + DAY).isoformat()),
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "at most 365 days ahead" in response.content.decode()
