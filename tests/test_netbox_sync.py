@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 
 from provisioner.errors import InvalidRequest
 from provisioner.lab.netbox import NetboxData, NetboxServer, running_netbox
+from provisioner.management.commands.scheduler import queue_periodic_syncs
 from provisioner.models import AuditEvent, Node, Rack, ServerType, Site
 from provisioner.services import netbox
 from provisioner.services.audit import Actor
@@ -473,13 +474,12 @@ def test_the_command_prints_a_summary_and_fails_when_a_device_is_skipped(
 
 
 def test_the_command_says_one_sentence_for_a_wrong_token_and_never_shows_it(
-    lab: Lab, tmp_path: Path, caplog, monkeypatch
+    lab: Lab, tmp_path: Path, caplog, settings
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-token-do-not-print-me"
-    (tmp_path / "t").write_text(wrong)
-    monkeypatch.setenv("NEOCLOUD_NETBOX_URL", lab.server.url)
-    monkeypatch.setenv("NEOCLOUD_NETBOX_TOKEN_FILE", str(tmp_path / "t"))
+    settings.NEOCLOUD_NETBOX_URL = lab.server.url  # NEOCLOUD_NETBOX_URL, NEOCLOUD_NETBOX_TOKEN(_FILE)
+    settings.NEOCLOUD_NETBOX_TOKEN = wrong
     with pytest.raises(CommandError) as err:
         _command()
     assert (
@@ -488,3 +488,33 @@ def test_the_command_says_one_sentence_for_a_wrong_token_and_never_shows_it(
     assert wrong not in str(err.value) + caplog.text
     with pytest.raises(CommandError, match="cannot read token file /nonexistent/token"):
         _command("--token-file", "/nonexistent/token")
+
+
+def test_the_scheduler_queues_a_sync_as_settings_configure_it(
+    lab: Lab, credentials, settings, caplog, tmp_path: Path
+) -> None:
+    """NEOCLOUD_NETBOX_SYNC_SECONDS > 0: a scheduler pass queues the inventory task, which a worker runs
+    with the settings' URL, token, credentials file and role, and logs what changed, never the token."""
+    from django_tasks_db.models import DBTaskResult
+
+    from provisioner.engine.tasks import sync_netbox_inventory
+
+    caplog.set_level(logging.DEBUG)
+    lab.gpu_server("gpu-1", 1)
+    settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN = lab.server.url, TOKEN
+    settings.NEOCLOUD_NETBOX_CREDENTIALS = str(tmp_path / "credentials.yaml")
+    settings.NEOCLOUD_NETBOX_SYNC_SECONDS = 600.0
+
+    last_queued: dict[str, float] = {}
+    assert queue_periodic_syncs(last_queued, power=False) == ["sync_netbox_inventory"]
+    assert queue_periodic_syncs(last_queued, power=False) == []  # not due again for 600 s
+
+    queued = DBTaskResult.objects.get(task_path=sync_netbox_inventory.module_path)
+    assert queued.queue_name == "inventory"
+    counts = sync_netbox_inventory.call()
+    assert counts["created"] == 1 and counts["skipped"] == 0
+    assert Node.objects.get(name="gpu-1").state == NodeState.AVAILABLE
+    assert "NetBox sync: gpu-1 created" in caplog.text and TOKEN not in caplog.text
+
+    settings.NEOCLOUD_NETBOX_SYNC_SECONDS = 0.0  # the default: the scheduler never syncs
+    assert queue_periodic_syncs({}, power=False) == []

@@ -130,7 +130,7 @@ TASKS = {
             "django_tasks_db.DatabaseBackend",
             {"django_tasks_db.DatabaseBackend", "django_tasks.backends.immediate.ImmediateBackend"},
         ),
-        "QUEUES": ["default", "power"],
+        "QUEUES": ["default", "power", "inventory"],
     }
 }
 
@@ -176,6 +176,18 @@ NEOCLOUD_BOOT_DIR = Path(env_str("NEOCLOUD_BOOT_DIR", str(VAR_DIR / "boot")))
 NEOCLOUD_IMAGE_DIR = Path(env_str("NEOCLOUD_IMAGE_DIR", str(VAR_DIR / "images")))
 # Seconds of GPU load during burn-in on real servers (lab servers use a short simulated load).
 NEOCLOUD_BURNIN_LOAD_SECONDS = env_float("NEOCLOUD_BURNIN_LOAD_SECONDS", 60.0, minimum=1)
+# NetBox, where the inventory comes from (manage.py nodes sync-netbox takes these as defaults). With
+# NEOCLOUD_NETBOX_SYNC_SECONDS > 0 the scheduler queues a sync that often; BMC logins for new nodes come from
+# the NEOCLOUD_NETBOX_CREDENTIALS file (inventory/netbox-credentials.example.yaml), never from NetBox.
+NEOCLOUD_NETBOX_URL = env_str("NEOCLOUD_NETBOX_URL")
+NEOCLOUD_NETBOX_TOKEN = env_str("NEOCLOUD_NETBOX_TOKEN")
+NEOCLOUD_NETBOX_CREDENTIALS = env_str("NEOCLOUD_NETBOX_CREDENTIALS")
+NEOCLOUD_NETBOX_ROLE = env_str("NEOCLOUD_NETBOX_ROLE", "gpu-server")
+NEOCLOUD_NETBOX_SYNC_SECONDS = env_float("NEOCLOUD_NETBOX_SYNC_SECONDS", 0.0, minimum=0)
+if NEOCLOUD_NETBOX_SYNC_SECONDS and not (NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN):
+    raise ImproperlyConfigured(
+        "NEOCLOUD_NETBOX_SYNC_SECONDS needs NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN (or _FILE)"
+    )
 # How far ahead a reservation window may start or end (an open-ended one lasts until released).
 NEOCLOUD_MAX_BOOKING_DAYS = env_int("NEOCLOUD_MAX_BOOKING_DAYS", 365, minimum=1)
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)

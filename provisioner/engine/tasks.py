@@ -19,3 +19,11 @@ def sync_fleet_power() -> dict[str, int]:
     from provisioner.services.power import sync_power
 
     return sync_power()
+
+
+@task(queue_name="inventory")
+def sync_netbox_inventory() -> dict[str, int]:
+    """Bring the inventory in line with NetBox as configured in settings (see services/netbox.py)."""
+    from provisioner.services.netbox import sync_from_settings
+
+    return sync_from_settings().counts()

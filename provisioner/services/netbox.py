@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,8 @@ from provisioner.services.audit import Actor, record
 from provisioner.services.inventory import _password, _port, _required, normalize_mac
 from provisioner.services.lifecycle import process_event
 from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState, OperationState
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROLE = "gpu-server"
 GPU_ITEM_ROLE = "gpu"
@@ -106,6 +109,9 @@ class SyncReport:
         return bool(self.places) or any(
             r.outcome in ("created", "updated", "maintenance") for r in self.results
         )
+
+    def counts(self) -> dict[str, int]:
+        return {o: self.count(o) for o in self.OUTCOMES}
 
     def summary(self) -> str:
         return ", ".join(
@@ -627,4 +633,36 @@ def sync(
                 )
         if dry_run:
             transaction.set_rollback(True)
+    return report
+
+
+def sync_from_settings(actor: Actor | None = None) -> SyncReport:
+    """One sync as settings configure it (NEOCLOUD_NETBOX_URL, _TOKEN, _CREDENTIALS, _ROLE): what the
+    scheduler queues every NEOCLOUD_NETBOX_SYNC_SECONDS. Logs a one-line summary and every device that
+    changed or was skipped; never the token.
+
+    :raises NetboxUnavailable: NetBox cannot be read. :raises InvalidRequest: as :func:`sync`.
+    """
+    from django.conf import settings
+
+    if not settings.NEOCLOUD_NETBOX_URL or not settings.NEOCLOUD_NETBOX_TOKEN:
+        raise InvalidRequest("NetBox is not configured: set NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN")
+    credentials = (
+        load_credentials(settings.NEOCLOUD_NETBOX_CREDENTIALS)
+        if settings.NEOCLOUD_NETBOX_CREDENTIALS
+        else None
+    )
+    api = connect(settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN)
+    report = sync(
+        api,
+        actor=actor or Actor.system("netbox-sync"),
+        credentials=credentials,
+        role=settings.NEOCLOUD_NETBOX_ROLE,
+    )
+    for r in report.results:
+        if r.outcome == "skipped":
+            log.warning("NetBox sync: %s skipped: %s", r.device, r.message)
+        elif r.outcome in ("created", "updated", "maintenance", "deferred"):
+            log.info("NetBox sync: %s %s: %s", r.device, r.outcome, r.message)
+    log.info("NetBox sync of %s: %s", where(settings.NEOCLOUD_NETBOX_URL), report.summary())
     return report

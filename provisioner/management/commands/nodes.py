@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.errors import NeocloudError
@@ -17,7 +17,6 @@ from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
 from provisioner.sshkeys import ssh_command
 from provisioner.states import NodeState
-from webapp.env import env_str
 
 
 class Command(BaseCommand):
@@ -45,7 +44,7 @@ class Command(BaseCommand):
             "--credentials",
             help="BMC credentials file for new nodes (inventory/netbox-credentials.example.yaml)",
         )
-        nb.add_argument("--role", default=netbox.DEFAULT_ROLE, help="device role slug of GPU servers")
+        nb.add_argument("--role", help="device role slug of GPU servers (default: NEOCLOUD_NETBOX_ROLE)")
         nb.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
         nb.add_argument("--timeout", type=float, default=30.0, help="seconds per NetBox request")
         nb.add_argument("--verbose-unchanged", action="store_true", help="also list unchanged devices")
@@ -120,7 +119,7 @@ class Command(BaseCommand):
         )
 
     def do_sync_netbox(self, opts: dict[str, Any], actor: Actor) -> None:
-        url = opts["url"] or env_str("NEOCLOUD_NETBOX_URL")
+        url = opts["url"] or settings.NEOCLOUD_NETBOX_URL
         if not url:
             raise CommandError("no NetBox URL: give --url or set NEOCLOUD_NETBOX_URL")
         if opts["token_file"]:
@@ -129,17 +128,14 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"cannot read token file {opts['token_file']}: {exc.strerror}")
         else:
-            try:
-                token = env_str("NEOCLOUD_NETBOX_TOKEN")
-            except ImproperlyConfigured as exc:
-                raise CommandError(str(exc))
-        credentials = netbox.load_credentials(opts["credentials"]) if opts["credentials"] else None
+            token = settings.NEOCLOUD_NETBOX_TOKEN
+        role = opts["role"] or settings.NEOCLOUD_NETBOX_ROLE
+        credentials_file = opts["credentials"] or settings.NEOCLOUD_NETBOX_CREDENTIALS
+        credentials = netbox.load_credentials(credentials_file) if credentials_file else None
         api = netbox.connect(url, token, timeout=opts["timeout"])
-        report = netbox.sync(
-            api, actor=actor, credentials=credentials, dry_run=opts["dry_run"], role=opts["role"]
-        )
+        report = netbox.sync(api, actor=actor, credentials=credentials, dry_run=opts["dry_run"], role=role)
         head = "NetBox sync, dry run (nothing written)" if report.dry_run else "NetBox sync"
-        self.stdout.write(f"{head}: {netbox.where(url)}, role {opts['role']}")
+        self.stdout.write(f"{head}: {netbox.where(url)}, role {role}")
         for place in report.places:
             self.stdout.write(f"  {place}")
         for r in report.results:

@@ -1,4 +1,5 @@
-"""The housekeeping loop (healthchecks.io style): reaper, reservation windows, spares, fleet power sync.
+"""The housekeeping loop (healthchecks.io style): reaper, reservation windows, spares, fleet power sync,
+NetBox inventory sync (queued every NEOCLOUD_NETBOX_SYNC_SECONDS when set).
 
 Run one next to the workers (``manage.py scheduler``); several are safe, since every action claims its
 rows with conditional updates. Stops cleanly on SIGTERM/SIGINT.
@@ -34,6 +35,26 @@ def housekeeping_pass() -> dict[str, int]:
     return counts
 
 
+def queue_periodic_syncs(last_queued: dict[str, float], *, power: bool = True) -> list[str]:
+    """Queue the fleet power sync (every NEOCLOUD_POWER_SYNC_SECONDS) and the NetBox inventory sync (every
+    NEOCLOUD_NETBOX_SYNC_SECONDS, when set) once due; ``last_queued`` (task name -> monotonic time) is the
+    caller's memory between passes. Returns the names of the tasks queued now."""
+    from provisioner.engine.tasks import sync_fleet_power, sync_netbox_inventory
+
+    periodic = [(sync_netbox_inventory, settings.NEOCLOUD_NETBOX_SYNC_SECONDS)]
+    if power:
+        periodic.insert(0, (sync_fleet_power, settings.NEOCLOUD_POWER_SYNC_SECONDS))
+    queued = []
+    now = time.monotonic()
+    for task, every in periodic:
+        name = task.name
+        if every and (name not in last_queued or now - last_queued[name] >= every):
+            task.enqueue()
+            last_queued[name] = now
+            queued.append(name)
+    return queued
+
+
 def _seconds(text: str) -> float:
     """--interval: a positive number of seconds (0 or less would run passes back to back, nan never waits)."""
     try:
@@ -57,21 +78,14 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        last_sync = 0.0
+        last_queued: dict[str, float] = {}
         while not stop.is_set():
             close_old_connections()
             try:
                 counts = housekeeping_pass()
                 if any(counts.values()):
                     log.info("scheduler pass: %s", counts)
-                if (
-                    not opts["no_power_sync"]
-                    and time.monotonic() - last_sync >= settings.NEOCLOUD_POWER_SYNC_SECONDS
-                ):
-                    from provisioner.engine.tasks import sync_fleet_power
-
-                    sync_fleet_power.enqueue()
-                    last_sync = time.monotonic()
+                queue_periodic_syncs(last_queued, power=not opts["no_power_sync"])
             except Exception:
                 log.exception("scheduler pass failed; continuing")
             if opts["once"]:
