@@ -33,7 +33,7 @@ from provisioner.states import NodeEvent, NodeState
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def _password(bmc: dict[str, Any], node_name: str) -> str:
+def read_password(bmc: dict[str, Any], node_name: str) -> str:
     if "password" in bmc:
         return str(bmc["password"])
     if "password_env" in bmc:
@@ -51,14 +51,14 @@ def _password(bmc: dict[str, Any], node_name: str) -> str:
     raise InvalidRequest(f"node {node_name}: bmc needs password, password_env or password_file")
 
 
-def _required(entry: dict[str, Any], key: str, where: str) -> Any:
+def required_field(entry: dict[str, Any], key: str, where: str) -> Any:
     value = entry.get(key)
     if value is None or value == "":
         raise InvalidRequest(f"{where}: {key} is missing")
     return value
 
 
-def _port(value: Any, where: str) -> int:
+def checked_port(value: Any, where: str) -> int:
     try:
         port = int(value)
     except (TypeError, ValueError):
@@ -75,13 +75,13 @@ def _checked_node(nd: Any, index: int) -> tuple[str, dict[str, Any]]:
             f"nodes entry {index + 1}: a node is a mapping with name, server_type, boot_mac, bmc"
         )
     name = str(nd["name"])
-    _required(nd, "server_type", f"node {name}")
-    _required(nd, "boot_mac", f"node {name}")
+    required_field(nd, "server_type", f"node {name}")
+    required_field(nd, "boot_mac", f"node {name}")
     bmc = nd.get("bmc")
     if not isinstance(bmc, dict):
         raise InvalidRequest(f"node {name}: bmc is missing (protocol, address, username and a password)")
     for key in ("protocol", "address", "username"):
-        _required(bmc, key, f"node {name}: bmc")
+        required_field(bmc, key, f"node {name}: bmc")
     if nd.get("address"):
         try:
             validate_ipv46_address(str(nd["address"]))
@@ -156,7 +156,7 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "rack": rack,
             "bmc_protocol": bmc["protocol"],
             "bmc_address": bmc["address"],
-            "bmc_port": _port(
+            "bmc_port": checked_port(
                 bmc.get("port", 623 if bmc["protocol"] == "ipmi" else 443), f"node {name}: bmc"
             ),
             "bmc_system_id": bmc.get("system_id", ""),
@@ -164,7 +164,7 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "primary_address": nd.get("address") or None,
             # where SSH is reached when it is not primary address:22 (a port forward on the site's gateway)
             "ssh_endpoint_address": (nd.get("ssh_endpoint") or {}).get("address", ""),
-            "ssh_endpoint_port": _port(
+            "ssh_endpoint_port": checked_port(
                 (nd.get("ssh_endpoint") or {}).get("port", 22), f"node {name}: ssh_endpoint"
             ),
         }
@@ -175,7 +175,7 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             node=node, defaults={"username": bmc["username"], "password_encrypted": ""}
         )
         cred.username = bmc["username"]
-        cred.password = _password(bmc, name)
+        cred.password = read_password(bmc, name)
         cred.save()
         if created:
             record(

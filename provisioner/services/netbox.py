@@ -44,7 +44,7 @@ from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.models import BmcCredential, Node, Operation, Rack, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor, record
-from provisioner.services.inventory import _password, _port, _required, normalize_mac
+from provisioner.services.inventory import checked_port, normalize_mac, read_password, required_field
 from provisioner.services.lifecycle import process_event
 from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState, OperationState
 
@@ -255,7 +255,7 @@ def load_credentials(path: str | Path) -> dict[str, Any]:
             raise InvalidRequest(
                 f"credentials file {path}: {where} must be a mapping with username and a password"
             )
-        _required(entry, "username", f"credentials file {path}: {where}")
+        required_field(entry, "username", f"credentials file {path}: {where}")
     return {"default": data.get("default"), "sites": dict(sites or {})}
 
 
@@ -267,7 +267,7 @@ def _login_for(credentials: dict[str, Any] | None, site_slug: str, name: str) ->
         raise InvalidRequest(
             f"device {name}: the credentials file has no entry for site {site_slug} and no default"
         )
-    return str(entry["username"]), _password(entry, name)
+    return str(entry["username"]), read_password(entry, name)
 
 
 # --- one device ----------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def _wanted(
         "rack": dev.get("rack"),
         "bmc_protocol": protocol,
         "bmc_address": address,
-        "bmc_port": _port(port, f"device {name}: custom field bmc_port"),
+        "bmc_port": checked_port(port, f"device {name}: custom field bmc_port"),
         "bmc_system_id": str(cf.get("redfish_system_id") or "") if protocol == "redfish" else "",
         "boot_mac": mac,
     }
