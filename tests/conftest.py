@@ -236,6 +236,26 @@ def workers(settings, transactional_db, tmp_path: Path) -> Iterator[WorkerPool]:
         pool.stop()
 
 
+def reserve(
+    inv, count: int = 1, *, org=None, server_type=None, user=None, key=None, label="olivia", **window
+):
+    """Book ``count`` servers through the reservation service for the ``inventory`` fixture's customer (Acme,
+    its owner olivia, her key, the image; ``org``/``server_type``/``user``/``key`` override), for ``window``
+    (starts_at, ends_at, name, ...: book_servers' keywords). Returns the Reservation."""
+    from provisioner.services.audit import Actor
+    from provisioner.services.reservations import book_servers
+
+    return book_servers(
+        org or inv.acme,
+        server_type or inv.h100,
+        count,
+        image=inv.image,
+        ssh_keys=[key or inv.key],
+        actor=Actor(user=user or inv.owner, label=label),
+        **window,
+    ).reservation
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message="condition", details=None):
     """Poll ``predicate`` until it returns something truthy; fail with ``message`` (and ``details()``)."""
     deadline = time.monotonic() + timeout

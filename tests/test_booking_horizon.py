@@ -11,16 +11,15 @@ from django.utils import timezone
 from provisioner.errors import InvalidRequest
 from provisioner.models import Reservation
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers, extend_reservation
+from provisioner.services.reservations import extend_reservation
 from tests.api.test_api_flows import V1, api, reserve_body
+from tests.conftest import reserve
 
 DAY = dt.timedelta(days=1)
 
 
 def _book(inv, **window) -> Reservation:
-    return book_servers(
-        inv.acme, inv.h100, 1, image=inv.image, ssh_keys=[inv.key], actor=Actor(user=inv.owner), **window
-    ).reservation
+    return reserve(inv, **window)
 
 
 @pytest.mark.django_db

@@ -14,7 +14,7 @@ from provisioner.errors import DeployFailed
 from provisioner.models import Node, Operation
 from provisioner.services.audit import Actor
 from provisioner.services.lifecycle import process_event
-from provisioner.services.reservations import book_servers, release_reservation
+from provisioner.services.reservations import release_reservation
 from provisioner.states import (
     NodeEvent,
     NodeState,
@@ -23,12 +23,11 @@ from provisioner.states import (
     ReservationState,
     StepState,
 )
+from tests.conftest import reserve
 
 
 def _reserve(inv):
-    return book_servers(
-        inv.acme, inv.h100, 1, image=inv.image, ssh_keys=[inv.key], actor=Actor(user=inv.owner, label="o")
-    ).reservation
+    return reserve(inv, label="o")
 
 
 def test_a_step_failing_after_the_customer_released_cancels_the_operation_and_the_release_wipes(

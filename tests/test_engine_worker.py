@@ -13,9 +13,9 @@ from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import write_fake_bmc
 from provisioner.models import AuditEvent, Node, Operation, Reservation
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers, release_reservation
+from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, ReservationState, StepState
-from tests.conftest import wait_for
+from tests.conftest import reserve, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,14 +32,7 @@ LIFECYCLE = [
 
 
 def _reserve(inv, count=1):
-    return book_servers(
-        inv.acme,
-        inv.h100,
-        count,
-        image=inv.image,
-        ssh_keys=[inv.key],
-        actor=Actor(user=inv.owner, label="olivia"),
-    ).reservation
+    return reserve(inv, count)
 
 
 def _access(node: Node) -> BmcAccess:

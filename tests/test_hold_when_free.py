@@ -15,25 +15,17 @@ from provisioner.models import AuditEvent, Node, Reservation
 from provisioner.services.audit import Actor
 from provisioner.services.lifecycle import process_event
 from provisioner.services.nodes import set_maintenance
-from provisioner.services.reservations import availability, book_servers, release_reservation
+from provisioner.services.reservations import availability, release_reservation
 from provisioner.states import NodeEvent, NodeState, ReservationState
 from tests.api.test_api_flows import V1, api
-from tests.conftest import wait_for
+from tests.conftest import reserve, wait_for
 
 HOUR = dt.timedelta(hours=1)
 OPERATOR = Actor.system("operator-test")
 
 
 def _book(inv, count: int, **window) -> Reservation:
-    return book_servers(
-        inv.acme,
-        inv.h100,
-        count,
-        image=inv.image,
-        ssh_keys=[inv.key],
-        actor=Actor(user=inv.owner, label="olivia"),
-        **window,
-    ).reservation
+    return reserve(inv, count, **window)
 
 
 def _leased(inv) -> Node:

@@ -11,8 +11,8 @@ from provisioner.models import Allocation, Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.services.audit import Actor
 from provisioner.services.lifecycle import process_event
-from provisioner.services.reservations import book_servers
 from provisioner.states import NodeEvent, NodeState, OperationKind, OperationState
+from tests.conftest import reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -21,9 +21,7 @@ OPS = Actor.system("test-operator")
 
 def _active_leased_node(inv) -> Node:
     """A customer's server that went through provisioning (the engine's transitions, done directly)."""
-    reservation = book_servers(
-        inv.acme, inv.h100, 1, image=inv.image, ssh_keys=[inv.key], actor=Actor(user=inv.owner, label="o")
-    ).reservation
+    reservation = reserve(inv, label="o")
     node = Node.objects.get(reservation=reservation)
     for event in (NodeEvent.DEPLOY, NodeEvent.DEPLOYED, NodeEvent.BURNIN_PASSED):
         node = process_event(node, event, actor=OPS)

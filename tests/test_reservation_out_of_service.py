@@ -13,8 +13,9 @@ from provisioner.models import Allocation, AuditEvent, Node, Reservation
 from provisioner.services.audit import Actor
 from provisioner.services.hooks import fill_waiting_reservations
 from provisioner.services.nodes import set_maintenance
-from provisioner.services.reservations import book_servers, start_due_reservations
+from provisioner.services.reservations import start_due_reservations
 from provisioner.states import NodeState, ReservationState
+from tests.conftest import reserve
 
 HOUR = dt.timedelta(hours=1)
 OPERATOR = Actor.system("operator-test")
@@ -22,16 +23,7 @@ OPERATOR = Actor.system("operator-test")
 
 def _book_future(inv, count: int) -> Reservation:
     now = timezone.now()
-    return book_servers(
-        inv.acme,
-        inv.h100,
-        count,
-        image=inv.image,
-        ssh_keys=[inv.key],
-        starts_at=now + 2 * HOUR,
-        ends_at=now + 5 * HOUR,
-        actor=Actor(user=inv.owner, label="olivia"),
-    ).reservation
+    return reserve(inv, count, starts_at=now + 2 * HOUR, ends_at=now + 5 * HOUR)
 
 
 def _window_starts(reservation: Reservation) -> None:

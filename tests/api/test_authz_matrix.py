@@ -22,8 +22,7 @@ from provisioner.models import ApiToken, AuditEvent, Node, Operation, Reservatio
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers
-from tests.conftest import ssh_keygen
+from tests.conftest import reserve, ssh_keygen
 
 ROLES = ["anonymous", "outsider", "member", "owner", "operator"]
 
@@ -55,15 +54,7 @@ def world(inventory, tmp_path) -> World:
     ]:
         tokens[role] = ApiToken.issue(user, "matrix")[1]
     spare, _ = ApiToken.issue(inv.owner, "spare")
-    reservation = book_servers(
-        inv.acme,
-        inv.h100,
-        1,
-        image=inv.image,
-        ssh_keys=[inv.key],
-        actor=Actor(user=inv.owner, label="olivia"),
-        ends_at=timezone.now() + dt.timedelta(hours=2),
-    ).reservation
+    reservation = reserve(inv, ends_at=timezone.now() + dt.timedelta(hours=2))
     server = Node.objects.get(reservation=reservation)
     quarantined = node_service.quarantine(
         Node.objects.get(name="node-a100-8x-01"), actor=Actor.system("t"), reason="matrix"

@@ -9,9 +9,8 @@ import pytest
 from django.utils import timezone
 
 from provisioner.models import Organization, SSHKey
-from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers
 from tests.browser.conftest import shot, sign_in
+from tests.conftest import reserve
 
 pytestmark = [pytest.mark.browser]
 
@@ -39,16 +38,7 @@ def _no_sideways_spill(page, where: str) -> None:
 def test_long_names_stay_inside_a_narrow_screen(page, inventory):
     Organization.objects.filter(pk=inventory.acme.pk).update(name=LONG_ORG)
     SSHKey.objects.filter(pk=inventory.key.pk).update(name="laptop-" + "x" * 60)
-    r = book_servers(
-        inventory.acme,
-        inventory.h100,
-        1,
-        image=inventory.image,
-        ssh_keys=[inventory.key],
-        actor=Actor(user=inventory.owner, label="test"),
-        ends_at=timezone.now() + dt.timedelta(days=1),
-        name=LONG_NAME,
-    ).reservation
+    r = reserve(inventory, label="test", ends_at=timezone.now() + dt.timedelta(days=1), name=LONG_NAME)
     page.set_viewport_size({"width": 390, "height": 844})
     sign_in(page, "olivia", "pw-olivia-123")
     for path, name in [

@@ -19,10 +19,8 @@ from provisioner.models import (
     Rollout,
     SSHKey,
 )
-from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers
 from provisioner.states import NodeState
-from tests.conftest import ssh_keygen
+from tests.conftest import reserve, ssh_keygen
 
 CUSTOMER_PAGES = ["catalog", "reserve", "reservations", "organization", "ssh_keys", "api_tokens", "audit"]
 OPERATOR_PAGES = ["ops_fleet", "ops_rollouts"]
@@ -33,14 +31,7 @@ def _login(client, user) -> None:
 
 
 def _reserve(inv, count=1, org=None, key=None, user=None) -> Reservation:
-    return book_servers(
-        org or inv.acme,
-        inv.h100,
-        count,
-        image=inv.image,
-        ssh_keys=[key or inv.key],
-        actor=Actor(user=user or inv.owner, label="test"),
-    ).reservation
+    return reserve(inv, count, org=org, key=key, user=user, label="test")
 
 
 @pytest.mark.parametrize("page", CUSTOMER_PAGES + OPERATOR_PAGES)
@@ -335,15 +326,7 @@ def test_catalog_shows_availability_now_and_for_a_window(client, inventory):
 
 def test_extend_and_release_from_the_detail_page(client, inventory):
     end = timezone.now() + dt.timedelta(hours=4)
-    r = book_servers(
-        inventory.acme,
-        inventory.h100,
-        1,
-        image=inventory.image,
-        ssh_keys=[inventory.key],
-        actor=Actor(user=inventory.owner, label="t"),
-        ends_at=end,
-    ).reservation
+    r = reserve(inventory, label="t", ends_at=end)
     _login(client, inventory.owner)
     new_end = (end + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
     page = client.post(reverse("portal:reservation_extend", args=[r.pk]), {"ends_at": new_end}, follow=True)

@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from provisioner.models import Node, Reservation, Rollout, SSHKey
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers, release_reservation
+from provisioner.services.reservations import release_reservation
 from provisioner.services.rollouts import start_rollout
+from tests.conftest import reserve
 from webapp.portal.views import operator as operator_views
 
 HX = {"HTTP_HX_REQUEST": "true"}
@@ -25,15 +26,7 @@ def _local(value: dt.datetime) -> str:
 
 
 def _reserve(inv, *, org=None, key=None, user=None, ends_at=None) -> Reservation:
-    return book_servers(
-        org or inv.acme,
-        inv.h100,
-        1,
-        image=inv.image,
-        ssh_keys=[key or inv.key],
-        actor=Actor(user=user or inv.owner, label="test"),
-        ends_at=ends_at,
-    ).reservation
+    return reserve(inv, org=org, key=key, user=user, label="test", ends_at=ends_at)
 
 
 # Polled fragments requested without HTMX (a bookmarked or shared URL, a browser with scripts off).
