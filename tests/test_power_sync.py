@@ -37,3 +37,121 @@ def test_power_sync_records_state_unknown_and_drift(inventory, fake_hw_dir, sett
     assert sync_power()["drift"] == 0
     assert AuditEvent.objects.filter(action="power_drift").count() == 1
     assert Node.objects.get(name="node-h100-8x-01").state == NodeState.AVAILABLE
+
+
+def _during_sweep(monkeypatch, meanwhile) -> None:
+    """Run ``meanwhile()`` after the BMCs answered and before the sync writes: what the engine may do then."""
+    from provisioner.services import power
+
+    real = power.sweep_power
+
+    def sweep(*args, **kwargs):
+        results = real(*args, **kwargs)
+        meanwhile()
+        return results
+
+    monkeypatch.setattr(power, "sweep_power", sweep)
+
+
+@pytest.mark.django_db
+def test_power_sync_keeps_the_power_state_the_engine_wrote_during_the_sweep(
+    inventory, fake_hw_dir, settings, monkeypatch
+):
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    node = Node.objects.get(name="node-h100-8x-01")
+    Node.objects.filter(pk=node.pk).update(power_state="off")
+    write_fake_bmc(_access(node), power="off")  # what the sweep reads, before a deploy powers it on
+
+    # a deploy finishes meanwhile and records the server on (steps.deploy_image writes power_state only)
+    _during_sweep(monkeypatch, lambda: Node.objects.filter(pk=node.pk).update(power_state="on"))
+    sync_power()
+    assert Node.objects.get(pk=node.pk).power_state == "on"
+
+
+@pytest.mark.django_db
+def test_power_sync_keeps_what_an_operation_that_took_the_node_meanwhile_wrote_even_the_same_value(
+    inventory, fake_hw_dir, settings, monkeypatch
+):
+    from provisioner.engine.locks import acquire_lease
+    from provisioner.engine.runner import create_operation
+    from provisioner.states import OperationKind
+
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    node = Node.objects.get(name="node-h100-8x-01")
+    Node.objects.filter(pk=node.pk).update(power_state="on")  # a stale "on" from an earlier sweep
+    write_fake_bmc(_access(node), power="off")  # the sweep reads it off (rebooting)
+
+    def operation_takes_node_and_powers_it_on() -> None:
+        op = create_operation(OperationKind.POWER, node, params={"action": "on"})
+        assert acquire_lease(node.pk, "worker-1", op)
+        Node.objects.filter(pk=node.pk).update(power_state="on")  # the same value as before the sweep
+
+    _during_sweep(monkeypatch, operation_takes_node_and_powers_it_on)
+    sync_power()
+    assert Node.objects.get(pk=node.pk).power_state == "on"
+
+
+@pytest.mark.django_db
+def test_power_sync_keeps_a_newer_power_check_and_a_silent_bmc_does_not_erase_it(
+    inventory, fake_hw_dir, settings, monkeypatch
+):
+    from django.utils import timezone
+
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    node = Node.objects.get(name="node-h100-8x-01")
+    write_fake_bmc(_access(node), fault="timeout")
+    checked = timezone.now()
+
+    # a power action reads the BMC meanwhile (it answered the engine, not the sweep)
+    _during_sweep(
+        monkeypatch,
+        lambda: Node.objects.filter(pk=node.pk).update(power_state="on", power_checked_at=checked),
+    )
+    sync_power()
+    node.refresh_from_db()
+    assert (node.power_state, node.power_checked_at) == ("on", checked)
+
+
+@pytest.mark.django_db
+def test_power_sync_records_no_drift_for_a_node_whose_state_changed_during_the_sweep(
+    inventory, fake_hw_dir, settings, monkeypatch
+):
+    from provisioner.services.audit import Actor
+    from provisioner.services.lifecycle import process_event
+    from provisioner.states import NodeEvent
+
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    node = Node.objects.get(name="node-h100-8x-01")
+    write_fake_bmc(_access(node), power="on")  # available and on: drift, had it stayed available
+
+    _during_sweep(
+        monkeypatch,
+        lambda: process_event(node, NodeEvent.MAINTAIN, actor=Actor.system("test"), reason="hold"),
+    )
+    counts = sync_power()
+    assert counts["drift"] == 0
+    assert not AuditEvent.objects.filter(action="power_drift").exists()
+    assert Node.objects.get(pk=node.pk).state == NodeState.MAINTENANCE
+
+
+@pytest.mark.django_db
+def test_power_sync_logs_drift_once_across_a_bmc_that_goes_silent_and_comes_back(
+    inventory, fake_hw_dir, settings
+):
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    node = Node.objects.get(name="node-h100-8x-01")
+    access = _access(node)
+    write_fake_bmc(access, power="on")  # available but on: drift
+    assert sync_power()["drift"] == 1
+    write_fake_bmc(access, fault="timeout")
+    assert sync_power()["unknown"] == 1
+    assert Node.objects.get(pk=node.pk).power_state == "unknown"
+    write_fake_bmc(access, fault=None)  # back, still on: the same drift, not a new one
+    assert sync_power()["drift"] == 0
+    assert AuditEvent.objects.filter(action="power_drift").count() == 1
+    # a real change is news again: off (as expected), then on once more
+    write_fake_bmc(access, power="off")
+    assert sync_power()["drift"] == 0
+    write_fake_bmc(access, power="on")
+    assert sync_power()["drift"] == 1
+    assert AuditEvent.objects.filter(action="power_drift").count() == 2
