@@ -2,6 +2,8 @@
 
 A rollout's progress is derived from its operations (one per started node) plus "refused" audit events
 for nodes that could not be started (busy, leased without force, in a state that cannot be reimaged).
+A reimage that ends cancelled was interrupted, not failed (its customer released the server meanwhile,
+and the release's wipe owns it now): the node counts as skipped, done but not against the failure budget.
 Every decision is taken with the Rollout row locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
 IMMEDIATE transactions serialize writers), so two workers finishing operations at the same moment cannot
 both start "the last free slot" or start the same node twice.
@@ -23,21 +25,31 @@ from provisioner.states import LEASED_STATES, OperationState
 
 MAX_ROLLOUT_NODES = 10_000
 REFUSED_ACTION = "rollout_refused"
-_FAILED = (OperationState.FAILED, OperationState.CANCELLED)
+_FAILED = (OperationState.FAILED,)
+# Only a release cancels an operation (it sets cancel_requested): no server failed.
+_SKIPPED = (OperationState.CANCELLED,)
 _IN_FLIGHT = (OperationState.PENDING, OperationState.RUNNING)
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutProgress:
-    """Counts of a rollout; ``operations`` maps node id to its operation, ``refused`` node id to why."""
+    """Counts of a rollout; ``operations`` maps node id to its operation, ``refused`` node id to why.
+    ``failed`` counts failed reimages and refused nodes (they spend the failure budget); ``skipped`` counts
+    reimages cancelled because the customer released the server meanwhile (they do not)."""
 
     total: int
     succeeded: int
     failed: int
+    skipped: int
     running: int
     pending: int
     refused: dict[int, str]
     operations: dict[int, Operation]
+
+    @property
+    def done(self) -> int:
+        """Nodes the rollout is finished with, whatever the outcome."""
+        return self.succeeded + self.failed + self.skipped
 
 
 def progress(rollout: Rollout) -> RolloutProgress:
@@ -51,6 +63,7 @@ def progress(rollout: Rollout) -> RolloutProgress:
     }
     succeeded = sum(op.state == OperationState.SUCCEEDED for op in ops.values())
     failed = sum(op.state in _FAILED for op in ops.values()) + len(refused)
+    skipped = sum(op.state in _SKIPPED for op in ops.values())
     running = sum(op.state in _IN_FLIGHT for op in ops.values())
     started = set(ops) | set(refused)
     pending = sum(1 for nid in rollout.node_ids if nid not in started)
@@ -58,6 +71,7 @@ def progress(rollout: Rollout) -> RolloutProgress:
         total=len(rollout.node_ids),
         succeeded=succeeded,
         failed=failed,
+        skipped=skipped,
         running=running,
         pending=pending,
         refused=refused,
@@ -176,12 +190,7 @@ def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Ro
         if final.pending == 0 and final.running == 0:
             locked.state = Rollout.State.SUCCEEDED
             locked.finished_at = timezone.now()
-            locked.message = (
-                f"all {final.total} node(s) reimaged"
-                if final.failed == 0
-                else f"{final.succeeded} of {final.total} node(s) reimaged; {final.failed} failed "
-                f"(within the failure budget of {locked.failure_budget})"
-            )
+            locked.message = _finished_message(final, locked.failure_budget)
             locked.save(update_fields=["state", "finished_at", "message"])
             record(
                 actor,
@@ -192,12 +201,24 @@ def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Ro
     return locked
 
 
+def _finished_message(status: RolloutProgress, failure_budget: int) -> str:
+    if status.failed == 0 and status.skipped == 0:
+        return f"all {status.total} node(s) reimaged"
+    parts = [f"{status.succeeded} of {status.total} node(s) reimaged"]
+    if status.failed:
+        parts.append(f"{status.failed} failed (within the failure budget of {failure_budget})")
+    if status.skipped:
+        parts.append(f"{status.skipped} skipped (released by their customer during the rollout)")
+    return "; ".join(parts)
+
+
 def _halt(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
     rollout.state = Rollout.State.HALTED
     rollout.finished_at = timezone.now()
     rollout.message = (
         f"halted: {status.failed} node(s) failed, more than the failure budget of {rollout.failure_budget}; "
         f"{status.pending} node(s) not started"
+        + (f", {status.skipped} skipped (released by their customer)" if status.skipped else "")
         + (f", {status.running} still running to completion" if status.running else "")
     )
     rollout.save(update_fields=["state", "finished_at", "message"])

@@ -57,7 +57,14 @@ def test_rollout_never_runs_more_than_max_parallel(inventory, fake_hw_dir, worke
     )
     assert created.status_code == 202, created.content
     body = created.json()
-    assert body["counts"] == {"total": 4, "succeeded": 0, "failed": 0, "running": 2, "pending": 2}
+    assert body["counts"] == {
+        "total": 4,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": 0,
+        "running": 2,
+        "pending": 2,
+    }
     assert [n["operation"] is not None for n in body["nodes"]] == [True, True, False, False]
     done = wait_for(
         lambda: rollout_done(client, body["id"]),
@@ -67,7 +74,14 @@ def test_rollout_never_runs_more_than_max_parallel(inventory, fake_hw_dir, worke
         details=workers.logs,
     )
     assert done["state"] == "succeeded", done
-    assert done["counts"] == {"total": 4, "succeeded": 4, "failed": 0, "running": 0, "pending": 0}
+    assert done["counts"] == {
+        "total": 4,
+        "succeeded": 4,
+        "failed": 0,
+        "skipped": 0,
+        "running": 0,
+        "pending": 0,
+    }
     ops = list(Operation.objects.filter(rollout_id=body["id"]))
     assert len(ops) == 4 and all(op.state == OperationState.SUCCEEDED for op in ops)
     assert max_overlap(ops) == 2
@@ -96,7 +110,14 @@ def test_failure_budget_zero_halts_after_one_failure(inventory, fake_hw_dir, wor
     )
     assert done["state"] == "halted"
     assert done["halted_reason"].startswith("halted: 1 node(s) failed, more than the failure budget of 0")
-    assert done["counts"] == {"total": 4, "succeeded": 0, "failed": 1, "running": 0, "pending": 3}
+    assert done["counts"] == {
+        "total": 4,
+        "succeeded": 0,
+        "failed": 1,
+        "skipped": 0,
+        "running": 0,
+        "pending": 3,
+    }
     assert (
         Operation.objects.filter(rollout_id=created["id"]).count() == 1
     )  # nothing started after the failure
@@ -154,6 +175,114 @@ def test_concurrent_advances_never_exceed_the_cap(inventory, transactional_db):
     ops = Operation.objects.filter(rollout=rollout)
     assert ops.count() == 3
     assert len(set(ops.values_list("node_id", flat=True))) == 3
+
+
+def test_rollout_node_ids_are_json_numbers_and_names_are_strings(inventory):
+    """NetBox allows a node named "1234": a number is an id, a string is a name, whatever its characters."""
+    target = Node.objects.get(name="node-h100-8x-01")
+    numbered = Node.objects.get(name="node-a100-8x-02")
+    Node.objects.filter(pk=numbered.pk).update(name=str(target.pk))  # its name is the other node's id
+    client = operator_client(inventory)
+
+    by_id = client.post(
+        f"{V1}/admin/reimage-rollouts", {"nodes": [target.pk], "max_parallel": 1}, format="json"
+    )
+    assert by_id.status_code == 202, by_id.content
+    assert [n["node_id"] for n in by_id.json()["nodes"]] == [target.pk]
+
+    by_name = client.post(
+        f"{V1}/admin/reimage-rollouts", {"nodes": [str(target.pk)], "max_parallel": 1}, format="json"
+    )
+    assert by_name.status_code == 202, by_name.content
+    assert [n["node_id"] for n in by_name.json()["nodes"]] == [numbered.pk]
+
+
+def test_rollout_refuses_references_that_match_no_node_and_names_each(inventory):
+    idle = Node.objects.get(name="node-h100-8x-02")
+    client = operator_client(inventory)
+    refused = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"nodes": ["node-h100-8x-01", "no-such-node", 987654, str(idle.pk)], "max_parallel": 1},
+        format="json",
+    )
+    assert refused.status_code == 400, refused.content
+    problems = refused.json()["error"]["details"]["nodes"]
+    assert any("no node named 'no-such-node'" in p for p in problems)
+    assert any("no node with id 987654" in p for p in problems)
+    # an id sent as a string names no node: the answer says how to send it, and nothing starts
+    assert any(f"no node named '{idle.pk}'" in p and f"send it as a number: {idle.pk}" in p for p in problems)
+    assert Rollout.objects.count() == 0
+    for wrong in ([True], [1.5], [None], [{"id": 1}], [""]):
+        bad = client.post(f"{V1}/admin/reimage-rollouts", {"nodes": wrong, "max_parallel": 1}, format="json")
+        assert bad.status_code == 400, (wrong, bad.content)
+    assert Rollout.objects.count() == 0
+
+
+def test_rollout_schema_documents_node_ids_as_integers_and_names_as_strings(inventory):
+    client = operator_client(inventory)
+    schema = client.get("/api/schema/", {"format": "json"})
+    assert schema.status_code == 200
+    nodes = schema.json()["components"]["schemas"]["RolloutCreateRequest"]["properties"]["nodes"]
+    assert sorted(v["type"] for v in nodes["items"]["oneOf"]) == ["integer", "string"]
+
+
+def test_a_reimage_cancelled_by_a_release_is_skipped_not_a_failure(inventory, fake_hw_dir, transactional_db):
+    """The customer released the server while the rollout's reimage waited: no server failed, so the
+    rollout carries on (failure budget 0) and says the node was skipped."""
+    from provisioner.engine.runner import execute
+    from provisioner.services.reservations import book_servers, release_reservation
+
+    reservation = book_servers(
+        inventory.acme,
+        inventory.h100,
+        1,
+        image=inventory.image,
+        ssh_keys=[inventory.key],
+        actor=Actor(user=inventory.owner, label="olivia"),
+    ).reservation
+    provision = Operation.objects.get(reservation=reservation)
+    assert execute(provision.pk) == OperationState.SUCCEEDED
+    leased = Node.objects.get(pk=provision.node_id)
+    assert leased.state == NodeState.ACTIVE
+    idle = Node.objects.get(name="node-h100-8x-04")
+    rollout = start_rollout(
+        [leased, idle], actor=Actor.system("test"), max_parallel=1, failure_budget=0, force=True
+    )
+    reimage = Operation.objects.get(rollout=rollout)
+    release_reservation(reservation, actor=Actor(user=inventory.owner, label="olivia"))
+
+    assert execute(reimage.pk) == OperationState.CANCELLED
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.State.RUNNING, rollout.message
+    client = operator_client(inventory)
+    body = client.get(f"{V1}/admin/reimage-rollouts/{rollout.pk}").json()
+    assert body["counts"] == {
+        "total": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": 1,
+        "running": 1,
+        "pending": 0,
+    }
+    assert body["nodes"][0]["state"] == "cancelled"
+    assert body["nodes"][0]["error"]
+
+    clean = Operation.objects.get(rollout=rollout, node=idle)
+    assert execute(clean.pk) == OperationState.SUCCEEDED
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.State.SUCCEEDED
+    assert "1 of 2 node(s) reimaged" in rollout.message and "1 skipped" in rollout.message
+    assert "failed" not in rollout.message
+
+    # the portal's rollout page counts the skipped node as done, and not as failed
+    from django.test import Client
+
+    portal = Client()
+    portal.force_login(inventory.operator)
+    page = portal.get(f"/ops/rollouts/{rollout.pk}/").content.decode()
+    assert '<strong id="rollout-done">2</strong> / 2' in page
+    assert '<span id="rollout-skipped">1</span>' in page
+    assert '<span class="label">Failed</span> <span class="">0</span>' in page
 
 
 def _access(node: Node) -> BmcAccess:

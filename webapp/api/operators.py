@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -185,14 +185,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     if data.get("nodes"):
-        refs = data["nodes"]
-        ids = [int(r) for r in refs if r.isdigit()]
-        found = list(Node.objects.filter(Q(pk__in=ids) | Q(name__in=refs)))
-        by_ref = {str(n.pk): n for n in found} | {n.name: n for n in found}
-        missing = [r for r in refs if r not in by_ref]
-        if missing:
-            raise ValidationError({"nodes": [f"no node {r!r}" for r in missing]})
-        return [by_ref[r] for r in refs]
+        return _nodes_by_reference(data["nodes"])
     spec = data["filter"]
     nodes = Node.objects.all()
     if spec.get("state"):
@@ -207,3 +200,32 @@ def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     if not found:
         raise ValidationError({"filter": ["no node matches this filter"]})
     return found
+
+
+def _nodes_by_reference(refs: list[int | str]) -> list[Node]:
+    """The nodes ``refs`` name, in order: a number is a node id, a string a node name (NetBox allows names
+    like "1234"; they never stand for an id). Raises ValidationError naming every reference that matches
+    nothing."""
+    ids = [r for r in refs if isinstance(r, int)]
+    names = [r for r in refs if isinstance(r, str)]
+    by_id = {n.pk: n for n in Node.objects.filter(pk__in=ids)}
+    by_name = {n.name: n for n in Node.objects.filter(name__in=names)}
+    # a client that sent ids as strings (what this endpoint once accepted) is told how to send them
+    numeric = [int(r) for r in names if r not in by_name and r.isdecimal() and len(r) < 19]
+    named_by_id = dict(Node.objects.filter(pk__in=numeric).values_list("pk", "name")) if numeric else {}
+    problems = []
+    for ref in refs:
+        if isinstance(ref, int):
+            if ref not in by_id:
+                problems.append(f"no node with id {ref}")
+        elif ref not in by_name:
+            hint = ""
+            if ref.isdecimal() and len(ref) < 19 and int(ref) in named_by_id:
+                hint = (
+                    f" (node {named_by_id[int(ref)]} has id {int(ref)}: to mean it by its id, "
+                    f"send it as a number: {int(ref)})"
+                )
+            problems.append(f"no node named {ref!r}{hint}")
+    if problems:
+        raise ValidationError({"nodes": problems})
+    return [by_id[r] if isinstance(r, int) else by_name[r] for r in refs]

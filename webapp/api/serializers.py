@@ -565,12 +565,49 @@ class NodeFilterSpecSerializer(serializers.Serializer):
     server_type = serializers.SlugField(required=False)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "description": "a node's id"},
+            {"type": "string", "minLength": 1, "maxLength": 100, "description": "a node's name"},
+        ]
+    }
+)
+class NodeReferenceField(serializers.Field):
+    """A node by id (a JSON number) or by name (a JSON string). Never both readings of one value: NetBox
+    allows a node named "1234", which must not be confused with the node whose id is 1234."""
+
+    default_error_messages = {
+        "invalid": 'give a node id as a number (e.g. 12) or a node name as a string (e.g. "gpu-01")',
+        "blank": "a node name cannot be blank",
+        "max_length": "a node name has at most 100 characters",
+    }
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        if isinstance(data, int):
+            if not 1 <= data < 2**63:
+                self.fail("invalid")
+            return data
+        name = data.strip()
+        if not name:
+            self.fail("blank")
+        if len(name) > 100:
+            self.fail("max_length")
+        return name
+
+    def to_representation(self, value: int | str) -> int | str:
+        return value
+
+
 class RolloutCreateSerializer(serializers.Serializer):
     nodes = serializers.ListField(
-        child=serializers.CharField(max_length=100),
+        child=NodeReferenceField(),
         required=False,
         min_length=1,
-        help_text="node ids or names",
+        help_text="the nodes, in order: each a node id as a number or a node name as a string "
+        '(a string is always a name, even "1234")',
     )
     filter = NodeFilterSpecSerializer(required=False, help_text="instead of nodes: every node matching this")
     image = serializers.CharField(max_length=100, required=False, help_text="image slug")
@@ -589,7 +626,8 @@ class RolloutNodeSerializer(serializers.Serializer):
     node = serializers.CharField()
     state = serializers.ChoiceField(
         choices=["pending", "running", "succeeded", "failed", "cancelled", "refused"],
-        help_text="pending: not started yet; refused: could not be started (see error)",
+        help_text="pending: not started yet; refused: could not be started (see error), a failure; "
+        "cancelled: skipped, its customer released the server during the rollout, not a failure",
     )
     operation = serializers.IntegerField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
@@ -598,7 +636,10 @@ class RolloutNodeSerializer(serializers.Serializer):
 class RolloutCountsSerializer(serializers.Serializer):
     total = serializers.IntegerField()
     succeeded = serializers.IntegerField()
-    failed = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="failed or refused: these spend the failure budget")
+    skipped = serializers.IntegerField(
+        help_text="reimage cancelled because the customer released the server meanwhile: not a failure"
+    )
     running = serializers.IntegerField()
     pending = serializers.IntegerField()
 
@@ -643,6 +684,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "total": p.total,
             "succeeded": p.succeeded,
             "failed": p.failed,
+            "skipped": p.skipped,
             "running": p.running,
             "pending": p.pending,
         }

@@ -232,7 +232,7 @@ def _rollout_context(rollout: Rollout) -> dict:
         }
         for nid in rollout.node_ids
     ]
-    done = status.succeeded + status.failed
+    done = status.done
     return {
         "rollout": rollout,
         "rows": rows,
