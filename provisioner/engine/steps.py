@@ -105,7 +105,9 @@ def deploy(ctx: StepContext) -> None:
         host_key_fingerprints=result.host_key_fingerprints,
         known_hosts=result.known_hosts,
         image=image,
+        # the deploy booted the server through its BMC and reached its OS: its power is known now
         power_state=PowerStateChoice.ON,
+        power_checked_at=timezone.now(),
     )
     ctx.log(
         f"{node.name} is up at {result.address}; host keys {', '.join(result.host_key_fingerprints.values())}"
