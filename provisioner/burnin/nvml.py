@@ -7,6 +7,7 @@ nothing resets a GPU. Function names were checked against nvidia-ml-py 13.x.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from typing import Any
 
 import pynvml
@@ -194,4 +195,20 @@ class NvmlBackend(GpuBackend):
             data = pynvml.nvmlEventSetWait(self._event_set, max(0, int(timeout_s * 1000)))
         except pynvml.NVMLError_Timeout:
             return None
-        return XidEvent(gpu=int(pynvml.nvmlDeviceGetIndex(data.device)), xid=int(data.eventData))
+        return XidEvent(gpu=self._event_gpu(data.device), xid=int(data.eventData))
+
+    def _event_gpu(self, device: Any) -> int:
+        """The index of the GPU an event came from; -1 when it cannot be told.
+
+        The GPU behind an XID 79 has fallen off the bus and may answer ``nvmlDeviceGetIndex`` with
+        GPU_IS_LOST: the event must not be dropped for that, so the handle is matched against the handles
+        this backend registered for events (same device, same address).
+        """
+        try:
+            return int(pynvml.nvmlDeviceGetIndex(device))
+        except pynvml.NVMLError:
+            address = ctypes.cast(device, ctypes.c_void_p).value
+            for gpu, handle in self._handles.items():
+                if ctypes.cast(handle, ctypes.c_void_p).value == address:
+                    return gpu
+            return -1  # reported as an XID of a GPU that is no longer enumerated

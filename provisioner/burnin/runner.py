@@ -82,8 +82,12 @@ def run_burnin(
             count = 0
         try:
             unwatched = backend.start_xid_watch()
+            watching = True
         except pynvml.NVMLError:
+            # No event set (NotSupported in some VMs, a driver in trouble): every GPU is reported as
+            # unwatched, and the XID waits below become plain sleeps instead of waits on no set.
             unwatched = list(range(count))
+            watching = False
         replays_before: dict[int, int | None] = {}
         nvlink_before = {}
         for gpu in range(count):
@@ -104,6 +108,9 @@ def run_burnin(
 
         def drain_xids(for_seconds: float) -> None:
             until = time.monotonic() + for_seconds
+            if not watching:
+                time.sleep(max(0.0, for_seconds))
+                return
             while True:
                 remaining = until - time.monotonic()
                 try:

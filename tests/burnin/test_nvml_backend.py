@@ -1,0 +1,184 @@
+"""The real NVML backend (provisioner.burnin.nvml) against a fake NVML library: no GPU exists here, so the
+pynvml functions the backend calls are replaced by ones that answer like a healthy 2-GPU H100 host, with
+real pynvml error objects and real ctypes device handles."""
+
+from __future__ import annotations
+
+import ctypes
+import types
+from typing import Any
+
+import pynvml
+import pytest
+
+from provisioner.burnin import NvmlBackend, run_burnin
+
+EXPECT = {"gpu_count": 2, "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_memory_gib": 80, "pcie_gen": 5}
+
+
+def _error(code: int) -> pynvml.NVMLError:
+    return pynvml.NVMLError(code)
+
+
+class FakeNvml:
+    """Just enough of NVML for NvmlBackend, per GPU index; attributes tweak it per test."""
+
+    def __init__(self, gpus: int = 2) -> None:
+        self._structs = [pynvml.struct_c_nvmlDevice_t() for _ in range(gpus)]
+        self.events: list[tuple[int, int]] = []  # (gpu, xid) delivered by nvmlEventSetWait
+        self.event_set_create_error: int | None = None
+        self.lost: set[int] = set()  # GPUs that fell off the bus: their calls raise GPU_IS_LOST
+
+    def handle(self, gpu: int) -> Any:
+        return ctypes.pointer(self._structs[gpu])
+
+    def _gpu(self, handle: Any) -> int:
+        address = ctypes.addressof(handle.contents)
+        gpu = next(i for i, s in enumerate(self._structs) if ctypes.addressof(s) == address)
+        if gpu in self.lost:
+            raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return gpu
+
+    def functions(self) -> dict[str, Any]:
+        per_gpu = {
+            "nvmlDeviceGetName": "NVIDIA H100 80GB HBM3",
+            "nvmlDeviceGetSerial": "1651124070172",
+            "nvmlDeviceGetMemoryInfo": types.SimpleNamespace(total=81559 * 2**20),
+            "nvmlDeviceGetEccMode": [1, 1],
+            "nvmlDeviceGetMemoryErrorCounter": 0,
+            "nvmlDeviceGetRemappedRows": (0, 0, 0, 0),
+            "nvmlDeviceGetCurrPcieLinkGeneration": 5,
+            "nvmlDeviceGetCurrPcieLinkWidth": 16,
+            "nvmlDeviceGetMaxPcieLinkGeneration": 5,
+            "nvmlDeviceGetMaxPcieLinkWidth": 16,
+            "nvmlDeviceGetPcieReplayCounter": 0,
+            "nvmlDeviceGetTemperature": 60,
+            "nvmlDeviceGetTemperatureThreshold": 89,
+            "nvmlDeviceGetPowerUsage": 650_000,
+            "nvmlDeviceGetEnforcedPowerLimit": 700_000,
+            "nvmlDeviceGetCurrentClocksEventReasons": pynvml.nvmlClocksEventReasonSwPowerCap,
+            "nvmlDeviceGetPersistenceMode": pynvml.NVML_FEATURE_ENABLED,
+            "nvmlDeviceGetMigMode": [0, 0],
+        }
+
+        def reading(value: Any) -> Any:
+            def read(handle: Any, *args: Any) -> Any:
+                gpu = self._gpu(handle)
+                return value(gpu) if callable(value) else value
+
+            return read
+
+        def not_supported(handle: Any, *args: Any) -> Any:
+            self._gpu(handle)
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+        def field_values(handle: Any, field_ids: list[int]) -> Any:
+            self._gpu(handle)
+            value = types.SimpleNamespace(
+                nvmlReturn=pynvml.NVML_SUCCESS, value=types.SimpleNamespace(uiVal=0)
+            )
+            return [value]
+
+        def event_set_create() -> Any:
+            if self.event_set_create_error is not None:
+                raise _error(self.event_set_create_error)
+            return object()
+
+        def event_set_wait(event_set: Any, timeout_ms: int) -> Any:
+            if not self.events:
+                raise _error(pynvml.NVML_ERROR_TIMEOUT)
+            gpu, xid = self.events.pop(0)
+            if xid == 79:
+                self.lost.add(gpu)  # from now on the GPU answers nothing
+            return types.SimpleNamespace(device=self.handle(gpu), eventData=xid)
+
+        def get_index(handle: Any) -> int:
+            return self._gpu(handle)
+
+        functions: dict[str, Any] = {name: reading(value) for name, value in per_gpu.items()}
+        functions.update(
+            {
+                "nvmlInit": lambda: None,
+                "nvmlShutdown": lambda: None,
+                "nvmlSystemGetDriverVersion": lambda: "580.159.04",
+                "nvmlSystemGetCudaDriverVersion": lambda: 13000,
+                "nvmlDeviceGetCount": lambda: len(self._structs),
+                "nvmlDeviceGetHandleByIndex": self.handle,
+                "nvmlDeviceGetUUID": reading(lambda gpu: f"GPU-0000000{gpu}-f5ae-d0cc-9838-df056ec6a35f"),
+                "nvmlDeviceGetPciInfo": reading(
+                    lambda gpu: types.SimpleNamespace(busId=f"00000000:{0x18 + gpu:02X}:00.0")
+                ),
+                "nvmlDeviceGetTotalEccErrors": reading(0),
+                "nvmlDeviceGetRetiredPages": not_supported,
+                "nvmlDeviceGetRetiredPagesPendingStatus": not_supported,
+                "nvmlDeviceGetNvLinkState": not_supported,
+                "nvmlDeviceGetNvLinkErrorCounter": not_supported,
+                "nvmlDeviceGetFieldValues": field_values,
+                "nvmlEventSetCreate": event_set_create,
+                "nvmlDeviceRegisterEvents": reading(None),
+                "nvmlEventSetWait": event_set_wait,
+                "nvmlEventSetFree": lambda event_set: None,
+                "nvmlDeviceGetIndex": get_index,
+            }
+        )
+        return functions
+
+
+@pytest.fixture
+def nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
+    fake = FakeNvml()
+    for name, function in fake.functions().items():
+        monkeypatch.setattr(pynvml, name, function)
+    return fake
+
+
+def nvml_run(**kwargs: Any) -> dict[str, Any]:
+    return run_burnin(
+        NvmlBackend(),
+        EXPECT,
+        load_seconds=0.1,
+        xid_wait_seconds=0.05,
+        sample_interval_s=0.05,
+        load_preference="none",
+        **kwargs,
+    )
+
+
+def by_name(report: dict[str, Any], name: str, gpu: int | None) -> dict[str, Any]:
+    (found,) = [c for c in report["checks"] if c["name"] == name and c["gpu"] == gpu]
+    return found
+
+
+def test_fake_nvml_host_passes_every_check_but_the_idle_load(nvml: FakeNvml) -> None:
+    report = nvml_run()
+    assert [c["message"] for c in report["checks"] if not c["passed"]] == []
+    assert by_name(report, "inventory.driver", None)["value"]["cuda_driver_version"] == "13.0"
+    assert by_name(report, "power.draw", 1)["value"] == {"max_w": 650.0, "mean_w": 650.0, "limit_w": 700.0}
+
+
+def test_a_failed_xid_watch_reports_instead_of_crashing_the_agent(nvml: FakeNvml) -> None:
+    # nvmlEventSetCreate can fail (some VM passthrough setups, a driver in trouble); the XID wait that
+    # follows must not turn into a traceback without a report.
+    nvml.event_set_create_error = pynvml.NVML_ERROR_NOT_SUPPORTED
+    report = nvml_run()
+    assert report["passed"] is True, report["summary"]
+    for gpu in (0, 1):
+        xid = by_name(report, "xid.events", gpu)
+        assert xid["status"] == "not_supported"
+        assert xid["message"] == f"GPU {gpu}: XID events could not be watched."
+
+
+def test_xid_79_from_a_gpu_that_fell_off_the_bus_is_reported_not_dropped(nvml: FakeNvml) -> None:
+    # The GPU that raised XID 79 answers every NVML call with GPU_IS_LOST, nvmlDeviceGetIndex included:
+    # the event must still reach the report, on the GPU whose handle it came with.
+    nvml.events.append((1, 79))
+    report = nvml_run()
+    assert report["xids"] == [{"gpu": 1, "xid": 79}]
+    xid = by_name(report, "xid.events", 1)
+    assert xid["status"] == "failed"
+    assert xid["message"] == "GPU 1: XID 79 (GPU has fallen off the bus) during burn-in; drain the server."
+    assert by_name(report, "xid.events", 0)["status"] == "passed"
+    # The lost GPU's other readings fail with the NVML error in words; the agent does not crash.
+    assert by_name(report, "memory.ecc_mode", 1)["message"] == (
+        "GPU 1: memory.ecc_mode could not be read: GPU is lost."
+    )
