@@ -368,3 +368,15 @@ def test_real_gpu_report_fails_wrong_expectations() -> None:
     assert check(report, "inventory.gpu_count", None)["value"] == 1
     assert report["summary"].startswith("FAILED: 4 of ")
     assert "expected NVIDIA H200" in report["summary"]
+
+
+def test_nvlink_errors_fail_even_when_the_server_type_leaves_the_link_count_unchecked() -> None:
+    # A null nvlink_links only says "do not check how many links are up"; errors counted on the links
+    # that exist are still a hardware fault (NVIDIA XID 74 territory).
+    expect = {**H100_8X, "nvlink_links": None}
+    report = simulated_run({"3": ["nvlink_errors"]}, expect)
+    assert failed(report) == {("nvlink.errors", 3)}
+    assert check(report, "nvlink.errors", 3)["message"] == (
+        "GPU 3: 200 NVLink errors during the run on link(s) 2, limit 0."
+    )
+    assert check(report, "nvlink.errors", 0)["status"] == "passed"
