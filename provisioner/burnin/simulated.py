@@ -63,6 +63,8 @@ FAULT_KINDS: dict[str, str] = {
 
 _DEFAULT_ARGS = {"recovery_action": 1, "nvlink_down": 0, "pcie_width": 8, "pcie_gen": 4}
 _NEEDS_ARG = {"xid"}
+# The link the nvlink_errors fault counts its errors on.
+_NVLINK_ERRORS_LINK = 2
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,25 @@ def _parse_fault(text: str) -> tuple[str, int | None]:
         raise InvalidRequest(f"Fault {text!r}: {arg!r} is not a number.") from None
 
 
+def _why_no_effect(profile: ServerProfile, kind: str, arg: int | None) -> str | None:
+    """Why fault ``kind`` would change no reading of ``profile`` (so no check could fail), or ``None``."""
+    if kind in ("row_remap_pending", "row_remap_failure") and not profile.row_remapping:
+        return "it retires pages instead of remapping rows (use retired_pages_pending)"
+    if kind == "retired_pages_pending" and profile.row_remapping:
+        return "it remaps rows instead of retiring pages (use row_remap_pending)"
+    if kind == "nvlink_down" and not (arg is not None and 0 <= arg < profile.nvlinks):
+        return f"it has NVLinks 0..{profile.nvlinks - 1}" if profile.nvlinks else "it has no NVLink"
+    if kind == "nvlink_errors" and profile.nvlinks <= _NVLINK_ERRORS_LINK:
+        return f"the errors are counted on link {_NVLINK_ERRORS_LINK}, and it has {profile.nvlinks} NVLinks"
+    if kind == "pcie_gen" and not (arg is not None and 0 < arg < profile.pcie_gen):
+        return f"its link is Gen{profile.pcie_gen}; pick a lower generation"
+    if kind == "pcie_width" and not (arg is not None and 0 < arg < profile.pcie_width):
+        return f"its link is x{profile.pcie_width}; pick a narrower width"
+    if kind == "recovery_action" and not arg:
+        return "recovery action 0 means none is needed"
+    return None
+
+
 def faults_from_environment() -> dict[int, list[tuple[str, int | None]]]:
     """Faults from ``NEOCLOUD_BURNIN_FAULTS`` (empty when unset).
 
@@ -216,6 +237,7 @@ class SimulatedBackend(GpuBackend):
 
         :raises InvalidRequest: unknown profile, invalid faults, or a fault for a GPU the profile lacks.
         """
+        profile_name = profile if isinstance(profile, str) else profile.model
         if isinstance(profile, str):
             if profile not in PROFILES:
                 raise InvalidRequest(f"Unknown simulated profile {profile!r}; known: {', '.join(PROFILES)}.")
@@ -225,6 +247,10 @@ class SimulatedBackend(GpuBackend):
         for gpu in self._faults:
             if gpu >= profile.gpu_count:
                 raise InvalidRequest(f"Fault for GPU {gpu}, but the profile has {profile.gpu_count} GPUs.")
+            for kind, arg in self._faults[gpu]:
+                why = _why_no_effect(profile, kind, arg)
+                if why:
+                    raise InvalidRequest(f"Fault {kind!r} cannot show on profile {profile_name}: {why}.")
         # NVML indices skip GPUs that fell off the bus, as the driver does.
         self._visible = [g for g in range(profile.gpu_count) if not self._has(g, "gpu_missing")]
         self._temp_tau_s = thermal_time_constant_s
@@ -390,7 +416,7 @@ class SimulatedBackend(GpuBackend):
             raise _not_supported()
         if (
             self._has(p, "nvlink_errors")
-            and link == 2
+            and link == _NVLINK_ERRORS_LINK
             and (self.under_load or self._load_stopped is not None)
         ):
             return 40

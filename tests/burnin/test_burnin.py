@@ -380,3 +380,24 @@ def test_nvlink_errors_fail_even_when_the_server_type_leaves_the_link_count_unch
         "GPU 3: 200 NVLink errors during the run on link(s) 2, limit 0."
     )
     assert check(report, "nvlink.errors", 0)["status"] == "passed"
+
+
+@pytest.mark.parametrize(
+    ("profile", "fault"),
+    [
+        ("h100-sxm-8x", "retired_pages_pending"),  # H100 remaps rows, it retires no pages
+        ("v100-sxm-8x", "row_remap_pending"),  # V100 retires pages, it has no row remapper
+        ("v100-sxm-8x", "row_remap_failure"),
+        ("h100-pcie-1x", "nvlink_down"),  # a PCIe card has no NVLink
+        ("h100-pcie-1x", "nvlink_errors"),
+        ("h100-sxm-8x", "nvlink_down:18"),  # links 0..17
+        ("h100-sxm-8x", "pcie_gen:5"),  # the link's own generation is no fault
+        ("h100-sxm-8x", "pcie_width:16"),
+        ("h100-sxm-8x", "recovery_action:0"),  # 0 is "no recovery needed"
+    ],
+)
+def test_a_fault_the_profile_cannot_show_is_rejected_not_silently_ignored(profile: str, fault: str) -> None:
+    # Otherwise a lab test that injects it sees a clean pass and believes the check works.
+    gpu = "0"
+    with pytest.raises(InvalidRequest, match=f"Fault {fault.split(':')[0]!r} .*{profile}"):
+        SimulatedBackend(profile, {gpu: [fault]})
