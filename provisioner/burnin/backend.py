@@ -121,6 +121,10 @@ class GpuBackend(abc.ABC):
     def serial(self, gpu: int) -> str: ...
 
     @abc.abstractmethod
+    def pci_bus_id(self, gpu: int) -> str:
+        """PCI address of the GPU, e.g. ``"00000000:18:00.0"``: the slot an operator pulls the board from."""
+
+    @abc.abstractmethod
     def memory_total_bytes(self, gpu: int) -> int: ...
 
     # --- memory health --------------------------------------------------------------------------

@@ -369,8 +369,11 @@ class CheckSuite:
             serial: str | None = self.backend.serial(gpu)
         except pynvml.NVMLError_NotSupported:
             serial = None  # boards without an InfoROM serial (some PCIe and VM-passthrough cards)
-        value = {"uuid": uuid, "serial": serial}
-        return self._passed("inventory.identity", gpu, value, None, f"UUID {uuid}, serial {serial}.")
+        pci_bus_id = self.backend.pci_bus_id(gpu)
+        value = {"uuid": uuid, "serial": serial, "pci_bus_id": pci_bus_id}
+        return self._passed(
+            "inventory.identity", gpu, value, None, f"UUID {uuid}, serial {serial}, PCI {pci_bus_id}."
+        )
 
     # --- memory health --------------------------------------------------------------------------
 

@@ -81,6 +81,9 @@ class NvmlBackend(GpuBackend):
     def serial(self, gpu: int) -> str:
         return str(pynvml.nvmlDeviceGetSerial(self._handle(gpu)))
 
+    def pci_bus_id(self, gpu: int) -> str:
+        return str(pynvml.nvmlDeviceGetPciInfo(self._handle(gpu)).busId)
+
     def memory_total_bytes(self, gpu: int) -> int:
         return int(pynvml.nvmlDeviceGetMemoryInfo(self._handle(gpu)).total)
 

@@ -19,7 +19,16 @@ def summarise(checks: Sequence[CheckResult]) -> str:
     if not failed:
         gpu_words = "1 GPU" if len(gpus) == 1 else f"{len(gpus)} GPUs"
         return f"PASSED: {len(checks)} checks on {gpu_words}, none failed."
-    return f"FAILED: {len(failed)} of {len(checks)} checks failed. " + " ".join(c.message for c in failed)
+    # NVML indices shift when a GPU drops off the bus: name each failed GPU's board as well.
+    identities = {c.gpu: c.value for c in checks if c.name == "inventory.identity" and c.status != FAILED}
+    boards = [
+        f"GPU {gpu} is serial {identities[gpu]['serial']} at PCI {identities[gpu]['pci_bus_id']}."
+        for gpu in sorted({c.gpu for c in failed if c.gpu is not None})
+        if gpu in identities
+    ]
+    return f"FAILED: {len(failed)} of {len(checks)} checks failed. " + " ".join(
+        [c.message for c in failed] + boards
+    )
 
 
 def build_report(

@@ -345,6 +345,11 @@ class SimulatedBackend(GpuBackend):
     def serial(self, gpu: int) -> str:
         return f"1653223{self._physical(gpu):06d}"
 
+    def pci_bus_id(self, gpu: int) -> str:
+        # The buses of the eight GPUs of an HGX H100 board, in NVML order.
+        buses = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
+        return f"00000000:{buses[self._physical(gpu) % len(buses)]:02X}:00.0"
+
     def memory_total_bytes(self, gpu: int) -> int:
         p = self._physical(gpu)
         return self.profile.memory_bytes // 2 if self._has(p, "memory_small") else self.profile.memory_bytes

@@ -401,3 +401,14 @@ def test_a_fault_the_profile_cannot_show_is_rejected_not_silently_ignored(profil
     gpu = "0"
     with pytest.raises(InvalidRequest, match=f"Fault {fault.split(':')[0]!r} .*{profile}"):
         SimulatedBackend(profile, {gpu: [fault]})
+
+
+def test_summary_names_the_failed_gpus_board_by_serial_and_pci_address() -> None:
+    # With physical GPU 0 off the bus NVML renumbers the rest: "GPU 3" is the fifth board (serial ...004).
+    report = simulated_run({"0": ["gpu_missing"], "4": ["ecc_uncorrectable"]})
+    assert failed(report) == {("inventory.gpu_count", None), ("memory.ecc_errors", 3)}
+    assert check(report, "inventory.identity", 3)["value"]["pci_bus_id"] == "00000000:9A:00.0"
+    assert report["summary"].endswith(
+        "GPU 3: 1 volatile uncorrectable ECC errors (limit 0). GPU 3 is serial 1653223000004 at PCI "
+        "00000000:9A:00.0."
+    )

@@ -182,3 +182,9 @@ def test_xid_79_from_a_gpu_that_fell_off_the_bus_is_reported_not_dropped(nvml: F
     assert by_name(report, "memory.ecc_mode", 1)["message"] == (
         "GPU 1: memory.ecc_mode could not be read: GPU is lost."
     )
+
+
+def test_identity_carries_the_pci_bus_id_nvml_reports(nvml: FakeNvml) -> None:
+    identity = by_name(nvml_run(), "inventory.identity", 1)
+    assert identity["value"]["pci_bus_id"] == "00000000:19:00.0"
+    assert identity["message"].endswith("serial 1651124070172, PCI 00000000:19:00.0.")
