@@ -30,7 +30,7 @@ host variables as Jinja, and ``{{ lookup('pipe', ...) }}`` would run on the cont
 
 ``cancel`` (a threading.Event, set by the engine on a step timeout or a lost lease) stops the caller's
 host: our long-running modules watch its cancel file, and a batch whose hosts are all cancelled is
-stopped.
+stopped: ansible-playbook and every process it started (Ansible's workers lead sessions of their own).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import logging
 import os
 import secrets as _secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import ansible_runner
+import ansible_runner.interface
 from django.conf import settings
 
 from provisioner.errors import DriverError
@@ -110,7 +112,8 @@ def _describe_failure(res: dict[str, Any]) -> str:
 
 def environment() -> dict[str, str]:
     """What ansible-playbook and our modules need. No database URL and no Django settings: our modules
-    talk to BMCs and to the boot service only, with what the engine hands them in private files."""
+    talk to BMCs and to the boot service only, with what the engine hands them in private files.
+    Together with ``INHERITED_ENVIRONMENT`` this is all of Ansible's environment (see ``_own_environment``)."""
     return {
         "ANSIBLE_CONFIG": str(PLAYBOOK_DIR / "ansible.cfg"),
         # our modules import the drivers from this project
@@ -129,16 +132,52 @@ def environment() -> dict[str, str]:
     }
 
 
+# What ansible-playbook may take from the worker's own environment: the system's basics, proxies and CA
+# bundles (Redfish and the boot service are reached over HTTP) and the drivers' BMC session limits.
+# ansible-runner hands a child the whole environment of the process that starts it; the rest of that
+# (DATABASE_URL, NEOCLOUD_CREDENTIAL_KEYS, NEOCLOUD_SECRET_KEY, ANSIBLE_VERBOSITY or ANSIBLE_LOG_PATH...)
+# would reach ansible-playbook, every module, and ansible-runner's ``command`` artifact on disk.
+INHERITED_ENVIRONMENT = frozenset(
+    {
+        *("HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR"),
+        *("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"),
+        *("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"),
+        *("NEOCLOUD_BMC_SESSIONS_PER_BMC", "NEOCLOUD_BMC_SESSIONS_TOTAL", "NEOCLOUD_BMC_MIN_SPACING"),
+    }
+)
+
+
+def _own_environment(prepared: dict[str, Any], envvars: dict[str, str]) -> dict[str, Any]:
+    """``prepared`` (ansible-runner's environment for the child: this process's, ``envvars`` and its own
+    settings) without what it only copied from this process's environment, unless listed as inherited."""
+    return {
+        name: value
+        for name, value in prepared.items()
+        if name in envvars
+        or name in INHERITED_ENVIRONMENT
+        or name not in os.environ
+        or os.environ[name] != value  # set or changed by ansible-runner (its callback plugin, say)
+    }
+
+
 def local_host(**hostvars: Any) -> dict[str, Any]:
-    """Host variables for a node whose tasks run on the control plane (BMC, boot service)."""
-    return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **hostvars}
+    """Host variables for a node whose tasks run on the control plane (BMC, boot service). ``hostvars``
+    are data, never templates (see ``untemplated``)."""
+    return {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        **untemplated(hostvars),
+    }
 
 
 def untemplated(value: Any) -> Any:
     """``value`` (text, or lists and dicts of it) as host variables Ansible passes on verbatim and never
-    renders as a template: the JSON inventory's form of ``!unsafe``. Pure."""
+    renders as a template: the JSON inventory's form of ``!unsafe``. Pure; a value already wrapped stays
+    as it is."""
     if isinstance(value, str):
         return {"__ansible_unsafe": value}
+    if isinstance(value, dict) and set(value) == {"__ansible_unsafe"}:
+        return value
     if isinstance(value, list | tuple):
         return [untemplated(item) for item in value]
     if isinstance(value, dict):
@@ -148,19 +187,20 @@ def untemplated(value: Any) -> Any:
 
 def ssh_host(address: str, port: int, user: str, interpreter: str, **hostvars: Any) -> dict[str, Any]:
     """Host variables for a node reached over SSH with the provisioning key and strict host-key checking
-    against the deploy's known_hosts (the run's files ``provisioning_key`` and ``known_hosts``)."""
+    against the deploy's known_hosts (the run's files ``provisioning_key`` and ``known_hosts``).
+    ``address``, ``user``, ``interpreter`` and ``hostvars`` are data, never templates (inventory text)."""
     return {
-        "ansible_host": address,
+        "ansible_host": untemplated(address),
         "ansible_port": port,
-        "ansible_user": user,
+        "ansible_user": untemplated(user),
         "ansible_ssh_private_key_file": "{{ provisioning_key_path }}",
         "ansible_ssh_common_args": "-o UserKnownHostsFile={{ known_hosts_path }} -o StrictHostKeyChecking=yes "
         "-o IdentitiesOnly=yes -o ConnectTimeout=10",
-        "ansible_python_interpreter": interpreter,
+        "ansible_python_interpreter": untemplated(interpreter),
         # Files (the burn-in agent) go through `dd` on the server: any OS has it, also one without the sftp
         # subsystem or scp (a minimal image), and the "smart" default's failed sftp and scp tries are skipped.
         "ansible_ssh_transfer_method": "piped",
-        **hostvars,
+        **untemplated(hostvars),
     }
 
 
@@ -330,6 +370,49 @@ def _join(spool: Path, pending: Path, playbook: str, env: dict[str, str]) -> Pat
     return hosts / pending.name
 
 
+def _process_tree() -> dict[int, list[int]]:
+    """Every process's children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the command name may hold spaces and parentheses
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _stop_ansible_processes(private_data_dir: Path) -> None:
+    """Kill the ansible-playbook this process started for ``private_data_dir``, and all its descendants:
+    first stopped (SIGSTOP, so none can start another or be orphaned out of reach), then killed."""
+    marker = str(private_data_dir).encode()
+    roots = []
+    for pid in _process_tree().get(os.getpid(), []):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                roots.append(pid)
+    stopped: set[int] = set()
+    while True:
+        tree = _process_tree()
+        found, todo = set(), list(roots)
+        while todo:
+            pid = todo.pop()
+            found.add(pid)
+            todo.extend(tree.get(pid, []))
+        if found <= stopped:
+            break
+        for pid in found - stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= found
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     """Atomically, and quietly if the follower already left (its directory is gone)."""
     try:
@@ -368,8 +451,15 @@ def _lead(
                 sink.write(line)
         return False  # handled: ansible-runner need not also keep the event in its artifact directory
 
+    private_data_dir = batch / "run"
+
     def all_cancelled() -> bool:
-        return all((d / "cancel").exists() or not d.exists() for d in requests)
+        if not all((d / "cancel").exists() or not d.exists() for d in requests):
+            return False
+        # ansible-runner then kills ansible-playbook's process group only; Ansible's workers each lead a
+        # session of their own (setsid), and their modules (and ssh) would run on.
+        _stop_ansible_processes(private_data_dir)
+        return True
 
     status, rc, output = "failed", -1, ""
     try:
@@ -379,18 +469,21 @@ def _lead(
                 "children": {"nodes": {"hosts": inventory_hosts}},
             }
         }
-        runner = ansible_runner.run(
-            private_data_dir=str(_private_dir(batch / "run")),
+        envvars = {**env, "ANSIBLE_FORKS": str(max(5, len(inventory_hosts)))}
+        runner = ansible_runner.interface.init_runner(
+            private_data_dir=str(_private_dir(private_data_dir)),
             project_dir=str(PLAYBOOK_DIR),
             playbook=playbook,
             inventory=inventory,
-            envvars={**env, "ANSIBLE_FORKS": str(max(5, len(inventory_hosts)))},
+            envvars=envvars,
             event_handler=fan_out,
             cancel_callback=all_cancelled,
             quiet=True,
             timeout=timeout or None,
             settings={"suppress_ansible_output": True, "job_timeout": timeout},
         )
+        runner.config.env = _own_environment(runner.config.env, envvars)
+        runner.run()
         status, rc = runner.status, runner.rc
         if status not in ("successful", "failed", "canceled", "timeout") or rc not in (0, 2):
             output = runner.stdout.read() if runner.stdout else ""
