@@ -69,13 +69,17 @@ def add_member(org: Organization, username: str, *, role: str, actor: Actor) -> 
     :raises NotPermitted: the actor is not an owner.
     :raises InvalidRequest: unknown user or role, or demoting the last owner.
     """
+    # Lock the organization's memberships first, as remove_member does: the actor's role and the owner
+    # count below are then read after any concurrent change commits, so two owners demoting each other at
+    # once cannot leave the organization without an owner.
+    _lock_memberships(org)
     require_owner(org, actor)
     if role not in Membership.Role.values:
         raise InvalidRequest("role must be 'owner' or 'member'")
     user = User.objects.filter(username=username.strip()).first()
     if user is None:
         raise InvalidRequest(f"there is no user called {username.strip()!r}; ask them to sign up first")
-    membership, created = Membership.objects.select_for_update().get_or_create(
+    membership, created = Membership.objects.get_or_create(
         organization=org, user=user, defaults={"role": role}
     )
     if created:
@@ -93,6 +97,17 @@ def _owner_count(org: Organization) -> int:
     return Membership.objects.filter(organization=org, role=Membership.Role.OWNER).count()
 
 
+def _lock_memberships(org: Organization) -> list[Membership]:
+    """Lock (until the transaction ends) and return ``org``'s memberships, users loaded, in id order so
+    that concurrent changes take the locks in the same order."""
+    return list(
+        Membership.objects.select_for_update(of=("self",))
+        .filter(organization=org)
+        .select_related("user")
+        .order_by("pk")
+    )
+
+
 @transaction.atomic
 def remove_member(org: Organization, user_id: int, *, actor: Actor) -> None:
     """Remove a member. Not idempotent: removing someone not in ``org`` is refused.
@@ -100,9 +115,9 @@ def remove_member(org: Organization, user_id: int, *, actor: Actor) -> None:
     :raises NotPermitted: the actor is not an owner.
     :raises InvalidRequest: not a member, or the last owner.
     """
-    require_owner(org, actor)
     # Lock the organization's memberships so two owners removing each other cannot orphan it.
-    rows = list(Membership.objects.select_for_update().filter(organization=org).select_related("user"))
+    rows = _lock_memberships(org)
+    require_owner(org, actor)
     membership = next((m for m in rows if m.user_id == user_id), None)
     if membership is None:
         raise InvalidRequest("that user is not a member of this organization")
