@@ -188,6 +188,10 @@ if NEOCLOUD_NETBOX_SYNC_SECONDS and not (NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX
     raise ImproperlyConfigured(
         "NEOCLOUD_NETBOX_SYNC_SECONDS needs NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN (or _FILE)"
     )
+# Sign-in: wrong passwords for one account from one address within the window before attempts are refused
+# (five times as many from one address over all accounts); see provisioner/services/signin.py.
+NEOCLOUD_SIGNIN_MAX_FAILURES = env_int("NEOCLOUD_SIGNIN_MAX_FAILURES", 10, minimum=1)
+NEOCLOUD_SIGNIN_WINDOW_MINUTES = env_int("NEOCLOUD_SIGNIN_WINDOW_MINUTES", 15, minimum=1)
 # How far ahead a reservation window may start or end (an open-ended one lasts until released).
 NEOCLOUD_MAX_BOOKING_DAYS = env_int("NEOCLOUD_MAX_BOOKING_DAYS", 365, minimum=1)
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)

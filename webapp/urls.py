@@ -3,6 +3,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp.portal.forms import ThrottledAdminSignIn
+
+# the admin's sign-in counts wrong passwords like the portal's (provisioner/services/signin.py)
+admin.site.login_form = ThrottledAdminSignIn
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("boot/", include("provisioner.boot.urls")),

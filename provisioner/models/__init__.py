@@ -4,7 +4,7 @@ from provisioner.models.audit import AuditEvent
 from provisioner.models.inventory import BmcCredential, Image, Node, Rack, ServerType, Site
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
-from provisioner.models.tenancy import ApiToken, Membership, Organization, SSHKey
+from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
 
 __all__ = [
     "Allocation",
@@ -24,6 +24,7 @@ __all__ = [
     "Rollout",
     "SSHKey",
     "ServerType",
+    "SignInFailure",
     "Site",
     "Step",
 ]

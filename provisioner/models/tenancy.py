@@ -116,3 +116,18 @@ class ApiToken(models.Model):
     @classmethod
     def active(cls) -> QuerySet[ApiToken]:
         return cls.objects.filter(Q(revoked_at__isnull=True))
+
+
+class SignInFailure(models.Model):
+    """A wrong password for ``username`` (case-folded) from ``address``: what provisioner.services.signin
+    counts to slow down password guessing. Rows older than the counting window are pruned."""
+
+    username = models.CharField(max_length=150)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["username", "address", "at"]), models.Index(fields=["address", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.username} from {self.address} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -4,9 +4,11 @@ provisioner code; the forms turn its errors into messages next to the right fiel
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.contrib.auth.models import User
 from django.utils import timezone
 
@@ -30,6 +32,35 @@ def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None or timezone.is_aware(value):
         return value
     return timezone.make_aware(value, dt.UTC)
+
+
+class ThrottledSignIn(AuthenticationForm):
+    """Django's sign-in form, counting wrong passwords (provisioner.services.signin): too many from one
+    address are refused before the password is even checked. The portal's form, and the admin's below."""
+
+    def clean(self) -> dict[str, Any]:
+        from provisioner.services import signin
+
+        username = self.cleaned_data.get("username") or ""
+        address = self.request.META.get("REMOTE_ADDR") if self.request else None
+        if username:
+            try:
+                signin.check_allowed(username, address)
+            except signin.SignInThrottled as exc:
+                raise forms.ValidationError(str(exc), code="throttled")
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError as exc:
+            if username and exc.code == "invalid_login":
+                signin.record_failure(username, address)
+            raise
+        if username:
+            signin.record_success(username, address)
+        return cleaned
+
+
+class ThrottledAdminSignIn(ThrottledSignIn, AdminAuthenticationForm):
+    """The Django admin's sign-in (staff only), counted like the portal's."""
 
 
 class SignUpForm(UserCreationForm):

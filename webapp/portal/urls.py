@@ -3,6 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from webapp.portal.forms import ThrottledSignIn
 from webapp.portal.views import account, auth, catalog, operator, reservations
 
 app_name = "portal"
@@ -11,7 +12,9 @@ urlpatterns = [
     path(
         "login/",
         auth_views.LoginView.as_view(
-            template_name="portal/auth/login.html", redirect_authenticated_user=True
+            template_name="portal/auth/login.html",
+            redirect_authenticated_user=True,
+            authentication_form=ThrottledSignIn,
         ),
         name="login",
     ),
