@@ -156,29 +156,32 @@ class RedfishPowerDriver(PowerDriver):
 
         def read(system: Any) -> PowerState:
             state = system.power_state
-            if state in (sushy.PowerState.ON, sushy.PowerState.POWERING_OFF):
-                return PowerState.ON
-            if state in (sushy.PowerState.OFF, sushy.PowerState.POWERING_ON):
+            if state in (sushy.PowerState.ON, sushy.PowerState.POWERING_ON, sushy.PowerState.POWERING_OFF):
+                return PowerState.ON  # on its way up or down, the node has power: never read as off
+            if state == sushy.PowerState.OFF:
                 return PowerState.OFF
             raise BmcCommandFailed(f"{self.access.label} reports no power state")
 
         return self._call("read power state", read)
 
-    def _reset(self, wanted: list[sushy.ResetType], what: str, skip_if: PowerState | None = None) -> None:
+    def _reset(self, wanted: list[sushy.ResetType], what: str, skip_if: frozenset[sushy.PowerState]) -> None:
         def act(system: Any) -> None:
-            if skip_if is not None and self._power_of(system) == skip_if:
+            if system.power_state in skip_if:
                 return  # idempotent: some BMCs answer 409 to "On" when already on
             system.reset_system(self._reset_type(system, wanted, what))
 
         self._call(what, act)
 
-    @staticmethod
-    def _power_of(system: Any) -> PowerState:
-        return PowerState.ON if system.power_state == sushy.PowerState.ON else PowerState.OFF
-
     def power_on(self) -> None:
-        """ResetType On (or ForceOn). Idempotent. :raises BmcUnreachable, BmcAuthFailed, BmcCommandFailed:"""
-        self._reset([sushy.ResetType.ON, sushy.ResetType.FORCE_ON], "power on", skip_if=PowerState.ON)
+        """ResetType On (or ForceOn), unless On or PoweringOn. Idempotent.
+
+        :raises BmcUnreachable, BmcAuthFailed, BmcCommandFailed:
+        """
+        self._reset(
+            [sushy.ResetType.ON, sushy.ResetType.FORCE_ON],
+            "power on",
+            skip_if=frozenset({sushy.PowerState.ON, sushy.PowerState.POWERING_ON}),
+        )
 
     def power_off(self, *, soft: bool = False) -> None:
         """ResetType ForceOff, or GracefulShutdown when ``soft``. Idempotent.
@@ -187,15 +190,21 @@ class RedfishPowerDriver(PowerDriver):
         :raises BmcUnreachable, BmcAuthFailed, BmcCommandFailed:
         """
         if soft:
-            self._reset([sushy.ResetType.GRACEFUL_SHUTDOWN], "soft power off", skip_if=PowerState.OFF)
+            # a shutdown already under way (PoweringOff) is not asked for twice
+            off_or_going = frozenset({sushy.PowerState.OFF, sushy.PowerState.POWERING_OFF})
+            self._reset([sushy.ResetType.GRACEFUL_SHUTDOWN], "soft power off", skip_if=off_or_going)
         else:
-            self._reset([sushy.ResetType.FORCE_OFF], "power off", skip_if=PowerState.OFF)
+            # only Off is off: PoweringOn is coming up, PoweringOff may be a graceful shutdown that hangs
+            self._reset([sushy.ResetType.FORCE_OFF], "power off", skip_if=frozenset({sushy.PowerState.OFF}))
 
     def reset(self) -> None:
-        """ForceRestart when on, On when off. Not idempotent. :raises BmcUnreachable, BmcCommandFailed:"""
+        """On when Off, else ForceRestart (PoweringOn/PoweringOff included). Not idempotent.
+
+        :raises BmcUnreachable, BmcCommandFailed:
+        """
 
         def act(system: Any) -> None:
-            if self._power_of(system) == PowerState.OFF:
+            if system.power_state == sushy.PowerState.OFF:
                 system.reset_system(
                     self._reset_type(system, [sushy.ResetType.ON, sushy.ResetType.FORCE_ON], "power on")
                 )
