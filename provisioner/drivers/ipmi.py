@@ -65,6 +65,7 @@ CMD_SET_BOOT_OPTIONS = 0x08
 CMD_GET_BOOT_OPTIONS = 0x09
 CONTROL_OFF, CONTROL_ON, CONTROL_RESET, CONTROL_SOFT_OFF = 0, 1, 3, 5
 BOOT_PARAM_FLAGS = 5
+BOOT_PARAM_VALID_BIT_CLEARING, KEEP_VALID_BIT = 3, 0x08  # "don't clear the valid bit on the 60 s timeout"
 BOOT_FLAGS_VALID, BOOT_FLAGS_PERSISTENT, BOOT_FLAGS_EFI = 0x80, 0x40, 0x20
 SELECTOR_BY_DEVICE = {BootDevice.PXE: 1, BootDevice.DISK: 2}
 DEVICE_BY_SELECTOR = {v: k for k, v in SELECTOR_BY_DEVICE.items()}
@@ -462,7 +463,15 @@ class IpmiPowerDriver(PowerDriver):
         if setting.mode == BootMode.UEFI:
             flags |= BOOT_FLAGS_EFI
         data = (BOOT_PARAM_FLAGS, flags, selector << 2, 0, 0, 0)
-        (response,) = self._run(IpmiCommand(NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS, data))
+        # First parameter 3: keep the flag past the BMC's 60 s timer (IPMI 2.0 sec. 28.12), as Ironic does:
+        # a power command more than 60 s later (a slow step, a retry) would otherwise boot the old device.
+        # A BMC without parameter 3 refuses it; the flag is then set all the same.
+        keep, response = self._run(
+            IpmiCommand(NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS, (BOOT_PARAM_VALID_BIT_CLEARING, KEEP_VALID_BIT)),
+            IpmiCommand(NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS, data),
+        )
+        if keep.get("code") or "error" in keep:
+            log.debug("%s keeps its 60 s boot flag timer: %s", self.access.label, keep)
         if response.get("code") in (CC_INVALID_DATA, CC_PARAM_UNSUPPORTED):
             raise UnsupportedOperation(
                 f"{self.access.label} does not support booting {setting.device.value} in "

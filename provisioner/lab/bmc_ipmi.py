@@ -151,6 +151,10 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
         self, server: SimulatedServer, address: str, port: int, username: str, password: str
     ) -> None:
         self.server = server
+        # IPMI 2.0 sec. 28.12: a one-time boot flag is cleared when no chassis power command follows within
+        # 60 s, unless parameter 3 ("valid bit clearing") says not to (what careful clients send first)
+        self._boot_flag_set_at: float | None = None
+        self._keep_boot_flag = False
         super().__init__({username: password}, port=port, address=address)
         if ipmisession.iosockets[0] is self.serversocket:
             # pyghmi wakes its I/O thread (asleep in select() on the sockets that existed when it fell
@@ -198,23 +202,38 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
     def get_power_state(self) -> str:
         return "on" if self.server.power_state() == PowerState.ON else "off"
 
+    def _expire_boot_flag(self, power_command: bool = False) -> None:
+        """Clear a one-time boot flag left unused past its timer; a power command stops the timer."""
+        set_at = self._boot_flag_set_at
+        expired = set_at is not None and time.monotonic() - set_at > self.server.faults().boot_flag_timeout
+        if expired and not self._keep_boot_flag:
+            self.server.clear_override()
+            self._boot_flag_set_at = None
+        if power_command:
+            self._boot_flag_set_at = None
+
     def power_on(self) -> int:
+        self._expire_boot_flag(power_command=True)
         self.server.power_on()
         return CC_OK
 
     def power_off(self) -> int:
+        self._expire_boot_flag(power_command=True)
         self.server.power_off()
         return CC_OK
 
     def power_shutdown(self) -> int:
+        self._expire_boot_flag(power_command=True)
         self.server.power_off()
         return CC_OK
 
     def power_reset(self) -> int:
+        self._expire_boot_flag(power_command=True)
         self.server.reset()
         return CC_OK
 
     def power_cycle(self) -> int:
+        self._expire_boot_flag(power_command=True)
         self.server.reset()
         return CC_OK
 
@@ -225,6 +244,7 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
         selector = request["data"][0] & 0x7F if request["data"] else 0
         if selector != 5:
             return session.send_ipmi_response(code=CC_PARAM_UNSUPPORTED)
+        self._expire_boot_flag()
         setting = self.server.boot_setting()
         flags = BOOT_FLAGS_VALID
         if setting.persistent:
@@ -237,7 +257,10 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
     def set_system_boot_options(self, request, session):  # type: ignore[no-untyped-def]
         data = request["data"]
         selector = data[0] & 0x7F if data else -1
-        if selector in (0, 3, 4):  # set-in-progress, service partition, boot info acknowledge
+        if selector == 3:  # valid bit clearing: bit 3 set = keep the flag past the 60 s timer
+            self._keep_boot_flag = len(data) > 1 and bool(data[1] & 0x08)
+            return session.send_ipmi_response()
+        if selector in (0, 2, 4):  # set-in-progress, service partition scan, boot info acknowledge
             return session.send_ipmi_response()
         if selector != 5 or len(data) < 3:
             return session.send_ipmi_response(code=CC_PARAM_UNSUPPORTED)
@@ -255,6 +278,7 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
             self.server.set_boot(setting)
         except ValueError:
             return session.send_ipmi_response(code=CC_INVALID_DATA)
+        self._boot_flag_set_at = None if setting.persistent else time.monotonic()
         return session.send_ipmi_response()
 
 

@@ -8,7 +8,8 @@ State persists in ``<node dir>/state.json`` (written atomically on every change)
 ``lab status`` can read it and a restarted node process keeps it. Faults are read from
 ``<node dir>/faults.json`` on each BMC request so a test can inject them into a running lab:
 ``{"delay": 0.5}`` (answer slowly), ``{"drop": true}`` (never answer), ``{"unsupported_boot": ["pxe",
-"legacy"]}`` (refuse those boot devices or modes).
+"legacy"]}`` (refuse those boot devices or modes), ``{"boot_flag_timeout": 0.5}`` (the IPMI BMC's 60 s
+boot-flag timer, shortened).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Faults:
     delay: float = 0.0
     drop: bool = False
     unsupported_boot: frozenset[str] = frozenset()
+    # IPMI: seconds a boot flag stays valid without a chassis power command (IPMI 2.0 sec. 28.12: 60)
+    boot_flag_timeout: float = 60.0
 
     def refuses(self, setting: BootSetting) -> bool:
         return setting.device.value in self.unsupported_boot or setting.mode.value in self.unsupported_boot
@@ -157,6 +160,7 @@ class SimulatedServer:
                 delay=float(data.get("delay", 0.0)),
                 drop=bool(data.get("drop", False)),
                 unsupported_boot=frozenset(data.get("unsupported_boot", ())),
+                boot_flag_timeout=float(data.get("boot_flag_timeout", 60.0)),
             )
             self._faults_mtime = mtime
         return self._faults
@@ -191,6 +195,13 @@ class SimulatedServer:
             else:
                 self.override = setting
             self._save()
+
+    def clear_override(self) -> None:
+        """Forget the one-time boot device (the persistent one applies again). Idempotent."""
+        with self._lock:
+            if self.override is not None:
+                self.override = None
+                self._save()
 
     def power_on(self) -> None:
         """Power on (booting the next boot device). Idempotent."""

@@ -281,7 +281,7 @@ def up(
         where, pids = next(iter(others.items()))
         raise LabError(
             f"another lab runs from {where} ({len(pids)} node process(es), pids {', '.join(map(str, sorted(pids)))}) "
-            f"and holds the lab's addresses; stop it first: python -m provisioner.lab down --lab-dir {where}"
+            f"and holds the lab's addresses; stop it first: python -m provisioner.lab --lab-dir {where} down"
         )
     specs = load_specs(lab_dir)
     wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port)
