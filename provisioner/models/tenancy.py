@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import secrets
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 
 class Organization(models.Model):
@@ -95,6 +97,7 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="refused from then on; empty: never")
 
     class Meta:
         ordering = ["-created_at"]
@@ -107,15 +110,31 @@ class ApiToken(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user: object, name: str) -> tuple[ApiToken, str]:
+    def issue(
+        cls, user: object, name: str, expires_at: datetime.datetime | None = None
+    ) -> tuple[ApiToken, str]:
         """Create a token; returns the row and the plaintext token (the only time it exists)."""
         token = cls.PREFIX + secrets.token_urlsafe(32)
-        row = cls.objects.create(user=user, name=name, token_hash=cls.hash(token), hint=token[:10])
+        row = cls.objects.create(
+            user=user, name=name, token_hash=cls.hash(token), hint=token[:10], expires_at=expires_at
+        )
         return row, token
 
     @classmethod
     def active(cls) -> QuerySet[ApiToken]:
-        return cls.objects.filter(Q(revoked_at__isnull=True))
+        """Tokens that work now: not revoked, not expired."""
+        return cls.objects.filter(
+            Q(revoked_at__isnull=True), Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        )
+
+    @property
+    def status(self) -> str:
+        """active, expired or revoked (for lists)."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
 
 
 class SignInFailure(models.Model):

@@ -6,6 +6,7 @@ last owner cannot leave (the organization would be orphaned). Tokens belong to a
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -161,17 +162,29 @@ def delete_ssh_key(key: SSHKey, *, actor: Actor) -> None:
     key.delete()
 
 
-@transaction.atomic
-def issue_token(user: User, name: str, *, actor: Actor) -> tuple[ApiToken, str]:
-    """Create an API token for ``user``. Returns (row, plaintext); the plaintext exists only here.
+TOKEN_MAX_DAYS = 365
 
-    :raises InvalidRequest: empty name.
+
+@transaction.atomic
+def issue_token(
+    user: User, name: str, *, actor: Actor, expires_in_days: int | None = None
+) -> tuple[ApiToken, str]:
+    """Create an API token for ``user``, valid until revoked or, with ``expires_in_days``, until then.
+    Returns (row, plaintext); the plaintext exists only here.
+
+    :raises InvalidRequest: empty name, or a lifetime outside 1..TOKEN_MAX_DAYS days.
     """
     name = (name or "").strip()
     if not name:
         raise InvalidRequest("give the token a name, e.g. 'ci' or 'laptop'")
-    row, plaintext = ApiToken.issue(user, name[:100])
-    record(actor, "token_issue", reason=f"{row.name} ({row.hint}…) for {user.username}")
+    expires_at = None
+    if expires_in_days is not None:
+        if isinstance(expires_in_days, bool) or not 1 <= expires_in_days <= TOKEN_MAX_DAYS:
+            raise InvalidRequest(f"a token lasts 1 to {TOKEN_MAX_DAYS} days, or until revoked")
+        expires_at = timezone.now() + dt.timedelta(days=expires_in_days)
+    row, plaintext = ApiToken.issue(user, name[:100], expires_at=expires_at)
+    until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
+    record(actor, "token_issue", reason=f"{row.name} ({row.hint}…) for {user.username}{until}")
     return row, plaintext
 
 

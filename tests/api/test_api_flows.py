@@ -178,7 +178,7 @@ def test_token_shown_once_stored_hashed_and_revocable(inventory):
     assert client.delete(f"{V1}/tokens/{row.pk}").status_code == 204
     refused = fresh.get(f"{V1}/reservations")
     assert refused.status_code == 401
-    assert refused.json()["error"]["message"] == "invalid or revoked API token"
+    assert refused.json()["error"]["message"] == "invalid, revoked or expired API token"
     assert client.delete(f"{V1}/tokens/{row.pk}").status_code == 204  # idempotent
 
 

@@ -30,7 +30,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         except ApiToken.DoesNotExist:
             row = None
         if row is None or not row.user.is_active:
-            raise exceptions.AuthenticationFailed("invalid or revoked API token")
+            raise exceptions.AuthenticationFailed("invalid, revoked or expired API token")
         now = timezone.now()
         # "Last used" to the minute is enough: a busy client does not write on every request.
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:

@@ -446,7 +446,12 @@ class TokenViewSet(
     )
     def create(self, request: Request) -> Response:
         data = _valid(s.ApiTokenCreateSerializer, request)
-        row, plaintext = tenancy.issue_token(_user(request), data["name"], actor=Actor.from_request(request))
+        row, plaintext = tenancy.issue_token(
+            _user(request),
+            data["name"],
+            actor=Actor.from_request(request),
+            expires_in_days=data.get("expires_in_days"),
+        )
         body = dict(s.ApiTokenSerializer(row).data, token=plaintext)
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 

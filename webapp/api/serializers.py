@@ -139,11 +139,18 @@ class MemberAddSerializer(serializers.Serializer):
 class ApiTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "hint", "created_at", "last_used_at", "revoked_at"]
+        fields = ["id", "name", "hint", "created_at", "last_used_at", "revoked_at", "expires_at"]
 
 
 class ApiTokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=365,
+        help_text="the token stops working this many days from now; leave out for one that lasts until revoked",
+    )
 
 
 class ApiTokenIssuedSerializer(ApiTokenSerializer):

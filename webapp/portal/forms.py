@@ -189,6 +189,19 @@ class TokenForm(forms.Form):
     name = forms.CharField(
         max_length=100, label="Token name", help_text="Where it will be used, e.g. 'ci-pipeline'."
     )
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires",
+        choices=[
+            ("", "Never (until revoked)"),
+            ("7", "In 7 days"),
+            ("30", "In 30 days"),
+            ("90", "In 90 days"),
+            ("365", "In a year"),
+        ],
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
 
 
 class InviteForm(forms.Form):

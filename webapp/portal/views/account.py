@@ -115,7 +115,10 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         row, plaintext = tenancy.issue_token(
-            signed_in(request), form.cleaned_data["name"], actor=Actor.from_request(request)
+            signed_in(request),
+            form.cleaned_data["name"],
+            actor=Actor.from_request(request),
+            expires_in_days=form.cleaned_data["expires_in_days"],
         )
         # Shown once, on the next page: only its hash is stored.
         request.session[_NEW_TOKEN_SESSION_KEY] = {"name": row.name, "token": plaintext}
