@@ -33,7 +33,9 @@ def test_a_pxe_once_flag_set_by_our_driver_outlives_the_bmcs_timer(
         # a client that lets the timer run (parameter 3 cleared, then the flag alone): the BMC drops the flag
         driver._run(
             ipmi.IpmiCommand(ipmi.NETFN_CHASSIS, ipmi.CMD_SET_BOOT_OPTIONS, (3, 0x00)),
-            ipmi.IpmiCommand(ipmi.NETFN_CHASSIS, ipmi.CMD_SET_BOOT_OPTIONS, (5, 0x80 | 0x20, 1 << 2, 0, 0, 0)),
+            ipmi.IpmiCommand(
+                ipmi.NETFN_CHASSIS, ipmi.CMD_SET_BOOT_OPTIONS, (5, 0x80 | 0x20, 1 << 2, 0, 0, 0)
+            ),
         )
         assert driver.get_boot_device() == PXE_ONCE
         time.sleep(0.6)
