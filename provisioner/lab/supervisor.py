@@ -116,23 +116,29 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _is_node_process(pid: int, lab_dir: Path, name: str | None = None) -> bool:
-    """True when pid is a running node process of this lab (guards against pid reuse)."""
+def _node_process_lab(pid: int) -> tuple[Path, str] | None:
+    """(lab directory, node name) of a running node process, None for any other pid (guards against pid
+    reuse: zombies and other programs are None)."""
     args = _cmdline(pid)
     if NODE_MODULE not in args or "--lab-dir" not in args:
-        return False
+        return None
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        given = Path(args[args.index("--lab-dir") + 1])
+        if not given.is_absolute():
+            given = Path(os.readlink(f"/proc/{pid}/cwd")) / given
     except (OSError, IndexError):
-        return False
+        return None
     if state == "Z":
-        return False
-    given = Path(args[args.index("--lab-dir") + 1])
-    if not given.is_absolute():
-        given = Path(os.readlink(f"/proc/{pid}/cwd")) / given
-    if given.resolve() != lab_dir.resolve():
-        return False
-    return name is None or ("--name" in args and args[args.index("--name") + 1] == name)
+        return None
+    name = args[args.index("--name") + 1] if "--name" in args[:-1] else ""
+    return given.resolve(), name
+
+
+def _is_node_process(pid: int, lab_dir: Path, name: str | None = None) -> bool:
+    """True when pid is a running node process of this lab (guards against pid reuse)."""
+    found = _node_process_lab(pid)
+    return found is not None and found[0] == lab_dir.resolve() and name in (None, found[1])
 
 
 def other_labs(lab_dir: Path) -> dict[Path, list[int]]:
@@ -140,19 +146,9 @@ def other_labs(lab_dir: Path) -> dict[Path, list[int]]:
     the same addresses (127.0.10.<i>, 198.18.0.<i+1>, namespace nclab-<i>), so one machine runs one lab."""
     others: dict[Path, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        args = _cmdline(int(entry.name))
-        if NODE_MODULE not in args or "--lab-dir" not in args:
-            continue
-        try:
-            given = Path(args[args.index("--lab-dir") + 1])
-            if not given.is_absolute():
-                given = Path(os.readlink(f"/proc/{entry.name}/cwd")) / given
-        except (IndexError, OSError):
-            continue
-        if given.resolve() != lab_dir.resolve() and _is_node_process(int(entry.name), given):
-            others.setdefault(given.resolve(), []).append(int(entry.name))
+        found = _node_process_lab(int(entry.name)) if entry.name.isdigit() else None
+        if found is not None and found[0] != lab_dir.resolve():
+            others.setdefault(found[0], []).append(int(entry.name))
     return others
 
 

@@ -41,12 +41,12 @@ from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
 from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
-from provisioner.models import BmcCredential, Node, Operation, Rack, ServerType, Site
+from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor, record
 from provisioner.services.inventory import checked_port, normalize_mac, read_password, required_field
 from provisioner.services.lifecycle import process_event
-from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState, OperationState
+from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -379,20 +379,11 @@ def _wanted(
     }
 
 
-def _busy(node: Node) -> bool:
-    return (
-        bool(node.lease_owner)
-        or Operation.objects.filter(
-            node=node, state__in=[OperationState.PENDING, OperationState.RUNNING]
-        ).exists()
-    )
-
-
 def _why_not_idle(node: Node) -> str:
     """Why the sync must not change ``node`` now ('' when it may)."""
     if node.state in LEASED_STATES or node.reservation_id is not None:
         return f"leased ({node.state})"
-    if node.state in TRANSIENT_STATES or _busy(node):
+    if node.state in TRANSIENT_STATES or node.lease_owner or node_services.busy(node):
         return f"mid-operation ({node.state})"
     return ""
 

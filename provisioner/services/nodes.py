@@ -12,22 +12,30 @@ from provisioner.services.lifecycle import process_event
 from provisioner.states import LEASED_STATES, NodeEvent, NodeState, OperationKind, OperationState
 
 
-def _busy(node: Node) -> bool:
+def busy(node: Node) -> bool:
+    """An operation on the node is pending or running."""
     return Operation.objects.filter(
         node=node, state__in=[OperationState.PENDING, OperationState.RUNNING]
     ).exists()
 
 
-def _lock_idle(node: Node, doing: str) -> Node:
-    """Lock the node's row (call inside a transaction) and refuse when an operation is working on it: an
-    operator decision taken mid-operation would be undone by, or would undo, that operation's steps.
+def _refuse_if_busy(node: Node, doing: str) -> Node:
+    """Refuse when an operation is working on the (locked) node: an operator decision taken mid-operation
+    would be undone by, or would undo, that operation's steps.
 
     :raises IllegalTransition: an operation on the node is pending or running.
     """
-    node = Node.objects.select_for_update().get(pk=node.pk)
-    if _busy(node):
+    if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation; {doing} when it finishes")
     return node
+
+
+def _lock_idle(node: Node, doing: str) -> Node:
+    """Lock the node's row (call inside a transaction) and refuse when an operation is working on it.
+
+    :raises IllegalTransition: an operation on the node is pending or running.
+    """
+    return _refuse_if_busy(Node.objects.select_for_update().get(pk=node.pk), doing)
 
 
 def _refuse_if_held(node: Node, doing: str) -> None:
@@ -58,7 +66,7 @@ def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "", whe
         locked = Node.objects.select_for_update().get(pk=node.pk)
         if when_free and locked.state in HOLD_WHEN_FREE_STATES:
             return request_hold(locked, actor=actor, reason=reason or "operator hold")
-        node = _lock_idle(locked, "put it on hold")
+        node = _refuse_if_busy(locked, "put it on hold")
         return process_event(
             node, NodeEvent.MAINTAIN, actor=actor, reason=reason or "operator hold", hold_requested=""
         )
@@ -69,7 +77,7 @@ def set_maintenance(node: Node, on: bool, *, actor: Actor, reason: str = "", whe
         record(actor, "hold_withdrawn", node=locked, reason=reason or f"withdrawn: {locked.hold_requested}")
         locked.refresh_from_db()
         return locked
-    node = _lock_idle(locked, "lift the hold")
+    node = _refuse_if_busy(locked, "lift the hold")
     _refuse_if_held(node, "lift the hold")
     node = process_event(node, NodeEvent.UNMAINTAIN, actor=actor, reason=reason or "hold lifted")
     enqueue(create_operation(OperationKind.CLEAN, node, requested_by=actor.user))
@@ -143,7 +151,7 @@ def recover(node: Node, *, actor: Actor, reason: str = "") -> Node:
 def rerun_burnin(node: Node, *, actor: Actor) -> Operation:
     if node.state != NodeState.QUARANTINED:
         raise IllegalTransition(f"burn-in can be re-run on quarantined servers; {node.name} is {node.state}")
-    if _busy(node):
+    if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation")
     op = create_operation(OperationKind.BURNIN, node, requested_by=actor.user)
     record(actor, "burnin_rerun", node=node, operation=op, reason="operator re-run of burn-in")
@@ -161,7 +169,7 @@ def reimage(
     :raises IllegalTransition: leased without force, busy, or in a state that cannot be reimaged.
     """
     node = Node.objects.select_for_update().get(pk=node.pk)
-    if _busy(node):
+    if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation; try again when it finishes")
     if node.state in LEASED_STATES and not force:
         raise IllegalTransition(
@@ -197,7 +205,7 @@ def reimage(
 def power(node: Node, action: str, *, actor: Actor) -> Operation:
     if action not in {"on", "off", "reset", "pxe"}:
         raise InvalidRequest("power action must be on, off, reset or pxe")
-    if _busy(node):
+    if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation")
     op = create_operation(OperationKind.POWER, node, requested_by=actor.user, params={"action": action})
     record(actor, "power", node=node, operation=op, reason=action)
