@@ -16,6 +16,7 @@ from provisioner.services.reservations import (
     _start_provisioning,
     free_nodes,
     settle_reservation,
+    take_node_out,
 )
 from provisioner.states import (
     TRANSIENT_STATES,
@@ -86,12 +87,7 @@ def replace_failed_node(node: Node, reservation: Reservation, actor: Actor, reas
     """Take a failed node out of the reservation and provision a healthy spare of the same type if one is
     free for the rest of the window. Without a spare the reservation waits (the scheduler retries)."""
     with transaction.atomic():
-        now = timezone.now()
-        Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
-            active=False, ended_at=now, end_reason=f"replaced: {reason}"[:200]
-        )
-        Node.objects.filter(pk=node.pk, reservation=reservation).update(owner=None, reservation=None)
-        record(actor, "replace_node", node=node, reservation=reservation, reason=reason)
+        take_node_out(reservation, node, actor, reason)
     return add_spare(reservation, actor)
 
 

@@ -522,10 +522,16 @@ OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
 def _let_go_out_of_service(reservation: Reservation, node: Node, actor: Actor) -> None:
     """End the reservation's allocation of a node that is out of service (call inside a transaction)."""
     held = f"on hold once free: {node.hold_requested}" if node.hold_requested else ""
-    reason = f"out of service ({held or node.state}) when the window started"
+    take_node_out(reservation, node, actor, f"out of service ({held or node.state}) when the window started")
+
+
+def take_node_out(reservation: Reservation, node: Node, actor: Actor, reason: str) -> None:
+    """End the reservation's allocation of ``node`` and its hold on it, audited as replace_node (call inside
+    a transaction; a spare is the caller's business: hooks.add_spare)."""
     Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
         active=False, ended_at=timezone.now(), end_reason=f"replaced: {reason}"[:200]
     )
+    Node.objects.filter(pk=node.pk, reservation=reservation).update(owner=None, reservation=None)
     record(actor, "replace_node", node=node, reservation=reservation, reason=reason)
 
 
