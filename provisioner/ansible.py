@@ -494,10 +494,11 @@ def _lead(
         for sink in sinks.values():
             with contextlib.suppress(OSError):
                 sink.close()
+        # ansible-runner's run directory (inventory, env, artifacts) is gone before any caller has its result
+        shutil.rmtree(batch / "run", ignore_errors=True)
         done = {"status": status, "rc": rc, "output": output[-1500:], "batch_size": len(inventory_hosts)}
         for d in requests:
             _write_json(d / "done.json", done)
-        shutil.rmtree(batch / "run", ignore_errors=True)
         running.close()
         # each follower removes its own directory once it has read its result
         deadline = time.monotonic() + 120

@@ -154,7 +154,9 @@ def test_batch_files_are_private_and_removed_after_the_run(
     run_playbook("power.yml", host=node.name, hostvars=local_host(action="status"), log=spy, files=files)
     assert modes.pop("secret") == 0o600
     assert len(modes) >= 4 and set(modes.values()) == {0o700}, modes
-    assert not list(spool.rglob("secret")) and not list(spool.rglob("bmc"))
+    # the batch leader may still be removing the (by now empty) batch directory: walk, tolerating that
+    left = [name for _, dirs, files in os.walk(spool) for name in dirs + files if name in ("secret", "bmc")]
+    assert not left
 
 
 def test_two_runs_for_the_same_node_never_share_a_batch(inventory, fake_hw_dir, transactional_db):
