@@ -13,6 +13,11 @@ instead (a thread per connection, a new database connection per request), to com
 its next request when it has the answer, so the mean latency is about clients / throughput. No worker runs:
 provisioning and release operations stay queued, as they would while workers are busy.
 
+Then, unless ``--floor-seconds 0``, the same clients send the cheapest authenticated request of the API (GET
+/api/v1/images: token lookup, one query, a short JSON page) in the same closed loop: the floor. No request on
+this stack and machine is faster, so where the floor's own p99 is above a latency target, no reservation code
+can meet that target here.
+
 Then, unless ``--open-rate 0``, the same mix arrives at ``--open-rate`` requests per second for
 ``--open-seconds`` whatever the answers' latency (an open loop, latency counted from when each request was
 due): how long a request takes when the server is not saturated.
@@ -250,6 +255,24 @@ def client_loop(base: str, token: str, deadline: float, results: Results, seed_v
             mine.append(created)
 
 
+def floor_loop(base: str, token: str, deadline: float, results: Results) -> None:
+    """A closed-loop client of the cheapest authenticated request: GET /api/v1/images (token lookup, one
+    query, a short JSON page). What any API request costs at least on this machine with this stack."""
+    import requests
+
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {token}"}
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            response = session.get(f"{base}/api/v1/images", timeout=30, headers=headers)
+        except requests.RequestException as exc:
+            with results.lock:
+                results.errors[type(exc).__name__] += 1
+            continue
+        results.add("floor", response.status_code, time.perf_counter() - started)
+
+
 def open_loop(base: str, tokens: list[str], rate: float, seconds: float, results: Results) -> float:
     """Requests arriving at a fixed rate, whatever the latency of earlier ones (users who do not wait for
     each other), spread over the clients' tokens. Latency counts from when a request was due, so a server
@@ -363,6 +386,13 @@ def main() -> int:
         help="after the closed loop, requests per second arriving regardless of answers (0: skip)",
     )
     parser.add_argument("--open-seconds", type=float, default=15)
+    parser.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=10,
+        help="then the same clients send the cheapest authenticated request (GET /api/v1/images) for this "
+        "long: the latency no API request can beat here (0: skip)",
+    )
     parser.add_argument("--server", choices=["gunicorn", "wsgiref"], default="gunicorn")
     parser.add_argument(
         "--server-procs",
@@ -456,6 +486,20 @@ def main() -> int:
         cpu = cpu_used(cpu_before, cpu_snapshot(servers, args.database_url))
         cpu["load generator"] = time.process_time() - client_before
         others = machine_busy_seconds() - busy_before - sum(cpu.values())
+        floor_results, floor_started = Results(), time.monotonic()
+        floor_threads = [
+            threading.Thread(
+                target=floor_loop,
+                args=(base, tok, floor_started + args.floor_seconds, floor_results),
+                daemon=True,
+            )
+            for tok in (tokens if args.floor_seconds else [])
+        ]
+        for t in floor_threads:
+            t.start()
+        for t in floor_threads:
+            t.join(timeout=args.floor_seconds + 60)
+        floor_elapsed = time.monotonic() - floor_started
         open_results = Results()
         open_elapsed = (
             open_loop(base, tokens, args.open_rate, args.open_seconds, open_results)
@@ -502,6 +546,16 @@ def main() -> int:
             f"open loop: {args.open_rate:g} req/s offered for {args.open_seconds:g} s, "
             f"{answered / open_elapsed:.0f} req/s answered ({errors} errors), "
             f"p50 {statistics.median(open_ms):.0f} ms, p99 {percentile(open_ms, 0.99):.0f} ms"
+        )
+    if floor_results.latencies:
+        floor_ms = [x * 1000 for x in floor_results.latencies]
+        floor_bad = sum(n for (_, code), n in floor_results.statuses.items() if code != 200)
+        floor_bad += sum(floor_results.errors.values())
+        print(
+            f"floor: the same {args.clients} clients on GET /api/v1/images (token, one query, JSON): "
+            f"{len(floor_ms) / floor_elapsed:.0f} req/s, p50 {statistics.median(floor_ms):.0f} ms, "
+            f"p99 {percentile(floor_ms, 0.99):.0f} ms ({floor_bad} not 200): no request of this API is "
+            "cheaper, so no reservation code on this stack beats that latency on this machine"
         )
     # Little's law for a closed loop: mean latency = clients / throughput, and the throughput of a
     # saturated machine is its cores over the CPU one request costs, summed over every process involved.
