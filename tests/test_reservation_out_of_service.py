@@ -97,3 +97,25 @@ def test_a_booked_server_back_in_service_in_time_is_the_one_started(inventory):
     assert start_due_reservations() == 2
     assert set(Node.objects.filter(reservation=r).values_list("pk", flat=True)) == booked
     assert not Allocation.objects.filter(reservation=r, active=False).exists()
+
+
+@pytest.mark.django_db
+def test_a_spare_is_added_once_the_rest_of_the_window_is_started_when_another_server_was_still_wiping(
+    inventory,
+):
+    r = _book_future(inventory, 2)
+    held, wiping = (a.node for a in Allocation.objects.filter(reservation=r, active=True).order_by("node_id"))
+    set_maintenance(held, True, actor=OPERATOR, reason="fan replacement")
+    Node.objects.filter(pk=wiping.pk).update(state=NodeState.CLEANING)  # its previous lease's wipe runs late
+    _window_starts(r)
+
+    assert start_due_reservations() == 0  # the held server is let go; the other one is not free yet
+
+    Node.objects.filter(pk=wiping.pk).update(state=NodeState.AVAILABLE)  # the wipe ends
+    assert start_due_reservations() == 2  # the booked server and a spare for the held one
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 2
+    assert Node.objects.filter(reservation=r).count() == 2
+    assert not Node.objects.filter(reservation=r, pk=held.pk).exists()

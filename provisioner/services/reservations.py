@@ -509,8 +509,13 @@ def start_due_reservations(actor: Actor | None = None) -> int:
                 _let_go_out_of_service(reservation, node, actor)
             in_service = [node for node in pending if node not in out_of_service]
             started += len(_start_nodes(reservation, in_service, actor))
+            # a server let go on an earlier pass, while another booked one was still being wiped (the
+            # reservation stayed scheduled and add_spare refused it), is replaced once the rest has started
+            short = (
+                Allocation.objects.filter(reservation=reservation, active=True).count() < reservation.count
+            )
         # after the commit: a spare locks the server type, then the reservation (booking's order)
-        if out_of_service:
+        if short:
             while add_spare(reservation, actor, why=OUT_OF_SERVICE_WHY) is not None:
                 started += 1
     return started
