@@ -41,6 +41,18 @@ def require_owner(org: Organization, actor: Actor) -> None:
         raise NotPermitted(f"only an owner of {org.name} can change its members")
 
 
+def _name_taken(name: str) -> bool:
+    return Organization.objects.filter(name__iexact=name).exists()
+
+
+def _free_slug(base: str) -> str:
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
 @transaction.atomic
 def create_organization(user: User, name: str, *, actor: Actor) -> Organization:
     """Create an organization with ``user`` as its owner. Not idempotent: a taken name is refused.
@@ -50,14 +62,24 @@ def create_organization(user: User, name: str, *, actor: Actor) -> Organization:
     name = name.strip()
     if not name:
         raise InvalidRequest("give the organization a name")
-    if Organization.objects.filter(name__iexact=name).exists():
-        raise InvalidRequest(f"an organization called {name!r} already exists; pick another name")
+    taken = InvalidRequest(f"an organization called {name!r} already exists; pick another name")
+    if _name_taken(name):
+        raise taken
     base = slugify(name)[:90] or "org"
-    slug, n = base, 1
-    while Organization.objects.filter(slug=slug).exists():
-        n += 1
-        slug = f"{base}-{n}"
-    org = Organization.objects.create(name=name, slug=slug)
+    # Two sign-ups may pick the same name (or names with one slug: "Acme", "ACME") at the same instant:
+    # both pass the checks above and the second insert hits a unique index. Names that differ only in
+    # case share a slug, so the slug index also keeps names unique regardless of case. Then the name is
+    # either taken now (refused, as above) or only the slug was: take the next free one.
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                org = Organization.objects.create(name=name, slug=_free_slug(base))
+            break
+        except IntegrityError:
+            if _name_taken(name):
+                raise taken from None
+    else:
+        raise InvalidRequest(f"could not find a free short name for {name!r}; try again")
     Membership.objects.create(organization=org, user=user, role=Membership.Role.OWNER)
     record(actor, "org_create", organization=org, reason=name)
     return org

@@ -233,3 +233,42 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(inventory, monke
     owners = Membership.objects.filter(organization=acme, role="owner").count()
     assert owners == 1, (owners, outcomes)
     assert sorted(outcomes) in (["InvalidRequest", "ok"], ["NotPermitted", "ok"]), outcomes
+
+
+@pytest.mark.parametrize("racing_name", ["Acme", "ACME", "acme!"])
+def test_two_sign_ups_racing_for_one_organization_name_get_a_clear_refusal_not_a_500(
+    db, monkeypatch, racing_name
+):
+    """The race: both requests pass the "name taken?" check before either inserts. The one that inserts
+    second must hear "already exists" (or get the next short name), never an IntegrityError."""
+    from django.contrib.auth.models import User
+
+    from provisioner.models import Organization
+
+    second = User.objects.create_user("second-acme")
+    real_taken = tenancy._name_taken
+    calls = []
+
+    def taken_after_the_other_inserts(name: str) -> bool:
+        calls.append(name)
+        if len(calls) == 1:  # this request checks just before the other one commits "Acme"
+            Organization.objects.create(name="Acme", slug="acme")
+            return False
+        return real_taken(name)
+
+    real_free_slug = tenancy._free_slug
+    slugs = iter(["acme"])  # it also chose its short name before the other request inserted
+
+    def stale_slug(base: str) -> str:
+        return next(slugs, None) or real_free_slug(base)
+
+    monkeypatch.setattr(tenancy, "_name_taken", taken_after_the_other_inserts)
+    monkeypatch.setattr(tenancy, "_free_slug", stale_slug)
+    if racing_name.lower() == "acme":
+        with pytest.raises(tenancy.InvalidRequest, match="already exists"):
+            tenancy.create_organization(second, racing_name, actor=Actor(user=second, label="second"))
+        assert not Membership.objects.filter(user=second).exists()
+    else:  # another name with the same short name: it gets the next free one
+        org = tenancy.create_organization(second, racing_name, actor=Actor(user=second, label="second"))
+        assert (org.name, org.slug) == ("acme!", "acme-2")
+        assert Membership.objects.get(user=second).organization == org
