@@ -13,7 +13,12 @@ from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import write_fake_bmc
 from provisioner.models import ApiToken, Node, Operation, Rollout
 from provisioner.services.audit import Actor
-from provisioner.services.rollouts import advance_rollout, advance_running_rollouts, start_rollout
+from provisioner.services.rollouts import (
+    MAX_ROLLOUT_NODES,
+    advance_rollout,
+    advance_running_rollouts,
+    start_rollout,
+)
 from provisioner.states import NodeState, OperationState
 from tests.conftest import wait_for
 
@@ -216,6 +221,27 @@ def test_rollout_refuses_references_that_match_no_node_and_names_each(inventory)
         bad = client.post(f"{V1}/admin/reimage-rollouts", {"nodes": wrong, "max_parallel": 1}, format="json")
         assert bad.status_code == 400, (wrong, bad.content)
     assert Rollout.objects.count() == 0
+
+
+def test_a_failure_budget_beyond_any_rollout_is_a_clear_400_not_a_500(inventory):
+    """A rollout covers at most MAX_ROLLOUT_NODES nodes, so a larger budget means nothing; a huge one
+    overflowed the database column (OverflowError on SQLite, out of range on PostgreSQL): a 500."""
+    client = operator_client(inventory)
+    for budget in (MAX_ROLLOUT_NODES + 1, 3_000_000_000, 10**20):
+        refused = client.post(
+            f"{V1}/admin/reimage-rollouts",
+            {"nodes": ["node-h100-8x-01"], "max_parallel": 1, "failure_budget": budget},
+            format="json",
+        )
+        assert refused.status_code == 400, (budget, refused.content)
+        assert "failure_budget" in refused.json()["error"]["details"]
+    assert Rollout.objects.count() == 0
+    most = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"nodes": ["node-h100-8x-01"], "max_parallel": 1, "failure_budget": MAX_ROLLOUT_NODES},
+        format="json",
+    )
+    assert most.status_code == 202, most.content
 
 
 def test_rollout_schema_documents_node_ids_as_integers_and_names_as_strings(inventory):

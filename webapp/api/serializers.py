@@ -27,6 +27,7 @@ from provisioner.models import (
     Step,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services.rollouts import MAX_ROLLOUT_NODES
 from provisioner.sshkeys import ssh_command
 from provisioner.states import LEASED_STATES, StepState
 
@@ -619,7 +620,13 @@ class RolloutCreateSerializer(serializers.Serializer):
     filter = NodeFilterSpecSerializer(required=False, help_text="instead of nodes: every node matching this")
     image = serializers.CharField(max_length=100, required=False, help_text="image slug")
     max_parallel = serializers.IntegerField(min_value=1, max_value=1000)
-    failure_budget = serializers.IntegerField(min_value=0, default=0)
+    failure_budget = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_ROLLOUT_NODES,
+        default=0,
+        help_text="halt once more than this many nodes fail; a rollout covers at most "
+        f"{MAX_ROLLOUT_NODES} nodes, so {MAX_ROLLOUT_NODES} never halts",
+    )
     force = serializers.BooleanField(default=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
