@@ -119,3 +119,41 @@ def test_a_spare_is_added_once_the_rest_of_the_window_is_started_when_another_se
     assert Allocation.objects.filter(reservation=r, active=True).count() == 2
     assert Node.objects.filter(reservation=r).count() == 2
     assert not Node.objects.filter(reservation=r, pk=held.pk).exists()
+
+
+@pytest.mark.django_db
+def test_a_server_taken_out_without_its_spare_being_added_gets_one_on_the_next_scheduler_pass(inventory):
+    # A worker killed between taking a failed server out (committed) and adding its spare must not leave
+    # the reservation one server short for good.
+    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.services.reservations import take_node_out
+
+    r = reserve(inventory, 1)
+    failed = Node.objects.get(reservation=r)
+    take_node_out(r, failed, OPERATOR, "burn-in failed")
+
+    housekeeping_pass()
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    spare = Node.objects.get(reservation=r)
+    assert spare.pk != failed.pk and spare.state == NodeState.RESERVED
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_waiting_reservation_keeps_saying_why_it_waits_on_later_scheduler_passes(inventory):
+    r = _book_future(inventory, 1)
+    for node in Node.objects.filter(server_type=inventory.h100):
+        set_maintenance(node, True, actor=OPERATOR)
+    _window_starts(r)
+    start_due_reservations()
+    r.refresh_from_db()
+    assert r.state == ReservationState.WAITING
+    said = r.status_message
+
+    assert fill_waiting_reservations() == 0
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.WAITING
+    assert r.status_message == said  # not "failed its checks before handover": it never was handed over

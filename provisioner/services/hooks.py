@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from django.db import transaction
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from provisioner.errors import BurnInFailed, CapacityError, IllegalTransition
@@ -91,11 +92,16 @@ def replace_failed_node(node: Node, reservation: Reservation, actor: Actor, reas
     return add_spare(reservation, actor)
 
 
+# What a retry says about a missing server whose cause it does not know (fill_waiting_reservations).
+MISSING_WHY = "was taken out of your reservation"
+
+
 def add_spare(
-    reservation: Reservation, actor: Actor, *, why: str = "failed its checks before handover"
+    reservation: Reservation, actor: Actor, *, why: str | None = "failed its checks before handover"
 ) -> Node | None:
     """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free.
-    ``why`` completes "One server ..." in the reservation's status message."""
+    ``why`` completes "One server ..." in the reservation's status message; None (a retry, which does not
+    know why the server is missing) leaves a waiting reservation's message, which says why, as it is."""
     try:
         with transaction.atomic():
             _lock_server_type(reservation.server_type)
@@ -122,7 +128,9 @@ def add_spare(
                 reservation=reservation, node=spare, starts_at=start, ends_at=reservation.ends_at
             )
             reservation.state = ReservationState.PROVISIONING
-            reservation.status_message = f"One server {why} and was replaced by a healthy spare."
+            reservation.status_message = (
+                f"One server {why or MISSING_WHY} and was replaced by a healthy spare."
+            )
             reservation.save(update_fields=["state", "status_message"])
             record(
                 actor,
@@ -134,10 +142,13 @@ def add_spare(
             _start_provisioning(reservation, spare, actor)
             return spare
     except CapacityError:
-        Reservation.objects.filter(pk=reservation.pk).update(
+        waiting = Reservation.objects.filter(pk=reservation.pk)
+        if why is None:
+            waiting = waiting.exclude(state=ReservationState.WAITING)
+        waiting.update(
             state=ReservationState.WAITING,
             status_message=(
-                f"One server {why} and no healthy spare of this type is free right now. "
+                f"One server {why or MISSING_WHY} and no healthy spare of this type is free right now. "
                 "Your other servers are unaffected; we will add a replacement as soon as one is free, "
                 "or you can release the reservation and you will not be charged for the missing server."
             ),
@@ -146,9 +157,18 @@ def add_spare(
 
 
 def fill_waiting_reservations(actor: Actor | None = None) -> int:
+    """Add spares to started reservations short of servers: those waiting for one, and those that took a
+    server out but never asked for its spare (a worker or scheduler killed in between). Returns how many
+    spares were added."""
     actor = actor or Actor.system("scheduler")
     filled = 0
-    for reservation in Reservation.objects.filter(state=ReservationState.WAITING):
-        while add_spare(reservation, actor) is not None:
+    short = Reservation.objects.annotate(
+        held=Count("allocations", filter=Q(allocations__active=True))
+    ).filter(
+        Q(state=ReservationState.WAITING)
+        | Q(state__in=[ReservationState.PROVISIONING, ReservationState.ACTIVE], held__lt=F("count"))
+    )
+    for reservation in short:
+        while add_spare(reservation, actor, why=None) is not None:
             filled += 1
     return filled
