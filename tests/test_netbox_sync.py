@@ -518,3 +518,12 @@ def test_the_scheduler_queues_a_sync_as_settings_configure_it(
 
     settings.NEOCLOUD_NETBOX_SYNC_SECONDS = 0.0  # the default: the scheduler never syncs
     assert queue_periodic_syncs({}, power=False) == []
+
+
+def test_a_netbox_url_with_a_bad_port_is_one_clear_sentence(db) -> None:
+    with pytest.raises(
+        netbox.NetboxUnavailable, match=r"^NetBox URL 'http://netbox.example:abc' has no valid port$"
+    ):
+        netbox.connect("http://netbox.example:abc", TOKEN)
+    with pytest.raises(CommandError, match="has no valid port"):
+        _command("--url", "http://netbox.example:99999", "--token-file", "/dev/null")

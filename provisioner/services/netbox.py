@@ -149,6 +149,12 @@ def connect(url: str, token: str, *, timeout: float = 30.0) -> pynetbox.api:
     parts = urlsplit(url or "")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NetboxUnavailable(f"NetBox URL {where(url) if parts.hostname else url!r} is not an http(s) URL")
+    try:
+        parts.port
+    except ValueError:
+        raise NetboxUnavailable(
+            f"NetBox URL '{parts.scheme}://{parts.netloc.rpartition('@')[2]}' has no valid port"
+        )
     if not token:
         raise NetboxUnavailable("no NetBox API token (give --token-file or NEOCLOUD_NETBOX_TOKEN_FILE)")
     api = pynetbox.api(url.rstrip("/"), token=token)
