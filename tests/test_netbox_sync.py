@@ -527,3 +527,9 @@ def test_a_netbox_url_with_a_bad_port_is_one_clear_sentence(db) -> None:
         netbox.connect("http://netbox.example:abc", TOKEN)
     with pytest.raises(CommandError, match="has no valid port"):
         _command("--url", "http://netbox.example:99999", "--token-file", "/dev/null")
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "x"])
+def test_the_command_refuses_a_timeout_that_is_not_a_positive_number(db, timeout: str) -> None:
+    with pytest.raises(CommandError, match=f"--timeout: must be a positive number of seconds, not {timeout}"):
+        _command("--url", "http://127.0.0.1:1", "--timeout", timeout)
