@@ -150,7 +150,7 @@ def connect(url: str, token: str, *, timeout: float = 30.0) -> pynetbox.api:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise NetboxUnavailable(f"NetBox URL {where(url) if parts.hostname else url!r} is not an http(s) URL")
     try:
-        parts.port
+        _ = parts.port  # raises ValueError for a port that is not a number or out of range
     except ValueError:
         raise NetboxUnavailable(
             f"NetBox URL '{parts.scheme}://{parts.netloc.rpartition('@')[2]}' has no valid port"
