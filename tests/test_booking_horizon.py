@@ -59,3 +59,18 @@ def test_the_api_answers_400_with_the_horizon(inventory):
     )
     assert response.status_code == 400
     assert "at most 365 days ahead" in response.content.decode()
+
+
+def test_a_horizon_past_the_calendar_fails_at_start_naming_the_variable():
+    # now + millions of days is past the year 9999: every booking would have failed with a 500
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NEOCLOUD_MAX_BOOKING_DAYS": "99999999", "DJANGO_SETTINGS_MODULE": "webapp.settings"}
+    env.pop("DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert "NEOCLOUD_MAX_BOOKING_DAYS must be at most 36500" in run.stderr

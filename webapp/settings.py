@@ -192,8 +192,9 @@ if NEOCLOUD_NETBOX_SYNC_SECONDS and not (NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX
 # (five times as many from one address over all accounts); see provisioner/services/signin.py.
 NEOCLOUD_SIGNIN_MAX_FAILURES = env_int("NEOCLOUD_SIGNIN_MAX_FAILURES", 10, minimum=1)
 NEOCLOUD_SIGNIN_WINDOW_MINUTES = env_int("NEOCLOUD_SIGNIN_WINDOW_MINUTES", 15, minimum=1)
-# How far ahead a reservation window may start or end (an open-ended one lasts until released).
-NEOCLOUD_MAX_BOOKING_DAYS = env_int("NEOCLOUD_MAX_BOOKING_DAYS", 365, minimum=1)
+# How far ahead a reservation window may start or end (an open-ended one lasts until released). At most a
+# century: now plus millions of days lies past the year 9999, and every booking would fail on the date.
+NEOCLOUD_MAX_BOOKING_DAYS = env_int("NEOCLOUD_MAX_BOOKING_DAYS", 365, minimum=1, maximum=36500)
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Playbook runs for several nodes that start together share one ansible-playbook process (one play, many
