@@ -118,3 +118,26 @@ def test_the_wipe_after_the_release_ends_in_maintenance_in_a_real_worker(invento
     wait_for(
         lambda: Reservation.objects.get(pk=r.pk).state == ReservationState.RELEASED, 10, message="released"
     )
+
+
+@pytest.mark.django_db
+def test_the_wipe_step_logs_the_hold_reason_it_applies(inventory):
+    import threading
+
+    from provisioner.engine.context import StepContext
+    from provisioner.engine.runner import create_operation
+    from provisioner.engine.steps import finish_clean
+    from provisioner.models import LogLine
+    from provisioner.states import OperationKind
+
+    node = Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE).first()
+    node = process_event(node, NodeEvent.CLEAN, actor=OPERATOR, reason="wipe")
+    set_maintenance(node, True, actor=OPERATOR, reason="PSU swap", when_free=True)
+    op = create_operation(OperationKind.CLEAN, node)
+    ctx = StepContext(op, op.steps.get(name="finish_clean"), OPERATOR, threading.Event())
+
+    finish_clean(ctx)
+
+    assert Node.objects.get(pk=node.pk).state == NodeState.MAINTENANCE
+    logged = list(LogLine.objects.filter(operation=op).values_list("message", flat=True))
+    assert logged == [f"{node.name} wiped and put on hold (PSU swap)"]

@@ -225,16 +225,17 @@ def finish_clean(ctx: StepContext) -> None:
         if node.state in (NodeState.AVAILABLE, NodeState.MAINTENANCE):
             return  # a previous run of this step got there
         if node.hold_requested:
+            asked = node.hold_requested  # process_event clears it and reloads the node
             process_event(
                 node,
                 NodeEvent.MAINTAIN,
                 actor=ctx.actor,
                 operation=ctx.operation,
                 expected_state=NodeState.CLEANING,
-                reason=f"wiped and put on hold, as an operator asked: {node.hold_requested}",
+                reason=f"wiped and put on hold, as an operator asked: {asked}",
                 hold_requested="",
             )
-            ctx.log(f"{node.name} wiped and put on hold ({node.hold_requested})")
+            ctx.log(f"{node.name} wiped and put on hold ({asked})")
             return
         process_event(
             node,
