@@ -520,16 +520,57 @@ def test_the_scheduler_queues_a_sync_as_settings_configure_it(
     assert queue_periodic_syncs({}, power=False) == []
 
 
-def test_a_netbox_url_with_a_bad_port_is_one_clear_sentence(db) -> None:
+def test_a_netbox_url_with_a_bad_port_is_one_clear_sentence(db, token_file: Path) -> None:
     with pytest.raises(
         netbox.NetboxUnavailable, match=r"^NetBox URL 'http://netbox.example:abc' has no valid port$"
     ):
         netbox.connect("http://netbox.example:abc", TOKEN)
     with pytest.raises(CommandError, match="has no valid port"):
-        _command("--url", "http://netbox.example:99999", "--token-file", "/dev/null")
+        _command("--url", "http://netbox.example:99999", "--token-file", str(token_file))
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "x"])
 def test_the_command_refuses_a_timeout_that_is_not_a_positive_number(db, timeout: str) -> None:
     with pytest.raises(CommandError, match=f"--timeout: must be a positive number of seconds, not {timeout}"):
         _command("--url", "http://127.0.0.1:1", "--timeout", timeout)
+
+
+def test_the_command_and_the_scheduled_sync_resolve_url_token_credentials_and_role_alike(
+    db, settings, tmp_path: Path, token_file: Path
+) -> None:
+    """One resolver (netbox.source): an option given to the command, else its setting; the scheduled sync
+    (sync_from_settings) reads the settings through it, so both refuse a missing URL or token alike."""
+    settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN = "", ""
+    for run in (netbox.sync_from_settings, lambda: _command()):
+        with pytest.raises((InvalidRequest, CommandError), match=r"^no NetBox URL: give --url or set"):
+            run()
+    settings.NEOCLOUD_NETBOX_URL = "http://netbox.example"
+    for run in (netbox.sync_from_settings, lambda: _command()):
+        with pytest.raises((InvalidRequest, CommandError), match=r"^no NetBox API token: give --token-file"):
+            run()
+
+    settings.NEOCLOUD_NETBOX_TOKEN = "settings-token"
+    settings.NEOCLOUD_NETBOX_ROLE = "gpu-nodes"
+    (tmp_path / "pw").write_text("pw\n")
+    settings.NEOCLOUD_NETBOX_CREDENTIALS = str(tmp_path / "settings-credentials.yaml")
+    (tmp_path / "settings-credentials.yaml").write_text(
+        f"default: {{username: s, password_file: {tmp_path / 'pw'}}}\n"
+    )
+    src = netbox.source()
+    assert (src.url, src.token, src.role) == ("http://netbox.example", "settings-token", "gpu-nodes")
+    assert src.credentials is not None and src.credentials["default"]["username"] == "s"
+    assert "settings-token" not in repr(src)
+
+    (tmp_path / "cli-credentials.yaml").write_text(
+        f"default: {{username: c, password_file: {tmp_path / 'pw'}}}\n"
+    )
+    src = netbox.source(
+        url="https://other.example",
+        token_file=str(token_file),
+        credentials_file=str(tmp_path / "cli-credentials.yaml"),
+        role="gpu-server",
+    )
+    assert (src.url, src.token, src.role) == ("https://other.example", TOKEN, "gpu-server")
+    assert src.credentials is not None and src.credentials["default"]["username"] == "c"
+    with pytest.raises(InvalidRequest, match=r"^cannot read token file /nonexistent/token: "):
+        netbox.source(token_file="/nonexistent/token")

@@ -633,33 +633,73 @@ def sync(
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a sync reads and with what (see :func:`source`); its repr never shows the token."""
+
+    url: str
+    token: str = dataclasses.field(repr=False)
+    role: str
+    credentials: dict[str, Any] | None = dataclasses.field(repr=False)
+
+
+def source(
+    *,
+    url: str | None = None,
+    token_file: str | None = None,
+    credentials_file: str | None = None,
+    role: str | None = None,
+) -> Source:
+    """Each value given (``nodes sync-netbox``'s options), else its setting: NEOCLOUD_NETBOX_URL, the token
+    in ``token_file`` else NEOCLOUD_NETBOX_TOKEN(_FILE), the BMC credentials file (loaded) else
+    NEOCLOUD_NETBOX_CREDENTIALS, the device role else NEOCLOUD_NETBOX_ROLE.
+
+    :raises InvalidRequest: no URL or no token, an unreadable token file, or a bad credentials file.
+    """
+    from django.conf import settings
+
+    url = url or settings.NEOCLOUD_NETBOX_URL
+    if not url:
+        raise InvalidRequest("no NetBox URL: give --url or set NEOCLOUD_NETBOX_URL")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read token file {token_file}: {exc.strerror}")
+    else:
+        token = settings.NEOCLOUD_NETBOX_TOKEN
+    if not token:
+        raise InvalidRequest(
+            "no NetBox API token: give --token-file or set NEOCLOUD_NETBOX_TOKEN_FILE (or NEOCLOUD_NETBOX_TOKEN)"
+        )
+    credentials_file = credentials_file or settings.NEOCLOUD_NETBOX_CREDENTIALS
+    return Source(
+        url=url,
+        token=token,
+        role=role or settings.NEOCLOUD_NETBOX_ROLE,
+        credentials=load_credentials(credentials_file) if credentials_file else None,
+    )
+
+
 def sync_from_settings(actor: Actor | None = None) -> SyncReport:
     """One sync as settings configure it (NEOCLOUD_NETBOX_URL, _TOKEN, _CREDENTIALS, _ROLE): what the
     scheduler queues every NEOCLOUD_NETBOX_SYNC_SECONDS. Logs a one-line summary and every device that
     changed or was skipped; never the token.
 
-    :raises NetboxUnavailable: NetBox cannot be read. :raises InvalidRequest: as :func:`sync`.
+    :raises NetboxUnavailable: NetBox cannot be read. :raises InvalidRequest: as :func:`source` and
+        :func:`sync`.
     """
-    from django.conf import settings
-
-    if not settings.NEOCLOUD_NETBOX_URL or not settings.NEOCLOUD_NETBOX_TOKEN:
-        raise InvalidRequest("NetBox is not configured: set NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN")
-    credentials = (
-        load_credentials(settings.NEOCLOUD_NETBOX_CREDENTIALS)
-        if settings.NEOCLOUD_NETBOX_CREDENTIALS
-        else None
-    )
-    api = connect(settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN)
+    src = source()
     report = sync(
-        api,
+        connect(src.url, src.token),
         actor=actor or Actor.system("netbox-sync"),
-        credentials=credentials,
-        role=settings.NEOCLOUD_NETBOX_ROLE,
+        credentials=src.credentials,
+        role=src.role,
     )
     for r in report.results:
         if r.outcome == "skipped":
             log.warning("NetBox sync: %s skipped: %s", r.device, r.message)
         elif r.outcome in ("created", "updated", "maintenance", "deferred"):
             log.info("NetBox sync: %s %s: %s", r.device, r.outcome, r.message)
-    log.info("NetBox sync of %s: %s", where(settings.NEOCLOUD_NETBOX_URL), report.summary())
+    log.info("NetBox sync of %s: %s", where(src.url), report.summary())
     return report

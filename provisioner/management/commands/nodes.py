@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.errors import NeocloudError
@@ -131,23 +129,18 @@ class Command(BaseCommand):
         )
 
     def do_sync_netbox(self, opts: dict[str, Any], actor: Actor) -> None:
-        url = opts["url"] or settings.NEOCLOUD_NETBOX_URL
-        if not url:
-            raise CommandError("no NetBox URL: give --url or set NEOCLOUD_NETBOX_URL")
-        if opts["token_file"]:
-            try:
-                token = Path(opts["token_file"]).read_text().strip()
-            except OSError as exc:
-                raise CommandError(f"cannot read token file {opts['token_file']}: {exc.strerror}")
-        else:
-            token = settings.NEOCLOUD_NETBOX_TOKEN
-        role = opts["role"] or settings.NEOCLOUD_NETBOX_ROLE
-        credentials_file = opts["credentials"] or settings.NEOCLOUD_NETBOX_CREDENTIALS
-        credentials = netbox.load_credentials(credentials_file) if credentials_file else None
-        api = netbox.connect(url, token, timeout=opts["timeout"])
-        report = netbox.sync(api, actor=actor, credentials=credentials, dry_run=opts["dry_run"], role=role)
+        src = netbox.source(
+            url=opts["url"],
+            token_file=opts["token_file"],
+            credentials_file=opts["credentials"],
+            role=opts["role"],
+        )
+        api = netbox.connect(src.url, src.token, timeout=opts["timeout"])
+        report = netbox.sync(
+            api, actor=actor, credentials=src.credentials, dry_run=opts["dry_run"], role=src.role
+        )
         head = "NetBox sync, dry run (nothing written)" if report.dry_run else "NetBox sync"
-        self.stdout.write(f"{head}: {netbox.where(url)}, role {role}")
+        self.stdout.write(f"{head}: {netbox.where(src.url)}, role {src.role}")
         for place in report.places:
             self.stdout.write(f"  {place}")
         for r in report.results:
