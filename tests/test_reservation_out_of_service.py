@@ -4,9 +4,13 @@ takes its place, or the reservation waits for one and says so."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import types
+from collections.abc import Iterator
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from provisioner.models import Allocation, AuditEvent, Node, Reservation
@@ -157,3 +161,32 @@ def test_a_waiting_reservation_keeps_saying_why_it_waits_on_later_scheduler_pass
     r.refresh_from_db()
     assert r.state == ReservationState.WAITING
     assert r.status_message == said  # not "failed its checks before handover": it never was handed over
+
+
+@pytest.mark.django_db
+def test_a_reservation_released_while_its_spare_is_looked_for_stays_released(inventory, monkeypatch):
+    # add_spare finds no spare and marks the reservation waiting after its transaction: a release committed
+    # in between must not be turned back into "waiting" (and then given a spare by the scheduler).
+    from provisioner.services import hooks
+    from provisioner.services.reservations import release_reservation, take_node_out
+
+    r = reserve(inventory, 1)
+    take_node_out(r, Node.objects.get(reservation=r), OPERATOR, "burn-in failed")
+
+    for node in Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE):
+        set_maintenance(node, True, actor=OPERATOR)  # no spare anywhere
+
+    @contextlib.contextmanager
+    def then_released() -> Iterator[None]:
+        try:
+            with transaction.atomic():
+                yield
+        finally:
+            release_reservation(r, actor=OPERATOR)  # the customer's release commits right after
+
+    monkeypatch.setattr(hooks, "transaction", types.SimpleNamespace(atomic=then_released))
+    assert hooks.add_spare(r, OPERATOR) is None
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.RELEASED
+    assert "no healthy spare" not in r.status_message

@@ -142,7 +142,11 @@ def add_spare(
             _start_provisioning(reservation, spare, actor)
             return spare
     except CapacityError:
-        waiting = Reservation.objects.filter(pk=reservation.pk)
+        # Conditional: a release may have committed since the lock above was let go; it stands.
+        waiting = Reservation.objects.filter(
+            pk=reservation.pk,
+            state__in=[ReservationState.PROVISIONING, ReservationState.ACTIVE, ReservationState.WAITING],
+        )
         if why is None:
             waiting = waiting.exclude(state=ReservationState.WAITING)
         waiting.update(
