@@ -130,3 +130,31 @@ def test_the_api_answers_409_to_returning_a_server_a_reservation_still_holds(inv
     assert response.status_code == 409, response.content
     assert "still held by reservation" in response.content.decode()
     assert Node.objects.get(pk=node.pk).state == NodeState.QUARANTINED
+
+
+def test_keep_out_of_a_server_that_is_no_longer_quarantined_is_refused_not_recorded(inventory):
+    """The portal's "Keep out" (quarantine review) on a stale page: another operator returned the server to
+    the pool meanwhile. It said "stays quarantined" and wrote a review note while the server was being wiped
+    back into the pool."""
+    from django.contrib import messages
+    from django.test import Client
+
+    from provisioner.models import AuditEvent
+
+    portal = Client()
+    portal.force_login(inventory.operator)
+    node = node_service.quarantine(Node.objects.get(name="node-h100-8x-01"), actor=OPS, reason="ECC errors")
+    kept = portal.post(f"/ops/nodes/{node.pk}/action/", {"action": "keep_out", "reason": "DIMM on order"})
+    assert [m.message for m in messages.get_messages(kept.wsgi_request)] == [
+        f"{node.name} stays quarantined; your note is in its timeline."
+    ]
+    assert AuditEvent.objects.filter(node=node, action="quarantine_review", reason="DIMM on order").exists()
+
+    node = node_service.return_from_quarantine(node, actor=OPS, reason="DIMM replaced")
+    assert node.state == NodeState.CLEANING
+    stale = portal.post(f"/ops/nodes/{node.pk}/action/", {"action": "keep_out", "reason": "still bad"})
+    [refused] = [m for m in messages.get_messages(stale.wsgi_request) if m.level_tag == "error"]
+    assert "not quarantined" in refused.message, refused.message
+    assert not AuditEvent.objects.filter(node=node, action="quarantine_review", reason="still bad").exists()
+    with pytest.raises(IllegalTransition, match="not quarantined"):
+        node_service.keep_in_quarantine(Node.objects.get(name="node-h100-8x-02"), actor=OPS, reason="x")

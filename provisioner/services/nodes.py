@@ -124,6 +124,20 @@ def return_from_quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
 
 
 @transaction.atomic
+def keep_in_quarantine(node: Node, *, actor: Actor, reason: str = "") -> Node:
+    """Quarantine review: the node stays out of the pool; the operator's note goes in its timeline.
+
+    :raises IllegalTransition: the node is not quarantined (e.g. another operator returned it to the pool
+        meanwhile): there is nothing to keep out.
+    """
+    node = Node.objects.select_for_update().get(pk=node.pk)
+    if node.state != NodeState.QUARANTINED:
+        raise IllegalTransition(f"{node.name} is {node.state}, not quarantined: there is nothing to keep out")
+    record(actor, "quarantine_review", node=node, reason=reason or "kept out of the pool after review")
+    return node
+
+
+@transaction.atomic
 def quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
     """Take a node out of service for review.
 

@@ -15,7 +15,7 @@ from provisioner.errors import NeocloudError
 from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operation, Rollout, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
-from provisioner.services.audit import Actor, record
+from provisioner.services.audit import Actor
 from provisioner.states import (
     FINISHED_OPERATION_STATES,
     LEASED_STATES,
@@ -151,7 +151,7 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
         node_services.return_from_quarantine(node, actor=actor, reason=reason)
         return f"{node.name} is being wiped and returned to the pool."
     if action == "keep_out":
-        record(actor, "quarantine_review", node=node, reason=reason or "kept out of the pool after review")
+        node_services.keep_in_quarantine(node, actor=actor, reason=reason)
         return f"{node.name} stays quarantined; your note is in its timeline."
     if action == "rerun_burnin":
         node_services.rerun_burnin(node, actor=actor)
