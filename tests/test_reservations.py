@@ -385,3 +385,29 @@ def test_a_reservation_released_before_its_servers_are_started_never_leases_them
     due.refresh_from_db()
     assert due.state == ReservationState.RELEASED
     assert Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE).count() == 4
+
+
+@pytest.mark.django_db
+def test_a_window_extended_while_the_scheduler_expires_windows_is_not_released(inventory, monkeypatch):
+    # The scheduler lists the windows that have ended, then releases them one by one: a customer's extend
+    # committed in between must keep the servers (they were wiped while the extended window was open).
+    from provisioner.services import reservations
+
+    now = timezone.now()
+    r = _reserve(inventory, 1, ends_at=now + HOUR)
+    ended = now - dt.timedelta(seconds=1)
+    Reservation.objects.filter(pk=r.pk).update(starts_at=now - HOUR, ends_at=ended)
+    Allocation.objects.filter(reservation=r).update(starts_at=now - HOUR, ends_at=ended)
+    release = reservations.release_reservation
+
+    def extended_first(reservation, **kwargs):
+        extend_reservation(reservation, now + 3 * HOUR, actor=Actor(user=inventory.owner, label="olivia"))
+        return release(reservation, **kwargs)
+
+    monkeypatch.setattr(reservations, "release_reservation", extended_first)
+    assert expire_reservations() == 0
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING and r.ends_at == now + 3 * HOUR
+    assert Allocation.objects.filter(reservation=r, active=True).count() == 1
+    assert Node.objects.get(pk=r.allocations.get().node_id).reservation_id == r.pk

@@ -359,9 +359,16 @@ def _start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> O
 
 
 def release_reservation(
-    reservation: Reservation, *, actor: Actor, reason: str = "released by customer"
+    reservation: Reservation,
+    *,
+    actor: Actor,
+    reason: str = "released by customer",
+    ended_by: dt.datetime | None = None,
 ) -> Reservation:
     """Release every server of the reservation: cancel work in progress, wipe, return to the pool. Idempotent.
+
+    With ``ended_by``, only a window that has ended by then is released (read under the reservation's lock,
+    so an extend committed since the caller read it stands).
 
     Returns the reservation as it is now, with its organization, server type and image loaded.
     """
@@ -372,6 +379,8 @@ def release_reservation(
             .get(pk=reservation.pk)
         )
         if reservation.state not in OPEN_RESERVATION_STATES:
+            return reservation
+        if ended_by is not None and (reservation.ends_at is None or reservation.ends_at > ended_by):
             return reservation
         now = timezone.now()
         allocations = list(reservation.allocations.filter(active=True).select_related("node"))
@@ -549,6 +558,9 @@ def expire_reservations(actor: Actor | None = None) -> int:
     )
     count = 0
     for reservation in expired:
-        release_reservation(reservation, actor=actor, reason="reservation window ended")
-        count += 1
+        released = release_reservation(
+            reservation, actor=actor, reason="reservation window ended", ended_by=now
+        )
+        if released.ends_at is not None and released.ends_at <= now:  # not one extended since it was listed
+            count += 1
     return count
