@@ -574,3 +574,36 @@ def test_the_command_and_the_scheduled_sync_resolve_url_token_credentials_and_ro
     assert src.credentials is not None and src.credentials["default"]["username"] == "c"
     with pytest.raises(InvalidRequest, match=r"^cannot read token file /nonexistent/token: "):
         netbox.source(token_file="/nonexistent/token")
+
+
+def test_a_device_leaving_the_listing_between_two_pages_does_not_put_another_node_on_hold(
+    server_types, credentials, monkeypatch
+) -> None:
+    """NetBox pages by offset: a device deleted (or moved out of the role) while the sync reads page 1 shifts
+    page 2 by one, so the listing misses a device that is still there. Its node must not be taken for gone
+    (put on hold): the sync asks NetBox again for the devices of nodes the listing lacks."""
+    from provisioner.lab import netbox as lab_netbox
+
+    data = NetboxData()
+    with running_netbox(data, token=TOKEN, page_size=3, max_page_size=3) as server:
+        lab = Lab(data, server)
+        pks = [lab.gpu_server(f"gpu-{n}", n) for n in range(1, 6)]
+        lab.sync(credentials)
+        answer = lab_netbox._Handler._answer
+        pages: list[str] = []
+
+        def answer_then_move(self, path, query, render):  # type: ignore[no-untyped-def]
+            result = answer(self, path, query, render)
+            if path == "/api/dcim/devices/" and "id" not in query:
+                pages.append(path)
+                if len(pages) == 1:
+                    data.devices[pks[0]]["role"] = "storage"  # gpu-1 leaves the role after page 1
+            return result
+
+        monkeypatch.setattr(lab_netbox._Handler, "_answer", answer_then_move)
+        report = lab.sync()
+        assert len(pages) == 2
+        assert outcomes(report)["gpu-4"] == ("unchanged", "")  # fell between the pages, still in NetBox
+        assert set(Node.objects.values_list("state", flat=True)) == {"available"}
+
+        assert outcomes(lab.sync())["gpu-1"][0] == "maintenance"  # the next sync sees it gone

@@ -204,7 +204,11 @@ class _Fetched:
     gpus: dict[int, list[dict[str, Any]]]
 
 
-def _fetch(api: Any, role: str) -> _Fetched:
+def _fetch(api: Any, role: str, known: set[int]) -> _Fetched:
+    """Every device of ``role`` with its interfaces and GPU inventory items. ``known``: the NetBox ids of
+    nodes here; one the listing lacks is asked for by id before the sync takes its device for gone, as NetBox
+    pages by offset and a device deleted, renamed or moved out of the role while the pages are read shifts
+    the next page, so that another device falls between two pages."""
     try:
         status = api.status()
         version = str(status.get("netbox-version", "")) if isinstance(status, dict) else ""
@@ -216,7 +220,12 @@ def _fetch(api: Any, role: str) -> _Fetched:
             raise NetboxUnavailable(
                 f"NetBox {version or '(unknown version)'} is not supported: the sync reads NetBox 4.x"
             )
-        devices = [dict(d) for d in api.dcim.devices.filter(role=role)]
+        listed = {d["id"]: d for d in (dict(d) for d in api.dcim.devices.filter(role=role))}
+        for chunk in _chunks(sorted(known - set(listed)), _DEVICES_PER_REQUEST):
+            listed.update(
+                (d["id"], d) for d in (dict(d) for d in api.dcim.devices.filter(id=chunk, role=role))
+            )
+        devices = list(listed.values())  # once each: a shifted page may also list a device twice
         interfaces: dict[int, list[dict[str, Any]]] = defaultdict(list)
         gpus: dict[int, list[dict[str, Any]]] = defaultdict(list)
         ids = [d["id"] for d in devices]
@@ -607,7 +616,9 @@ def sync(
     :raises NetboxUnavailable: NetBox cannot be read (nothing is changed then).
     :raises InvalidRequest: NetBox lists no device of ``role`` while nodes came from NetBox (nothing changed).
     """
-    fetched = _fetch(api, role)
+    fetched = _fetch(
+        api, role, set(Node.objects.filter(netbox_id__isnull=False).values_list("netbox_id", flat=True))
+    )
     if not fetched.devices and Node.objects.filter(netbox_id__isnull=False).exists():
         # Most likely a wrong --role or a NetBox being restored, not a fleet that vanished: putting every node
         # on hold would empty the pool.
