@@ -21,7 +21,9 @@ def _keys(n: int) -> list[str]:
     return [generate_keypair("ed25519", comment=f"key-{i}")[1].strip() for i in range(n)]
 
 
-def _run_module(tmp_path: Path, args: dict[str, Any]) -> dict[str, Any]:
+def _run_module(
+    tmp_path: Path, args: dict[str, Any], module: str = "neocloud_authorized_keys"
+) -> dict[str, Any]:
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
     (tmp_path / "private").mkdir(exist_ok=True)
@@ -29,9 +31,7 @@ def _run_module(tmp_path: Path, args: dict[str, Any]) -> dict[str, Any]:
         {
             "hosts": "localhost",
             "gather_facts": False,
-            "tasks": [
-                {"name": "keys", "neocloud_authorized_keys": args, "register": "out", "ignore_errors": True}
-            ],
+            "tasks": [{"name": "module", module: args, "register": "out", "ignore_errors": True}],
         }
     ]
     (project / "play.yml").write_text(json.dumps(play))

@@ -5,6 +5,11 @@ The agent (running in the node's deploy ramdisk) posts progress and a result to 
 this module polls the ticket's status there (``GET /boot/api/tickets/<id>``) with the ticket's watch key,
 read from a private file, and fails with the agent's own message on failure. It starts no Django and
 opens no database connection: a poll costs the boot service one indexed row read.
+
+Polls follow the agent's pace: while a stage reports a rising percentage, the next poll comes after half
+the time the stage still needs at its rate so far (between ``interval`` and ``max_interval``), so a long
+image write is watched with a handful of requests instead of one a second, and the end is still seen
+within ``interval``. A cancel is seen within a second whatever the wait.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ options:
   status_url: {description: The ticket's status URL on the boot service, required: true, type: str}
   key_path: {description: File holding the ticket's watch key, required: true, type: path}
   timeout: {description: Seconds to wait, type: float, default: 600}
-  interval: {description: Seconds between polls, type: float, default: 1.0}
+  interval: {description: Seconds between polls, at least, type: float, default: 1.0}
+  max_interval: {description: Seconds between polls, at most, while the agent reports steady progress,
+                 type: float, default: 5.0}
   cancel_path: {description: Stop waiting (failed, retryable) as soon as this file exists, type: path}
 """
 
@@ -44,6 +51,22 @@ def poll(url, key):
         return None, str(exc)
 
 
+def next_poll_in(progress, first_seen, now, interval, max_interval):
+    """Seconds to wait before the next poll. ``progress`` is the agent's latest report ({stage, percent});
+    ``first_seen`` is (stage, percent, time) of the first report of that stage seen here, or None."""
+    try:
+        percent = float(progress.get("percent"))
+    except (TypeError, ValueError):
+        return interval
+    if not first_seen or first_seen[0] != progress.get("stage") or not 0 < percent < 100:
+        return interval
+    done, elapsed = percent - first_seen[1], now - first_seen[2]
+    if done <= 0 or elapsed <= 0:
+        return interval
+    remaining = (100 - percent) * elapsed / done
+    return max(interval, min(max_interval, remaining / 2))
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -51,6 +74,7 @@ def main():
             "key_path": {"type": "path", "required": True},
             "timeout": {"type": "float", "default": 600.0},
             "interval": {"type": "float", "default": 1.0},
+            "max_interval": {"type": "float", "default": 5.0},
             "cancel_path": {"type": "path"},
         }
     )
@@ -63,7 +87,7 @@ def main():
     except OSError as exc:
         module.fail_json(msg=f"cannot read the ticket's watch key: {exc.strerror}")
     deadline = time.monotonic() + params["timeout"]
-    status, last_error = {}, None
+    status, last_error, first_seen = {}, None, None
     while True:
         try:
             document, error = poll(params["status_url"], key)
@@ -73,6 +97,12 @@ def main():
             status, last_error = document, None
             if status.get("finished"):
                 break
+            progress = status.get("progress") or {}
+            if not first_seen or first_seen[0] != progress.get("stage"):
+                try:
+                    first_seen = (progress.get("stage"), float(progress.get("percent")), time.monotonic())
+                except (TypeError, ValueError):
+                    first_seen = None
         else:
             last_error = error  # the boot service restarting: keep waiting until the deadline
         if params["cancel_path"] and os.path.exists(params["cancel_path"]):
@@ -85,7 +115,16 @@ def main():
             module.fail_json(
                 msg=f"the deploy agent did not finish in time (last progress: {status.get('progress') or {}})"
             )
-        time.sleep(params["interval"])
+        wait = params["interval"]
+        if document is not None:
+            wait = next_poll_in(
+                status.get("progress") or {}, first_seen, time.monotonic(), wait, params["max_interval"]
+            )
+        wake = min(time.monotonic() + wait, deadline + 0.01)
+        while (rest := wake - time.monotonic()) > 0:  # a cancel is seen within a second
+            if params["cancel_path"] and os.path.exists(params["cancel_path"]):
+                module.fail_json(msg="cancelled while waiting for the deploy agent", retryable=True)
+            time.sleep(min(rest, 1.0))
     result = status.get("result") or {}
     if result.get("status") != "ok":
         module.fail_json(
