@@ -607,3 +607,37 @@ def test_a_device_leaving_the_listing_between_two_pages_does_not_put_another_nod
         assert set(Node.objects.values_list("state", flat=True)) == {"available"}
 
         assert outcomes(lab.sync())["gpu-1"][0] == "maintenance"  # the next sync sees it gone
+
+
+def test_a_node_written_by_a_concurrent_sync_meanwhile_is_retried_not_a_traceback(
+    lab: Lab, credentials, monkeypatch
+) -> None:
+    """Two syncs at once (the scheduled one and an operator's command) both find device gpu-1 new; the one
+    that creates it second hits the unique netbox_id. That device is applied again (it is there now), the
+    others go on, and the sync ends with its report, not an IntegrityError."""
+    pk = lab.gpu_server("gpu-1", 1)
+    lab.gpu_server("gpu-2", 2)
+    login_for = netbox._login_for
+    raced: list[str] = []
+
+    def login_while_another_sync_creates_the_node(credentials, site_slug, name):  # type: ignore[no-untyped-def]
+        if name == "gpu-1" and not raced:
+            raced.append(name)
+            Node.objects.create(
+                name="gpu-1-by-the-other-sync",
+                netbox_id=pk,
+                server_type=ServerType.objects.get(slug="h100-8x"),
+                bmc_protocol="ipmi",
+                bmc_address="10.10.0.1",
+                bmc_port=623,
+                boot_mac="b8:3f:d2:00:00:01",
+            )
+        return login_for(credentials, site_slug, name)
+
+    monkeypatch.setattr(netbox, "_login_for", login_while_another_sync_creates_the_node)
+
+    report = lab.sync(credentials)
+
+    assert raced == ["gpu-1"]
+    assert {d: o for d, (o, _) in outcomes(report).items()} == {"gpu-1": "created", "gpu-2": "created"}
+    assert sorted(Node.objects.values_list("name", flat=True)) == ["gpu-1", "gpu-2"]

@@ -38,7 +38,7 @@ import requests
 import yaml
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
@@ -496,6 +496,24 @@ class _Sync:
             raise InvalidRequest(f"device {name}: serial {wanted['serial']} is already node {other.name}'s")
 
     def device(self, dev: dict[str, Any], fetched: _Fetched) -> None:
+        """Apply one device. A unique column written meanwhile by another sync (the scheduled one and an
+        operator's command at once: both found the device new) rolls the device back; it is applied once
+        more, now seeing what the other sync wrote."""
+        try:
+            self._device(dev, fetched)
+            return
+        except IntegrityError:
+            pass
+        try:
+            self._device(dev, fetched)
+        except IntegrityError:
+            self.report.add(
+                _label(dev),
+                "skipped",
+                "changed here while this sync applied it (another sync?); run it again",
+            )
+
+    def _device(self, dev: dict[str, Any], fetched: _Fetched) -> None:
         label = _label(dev)
         status = _value(dev.get("status"))
         node = self.match(dev)
