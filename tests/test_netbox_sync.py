@@ -280,6 +280,22 @@ def _set_mac(mac: str):
     return change
 
 
+def _rename_rack(name: str):
+    def change(lab: Lab, pk: int) -> None:
+        rack = lab.data.add_rack(lab.ams1, name)
+        lab.data.devices[pk]["rack_id"] = rack
+
+    return change
+
+
+def _rename_site(slug: str):
+    def change(lab: Lab, pk: int) -> None:
+        lab.data.devices[pk]["site_id"] = lab.data.add_site(slug)
+        lab.data.devices[pk]["rack_id"] = None
+
+    return change
+
+
 BAD_DEVICES = [
     (_break_gpu_count, "device gpu-1: NetBox lists 7 GPU(s), server type h100-8x has 8"),
     (_break_gpu_model, "device gpu-1: NetBox GPU model NVIDIA A100-SXM4-80GB is not server type h100-8x's"),
@@ -295,6 +311,19 @@ BAD_DEVICES = [
     ),
     (_set_mac("b8:3f:d2:00:00"), "device gpu-1: interface eno1: 'b8:3f:d2:00:00' is not a MAC address"),
     (_set_mac("b8:3f:d2:00:00:02"), "device gpu-1: boot MAC b8:3f:d2:00:00:02 is already node gpu-2's"),
+    (
+        _set("custom_fields", {"bmc_protocol": "redfish", "redfish_system_id": "S" * 101}),
+        "device gpu-1: custom field redfish_system_id 'SSS",
+    ),
+    (_set("serial", "N" * 101), "is longer than the 100 characters kept here"),
+    (
+        _rename_rack("r" * 51),
+        f"device gpu-1: rack name '{'r' * 51}' is longer than the 50 characters kept here",
+    ),
+    (
+        _rename_site("s" * 51),
+        f"device gpu-1: site slug '{'s' * 51}' is longer than the 50 characters kept here",
+    ),
 ]
 
 

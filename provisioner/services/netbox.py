@@ -380,7 +380,7 @@ def _wanted(
     port = cf.get("bmc_port") or (623 if protocol == "ipmi" else 443)
     mac = _boot_mac(name, interfaces)
     _check_gpus(name, server_type, gpus)
-    return {
+    wanted = {
         "name": name,
         "serial": str(dev.get("serial") or ""),
         "server_type": server_type,
@@ -392,6 +392,22 @@ def _wanted(
         "bmc_system_id": str(cf.get("redfish_system_id") or "") if protocol == "redfish" else "",
         "boot_mac": mac,
     }
+    # NetBox allows longer values than these columns hold (a site slug or rack name of up to 100 characters,
+    # a custom field of any length): PostgreSQL would refuse the row with a DataError that ends the whole sync.
+    for what, model, field, value in (
+        ("name", Node, "name", name),
+        ("serial", Node, "serial", wanted["serial"]),
+        ("custom field redfish_system_id", Node, "bmc_system_id", wanted["bmc_system_id"]),
+        ("site slug", Site, "slug", str(dev["site"].get("slug") or "")),
+        ("site name", Site, "name", str(dev["site"].get("name") or "")),
+        ("rack name", Rack, "name", str((dev.get("rack") or {}).get("name") or "")),
+    ):
+        limit = model._meta.get_field(field).max_length
+        if limit is not None and len(value) > limit:
+            raise InvalidRequest(
+                f"device {name}: {what} {value!r} is longer than the {limit} characters kept here"
+            )
+    return wanted
 
 
 def _why_not_idle(node: Node) -> str:
