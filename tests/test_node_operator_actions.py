@@ -158,3 +158,16 @@ def test_keep_out_of_a_server_that_is_no_longer_quarantined_is_refused_not_recor
     assert not AuditEvent.objects.filter(node=node, action="quarantine_review", reason="still bad").exists()
     with pytest.raises(IllegalTransition, match="not quarantined"):
         node_service.keep_in_quarantine(Node.objects.get(name="node-h100-8x-02"), actor=OPS, reason="x")
+
+
+def test_burnin_rerun_reads_the_servers_state_now_not_the_callers_copy(inventory):
+    """Two operators on the same quarantined server: one puts it on hold, the other (page loaded before)
+    re-runs burn-in. The re-run judged the caller's copy of the node (still "quarantined") and started a
+    burn-in on a server on maintenance hold."""
+    stale = node_service.quarantine(Node.objects.get(name="node-h100-8x-03"), actor=OPS, reason="Xid 79")
+    node_service.set_maintenance(stale, True, actor=OPS, reason="swap GPU")
+    assert stale.state == NodeState.QUARANTINED  # the second operator's copy
+    with pytest.raises(IllegalTransition, match="quarantined"):
+        node_service.rerun_burnin(stale, actor=OPS)
+    assert not Operation.objects.filter(node=stale, kind=OperationKind.BURNIN).exists()
+    assert Node.objects.get(pk=stale.pk).state == NodeState.MAINTENANCE

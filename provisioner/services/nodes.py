@@ -163,10 +163,15 @@ def recover(node: Node, *, actor: Actor, reason: str = "") -> Node:
 
 @transaction.atomic
 def rerun_burnin(node: Node, *, actor: Actor) -> Operation:
+    """Run burn-in again on a quarantined node (it stays quarantined).
+
+    :raises IllegalTransition: the node is not quarantined (now: its row is locked and read again), or an
+        operation is working on it.
+    """
+    node = Node.objects.select_for_update().get(pk=node.pk)
     if node.state != NodeState.QUARANTINED:
         raise IllegalTransition(f"burn-in can be re-run on quarantined servers; {node.name} is {node.state}")
-    if busy(node):
-        raise IllegalTransition(f"{node.name} is busy with another operation")
+    _refuse_if_busy(node, "re-run burn-in")
     op = create_operation(OperationKind.BURNIN, node, requested_by=actor.user)
     record(actor, "burnin_rerun", node=node, operation=op, reason="operator re-run of burn-in")
     enqueue(op)
@@ -219,8 +224,7 @@ def reimage(
 def power(node: Node, action: str, *, actor: Actor) -> Operation:
     if action not in {"on", "off", "reset", "pxe"}:
         raise InvalidRequest("power action must be on, off, reset or pxe")
-    if busy(node):
-        raise IllegalTransition(f"{node.name} is busy with another operation")
+    node = _lock_idle(node, f"power {action}")
     op = create_operation(OperationKind.POWER, node, requested_by=actor.user, params={"action": action})
     record(actor, "power", node=node, operation=op, reason=action)
     enqueue(op)
