@@ -402,7 +402,7 @@ def _wanted(
         ("site name", Site, "name", str(dev["site"].get("name") or "")),
         ("rack name", Rack, "name", str((dev.get("rack") or {}).get("name") or "")),
     ):
-        limit = model._meta.get_field(field).max_length
+        limit = getattr(model._meta.get_field(field), "max_length", None)
         if limit is not None and len(value) > limit:
             raise InvalidRequest(
                 f"device {name}: {what} {value!r} is longer than the {limit} characters kept here"
