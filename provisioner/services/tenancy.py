@@ -189,12 +189,22 @@ TOKEN_MAX_DAYS = 365
 
 @transaction.atomic
 def issue_token(
-    user: User, name: str, *, actor: Actor, expires_in_days: int | None = None
+    user: User,
+    name: str,
+    *,
+    actor: Actor,
+    expires_in_days: int | None = None,
+    issued_with: ApiToken | None = None,
 ) -> tuple[ApiToken, str]:
     """Create an API token for ``user``, valid until revoked or, with ``expires_in_days``, until then.
     Returns (row, plaintext); the plaintext exists only here.
 
-    :raises InvalidRequest: empty name, or a lifetime outside 1..TOKEN_MAX_DAYS days.
+    ``issued_with``: the API token the request came with, if any. A token that expires issues only tokens
+    that expire too, and last no longer than it was issued for: a leaked short-lived token must not mint a
+    permanent one (rotation, a new token for the same lifetime, still works).
+
+    :raises InvalidRequest: empty name, a lifetime outside 1..TOKEN_MAX_DAYS days, or longer than the
+        issuing token's.
     """
     name = (name or "").strip()
     if not name:
@@ -204,6 +214,14 @@ def issue_token(
         if isinstance(expires_in_days, bool) or not 1 <= expires_in_days <= TOKEN_MAX_DAYS:
             raise InvalidRequest(f"a token lasts 1 to {TOKEN_MAX_DAYS} days, or until revoked")
         expires_at = timezone.now() + dt.timedelta(days=expires_in_days)
+    if issued_with is not None and issued_with.expires_at is not None:
+        lifetime = issued_with.expires_at - issued_with.created_at
+        days = max(1, -(-lifetime // dt.timedelta(days=1)))  # rounded up: a 7-day token issues 7-day ones
+        if expires_in_days is None or expires_in_days > days:
+            raise InvalidRequest(
+                f"this request's API token expires, so the new token must expire too, within {days} "
+                f"day(s) (the lifetime it was issued with); sign in to the portal for a longer-lived one"
+            )
     row, plaintext = ApiToken.issue(user, name[:100], expires_at=expires_at)
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
     record(actor, "token_issue", reason=f"{row.name} ({row.hint}…) for {user.username}{until}")

@@ -70,3 +70,20 @@ def test_the_portal_issues_an_expiring_token_and_shows_expired_ones(client, inve
     assert 'badge-grey">expired' in page
     never = client.post(url, {"name": "forever", "expires_in_days": ""}, follow=True)
     assert never.status_code == 200 and ApiToken.objects.get(name="forever").expires_at is None
+
+
+def test_an_expiring_token_cannot_mint_a_longer_lived_or_permanent_one_but_can_rotate(inventory):
+    short = _bearer(
+        api(inventory.owner)
+        .post(f"{V1}/tokens", {"name": "ci", "expires_in_days": 7}, format="json")
+        .json()["token"]
+    )
+    for body in ({"name": "forever"}, {"name": "longer", "expires_in_days": 8}):
+        refused = short.post(f"{V1}/tokens", body, format="json")
+        assert refused.status_code == 400, refused.content
+        assert "must expire too, within 7 day(s)" in refused.content.decode()
+    rotated = short.post(f"{V1}/tokens", {"name": "ci-next", "expires_in_days": 7}, format="json")
+    assert rotated.status_code == 201
+    assert not ApiToken.objects.filter(name__in=["forever", "longer"]).exists()
+    # a token that never expires, or a signed-in session, may still issue a permanent one
+    assert api(inventory.owner).post(f"{V1}/tokens", {"name": "forever"}, format="json").status_code == 201

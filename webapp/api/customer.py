@@ -451,6 +451,7 @@ class TokenViewSet(
             data["name"],
             actor=Actor.from_request(request),
             expires_in_days=data.get("expires_in_days"),
+            issued_with=request.auth if isinstance(request.auth, tenancy.ApiToken) else None,
         )
         body = dict(s.ApiTokenSerializer(row).data, token=plaintext)
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
