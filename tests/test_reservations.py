@@ -411,3 +411,43 @@ def test_a_window_extended_while_the_scheduler_expires_windows_is_not_released(i
     assert r.state == ReservationState.PROVISIONING and r.ends_at == now + 3 * HOUR
     assert Allocation.objects.filter(reservation=r, active=True).count() == 1
     assert Node.objects.get(pk=r.allocations.get().node_id).reservation_id == r.pk
+
+
+def _worker_killed_after_finishing(op) -> None:
+    """The operation is marked finished, but its worker dies before the finished-operation hook runs."""
+    from provisioner.models import Operation
+    from provisioner.states import OperationState
+
+    Operation.objects.filter(pk=op.pk).update(state=OperationState.SUCCEEDED, finished_at=timezone.now())
+
+
+@pytest.mark.django_db
+def test_a_reservation_whose_servers_all_came_up_turns_active_even_if_the_last_hook_never_ran(inventory):
+    from provisioner.management.commands.scheduler import housekeeping_pass
+
+    r = _reserve(inventory, 1)
+    node = Node.objects.get(reservation=r)
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ACTIVE)  # finish_provision committed
+    _worker_killed_after_finishing(r.operations.get(kind=OperationKind.PROVISION))
+
+    housekeeping_pass()
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.ACTIVE
+
+
+@pytest.mark.django_db
+def test_a_release_whose_wipes_all_finished_settles_even_if_the_last_hook_never_ran(inventory):
+    from provisioner.management.commands.scheduler import housekeeping_pass
+
+    r = release_reservation(_reserve(inventory, 1), actor=Actor.system("test"))
+    assert r.state == ReservationState.RELEASING
+    release = r.operations.get(kind=OperationKind.RELEASE)
+    Node.objects.filter(pk=release.node_id).update(state=NodeState.AVAILABLE)  # finish_clean committed
+    r.operations.filter(kind=OperationKind.PROVISION).update(state="cancelled")
+    _worker_killed_after_finishing(release)
+
+    housekeeping_pass()
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.RELEASED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from provisioner.errors import BurnInFailed, CapacityError, IllegalTransition
@@ -24,6 +24,7 @@ from provisioner.states import (
     NodeEvent,
     NodeState,
     OperationKind,
+    OperationState,
     ReservationState,
 )
 
@@ -158,6 +159,39 @@ def add_spare(
             ),
         )
         return None
+
+
+def settle_finished_reservations() -> int:
+    """Do what a finished operation's hook does for its reservation where that hook never ran (its worker
+    died between marking the operation finished and running it): a reservation whose servers are all up
+    turns active, a release whose wipes have all ended turns released. Returns how many changed."""
+    ready = Q(
+        allocations__active=True,
+        allocations__node__state=NodeState.ACTIVE,
+        allocations__node__reservation=F("pk"),
+    )
+    up = (
+        Reservation.objects.filter(state__in=[ReservationState.PROVISIONING, ReservationState.WAITING])
+        .annotate(
+            held=Count("allocations", filter=Q(allocations__active=True)),
+            ready=Count("allocations", filter=ready),
+        )
+        .filter(held=F("count"), ready=F("count"))
+    )
+    wiping = Operation.objects.filter(
+        reservation=OuterRef("pk"),
+        kind=OperationKind.RELEASE,
+        state__in=[OperationState.PENDING, OperationState.RUNNING],
+    )
+    wiped = Reservation.objects.filter(state=ReservationState.RELEASING).exclude(Exists(wiping))
+    changed = 0
+    for reservation in up:
+        mark_reservation_active_if_ready(reservation)
+        changed += 1
+    for reservation in wiped:
+        settle_reservation(reservation)
+        changed += 1
+    return changed
 
 
 def fill_waiting_reservations(actor: Actor | None = None) -> int:

@@ -20,7 +20,7 @@ from django.db import close_old_connections
 
 from provisioner.engine.reaper import reap
 from provisioner.services import signin
-from provisioner.services.hooks import fill_waiting_reservations
+from provisioner.services.hooks import fill_waiting_reservations, settle_finished_reservations
 from provisioner.services.reservations import expire_reservations, start_due_reservations
 from provisioner.services.rollouts import advance_running_rollouts
 
@@ -32,6 +32,7 @@ def housekeeping_pass() -> dict[str, int]:
     counts["started"] = start_due_reservations()
     counts["expired"] = expire_reservations()
     counts["spares"] = fill_waiting_reservations()
+    counts["settled"] = settle_finished_reservations()
     counts["rollouts"] = advance_running_rollouts()
     counts["signin_failures_pruned"] = signin.prune()
     return counts
