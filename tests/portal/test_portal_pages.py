@@ -14,12 +14,14 @@ from provisioner.models import (
     AuditEvent,
     Membership,
     Node,
+    Operation,
     Organization,
     Reservation,
     Rollout,
     SSHKey,
 )
-from provisioner.states import NodeState
+from provisioner.services.audit import Actor
+from provisioner.states import NodeState, OperationState
 from tests.conftest import reserve, ssh_keygen
 
 CUSTOMER_PAGES = ["catalog", "reserve", "reservations", "organization", "ssh_keys", "api_tokens", "audit"]
@@ -115,6 +117,19 @@ def test_operator_asks_for_maintenance_when_a_leased_server_is_free_and_withdraw
     assert Node.objects.get(pk=node.pk).hold_requested == ""
 
 
+def test_a_hold_request_on_a_server_that_then_failed_can_be_withdrawn_from_its_page(client, inventory):
+    node = Node.objects.order_by("name").first()
+    Node.objects.filter(pk=node.pk).update(state=NodeState.ERROR, hold_requested="swap PSU")
+    _login(client, inventory.operator)
+    page = client.get(reverse("portal:ops_node", args=[node.pk])).content.decode()
+    assert 'id="withdraw-hold"' in page and 'id="hold-when-free"' not in page
+    url = reverse("portal:ops_node_action", args=[node.pk])
+    withdrawn = client.post(url, {"action": "maintenance_off"}, follow=True).content.decode()
+    assert 'id="hold-requested"' not in withdrawn
+    node.refresh_from_db()
+    assert (node.state, node.hold_requested) == (NodeState.ERROR, "")
+
+
 def test_reimaging_a_busy_node_is_refused_in_plain_words(client, inventory):
     r = _reserve(inventory)  # no worker runs: its provisioning stays pending
     node = Node.objects.get(reservation=r)
@@ -154,6 +169,22 @@ def test_rollout_of_idle_nodes_starts_and_shows_progress(client, inventory):
     assert all(n.name in body for n in idle)
     live = client.get(reverse("portal:ops_rollout_live", args=[rollout.pk]), HTTP_HX_REQUEST="true")
     assert live.status_code == 200
+
+
+def test_a_halted_rollouts_unstarted_nodes_are_not_shown_waiting_for_a_slot(client, inventory):
+    """Once halted, a rollout starts nothing more: its unstarted nodes said "waiting for a slot"."""
+    from provisioner.services.rollouts import advance_rollout, start_rollout
+
+    idle = list(Node.objects.filter(server_type=inventory.a100).order_by("name"))
+    rollout = start_rollout(idle, actor=Actor.system("test"), max_parallel=1, failure_budget=0)
+    Operation.objects.filter(rollout=rollout).update(state=OperationState.FAILED, error="BMC refused login")
+    advance_rollout(rollout.pk)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.State.HALTED
+    _login(client, inventory.operator)
+    body = client.get(reverse("portal:ops_rollout", args=[rollout.pk])).content.decode()
+    assert "waiting for a slot" not in body
+    assert "not started (rollout halted)" in body
 
 
 def test_customer_never_sees_another_organizations_reservation(client, inventory):
