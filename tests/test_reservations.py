@@ -451,3 +451,22 @@ def test_a_release_whose_wipes_all_finished_settles_even_if_the_last_hook_never_
 
     r.refresh_from_db()
     assert r.state == ReservationState.RELEASED
+
+
+@pytest.mark.django_db
+def test_a_window_that_ended_while_the_scheduler_was_down_is_not_provisioned_just_to_be_wiped(inventory):
+    from provisioner.management.commands.scheduler import housekeeping_pass
+
+    now = timezone.now()
+    r = _reserve(inventory, 1, starts_at=now + HOUR, ends_at=now + 2 * HOUR)
+    node = r.allocations.get().node
+    Reservation.objects.filter(pk=r.pk).update(starts_at=now - 2 * HOUR, ends_at=now - HOUR)
+    Allocation.objects.filter(reservation=r).update(starts_at=now - 2 * HOUR, ends_at=now - HOUR)
+
+    housekeeping_pass()
+
+    r.refresh_from_db()
+    assert r.state == ReservationState.RELEASED and r.status_message == "reservation window ended"
+    assert not r.operations.exists()
+    node.refresh_from_db()
+    assert node.state == NodeState.AVAILABLE and node.reservation_id is None

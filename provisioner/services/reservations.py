@@ -503,7 +503,11 @@ def start_due_reservations(actor: Actor | None = None) -> int:
     actor = actor or Actor.system("scheduler")
     started = 0
     now = timezone.now()
-    for reservation in Reservation.objects.filter(state=ReservationState.SCHEDULED, starts_at__lte=now):
+    # a window that has ended meanwhile (the scheduler was down) is expire_reservations', not started
+    due = Reservation.objects.filter(state=ReservationState.SCHEDULED, starts_at__lte=now).exclude(
+        ends_at__lte=now
+    )
+    for reservation in due:
         with transaction.atomic():
             pending = [
                 alloc.node
