@@ -221,6 +221,33 @@ def test_a_device_gone_or_not_active_sends_an_available_node_to_maintenance(
     assert Node.objects.filter(name="gpu-1").exists()
 
 
+@pytest.mark.parametrize("same_sync", [True, False], ids=["re-created at once", "re-created later"])
+def test_a_device_deleted_and_created_again_is_the_same_node(lab: Lab, credentials, same_sync) -> None:
+    """A bulk re-import deletes devices and creates them again with new ids: the server (same serial) is
+    the node it was, not a stranger whose serial is taken, and nothing else about it changes."""
+    old = lab.gpu_server("gpu-1", 1)
+    lab.gpu_server("gpu-2", 2)
+    lab.sync(credentials)
+    node = Node.objects.get(name="gpu-1")
+    lab.data.remove_device(old)
+    if not same_sync:  # a sync in between finds the device gone: the node goes on hold
+        lab.sync()
+        assert Node.objects.get(pk=node.pk).state == NodeState.MAINTENANCE
+    new = lab.gpu_server("gpu-1", 1)
+
+    report = lab.sync()
+
+    outcome, message = outcomes(report)["gpu-1"]
+    assert outcome == "updated" and f"device #{old} was deleted and created again" in message
+    again = Node.objects.get(pk=node.pk)
+    assert again.netbox_id == new and Node.objects.filter(serial="SN-0001").count() == 1
+    expected = NodeState.AVAILABLE if same_sync else NodeState.MAINTENANCE  # a hold is lifted by operators
+    assert again.state == expected
+    event = AuditEvent.objects.filter(node=node, reason__startswith="adopted by NetBox").get()
+    assert event.data == {"netbox_id": new, "previous_netbox_id": old}
+    assert outcomes(lab.sync())["gpu-1"][0] == "unchanged"
+
+
 def test_a_role_without_devices_does_not_put_the_whole_fleet_on_hold(lab: Lab, credentials) -> None:
     lab.gpu_server("gpu-1", 1)
     lab.sync(credentials)

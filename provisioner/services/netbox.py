@@ -14,7 +14,8 @@ What a device maps to:
   server type; a mismatch is reported and the device left as it is.
 
 What an operator can rely on: the sync is idempotent (a second run changes nothing and says so); nodes are
-matched by netbox_id, then by serial (adopting nodes enrolled from YAML); a node a customer holds or an
+matched by netbox_id, then by serial (adopting nodes enrolled from YAML, and a node whose device was deleted
+from NetBox and created again with a new id); a node a customer holds or an
 operation works on is not changed (its changes are reported as deferred and applied by a later sync once it
 is idle); a device gone from NetBox or no longer ``active`` is never deleted: an available node is put on hold
 (maintenance) through the node services, a leased one is left alone and reported. Each device is applied all
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,6 +41,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
@@ -202,6 +205,10 @@ class _Fetched:
     devices: list[dict[str, Any]]
     interfaces: dict[int, list[dict[str, Any]]]
     gpus: dict[int, list[dict[str, Any]]]
+
+    @functools.cached_property
+    def ids(self) -> set[int]:
+        return {d["id"] for d in self.devices}
 
 
 def _fetch(api: Any, role: str, known: set[int]) -> _Fetched:
@@ -487,10 +494,17 @@ class _Sync:
         notes.append(message)
 
     # nodes
-    def match(self, dev: dict[str, Any]) -> Node | None:
+    def match(self, dev: dict[str, Any], listed: set[int]) -> Node | None:
+        """The node of a device: by netbox_id, else by serial a node enrolled without NetBox or one whose
+        own device is gone from NetBox (``listed``: the ids NetBox has now, unlisted ones asked for by id):
+        a device deleted and created again, as a bulk re-import does, gets a new id but is the same server."""
         node = Node.objects.filter(netbox_id=dev["id"]).first()
         if node is None and dev.get("serial"):
-            node = Node.objects.filter(netbox_id__isnull=True, serial=str(dev["serial"])).first()
+            node = (
+                Node.objects.filter(serial=str(dev["serial"]))
+                .filter(Q(netbox_id__isnull=True) | ~Q(netbox_id__in=listed))
+                .first()
+            )
         return node
 
     def refuse_duplicates(self, name: str, wanted: dict[str, Any], node: Node | None) -> None:
@@ -532,7 +546,7 @@ class _Sync:
     def _device(self, dev: dict[str, Any], fetched: _Fetched) -> None:
         label = _label(dev)
         status = _value(dev.get("status"))
-        node = self.match(dev)
+        node = self.match(dev, fetched.ids)
         if status != "active":
             if node is None:
                 self.report.add(label, "ignored", f"status is {status}; only active devices are enrolled")
@@ -573,17 +587,23 @@ class _Sync:
         node = Node.objects.select_for_update().get(pk=node.pk)
         changes = {f: (getattr(node, f), wanted[f]) for f in _SYNCED_FIELDS if getattr(node, f) != wanted[f]}
         text = "; ".join(f"{f} {_show(old)} -> {_show(new)}" for f, (old, new) in changes.items())
-        adopted = node.netbox_id is None
+        adopted, before = node.netbox_id != dev["id"], node.netbox_id
         if adopted:
             Node.objects.filter(pk=node.pk).update(netbox_id=dev["id"])
+            was = f"; its device #{before} is gone from NetBox" if before else ""
             record(
                 self.actor,
                 "netbox_sync",
                 node=node,
-                reason=f"adopted by NetBox device #{dev['id']} (matched by serial {node.serial})",
-                data={"netbox_id": dev["id"]},
+                reason=f"adopted by NetBox device #{dev['id']} (matched by serial {node.serial}{was})",
+                data={"netbox_id": dev["id"], "previous_netbox_id": before},
             )
-        adoption = f"adopted (serial {node.serial}, enrolled before)" if adopted else ""
+        if not adopted:
+            adoption = ""
+        elif before is None:
+            adoption = f"adopted (serial {node.serial}, enrolled before)"
+        else:
+            adoption = f"adopted (serial {node.serial}; device #{before} was deleted and created again)"
         if not changes:
             return ("updated", adoption) if adopted else ("unchanged", "")
         busy = _why_not_idle(node)
