@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -574,6 +575,31 @@ def test_the_scheduler_queues_a_sync_as_settings_configure_it(
 
     settings.NEOCLOUD_NETBOX_SYNC_SECONDS = 0.0  # the default: the scheduler never syncs
     assert queue_periodic_syncs({}, power=False) == []
+
+
+def test_periodic_syncs_do_not_pile_up_while_workers_are_down(db, settings) -> None:
+    """Due every period, but one waiting (or running) task of a kind is enough: a scheduler whose workers
+    are down for an hour must not leave them hundreds of syncs to run back to back."""
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    from provisioner.engine.tasks import sync_fleet_power, sync_netbox_inventory
+
+    settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN = "http://127.0.0.1:9", TOKEN
+    settings.NEOCLOUD_NETBOX_SYNC_SECONDS = settings.NEOCLOUD_POWER_SYNC_SECONDS = 0.001
+    both = ["sync_fleet_power", "sync_netbox_inventory"]
+    assert queue_periodic_syncs({}) == both
+    for _ in range(5):
+        time.sleep(0.002)
+        assert queue_periodic_syncs({}) == []
+    for task in (sync_fleet_power, sync_netbox_inventory):
+        assert DBTaskResult.objects.filter(task_path=task.module_path).count() == 1
+    DBTaskResult.objects.filter(task_path=sync_fleet_power.module_path).update(
+        status=TaskResultStatus.RUNNING
+    )
+    assert queue_periodic_syncs({}) == []  # a running one counts too
+    DBTaskResult.objects.update(status=TaskResultStatus.SUCCESSFUL)
+    assert queue_periodic_syncs({}) == both  # once they are done, the next period queues again
 
 
 def test_a_netbox_url_with_a_bad_port_is_one_clear_sentence(db, token_file: Path) -> None:

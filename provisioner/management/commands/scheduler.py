@@ -52,10 +52,28 @@ def queue_periodic_syncs(last_queued: dict[str, float], *, power: bool = True) -
     for task, every in periodic:
         name = task.name
         if every and (name not in last_queued or now - last_queued[name] >= every):
-            task.enqueue()
             last_queued[name] = now
+            if _in_flight(task.module_path):
+                # Workers are down or behind: one sync waiting is enough, and it reads the state when it
+                # runs. Queuing one more each period would pile up syncs that then run back to back.
+                log.info("%s not queued: the last one has not finished yet", name)
+                continue
+            task.enqueue()
             queued.append(name)
     return queued
+
+
+def _in_flight(task_path: str) -> bool:
+    """Whether a task of ``task_path`` is queued or running (database task backend; the immediate backend
+    runs tasks as they are queued, so none ever is)."""
+    if settings.TASKS["default"]["BACKEND"] != "django_tasks_db.DatabaseBackend":
+        return False
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.filter(
+        task_path=task_path, status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING]
+    ).exists()
 
 
 def _seconds(text: str) -> float:
