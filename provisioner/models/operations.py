@@ -110,6 +110,8 @@ class Rollout(models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         HALTED = "halted", "Halted (failure budget exceeded)"
+        # Cancelled by an operator: nothing more starts, the reimages already started run to completion.
+        CANCELLING = "cancelling", "Cancelling (started reimages finishing)"
         CANCELLED = "cancelled", "Cancelled"
 
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
@@ -120,6 +122,10 @@ class Rollout(models.Model):
     force = models.BooleanField(default=False)
     state = models.CharField(max_length=20, choices=State.choices, default=State.RUNNING)
     message = models.TextField(blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancel_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -128,3 +134,8 @@ class Rollout(models.Model):
 
     def __str__(self) -> str:
         return f"rollout {self.pk} ({self.state})"
+
+    @property
+    def cancellable(self) -> bool:
+        """Whether an operator can still cancel it: only while it may start more nodes."""
+        return self.state == self.State.RUNNING

@@ -7,6 +7,13 @@ and the release's wipe owns it now): the node counts as skipped, done but not ag
 Every decision is taken with the Rollout row locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
 IMMEDIATE transactions serialize writers), so two workers finishing operations at the same moment cannot
 both start "the last free slot" or start the same node twice.
+
+An operator may cancel a running rollout (``cancel_rollout``): no node not yet started is started after the
+cancel commits (the cancel takes the same lock as the advance that starts nodes), and the reimages already
+started (pending or running) run to completion: each has already taken its node out of the pool (the node
+is cleaning or its customer's reimage is under way), so stopping it half-way would strand the node in a
+transient state. The rollout stays ``cancelling`` until the last of them ends, then turns ``cancelled``
+with a message counting what was reimaged, failed, skipped and not started.
 """
 
 from __future__ import annotations
@@ -145,6 +152,9 @@ def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Ro
     pk = rollout if isinstance(rollout, int) else rollout.pk
     with transaction.atomic():
         locked = Rollout.objects.select_for_update().get(pk=pk)
+        if locked.state == Rollout.State.CANCELLING:
+            _finish_cancel_if_idle(locked, progress(locked), actor)
+            return locked
         if locked.state != Rollout.State.RUNNING:
             return locked
         status = progress(locked)
@@ -227,10 +237,78 @@ def _halt(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
     )
 
 
+def cancel_rollout(rollout: Rollout | int, *, actor: Actor, reason: str) -> Rollout:
+    """Cancel a running rollout: start no further node; the reimages already started run to completion.
+
+    The rollout turns ``cancelling`` while any of its reimages is pending or running, ``cancelled`` (with its
+    final counts in ``message``) at once if none is, or else when the last one ends (its finish hook, or the
+    scheduler's pass, advances the rollout). Takes the rollout's row lock, like ``advance_rollout``: an
+    advance that has started nodes before the cancel commits counts them as running; one after starts none.
+
+    Idempotent: cancelling a rollout already cancelling or cancelled returns it unchanged (not audited again).
+
+    :raises InvalidRequest: ``reason`` is blank.
+    :raises IllegalTransition: the rollout has already succeeded or halted (nothing is left to cancel).
+    """
+    reason = reason.strip()
+    if not reason:
+        raise InvalidRequest("say why the rollout is cancelled (reason)")
+    pk = rollout if isinstance(rollout, int) else rollout.pk
+    with transaction.atomic():
+        locked = Rollout.objects.select_for_update().get(pk=pk)
+        if locked.state in (Rollout.State.CANCELLING, Rollout.State.CANCELLED):
+            return locked
+        if locked.state != Rollout.State.RUNNING:
+            raise IllegalTransition(
+                f"rollout {locked.pk} has already {locked.state}; only a running rollout can be cancelled"
+            )
+        status = progress(locked)
+        locked.state = Rollout.State.CANCELLING
+        locked.cancelled_by = actor.user
+        locked.cancel_reason = reason
+        locked.message = (
+            f"cancelling ({reason}): {status.running} running reimage(s) finish, "
+            f"{status.pending} node(s) not started"
+        )
+        locked.save(update_fields=["state", "cancelled_by", "cancel_reason", "message"])
+        record(
+            actor,
+            "rollout_cancel",
+            reason=f"rollout {locked.pk}: {reason}",
+            data={"rollout": locked.pk, "running": status.running, "not_started": status.pending},
+        )
+        _finish_cancel_if_idle(locked, status, actor)
+    return locked
+
+
+def _finish_cancel_if_idle(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
+    """A cancelling rollout (locked by the caller) turns cancelled once none of its reimages is in flight."""
+    if status.running:
+        return
+    parts = [f"{status.succeeded} of {status.total} node(s) reimaged"]
+    if status.failed:
+        parts.append(f"{status.failed} failed")
+    if status.skipped:
+        parts.append(f"{status.skipped} skipped (released by their customer during the rollout)")
+    parts.append(f"{status.pending} not started")
+    rollout.state = Rollout.State.CANCELLED
+    rollout.finished_at = timezone.now()
+    rollout.message = f"cancelled ({rollout.cancel_reason}): " + "; ".join(parts)
+    rollout.save(update_fields=["state", "finished_at", "message"])
+    record(
+        actor,
+        "rollout_finish",
+        reason=f"rollout {rollout.pk}: {rollout.message}",
+        data={"rollout": rollout.pk},
+    )
+
+
 def advance_running_rollouts(actor: Actor | None = None) -> int:
-    """Scheduler pass: advance every running rollout (catches a lost finish hook). Returns how many."""
+    """Scheduler pass: advance every running or cancelling rollout (catches a lost finish hook: a cancelling
+    rollout whose last reimage ended turns cancelled). Returns how many."""
     count = 0
-    for pk in Rollout.objects.filter(state=Rollout.State.RUNNING).values_list("pk", flat=True):
+    active = (Rollout.State.RUNNING, Rollout.State.CANCELLING)
+    for pk in Rollout.objects.filter(state__in=active).values_list("pk", flat=True):
         advance_rollout(pk, actor=actor or Actor.system("scheduler"))
         count += 1
     return count

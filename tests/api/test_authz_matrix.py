@@ -223,6 +223,12 @@ MATRIX: dict[str, Cell] = {
         lambda w: {"nodes": [w.idle.name], "max_parallel": 1, "failure_budget": 0},
     ),
     "admin rollout": Cell("get", lambda w: f"{V1}/admin/reimage-rollouts/{w.rollout_id}", staff_only(200)),
+    "admin cancel rollout": Cell(
+        "post",
+        lambda w: f"{V1}/admin/reimage-rollouts/{w.rollout_id}/cancel",
+        staff_only(200),
+        lambda w: {"reason": "wrong image"},
+    ),
     "schema": Cell("get", lambda w: "/api/schema/", public(200)),
     "docs": Cell("get", lambda w: "/api/docs/", public(200)),
 }

@@ -162,7 +162,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     queryset = Rollout.objects.all()
 
     def get_queryset(self) -> QuerySet[Rollout]:
-        return Rollout.objects.select_related("image", "requested_by")
+        return Rollout.objects.select_related("image", "requested_by", "cancelled_by")
 
     @extend_schema(
         request=s.RolloutCreateSerializer, responses={202: s.RolloutSerializer, **errors(400, 401, 403, 409)}
@@ -181,6 +181,23 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             force=data["force"],
         )
         return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=s.RolloutCancelSerializer,
+        responses={200: s.RolloutSerializer, **errors(400, 401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Start no further node; the reimages already started run to completion, then the rollout turns
+        cancelled (state cancelling until then). Cancelling a cancelling or cancelled rollout returns it
+        unchanged (200); one that already succeeded or halted is a 409."""
+        rollout = self.get_object()
+        serializer = s.RolloutCancelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rollout = rollout_service.cancel_rollout(
+            rollout, actor=Actor.from_request(request), reason=serializer.validated_data["reason"]
+        )
+        return Response(self.get_serializer(rollout).data)
 
 
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:

@@ -635,12 +635,17 @@ class RolloutCreateSerializer(serializers.Serializer):
         return attrs
 
 
+class RolloutCancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, help_text="why the rollout is cancelled (audited)")
+
+
 class RolloutNodeSerializer(serializers.Serializer):
     node_id = serializers.IntegerField()
     node = serializers.CharField()
     state = serializers.ChoiceField(
         choices=["pending", "running", "succeeded", "failed", "cancelled", "refused"],
-        help_text="pending: not started yet; refused: could not be started (see error), a failure; "
+        help_text="pending: not started yet (never, once the rollout is cancelling, cancelled or halted); "
+        "refused: could not be started (see error), a failure; "
         "cancelled: skipped, its customer released the server during the rollout, not a failure",
     )
     operation = serializers.IntegerField(allow_null=True)
@@ -661,6 +666,9 @@ class RolloutCountsSerializer(serializers.Serializer):
 class RolloutSerializer(serializers.ModelSerializer):
     image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    cancelled_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, help_text="the operator who cancelled it, if anyone did"
+    )
     counts = serializers.SerializerMethodField()
     nodes = serializers.SerializerMethodField()
     halted_reason = serializers.SerializerMethodField()
@@ -677,6 +685,8 @@ class RolloutSerializer(serializers.ModelSerializer):
             "failure_budget",
             "force",
             "requested_by",
+            "cancelled_by",
+            "cancel_reason",
             "counts",
             "nodes",
             "created_at",
