@@ -1,4 +1,5 @@
-"""The reaper: finds operations whose worker died (no heartbeat for a lease TTL) and resumes or fails them.
+"""The reaper: finds operations whose worker died (no heartbeat for a lease TTL) and resumes or fails them,
+and pending operations whose worker task was lost (requeue_lost_operations), which it queues again.
 
 django-tasks-db leaves a killed worker's task marked running forever, so recovery lives here, on our
 Operation rows. A resumed operation restarts its current step, which is safe because steps are idempotent.
@@ -14,9 +15,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from provisioner.engine.runner import enqueue
+from provisioner.engine.runner import enqueue, operations_with_live_tasks
 from provisioner.models import LogLine, Node, Operation, Step
 from provisioner.services.audit import Actor
 from provisioner.states import OperationState, StepState
@@ -34,7 +36,13 @@ def reap(now=None) -> dict[str, int]:
             # Conditional update: only one reaper wins the right to recover this operation.
             taken = Operation.objects.filter(
                 pk=op.pk, state=OperationState.RUNNING, worker_id=op.worker_id, heartbeat_at=op.heartbeat_at
-            ).update(state=OperationState.PENDING, worker_id="", recoveries=op.recoveries + 1)
+            ).update(
+                # heartbeat_at: when it was handed back (requeue_lost_operations gives its task time to arrive)
+                state=OperationState.PENDING,
+                worker_id="",
+                recoveries=op.recoveries + 1,
+                heartbeat_at=now,
+            )
             if taken != 1:
                 continue
             dead_worker = op.worker_id
@@ -56,6 +64,52 @@ def reap(now=None) -> dict[str, int]:
         _give_up(op, dead_worker)
         counts["failed"] += 1
     return counts
+
+
+_CHUNK = 500  # operations looked up at once (SQLite limits the parameters of one query)
+
+
+def requeue_lost_operations(now=None) -> int:
+    """Queue again the pending operations that no worker task will ever run. Returns how many.
+
+    An operation's task is queued once the transaction that made it pending commits (runner.enqueue): a
+    process that dies in between (after creating it, after handing it back to wait for a busy node, after
+    resuming it here) leaves it pending with no task, and its node and reservation waiting forever.
+
+    Lost means: pending for longer than a lease TTL (since it was created, or handed back: ``heartbeat_at``),
+    with no task queued for it (however long the queue is: a task not yet picked up is not lost), and none
+    that a worker picked up within that time (a task marked running for longer belongs to a dead worker).
+    Each is claimed with a conditional update that restamps ``heartbeat_at``, so that one scheduler queues it
+    once, and its new task gets the same grace before it could count as lost in turn.
+    """
+    if settings.TASKS["default"]["BACKEND"] != "django_tasks_db.DatabaseBackend":
+        return 0  # the immediate backend runs an operation as it is queued: no task waits to be lost
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.NEOCLOUD_LEASE_TTL_SECONDS)
+    pending = Operation.objects.filter(state=OperationState.PENDING).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    )
+    candidates = list(pending.order_by("pk").values_list("pk", "heartbeat_at"))
+    requeued = 0
+    for start in range(0, len(candidates), _CHUNK):
+        chunk = candidates[start : start + _CHUNK]
+        live = operations_with_live_tasks([pk for pk, _ in chunk], started_since=cutoff)
+        for pk, heartbeat_at in chunk:
+            if pk in live:
+                continue
+            with transaction.atomic():
+                taken = Operation.objects.filter(
+                    pk=pk, state=OperationState.PENDING, heartbeat_at=heartbeat_at
+                ).update(heartbeat_at=now)
+                if taken != 1:
+                    continue  # claimed, started or requeued by someone else meanwhile
+                op = Operation.objects.get(pk=pk)
+                message = "no worker task was left queued for this pending operation; queued it again"
+                LogLine.objects.create(operation=op, level=LogLine.Level.WARNING, message=message)
+                enqueue(op)
+            log.warning("operation %s: %s", pk, message)
+            requeued += 1
+    return requeued
 
 
 def _give_up(op: Operation, dead_worker: str) -> None:

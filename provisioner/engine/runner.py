@@ -80,6 +80,28 @@ def enqueue(op: Operation, *, delay: float = 0) -> None:
     transaction.on_commit(send)
 
 
+def operations_with_live_tasks(operation_ids: list[int], *, started_since) -> set[int]:
+    """Which of these operations have a worker task that will still run them: one queued (whenever it may
+    run: a queue backed up for hours still holds it), or one a worker picked up since ``started_since``.
+
+    A task marked running for longer than that is not counted: django-tasks-db leaves the task of a worker
+    killed mid-run marked running forever. Reads the database task backend's rows for the tasks that
+    :func:`enqueue` queues (the operation's id is their one positional argument)."""
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    from provisioner.engine.tasks import execute_operation
+
+    if not operation_ids:
+        return set()
+    live = DBTaskResult.objects.filter(
+        Q(status=TaskResultStatus.READY) | Q(status=TaskResultStatus.RUNNING, started_at__gte=started_since),
+        task_path=execute_operation.module_path,
+        args_kwargs__args__0__in=operation_ids,
+    )
+    return set(live.values_list("args_kwargs__args__0", flat=True))
+
+
 class StepFailed(Exception):
     def __init__(self, step: Step | None, error: BaseException) -> None:
         super().__init__(str(error))
@@ -114,7 +136,10 @@ def execute(operation_id: int, owner: str | None = None) -> str:
             _run_steps(op, actor, heartbeat)
     except NodeLocked as exc:
         # Another operation holds the node (e.g. a provision being cancelled): try again shortly.
-        Operation.objects.filter(pk=op.pk, worker_id=owner).update(state=OperationState.PENDING, worker_id="")
+        # heartbeat_at: when it was handed back (requeue_lost_operations gives its new task time to arrive)
+        Operation.objects.filter(pk=op.pk, worker_id=owner).update(
+            state=OperationState.PENDING, worker_id="", heartbeat_at=timezone.now()
+        )
         _log(op, None, f"waiting: {exc}")
         enqueue(op, delay=2)
         return "deferred"

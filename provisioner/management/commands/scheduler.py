@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from provisioner.engine.reaper import reap
+from provisioner.engine.reaper import reap, requeue_lost_operations
 from provisioner.services import signin
 from provisioner.services.hooks import fill_waiting_reservations, settle_finished_reservations
 from provisioner.services.reservations import expire_reservations, start_due_reservations
@@ -29,6 +29,7 @@ log = logging.getLogger("provisioner.scheduler")
 
 def housekeeping_pass() -> dict[str, int]:
     counts = dict(reap())
+    counts["requeued"] = requeue_lost_operations()
     counts["started"] = start_due_reservations()
     counts["expired"] = expire_reservations()
     counts["spares"] = fill_waiting_reservations()
