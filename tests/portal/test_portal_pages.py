@@ -450,3 +450,102 @@ def test_audit_trail_shows_only_the_organizations_events(client, inventory):
     body = client.get(reverse("portal:audit")).content.decode()
     assert body.count("reserve") >= 1
     assert "oscar" not in body
+
+
+def test_a_running_rollout_page_offers_cancel_with_confirmation_and_cancelling_it_stops_it(client, inventory):
+    from provisioner.services.rollouts import start_rollout
+
+    idle = list(Node.objects.filter(server_type=inventory.a100).order_by("name"))
+    rollout = start_rollout(idle, actor=Actor.system("test"), max_parallel=1, failure_budget=0)
+    _login(client, inventory.operator)
+    page = client.get(reverse("portal:ops_rollout", args=[rollout.pk])).content.decode()
+    cancel_url = reverse("portal:ops_rollout_cancel", args=[rollout.pk])
+    assert f'action="{cancel_url}"' in page
+    form = page.split(f'action="{cancel_url}"')[1].split("</form>")[0]
+    assert "data-confirm=" in page.split(f'action="{cancel_url}"')[1].split(">")[0]
+    assert 'name="csrfmiddlewaretoken"' in form and 'name="reason"' in form and 'id="cancel-rollout"' in form
+
+    response = client.post(cancel_url, {"reason": "wrong image"}, follow=True)
+    body = response.content.decode()
+    assert response.redirect_chain[-1][0] == reverse("portal:ops_rollout", args=[rollout.pk])
+    assert f"Rollout {rollout.pk} cancelled" in body
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.State.CANCELLING
+    assert 'id="cancel-rollout"' not in body  # nothing more to cancel
+    assert "not started (rollout cancelling)" in body
+    event = AuditEvent.objects.get(action="rollout_cancel")
+    assert event.actor == inventory.operator and "wrong image" in event.reason
+
+
+def test_cancelling_a_rollout_from_the_portal_needs_a_reason(client, inventory):
+    from provisioner.services.rollouts import start_rollout
+
+    rollout = start_rollout(
+        list(Node.objects.filter(server_type=inventory.a100)),
+        actor=Actor.system("test"),
+        max_parallel=1,
+        failure_budget=0,
+    )
+    _login(client, inventory.operator)
+    response = client.post(
+        reverse("portal:ops_rollout_cancel", args=[rollout.pk]), {"reason": ""}, follow=True
+    )
+    assert "Not cancelled:" in response.content.decode()
+    assert Rollout.objects.get(pk=rollout.pk).state == Rollout.State.RUNNING
+
+
+def test_a_finished_rollout_page_has_no_cancel_button_and_a_cancel_post_says_why(client, inventory):
+    from provisioner.services.rollouts import start_rollout
+
+    rollout = start_rollout(
+        list(Node.objects.filter(server_type=inventory.a100)),
+        actor=Actor.system("test"),
+        max_parallel=1,
+        failure_budget=0,
+    )
+    Rollout.objects.filter(pk=rollout.pk).update(state=Rollout.State.SUCCEEDED)
+    _login(client, inventory.operator)
+    page = client.get(reverse("portal:ops_rollout", args=[rollout.pk])).content.decode()
+    assert 'id="cancel-rollout"' not in page
+    response = client.post(
+        reverse("portal:ops_rollout_cancel", args=[rollout.pk]), {"reason": "x"}, follow=True
+    )
+    assert (
+        "Not cancelled: Rollout" in response.content.decode()
+        and "already succeeded" in response.content.decode()
+    )
+
+
+def test_customers_cannot_cancel_a_rollout(client, inventory):
+    from provisioner.services.rollouts import start_rollout
+
+    rollout = start_rollout(
+        list(Node.objects.filter(server_type=inventory.a100)),
+        actor=Actor.system("test"),
+        max_parallel=1,
+        failure_budget=0,
+    )
+    _login(client, inventory.owner)
+    response = client.post(reverse("portal:ops_rollout_cancel", args=[rollout.pk]), {"reason": "x"})
+    assert response.status_code == 403
+    assert Rollout.objects.get(pk=rollout.pk).state == Rollout.State.RUNNING
+
+
+def test_the_live_rollout_update_removes_the_cancel_button_once_the_rollout_stops_starting_servers(
+    client, inventory
+):
+    from provisioner.services.rollouts import cancel_rollout, start_rollout
+
+    rollout = start_rollout(
+        list(Node.objects.filter(server_type=inventory.a100)),
+        actor=Actor.system("test"),
+        max_parallel=1,
+        failure_budget=0,
+    )
+    _login(client, inventory.operator)
+    live = reverse("portal:ops_rollout_live", args=[rollout.pk])
+    assert "hx-swap-oob" not in client.get(live, HTTP_HX_REQUEST="true").content.decode()
+    cancel_rollout(rollout, actor=Actor(user=inventory.operator, label="opal"), reason="stop")
+    body = client.get(live, HTTP_HX_REQUEST="true").content.decode()
+    assert '<div id="rollout-cancel" hx-swap-oob="outerHTML"></div>' in body
+    assert 'hx-trigger="every 2s"' in body  # still live while the started reimage finishes

@@ -228,6 +228,7 @@ def test_another_organizations_ssh_key_cannot_be_deleted(client, inventory):
 def _post_urls(inv) -> list[str]:
     r = _reserve(inv, ends_at=timezone.now() + dt.timedelta(hours=4))
     node = Node.objects.exclude(reservation=r).first()
+    rollout = start_rollout([node], actor=Actor.system("test"), max_parallel=1, failure_budget=0)
     return [
         reverse("portal:signup"),
         reverse("portal:logout"),
@@ -242,6 +243,7 @@ def _post_urls(inv) -> list[str]:
         reverse("portal:api_tokens"),
         reverse("portal:ops_node_action", args=[node.pk]),
         reverse("portal:ops_rollout_start"),
+        reverse("portal:ops_rollout_cancel", args=[rollout.pk]),
     ]
 
 

@@ -42,4 +42,5 @@ urlpatterns = [
     path("ops/rollouts/start/", operator.rollout_start, name="ops_rollout_start"),
     path("ops/rollouts/<int:pk>/", operator.rollout_detail, name="ops_rollout"),
     path("ops/rollouts/<int:pk>/live/", operator.rollout_live, name="ops_rollout_live"),
+    path("ops/rollouts/<int:pk>/cancel/", operator.rollout_cancel, name="ops_rollout_cancel"),
 ]

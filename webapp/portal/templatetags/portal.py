@@ -34,6 +34,7 @@ _TONE = {
     "error": "red",
     "failed": "red",
     "halted": "red",
+    "cancelling": "amber",
     "maintenance": "grey",
     "released": "grey",
     "ended": "grey",
@@ -43,7 +44,16 @@ _TONE = {
     "off": "grey",
     "unknown": "amber",
 }
-_SPINNING = {"deploying", "burning_in", "provisioning", "releasing", "cleaning", "enrolling", "running"}
+_SPINNING = {
+    "deploying",
+    "burning_in",
+    "provisioning",
+    "releasing",
+    "cleaning",
+    "enrolling",
+    "running",
+    "cancelling",
+}
 
 
 @register.simple_tag

@@ -239,7 +239,8 @@ def _rollout_context(rollout: Rollout) -> dict:
         "status": status,
         "done": done,
         "percent": int(100 * done / status.total) if status.total else 100,
-        "polling": rollout.state == Rollout.State.RUNNING,
+        # a cancelling rollout still has reimages finishing: keep the page live until it is cancelled
+        "polling": rollout.state in (Rollout.State.RUNNING, Rollout.State.CANCELLING),
     }
 
 
@@ -262,4 +263,29 @@ def rollout_live(request: HttpRequest, pk: int) -> HttpResponse:
     rollout = get_object_or_404(Rollout.objects.select_related("requested_by", "image"), pk=pk)
     if not request.headers.get("HX-Request"):
         return redirect("portal:ops_rollout", pk=rollout.pk)
-    return render(request, "portal/ops/_rollout_live.html", _rollout_context(rollout))
+    return render(
+        request, "portal/ops/_rollout_live.html", {**_rollout_context(rollout), "live_update": True}
+    )
+
+
+@staff_required
+@require_POST
+def rollout_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """Cancel a running rollout: nothing more starts; the reimages already started run to completion."""
+    rollout = get_object_or_404(Rollout, pk=pk)
+    try:
+        rollout = rollout_services.cancel_rollout(
+            rollout, actor=Actor.from_request(request), reason=request.POST.get("reason", "")
+        )
+    except NeocloudError as exc:
+        messages.error(request, f"Not cancelled: {sentence(exc)}")
+        return redirect("portal:ops_rollout", pk=pk)
+    if rollout.state == Rollout.State.CANCELLING:
+        messages.success(
+            request,
+            f"Rollout {rollout.pk} cancelled: no more servers will start; the reimages already started "
+            "finish first.",
+        )
+    else:
+        messages.success(request, f"Rollout {rollout.pk} cancelled.")
+    return redirect("portal:ops_rollout", pk=rollout.pk)
