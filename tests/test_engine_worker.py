@@ -131,9 +131,18 @@ def test_operation_that_keeps_failing_ends_in_error_and_the_customer_gets_a_spar
     assert failed.state == OperationState.FAILED
     assert "stopped without reporting back" in failed.error
     assert "stopped without reporting back" in Node.objects.get(name="node-h100-8x-01").state_reason
-    # the reservation moved on to a healthy spare, which becomes active
-    spare = wait_for(lambda: Node.objects.filter(reservation=r).first(), 10, message="spare allocated")
-    assert spare.name != "node-h100-8x-01"
+    # the reservation moved on to a healthy spare, which becomes active (the failure hook that lets the
+    # failed node go and books the spare runs just after the node's state is written: wait for both)
+    spare = wait_for(
+        lambda: Node.objects.filter(reservation=r).exclude(name="node-h100-8x-01").first(),
+        10,
+        message="spare allocated",
+    )
+    wait_for(
+        lambda: Node.objects.get(name="node-h100-8x-01").reservation_id is None,
+        10,
+        message="failed node let go",
+    )
     wait_for(lambda: _state(spare.name) == NodeState.ACTIVE, 60, message="spare active", details=workers.logs)
     wait_for(lambda: Reservation.objects.get(pk=r.pk).state == ReservationState.ACTIVE, 10, message="active")
 
