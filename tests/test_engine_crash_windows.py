@@ -2,7 +2,9 @@
 it (the pieces called in that order, the rest never run), and the scheduler's pass that finishes the work:
 
 - an operation committed pending whose worker task was never queued (the process died between the commit
-  and the enqueue, or between handing a waiting operation back and queueing it again) is queued again, once.
+  and the enqueue, or between handing a waiting operation back and queueing it again) is queued again, once;
+- a node whose operation was marked failed but whose failure handling never ran (the worker died in
+  between) goes where that handling sends it: error or quarantine, with a spare for its reservation.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from provisioner.engine.reaper import reap
 from provisioner.engine.runner import claim, execute
 from provisioner.engine.tasks import execute_operation
 from provisioner.management.commands.scheduler import housekeeping_pass
-from provisioner.models import AuditEvent, LogLine, Node, Operation
+from provisioner.models import Allocation, AuditEvent, LogLine, Node, Operation
+from provisioner.services.audit import Actor
+from provisioner.services.lifecycle import process_event
+from provisioner.services.reservations import release_reservation
 from provisioner.states import (
+    NodeEvent,
     NodeState,
     OperationKind,
     OperationState,
+    ReservationState,
 )
 from tests.conftest import reserve
 
@@ -175,3 +182,118 @@ def test_a_duplicate_task_for_the_same_operation_runs_it_once(inventory, fake_hw
     assert Node.objects.get(pk=node.pk).state == NodeState.ACTIVE
     assert AuditEvent.objects.filter(node=node, action="transition").count() == transitions
     assert LogLine.objects.filter(operation=op).count() == lines
+
+
+# --- a node whose failure handling never ran --------------------------------------------------------------
+
+
+def _failed_and_worker_killed(op: Operation, *, error: str, code: str, ago: dt.timedelta = LONG_AGO) -> None:
+    """The operation is marked failed (runner._finish) and the worker dies before hooks.operation_failed."""
+    Operation.objects.filter(pk=op.pk).update(
+        state=OperationState.FAILED,
+        finished_at=timezone.now() - ago,
+        error=error,
+        error_code=code,
+        worker_id="",
+    )
+    Node.objects.filter(pk=op.node_id).update(state_changed_at=timezone.now() - ago)  # it took that long
+
+
+def _deploying(inv, count: int = 1):
+    r = reserve(inv, count)
+    node = Node.objects.filter(reservation=r).order_by("name").first()
+    node = process_event(node, NodeEvent.DEPLOY, actor=Actor.system("t"))
+    return r, node, r.operations.get(node=node)
+
+
+@pytest.mark.django_db
+def test_a_node_left_deploying_by_a_failed_operation_whose_handling_never_ran_goes_to_error_with_a_spare(
+    inventory, django_capture_on_commit_callbacks
+):
+    r, node, op = _deploying(inventory)
+    _failed_and_worker_killed(op, error="deploy: the deploy agent stopped", code="deploy_failed")
+
+    counts = _pass(django_capture_on_commit_callbacks)
+
+    assert counts["stranded"] == 1
+    node.refresh_from_db()
+    assert node.state == NodeState.ERROR and node.reservation_id is None
+    assert node.state_reason == "deploy: the deploy agent stopped"
+    assert not Allocation.objects.filter(reservation=r, node=node, active=True).exists()
+    (spare,) = Allocation.objects.filter(reservation=r, active=True)
+    assert spare.node_id != node.pk
+    assert Node.objects.get(pk=spare.node_id).state == NodeState.RESERVED
+    r.refresh_from_db()
+    assert r.state == ReservationState.PROVISIONING
+    # settled once: the next passes find nothing to do
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 0
+    assert AuditEvent.objects.filter(reservation=r, action="substitute").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_node_left_burning_in_by_a_failed_burnin_whose_handling_never_ran_is_quarantined(
+    inventory, django_capture_on_commit_callbacks
+):
+    r, node, op = _deploying(inventory)
+    node = process_event(node, NodeEvent.DEPLOYED, actor=Actor.system("t"))
+    _failed_and_worker_killed(op, error="burnin: GPU 3 reported Xid 79", code="burnin_failed")
+
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 1
+
+    node.refresh_from_db()
+    assert node.state == NodeState.QUARANTINED
+    assert Allocation.objects.filter(reservation=r, active=True).exclude(node=node).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_node_whose_operation_failed_a_moment_ago_is_left_to_its_worker(
+    inventory, django_capture_on_commit_callbacks
+):
+    _, node, op = _deploying(inventory)
+    _failed_and_worker_killed(op, error="deploy: x", code="deploy_failed", ago=dt.timedelta(0))
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 0
+    assert Node.objects.get(pk=node.pk).state == NodeState.DEPLOYING
+
+
+@pytest.mark.django_db
+def test_a_node_with_an_operation_still_to_run_is_not_stranded(inventory, django_capture_on_commit_callbacks):
+    r, node, op = _deploying(inventory)
+    _failed_and_worker_killed(op, error="deploy: x", code="deploy_failed")
+    release_reservation(r, actor=Actor(user=inventory.owner, label="olivia"))  # the node is releasing now
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 0
+    assert Node.objects.get(pk=node.pk).state == NodeState.RELEASING
+
+
+@pytest.mark.django_db
+def test_a_node_left_cleaning_by_a_failed_release_goes_to_error_and_the_reservation_settles(
+    inventory, django_capture_on_commit_callbacks
+):
+    r = release_reservation(reserve(inventory, 1), actor=Actor(user=inventory.owner, label="olivia"))
+    r.operations.filter(kind=OperationKind.PROVISION).update(state=OperationState.CANCELLED)
+    release = r.operations.get(kind=OperationKind.RELEASE)
+    node = process_event(release.node, NodeEvent.CLEAN, actor=Actor.system("t"))
+    _failed_and_worker_killed(release, error="wipe: the disk did not answer", code="wipe_failed")
+
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 1
+
+    assert Node.objects.get(pk=node.pk).state == NodeState.ERROR
+    r.refresh_from_db()
+    assert r.state == ReservationState.RELEASED
+
+
+@pytest.mark.django_db
+def test_a_node_left_cleaning_after_its_wipe_succeeded_goes_to_error_for_an_operator(
+    inventory, django_capture_on_commit_callbacks
+):
+    from provisioner.services.nodes import reimage
+
+    node = Node.objects.filter(state=NodeState.AVAILABLE).order_by("name").first()
+    op = reimage(node, actor=Actor(user=inventory.operator, label="opal"))  # a wipe: node cleaning
+    _failed_and_worker_killed(op, error="", code="")
+    Operation.objects.filter(pk=op.pk).update(state=OperationState.SUCCEEDED)
+
+    assert _pass(django_capture_on_commit_callbacks)["stranded"] == 1
+
+    node.refresh_from_db()
+    assert node.state == NodeState.ERROR
+    assert node.state_reason == "left cleaning with nothing running after its clean succeeded"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from provisioner.errors import BurnInFailed, CapacityError, IllegalTransition
-from provisioner.models import Allocation, Node, Operation, Reservation, Step
+from provisioner.models import Allocation, LogLine, Node, Operation, Reservation, Step
 from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
 from provisioner.services.reservations import (
@@ -27,6 +30,8 @@ from provisioner.states import (
     OperationState,
     ReservationState,
 )
+
+log = logging.getLogger(__name__)
 
 PROVISIONING_KINDS = (OperationKind.PROVISION, OperationKind.REIMAGE)
 
@@ -70,12 +75,28 @@ def operation_failed(
     and a customer's reservation gets a spare where one is free."""
     node = Node.objects.get(pk=op.node_id)
     reason = message or op.error or (str(error) if error else "operation failed")
-    if isinstance(error, BurnInFailed) and node.state == NodeState.BURNING_IN:
-        process_event(node, NodeEvent.BURNIN_FAILED, actor=actor, reason=reason, operation=op)
-    elif node.state in TRANSIENT_STATES:
+    event = _failure_event(op, node, error)
+    if event == NodeEvent.BURNIN_FAILED:
+        process_event(node, event, actor=actor, reason=reason, operation=op)
+    elif event is not None:
         # someone else may have moved it meanwhile (e.g. a release): their transition stands
         with contextlib.suppress(IllegalTransition):
-            process_event(node, NodeEvent.FAIL, actor=actor, reason=reason, operation=op)
+            process_event(node, event, actor=actor, reason=reason, operation=op)
+    _after_failure(op, node, actor, reason)
+
+
+def _failure_event(op: Operation, node: Node, error: BaseException | None) -> NodeEvent | None:
+    """Where a failed operation sends its node: quarantine after a failed burn-in (told by the error, or by
+    the code the operation recorded when the error is gone), error from any other transient state."""
+    burnin_failed = isinstance(error, BurnInFailed) or op.error_code == BurnInFailed.code
+    if burnin_failed and node.state == NodeState.BURNING_IN:
+        return NodeEvent.BURNIN_FAILED
+    if node.state in TRANSIENT_STATES:
+        return NodeEvent.FAIL
+    return None
+
+
+def _after_failure(op: Operation, node: Node, actor: Actor, reason: str) -> None:
     _advance_rollout(op, actor)
     if op.kind in PROVISIONING_KINDS and op.reservation_id and not op.cancel_requested:
         replace_failed_node(
@@ -192,6 +213,66 @@ def settle_finished_reservations() -> int:
         settle_reservation(reservation)
         changed += 1
     return changed
+
+
+# The states an operation's steps move a node into and out of again (enrolling belongs to the inventory
+# services, which run no operation).
+OPERATION_STATES = (NodeState.DEPLOYING, NodeState.BURNING_IN, NodeState.RELEASING, NodeState.CLEANING)
+
+
+def settle_stranded_nodes(now=None, actor: Actor | None = None) -> int:
+    """Do what a failed operation's handling does for its node where that handling never ran: its worker
+    died between marking the operation failed and running operation_failed, so the node sat deploying,
+    burning in, releasing or cleaning with nothing running on it, and its reservation got no spare.
+
+    Stranded means: in one of those states, no operation pending or running on it, and both its last
+    operation's end and its last transition older than a lease TTL (a worker gets that long to run the
+    handling itself). A failed last operation gets the engine's handling: quarantine after a failed burn-in,
+    error otherwise, then a spare for its reservation or the release settled. A node left so after an
+    operation that succeeded or was cancelled (whose handling never moves a node) goes to error the same
+    way, for an operator, rather than stay there forever. Each node is claimed by its transition (compare
+    and set on the state seen), so that a node is settled once. Returns how many were.
+    """
+    actor = actor or Actor.system("scheduler")
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.NEOCLOUD_LEASE_TTL_SECONDS)
+    in_flight = Operation.objects.filter(
+        node=OuterRef("pk"), state__in=[OperationState.PENDING, OperationState.RUNNING]
+    )
+    last = Operation.objects.filter(node=OuterRef("pk")).order_by("-created_at", "-pk").values("pk")[:1]
+    stranded = (
+        Node.objects.filter(state__in=OPERATION_STATES, state_changed_at__lt=cutoff)
+        .exclude(Exists(in_flight))
+        .annotate(last_operation=Subquery(last))
+        .filter(last_operation__isnull=False)
+    )
+    settled = 0
+    for node in stranded:
+        op = Operation.objects.get(pk=node.last_operation)
+        if op.finished_at is None or op.finished_at >= cutoff:
+            continue
+        if op.state == OperationState.FAILED:
+            reason = op.error or "operation failed"
+            event = _failure_event(op, node, None)
+        else:
+            reason = f"left {node.state} with nothing running after its {op.kind} {op.state}"
+            event = NodeEvent.FAIL
+        if event is None:
+            continue
+        left_in = node.state
+        try:
+            process_event(node, event, actor=actor, reason=reason, operation=op, expected_state=node.state)
+        except IllegalTransition:
+            continue  # moved meanwhile (a release, another scheduler): that transition stands
+        LogLine.objects.create(
+            operation=op,
+            level=LogLine.Level.WARNING,
+            message=f"{node.name} was left {left_in} after this operation ended; moved it on: {reason}",
+        )
+        log.warning("node %s stranded after operation %s (%s): %s", node.name, op.pk, op.state, reason)
+        _after_failure(op, node, actor, reason)
+        settled += 1
+    return settled
 
 
 def fill_waiting_reservations(actor: Actor | None = None) -> int:

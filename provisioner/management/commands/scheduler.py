@@ -20,7 +20,11 @@ from django.db import close_old_connections
 
 from provisioner.engine.reaper import reap, requeue_lost_operations
 from provisioner.services import signin
-from provisioner.services.hooks import fill_waiting_reservations, settle_finished_reservations
+from provisioner.services.hooks import (
+    fill_waiting_reservations,
+    settle_finished_reservations,
+    settle_stranded_nodes,
+)
 from provisioner.services.reservations import expire_reservations, start_due_reservations
 from provisioner.services.rollouts import advance_running_rollouts
 
@@ -32,6 +36,7 @@ def housekeeping_pass() -> dict[str, int]:
     counts["requeued"] = requeue_lost_operations()
     counts["started"] = start_due_reservations()
     counts["expired"] = expire_reservations()
+    counts["stranded"] = settle_stranded_nodes()
     counts["spares"] = fill_waiting_reservations()
     counts["settled"] = settle_finished_reservations()
     counts["rollouts"] = advance_running_rollouts()
