@@ -212,6 +212,18 @@ MATRIX: dict[str, Cell] = {
         staff_only(202),
         lambda w: {"reason": "replaced GPU 3"},
     ),
+    "admin keep in quarantine": Cell(
+        "post",
+        lambda w: f"{V1}/admin/nodes/{w.quarantined.pk}/keep-in-quarantine",
+        staff_only(200),
+        lambda w: {"reason": "DIMM on order"},
+    ),
+    "admin keep in quarantine not quarantined": Cell(
+        "post",
+        lambda w: f"{V1}/admin/nodes/{w.idle.pk}/keep-in-quarantine",
+        staff_only(409),
+        lambda w: {"reason": "DIMM on order"},
+    ),
     "admin rerun burn-in": Cell(
         "post", lambda w: f"{V1}/admin/nodes/{w.quarantined.pk}/rerun-burnin", staff_only(202)
     ),

@@ -123,6 +123,19 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         assert op is not None, "return_from_quarantine always queues a clean operation"
         return _accepted(op)
 
+    @extend_schema(
+        request=s.KeepInQuarantineSerializer,
+        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"], url_path="keep-in-quarantine")
+    def keep_in_quarantine(self, request: Request, pk: str | None = None) -> Response:
+        """Quarantine review: keep the node out of the pool (it stays quarantined); the reason goes in its
+        timeline. A node that is not quarantined (e.g. another operator returned it meanwhile) is a 409."""
+        node = self.get_object()
+        data = self._data(s.KeepInQuarantineSerializer)
+        node = node_service.keep_in_quarantine(node, actor=self._actor(), reason=data.get("reason", ""))
+        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+
     @extend_schema(request=None, responses={202: s.OperationSerializer, **errors(401, 403, 404, 409)})
     @action(detail=True, methods=["post"], url_path="rerun-burnin")
     def rerun_burnin(self, request: Request, pk: str | None = None) -> Response:

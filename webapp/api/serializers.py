@@ -567,6 +567,15 @@ class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=1000, help_text="what was repaired")
 
 
+class KeepInQuarantineSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=1000,
+        help_text="the review's note for the node's timeline (audited); default: kept out of the pool after review",
+    )
+
+
 class NodeFilterSpecSerializer(serializers.Serializer):
     state = serializers.CharField(required=False)
     site = serializers.SlugField(required=False)
