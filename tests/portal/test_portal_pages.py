@@ -452,11 +452,16 @@ def test_audit_trail_shows_only_the_organizations_events(client, inventory):
     assert "oscar" not in body
 
 
-def test_a_running_rollout_page_offers_cancel_with_confirmation_and_cancelling_it_stops_it(client, inventory):
+def _a100_rollout(inventory):
+    """A rollout of the idle a100 servers, one at a time, no failure allowed; nothing runs it."""
     from provisioner.services.rollouts import start_rollout
 
     idle = list(Node.objects.filter(server_type=inventory.a100).order_by("name"))
-    rollout = start_rollout(idle, actor=Actor.system("test"), max_parallel=1, failure_budget=0)
+    return start_rollout(idle, actor=Actor.system("test"), max_parallel=1, failure_budget=0)
+
+
+def test_a_running_rollout_page_offers_cancel_with_confirmation_and_cancelling_it_stops_it(client, inventory):
+    rollout = _a100_rollout(inventory)
     _login(client, inventory.operator)
     page = client.get(reverse("portal:ops_rollout", args=[rollout.pk])).content.decode()
     cancel_url = reverse("portal:ops_rollout_cancel", args=[rollout.pk])
@@ -478,14 +483,7 @@ def test_a_running_rollout_page_offers_cancel_with_confirmation_and_cancelling_i
 
 
 def test_cancelling_a_rollout_from_the_portal_needs_a_reason(client, inventory):
-    from provisioner.services.rollouts import start_rollout
-
-    rollout = start_rollout(
-        list(Node.objects.filter(server_type=inventory.a100)),
-        actor=Actor.system("test"),
-        max_parallel=1,
-        failure_budget=0,
-    )
+    rollout = _a100_rollout(inventory)
     _login(client, inventory.operator)
     response = client.post(
         reverse("portal:ops_rollout_cancel", args=[rollout.pk]), {"reason": ""}, follow=True
@@ -495,14 +493,7 @@ def test_cancelling_a_rollout_from_the_portal_needs_a_reason(client, inventory):
 
 
 def test_a_finished_rollout_page_has_no_cancel_button_and_a_cancel_post_says_why(client, inventory):
-    from provisioner.services.rollouts import start_rollout
-
-    rollout = start_rollout(
-        list(Node.objects.filter(server_type=inventory.a100)),
-        actor=Actor.system("test"),
-        max_parallel=1,
-        failure_budget=0,
-    )
+    rollout = _a100_rollout(inventory)
     Rollout.objects.filter(pk=rollout.pk).update(state=Rollout.State.SUCCEEDED)
     _login(client, inventory.operator)
     page = client.get(reverse("portal:ops_rollout", args=[rollout.pk])).content.decode()
@@ -517,14 +508,7 @@ def test_a_finished_rollout_page_has_no_cancel_button_and_a_cancel_post_says_why
 
 
 def test_customers_cannot_cancel_a_rollout(client, inventory):
-    from provisioner.services.rollouts import start_rollout
-
-    rollout = start_rollout(
-        list(Node.objects.filter(server_type=inventory.a100)),
-        actor=Actor.system("test"),
-        max_parallel=1,
-        failure_budget=0,
-    )
+    rollout = _a100_rollout(inventory)
     _login(client, inventory.owner)
     response = client.post(reverse("portal:ops_rollout_cancel", args=[rollout.pk]), {"reason": "x"})
     assert response.status_code == 403
@@ -534,14 +518,9 @@ def test_customers_cannot_cancel_a_rollout(client, inventory):
 def test_the_live_rollout_update_removes_the_cancel_button_once_the_rollout_stops_starting_servers(
     client, inventory
 ):
-    from provisioner.services.rollouts import cancel_rollout, start_rollout
+    from provisioner.services.rollouts import cancel_rollout
 
-    rollout = start_rollout(
-        list(Node.objects.filter(server_type=inventory.a100)),
-        actor=Actor.system("test"),
-        max_parallel=1,
-        failure_budget=0,
-    )
+    rollout = _a100_rollout(inventory)
     _login(client, inventory.operator)
     live = reverse("portal:ops_rollout_live", args=[rollout.pk])
     assert "hx-swap-oob" not in client.get(live, HTTP_HX_REQUEST="true").content.decode()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.errors import NeocloudError
+from provisioner.management.argtypes import positive_seconds
 from provisioner.models import AuditEvent, Node
 from provisioner.services import netbox
 from provisioner.services import nodes as node_services
@@ -16,17 +16,6 @@ from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
 from provisioner.sshkeys import ssh_command
 from provisioner.states import NodeState
-
-
-def _seconds(text: str) -> float:
-    """--timeout: a positive number of seconds (0, a negative number or nan is refused by requests mid-sync)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -56,7 +45,7 @@ class Command(BaseCommand):
         )
         nb.add_argument("--role", help="device role slug of GPU servers (default: NEOCLOUD_NETBOX_ROLE)")
         nb.add_argument("--dry-run", action="store_true", help="report the plan, write nothing")
-        nb.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per NetBox request")
+        nb.add_argument("--timeout", type=positive_seconds, default=30.0, help="seconds per NetBox request")
         nb.add_argument("--verbose-unchanged", action="store_true", help="also list unchanged devices")
         for name in ("maintain", "unmaintain"):
             p = sub.add_parser(name)

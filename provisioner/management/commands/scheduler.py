@@ -7,7 +7,6 @@ rows with conditional updates. Stops cleanly on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -19,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from provisioner.engine.reaper import reap, requeue_lost_operations
+from provisioner.management.argtypes import positive_seconds
 from provisioner.services import signin
 from provisioner.services.hooks import (
     fill_waiting_reservations,
@@ -82,22 +82,11 @@ def _in_flight(task_path: str) -> bool:
     ).exists()
 
 
-def _seconds(text: str) -> float:
-    """--interval: a positive number of seconds (0 or less would run passes back to back, nan never waits)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return seconds
-
-
 class Command(BaseCommand):
     help = "Run the scheduler loop: reap dead operations, start and end reservation windows, sync power."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--interval", type=_seconds, default=1.0, help="seconds between passes")
+        parser.add_argument("--interval", type=positive_seconds, default=1.0, help="seconds between passes")
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
         parser.add_argument("--no-power-sync", action="store_true")
 
