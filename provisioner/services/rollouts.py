@@ -198,16 +198,7 @@ def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Ro
                 return locked
         final = progress(locked)
         if final.pending == 0 and final.running == 0:
-            locked.state = Rollout.State.SUCCEEDED
-            locked.finished_at = timezone.now()
-            locked.message = _finished_message(final, locked.failure_budget)
-            locked.save(update_fields=["state", "finished_at", "message"])
-            record(
-                actor,
-                "rollout_finish",
-                reason=f"rollout {locked.pk}: {locked.message}",
-                data={"rollout": locked.pk},
-            )
+            _end(locked, Rollout.State.SUCCEEDED, _finished_message(final, locked.failure_budget), actor)
     return locked
 
 
@@ -222,19 +213,24 @@ def _finished_message(status: RolloutProgress, failure_budget: int) -> str:
     return "; ".join(parts)
 
 
-def _halt(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
-    rollout.state = Rollout.State.HALTED
+def _end(rollout: Rollout, state: str, message: str, actor: Actor) -> None:
+    """End a rollout (locked by the caller) in ``state`` with ``message``, audited."""
+    rollout.state = state
     rollout.finished_at = timezone.now()
-    rollout.message = (
+    rollout.message = message
+    rollout.save(update_fields=["state", "finished_at", "message"])
+    action = "rollout_halt" if state == Rollout.State.HALTED else "rollout_finish"
+    record(actor, action, reason=f"rollout {rollout.pk}: {message}", data={"rollout": rollout.pk})
+
+
+def _halt(rollout: Rollout, status: RolloutProgress, actor: Actor) -> None:
+    message = (
         f"halted: {status.failed} node(s) failed, more than the failure budget of {rollout.failure_budget}; "
         f"{status.pending} node(s) not started"
         + (f", {status.skipped} skipped (released by their customer)" if status.skipped else "")
         + (f", {status.running} still running to completion" if status.running else "")
     )
-    rollout.save(update_fields=["state", "finished_at", "message"])
-    record(
-        actor, "rollout_halt", reason=f"rollout {rollout.pk}: {rollout.message}", data={"rollout": rollout.pk}
-    )
+    _end(rollout, Rollout.State.HALTED, message, actor)
 
 
 def cancel_rollout(rollout: Rollout | int, *, actor: Actor, reason: str) -> Rollout:
@@ -291,16 +287,7 @@ def _finish_cancel_if_idle(rollout: Rollout, status: RolloutProgress, actor: Act
     if status.skipped:
         parts.append(f"{status.skipped} skipped (released by their customer during the rollout)")
     parts.append(f"{status.pending} not started")
-    rollout.state = Rollout.State.CANCELLED
-    rollout.finished_at = timezone.now()
-    rollout.message = f"cancelled ({rollout.cancel_reason}): " + "; ".join(parts)
-    rollout.save(update_fields=["state", "finished_at", "message"])
-    record(
-        actor,
-        "rollout_finish",
-        reason=f"rollout {rollout.pk}: {rollout.message}",
-        data={"rollout": rollout.pk},
-    )
+    _end(rollout, Rollout.State.CANCELLED, f"cancelled ({rollout.cancel_reason}): " + "; ".join(parts), actor)
 
 
 def advance_running_rollouts(actor: Actor | None = None) -> int:

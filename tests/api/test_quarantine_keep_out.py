@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-from rest_framework.test import APIClient
-
-from provisioner.models import ApiToken, AuditEvent, Node, Operation
+from provisioner.models import AuditEvent, Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.services.audit import Actor
 from provisioner.states import NodeState
+from tests.api.test_api_bad_input import api
 
 V1 = "/api/v1"
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.raise_request_exception = False
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(user, 'test')[1]}")
-    return client
 
 
 def quarantined(name: str = "node-h100-8x-01") -> Node:
