@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.server
 import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,10 +327,14 @@ def test_progress_reports_are_spaced_by_the_minimum_interval():
     assert len(service.reports) == len(times)
 
 
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash_thread", "hash_on_receive"])
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache_only"])
-def test_streamed_image_lands_byte_for_byte_with_or_without_o_direct(tmp_path, monkeypatch, direct):
+def test_streamed_image_lands_byte_for_byte_with_or_without_o_direct(
+    tmp_path, monkeypatch, direct, hash_thread
+):
     """Whole chunks go to the disk with O_DIRECT, the unaligned tail through the page cache; where the
-    file system refuses O_DIRECT (tmpfs) everything goes through the page cache."""
+    file system refuses O_DIRECT (tmpfs) everything goes through the page cache. The same whether a thread
+    of its own hashes or the receiving one."""
     from provisioner.pxe import agent
 
     body = os.urandom(3 * MIB + 123)  # not a multiple of the disk block: the tail takes the other path
@@ -344,12 +351,119 @@ def test_streamed_image_lands_byte_for_byte_with_or_without_o_direct(tmp_path, m
 
     monkeypatch.setattr(agent.os, "open", spy_open)
     with ImageServer(tmp_path) as server:
-        outcome = agent.stream_image_to_disk(server.url_for("odd.img"), str(disk), len(body), chunk_size=MIB)
+        outcome = agent.stream_image_to_disk(
+            server.url_for("odd.img"), str(disk), len(body), chunk_size=MIB, hash_thread=hash_thread
+        )
     assert outcome.sha256 == hashlib.sha256(body).hexdigest() and outcome.bytes_written == len(body)
     data = disk.read_bytes()
     assert data[: len(body)] == body
     assert data[len(body) : len(body) + 16] == b"\xa5" * 16  # nothing past the image was touched
     assert (os.O_DIRECT in opened) == direct
+
+
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash_thread", "hash_on_receive"])
+@pytest.mark.parametrize(
+    "offset",
+    [0, 256 * 1024 - 1, 256 * 1024, MIB + 5, 3 * MIB + 122],
+    ids=["first", "piece_end", "piece_start", "mid", "last"],
+)
+def test_a_byte_corrupted_in_transit_is_hashed_as_written(tmp_path, offset, hash_thread):
+    """The fault injection flips one byte of the stream: the sha256 must be that of the bytes on the disk,
+    wherever the byte falls (first or last of a received piece, of a chunk, of the image)."""
+    from provisioner.pxe import agent
+
+    body = os.urandom(3 * MIB + 123)
+    (tmp_path / "odd.img").write_bytes(body)
+    disk = make_disk(tmp_path / "disk.img", size=8 * MIB)
+    with ImageServer(tmp_path) as server:
+        outcome = agent.stream_image_to_disk(
+            server.url_for("odd.img"),
+            str(disk),
+            len(body),
+            chunk_size=MIB,
+            corrupt_offset=offset,
+            hash_thread=hash_thread,
+        )
+    on_disk = disk.read_bytes()[: len(body)]
+    assert on_disk[offset] == body[offset] ^ 0xFF
+    assert on_disk[:offset] == body[:offset] and on_disk[offset + 1 :] == body[offset + 1 :]
+    assert outcome.sha256 == hashlib.sha256(on_disk).hexdigest() != hashlib.sha256(body).hexdigest()
+
+
+class _ShortBodyHandler(http.server.BaseHTTPRequestHandler):
+    """Announces 3 MiB and hangs up after 1.5 MiB, as a server that dies mid-transfer would."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(3 * MIB))
+        self.end_headers()
+        self.wfile.write(b"\x11" * (3 * MIB // 2))
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash_thread", "hash_on_receive"])
+def test_a_stream_that_ends_early_is_refused(tmp_path, hash_thread):
+    from provisioner.pxe import agent
+
+    disk = make_disk(tmp_path / "disk.img", size=8 * MIB)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShortBodyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(agent.AgentError) as failure:
+            agent.stream_image_to_disk(
+                f"http://127.0.0.1:{server.server_port}/x.img",
+                str(disk),
+                3 * MIB,
+                chunk_size=MIB,
+                timeout=10,
+                hash_thread=hash_thread,
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert failure.value.code in ("image_size_mismatch", "image_download_failed")
+    assert f"{3 * MIB // 2} " in str(failure.value)  # how far it got, in bytes
+
+
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash_thread", "hash_on_receive"])
+def test_a_write_error_mid_stream_fails_the_write_and_stops_the_stream(tmp_path, monkeypatch, hash_thread):
+    """The disk refuses the third chunk (ENOSPC): the stream stops there instead of reading the rest of the
+    image, every worker ends (no thread left waiting for a buffer), and the error says what and where."""
+    from provisioner.pxe import agent
+
+    body = os.urandom(16 * MIB)
+    (tmp_path / "big.img").write_bytes(body)
+    disk = make_disk(tmp_path / "disk.img", size=24 * MIB)
+    real_pwrite = agent._DiskWriter.pwrite
+
+    def failing_pwrite(self, view, offset):
+        if offset >= 2 * MIB:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_pwrite(self, view, offset)
+
+    monkeypatch.setattr(agent._DiskWriter, "pwrite", failing_pwrite)
+    threads_before = threading.active_count()
+    with ImageServer(tmp_path) as server, pytest.raises(agent.AgentError) as failure:
+        agent.stream_image_to_disk(
+            server.url_for("big.img"), str(disk), len(body), chunk_size=MIB, hash_thread=hash_thread
+        )
+    assert failure.value.code == "disk_write_failed"
+    assert "No space left on device" in str(failure.value)
+    assert "after 2097152 bytes" in str(failure.value)  # the two chunks before the refused one
+    assert disk.read_bytes()[: 2 * MIB] == body[: 2 * MIB]
+    assert threading.active_count() == threads_before
+
+
+@pytest.mark.parametrize("cpus, expected", [(1, False), (2, False), (3, False), (4, True), (64, True)])
+def test_a_hash_thread_only_where_a_core_is_free_for_it(monkeypatch, cpus, expected):
+    from provisioner.pxe import agent
+
+    monkeypatch.setattr(agent.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert agent.hash_on_its_own_thread() is expected
 
 
 class _SlowLastWriteReportService:
