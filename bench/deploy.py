@@ -31,6 +31,10 @@ measured the page cache, not the agents (1280 MiB/s).
 
 The same run hashes the cached image with sha256 alone, one thread per core, and prints that rate as a
 fraction of cp: the agents must hash every byte, so the stream ratio can never be above it on this machine.
+Then it runs the agents' data path alone (the agent's own stream function, one process per lab disk, all at
+once, nothing else running) and prints that rate as a fraction of cp: the ceiling of the stream ratio for
+this agent on this machine, which the deploy approaches as far as the rest of the control plane leaves it
+the cores.
 
 ``--cpu-breakdown`` samples /proc every 0.2 s and prints where the CPU went while agents wrote: on a small
 machine the agents, the image server and the whole control plane share the cores.
@@ -144,13 +148,14 @@ class CpuSampler:
         before = [s for s in self.samples if s[0] <= start] or self.samples[:1]
         inside = [s for s in self.samples if before[-1][0] <= s[0]]
         after = next((i for i, s in enumerate(inside) if s[0] >= end), len(inside) - 1)
-        first, last_seen = before[-1][1], {}
-        for _, ticks in inside[: after + 1]:
-            last_seen.update(ticks)
-        per_role: collections.Counter[str] = collections.Counter()
+        first: dict[int, tuple[str, int]] = before[-1][1]
+        last_seen: dict[int, tuple[str, int]] = {}
+        for _, sample in inside[: after + 1]:
+            last_seen.update(sample)
+        per_role: collections.defaultdict[str, float] = collections.defaultdict(float)
         for pid, (role, ticks) in last_seen.items():
             per_role[role] += (ticks - first.get(pid, (role, 0))[1]) / TICK
-        return per_role.most_common()
+        return sorted(per_role.items(), key=lambda item: item[1], reverse=True)
 
 
 def parallel_cp(image: Path, workdir: Path, n: int) -> float:
@@ -230,6 +235,51 @@ def parallel_direct_copy(image: Path, workdir: Path, n: int) -> float:
     for target in targets:
         target.unlink()
     return n * size / elapsed
+
+
+STREAM_ALONE = """
+import sys, time
+from provisioner.pxe.agent import stream_image_to_disk
+url, disk, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+started = time.time()
+stream_image_to_disk(url, disk, size)
+print(started, time.time())
+"""
+
+
+def union_seconds(windows: list[tuple[float, float]]) -> float:
+    """Seconds during which at least one of the (start, end) windows was open."""
+    busy, cursor = 0.0, 0.0
+    for start, end in sorted(windows):
+        if end > cursor:
+            busy += end - max(start, cursor)
+            cursor = end
+    return busy
+
+
+def parallel_agent_streams(url: str, disks: list[str], size: int) -> float:
+    """Aggregate bytes/s of the agent's own data path (``stream_image_to_disk``: HTTP from the image server,
+    sha256, O_DIRECT writes, fsync), one process per disk, all at once, with nothing else running: no
+    control plane, no BMCs, no SSH. Timed like the deploy's agents (the union of their write windows), so
+    the deploy's stream can only come close to this; the difference is the cores' share the rest of the
+    deploy takes while agents write."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STREAM_ALONE, url, disk, str(size)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for disk in disks
+    ]
+    windows = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench failed: a lone agent stream exited with {proc.returncode}")
+        start, end = out.split()
+        windows.append((float(start), float(end)))
+    return len(disks) * size / union_seconds(windows)
 
 
 def main() -> int:
@@ -352,12 +402,7 @@ def main() -> int:
             end = datetime.datetime.strptime(match[0], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             windows.append((end - float(match[2]), end, int(match[1])))
         # time during which at least one agent was writing (the agents start at different moments)
-        busy, cursor = 0.0, 0.0
-        for start, end, _ in sorted(windows):
-            if end > cursor:
-                busy += end - max(start, cursor)
-                cursor = end
-        stream_bps = sum(w[2] for w in windows) / busy
+        stream_bps = sum(w[2] for w in windows) / union_seconds([(w[0], w[1]) for w in windows])
         t0 = min(w[0] for w in windows)
         print("windows:", " ".join(f"{w[0] - t0:.1f}-{w[1] - t0:.1f}" for w in sorted(windows)))
         per_agent = sorted(w[2] / (w[1] - w[0]) / 2**20 for w in windows)
@@ -385,6 +430,7 @@ def main() -> int:
         direct_bps = parallel_direct_copy(big, var, args.nodes)
         cores = os.cpu_count() or 1
         sha_bps = parallel_sha256(big, cores)
+        alone_bps = parallel_agent_streams(image.url, [spec.disk_path for spec in specs], size)
         ratio = stream_bps / cp_bps
         print(f"control plane CPU: {cpu:.1f} s for {args.nodes} nodes; wall {wall:.1f} s")
         print(
@@ -400,6 +446,11 @@ def main() -> int:
             f"sha256 alone on all {cores} cores (from the page cache, nothing else running): "
             f"{sha_bps / 2**20:.0f} MiB/s = {sha_bps / cp_bps:.2f} of cp: the agents hash every byte they "
             f"write, so no stream ratio above {sha_bps / cp_bps:.2f} is possible on this machine"
+        )
+        print(
+            f"the agents' data path alone ({args.nodes} agent streams at once, nothing else running): "
+            f"{alone_bps / 2**20:.0f} MiB/s = {alone_bps / cp_bps:.2f} of cp; in the deploy, where the rest of the "
+            f"control plane shares the {cores} cores, they reached {stream_bps / alone_bps:.2f} of that"
         )
         print(
             f"deploy: {args.nodes} nodes in {wall:.1f} s, overhead {cpu / args.nodes:.2f} s/node, stream ratio {ratio:.2f}"
