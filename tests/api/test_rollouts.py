@@ -142,6 +142,7 @@ def test_rollout_with_a_leased_node_is_refused_without_force(inventory):
         ssh_keys=[inventory.key],
         actor=Actor(user=inventory.owner, label="olivia"),
     )
+    Node.objects.filter(name="node-h100-8x-01").update(state=NodeState.ACTIVE)  # deployed and handed over
     client = operator_client(inventory)
     refused = client.post(
         f"{V1}/admin/reimage-rollouts",
@@ -153,6 +154,43 @@ def test_rollout_with_a_leased_node_is_refused_without_force(inventory):
     assert Rollout.objects.count() == 0
     neither = client.post(f"{V1}/admin/reimage-rollouts", {"max_parallel": 2}, format="json")
     assert neither.status_code == 400 and "nodes" in neither.json()["error"]["details"]
+
+
+def test_a_filter_takes_only_servers_that_can_be_reimaged(inventory):
+    """A quarantined, held or broken server matched by a filter is left out, not started and counted as a
+    failure against the budget; asking for such a state by name is refused in words."""
+    for name, state in zip(
+        H100[:3], [NodeState.QUARANTINED, NodeState.MAINTENANCE, NodeState.ERROR], strict=True
+    ):
+        Node.objects.filter(name=name).update(state=state)
+    client = operator_client(inventory)
+    created = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"filter": {"server_type": "h100-8x"}, "max_parallel": 2, "failure_budget": 0},
+        format="json",
+    )
+    assert created.status_code == 202, created.json()
+    rollout = Rollout.objects.get(pk=created.json()["id"])
+    assert [Node.objects.get(pk=pk).name for pk in rollout.node_ids] == H100[3:]
+    assert rollout.state == Rollout.State.RUNNING
+    assert Operation.objects.filter(node__name=H100[3]).count() == 1
+    assert not Operation.objects.filter(node__name__in=H100[:3]).exists()
+
+    refused = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"filter": {"server_type": "h100-8x", "state": "quarantined"}, "max_parallel": 2},
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert "quarantined servers cannot be reimaged; use available or active" in str(refused.json())
+    none = client.post(
+        f"{V1}/admin/reimage-rollouts",
+        {"filter": {"server_type": "h100-8x", "state": "available"}, "max_parallel": 2},
+        format="json",
+    )
+    assert none.status_code == 400
+    assert "no available node matches this filter" in str(none.json())
+    assert Rollout.objects.count() == 1
 
 
 def test_concurrent_advances_never_exceed_the_cap(inventory, transactional_db):

@@ -213,22 +213,36 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(self.get_serializer(rollout).data)
 
 
+ROLLOUT_STATES = (NodeState.AVAILABLE, NodeState.ACTIVE)
+
+
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     if data.get("nodes"):
         return _nodes_by_reference(data["nodes"])
     spec = data["filter"]
-    nodes = Node.objects.all()
+    # Only available and active servers can be reimaged: a filter never sweeps in a quarantined, held,
+    # broken or busy server, which would only count against the failure budget.
+    states = list(ROLLOUT_STATES)
     if spec.get("state"):
         if spec["state"] not in NodeState.values:
             raise ValidationError({"filter": {"state": [f"unknown state {spec['state']!r}"]}})
-        nodes = nodes.filter(state=spec["state"])
+        if spec["state"] not in ROLLOUT_STATES:
+            raise ValidationError(
+                {
+                    "filter": {
+                        "state": [f"{spec['state']} servers cannot be reimaged; use available or active"]
+                    }
+                }
+            )
+        states = [spec["state"]]
+    nodes = Node.objects.filter(state__in=states)
     if spec.get("site"):
         nodes = nodes.filter(rack__site__slug=spec["site"])
     if spec.get("server_type"):
         nodes = nodes.filter(server_type__slug=spec["server_type"])
     found = list(nodes.order_by("name"))
     if not found:
-        raise ValidationError({"filter": ["no node matches this filter"]})
+        raise ValidationError({"filter": [f"no {' or '.join(states)} node matches this filter"]})
     return found
 
 

@@ -577,7 +577,11 @@ class KeepInQuarantineSerializer(serializers.Serializer):
 
 
 class NodeFilterSpecSerializer(serializers.Serializer):
-    state = serializers.CharField(required=False)
+    state = serializers.CharField(
+        required=False,
+        help_text="available or active; without it, both: servers in other states (quarantined, "
+        "maintenance, error, busy) cannot be reimaged and are left out",
+    )
     site = serializers.SlugField(required=False)
     server_type = serializers.SlugField(required=False)
 
