@@ -164,11 +164,12 @@ def test_a_filter_takes_only_servers_that_can_be_reimaged(inventory):
     ):
         Node.objects.filter(name=name).update(state=state)
     client = operator_client(inventory)
-    created = client.post(
-        f"{V1}/admin/reimage-rollouts",
-        {"filter": {"server_type": "h100-8x"}, "max_parallel": 2, "failure_budget": 0},
-        format="json",
-    )
+
+    def start(**spec: str):
+        body = {"filter": {"server_type": "h100-8x", **spec}, "max_parallel": 2, "failure_budget": 0}
+        return client.post(f"{V1}/admin/reimage-rollouts", body, format="json")
+
+    created = start()
     assert created.status_code == 202, created.json()
     rollout = Rollout.objects.get(pk=created.json()["id"])
     assert [Node.objects.get(pk=pk).name for pk in rollout.node_ids] == H100[3:]
@@ -176,18 +177,10 @@ def test_a_filter_takes_only_servers_that_can_be_reimaged(inventory):
     assert Operation.objects.filter(node__name=H100[3]).count() == 1
     assert not Operation.objects.filter(node__name__in=H100[:3]).exists()
 
-    refused = client.post(
-        f"{V1}/admin/reimage-rollouts",
-        {"filter": {"server_type": "h100-8x", "state": "quarantined"}, "max_parallel": 2},
-        format="json",
-    )
+    refused = start(state="quarantined")
     assert refused.status_code == 400
     assert "quarantined servers cannot be reimaged; use available or active" in str(refused.json())
-    none = client.post(
-        f"{V1}/admin/reimage-rollouts",
-        {"filter": {"server_type": "h100-8x", "state": "available"}, "max_parallel": 2},
-        format="json",
-    )
+    none = start(state="available")
     assert none.status_code == 400
     assert "no available node matches this filter" in str(none.json())
     assert Rollout.objects.count() == 1
