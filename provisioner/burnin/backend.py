@@ -13,6 +13,8 @@ import abc
 from dataclasses import dataclass
 from types import TracebackType
 
+import pynvml
+
 # NVML_NVLINK_ERROR_DL_* counter ids (pynvml constants 0..4), named for the report.
 NVLINK_ERROR_COUNTERS: dict[str, int] = {
     "replay": 0,
@@ -24,6 +26,11 @@ NVLINK_ERROR_COUNTERS: dict[str, int] = {
 
 # NVML_NVLINK_MAX_LINKS in nvidia-ml-py 13.x: the link indices to probe.
 NVLINK_MAX_LINKS = 36
+
+# What the driver answers for a link (or a link counter) the GPU does not have: NotSupported on a GPU
+# without NVLink, InvalidArgument for an index past the last link of one with NVLink (an 18-link H100 SXM
+# asked for link 18). Either means "no such link", never a fault.
+NVLINK_ABSENT: tuple[type[Exception], ...] = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument)
 
 
 @dataclass(frozen=True)

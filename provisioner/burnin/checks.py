@@ -14,7 +14,14 @@ from typing import Any
 
 import pynvml
 
-from provisioner.burnin.backend import NVLINK_ERROR_COUNTERS, NVLINK_MAX_LINKS, GpuBackend, PcieLink, XidEvent
+from provisioner.burnin.backend import (
+    NVLINK_ABSENT,
+    NVLINK_ERROR_COUNTERS,
+    NVLINK_MAX_LINKS,
+    GpuBackend,
+    PcieLink,
+    XidEvent,
+)
 from provisioner.burnin.thresholds import APPLICATION_XIDS
 from provisioner.errors import InvalidRequest
 
@@ -191,24 +198,30 @@ class RunObservation:
     unwatched_gpus: list[int]
     pcie_replays_before: dict[int, int | None]
     nvlink_errors_before: dict[int, dict[int, dict[str, int]]]
+    # Why XID events could not be watched at all, other than the platform not supporting it.
+    xid_watch_error: str | None = None
+
+
+def nvlink_states(backend: GpuBackend, gpu: int) -> dict[int, bool]:
+    """``{link: active}`` for every NVLink the GPU has (see ``NVLINK_ABSENT``). Idempotent."""
+    states: dict[int, bool] = {}
+    for link in range(NVLINK_MAX_LINKS):
+        try:
+            states[link] = backend.nvlink_state(gpu, link)
+        except NVLINK_ABSENT:
+            continue
+    return states
 
 
 def read_nvlink_errors(backend: GpuBackend, gpu: int) -> dict[int, dict[str, int]]:
-    """Error counters of every NVLink that exists: ``{link: {counter name: count}}``.
-
-    Links that raise NotSupported do not exist and are left out. Idempotent.
-    """
+    """Error counters of every NVLink that exists: ``{link: {counter name: count}}``. Idempotent."""
     counters: dict[int, dict[str, int]] = {}
-    for link in range(NVLINK_MAX_LINKS):
-        try:
-            backend.nvlink_state(gpu, link)
-        except pynvml.NVMLError_NotSupported:
-            continue
+    for link in nvlink_states(backend, gpu):
         per_link: dict[str, int] = {}
         for counter_name, counter_id in NVLINK_ERROR_COUNTERS.items():
             try:
                 per_link[counter_name] = backend.nvlink_error_counter(gpu, link, counter_id)
-            except pynvml.NVMLError_NotSupported:
+            except NVLINK_ABSENT:
                 continue  # e.g. ECC data counters on NVLink generations without them
         counters[link] = per_link
     return counters
@@ -491,7 +504,8 @@ class CheckSuite:
         allowed = self.th["allowed_recovery_actions"]
         try:
             action = self.backend.recovery_action(gpu)
-        except pynvml.NVMLError_NotSupported:
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
+            # InvalidArgument: a driver older than the field (565) may not know its id at all
             return self._not_supported(
                 "memory.recovery_action", gpu, None, allowed, "driver does not report a recovery action."
             )
@@ -508,12 +522,14 @@ class CheckSuite:
         links = [s.pcie for s in self.obs.samples.get(gpu, []) if s.pcie is not None]
         if not links:
             links = [self.backend.pcie_link(gpu)]
-        # The best link seen: links train down at idle and come up under traffic.
-        gen = max(link.gen for link in links)
-        width = max(link.width for link in links)
         max_gen, max_width = links[-1].max_gen, links[-1].max_width
         want_gen = self.expect.pcie_gen if self.expect.pcie_gen is not None else max_gen
         want_width = self.expect.pcie_width if self.expect.pcie_width is not None else max_width
+        # The best link seen in one sample (links train down at idle and come up under traffic): a Gen5 x8
+        # sample and a Gen1 x16 one are two bad links, not a good Gen5 x16.
+        good = [link for link in links if link.gen >= want_gen and link.width >= want_width]
+        best = good[0] if good else max(links, key=lambda link: (link.width << link.gen, link.width))
+        gen, width = best.gen, best.width
         value = {
             "gen": gen,
             "width": width,
@@ -558,14 +574,20 @@ class CheckSuite:
 
     def check_nvlink_links(self, gpu: int) -> list[CheckResult]:
         expected = self.expect.nvlink_links
-        active: list[int] = []
-        down: list[int] = []
-        for link in range(NVLINK_MAX_LINKS):
-            try:
-                (active if self.backend.nvlink_state(gpu, link) else down).append(link)
-            except pynvml.NVMLError_NotSupported:
-                continue  # the link does not exist on this GPU
+        states = nvlink_states(self.backend, gpu)
+        active = [link for link, up in states.items() if up]
+        down = [link for link, up in states.items() if not up]
         value = {"active": len(active), "down_links": down}
+        wanted = f", expected {expected}" if expected is not None else ""
+        if down:
+            # A link the GPU has that is not up is a fault whatever count the server type expects.
+            return self._failed(
+                "nvlink.links",
+                gpu,
+                value,
+                expected,
+                f"NVLink {', '.join(map(str, down))} down ({len(active)} active{wanted}).",
+            )
         if expected is None:
             return self._not_checked(
                 "nvlink.links",
@@ -575,13 +597,8 @@ class CheckSuite:
                 f"{len(active)} NVLinks active (not checked: the server type expects no NVLink count).",
             )
         if len(active) < expected:
-            detail = f" (down: {', '.join(map(str, down))})" if down else ""
             return self._failed(
-                "nvlink.links",
-                gpu,
-                value,
-                expected,
-                f"{len(active)} NVLinks active{detail}, expected {expected}.",
+                "nvlink.links", gpu, value, expected, f"{len(active)} NVLinks active{wanted}."
             )
         return self._passed(
             "nvlink.links", gpu, value, expected, f"{len(active)} NVLinks active, as expected."
@@ -633,6 +650,15 @@ class CheckSuite:
         return self._passed("xid.events", gpu, [], drain, "no XID errors during burn-in.")
 
     def check_xids(self, gpu: int) -> list[CheckResult]:
+        if self.obs.xid_watch_error is not None:
+            return self._failed(
+                "xid.events",
+                gpu,
+                None,
+                self.th["drain_xids"],
+                f"XID events could not be watched ({self.obs.xid_watch_error}): a burn-in that cannot see "
+                "XID errors cannot pass.",
+            )
         if gpu in self.obs.unwatched_gpus:
             return self._not_supported(
                 "xid.events", gpu, None, self.th["drain_xids"], "XID events could not be watched."

@@ -187,7 +187,7 @@ class NvmlBackend(GpuBackend):
                 pynvml.nvmlDeviceRegisterEvents(
                     self._handle(gpu), pynvml.nvmlEventTypeXidCriticalError, self._event_set
                 )
-            except pynvml.NVMLError:
+            except pynvml.NVMLError_NotSupported:
                 unwatched.append(gpu)
         return unwatched
 

@@ -80,14 +80,18 @@ def run_burnin(
             count = backend.device_count()
         except pynvml.NVMLError:
             count = 0
+        watch_error: str | None = None
         try:
             unwatched = backend.start_xid_watch()
             watching = True
-        except pynvml.NVMLError:
+        except pynvml.NVMLError as exc:
             # No event set (NotSupported in some VMs, a driver in trouble): every GPU is reported as
-            # unwatched, and the XID waits below become plain sleeps instead of waits on no set.
+            # unwatched, and the XID waits below become plain sleeps instead of waits on no set. Only
+            # NotSupported is a property of the platform; any other error fails the XID check.
             unwatched = list(range(count))
             watching = False
+            if not isinstance(exc, pynvml.NVMLError_NotSupported):
+                watch_error = str(exc)
         replays_before: dict[int, int | None] = {}
         nvlink_before = {}
         for gpu in range(count):
@@ -144,6 +148,7 @@ def run_burnin(
             samples=samples,
             xids=xids,
             unwatched_gpus=unwatched,
+            xid_watch_error=watch_error,
             pcie_replays_before=replays_before,
             nvlink_errors_before=nvlink_before,
         )

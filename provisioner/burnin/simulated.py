@@ -406,18 +406,23 @@ class SimulatedBackend(GpuBackend):
             return 500
         return 0
 
-    def _link_exists(self, link: int) -> bool:
-        return 0 <= link < self.profile.nvlinks
+    def _check_link(self, link: int) -> None:
+        """Answer for a link the GPU lacks as a real driver does: NotSupported without NVLink,
+        InvalidArgument past the last link of a GPU with NVLink."""
+        if self.profile.nvlinks == 0:
+            raise _not_supported()
+        if not 0 <= link < self.profile.nvlinks:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
     def nvlink_state(self, gpu: int, link: int) -> bool:
         p = self._physical(gpu)
-        if not self._link_exists(link):
-            raise _not_supported()
+        self._check_link(link)
         return not (self._has(p, "nvlink_down") and self._arg(p, "nvlink_down") == link)
 
     def nvlink_error_counter(self, gpu: int, link: int, counter: int) -> int:
         p = self._physical(gpu)
-        if not self._link_exists(link) or counter not in NVLINK_ERROR_COUNTERS.values():
+        self._check_link(link)
+        if counter not in NVLINK_ERROR_COUNTERS.values():
             raise _not_supported()
         if (
             self._has(p, "nvlink_errors")

@@ -186,7 +186,7 @@ def test_failure_messages_are_sentences_an_operator_understands() -> None:
         "Host: 7 GPU(s) visible, expected 8."
     )
     assert check(simulated_run({"2": ["nvlink_down:7"]}), "nvlink.links", 2)["message"] == (
-        "GPU 2: 17 NVLinks active (down: 7), expected 18."
+        "GPU 2: NVLink 7 down (17 active, expected 18)."
     )
 
 
@@ -380,6 +380,43 @@ def test_nvlink_errors_fail_even_when_the_server_type_leaves_the_link_count_unch
         "GPU 3: 200 NVLink errors during the run on link(s) 2, limit 0."
     )
     assert check(report, "nvlink.errors", 0)["status"] == "passed"
+
+
+def test_a_link_that_is_down_fails_even_when_the_server_type_leaves_the_link_count_unchecked() -> None:
+    report = simulated_run({"0": ["nvlink_down:3"]}, {**H100_8X, "nvlink_links": None})
+    assert failed(report) == {("nvlink.links", 0)}
+    assert check(report, "nvlink.links", 0)["message"] == "GPU 0: NVLink 3 down (17 active)."
+    assert check(report, "nvlink.links", 1)["status"] == "not_checked"
+    with_count = simulated_run({"0": ["nvlink_down:3"]})
+    assert check(with_count, "nvlink.links", 0)["message"] == "GPU 0: NVLink 3 down (17 active, expected 18)."
+
+
+def test_pcie_generation_and_width_are_judged_from_one_sample_not_combined() -> None:
+    from provisioner.burnin.backend import PcieLink
+    from provisioner.burnin.checks import CheckSuite, LoadSummary, RunObservation, Sample
+
+    def link(gen: int, width: int) -> PcieLink:
+        return PcieLink(gen=gen, width=width, max_gen=5, max_width=16)
+
+    def judged(*links: PcieLink) -> dict[str, Any]:
+        observation = RunObservation(
+            load=LoadSummary(kind="simulated", ran=True),
+            samples={0: [Sample(at_s=i, pcie=one) for i, one in enumerate(links)]},
+            xids=[],
+            unwatched_gpus=[],
+            pcie_replays_before={},
+            nvlink_errors_before={},
+        )
+        backend = SimulatedBackend("h100-sxm-8x")
+        suite = CheckSuite(backend, parse_expectations(H100_8X), resolve_thresholds(None), observation)
+        (result,) = suite.check_pcie_link(0)
+        return result.to_dict()
+
+    mixed = judged(link(5, 8), link(1, 16))  # two bad links, never a good Gen5 x16
+    assert mixed["passed"] is False
+    assert mixed["value"]["gen"] == 5 and mixed["value"]["width"] == 8
+    trained_up = judged(link(1, 16), link(5, 16), link(2, 16))
+    assert trained_up["passed"] is True and trained_up["value"]["gen"] == 5
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,8 @@ class FakeNvml:
         self._structs = [pynvml.struct_c_nvmlDevice_t() for _ in range(gpus)]
         self.events: list[tuple[int, int]] = []  # (gpu, xid) delivered by nvmlEventSetWait
         self.event_set_create_error: int | None = None
+        self.nvlinks = 0  # NVLinks per GPU: 0 answers NotSupported, past the last InvalidArgument
+        self.field_return = pynvml.NVML_SUCCESS  # the recovery-action field's own return code
         self.lost: set[int] = set()  # GPUs that fell off the bus: their calls raise GPU_IS_LOST
 
     def handle(self, gpu: int) -> Any:
@@ -74,10 +76,19 @@ class FakeNvml:
 
         def field_values(handle: Any, field_ids: list[int]) -> Any:
             self._gpu(handle)
-            value = types.SimpleNamespace(
-                nvmlReturn=pynvml.NVML_SUCCESS, value=types.SimpleNamespace(uiVal=0)
-            )
+            value = types.SimpleNamespace(nvmlReturn=self.field_return, value=types.SimpleNamespace(uiVal=0))
             return [value]
+
+        def nvlink(answer: Any) -> Any:
+            def read(handle: Any, link: int, *args: Any) -> Any:
+                self._gpu(handle)
+                if self.nvlinks == 0:
+                    raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+                if link >= self.nvlinks:
+                    raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+                return answer
+
+            return read
 
         def event_set_create() -> Any:
             if self.event_set_create_error is not None:
@@ -111,8 +122,8 @@ class FakeNvml:
                 "nvmlDeviceGetTotalEccErrors": reading(0),
                 "nvmlDeviceGetRetiredPages": not_supported,
                 "nvmlDeviceGetRetiredPagesPendingStatus": not_supported,
-                "nvmlDeviceGetNvLinkState": not_supported,
-                "nvmlDeviceGetNvLinkErrorCounter": not_supported,
+                "nvmlDeviceGetNvLinkState": nvlink(pynvml.NVML_FEATURE_ENABLED),
+                "nvmlDeviceGetNvLinkErrorCounter": nvlink(0),
                 "nvmlDeviceGetFieldValues": field_values,
                 "nvmlEventSetCreate": event_set_create,
                 "nvmlDeviceRegisterEvents": reading(None),
@@ -166,6 +177,45 @@ def test_a_failed_xid_watch_reports_instead_of_crashing_the_agent(nvml: FakeNvml
         xid = by_name(report, "xid.events", gpu)
         assert xid["status"] == "not_supported"
         assert xid["message"] == f"GPU {gpu}: XID events could not be watched."
+
+
+def test_an_xid_watch_that_fails_for_another_reason_fails_the_burn_in(nvml: FakeNvml) -> None:
+    # Not supported is the platform (some VMs); a permission error means this run saw no XIDs at all.
+    nvml.event_set_create_error = pynvml.NVML_ERROR_NO_PERMISSION
+    report = nvml_run()
+    assert report["passed"] is False
+    xid = by_name(report, "xid.events", 0)
+    assert xid["status"] == "failed"
+    assert xid["message"] == (
+        "GPU 0: XID events could not be watched (Insufficient Permissions): a burn-in that cannot see XID "
+        "errors cannot pass."
+    )
+
+
+def test_an_sxm_gpu_answers_invalid_argument_past_its_last_nvlink(nvml: FakeNvml) -> None:
+    # An 18-link H100 SXM asked for link 18..35 answers InvalidArgument: no such link, not a fault.
+    nvml.nvlinks = 18
+    report = run_burnin(
+        NvmlBackend(),
+        {**EXPECT, "nvlink_links": 18},
+        load_seconds=0.1,
+        xid_wait_seconds=0.05,
+        sample_interval_s=0.05,
+        load_preference="none",
+    )
+    for gpu in (0, 1):
+        links = by_name(report, "nvlink.links", gpu)
+        assert links["status"] == "passed", links["message"]
+        assert links["value"] == {"active": 18, "down_links": []}
+        errors = by_name(report, "nvlink.errors", gpu)
+        assert errors["status"] == "passed", errors["message"]
+
+
+def test_a_driver_without_the_recovery_action_field_is_not_supported_not_failed(nvml: FakeNvml) -> None:
+    nvml.field_return = pynvml.NVML_ERROR_INVALID_ARGUMENT  # a driver older than the field (565)
+    report = nvml_run()
+    action = by_name(report, "memory.recovery_action", 0)
+    assert action["status"] == "not_supported" and action["passed"] is True
 
 
 def test_xid_79_from_a_gpu_that_fell_off_the_bus_is_reported_not_dropped(nvml: FakeNvml) -> None:
