@@ -44,7 +44,7 @@ class Operation(models.Model):
     objects = OperationQuerySet.as_manager()
 
     class Meta:
-        ordering = ["-created_at"]
+        ordering = ["-created_at", "-id"]  # the id breaks ties: limit/offset pages never skip or repeat
         indexes = [models.Index(fields=["state", "heartbeat_at"])]
 
     def __str__(self) -> str:

@@ -38,7 +38,7 @@ class Reservation(models.Model):
     objects = OrgScopedQuerySet.as_manager()
 
     class Meta:
-        ordering = ["-created_at"]
+        ordering = ["-created_at", "-id"]  # the id breaks ties: limit/offset pages never skip or repeat
         constraints = [
             models.UniqueConstraint(
                 fields=["organization", "idempotency_key"],

@@ -288,7 +288,11 @@ class ReservationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OperationSummarySerializer(many=True))
     def get_operations(self, obj: Reservation) -> Any:
-        ops = obj.operations.select_related("node").prefetch_related("steps").order_by("-created_at")[:50]
+        ops = (
+            obj.operations.select_related("node")
+            .prefetch_related("steps")
+            .order_by("-created_at", "-id")[:50]
+        )
         return OperationSummarySerializer(ops, many=True).data
 
 
@@ -334,7 +338,7 @@ def reservation_data(
             for op in Operation.objects.filter(reservation=reservation)
             .values(*_OPERATION_COLUMNS, "node__name")
             .annotate(steps_total=Count("steps"), steps_done=Count("steps", filter=Q(steps__state__in=done)))
-            .order_by("-created_at")[:50]
+            .order_by("-created_at", "-id")[:50]
         ]
     return {
         "id": reservation.pk,
@@ -515,7 +519,11 @@ class AdminNodeDetailSerializer(AdminNodeSerializer):
 
     @extend_schema_field(OperationSummarySerializer(many=True))
     def get_recent_operations(self, obj: Node) -> Any:
-        ops = obj.operations.select_related("node").prefetch_related("steps").order_by("-created_at")[:20]
+        ops = (
+            obj.operations.select_related("node")
+            .prefetch_related("steps")
+            .order_by("-created_at", "-id")[:20]
+        )
         return OperationSummarySerializer(ops, many=True).data
 
     @extend_schema_field(BurnInReportSerializer(allow_null=True))
