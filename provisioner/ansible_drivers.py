@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from provisioner.ansible import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
+from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
 from provisioner.drivers.base import (
@@ -149,10 +150,12 @@ class AnsibleDeployDriver(DeployDriver):
             log,
         )
         result = DeployTicket.objects.get(pk=ticket.pk).result or {}
-        host_keys: dict[str, str] = result.get("host_keys") or {}
-        fingerprints: dict[str, str] = result.get("host_key_fingerprints") or {}
-        if not host_keys or not fingerprints:
-            raise DeployFailed(f"the deploy agent on {self.node.name} reported no host keys")
+        try:
+            host_keys, fingerprints = verify_deployed(
+                result, request.image_sha256, request.extra.get("image_size")
+            )
+        except ReportError as exc:
+            raise DeployFailed(f"the deploy agent on {self.node.name}: {exc}") from None
         host = known_hosts_name(ssh_address, ssh_port)
         known_hosts = "\n".join(f"{host} {line.split()[0]} {line.split()[1]}" for line in host_keys.values())
         return DeployResult(

@@ -56,19 +56,24 @@ def open_ticket(node: Node, operation: Operation, instructions: dict[str, Any]) 
 def claim_for_boot(node: Node) -> tuple[DeployTicket | None, str | None]:
     """For a PXE boot of ``node``: (ticket, new agent token) if a deploy waits for it, else (None, None).
     A ticket whose script was already served yields (ticket, None): the caller refuses."""
-    now = timezone.now()
-    ticket = (
-        DeployTicket.objects.filter(node=node, result_at__isnull=True, expires_at__gt=now)
-        .order_by("-created_at")
-        .first()
-    )
-    if ticket is None:
-        return None, None
-    token = secrets.token_urlsafe(32)
-    claimed = DeployTicket.objects.filter(pk=ticket.pk, script_served_at__isnull=True).update(
-        script_served_at=now, token_hash=_hash(token)
-    )
-    return (ticket, token) if claimed == 1 else (ticket, None)
+    for _ in range(2):  # a retried deploy may replace the ticket between the lookup and the claim: once more
+        now = timezone.now()
+        ticket = (
+            DeployTicket.objects.filter(node=node, result_at__isnull=True, expires_at__gt=now)
+            .order_by("-created_at")
+            .first()
+        )
+        if ticket is None:
+            return None, None
+        token = secrets.token_urlsafe(32)
+        claimed = DeployTicket.objects.filter(
+            pk=ticket.pk, script_served_at__isnull=True, result_at__isnull=True, expires_at__gt=now
+        ).update(script_served_at=now, token_hash=_hash(token))
+        if claimed == 1:
+            return ticket, token
+        if DeployTicket.objects.filter(pk=ticket.pk, script_served_at__isnull=False).exists():
+            return ticket, None
+    return None, None
 
 
 def ticket_for_token(token: str) -> DeployTicket | None:
@@ -82,11 +87,13 @@ def ticket_for_token(token: str) -> DeployTicket | None:
 
 
 def take_instructions(ticket: DeployTicket) -> bool:
-    """Mark the instructions fetched. False when they were fetched before (a reused token)."""
+    """Mark the instructions fetched. False when they were fetched before (a reused token) or the ticket
+    was closed or replaced meanwhile."""
+    now = timezone.now()
     return (
-        DeployTicket.objects.filter(pk=ticket.pk, instructions_fetched_at__isnull=True).update(
-            instructions_fetched_at=timezone.now()
-        )
+        DeployTicket.objects.filter(
+            pk=ticket.pk, instructions_fetched_at__isnull=True, result_at__isnull=True, expires_at__gt=now
+        ).update(instructions_fetched_at=now)
         == 1
     )
 

@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from provisioner.boot import tickets
+from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progress, clean_result
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, render_ipxe_script, render_local_boot_script
 
@@ -94,12 +95,28 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    """The request's JSON object, or None for anything else (NaN and Infinity included: no database
+    stores them as JSON). The caller has checked the body's size."""
     try:
-        body = json.loads(request.body or b"{}")
+        body = json.loads(request.body or b"{}", parse_constant=_refuse_constant)
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _too_big(request: HttpRequest) -> JsonResponse | None:
+    try:
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        length = 0
+    if max(length, len(request.body)) > MAX_REPORT_BYTES:
+        return _error(413, "too_large", f"a report is at most {MAX_REPORT_BYTES} bytes")
+    return None
 
 
 @require_GET
@@ -142,10 +159,16 @@ def agent_progress(request: HttpRequest) -> JsonResponse:
     ticket = _ticket(request)
     if ticket is None:
         return _error(403, "invalid_token", "unknown or expired deploy token")
+    if (refused := _too_big(request)) is not None:
+        return refused
     body = _json_body(request)
     if body is None:
         return _error(400, "invalid_request", "progress must be a JSON object")
-    tickets.record_progress(ticket, {k: body.get(k) for k in ("stage", "percent", "message")})
+    try:
+        progress = clean_progress(body)
+    except ReportError as exc:
+        return _error(400, "invalid_request", str(exc))
+    tickets.record_progress(ticket, progress)
     return JsonResponse({"ok": True})
 
 
@@ -155,9 +178,18 @@ def agent_result(request: HttpRequest) -> JsonResponse:
     ticket = _ticket(request)
     if ticket is None:
         return _error(403, "invalid_token", "unknown or expired deploy token")
+    if (refused := _too_big(request)) is not None:
+        return refused
     body = _json_body(request)
-    if body is None or body.get("status") not in ("ok", "failed"):
+    if body is None:
         return _error(400, "invalid_request", "result must be a JSON object with status ok or failed")
-    if not tickets.record_result(ticket, body):
+    try:
+        result = clean_result(body)
+    except ReportError as exc:
+        return _error(400, "invalid_request", str(exc))
+    if result["status"] == "ok" and ticket.instructions_fetched_at is None:
+        # An agent that never read what to write cannot have written it.
+        return _error(409, "instructions_not_fetched", "an ok result needs the instructions fetched first")
+    if not tickets.record_result(ticket, result):
         return _error(409, "token_used", "a result was already reported for this deploy")
     return JsonResponse({"ok": True})
