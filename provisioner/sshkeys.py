@@ -77,7 +77,8 @@ def _invalid(message: str) -> InvalidRequest:
 
 
 def _refuse_obvious_mistakes(text: str) -> str:
-    stripped = text.strip()
+    # Windows Notepad saves (and some editors copy) a UTF-8 byte order mark before the text: no part of it.
+    stripped = text.strip().lstrip("\ufeff").strip()
     if not stripped:
         raise _invalid(f"The SSH key is empty: paste one public key line; {_ACCEPTED_SENTENCE}.")
     if len(stripped) > MAX_KEY_TEXT:
@@ -123,13 +124,20 @@ def parse_public_key(text: str) -> PublicKey:
             )
         if "-cert-" in key_type:
             raise _invalid(f"SSH certificates ({key_type}) are not accepted as keys; {_ACCEPTED_SENTENCE}.")
+        # The type itself (any case) is no option: only a key token after the first field means options.
+        if re.fullmatch(r"(ssh|ecdsa|sk)-[a-z0-9@.-]+", key_type, re.IGNORECASE):
+            if key_type != key_type.lower():  # SSH-ED25519: sshd matches key types case-sensitively
+                lower = key_type.lower()
+                hint = (
+                    f": key types are written in lower case, e.g. {lower}" if lower in ACCEPTED_TYPES else ""
+                )
+                raise _invalid(f"SSH key type {key_type} is not recognised{hint}; {_ACCEPTED_SENTENCE}.")
+            raise _invalid(f"SSH key type {key_type} is not accepted; {_ACCEPTED_SENTENCE}.")
         if _KEY_TOKEN.search(line):
             raise _invalid(
                 "Options before the key (such as from=... or command=...) are not accepted: "
                 "paste only the key line, starting with its type."
             )
-        if re.fullmatch(r"(ssh|ecdsa)-[a-z0-9@.-]+", key_type):
-            raise _invalid(f"SSH key type {key_type} is not accepted; {_ACCEPTED_SENTENCE}.")
         raise _invalid(
             "This is not an SSH public key: a key line starts with its type (e.g. ssh-ed25519); "
             f"{_ACCEPTED_SENTENCE}."

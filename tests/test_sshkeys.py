@@ -109,7 +109,7 @@ def test_two_keys_in_one_field_are_refused(keydir: Path) -> None:
         ("ssh-ed25519", "no key data"),
         ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI!!!notbase64", "not valid base64"),
         ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", r"truncated|damaged"),
-        ("ssh-foo AAAAB3NzaC1yc2E= x", "not accepted"),
+        ("ssh-foo AAAAB3NzaC1yc2E= x", "SSH key type ssh-foo is not accepted"),
         ("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----", "OpenSSH format"),
     ],
 )
@@ -143,6 +143,24 @@ def test_options_before_the_key_are_refused(keydir: Path) -> None:
     _path, text = _keygen(keydir, "opts", "-t", "ed25519")
     with pytest.raises(InvalidRequest, match="Options"):
         parse_public_key('from="10.0.0.1" ' + text)
+
+
+def test_a_key_pasted_with_a_byte_order_mark_is_accepted_without_it(keydir: Path) -> None:
+    _path, text = _keygen(keydir, "notepad", "-t", "ed25519")
+    key = parse_public_key("\ufeff" + text.replace("\n", "\r\n"))
+    assert key.line == " ".join(text.split())
+    assert key.fingerprint == parse_public_key(text).fingerprint
+
+
+@pytest.mark.parametrize("key_type", ["SSH-ED25519", "Ssh-Rsa", "ECDSA-SHA2-NISTP256"])
+def test_an_upper_case_key_type_is_an_unrecognised_type_not_options(keydir: Path, key_type: str) -> None:
+    _path, text = _keygen(keydir, f"upper-{key_type}", "-t", "ed25519")
+    with pytest.raises(InvalidRequest) as err:
+        parse_public_key(f"{key_type} {text.split(None, 1)[1]}")
+    message = str(err.value)
+    assert f"SSH key type {key_type} is not recognised" in message
+    assert f"written in lower case, e.g. {key_type.lower()};" in message
+    assert "Options" not in message
 
 
 def test_certificate_types_are_refused(keydir: Path) -> None:
