@@ -4,12 +4,15 @@ provisioner code; the forms turn its errors into messages next to the right fiel
 from __future__ import annotations
 
 import datetime as dt
+import re
+import uuid
 from typing import Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.contrib.auth.models import User
+from django.http import QueryDict
 from django.utils import timezone
 
 from provisioner.errors import InvalidRequest
@@ -96,6 +99,9 @@ class WindowForm(forms.Form):
         return data
 
 
+_TOKEN = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+
+
 class ReserveForm(forms.Form):
     WHEN_CHOICES = [("now", "Now"), ("later", "Later (scheduled window)")]
 
@@ -129,12 +135,29 @@ class ReserveForm(forms.Form):
         ),
         label="Or paste a new public key",
     )
+    # One-time token, new with each rendering of the form: the same form sent twice (double click, the
+    # browser's resend) books once. Empty (a page from before the token existed) books without it.
+    token = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, organization: Organization | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.organization = organization
+        self.initial.setdefault("token", uuid.uuid4().hex)
         if organization is not None:
             model_choices(self, "ssh_keys").queryset = SSHKey.objects.filter(organization=organization)
+
+    @property
+    def idempotency_key(self) -> str:
+        """book_servers' idempotency key for this form's token ("" without one)."""
+        token = self.cleaned_data.get("token", "") if hasattr(self, "cleaned_data") else ""
+        return f"portal:{token}" if token else ""
+
+    def renew_token(self) -> None:
+        """Give the re-rendered form a fresh token (the one it was sent with is spent or was refused)."""
+        if self.is_bound:
+            data = self.data.copy() if isinstance(self.data, QueryDict) else dict(self.data)
+            data["token"] = uuid.uuid4().hex
+            self.data = data
 
     def clean_new_key(self) -> str:
         text = self.cleaned_data.get("new_key", "").strip()
@@ -164,6 +187,11 @@ class ReserveForm(forms.Form):
         if end is not None and end <= (start or timezone.now()):
             self.add_error("ends_at", "The end must be after the start.")
         data["starts_at"], data["ends_at"] = start, end
+        if data.get("token") and not _TOKEN.fullmatch(data["token"]):
+            self.add_error(None, "This form does not come from this page: check it and send it again.")
+            self.renew_token()
+        elif not data.get("token"):
+            self.renew_token()  # shown again, the form is protected from then on
         return data
 
 

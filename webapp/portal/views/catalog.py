@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from provisioner.errors import InvalidRequest, NeocloudError
-from provisioner.models import Allocation, ServerType
+from provisioner.models import Allocation, Organization, Reservation, ServerType
 from provisioner.services import tenancy
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import availability, book_servers
@@ -52,6 +52,58 @@ class _KeyRefused(Exception):
         self.error = error
 
 
+class _Replayed(Exception):
+    """book_servers found the reservation this form's token already made (the pasted key is not saved)."""
+
+    def __init__(self, reservation: Reservation) -> None:
+        super().__init__(reservation.pk)
+        self.reservation = reservation
+
+
+def _earlier(org: Organization, form: ReserveForm) -> Reservation | None:
+    """The reservation an earlier sending of this form (same token) made, if any."""
+    key = form.idempotency_key
+    return Reservation.objects.filter(organization=org, idempotency_key=key).first() if key else None
+
+
+def _asks_for(existing: Reservation, form: ReserveForm) -> bool:
+    """Whether the form asks for what ``existing`` booked: sent again as it was, not changed and resent
+    (the back button restores the spent token with the form)."""
+    data = form.cleaned_data
+    keys = {k.public_key for k in data["ssh_keys"]}
+    if data["new_key"]:
+        keys.add(form.parsed_key.line)
+    start = data["starts_at"]
+    return (
+        existing.server_type_id == data["server_type"].pk
+        and existing.count == data["count"]
+        and existing.image_id == data["image"].pk
+        and existing.name == data["name"]
+        and set(existing.authorized_keys) == keys
+        and (start is None or existing.starts_at == start)
+        and existing.ends_at == data["ends_at"]
+    )
+
+
+def _replayed(request: HttpRequest, form: ReserveForm, existing: Reservation) -> HttpResponse | None:
+    """Answer a form sent again with a spent token: the reservation it made, or (when the form was changed)
+    an error on the form with a fresh token. None: the form is rendered again."""
+    if _asks_for(existing, form):
+        messages.info(
+            request,
+            f"Reservation {existing.pk} was already made from this form: it was sent twice, "
+            "and nothing more was booked.",
+        )
+        return redirect("portal:reservation", pk=existing.pk)
+    form.add_error(
+        None,
+        f"This form was already used to make reservation {existing.pk}, so nothing was booked. "
+        "Check it and send it again to make a new reservation.",
+    )
+    form.renew_token()
+    return None
+
+
 @login_required
 def reserve(request: HttpRequest) -> HttpResponse:
     org = current_org(request)
@@ -66,6 +118,9 @@ def reserve(request: HttpRequest) -> HttpResponse:
     elif request.method == "POST" and org is not None and form.is_valid():
         data = form.cleaned_data
         actor = Actor.from_request(request)
+        earlier = _earlier(org, form)
+        if earlier is not None:
+            return _replayed(request, form, earlier) or _render_reserve(request, form, org)
         try:
             # One transaction: a pasted key is saved only if the reservation is made.
             with transaction.atomic():
@@ -77,7 +132,7 @@ def reserve(request: HttpRequest) -> HttpResponse:
                         )
                     except InvalidRequest as exc:
                         raise _KeyRefused(exc) from exc
-                reservation = book_servers(
+                booking = book_servers(
                     org,
                     data["server_type"],
                     data["count"],
@@ -87,8 +142,19 @@ def reserve(request: HttpRequest) -> HttpResponse:
                     ends_at=data["ends_at"],
                     ssh_keys=keys,
                     name=data["name"],
-                ).reservation
+                    idempotency_key=form.idempotency_key,
+                )
+                if booking.replay:  # the same form, sent at the same time, booked first
+                    raise _Replayed(booking.reservation)
+                reservation = booking.reservation
+        except _Replayed as replayed:
+            response = _replayed(request, form, replayed.reservation)
+            if response is not None:
+                return response
         except _KeyRefused as refused:
+            earlier = _earlier(org, form)  # the same form, sent at the same time, saved the key first
+            if earlier is not None:
+                return _replayed(request, form, earlier) or _render_reserve(request, form, org)
             form.add_error("new_key", sentence(refused.error))
         except NeocloudError as exc:
             form.add_error(None, reservation_refusal(exc))
@@ -98,6 +164,10 @@ def reserve(request: HttpRequest) -> HttpResponse:
                 f"Reservation {reservation.pk} made: {reservation.count}x {reservation.server_type.name}.",
             )
             return redirect("portal:reservation", pk=reservation.pk)
+    return _render_reserve(request, form, org)
+
+
+def _render_reserve(request: HttpRequest, form: ReserveForm, org: Organization | None) -> HttpResponse:
     quota = None
     if org is not None:
         held = (

@@ -3,10 +3,30 @@
   "use strict";
 
   document.addEventListener("submit", function (event) {
-    var message = event.target.getAttribute("data-confirm");
+    var form = event.target;
+    var message = form.getAttribute("data-confirm");
     if (message && !window.confirm(message)) {
       event.preventDefault();
+      return;
     }
+    // A form that books something is sent once: a second click waits for the first answer. The server
+    // does not rely on it (the form's one-time token makes a resend book nothing more).
+    if (form.hasAttribute("data-submit-once") && !event.defaultPrevented) {
+      form.querySelectorAll('button[type="submit"], input[type="submit"]').forEach(function (button) {
+        button.disabled = true;
+        button.setAttribute("aria-busy", "true");
+      });
+    }
+  });
+
+  // Back to a page kept in the browser's cache: its buttons work again (the form has a fresh token only
+  // once reloaded, and the server answers a resend with the reservation already made).
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) { return; }
+    document.querySelectorAll("form[data-submit-once] [aria-busy]").forEach(function (button) {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    });
   });
 
   function copyText(text, button) {
