@@ -3,14 +3,16 @@ that show a secret are never stored by a browser or proxy."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from django.urls import reverse
+from django.utils import timezone
 
 from provisioner.models import Reservation, SSHKey
 from provisioner.services.audit import Actor
-from provisioner.services.reservations import book_servers
-from tests.conftest import ssh_keygen
+from provisioner.services.reservations import book_servers, release_reservation
+from tests.conftest import reserve, ssh_keygen
 
 
 def _token(client) -> str:
@@ -172,3 +174,54 @@ def test_a_concurrent_sending_that_saved_the_pasted_key_first_is_followed(
     assert response.status_code == 302
     assert response["Location"] == reverse("portal:reservation", args=[first.pk])
     assert Reservation.objects.count() == 1
+
+
+def test_releasing_twice_does_not_claim_a_second_release(client, inventory):
+    r = reserve(inventory, label="t", ends_at=timezone.now() + dt.timedelta(hours=4))
+    client.force_login(inventory.owner)
+    url = reverse("portal:reservation_release", args=[r.pk])
+    first = client.post(url, follow=True)
+    assert any(m.startswith("Released:") for m in _messages(first))
+    second = client.post(url, follow=True)
+    said = _messages(second)
+    assert not any("Released:" in m or "no longer billed" in m for m in said), said
+    assert any(f"Reservation {r.pk} is already being released" in m for m in said), said
+
+
+def test_releasing_a_released_reservation_says_it_was_already_released(client, inventory):
+    r = reserve(inventory, label="t")
+    release_reservation(r, actor=Actor.system("test"))
+    Reservation.objects.filter(pk=r.pk).update(state="released")
+    client.force_login(inventory.owner)
+    said = _messages(client.post(reverse("portal:reservation_release", args=[r.pk]), follow=True))
+    assert any(f"Reservation {r.pk} was already released" in m for m in said), said
+    assert not any("being wiped" in m or "no longer billed" in m for m in said), said
+
+
+def test_releasing_a_failed_reservation_does_not_claim_a_release(client, inventory):
+    r = reserve(inventory, label="t")
+    release_reservation(r, actor=Actor.system("test"))
+    Reservation.objects.filter(pk=r.pk).update(state="failed")
+    client.force_login(inventory.owner)
+    said = _messages(client.post(reverse("portal:reservation_release", args=[r.pk]), follow=True))
+    assert any(f"Reservation {r.pk} failed" in m for m in said), said
+    assert not any("Released:" in m or "being wiped" in m for m in said), said
+
+
+def test_releasing_a_scheduled_reservation_says_the_booking_is_cancelled(client, inventory):
+    start = timezone.now() + dt.timedelta(days=2)
+    r = book_servers(
+        inventory.acme,
+        inventory.a100,
+        1,
+        image=inventory.image,
+        actor=Actor.system("test"),
+        starts_at=start,
+        ends_at=start + dt.timedelta(days=1),
+        ssh_keys=[inventory.key],
+    ).reservation
+    client.force_login(inventory.owner)
+    said = _messages(client.post(reverse("portal:reservation_release", args=[r.pk]), follow=True))
+    assert any("Cancelled:" in m for m in said), said
+    assert not any("being wiped" in m for m in said), said
+    assert Reservation.objects.get(pk=r.pk).state == "released"

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
@@ -138,12 +139,36 @@ def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def reservation_release(request: HttpRequest, pk: int) -> HttpResponse:
     reservation = get_object_or_404(_scoped(request), pk=pk)
+    before = reservation.state
+    asked_at = timezone.now()
     try:
-        release_reservation(reservation, actor=Actor.from_request(request))
+        after = release_reservation(reservation, actor=Actor.from_request(request))
     except NeocloudError as exc:
         messages.error(request, f"Not released: {sentence(exc)}")
     else:
-        messages.success(
-            request, "Released: the servers are being wiped and returned. You are no longer billed for them."
-        )
+        # Sent again (back button, a second tab) or released by someone else meanwhile: this request
+        # released nothing, and says so.
+        released_now = after.released_at is not None and after.released_at >= asked_at
+        if not released_now or before not in OPEN_RESERVATION_STATES:
+            messages.info(request, _already_closed(after))
+        elif before == ReservationState.SCHEDULED:
+            messages.success(
+                request, f"Cancelled: reservation {after.pk} will not start and its servers are free again."
+            )
+        elif after.state == ReservationState.RELEASING:
+            messages.success(
+                request,
+                "Released: the servers are being wiped and returned. You are no longer billed for them.",
+            )
+        else:
+            messages.success(request, "Released: you are no longer billed for its servers.")
     return redirect("portal:reservation", pk=reservation.pk)
+
+
+def _already_closed(reservation: Reservation) -> str:
+    """What releasing a reservation that was no longer open did: nothing, and why."""
+    if reservation.state == ReservationState.RELEASING:
+        return f"Reservation {reservation.pk} is already being released: nothing more to do."
+    if reservation.state == ReservationState.FAILED:
+        return f"Reservation {reservation.pk} failed and is closed already: nothing was released."
+    return f"Reservation {reservation.pk} was already released: nothing more to do."
