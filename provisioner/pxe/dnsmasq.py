@@ -71,6 +71,13 @@ class DnsmasqSite:
     hosts: Sequence[DhcpHost] = ()
 
 
+def _address(text: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise DnsmasqConfigError(f"{what} {text!r} is not an IPv4 address") from None
+
+
 def _checked(site: DnsmasqSite) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.IPv4Network(site.subnet, strict=True)
@@ -90,18 +97,33 @@ def _checked(site: DnsmasqSite) -> ipaddress.IPv4Network:
         if site.dhcp_range is None:
             raise DnsmasqConfigError("dhcp mode needs dhcp_range=(first, last)")
         for address in site.dhcp_range:
-            if ipaddress.IPv4Address(address) not in network:
+            if _address(address, "dhcp range address") not in network:
                 raise DnsmasqConfigError(f"dhcp range address {address} is outside {network}")
         if not re.match(r"^(\d+[smhdw]?|infinite)$", site.lease_time):
             raise DnsmasqConfigError(f"lease time {site.lease_time!r} is not valid (e.g. 1h, 30m, 3600)")
+    # dnsmasq refuses a whole file with one address twice ("duplicate dhcp-host IP address"); a MAC twice
+    # it takes, answering with whichever line it likes: both are caught here, naming the hosts.
+    seen_macs: dict[str, str] = {}
+    seen_addresses: dict[ipaddress.IPv4Address, str] = {}
     for host in site.hosts:
+        mac = host.mac.lower().replace("-", ":")
+        if mac in seen_macs:
+            raise DnsmasqConfigError(f"MAC {host.mac} is given to both {seen_macs[mac]} and {host.name}")
+        seen_macs[mac] = host.name
+        if host.address is not None:
+            fixed = _address(host.address, f"address of {host.name}")
+            if fixed in seen_addresses:
+                raise DnsmasqConfigError(
+                    f"address {fixed} is given to both {seen_addresses[fixed]} and {host.name}"
+                )
+            seen_addresses[fixed] = host.name
         if not _HOSTNAME.fullmatch(host.name):
             raise DnsmasqConfigError(f"host name {host.name!r} must be a DNS label")
         if _DHCP_HOST_WORD.fullmatch(host.name):
             raise DnsmasqConfigError(
                 f"host name {host.name!r} would be read by dnsmasq as a lease time or keyword, not a name"
             )
-        if host.address is not None and ipaddress.IPv4Address(host.address) not in network:
+        if host.address is not None and _address(host.address, f"address of {host.name}") not in network:
             raise DnsmasqConfigError(f"address {host.address} of {host.name} is outside {network}")
     return network
 

@@ -2,8 +2,9 @@
 
     python -m provisioner.pxe.imageserver --dir var/images --bind 127.0.0.1 --port 8081
 
-GET and HEAD with ``Content-Length``, single byte ranges (``Range: bytes=a-b``, answered 206), no
-directory listing, no path outside the directory. File bodies go out with ``socket.sendfile``
+GET and HEAD with ``Content-Length``, single byte ranges (``Range: bytes=a-b``, answered 206; a Range
+header this server does not take, such as several ranges or a malformed one, is ignored and the whole
+file answered 200, as RFC 9110 allows), no directory listing, no path outside the directory. File bodies go out with ``socket.sendfile``
 (``os.sendfile``: the kernel copies page cache to the socket, no user-space copy). A real site puts
 any HTTP cache or CDN in front; the deploy agent only needs GET with ``Content-Length``.
 """
@@ -27,7 +28,8 @@ from provisioner.httputil import ClosingHandlerMixin
 
 log = logging.getLogger("provisioner.pxe.imageserver")
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 19 digits: offsets up to 10^19 bytes, and int() never meets a number too long to convert.
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 SEND_BUFFER = 4 * 1024 * 1024
 
 
@@ -68,11 +70,10 @@ class _Handler(ClosingHandlerMixin, http.server.BaseHTTPRequestHandler):
             start, end = 0, size - 1
             status = 200
             header = self.headers.get("Range")
-            if header:
-                match = _RANGE.match(header.strip())
-                if not match or (not match.group(1) and not match.group(2)):
-                    self._error(416, "unsupported range")
-                    return
+            match = _RANGE.match(header.strip()) if header else None
+            if match and match.group(1) and match.group(2) and int(match.group(2)) < int(match.group(1)):
+                match = None  # "bytes=5-3" is no range at all: ignored
+            if match and (match.group(1) or match.group(2)):
                 if match.group(1):
                     start = int(match.group(1))
                     end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1

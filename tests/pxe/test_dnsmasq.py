@@ -78,6 +78,16 @@ def test_check_reports_what_dnsmasq_rejects(tmp_path):
         {"mode": "dhcp", "dhcp_range": ("192.0.2.10", "198.51.100.1")},
         {"hosts": [DhcpHost("52:54:00:aa:bb", "short-mac")]},
         {"hosts": [DhcpHost("52:54:00:aa:bb:01", "bad name")]},
+        {"mode": "dhcp", "dhcp_range": ("192.0.2.10", "192.0.2.x")},
+        {"hosts": [DhcpHost("52:54:00:aa:bb:01", "n1", "192.0.2.300")]},
+        # one address twice: dnsmasq refuses the whole file; one MAC twice: it picks a line silently
+        {
+            "hosts": [
+                DhcpHost("52:54:00:aa:bb:01", "n1", "192.0.2.5"),
+                DhcpHost("52:54:00:aa:bb:02", "n2", "192.0.2.5"),
+            ]
+        },
+        {"hosts": [DhcpHost("52:54:00:aa:bb:01", "n1"), DhcpHost("52-54-00-AA-BB-01", "n2")]},
     ],
 )
 def test_invalid_site_settings_are_refused(changes):
