@@ -157,7 +157,8 @@ def create_ssh_key(org: Organization, name: str, text: str, *, actor: Actor) -> 
         is already stored for this organization.
     """
     parsed = parse_public_key(text)
-    name = (name or "").strip() or parsed.comment or parsed.fingerprint[:20]
+    # Cut to the column's length before the checks: a long comment is checked under the name it is stored as.
+    name = ((name or "").strip() or parsed.comment or parsed.fingerprint[:20])[:100].rstrip()
     if SSHKey.objects.filter(organization=org, fingerprint=parsed.fingerprint).exists():
         raise InvalidRequest(f"this key ({parsed.fingerprint}) is already saved for {org.name}")
     if SSHKey.objects.filter(organization=org, name=name).exists():
@@ -167,7 +168,7 @@ def create_ssh_key(org: Organization, name: str, text: str, *, actor: Actor) -> 
             key = SSHKey.objects.create(
                 organization=org,
                 created_by=actor.user,
-                name=name[:100],
+                name=name,
                 public_key=parsed.line,
                 fingerprint=parsed.fingerprint,
             )
