@@ -225,3 +225,11 @@ def test_releasing_a_scheduled_reservation_says_the_booking_is_cancelled(client,
     assert any("Cancelled:" in m for m in said), said
     assert not any("being wiped" in m for m in said), said
     assert Reservation.objects.get(pk=r.pk).state == "released"
+
+
+def test_the_page_that_shows_a_new_api_token_is_never_stored(client, inventory):
+    client.force_login(inventory.owner)
+    page = client.post(reverse("portal:api_tokens"), {"name": "ci"}, follow=True)
+    assert 'id="new-token">nck_' in page.content.decode()
+    assert "no-store" in page["Cache-Control"]
+    assert "no-store" in client.get(reverse("portal:api_tokens"))["Cache-Control"]

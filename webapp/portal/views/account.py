@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
@@ -110,6 +111,7 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("portal:ssh_keys")
 
 
+@never_cache  # it shows a new token in plaintext, once: no browser or proxy may keep a copy
 @login_required
 def api_tokens(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
