@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from provisioner.models import ApiToken
@@ -52,3 +55,28 @@ def test_availability_for_a_window_ending_before_now_is_a_clear_400(inventory):
     response = api(inventory.owner).get(f"{V1}/server-types?ends_at=2001-01-01T00:00:00Z")
     assert response.status_code == 400, response.content
     assert "ends_at" in response.json()["error"]["details"]
+
+
+def test_availability_for_a_window_starting_in_the_past_is_refused_as_booking_is(inventory):
+    client = api(inventory.owner)
+    now = timezone.now()
+    past = {
+        "starts_at": (now - dt.timedelta(hours=1)).isoformat(),
+        "ends_at": (now + dt.timedelta(hours=1)).isoformat(),
+    }
+    response = client.get(f"{V1}/server-types", past)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["details"] == {"starts_at": ["the window cannot start in the past"]}
+    booked = client.post(f"{V1}/reservations", reserve_body(**past), format="json")
+    assert (
+        booked.status_code == 400
+        and booked.json()["error"]["message"] == "the window cannot start in the past"
+    )
+    # A start a few seconds ago (a clock or a request in flight) is now, as for a booking.
+    just_now = {**past, "starts_at": (now - dt.timedelta(seconds=10)).isoformat()}
+    response = client.get(f"{V1}/server-types", just_now)
+    assert response.status_code == 200, response.content
+    assert {row["slug"]: row["available"] for row in response.json()["results"]} == {
+        "h100-8x": 4,
+        "a100-8x": 2,
+    }

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, Q
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -27,6 +28,7 @@ from provisioner.models import (
     Step,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services.reservations import START_NOW_SLACK
 from provisioner.services.rollouts import MAX_ROLLOUT_NODES
 from provisioner.sshkeys import ssh_command
 from provisioner.states import LEASED_STATES, StepState
@@ -72,6 +74,9 @@ class AvailabilityQuerySerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         start, end = attrs.get("starts_at"), attrs.get("ends_at")
+        # As booking does (reservations._validate_window): a window that cannot be booked has no count.
+        if start and start < timezone.now() - START_NOW_SLACK:
+            raise serializers.ValidationError({"starts_at": ["the window cannot start in the past"]})
         if start and end and end <= start:
             raise serializers.ValidationError({"ends_at": ["must be after starts_at"]})
         return attrs
