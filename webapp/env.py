@@ -5,6 +5,7 @@ Secrets come from ``NAME_FILE`` (a path to a file holding the value) or ``NAME``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -67,6 +68,24 @@ def env_choice(name: str, default: str, choices: set[str]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {sorted(choices)}; got {value!r}")
     return value
+
+
+def env_networks(name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated networks in CIDR form (a bare address is a network of one)."""
+    raw = os.environ.get(name) or default
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list networks such as 10.0.0.0/24; {part!r} is not one"
+            ) from None
+    if not networks:
+        raise ImproperlyConfigured(f"{name} must list at least one network")
+    return tuple(networks)
 
 
 def database_from_url(url: str, *, name: str = "DATABASE_URL") -> dict[str, object]:

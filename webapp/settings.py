@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from webapp.env import database_from_url, env_bool, env_choice, env_float, env_int, env_str
+from webapp.env import database_from_url, env_bool, env_choice, env_float, env_int, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("NEOCLOUD_VAR_DIR", str(BASE_DIR / "var")))
@@ -173,6 +173,10 @@ NEOCLOUD_LAB_DIR = Path(env_str("NEOCLOUD_LAB_DIR", str(VAR_DIR / "lab")))
 # Where lab servers and the deploy agent reach the boot service and image server.
 NEOCLOUD_BOOT_URL = env_str("NEOCLOUD_BOOT_URL", "http://127.0.0.1:8000")
 NEOCLOUD_BOOT_DIR = Path(env_str("NEOCLOUD_BOOT_DIR", str(VAR_DIR / "boot")))
+# Who may use the boot service (/boot/: iPXE scripts with their one-time tokens, the deploy agents' API):
+# the provisioning networks, comma-separated. The default is this host and the lab's networks; a site lists
+# its provisioning subnets (behind a reverse proxy, the proxy's address, and the proxy restricts).
+NEOCLOUD_BOOT_NETWORKS = env_networks("NEOCLOUD_BOOT_NETWORKS", "127.0.0.0/8,::1/128,198.18.0.0/15")
 NEOCLOUD_IMAGE_DIR = Path(env_str("NEOCLOUD_IMAGE_DIR", str(VAR_DIR / "images")))
 # Seconds of GPU load during burn-in on real servers (lab servers use a short simulated load).
 NEOCLOUD_BURNIN_LOAD_SECONDS = env_float("NEOCLOUD_BURNIN_LOAD_SECONDS", 60.0, minimum=1)

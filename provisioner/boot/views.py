@@ -6,11 +6,14 @@ with the one-time bearer token from its kernel command line.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -26,10 +29,35 @@ PLACEHOLDER_KERNEL = b"NEOCLOUD-DEPLOY-KERNEL\n"
 PLACEHOLDER_INITRD = b"NEOCLOUD-DEPLOY-INITRD\n"
 
 
+def _from_provisioning_network(request: HttpRequest) -> bool:
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    return any(address in network for network in settings.NEOCLOUD_BOOT_NETWORKS)
+
+
+def provisioning_networks_only(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Refuse callers outside NEOCLOUD_BOOT_NETWORKS: a node's MAC is no secret, and whoever fetches its
+    script first gets the deploy's one-time token."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not _from_provisioning_network(request):
+            message = "the boot service answers only the provisioning networks"
+            if request.path.endswith(".ipxe"):
+                return HttpResponse(f"#!ipxe\necho {message}\nexit 1\n", status=403, content_type=IPXE)
+            return _error(403, "not_provisioning_network", message)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 def _base_url(request: HttpRequest) -> str:
     return f"{request.scheme}://{request.get_host()}"
 
 
+@provisioning_networks_only
 @require_GET
 def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
     try:
@@ -73,11 +101,13 @@ def _deploy_file(name: str, placeholder: bytes) -> HttpResponse | FileResponse:
     return HttpResponse(placeholder, content_type="application/octet-stream")
 
 
+@provisioning_networks_only
 @require_GET
 def deploy_kernel(request: HttpRequest) -> HttpResponse | FileResponse:
     return _deploy_file("vmlinuz", PLACEHOLDER_KERNEL)
 
 
+@provisioning_networks_only
 @require_GET
 def deploy_initrd(request: HttpRequest) -> HttpResponse | FileResponse:
     return _deploy_file("initrd.img", PLACEHOLDER_INITRD)
@@ -119,6 +149,7 @@ def _too_big(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+@provisioning_networks_only
 @require_GET
 def agent_instructions(request: HttpRequest) -> JsonResponse:
     ticket = _ticket(request)
@@ -131,6 +162,7 @@ def agent_instructions(request: HttpRequest) -> JsonResponse:
     return JsonResponse(ticket.instructions)
 
 
+@provisioning_networks_only
 @require_GET
 def ticket_status(request: HttpRequest, ticket_id: int) -> JsonResponse:
     """A deploy ticket's state for the engine's wait task (Bearer: the ticket's watch key)."""
@@ -154,6 +186,7 @@ def ticket_status(request: HttpRequest, ticket_id: int) -> JsonResponse:
 
 
 @csrf_exempt
+@provisioning_networks_only
 @require_POST
 def agent_progress(request: HttpRequest) -> JsonResponse:
     ticket = _ticket(request)
@@ -173,6 +206,7 @@ def agent_progress(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
+@provisioning_networks_only
 @require_POST
 def agent_result(request: HttpRequest) -> JsonResponse:
     ticket = _ticket(request)

@@ -76,3 +76,34 @@ def test_a_boot_mac_edited_in_another_notation_is_stored_as_the_boot_service_loo
     node.boot_mac = "52:54:00:ab:cd"
     with pytest.raises(ValidationError, match="Enter a MAC address"):
         node.full_clean()
+
+
+def test_the_boot_service_answers_only_the_provisioning_networks(client, node, settings):
+    """A node's MAC is no secret: whoever fetched its script first would get the deploy's one-time token."""
+    import ipaddress
+
+    ticket = _open(node)
+    outside = client.get(f"/boot/{MAC}.ipxe", REMOTE_ADDR="203.0.113.5")
+    assert outside.status_code == 403
+    assert b"only the provisioning networks" in outside.content
+    assert DeployTicket.objects.get(pk=ticket.pk).script_served_at is None
+    api = client.post(
+        "/boot/api/result", data="{}", content_type="application/json", REMOTE_ADDR="203.0.113.5"
+    )
+    assert api.status_code == 403 and api.json()["error"]["code"] == "not_provisioning_network"
+
+    settings.NEOCLOUD_BOOT_NETWORKS = (ipaddress.ip_network("203.0.113.0/24"),)
+    inside = client.get(f"/boot/{MAC}.ipxe", REMOTE_ADDR="203.0.113.5")
+    assert inside.status_code == 200 and b"neocloud.token=" in inside.content
+    assert client.get(f"/boot/{MAC}.ipxe").status_code == 403  # loopback is no longer listed
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "not-a-net", " , "])
+def test_boot_networks_setting_is_checked(monkeypatch, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from webapp.env import env_networks
+
+    monkeypatch.setenv("NEOCLOUD_BOOT_NETWORKS", value)
+    with pytest.raises(ImproperlyConfigured, match="NEOCLOUD_BOOT_NETWORKS"):
+        env_networks("NEOCLOUD_BOOT_NETWORKS", "127.0.0.0/8")
