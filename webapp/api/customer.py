@@ -279,14 +279,44 @@ class ReservationViewSet(
             raise ValidationError({"image": [f"no image {slug!r}"]})
 
     @staticmethod
-    def _ssh_keys(org: Organization, refs: list[str]) -> list[SSHKey]:
-        ids = [i for i in map(_row_id, refs) if i is not None]
-        found = list(SSHKey.objects.filter(organization=org).filter(Q(pk__in=ids) | Q(name__in=refs)))
-        known = {str(k.pk) for k in found} | {k.name for k in found}
-        missing = [r for r in refs if r not in known]
-        if missing:
-            raise ValidationError({"ssh_keys": [f"no SSH key {r!r} in {org.name}" for r in missing]})
-        return found
+    def _ssh_keys(org: Organization, refs: list[int | str]) -> list[SSHKey]:
+        """The keys ``refs`` name, each once. A number is a key id, a string a key name; a string of digits
+        that names no key is read as an id (as clients that send ids as strings do), and one that names a
+        key and is the id of another is refused: one reference never installs two keys.
+
+        :raises ValidationError: a reference is no key of ``org``, or is ambiguous.
+        """
+        names = [r for r in refs if isinstance(r, str)]
+        ids = [r for r in refs if isinstance(r, int)] + [i for i in map(_row_id, names) if i is not None]
+        found = list(SSHKey.objects.filter(organization=org).filter(Q(pk__in=ids) | Q(name__in=names)))
+        by_id = {k.pk: k for k in found}
+        by_name = {k.name: k for k in found}
+        keys: dict[int, SSHKey] = {}
+        problems = []
+        for ref in refs:
+            if isinstance(ref, int):
+                key = by_id.get(ref)
+                if key is None:
+                    problems.append(f"no SSH key with id {ref} in {org.name}")
+                    continue
+            else:
+                named, row_id = by_name.get(ref), _row_id(ref)
+                numbered = by_id.get(row_id) if row_id is not None else None
+                if named is not None and numbered is not None and named.pk != numbered.pk:
+                    problems.append(
+                        f"{ref!r} is ambiguous in {org.name}: SSH key {named.pk} is named {ref!r} and SSH key "
+                        f"{numbered.pk} is {numbered.name!r}; give key ids as numbers ({numbered.pk} or "
+                        f"{named.pk})"
+                    )
+                    continue
+                key = named or numbered
+                if key is None:
+                    problems.append(f"no SSH key {ref!r} in {org.name}")
+                    continue
+            keys.setdefault(key.pk, key)
+        if problems:
+            raise ValidationError({"ssh_keys": problems})
+        return list(keys.values())
 
     @extend_schema(
         request=s.ExtendSerializer, responses={200: s.ReservationSerializer, **errors(400, 401, 404, 409)}

@@ -396,13 +396,89 @@ def _operation_data(row: dict[str, Any], *, node: str, percent: int) -> dict[str
     }
 
 
+class RowReferenceField(serializers.Field):
+    """A row by id (a JSON number, returned as an int) or by name (a JSON string, returned stripped as a
+    str): the type of the JSON value says which, so a name of digits is not mistaken for an id."""
+
+    default_error_messages = {
+        "invalid": "give an id as a number (e.g. 12) or a name as a string",
+        "blank": "a name cannot be blank",
+        "max_length": "a name has at most 100 characters",
+    }
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        if isinstance(data, int):
+            if not 1 <= data < 2**63:
+                self.fail("invalid")
+            return data
+        name = data.strip()
+        if not name:
+            self.fail("blank")
+        if len(name) > 100:
+            self.fail("max_length")
+        return name
+
+    def to_representation(self, value: int | str) -> int | str:
+        return value
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "description": "an SSH key's id"},
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "description": "an SSH key's name (digits that name no key: its id)",
+            },
+        ]
+    }
+)
+class SSHKeyReferenceField(RowReferenceField):
+    """An SSH key by id (a JSON number) or by name (a JSON string). Unlike nodes, a string of digits that
+    names no key is still read as an id, as clients sent ids before; the view refuses one that names a key
+    and is the id of another (ReservationViewSet._ssh_keys)."""
+
+    default_error_messages = {
+        "invalid": 'give a key id as a number (e.g. 12) or a key name as a string (e.g. "laptop")',
+        "blank": "a key name cannot be blank",
+        "max_length": "a key name has at most 100 characters",
+    }
+
+
+class ShortListField(serializers.ListField):
+    """A ListField that refuses a list longer than ``max_length`` before validating its items: a request
+    with 100,000 of them is answered at once."""
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if self.max_length is not None and isinstance(data, (list, tuple)) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
+MAX_SSH_KEYS_PER_RESERVATION = 100
+
+
 class ReservationCreateSerializer(serializers.Serializer):
     server_type = serializers.SlugField(help_text="server type slug, e.g. h100-8x")
     count = serializers.IntegerField(min_value=1, max_value=256)
     image = serializers.CharField(max_length=100, help_text="image slug")
-    ssh_keys = serializers.ListField(
-        child=serializers.CharField(max_length=100), min_length=1, help_text="SSH key ids or names"
+    ssh_keys = ShortListField(
+        child=SSHKeyReferenceField(),
+        min_length=1,
+        max_length=MAX_SSH_KEYS_PER_RESERVATION,
+        help_text=f"the SSH keys to install (at most {MAX_SSH_KEYS_PER_RESERVATION}; repeats count once): "
+        'each a key id as a number (e.g. 12) or a key name as a string (e.g. "laptop"). A string of '
+        "digits that is no key's name is read as a key id; one that is the name of one key and the id of "
+        "another is refused as ambiguous (give the id as a number)",
     )
+
+    def validate_ssh_keys(self, value: list[int | str]) -> list[int | str]:
+        return list(dict.fromkeys(value))  # each reference once, in the order given
+
     starts_at = serializers.DateTimeField(required=False, help_text="default: now")
     ends_at = serializers.DateTimeField(required=False, allow_null=True, help_text="default: until released")
     name = serializers.CharField(max_length=100, required=False, allow_blank=True)
@@ -607,7 +683,7 @@ class NodeFilterSpecSerializer(serializers.Serializer):
         ]
     }
 )
-class NodeReferenceField(serializers.Field):
+class NodeReferenceField(RowReferenceField):
     """A node by id (a JSON number) or by name (a JSON string). Never both readings of one value: NetBox
     allows a node named "1234", which must not be confused with the node whose id is 1234."""
 
@@ -616,23 +692,6 @@ class NodeReferenceField(serializers.Field):
         "blank": "a node name cannot be blank",
         "max_length": "a node name has at most 100 characters",
     }
-
-    def to_internal_value(self, data: Any) -> int | str:
-        if isinstance(data, bool) or not isinstance(data, (int, str)):
-            self.fail("invalid")
-        if isinstance(data, int):
-            if not 1 <= data < 2**63:
-                self.fail("invalid")
-            return data
-        name = data.strip()
-        if not name:
-            self.fail("blank")
-        if len(name) > 100:
-            self.fail("max_length")
-        return name
-
-    def to_representation(self, value: int | str) -> int | str:
-        return value
 
 
 class RolloutCreateSerializer(serializers.Serializer):
