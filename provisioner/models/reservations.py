@@ -24,7 +24,8 @@ class Reservation(models.Model):
     count = models.PositiveIntegerField()
     image = models.ForeignKey("provisioner.Image", on_delete=models.PROTECT, related_name="reservations")
     ssh_keys = models.ManyToManyField("provisioner.SSHKey", blank=True, related_name="reservations")
-    # The public keys as they were at reservation time: deleting an SSHKey later does not change a server.
+    # The public keys to install, copied at reservation time. Deleting an SSHKey takes it out of open
+    # reservations (services.tenancy.delete_ssh_key), never off a server already handed over.
     authorized_keys = models.JSONField(default=list)
     name = models.CharField(max_length=100, blank=True)
     starts_at = models.DateTimeField()

@@ -15,9 +15,10 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from provisioner.errors import InvalidRequest, NeocloudError
-from provisioner.models import ApiToken, Membership, Organization, SSHKey
+from provisioner.models import ApiToken, Membership, Organization, Reservation, SSHKey
 from provisioner.services.audit import Actor, record
 from provisioner.sshkeys import parse_public_key
+from provisioner.states import OPEN_RESERVATION_STATES
 
 
 class NotPermitted(NeocloudError):
@@ -178,10 +179,50 @@ def create_ssh_key(org: Organization, name: str, text: str, *, actor: Actor) -> 
     return key
 
 
+def _key_blob(line: str) -> list[str]:
+    """An authorized_keys line's type and base64 (its comment is no part of the key)."""
+    return line.split()[:2]
+
+
 @transaction.atomic
 def delete_ssh_key(key: SSHKey, *, actor: Actor) -> None:
-    """Forget a key. Servers already handed over keep it (keys are copied at reservation time)."""
-    record(actor, "ssh_key_delete", organization=key.organization, reason=f"{key.name} {key.fingerprint}")
+    """Forget a key, and take it out of the keys the organization's open reservations (scheduled, waiting,
+    provisioning, active) install: no server provisioned from now on gets it, spares included. Servers
+    already handed over keep it until they are released (nothing logs in to remove it). Released and
+    failed reservations keep their record of it.
+
+    :raises InvalidRequest: the key is the only one of an open reservation, whose next server could then
+        not be reached (nothing is changed).
+    """
+    # Locked in id order: two members deleting a reservation's two keys at once see each other's change.
+    rows = list(
+        Reservation.objects.select_for_update()
+        .filter(organization_id=key.organization_id, state__in=OPEN_RESERVATION_STATES)
+        .order_by("pk")
+    )
+    blob = _key_blob(key.public_key)
+    changed = [r for r in rows if any(_key_blob(line) == blob for line in r.authorized_keys)]
+    emptied = [r.pk for r in changed if all(_key_blob(line) == blob for line in r.authorized_keys)]
+    if emptied:
+        many = len(emptied) > 1
+        them, have = ("them", "they have") if many else ("it", "it has")
+        raise InvalidRequest(
+            f"SSH key {key.name!r} is the only key of open reservation{'s' if many else ''} "
+            f"{', '.join(map(str, emptied))}: servers provisioned for {them} from now on could not be "
+            f"reached; release {them} first, or delete the key once {have} ended"
+        )
+    for reservation in changed:
+        reservation.authorized_keys = [
+            line for line in reservation.authorized_keys if _key_blob(line) != blob
+        ]
+        reservation.save(update_fields=["authorized_keys"])
+    removed = f" (removed from open reservations {', '.join(str(r.pk) for r in changed)})" if changed else ""
+    record(
+        actor,
+        "ssh_key_delete",
+        organization=key.organization,
+        reason=f"{key.name} {key.fingerprint}{removed}",
+    )
     key.delete()
 
 

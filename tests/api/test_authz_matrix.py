@@ -18,10 +18,11 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from provisioner.models import ApiToken, AuditEvent, Node, Operation, Reservation
+from provisioner.models import ApiToken, AuditEvent, Node, Operation, Reservation, SSHKey
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
+from provisioner.sshkeys import parse_public_key
 from tests.conftest import reserve, ssh_keygen
 
 ROLES = ["anonymous", "outsider", "member", "owner", "operator"]
@@ -40,6 +41,8 @@ class World:
     fresh_public_key: str
     owner_spare_token: ApiToken
     audit_event_id: int
+    # an acme key in no open reservation: deleting the only key of one is refused, whoever asks
+    spare_key_id: int
 
 
 @pytest.fixture
@@ -66,6 +69,10 @@ def world(inventory, tmp_path) -> World:
         failure_budget=0,
     )
     _, fresh = ssh_keygen(tmp_path, name="fresh")
+    spare_key = parse_public_key(ssh_keygen(tmp_path, name="spare")[1])
+    spare_key_id = SSHKey.objects.create(
+        organization=inv.acme, name="spare", public_key=spare_key.line, fingerprint=spare_key.fingerprint
+    ).pk
     return World(
         inv=inv,
         tokens=tokens,
@@ -78,6 +85,7 @@ def world(inventory, tmp_path) -> World:
         fresh_public_key=fresh,
         owner_spare_token=spare,
         audit_event_id=AuditEvent.objects.get(organization=inv.acme, action="reserve").pk,
+        spare_key_id=spare_key_id,
     )
 
 
@@ -129,7 +137,7 @@ MATRIX: dict[str, Cell] = {
         lambda w: {"name": "new", "public_key": w.fresh_public_key},
     ),
     "ssh key": Cell("get", lambda w: f"{V1}/ssh-keys/{w.inv.key.pk}", acme_only(200)),
-    "delete ssh key": Cell("delete", lambda w: f"{V1}/ssh-keys/{w.inv.key.pk}", acme_only(204)),
+    "delete ssh key": Cell("delete", lambda w: f"{V1}/ssh-keys/{w.spare_key_id}", acme_only(204)),
     "list reservations": Cell("get", lambda w: f"{V1}/reservations", everyone(200)),
     # The outsider names acme's key, which their organization does not have: a validation error.
     "create reservation": Cell(

@@ -87,7 +87,14 @@ class ImageViewSet(viewsets.ReadOnlyModelViewSet):
         return Image.objects.filter(public=True)
 
 
-@extend_schema_view(destroy=extend_schema(responses={204: None, **errors(401, 404)}))
+@extend_schema_view(
+    destroy=extend_schema(
+        description="Delete a key. Open reservations no longer install it on servers provisioned from now on "
+        "(spares included); servers already running keep it until released. Refused (400) while the key is "
+        "the only one of an open reservation.",
+        responses={204: None, **errors(400, 401, 404)},
+    )
+)
 class SSHKeyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
