@@ -222,6 +222,17 @@ def test_another_organizations_ssh_key_cannot_be_deleted(client, inventory):
     assert SSHKey.objects.filter(pk=inventory.other_key.pk).exists()
 
 
+def test_deleting_the_only_key_of_an_open_reservation_is_refused_in_words(client, inventory):
+    reservation = _reserve(inventory, ends_at=timezone.now() + dt.timedelta(hours=4))
+    client.force_login(inventory.owner)
+    response = client.post(reverse("portal:ssh_key_delete", args=[inventory.key.pk]), follow=True)
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert f"Key {inventory.key.name} not deleted" in text
+    assert f"only key of open reservation {reservation.pk}" in text
+    assert SSHKey.objects.filter(pk=inventory.key.pk).exists()
+
+
 # CSRF: every state-changing endpoint refuses a POST without the token.
 
 

@@ -104,9 +104,15 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(SSHKey.objects.for_user(request.user).select_related("organization"), pk=pk)
-    tenancy.delete_ssh_key(key, actor=Actor.from_request(request))
+    try:
+        tenancy.delete_ssh_key(key, actor=Actor.from_request(request))
+    except NeocloudError as exc:
+        messages.error(request, f"Key {key.name} not deleted: {sentence(exc)}")
+        return redirect("portal:ssh_keys")
     messages.success(
-        request, f"Key {key.name} deleted. Servers already running keep it until they are released."
+        request,
+        f"Key {key.name} deleted: no server provisioned from now on gets it, scheduled reservations "
+        "included. Servers already running keep it until they are released.",
     )
     return redirect("portal:ssh_keys")
 
