@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from rest_framework.test import APIClient
 
-from provisioner.models import ApiToken, Reservation, SSHKey
+from provisioner.models import Reservation, SSHKey
 from provisioner.sshkeys import parse_public_key
+from tests.api.test_api_bad_input import api
 from tests.conftest import ssh_keygen
 
 V1 = "/api/v1"
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.raise_request_exception = False
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(user, 'test')[1]}")
-    return client
 
 
 def body(refs: list) -> dict:

@@ -9,21 +9,15 @@ from pathlib import Path
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from provisioner.models import ApiToken, AuditEvent, Reservation, SSHKey
+from provisioner.models import AuditEvent, Reservation, SSHKey
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.sshkeys import parse_public_key
 from provisioner.states import ReservationState
+from tests.api.test_api_bad_input import api
 from tests.conftest import ssh_keygen
 
 V1 = "/api/v1"
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.raise_request_exception = False
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(user, 'test')[1]}")
-    return client
 
 
 def test_a_second_unnamed_key_whose_long_comment_starts_the_same_is_refused_for_its_name(
