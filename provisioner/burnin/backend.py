@@ -149,6 +149,11 @@ class GpuBackend(abc.ABC):
         """Lifetime uncorrectable ECC errors in on-chip SRAM."""
 
     @abc.abstractmethod
+    def correctable_ecc_aggregate(self, gpu: int, location: str) -> int:
+        """Lifetime correctable ECC errors in ``location`` ("sram" or "dram"); NotSupported where the GPU
+        does not count them."""
+
+    @abc.abstractmethod
     def remapped_rows(self, gpu: int) -> RemappedRows:
         """Row remapper state (Ampere and newer; NotSupported before)."""
 

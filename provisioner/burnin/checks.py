@@ -227,6 +227,15 @@ def read_nvlink_errors(backend: GpuBackend, gpu: int) -> dict[int, dict[str, int
     return counters
 
 
+_ECC_COUNTER_WORDS = {
+    "volatile": "volatile uncorrectable",
+    "aggregate": "aggregate uncorrectable",
+    "sram_aggregate": "sram aggregate uncorrectable",
+    "sram_correctable_aggregate": "lifetime correctable SRAM",
+    "dram_correctable_aggregate": "lifetime correctable DRAM",
+}
+
+
 def _gpu_label(gpu: int | None) -> str:
     return "Host" if gpu is None else f"GPU {gpu}"
 
@@ -406,6 +415,8 @@ class CheckSuite:
             "volatile": self.th["max_volatile_uncorrectable_ecc"],
             "aggregate": self.th["max_aggregate_uncorrectable_ecc"],
             "sram_aggregate": self.th["max_aggregate_sram_uncorrectable_ecc"],
+            "sram_correctable_aggregate": self.th["max_aggregate_sram_correctable_ecc"],
+            "dram_correctable_aggregate": self.th["max_aggregate_dram_correctable_ecc"],
         }
         try:
             value: dict[str, int | None] = {
@@ -417,20 +428,24 @@ class CheckSuite:
             return self._not_supported(
                 "memory.ecc_errors", gpu, None, limits, "ECC error counters not available."
             )
-        try:
-            value["sram_aggregate"] = self.backend.sram_uncorrectable_aggregate(gpu)
-        except pynvml.NVMLError_NotSupported:
-            value["sram_aggregate"] = None
+        readings: dict[str, Callable[[], int]] = {
+            "sram_aggregate": lambda: self.backend.sram_uncorrectable_aggregate(gpu),
+            "sram_correctable_aggregate": lambda: self.backend.correctable_ecc_aggregate(gpu, "sram"),
+            "dram_correctable_aggregate": lambda: self.backend.correctable_ecc_aggregate(gpu, "dram"),
+        }
+        for kind, read in readings.items():
+            try:
+                value[kind] = read()
+            except pynvml.NVMLError_NotSupported:
+                value[kind] = None
         problems = [
-            f"{count} {kind.replace('_', ' ')} uncorrectable ECC errors (limit {limits[kind]})"
+            f"{count} {_ECC_COUNTER_WORDS[kind]} ECC errors (limit {limits[kind]})"
             for kind, count in value.items()
             if count is not None and limits[kind] is not None and count > limits[kind]
         ]
         if problems:
             return self._failed("memory.ecc_errors", gpu, value, limits, "; ".join(problems) + ".")
-        return self._passed(
-            "memory.ecc_errors", gpu, value, limits, "no uncorrectable ECC errors over the limits."
-        )
+        return self._passed("memory.ecc_errors", gpu, value, limits, "no ECC error counts over the limits.")
 
     def check_remapping(self, gpu: int) -> list[CheckResult]:
         try:

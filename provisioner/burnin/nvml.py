@@ -109,6 +109,14 @@ class NvmlBackend(GpuBackend):
             )
         )
 
+    def correctable_ecc_aggregate(self, gpu: int, location: str) -> int:
+        where = {"sram": pynvml.NVML_MEMORY_LOCATION_SRAM, "dram": pynvml.NVML_MEMORY_LOCATION_DRAM}[location]
+        return int(
+            pynvml.nvmlDeviceGetMemoryErrorCounter(
+                self._handle(gpu), pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC, where
+            )
+        )
+
     def remapped_rows(self, gpu: int) -> RemappedRows:
         corrected, uncorrected, pending, failure = pynvml.nvmlDeviceGetRemappedRows(self._handle(gpu))
         return RemappedRows(int(corrected), int(uncorrected), bool(pending), bool(failure))

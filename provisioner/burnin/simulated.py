@@ -39,6 +39,8 @@ FAULTS_ENV_VAR = "NEOCLOUD_BURNIN_FAULTS"
 FAULT_KINDS: dict[str, str] = {
     "ecc_uncorrectable": "one volatile (and aggregate) uncorrectable DRAM ECC error",
     "sram_uncorrectable": "one lifetime uncorrectable SRAM ECC error",
+    "sram_correctable": "10,001 lifetime correctable SRAM ECC errors (one over Azure's limit)",
+    "dram_correctable": "20,000,001 lifetime correctable DRAM ECC errors (one over Azure's limit)",
     "row_remap_pending": "a row remap waiting for a GPU reset",
     "row_remap_failure": "a row remap that failed (no spare rows left)",
     "retired_pages_pending": "a page retirement waiting for a reset (pre-Ampere profiles)",
@@ -369,6 +371,14 @@ class SimulatedBackend(GpuBackend):
         if self._has(p, "ecc_off"):
             raise _not_supported()
         return 1 if self._has(p, "sram_uncorrectable") else 0
+
+    def correctable_ecc_aggregate(self, gpu: int, location: str) -> int:
+        p = self._physical(gpu)
+        if self._has(p, "ecc_off"):
+            raise _not_supported()
+        if location == "sram":
+            return 10_001 if self._has(p, "sram_correctable") else 3
+        return 20_000_001 if self._has(p, "dram_correctable") else 120
 
     def remapped_rows(self, gpu: int) -> RemappedRows:
         p = self._physical(gpu)

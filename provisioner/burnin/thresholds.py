@@ -36,6 +36,10 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "max_aggregate_uncorrectable_ecc": None,
     # Azure azurehpc-health-checks (check_gpu_ecc): fail on any SRAM uncorrectable error.
     "max_aggregate_sram_uncorrectable_ecc": 0,
+    # Azure azurehpc-health-checks (check_gpu_ecc, H100): fail above 10,000 lifetime correctable SRAM errors
+    # and above 20,000,000 correctable DRAM errors (a memory wearing out long before it fails outright).
+    "max_aggregate_sram_correctable_ecc": 10_000,
+    "max_aggregate_dram_correctable_ecc": 20_000_000,
     # Azure azurehpc-health-checks (check_gpu_ecc): fail on any pending row remap and any remap failure.
     "allow_row_remap_pending": False,
     "allow_row_remap_failure": False,

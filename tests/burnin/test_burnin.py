@@ -67,6 +67,8 @@ H100_1X_VM = {
 FAULT_CASES: list[tuple[str, str, tuple[str, int | None], str, dict[str, Any]]] = [
     ("ecc_uncorrectable", "ecc_uncorrectable", ("memory.ecc_errors", 3), "h100-sxm-8x", H100_8X),
     ("sram_uncorrectable", "sram_uncorrectable", ("memory.ecc_errors", 3), "h100-sxm-8x", H100_8X),
+    ("sram_correctable", "sram_correctable", ("memory.ecc_errors", 3), "h100-sxm-8x", H100_8X),
+    ("dram_correctable", "dram_correctable", ("memory.ecc_errors", 3), "h100-sxm-8x", H100_8X),
     ("row_remap_pending", "row_remap_pending", ("memory.remapping", 3), "h100-sxm-8x", H100_8X),
     ("row_remap_failure", "row_remap_failure", ("memory.remapping", 3), "h100-sxm-8x", H100_8X),
     ("retired_pages_pending", "retired_pages_pending", ("memory.remapping", 3), "v100-sxm-8x", V100_8X),
@@ -389,6 +391,23 @@ def test_a_link_that_is_down_fails_even_when_the_server_type_leaves_the_link_cou
     assert check(report, "nvlink.links", 1)["status"] == "not_checked"
     with_count = simulated_run({"0": ["nvlink_down:3"]})
     assert check(with_count, "nvlink.links", 0)["message"] == "GPU 0: NVLink 3 down (17 active, expected 18)."
+
+
+def test_correctable_ecc_counts_over_azures_limits_fail_and_say_which() -> None:
+    report = simulated_run({"3": ["sram_correctable"], "5": ["dram_correctable"]})
+    assert failed(report) == {("memory.ecc_errors", 3), ("memory.ecc_errors", 5)}
+    assert check(report, "memory.ecc_errors", 3)["message"] == (
+        "GPU 3: 10001 lifetime correctable SRAM ECC errors (limit 10000)."
+    )
+    assert check(report, "memory.ecc_errors", 5)["message"] == (
+        "GPU 5: 20000001 lifetime correctable DRAM ECC errors (limit 20000000)."
+    )
+    healthy = check(report, "memory.ecc_errors", 0)
+    assert healthy["value"]["sram_correctable_aggregate"] == 3 and healthy["passed"] is True
+    relaxed = simulated_run(
+        {"3": ["sram_correctable"]}, thresholds={"max_aggregate_sram_correctable_ecc": None}
+    )
+    assert relaxed["passed"] is True
 
 
 def test_pcie_generation_and_width_are_judged_from_one_sample_not_combined() -> None:
