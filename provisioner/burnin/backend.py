@@ -27,6 +27,10 @@ NVLINK_ERROR_COUNTERS: dict[str, int] = {
 # NVML_NVLINK_MAX_LINKS in nvidia-ml-py 13.x: the link indices to probe.
 NVLINK_MAX_LINKS = 36
 
+# The cumulative slowdown-time fields of nvmlDeviceGetFieldValues, by the clock event reason bit they count
+# (NVML_FI_DEV_CLOCKS_EVENT_REASON_*: SW thermal 269, HW thermal 270, HW power brake 271).
+SLOWDOWN_COUNTERS: dict[int, int] = {0x20: 269, 0x40: 270, 0x80: 271}
+
 # What the driver answers for a link (or a link counter) the GPU does not have: NotSupported on a GPU
 # without NVLink, InvalidArgument for an index past the last link of one with NVLink (an 18-link H100 SXM
 # asked for link 18). Either means "no such link", never a fault.
@@ -200,6 +204,12 @@ class GpuBackend(abc.ABC):
     @abc.abstractmethod
     def clock_event_reasons(self, gpu: int) -> int:
         """Bit mask of the current clock event (throttle) reasons."""
+
+    @abc.abstractmethod
+    def slowdown_ns(self, gpu: int) -> dict[int, int]:
+        """Nanoseconds the clocks have spent slowed down since the driver loaded, per reason bit of
+        ``SLOWDOWN_COUNTERS`` the driver counts: a slowdown between two samples of the bit mask still
+        shows here. NotSupported where it counts none (drivers before the fields existed)."""
 
     # --- modes ----------------------------------------------------------------------------------
 

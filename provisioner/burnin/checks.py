@@ -200,6 +200,8 @@ class RunObservation:
     nvlink_errors_before: dict[int, dict[int, dict[str, int]]]
     # Why XID events could not be watched at all, other than the platform not supporting it.
     xid_watch_error: str | None = None
+    # The driver's cumulative slowdown nanoseconds per reason bit before the run (None: not counted).
+    slowdown_ns_before: dict[int, dict[int, int] | None] = field(default_factory=dict)
 
 
 def nvlink_states(backend: GpuBackend, gpu: int) -> dict[int, bool]:
@@ -796,15 +798,29 @@ class CheckSuite:
                 threshold,
                 f"clock event reasons could not be read: {error or 'no samples'}.",
             )
-        value = {"seen_mask": hex(seen), "seen": _reasons_names(seen)}
-        bad = seen & bad_mask
+        value: dict[str, Any] = {"seen_mask": hex(seen), "seen": _reasons_names(seen)}
+        # A slowdown shorter than the sampling interval is missed by the bit mask; the driver's cumulative
+        # slowdown time (where it counts one) still grew during the run.
+        grown = self._slowdown_during_run(gpu)
+        if grown:
+            value["slowdown_ms_during_run"] = {
+                _reasons_names(bit)[0]: round(ns / 1e6, 1) for bit, ns in grown.items()
+            }
+        grown_mask = 0
+        for bit in grown:
+            grown_mask |= bit
+        bad = (seen | grown_mask) & bad_mask
         if bad:
+            timed = [
+                f"{_reasons_names(bit)[0]} {ns / 1e6:.0f} ms" for bit, ns in grown.items() if bit & bad_mask
+            ]
+            detail = f" (slowed for {', '.join(timed)} during the run)" if timed else ""
             return self._failed(
                 "clocks.event_reasons",
                 gpu,
                 value,
                 threshold,
-                f"clocks slowed by {', '.join(_reasons_names(bad))} {self._load_note()}.",
+                f"clocks slowed by {', '.join(_reasons_names(bad))} {self._load_note()}{detail}.",
             )
         return self._passed(
             "clocks.event_reasons",
@@ -814,6 +830,17 @@ class CheckSuite:
             f"no hardware or thermal slowdown {self._load_note()} "
             f"(seen: {', '.join(_reasons_names(seen)) or 'none'}).",
         )
+
+    def _slowdown_during_run(self, gpu: int) -> dict[int, int]:
+        """Nanoseconds of slowdown per reason bit that the driver counted during the run (only growth)."""
+        before = self.obs.slowdown_ns_before.get(gpu)
+        if not before:
+            return {}
+        try:
+            after = self.backend.slowdown_ns(gpu)
+        except pynvml.NVMLError:
+            return {}
+        return {bit: after[bit] - ns for bit, ns in before.items() if bit in after and after[bit] > ns}
 
     # --- modes ----------------------------------------------------------------------------------
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import pynvml
 
-from provisioner.burnin.backend import GpuBackend, PcieLink, RemappedRows, RetiredPages, XidEvent
+from provisioner.burnin.backend import (
+    SLOWDOWN_COUNTERS,
+    GpuBackend,
+    PcieLink,
+    RemappedRows,
+    RetiredPages,
+    XidEvent,
+)
 from provisioner.errors import NvmlUnavailable
 
 _THRESHOLD_KINDS = {
@@ -179,6 +186,17 @@ class NvmlBackend(GpuBackend):
         except pynvml.NVMLError_FunctionNotFound:
             # Drivers older than the "clocks event" rename only export the throttle name.
             return int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
+
+    def slowdown_ns(self, gpu: int) -> dict[int, int]:
+        values = pynvml.nvmlDeviceGetFieldValues(self._handle(gpu), list(SLOWDOWN_COUNTERS.values()))
+        counted = {
+            bit: int(value.value.ullVal)
+            for bit, value in zip(SLOWDOWN_COUNTERS, values, strict=True)
+            if value.nvmlReturn == pynvml.NVML_SUCCESS
+        }
+        if not counted:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return counted
 
     def persistence_mode(self, gpu: int) -> bool:
         return pynvml.nvmlDeviceGetPersistenceMode(self._handle(gpu)) == pynvml.NVML_FEATURE_ENABLED

@@ -94,6 +94,7 @@ def run_burnin(
                 watch_error = str(exc)
         replays_before: dict[int, int | None] = {}
         nvlink_before = {}
+        slowdown_before: dict[int, dict[int, int] | None] = {}
         for gpu in range(count):
             try:
                 replays_before[gpu] = backend.pcie_replay_counter(gpu)
@@ -103,6 +104,10 @@ def run_burnin(
                 nvlink_before[gpu] = read_nvlink_errors(backend, gpu)
             except pynvml.NVMLError:
                 nvlink_before[gpu] = {}
+            try:
+                slowdown_before[gpu] = backend.slowdown_ns(gpu)
+            except pynvml.NVMLError:
+                slowdown_before[gpu] = None
 
         load, fallback_reason = _prepare_load(
             choose_load(backend, load_seconds, load_preference), load_seconds
@@ -149,6 +154,7 @@ def run_burnin(
             xids=xids,
             unwatched_gpus=unwatched,
             xid_watch_error=watch_error,
+            slowdown_ns_before=slowdown_before,
             pcie_replays_before=replays_before,
             nvlink_errors_before=nvlink_before,
         )

@@ -54,6 +54,8 @@ FAULT_KINDS: dict[str, str] = {
     "xid": "the driver reports this XID during the run (``xid:N``, e.g. xid:79)",
     "thermal_throttle": "SW and HW thermal slowdown clock event reasons under load",
     "power_brake": "HW power brake slowdown (external power brake signal) under load",
+    "brief_power_brake": "a 50 ms HW power brake slowdown between two samples: only the driver's "
+    "cumulative slowdown time shows it",
     "overheat": "temperature under load within 2 C of the slowdown threshold",
     "power_over_limit": "power draw under load 10% above the enforced limit",
     "gpu_missing": "the GPU is not visible to the driver (fell off the bus)",
@@ -482,6 +484,19 @@ class SimulatedBackend(GpuBackend):
                 pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown | pynvml.nvmlClocksEventReasonHwSlowdown
             )
         return reasons
+
+    def slowdown_ns(self, gpu: int) -> dict[int, int]:
+        p = self._physical(gpu)
+        loaded = self.under_load or self._load_stopped is not None
+        sustained = 2_000_000_000 if loaded else 0  # a slowdown for the whole (simulated) load
+        counters = {0x20: 0, 0x40: 0, 0x80: 0}
+        if self._has(p, "thermal_throttle"):
+            counters[0x20] = counters[0x40] = sustained
+        if self._has(p, "power_brake"):
+            counters[0x80] = sustained
+        if self._has(p, "brief_power_brake") and loaded:
+            counters[0x80] += 50_000_000
+        return counters
 
     def persistence_mode(self, gpu: int) -> bool:
         return not self._has(self._physical(gpu), "persistence_off")

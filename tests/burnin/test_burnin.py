@@ -82,6 +82,7 @@ FAULT_CASES: list[tuple[str, str, tuple[str, int | None], str, dict[str, Any]]] 
     ("xid", "xid:79", ("xid.events", 3), "h100-sxm-8x", H100_8X),
     ("thermal_throttle", "thermal_throttle", ("clocks.event_reasons", 3), "h100-sxm-8x", H100_8X),
     ("power_brake", "power_brake", ("clocks.event_reasons", 3), "h100-sxm-8x", H100_8X),
+    ("brief_power_brake", "brief_power_brake", ("clocks.event_reasons", 3), "h100-sxm-8x", H100_8X),
     ("overheat", "overheat", ("thermal.margin", 3), "h100-sxm-8x", H100_8X),
     ("power_over_limit", "power_over_limit", ("power.draw", 3), "h100-sxm-8x", H100_8X),
     ("gpu_missing", "gpu_missing", ("inventory.gpu_count", None), "h100-sxm-8x", H100_8X),

@@ -29,6 +29,8 @@ class FakeNvml:
         self.event_set_create_error: int | None = None
         self.nvlinks = 0  # NVLinks per GPU: 0 answers NotSupported, past the last InvalidArgument
         self.field_return = pynvml.NVML_SUCCESS  # the recovery-action field's own return code
+        self.brake_ns_per_read = 0  # HW power brake time the driver adds between two reads
+        self._brake_reads = 0
         self.lost: set[int] = set()  # GPUs that fell off the bus: their calls raise GPU_IS_LOST
 
     def handle(self, gpu: int) -> Any:
@@ -76,8 +78,20 @@ class FakeNvml:
 
         def field_values(handle: Any, field_ids: list[int]) -> Any:
             self._gpu(handle)
-            value = types.SimpleNamespace(nvmlReturn=self.field_return, value=types.SimpleNamespace(uiVal=0))
-            return [value]
+            values = []
+            for field_id in field_ids:
+                returned, number = pynvml.NVML_SUCCESS, 0
+                if field_id == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION:
+                    returned = self.field_return
+                elif field_id == pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN:
+                    number = self._brake_reads * self.brake_ns_per_read
+                    self._brake_reads += 1
+                values.append(
+                    types.SimpleNamespace(
+                        nvmlReturn=returned, value=types.SimpleNamespace(uiVal=number, ullVal=number)
+                    )
+                )
+            return values
 
         def nvlink(answer: Any) -> Any:
             def read(handle: Any, link: int, *args: Any) -> Any:
@@ -190,6 +204,18 @@ def test_an_xid_watch_that_fails_for_another_reason_fails_the_burn_in(nvml: Fake
         "GPU 0: XID events could not be watched (Insufficient Permissions): a burn-in that cannot see XID "
         "errors cannot pass."
     )
+
+
+def test_a_slowdown_between_two_samples_fails_by_the_drivers_cumulative_time(nvml: FakeNvml) -> None:
+    # The clock event bit mask, read once a second, never shows the power brake; the driver's cumulative
+    # slowdown time (field 271) grew by 40 ms between the reads before and after the run.
+    nvml.brake_ns_per_read = 20_000_000
+    report = nvml_run()
+    clocks = by_name(report, "clocks.event_reasons", 0)
+    assert clocks["status"] == "failed"
+    assert clocks["value"]["seen"] == ["sw_power_cap"]
+    assert clocks["value"]["slowdown_ms_during_run"] == {"hw_power_brake_slowdown": 40.0}
+    assert "hw_power_brake_slowdown 40 ms during the run" in clocks["message"]
 
 
 def test_an_sxm_gpu_answers_invalid_argument_past_its_last_nvlink(nvml: FakeNvml) -> None:
