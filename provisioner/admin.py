@@ -63,6 +63,13 @@ class BmcCredentialForm(forms.ModelForm):
         model = models.BmcCredential
         fields = ("node", "username")
 
+    def clean_new_password(self) -> str:
+        # a new credential saved without one would store "" as its ciphertext: never decryptable
+        value: str = self.cleaned_data.get("new_password") or ""
+        if self.instance.pk is None and not value:
+            raise forms.ValidationError("A new BMC credential needs its password.")
+        return value
+
     def save(self, commit: bool = True) -> models.BmcCredential:
         cred = super().save(commit=False)
         if self.cleaned_data.get("new_password"):

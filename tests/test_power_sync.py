@@ -155,3 +155,24 @@ def test_power_sync_logs_drift_once_across_a_bmc_that_goes_silent_and_comes_back
     write_fake_bmc(access, power="on")
     assert sync_power()["drift"] == 1
     assert AuditEvent.objects.filter(action="power_drift").count() == 2
+
+
+@pytest.mark.django_db
+def test_power_sync_records_a_node_whose_bmc_password_cannot_be_decrypted_and_polls_the_rest(
+    inventory, fake_hw_dir, settings
+):
+    """A credential saved without a password (or under another key) made sync_power raise for the whole
+    fleet: that node is recorded unknown with the reason, every other node is still polled."""
+    from provisioner.models import BmcCredential
+
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3
+    nodes = {n.name: n for n in Node.objects.all()}
+    BmcCredential.objects.filter(node=nodes["node-h100-8x-01"]).update(password_encrypted="")
+    write_fake_bmc(_access(nodes["node-h100-8x-02"]), power="off")
+    counts = sync_power()
+    assert counts == {"polled": 6, "unknown": 1, "drift": 0}
+    broken = Node.objects.get(name="node-h100-8x-01")
+    assert broken.power_state == "unknown" and broken.power_checked_at is not None
+    assert "credential" in broken.bmc_last_error
+    polled = Node.objects.get(name="node-h100-8x-02")
+    assert polled.power_state == "off" and polled.bmc_last_contact_at is not None

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from provisioner.drivers.base import PowerState
+from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.sweep import sweep_power
 from provisioner.models import AuditEvent, BmcCredential, Node
 from provisioner.services.audit import Actor, record
@@ -46,7 +47,16 @@ def sync_power(*, max_workers: int = 64) -> dict[str, int]:
         .exclude(bmc_protocol=Node.BmcProtocol.FAKE, bmc_address="")
         .select_related("bmc_credential")
     )
-    accesses = {n.pk: n.bmc_access() for n in nodes}
+    # each node's access on its own: one credential that cannot be decrypted (saved without a password,
+    # or under a key no longer configured) makes that node unknown, not the whole sweep fail
+    accesses: dict[int, BmcAccess] = {}
+    unusable: dict[int, str] = {}
+    for n in nodes:
+        try:
+            accesses[n.pk] = n.bmc_access()
+        except ImproperlyConfigured as exc:
+            log.warning("power sync: %s: BMC credential unusable: %s", n.name, exc)
+            unusable[n.pk] = f"BMC credential unusable: {exc}"
     results = sweep_power(
         list(accesses.values()), timeout=settings.NEOCLOUD_BMC_TIMEOUT_SECONDS, max_workers=max_workers
     )
@@ -54,15 +64,18 @@ def sync_power(*, max_workers: int = 64) -> dict[str, int]:
     counts = {"polled": len(nodes), "unknown": 0, "drift": 0}
     actor = Actor.system("power-sync")
     for node in nodes:
-        result = results[accesses[node.pk]]
-        state = result.state
+        if node.pk in unusable:
+            state, error = PowerState.UNKNOWN, unusable[node.pk]
+        else:
+            result = results[accesses[node.pk]]
+            state, error = result.state, result.error or ""
         if state == PowerState.UNKNOWN:
             counts["unknown"] += 1
             _write_if_unchanged(
                 node,
                 power_state=PowerStateChoice.UNKNOWN,
                 power_checked_at=now,
-                bmc_last_error=(result.error or "")[:300],
+                bmc_last_error=error[:300],
             )
             continue
         written = dict(
