@@ -13,6 +13,7 @@ from django.contrib import admin
 
 from provisioner import models
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.states import NodeState
 
 _DESCRIPTION_FIELDS = ("name", "description", "hourly_price_cents")
 
@@ -102,7 +103,26 @@ class NodeAdmin(admin.ModelAdmin):
         "host_key_fingerprints",
         "known_hosts",
         "hold_requested",  # asked for and withdrawn through the node services (audited)
+        # written by the booking and lifecycle services: an edit here would hand a leased server to another
+        # organization behind the reservation's back
+        "owner",
+        "reservation",
+        "image",
     )
+
+    def get_readonly_fields(self, request: Any, obj: models.Node | None = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        # chosen when a node is added; changed later, it would move a leased server into another pool
+        # (re-enrolling from the inventory or NetBox applies it once the node is free)
+        return fields if obj is None else (*fields, "server_type")
+
+    def has_delete_permission(self, request: Any, obj: models.Node | None = None) -> bool:
+        # only a server in the pool, held by no booking and no operation, leaves the inventory
+        if obj is not None and (
+            obj.state != NodeState.AVAILABLE or obj.reservation_id is not None or obj.lease_owner
+        ):
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 for model in (models.Site, models.Rack, models.Image, models.Organization, models.Membership):

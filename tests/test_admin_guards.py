@@ -4,11 +4,15 @@ events, no deleting a server a customer holds."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from provisioner.models import BmcCredential, Node
+from tests.conftest import reserve
 
 
 @pytest.fixture
@@ -16,6 +20,25 @@ def admin_client(inventory) -> Client:
     client = Client()
     client.force_login(User.objects.create_superuser("root-ops", password="pw-root-ops-123"))
     return client
+
+
+def _change_form_data(client: Client, url: str) -> dict:
+    """What the change form would post back untouched: every field of the form with its current value."""
+    response = client.get(url)
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    data = {}
+    for bound in form:
+        value = bound.value()
+        if isinstance(value, datetime.datetime):  # the admin's split date and time inputs
+            value = timezone.localtime(value)
+            data[f"{bound.html_name}_0"] = value.strftime("%Y-%m-%d")
+            data[f"{bound.html_name}_1"] = value.strftime("%H:%M:%S")
+        elif isinstance(value, (list, tuple)):
+            data[bound.html_name] = [str(v) for v in value]
+        else:
+            data[bound.html_name] = "" if value is None else str(value)
+    return data
 
 
 def test_a_bmc_credential_cannot_be_added_without_a_password(admin_client, inventory):
@@ -47,3 +70,50 @@ def test_a_bmc_credential_is_added_with_its_password_and_changed_without_one(adm
     assert response.status_code == 302, response.content
     cred.refresh_from_db()
     assert (cred.username, cred.password) == ("root", "new-bmc-pw")
+
+
+def test_a_nodes_owner_booking_image_and_server_type_are_not_edited_in_the_admin(admin_client, inventory):
+    reservation = reserve(inventory)
+    node = Node.objects.get(reservation=reservation)
+    url = f"/admin/provisioner/node/{node.pk}/change/"
+    data = _change_form_data(admin_client, url)
+    other_booking = reserve(inventory, org=inventory.other, key=inventory.other_key, label="oscar")
+    data.update(
+        owner=str(inventory.other.pk),
+        reservation=str(other_booking.pk),
+        server_type=str(inventory.a100.pk),
+        image="",
+        state_reason="moved",
+    )
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content
+    after = Node.objects.get(pk=node.pk)
+    assert after.owner_id == inventory.acme.pk
+    assert after.reservation_id == reservation.pk
+    assert after.server_type_id == inventory.h100.pk
+    assert after.image_id == node.image_id
+
+
+def test_a_leased_node_cannot_be_deleted_in_the_admin(admin_client, inventory):
+    node = Node.objects.get(reservation=reserve(inventory))
+    assert admin_client.get(f"/admin/provisioner/node/{node.pk}/delete/").status_code == 403
+    assert admin_client.post(f"/admin/provisioner/node/{node.pk}/delete/", {"post": "yes"}).status_code == 403
+    # nor through the list's bulk delete action
+    admin_client.post(
+        "/admin/provisioner/node/",
+        {"action": "delete_selected", "_selected_action": [node.pk], "post": "yes"},
+    )
+    assert Node.objects.filter(pk=node.pk).exists()
+
+
+def test_an_available_node_can_still_be_deleted_in_the_admin(admin_client, inventory):
+    node = Node.objects.get(name="node-a100-8x-02")
+    response = admin_client.post(f"/admin/provisioner/node/{node.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content
+    assert not Node.objects.filter(pk=node.pk).exists()
+
+
+def test_a_node_added_in_the_admin_still_gets_its_server_type(admin_client, inventory):
+    response = admin_client.get("/admin/provisioner/node/add/")
+    assert "server_type" in response.context["adminform"].form.fields
+    assert "owner" not in response.context["adminform"].form.fields
