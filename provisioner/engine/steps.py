@@ -10,7 +10,7 @@ from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, Han
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
 from provisioner.errors import BurnInFailed, InvalidRequest
-from provisioner.models import BurnInReport, Node, Operation
+from provisioner.models import BurnInReport, LogLine, Node, Operation
 from provisioner.services.lifecycle import process_event
 from provisioner.states import NodeEvent, NodeState, OperationKind, PowerStateChoice
 
@@ -98,7 +98,12 @@ def deploy(ctx: StepContext) -> None:
         extra={"operation_id": ctx.operation.pk, "image_size": image.size_bytes},
     )
     ctx.log(f"deploying {image.name} to {node.name}")
-    result = hardware.deploy_driver(node).deploy(request, ctx)
+    try:
+        result = hardware.deploy_driver(node).deploy(request, ctx)
+    except Exception:
+        # Left in the deploy ramdisk or in the half-configured OS (our key and the customer's on it): off.
+        _power_off_after_failure(ctx, "the deploy failed")
+        raise
     Node.objects.filter(pk=node.pk).update(
         ssh_address=result.address,
         ssh_port=result.ssh_port,
@@ -200,10 +205,33 @@ def begin_clean(ctx: StepContext) -> None:
     )
 
 
+def _power_off_after_failure(ctx: StepContext, what: str) -> None:
+    """Power the node off through its BMC after its step failed, so nothing keeps running on it (a failed
+    wipe would leave the released customer's OS up, with their keys). Best effort: the BMC may be why the
+    step failed; the step's own error is what the operation reports either way."""
+    try:
+        driver = hardware.power_driver(ctx.node)
+        try:
+            driver.power_off()
+            state = driver.get_power_state()
+        finally:
+            driver.close()
+    except Exception as exc:  # reported; the step's own failure is raised by the caller
+        ctx.log(f"{what}; powering {ctx.node.name} off failed too: {exc}", level=LogLine.Level.WARNING)
+        return
+    Node.objects.filter(pk=ctx.node.pk).update(power_state=state.value, power_checked_at=timezone.now())
+    ctx.log(f"{what}: {ctx.node.name} powered off so that nothing keeps running on it")
+
+
 @step("wipe", timeout=900)
 def wipe(ctx: StepContext) -> None:
     node = ctx.node
-    hardware.deploy_driver(node).wipe(node.name, ctx)
+    try:
+        hardware.deploy_driver(node).wipe(node.name, ctx)
+    except Exception:
+        # The released customer's OS (firmware fell back to the disk) or a half-done erase: off.
+        _power_off_after_failure(ctx, "the wipe failed")
+        raise
     # the wipe ends by powering the server off through its BMC: that is when its power was last known
     Node.objects.filter(pk=node.pk).update(
         ssh_address="",
