@@ -133,7 +133,21 @@ for model in (models.Site, models.Rack, models.Image, models.Organization, model
 class ReservationAdmin(admin.ModelAdmin):
     list_display = ("pk", "organization", "server_type", "count", "state", "starts_at", "ends_at")
     list_filter = ("state", "server_type")
-    readonly_fields = ("state",)
+    # Everything but the descriptive fields is the booking service's: an ends_at edited here skipped the
+    # capacity and quota checks while the allocations kept the old end (double booking). Bookings are made,
+    # extended and released through provisioner/services/reservations.py.
+    editable_fields = ("name", "status_message")
+
+    def get_readonly_fields(self, request: Any, obj: models.Reservation | None = None) -> list[str]:
+        fields = [f.name for f in self.model._meta.get_fields() if f.concrete and not f.auto_created]
+        return [f for f in fields if f not in self.editable_fields]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: models.Reservation | None = None) -> bool:
+        # deleting one would leave its servers leased to no booking
+        return False
 
 
 @admin.register(models.AuditEvent)

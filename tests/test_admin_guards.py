@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from provisioner.models import BmcCredential, Node
+from provisioner.models import BmcCredential, Node, Reservation
 from tests.conftest import reserve
 
 
@@ -111,6 +111,38 @@ def test_an_available_node_can_still_be_deleted_in_the_admin(admin_client, inven
     response = admin_client.post(f"/admin/provisioner/node/{node.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302, response.content
     assert not Node.objects.filter(pk=node.pk).exists()
+
+
+def test_a_reservations_window_and_booking_are_not_edited_in_the_admin(admin_client, inventory):
+    reservation = reserve(inventory)
+    before = Reservation.objects.get(pk=reservation.pk)
+    url = f"/admin/provisioner/reservation/{reservation.pk}/change/"
+    data = _change_form_data(admin_client, url)
+    later = before.starts_at + datetime.timedelta(days=30)
+    data.update(
+        {
+            "ends_at_0": timezone.localtime(later).strftime("%Y-%m-%d"),
+            "ends_at_1": timezone.localtime(later).strftime("%H:%M:%S"),
+            "count": "3",
+            "organization": str(inventory.other.pk),
+            "name": "renamed by ops",
+        }
+    )
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    after = Reservation.objects.get(pk=reservation.pk)
+    assert (after.ends_at, after.count, after.organization_id) == (
+        before.ends_at,
+        before.count,
+        before.organization_id,
+    )
+    assert after.name == "renamed by ops"  # descriptive fields stay editable
+
+
+def test_reservations_are_not_added_or_deleted_in_the_admin(admin_client, inventory):
+    reservation = reserve(inventory)
+    assert admin_client.get("/admin/provisioner/reservation/add/").status_code == 403
+    assert admin_client.get(f"/admin/provisioner/reservation/{reservation.pk}/delete/").status_code == 403
 
 
 def test_a_node_added_in_the_admin_still_gets_its_server_type(admin_client, inventory):
