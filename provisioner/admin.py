@@ -155,6 +155,10 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ("created_at", "action", "node", "from_state", "to_state", "actor_label", "reason")
     list_filter = ("action",)
 
+    # events are written by the services only: an operator must not be able to forge one
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
     def has_change_permission(self, request: Any, obj: Any = None) -> bool:
         return False
 

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from provisioner.models import BmcCredential, Node, Reservation
+from provisioner.models import AuditEvent, BmcCredential, Node, Reservation
 from tests.conftest import reserve
 
 
@@ -143,6 +143,16 @@ def test_reservations_are_not_added_or_deleted_in_the_admin(admin_client, invent
     reservation = reserve(inventory)
     assert admin_client.get("/admin/provisioner/reservation/add/").status_code == 403
     assert admin_client.get(f"/admin/provisioner/reservation/{reservation.pk}/delete/").status_code == 403
+
+
+def test_audit_events_cannot_be_forged_in_the_admin(admin_client, inventory):
+    count = AuditEvent.objects.count()
+    assert admin_client.get("/admin/provisioner/auditevent/add/").status_code == 403
+    response = admin_client.post(
+        "/admin/provisioner/auditevent/add/", {"action": "enroll", "reason": "forged"}
+    )
+    assert response.status_code == 403
+    assert AuditEvent.objects.count() == count
 
 
 def test_a_node_added_in_the_admin_still_gets_its_server_type(admin_client, inventory):
