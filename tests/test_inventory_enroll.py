@@ -103,3 +103,70 @@ def test_a_yaml_error_names_the_line_without_quoting_the_bmc_password(db, tmp_pa
     with pytest.raises(CommandError, match=r"not valid YAML: .* at line 6, column \d+") as err:
         _enroll(tmp_path, broken)
     assert "hunter2" not in str(err.value)
+
+
+LEASED_NODE = "  - {{name: n1, server_type: {st}, boot_mac: '{mac}', address: {address}, bmc: {{{bmc}}}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        ({"st": "t2"}, "server_type"),
+        ({"mac": "aa:bb:cc:00:00:99"}, "boot_mac"),
+        ({"address": "10.1.0.99"}, "primary_address"),
+        ({"st": "t2", "address": "10.1.0.99"}, "server_type, primary_address"),
+    ],
+)
+def test_re_enrolling_a_leased_node_with_another_server_type_mac_or_address_is_refused(
+    db, tmp_path: Path, change: dict, fields: str
+) -> None:
+    """Re-enrolling overwrote a leased node's server type (moving a customer's server into another pool),
+    its boot MAC and its address; such changes wait until the node is free. Nothing else is half-applied."""
+    from provisioner.models import Organization
+    from provisioner.states import NodeState
+
+    two_types = SERVER_TYPE.replace("nodes:\n", "") + (
+        "  - {slug: t2, name: T2, cpu_model: x, cpu_cores: 1, ram_gib: 1, gpu_model: g, gpu_count: 2,\n"
+        "     gpu_memory_gib: 1, pcie_gen: 4, pcie_width: 16, nvlink_links: 0, disk_gib: 1}\n"
+        "nodes:\n"
+    )
+    path = tmp_path / "inventory.yaml"
+    wanted = {"st": "t1", "mac": "aa:bb:cc:00:00:01", "address": "10.1.0.1", "bmc": BMC}
+    path.write_text(two_types + LEASED_NODE.format(**wanted))
+    call_command("nodes", "enroll", str(path))
+    org = Organization.objects.create(name="Acme", slug="acme")
+    Node.objects.filter(name="n1").update(state=NodeState.ACTIVE, owner=org)
+    before = Node.objects.select_related("server_type").get(name="n1")
+
+    changed = dict(wanted, **change, bmc=BMC.replace("10.0.0.1", "10.0.0.2"))
+    path.write_text(two_types + LEASED_NODE.format(**changed))
+    with pytest.raises(CommandError, match=rf"node n1 is active \(leased\): .*{fields}.* not changed"):
+        call_command("nodes", "enroll", str(path))
+    after = Node.objects.select_related("server_type").get(name="n1")
+    assert (after.server_type.slug, after.boot_mac, after.primary_address, after.bmc_address) == (
+        "t1",
+        "aa:bb:cc:00:00:01",
+        "10.1.0.1",
+        "10.0.0.1",
+    )
+    assert after.state == before.state == NodeState.ACTIVE
+
+    # the same file once the node is back in the pool applies
+    Node.objects.filter(name="n1").update(state=NodeState.AVAILABLE, owner=None)
+    call_command("nodes", "enroll", str(path))
+    assert Node.objects.get(name="n1").bmc_address == "10.0.0.2"
+
+
+def test_re_enrolling_a_leased_node_unchanged_or_with_a_new_bmc_address_is_allowed(
+    db, tmp_path: Path
+) -> None:
+    from provisioner.models import Organization
+    from provisioner.states import NodeState
+
+    node = f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', address: 10.1.0.1, bmc: {{{BMC}}}}}\n"
+    _enroll(tmp_path, node)
+    org = Organization.objects.create(name="Acme", slug="acme")
+    Node.objects.filter(name="n1").update(state=NodeState.ACTIVE, owner=org)
+    _enroll(tmp_path, node)
+    _enroll(tmp_path, node.replace("10.0.0.1", "10.0.0.7"))  # a BMC moved to another address
+    assert Node.objects.get(name="n1").bmc_address == "10.0.0.7"

@@ -28,7 +28,8 @@ from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Sit
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
 from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
-from provisioner.states import NodeEvent, NodeState
+from provisioner.services.nodes import busy
+from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -98,6 +99,47 @@ def _refuse_duplicates(name: str, boot_mac: str, serial: str) -> None:
     other = Node.objects.filter(serial=serial).exclude(name=name).first() if serial else None
     if other is not None:
         raise InvalidRequest(f"node {name}: serial {serial} is already node {other.name}'s")
+
+
+# What a customer's server is booked as and reached at: changed under a lease, a server would move into
+# another server type's pool, or network-boot and be reached at addresses its deploy did not configure.
+HELD_FIELDS = ("server_type", "boot_mac", "primary_address", "ssh_endpoint_address", "ssh_endpoint_port")
+
+
+def _why_held(node: Node) -> str:
+    """Why ``node``'s held fields must not change now ('' when they may): the rule of the NetBox sync."""
+    if node.state in LEASED_STATES or node.reservation_id is not None:
+        return f"{node.state} (leased)"
+    if (
+        (node.state in TRANSIENT_STATES and node.state != NodeState.ENROLLING)
+        or node.lease_owner
+        or busy(node)
+    ):
+        return f"{node.state} (mid-operation)"
+    return ""
+
+
+def _refuse_changes_while_held(name: str, fields: dict[str, Any]) -> None:
+    """A node a customer holds, or an operation works on, keeps its server type, boot MAC and addresses:
+    re-enrolling it with other ones is refused (the whole file, as for any mistake in it), naming the node
+    and the fields; enrolled again once the node is back in the pool, the file applies."""
+    node = Node.objects.select_for_update().select_related("server_type").filter(name=name).first()
+    if node is None:
+        return
+    changed = []
+    for field in HELD_FIELDS:
+        old, new = getattr(node, field), fields[field]
+        if field == "server_type":
+            old, new = old.slug, new.slug
+        if (old or None) != (new or None) and str(old) != str(new):
+            changed.append((field, old, new))
+    why = _why_held(node) if changed else ""
+    if why:
+        text = "; ".join(f"{f} {old or '(none)'} -> {new or '(none)'}" for f, old, new in changed)
+        raise InvalidRequest(
+            f"node {name} is {why}: {', '.join(f for f, _, _ in changed)} not changed ({text}); "
+            "enroll the change once the node is back in the pool"
+        )
 
 
 def normalize_mac(mac: str) -> str:
@@ -170,6 +212,7 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
         }
         if bmc["protocol"] not in Node.BmcProtocol.values:
             raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")
+        _refuse_changes_while_held(name, fields)
         node, created = Node.objects.update_or_create(name=name, defaults=fields)
         cred, _ = BmcCredential.objects.get_or_create(
             node=node, defaults={"username": bmc["username"], "password_encrypted": ""}
