@@ -204,6 +204,25 @@ def ssh_host(address: str, port: int, user: str, interpreter: str, **hostvars: A
     }
 
 
+# What an unreachable host says when trying again cannot help: SSH refused our key, or the host is not the
+# one whose key we hold (that must stop the step, never be tried again).
+_NOT_TRANSIENT = (
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+)
+
+
+def _retryable(kind: str, res: dict[str, Any]) -> bool:
+    """Whether a failed task's result says a retry may help: our modules say so themselves; an unreachable
+    host (a timed-out or reset SSH connection: "Connection timed out during banner exchange") is transient
+    unless SSH refused the login or the host key."""
+    if kind == "runner_on_unreachable":
+        message = str(res.get("msg", ""))
+        return not any(marker in message for marker in _NOT_TRANSIENT)
+    return bool(res.get("retryable"))
+
+
 class _HostEvents:
     """One host's Ansible events turned into log lines and task results, secrets masked."""
 
@@ -240,7 +259,7 @@ class _HostEvents:
             what = "unreachable" if kind == "runner_on_unreachable" else "failed"
             detail = _mask(_describe_failure(res), self.secrets)
             self.failures.append(f"task '{task}' {what} on {host}: {detail}")
-            self.retryable.append(bool(res.get("retryable")))
+            self.retryable.append(_retryable(kind, res))
             self.log(
                 f"{what}: [{host}] {task} — {detail}",
                 level="error",

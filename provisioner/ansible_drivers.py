@@ -237,6 +237,11 @@ class AnsibleDeployDriver(DeployDriver):
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
         ticket = open_ticket(self.node, op, {"action": "erase", "node": node_name})
         _run_netboot_playbook(self.node, "wipe.yml", ticket, {"wipe_timeout": 600}, log)
+        erased = (DeployTicket.objects.get(pk=ticket.pk).result or {}).get("bytes_written")
+        if not isinstance(erased, int) or erased <= 0:
+            # an "ok" that overwrote nothing (a disk read as empty) is no wipe
+            raise DeployFailed(f"the deploy agent on {node_name} reported erasing {erased or 0} bytes")
+        log(f"{node_name}: {erased} bytes overwritten")
 
 
 class AnsibleBurnInDriver(BurnInDriver):

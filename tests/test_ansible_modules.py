@@ -70,6 +70,17 @@ def test_removes_the_provisioning_key_atomically_and_keeps_the_rest(tmp_path: Pa
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".authorized_keys.")]
 
 
+def test_a_commented_out_customer_key_is_no_key(tmp_path: Path) -> None:
+    # An image that ships "# <customer key>": sshd ignores the line, so the customer would be locked out
+    # once our key is gone; the handover must fail instead of removing it.
+    customer, provisioning = _keys(2)
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"# {customer}\n{provisioning}\n")
+    out = _run_module(tmp_path, {"path": str(path), "present": [customer], "absent": provisioning})
+    assert out["failed"] and "are not in" in out["msg"]
+    assert path.read_text() == f"# {customer}\n{provisioning}\n"
+
+
 def test_a_missing_customer_key_fails_and_changes_nothing(tmp_path: Path) -> None:
     customer, missing, provisioning = _keys(3)
     path = tmp_path / "authorized_keys"

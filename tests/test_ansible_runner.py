@@ -173,3 +173,27 @@ def test_two_runs_for_the_same_node_never_share_a_batch(inventory, fake_hw_dir, 
     for thread in threads:
         thread.join(120)
     assert [r.batch_size for r in results] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("message", "retryable"),
+    [
+        ("Failed to connect to the host via ssh: Connection timed out during banner exchange", True),
+        ("Failed to connect to the host via ssh: Connection reset by peer", True),
+        ("Failed to connect to the host via ssh: root@198.18.0.5: Permission denied (publickey).", False),
+        ("Failed to connect to the host via ssh: Host key verification failed.", False),
+        ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", False),
+    ],
+)
+def test_an_unreachable_host_is_retried_unless_ssh_refused_the_login_or_the_host_key(message, retryable):
+    """A transient SSH failure during handover or burn-in no longer fails the step on its first attempt; a
+    refused key or a changed host key still stops it."""
+    events = ansible._HostEvents("n1", lambda *args, **kwargs: None, secrets=[])
+    events.handle(
+        {
+            "event": "runner_on_unreachable",
+            "event_data": {"task": "Gathering", "host": "n1", "res": {"msg": message, "unreachable": True}},
+        }
+    )
+    assert events.retryable == [retryable]
+    assert "unreachable on n1" in events.failures[0]

@@ -30,7 +30,10 @@ KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecd
 
 
 def key_blob(line):
-    """The base64 blob of a public key line (options and comment ignored), or None for other lines."""
+    """The base64 blob of a public key line (options and comment ignored), or None for other lines:
+    a commented-out key ("# ssh-ed25519 AAAA...") logs nobody in, so it is no key."""
+    if line.lstrip().startswith("#"):
+        return None
     fields = line.strip().split()
     for i, field in enumerate(fields[:-1]):
         if field.startswith(KEY_TYPES):

@@ -164,3 +164,28 @@ def test_a_ticket_replaced_between_lookup_and_claim_is_not_handed_out(inventory,
     assert token is not None and ticket is not None
     assert ticket.pk == replaced[0].pk != first.pk
     assert DeployTicket.objects.get(pk=first.pk).script_served_at is None
+
+
+@pytest.mark.parametrize(("erased", "ok"), [(0, False), (None, False), (4096, True)])
+def test_a_wipe_that_overwrote_nothing_is_no_wipe(inventory, monkeypatch, erased, ok):
+    from provisioner import ansible_drivers
+    from provisioner.errors import DeployFailed
+
+    node = Node.objects.get(boot_mac=MAC)
+    create_operation("release", node)
+
+    def agent_reports(node, playbook, ticket, hostvars, log):  # the playbook ran; the agent said "ok"
+        result = {"status": "ok", "error_code": None, "message": "disk overwritten"}
+        if erased is not None:
+            result["bytes_written"] = erased
+        tickets.record_result(ticket, result)
+
+    monkeypatch.setattr(ansible_drivers, "_run_netboot_playbook", agent_reports)
+    lines: list[str] = []
+    driver = ansible_drivers.AnsibleDeployDriver(node)
+    if ok:
+        driver.wipe(node.name, lines.append)
+        assert lines == [f"{node.name}: 4096 bytes overwritten"]
+    else:
+        with pytest.raises(DeployFailed, match="reported erasing 0 bytes"):
+            driver.wipe(node.name, lines.append)
