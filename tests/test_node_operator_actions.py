@@ -30,7 +30,9 @@ def _active_leased_node(inv) -> Node:
 
 
 def test_a_quarantined_server_still_held_by_a_reservation_is_not_returned_to_the_pool(inventory):
-    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    node = node_service.quarantine(
+        _active_leased_node(inventory), actor=OPS, reason="ECC errors reported", force=True
+    )
     assert node.reservation_id is not None
     with pytest.raises(IllegalTransition, match="reservation"):
         node_service.return_from_quarantine(node, actor=OPS, reason="DIMM replaced")
@@ -40,7 +42,9 @@ def test_a_quarantined_server_still_held_by_a_reservation_is_not_returned_to_the
 
 
 def test_a_held_server_on_hold_is_not_wiped_into_the_pool_when_the_hold_is_lifted(inventory):
-    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    node = node_service.quarantine(
+        _active_leased_node(inventory), actor=OPS, reason="ECC errors reported", force=True
+    )
     node = node_service.set_maintenance(node, True, actor=OPS, reason="swap DIMM")
     with pytest.raises(IllegalTransition, match="reservation"):
         node_service.set_maintenance(node, False, actor=OPS, reason="DIMM swapped")
@@ -62,7 +66,9 @@ def test_a_server_in_error_still_held_by_a_reservation_is_not_recovered_into_the
 def test_releasing_the_reservation_then_returning_the_server_to_the_pool_works(inventory):
     from provisioner.services.reservations import release_reservation
 
-    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    node = node_service.quarantine(
+        _active_leased_node(inventory), actor=OPS, reason="ECC errors reported", force=True
+    )
     release_reservation(node.reservation, actor=Actor(user=inventory.owner, label="o"))
     node = node_service.return_from_quarantine(
         Node.objects.get(pk=node.pk), actor=OPS, reason="DIMM replaced"
@@ -121,7 +127,9 @@ def test_the_api_answers_409_to_returning_a_server_a_reservation_still_holds(inv
 
     from provisioner.models import ApiToken
 
-    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC errors reported")
+    node = node_service.quarantine(
+        _active_leased_node(inventory), actor=OPS, reason="ECC errors reported", force=True
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(inventory.operator, 'ops')[1]}")
     response = client.post(
@@ -171,3 +179,41 @@ def test_burnin_rerun_reads_the_servers_state_now_not_the_callers_copy(inventory
         node_service.rerun_burnin(stale, actor=OPS)
     assert not Operation.objects.filter(node=stale, kind=OperationKind.BURNIN).exists()
     assert Node.objects.get(pk=stale.pk).state == NodeState.MAINTENANCE
+
+
+def test_quarantining_a_server_leased_to_a_customer_is_refused_without_force(inventory):
+    """Quarantine took a live customer server out of service (and let burn-in run on it) with no force."""
+    node = _active_leased_node(inventory)
+    with pytest.raises(IllegalTransition, match=r"leased to a customer.*force"):
+        node_service.quarantine(node, actor=OPS, reason="fans loud")
+    assert Node.objects.get(pk=node.pk).state == NodeState.ACTIVE
+    node = node_service.quarantine(node, actor=OPS, reason="fans loud", force=True)
+    assert node.state == NodeState.QUARANTINED
+
+
+@pytest.mark.parametrize("action", ["off", "reset", "pxe"])
+def test_power_off_reset_or_pxe_of_a_server_leased_to_a_customer_is_refused_without_force(inventory, action):
+    node = _active_leased_node(inventory)
+    with pytest.raises(IllegalTransition, match=r"leased to a customer.*force"):
+        node_service.power(node, action, actor=OPS)
+    assert not Operation.objects.filter(node=node, kind=OperationKind.POWER).exists()
+    op = node_service.power(node, action, actor=OPS, force=True)
+    assert op.kind == OperationKind.POWER and op.params["action"] == action
+
+
+def test_power_on_of_a_leased_server_needs_no_force(inventory):
+    node = _active_leased_node(inventory)
+    assert node_service.power(node, "on", actor=OPS).params["action"] == "on"
+
+
+def test_power_off_of_an_idle_server_needs_no_force(inventory):
+    node = Node.objects.get(name="node-a100-8x-02")
+    assert node_service.power(node, "off", actor=OPS).params["action"] == "off"
+
+
+def test_burnin_rerun_on_a_quarantined_server_a_reservation_still_holds_is_refused(inventory):
+    """A customer's server quarantined (with force) while leased: a burn-in re-run would run on it live."""
+    node = node_service.quarantine(_active_leased_node(inventory), actor=OPS, reason="ECC", force=True)
+    with pytest.raises(IllegalTransition, match="still held by reservation"):
+        node_service.rerun_burnin(node, actor=OPS)
+    assert not Operation.objects.filter(node=node, kind=OperationKind.BURNIN).exists()

@@ -38,6 +38,17 @@ def _lock_idle(node: Node, doing: str) -> Node:
     return _refuse_if_busy(Node.objects.select_for_update().get(pk=node.pk), doing)
 
 
+def _refuse_if_leased(node: Node, doing: str, force: bool) -> None:
+    """A customer's live server is not to be disrupted by an operator action unless ``force`` says so.
+
+    :raises IllegalTransition: the node is leased (reserved, deploying, burning in or active) and not force.
+    """
+    if node.state in LEASED_STATES and not force:
+        raise IllegalTransition(
+            f"{node.name} is leased to a customer ({node.state}); pass force to {doing} anyway"
+        )
+
+
 def _refuse_if_held(node: Node, doing: str) -> None:
     """A node a reservation still holds (e.g. quarantined while leased) must not be wiped into the pool.
 
@@ -138,13 +149,20 @@ def keep_in_quarantine(node: Node, *, actor: Actor, reason: str = "") -> Node:
 
 
 @transaction.atomic
-def quarantine(node: Node, *, actor: Actor, reason: str) -> Node:
-    """Take a node out of service for review.
+def quarantine(node: Node, *, actor: Actor, reason: str, force: bool = False) -> Node:
+    """Take a node out of service for review. A node leased to a customer (its server is live) is refused
+    unless ``force``; it stays held by its reservation (no burn-in re-run or return to the pool until the
+    reservation lets it go).
 
-    :raises IllegalTransition: an operation is working on the node, or the lifecycle table forbids it.
+    :raises IllegalTransition: an operation is working on the node, it is leased and not ``force``, or the
+        lifecycle table forbids it.
     """
     node = _lock_idle(node, "quarantine it")
-    return process_event(node, NodeEvent.QUARANTINE, actor=actor, reason=reason or "quarantined by operator")
+    _refuse_if_leased(node, "quarantine it", force)
+    reason = reason or "quarantined by operator"
+    if node.state in LEASED_STATES:
+        reason = f"{reason} (forced: leased to a customer)"
+    return process_event(node, NodeEvent.QUARANTINE, actor=actor, reason=reason)
 
 
 @transaction.atomic
@@ -165,13 +183,15 @@ def recover(node: Node, *, actor: Actor, reason: str = "") -> Node:
 def rerun_burnin(node: Node, *, actor: Actor) -> Operation:
     """Run burn-in again on a quarantined node (it stays quarantined).
 
-    :raises IllegalTransition: the node is not quarantined (now: its row is locked and read again), or an
-        operation is working on it.
+    :raises IllegalTransition: the node is not quarantined (now: its row is locked and read again), an
+        operation is working on it, or a reservation still holds it (a customer's server quarantined while
+        leased: burn-in would run on it live).
     """
     node = Node.objects.select_for_update().get(pk=node.pk)
     if node.state != NodeState.QUARANTINED:
         raise IllegalTransition(f"burn-in can be re-run on quarantined servers; {node.name} is {node.state}")
     _refuse_if_busy(node, "re-run burn-in")
+    _refuse_if_held(node, "re-run burn-in")
     op = create_operation(OperationKind.BURNIN, node, requested_by=actor.user)
     record(actor, "burnin_rerun", node=node, operation=op, reason="operator re-run of burn-in")
     enqueue(op)
@@ -220,12 +240,27 @@ def reimage(
     return op
 
 
+# Power actions that take a live server down (or boot it into the installer next time).
+DISRUPTIVE_POWER_ACTIONS = frozenset({"off", "reset", "pxe"})
+
+
 @transaction.atomic
-def power(node: Node, action: str, *, actor: Actor) -> Operation:
+def power(node: Node, action: str, *, actor: Actor, force: bool = False) -> Operation:
+    """Queue a power action on the node's BMC. Off, reset and pxe on a node leased to a customer are
+    refused unless ``force``; on is always allowed.
+
+    :raises InvalidRequest: an unknown action.
+    :raises IllegalTransition: an operation is working on the node, or it is leased and not ``force``.
+    """
     if action not in {"on", "off", "reset", "pxe"}:
         raise InvalidRequest("power action must be on, off, reset or pxe")
     node = _lock_idle(node, f"power {action}")
+    if action in DISRUPTIVE_POWER_ACTIONS:
+        verb = {"off": "power it off", "reset": "reset it", "pxe": "set it to boot from the network (pxe)"}[
+            action
+        ]
+        _refuse_if_leased(node, verb, force)
     op = create_operation(OperationKind.POWER, node, requested_by=actor.user, params={"action": action})
-    record(actor, "power", node=node, operation=op, reason=action)
+    record(actor, "power", node=node, operation=op, reason=action, data={"force": force})
     enqueue(op)
     return op

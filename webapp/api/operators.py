@@ -102,9 +102,11 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def power(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a power action on the node's BMC. Off, reset and pxe on a node leased to a customer are
+        refused (409) unless force=true; on is always allowed."""
         node = self.get_object()
         data = self._data(s.PowerSerializer)
-        return _accepted(node_service.power(node, data["action"], actor=self._actor()))
+        return _accepted(node_service.power(node, data["action"], actor=self._actor(), force=data["force"]))
 
     @extend_schema(
         request=s.ReasonSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
@@ -139,7 +141,8 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(request=None, responses={202: s.OperationSerializer, **errors(401, 403, 404, 409)})
     @action(detail=True, methods=["post"], url_path="rerun-burnin")
     def rerun_burnin(self, request: Request, pk: str | None = None) -> Response:
-        """Run burn-in again on a quarantined node (it stays quarantined; read the new report)."""
+        """Run burn-in again on a quarantined node (it stays quarantined; read the new report). A node a
+        reservation still holds (quarantined while leased: its customer's server) is a 409."""
         return _accepted(node_service.rerun_burnin(self.get_object(), actor=self._actor()))
 
 

@@ -650,6 +650,11 @@ class ReimageSerializer(serializers.Serializer):
 
 class PowerSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["on", "off", "reset", "pxe"])
+    force = serializers.BooleanField(
+        default=False,
+        help_text="power off, reset or set pxe boot even if the node is leased to a customer (its server "
+        "is live); power on needs no force",
+    )
 
 
 class ReasonSerializer(serializers.Serializer):

@@ -160,7 +160,13 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
         node_services.recover(node, actor=actor, reason=reason)
         return f"{node.name} is being wiped and returned to the pool."
     if action == "quarantine":
-        node_services.quarantine(node, actor=actor, reason=reason)
+        force = request.POST.get("force", "") in ("on", "true", "1")
+        node = node_services.quarantine(node, actor=actor, reason=reason, force=force)
+        if node.reservation_id is not None:
+            return (
+                f"{node.name} is quarantined; reservation {node.reservation_id} still holds it (no burn-in "
+                "re-run or return to the pool until it is released)."
+            )
         return f"{node.name} is quarantined."
     if action == "reimage":
         form = ReimageForm(request.POST)
