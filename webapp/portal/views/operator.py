@@ -216,8 +216,78 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
     except NeocloudError as exc:
         messages.error(request, f"Rollout not started: {sentence(exc)}")
         return redirect("portal:ops_fleet")
-    messages.success(request, f"Rollout {rollout.pk} started on {len(f['nodes'])} servers.")
+    _tell_rollout_start(request, rollout, list(f["nodes"]))
     return redirect("portal:ops_rollout", pk=rollout.pk)
+
+
+# What a rollout can reimage (as the API's filter path takes): any other selected server is refused when its
+# turn comes, and spends the failure budget.
+REIMAGEABLE_STATES = (NodeState.AVAILABLE, NodeState.ACTIVE)
+NAMED_AT_MOST = 5
+
+
+def _of_selected(n: int, total: int) -> str:
+    """``"1 of 1 selected server"``, ``"2 of 3 selected servers"``."""
+    return f"{n} of {total} selected {'server' if total == 1 else 'servers'}"
+
+
+def _named(items: list[str]) -> str:
+    more = len(items) - NAMED_AT_MOST
+    # " / " between items: a refusal's reason may hold a semicolon
+    return " / ".join(items[:NAMED_AT_MOST]) + (f" / and {more} more" if more > 0 else "")
+
+
+def _tell_rollout_start(request: HttpRequest, rollout: Rollout, selected: list[Node]) -> None:
+    """Flash what starting ``rollout`` did: an error when it halted at once or reimaged nothing, a warning
+    naming the servers it refused (or will refuse when their turn comes), else a success."""
+    rollout.refresh_from_db()
+    status = rollout_services.progress(rollout)
+    total = len(selected)
+    prefix = f"rollout {rollout.pk}: "
+    refused = [why.removeprefix(prefix) for _, why in sorted(status.refused.items())]
+    refused_text = (
+        f"{_of_selected(len(refused), total)} {'was' if len(refused) == 1 else 'were'} refused: "
+        f"{_named(refused)}"
+    )
+    if rollout.state == Rollout.State.HALTED:
+        why = sentence(rollout.message.removeprefix("halted: "))
+        messages.error(request, f"Rollout {rollout.pk} halted{f': {refused_text}' if refused else ''}. {why}")
+        return
+    if not status.operations and rollout.state != Rollout.State.RUNNING:
+        messages.error(
+            request,
+            f"Rollout {rollout.pk} ended at once, no server was reimaged"
+            f"{f': {refused_text}' if refused else ''}. {sentence(rollout.message)}",
+        )
+        return
+    started = set(status.operations) | set(status.refused)
+    not_reimageable = [
+        f"{n.name} ({n.state})"
+        for n in Node.objects.filter(pk__in=[n.pk for n in selected if n.pk not in started]).order_by("name")
+        if n.state not in REIMAGEABLE_STATES
+    ]
+    if not refused and not not_reimageable:
+        messages.success(
+            request,
+            f"Rollout {rollout.pk} started on {total} servers, {rollout.max_parallel} at a time."
+            if total != 1
+            else f"Rollout {rollout.pk} started on 1 server.",
+        )
+        return
+    parts = [f"Rollout {rollout.pk} started on {_of_selected(len(status.operations), total)}."]
+    if refused:
+        parts.append(f"{refused_text}.")
+    if not_reimageable:
+        one = len(not_reimageable) == 1
+        parts.append(
+            f"{len(not_reimageable)} {'server' if one else 'servers'} not started yet cannot be reimaged and "
+            f"will be refused when {'its' if one else 'their'} turn comes: {_named(not_reimageable)}."
+        )
+    parts.append(
+        f"Each refusal counts against the failure budget of {rollout.failure_budget} "
+        f"({status.failed} spent so far)."
+    )
+    messages.warning(request, " ".join(parts))
 
 
 def _rollout_context(rollout: Rollout) -> dict:
