@@ -72,3 +72,38 @@ def test_burnin_rerun_on_a_quarantined_server_still_held_is_refused_in_words(cli
     [(level, text)] = _flash(response)
     assert level == "error" and "still held by reservation" in text, text
     assert not Operation.objects.filter(node=node, kind=OperationKind.BURNIN).exists()
+
+
+def test_an_invalid_reimage_form_says_which_field_and_why(client, inventory):
+    node = Node.objects.get(name="node-a100-8x-02")
+    client.force_login(inventory.operator)
+    response = client.post(
+        reverse("portal:ops_node_action", args=[node.pk]), {"action": "reimage", "image": "999999"}
+    )
+    [(level, text)] = _flash(response)
+    assert level == "error", text
+    assert "image" in text.lower() and "valid choice" in text, text
+    assert not Operation.objects.filter(node=node).exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        (NodeState.ERROR, "stays in error"),
+        (NodeState.QUARANTINED, "stays quarantined"),
+        (NodeState.CLEANING, "returns to the pool once it is wiped"),
+        (NodeState.ACTIVE, "returns to the pool after its lease"),
+    ],
+)
+def test_withdrawing_a_hold_request_says_what_happens_to_the_server_in_its_state(
+    client, inventory, state, says
+):
+    node = Node.objects.get(name="node-a100-8x-02")
+    Node.objects.filter(pk=node.pk).update(state=state, hold_requested="swap PSU")
+    client.force_login(inventory.operator)
+    response = client.post(reverse("portal:ops_node_action", args=[node.pk]), {"action": "maintenance_off"})
+    [(level, text)] = _flash(response)
+    assert level == "success" and says in text, text
+    if state != NodeState.ACTIVE:
+        assert "after its lease" not in text
+    assert Node.objects.get(pk=node.pk).hold_requested == ""

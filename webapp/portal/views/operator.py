@@ -38,16 +38,22 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "server_type", "rack__site", "owner", "reservation"
     )
     nodes = base
-    if form.is_valid():
-        f = form.cleaned_data
-        if f["state"]:
-            nodes = nodes.filter(state=f["state"])
-        if f["site"]:
-            nodes = nodes.filter(rack__site__slug=f["site"])
-        if f["server_type"]:
-            nodes = nodes.filter(server_type__slug=f["server_type"])
-        if f["q"]:
-            nodes = nodes.filter(name__icontains=f["q"])
+    filter_errors: list[str] = []
+    if form.is_bound and not form.is_valid():
+        # e.g. ?state=bogus from a stale link: say so, and keep the filters that are valid
+        filter_errors = [
+            f"{name.replace('_', ' ')} {request.GET.get(name, '')!r}: {' '.join(str(e) for e in errs)}"
+            for name, errs in form.errors.items()
+        ]
+    f = form.cleaned_data if form.is_bound else {}
+    if f.get("state"):
+        nodes = nodes.filter(state=f["state"])
+    if f.get("site"):
+        nodes = nodes.filter(rack__site__slug=f["site"])
+    if f.get("server_type"):
+        nodes = nodes.filter(server_type__slug=f["server_type"])
+    if f.get("q"):
+        nodes = nodes.filter(name__icontains=f["q"])
     # The grid: counts per (site, server type) and state, over the whole fleet (filters narrow the table).
     grid: dict[tuple[str, str], Counter] = {}
     totals: Counter = Counter()
@@ -64,6 +70,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     filters.pop("page", None)
     context = {
         "form": form,
+        "filter_errors": filter_errors,
         "page": page,
         "states": states,
         "totals": [(s, totals[s]) for s in states],
@@ -129,6 +136,19 @@ def node_live(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "portal/ops/_node_live.html", _node_context(request, node))
 
 
+def _after_withdrawn_hold(node: Node) -> str:
+    """What becomes of ``node`` (read after the withdrawal) once its hold request is withdrawn."""
+    if node.state in LEASED_STATES:
+        return "it returns to the pool after its lease."
+    if node.state in (NodeState.RELEASING, NodeState.CLEANING):
+        return "it returns to the pool once it is wiped."
+    if node.state == NodeState.QUARANTINED:
+        return "it stays quarantined until its review (return it to the pool or keep it out)."
+    if node.state == NodeState.ERROR:
+        return "it stays in error until an operator retries it (wipe and return) or puts it on maintenance."
+    return f"it is {node.get_state_display().lower()}."
+
+
 def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     """Run one operator action through the services; returns the sentence to show."""
     actor = Actor.from_request(request)
@@ -143,9 +163,9 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
         return f"{node.name} goes on maintenance hold once it is free and wiped; it takes no new bookings."
     if action == "maintenance_off":
         held = node.state == NodeState.MAINTENANCE
-        node_services.set_maintenance(node, False, actor=actor, reason=reason)
+        node = node_services.set_maintenance(node, False, actor=actor, reason=reason)
         if not held:
-            return f"Hold request on {node.name} withdrawn: it returns to the pool after its lease."
+            return f"Hold request on {node.name} withdrawn: {_after_withdrawn_hold(node)}"
         return f"{node.name} hold lifted: it is wiped, then returns to the pool."
     if action == "return_to_pool":
         node_services.return_from_quarantine(node, actor=actor, reason=reason)
@@ -171,7 +191,10 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     if action == "reimage":
         form = ReimageForm(request.POST)
         if not form.is_valid():
-            raise NeocloudError("the reimage form is not valid")
+            problems = "; ".join(
+                f"{name}: {' '.join(str(e) for e in errs)}" for name, errs in form.errors.items()
+            )
+            raise NeocloudError(f"the reimage form is not valid: {problems}")
         f = form.cleaned_data
         op = node_services.reimage(node, actor=actor, image=f["image"], force=f["force"], reason=f["reason"])
         if op.kind == OperationKind.CLEAN:
