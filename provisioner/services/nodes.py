@@ -198,6 +198,11 @@ def rerun_burnin(node: Node, *, actor: Actor) -> Operation:
     return op
 
 
+# The states a server can be reimaged from: idle (wiped back into the pool) or leased and handed over
+# (the customer's image written again). Rollouts by filter take only these.
+REIMAGEABLE_STATES = (NodeState.AVAILABLE, NodeState.ACTIVE)
+
+
 @transaction.atomic
 def reimage(
     node: Node, *, actor: Actor, image=None, force: bool = False, rollout=None, reason: str = ""

@@ -216,20 +216,17 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(self.get_serializer(rollout).data)
 
 
-ROLLOUT_STATES = (NodeState.AVAILABLE, NodeState.ACTIVE)
-
-
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     if data.get("nodes"):
         return _nodes_by_reference(data["nodes"])
     spec = data["filter"]
     # Only available and active servers can be reimaged: a filter never sweeps in a quarantined, held,
     # broken or busy server, which would only count against the failure budget.
-    states = list(ROLLOUT_STATES)
+    states = list(node_service.REIMAGEABLE_STATES)
     if spec.get("state"):
         if spec["state"] not in NodeState.values:
             raise ValidationError({"filter": {"state": [f"unknown state {spec['state']!r}"]}})
-        if spec["state"] not in ROLLOUT_STATES:
+        if spec["state"] not in node_service.REIMAGEABLE_STATES:
             raise ValidationError(
                 {
                     "filter": {

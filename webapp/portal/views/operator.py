@@ -243,9 +243,6 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
     return redirect("portal:ops_rollout", pk=rollout.pk)
 
 
-# What a rollout can reimage (as the API's filter path takes): any other selected server is refused when its
-# turn comes, and spends the failure budget.
-REIMAGEABLE_STATES = (NodeState.AVAILABLE, NodeState.ACTIVE)
 NAMED_AT_MOST = 5
 
 
@@ -287,7 +284,7 @@ def _tell_rollout_start(request: HttpRequest, rollout: Rollout, selected: list[N
     not_reimageable = [
         f"{n.name} ({n.state})"
         for n in Node.objects.filter(pk__in=[n.pk for n in selected if n.pk not in started]).order_by("name")
-        if n.state not in REIMAGEABLE_STATES
+        if n.state not in node_services.REIMAGEABLE_STATES
     ]
     if not refused and not not_reimageable:
         messages.success(
