@@ -99,6 +99,13 @@ def _run_netboot_playbook(
     Node.objects.filter(pk=node.pk).update(bmc_last_contact_at=now, power_checked_at=now)
 
 
+# A wipe overwrites the whole disk: an 8 TB NVMe drive at 2 GB/s takes over an hour, so a wipe may run for
+# hours as long as the agent keeps reporting progress (each percent, at least every few seconds), and fails
+# after 10 minutes without any. The engine's wipe step allows a little more than the upper bound.
+WIPE_TIMEOUT = 6 * 3600
+WIPE_STALL_TIMEOUT = 600
+
+
 class AnsibleDeployDriver(DeployDriver):
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -236,7 +243,13 @@ class AnsibleDeployDriver(DeployDriver):
         if op is None:
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
         ticket = open_ticket(self.node, op, {"action": "erase", "node": node_name})
-        _run_netboot_playbook(self.node, "wipe.yml", ticket, {"wipe_timeout": 600}, log)
+        _run_netboot_playbook(
+            self.node,
+            "wipe.yml",
+            ticket,
+            {"wipe_timeout": WIPE_TIMEOUT, "wipe_stall_timeout": WIPE_STALL_TIMEOUT},
+            log,
+        )
         erased = (DeployTicket.objects.get(pk=ticket.pk).result or {}).get("bytes_written")
         if not isinstance(erased, int) or erased <= 0:
             # an "ok" that overwrote nothing (a disk read as empty) is no wipe

@@ -131,3 +131,39 @@ def test_a_cancel_stops_the_wait_within_a_second_even_during_a_long_pause(tmp_pa
     assert result.get("retryable") is True
     assert len(agent.polls) == 2, agent.polls  # no poll was needed to see it
     assert time.monotonic() - cancelled_at[0] < 3.0  # seen within a second, plus Ansible's own exit
+
+
+class _StuckAgent(_Agent):
+    """An erase that reaches 40 % and then reports nothing new (a hung disk)."""
+
+    def status(self) -> dict[str, Any]:
+        self.started = self.started or time.monotonic()
+        self.polls.append(time.monotonic() - self.started)
+        return {"script_served": True, "finished": False, "result": {},
+                "progress": {"stage": "erase", "percent": 40}}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_long_job_that_keeps_progressing_outlives_the_stall_timeout(tmp_path, boot_service):
+    """A wipe of a large disk runs for hours: only a stall, not its length, ends the wait."""
+    agent = _Agent(seconds=5, step=5)
+    args = _args(tmp_path, boot_service(agent), stall_timeout=2, max_interval=1)
+    result = _run_module(tmp_path, args, module="neocloud_deploy_wait")
+    assert not result["failed"], result
+    assert agent.polls[-1] >= 5  # it waited past the stall timeout, twice over
+
+
+@pytest.mark.slow
+def test_an_agent_that_stops_progressing_fails_after_the_stall_timeout(tmp_path, boot_service):
+    agent = _StuckAgent(seconds=1000)
+    started = time.monotonic()
+    result = _run_module(
+        tmp_path, _args(tmp_path, boot_service(agent), stall_timeout=2), module="neocloud_deploy_wait"
+    )
+    assert result["failed"]
+    assert (
+        result["msg"]
+        == "the deploy agent reported no progress for 2 s (last progress: {'stage': 'erase', 'percent': 40})"
+    )
+    assert time.monotonic() - started < 30  # not the 60 s timeout
+    assert not result.get("retryable")

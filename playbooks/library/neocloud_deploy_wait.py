@@ -21,6 +21,9 @@ options:
   status_url: {description: The ticket's status URL on the boot service, required: true, type: str}
   key_path: {description: File holding the ticket's watch key, required: true, type: path}
   timeout: {description: Seconds to wait, type: float, default: 600}
+  stall_timeout: {description: With it, the wait also ends (failed) once the agent has reported no new
+                  progress for this many seconds, and timeout is only the upper bound for a long job
+                  that keeps progressing (a wipe of a large disk), type: float}
   interval: {description: Seconds between polls, at least, type: float, default: 1.0}
   max_interval: {description: Seconds between polls, at most, while the agent reports steady progress,
                  type: float, default: 5.0}
@@ -76,6 +79,7 @@ def main():
             "interval": {"type": "float", "default": 1.0},
             "max_interval": {"type": "float", "default": 5.0},
             "cancel_path": {"type": "path"},
+            "stall_timeout": {"type": "float"},
         }
     )
     params = module.params
@@ -87,7 +91,9 @@ def main():
     except OSError as exc:
         module.fail_json(msg=f"cannot read the ticket's watch key: {exc.strerror}")
     deadline = time.monotonic() + params["timeout"]
+    stall = params["stall_timeout"]
     status, last_error, first_seen = {}, None, None
+    last_progress, advanced_at = None, time.monotonic()
     while True:
         try:
             document, error = poll(params["status_url"], key)
@@ -98,6 +104,9 @@ def main():
             if status.get("finished"):
                 break
             progress = status.get("progress") or {}
+            reported = (progress.get("stage"), progress.get("percent"))
+            if progress and reported != last_progress:
+                last_progress, advanced_at = reported, time.monotonic()
             if not first_seen or first_seen[0] != progress.get("stage"):
                 try:
                     first_seen = (progress.get("stage"), float(progress.get("percent")), time.monotonic())
@@ -107,11 +116,17 @@ def main():
             last_error = error  # the boot service restarting: keep waiting until the deadline
         if params["cancel_path"] and os.path.exists(params["cancel_path"]):
             module.fail_json(msg="cancelled while waiting for the deploy agent", retryable=True)
-        if time.monotonic() > deadline:
+        stalled = stall is not None and time.monotonic() - advanced_at > stall
+        if time.monotonic() > deadline or stalled:
             if last_error:
                 module.fail_json(msg=f"the boot service did not answer: {last_error}", retryable=True)
             if not status.get("script_served"):
                 module.fail_json(msg="the node never fetched its iPXE script (did it PXE boot?)")
+            if time.monotonic() <= deadline:
+                module.fail_json(
+                    msg=f"the deploy agent reported no progress for {stall:.0f} s "
+                    f"(last progress: {status.get('progress') or {}})"
+                )
             module.fail_json(
                 msg=f"the deploy agent did not finish in time (last progress: {status.get('progress') or {}})"
             )
@@ -121,6 +136,8 @@ def main():
                 status.get("progress") or {}, first_seen, time.monotonic(), wait, params["max_interval"]
             )
         wake = min(time.monotonic() + wait, deadline + 0.01)
+        if stall is not None:
+            wake = min(wake, advanced_at + stall + 0.01)
         while (rest := wake - time.monotonic()) > 0:  # a cancel is seen within a second
             if params["cancel_path"] and os.path.exists(params["cancel_path"]):
                 module.fail_json(msg="cancelled while waiting for the deploy agent", retryable=True)
@@ -134,7 +151,10 @@ def main():
     written, sha = result.get("bytes_written", 0), str(result.get("sha256", ""))[:12]
     module.exit_json(
         changed=True,
-        msg=f"image written and verified ({written} bytes, sha256 {sha}…)",
+        # a deploy reports the image's sha256; an erase only how much it overwrote
+        msg=f"image written and verified ({written} bytes, sha256 {sha}…)"
+        if sha
+        else f"{written} bytes written",
         host_key_fingerprints=result.get("host_key_fingerprints", {}),
     )
 
