@@ -359,6 +359,26 @@ def _sweep_stale(spool: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def sweep_stale_spools() -> int:
+    """Sweep every playbook's spool (see ``_sweep_stale``): a batch or request a killed worker left holds
+    BMC credentials and the provisioning key in clear (0600), and a spool is otherwise swept only when its
+    own playbook runs again, which may be never. Returns how many were removed. For the scheduler."""
+    root = Path(settings.VAR_DIR) / "ansible"
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for spool in root.glob("*/*"):
+        if not (spool / "batches").is_dir():
+            continue
+        before = len(list((spool / "batches").iterdir())) + len(list((spool / "pending").iterdir()))
+        with _flock(spool / "collect.lock"):  # not while a leader collects requests into a new batch
+            _sweep_stale(spool)
+        removed += (
+            before - len(list((spool / "batches").iterdir())) - len(list((spool / "pending").iterdir()))
+        )
+    return removed
+
+
 def _join(spool: Path, pending: Path, playbook: str, env: dict[str, str]) -> Path:
     """Lead a new batch with the requests pending now, or find the batch a leader took ours into."""
     with _flock(spool / "collect.lock"):

@@ -197,3 +197,37 @@ def test_an_unreachable_host_is_retried_unless_ssh_refused_the_login_or_the_host
     )
     assert events.retryable == [retryable]
     assert "unreachable on n1" in events.failures[0]
+
+
+def test_the_scheduler_sweeps_what_killed_workers_left_in_every_spool(settings, tmp_path):
+    """A worker killed mid-run leaves its request (BMC credentials, the provisioning key: 0600 files) in its
+    playbook's spool; a spool was swept only when its own playbook ran again, which may be never."""
+    import fcntl
+
+    settings.VAR_DIR = tmp_path
+    spool = tmp_path / "ansible" / "0123456789abcdef" / "wipe"
+    old = time.time() - ansible.STALE_SECONDS - 60
+
+    def leftover(path, *, stale=True):
+        (path / "hosts" / "node-1").mkdir(parents=True)
+        (path / "hosts" / "node-1" / "bmc").write_text('{"password": "hunter2"}')
+        if stale:
+            os.utime(path, (old, old))
+        return path
+
+    dead = leftover(spool / "batches" / "1-dead")
+    fresh = leftover(spool / "batches" / "2-fresh", stale=False)
+    running = leftover(spool / "batches" / "3-running")
+    (spool / "pending").mkdir()
+    orphan = spool / "pending" / "node-2"
+    orphan.mkdir()
+    os.utime(orphan, (old, old))
+    with open(running / "running.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a leader still runs this batch, however old it is
+        os.utime(running, (old, old))
+        assert ansible.sweep_stale_spools() == 2
+    assert not dead.exists() and not orphan.exists()
+    assert fresh.exists() and running.exists()
+    # its leader gone (the lock released with its process), the old batch goes on the next pass
+    assert ansible.sweep_stale_spools() == 1
+    assert not running.exists() and fresh.exists()

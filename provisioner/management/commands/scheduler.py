@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from provisioner.ansible import sweep_stale_spools
 from provisioner.engine.reaper import reap, requeue_lost_operations
 from provisioner.management.argtypes import positive_seconds
 from provisioner.services import signin
@@ -41,6 +42,7 @@ def housekeeping_pass() -> dict[str, int]:
     counts["settled"] = settle_finished_reservations()
     counts["rollouts"] = advance_running_rollouts()
     counts["signin_failures_pruned"] = signin.prune()
+    counts["ansible_leftovers_swept"] = sweep_stale_spools()
     return counts
 
 
