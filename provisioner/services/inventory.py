@@ -28,8 +28,8 @@ from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Sit
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
 from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
-from provisioner.services.nodes import busy
-from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState
+from provisioner.services.nodes import why_not_idle
+from provisioner.states import NodeEvent, NodeState
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -108,15 +108,8 @@ HELD_FIELDS = ("server_type", "boot_mac", "primary_address", "ssh_endpoint_addre
 
 def _why_held(node: Node) -> str:
     """Why ``node``'s held fields must not change now ('' when they may): the rule of the NetBox sync."""
-    if node.state in LEASED_STATES or node.reservation_id is not None:
-        return f"{node.state} (leased)"
-    if (
-        (node.state in TRANSIENT_STATES and node.state != NodeState.ENROLLING)
-        or node.lease_owner
-        or busy(node)
-    ):
-        return f"{node.state} (mid-operation)"
-    return ""
+    why = why_not_idle(node, enrolling=True)
+    return f"{node.state} ({why})" if why else ""
 
 
 def _refuse_changes_while_held(name: str, fields: dict[str, Any]) -> None:

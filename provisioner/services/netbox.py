@@ -49,7 +49,7 @@ from provisioner.services import nodes as node_services
 from provisioner.services.audit import Actor, record
 from provisioner.services.inventory import checked_port, normalize_mac, read_password, required_field
 from provisioner.services.lifecycle import process_event
-from provisioner.states import LEASED_STATES, TRANSIENT_STATES, NodeEvent, NodeState
+from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -419,11 +419,8 @@ def _wanted(
 
 def _why_not_idle(node: Node) -> str:
     """Why the sync must not change ``node`` now ('' when it may)."""
-    if node.state in LEASED_STATES or node.reservation_id is not None:
-        return f"leased ({node.state})"
-    if node.state in TRANSIENT_STATES or node.lease_owner or node_services.busy(node):
-        return f"mid-operation ({node.state})"
-    return ""
+    why = node_services.why_not_idle(node)
+    return f"{why} ({node.state})" if why else ""
 
 
 def _show(value: Any) -> str:

@@ -9,7 +9,14 @@ from provisioner.errors import IllegalTransition, InvalidRequest
 from provisioner.models import Node, Operation
 from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
-from provisioner.states import LEASED_STATES, NodeEvent, NodeState, OperationKind, OperationState
+from provisioner.states import (
+    LEASED_STATES,
+    TRANSIENT_STATES,
+    NodeEvent,
+    NodeState,
+    OperationKind,
+    OperationState,
+)
 
 
 def busy(node: Node) -> bool:
@@ -36,6 +43,18 @@ def _lock_idle(node: Node, doing: str) -> Node:
     :raises IllegalTransition: an operation on the node is pending or running.
     """
     return _refuse_if_busy(Node.objects.select_for_update().get(pk=node.pk), doing)
+
+
+def why_not_idle(node: Node, *, enrolling: bool = False) -> str:
+    """Why an inventory source (NetBox, the inventory file) must not change ``node``'s identity now:
+    "leased", "mid-operation", or "" when it may. ``enrolling``: the caller is the enrollment itself, so
+    the enrolling state is no operation of someone else's."""
+    if node.state in LEASED_STATES or node.reservation_id is not None:
+        return "leased"
+    working = node.state in TRANSIENT_STATES and not (enrolling and node.state == NodeState.ENROLLING)
+    if working or node.lease_owner or busy(node):
+        return "mid-operation"
+    return ""
 
 
 def _refuse_if_leased(node: Node, doing: str, force: bool) -> None:
@@ -215,10 +234,7 @@ def reimage(
     node = Node.objects.select_for_update().get(pk=node.pk)
     if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation; try again when it finishes")
-    if node.state in LEASED_STATES and not force:
-        raise IllegalTransition(
-            f"{node.name} is leased to a customer ({node.state}); pass force to reimage it anyway"
-        )
+    _refuse_if_leased(node, "reimage it", force)
     params = {"reason": reason or "reimage requested"}
     if image is not None:
         params["image_id"] = image.pk
@@ -245,8 +261,12 @@ def reimage(
     return op
 
 
-# Power actions that take a live server down (or boot it into the installer next time).
-DISRUPTIVE_POWER_ACTIONS = frozenset({"off", "reset", "pxe"})
+# Power actions that take a live server down (or boot it into the installer next time), in words.
+_DISRUPTIVE_POWER_ACTIONS = {
+    "off": "power it off",
+    "reset": "reset it",
+    "pxe": "set it to boot from the network (pxe)",
+}
 
 
 @transaction.atomic
@@ -260,11 +280,8 @@ def power(node: Node, action: str, *, actor: Actor, force: bool = False) -> Oper
     if action not in {"on", "off", "reset", "pxe"}:
         raise InvalidRequest("power action must be on, off, reset or pxe")
     node = _lock_idle(node, f"power {action}")
-    if action in DISRUPTIVE_POWER_ACTIONS:
-        verb = {"off": "power it off", "reset": "reset it", "pxe": "set it to boot from the network (pxe)"}[
-            action
-        ]
-        _refuse_if_leased(node, verb, force)
+    if action in _DISRUPTIVE_POWER_ACTIONS:
+        _refuse_if_leased(node, _DISRUPTIVE_POWER_ACTIONS[action], force)
     op = create_operation(OperationKind.POWER, node, requested_by=actor.user, params={"action": action})
     record(actor, "power", node=node, operation=op, reason=action, data={"force": force})
     enqueue(op)
