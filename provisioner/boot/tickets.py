@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from provisioner.models import DeployTicket, Node, Operation
@@ -53,22 +54,25 @@ def open_ticket(node: Node, operation: Operation, instructions: dict[str, Any]) 
         )
 
 
+def _still_open(now: dt.datetime) -> QuerySet[DeployTicket]:
+    """Tickets no result closed (superseded included) and not expired at ``now``."""
+    return DeployTicket.objects.filter(result_at__isnull=True, expires_at__gt=now)
+
+
 def claim_for_boot(node: Node) -> tuple[DeployTicket | None, str | None]:
     """For a PXE boot of ``node``: (ticket, new agent token) if a deploy waits for it, else (None, None).
     A ticket whose script was already served yields (ticket, None): the caller refuses."""
     for _ in range(2):  # a retried deploy may replace the ticket between the lookup and the claim: once more
         now = timezone.now()
-        ticket = (
-            DeployTicket.objects.filter(node=node, result_at__isnull=True, expires_at__gt=now)
-            .order_by("-created_at")
-            .first()
-        )
+        ticket = _still_open(now).filter(node=node).order_by("-created_at").first()
         if ticket is None:
             return None, None
         token = secrets.token_urlsafe(32)
-        claimed = DeployTicket.objects.filter(
-            pk=ticket.pk, script_served_at__isnull=True, result_at__isnull=True, expires_at__gt=now
-        ).update(script_served_at=now, token_hash=_hash(token))
+        claimed = (
+            _still_open(now)
+            .filter(pk=ticket.pk, script_served_at__isnull=True)
+            .update(script_served_at=now, token_hash=_hash(token))
+        )
         if claimed == 1:
             return ticket, token
         if DeployTicket.objects.filter(pk=ticket.pk, script_served_at__isnull=False).exists():
@@ -91,9 +95,9 @@ def take_instructions(ticket: DeployTicket) -> bool:
     was closed or replaced meanwhile."""
     now = timezone.now()
     return (
-        DeployTicket.objects.filter(
-            pk=ticket.pk, instructions_fetched_at__isnull=True, result_at__isnull=True, expires_at__gt=now
-        ).update(instructions_fetched_at=now)
+        _still_open(now)
+        .filter(pk=ticket.pk, instructions_fetched_at__isnull=True)
+        .update(instructions_fetched_at=now)
         == 1
     )
 
