@@ -16,7 +16,7 @@ def power_driver(node: Node) -> PowerDriver:
 
 def deploy_driver(node: Node) -> DeployDriver:
     if settings.NEOCLOUD_DEPLOY_DRIVER == "ansible":
-        from provisioner.ansible_drivers import AnsibleDeployDriver
+        from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
 
         return AnsibleDeployDriver(node)
     from provisioner.drivers.fake_deploy import FakeDeployDriver
@@ -26,7 +26,7 @@ def deploy_driver(node: Node) -> DeployDriver:
 
 def burnin_driver(node: Node) -> BurnInDriver:
     if settings.NEOCLOUD_BURNIN_DRIVER == "ansible":
-        from provisioner.ansible_drivers import AnsibleBurnInDriver
+        from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver
 
         return AnsibleBurnInDriver(node)
     from provisioner.drivers.fake_deploy import FakeBurnInDriver

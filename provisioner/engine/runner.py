@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 # How long an interrupted step (timeout, lost lease) gets to stop before the engine moves on. Longer than a
-# driver takes to stop its own work once cancelled (a playbook: provisioner.ansible.CANCEL_GRACE_SECONDS):
+# driver takes to stop its own work once cancelled (a playbook: provisioner.drivers.ansible.runner.CANCEL_GRACE_SECONDS):
 # retrying sooner would drive the node from two attempts at once.
 STEP_STOP_GRACE_SECONDS = 40.0
 

@@ -223,7 +223,7 @@ def _power_off_after_failure(ctx: StepContext, what: str) -> None:
     ctx.log(f"{what}: {ctx.node.name} powered off so that nothing keeps running on it")
 
 
-# The Ansible wipe waits at most 6 h while the agent keeps progressing (ansible_drivers.WIPE_TIMEOUT):
+# The Ansible wipe waits at most 6 h while the agent keeps progressing (drivers.ansible.drivers.WIPE_TIMEOUT):
 # a large disk takes hours; a stalled wipe fails after 10 minutes without progress.
 @step("wipe", timeout=6 * 3600 + 600)
 def wipe(ctx: StepContext) -> None:

@@ -10,7 +10,7 @@ from provisioner.models import Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.states import NodeState, OperationKind
 from tests.api.test_api_bad_input import api
-from tests.test_node_operator_actions import OPS, _active_leased_node
+from tests.services.test_node_operator_actions import OPS, _active_leased_node
 
 V1 = "/api/v1"
 

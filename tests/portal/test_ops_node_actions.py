@@ -10,7 +10,7 @@ from django.urls import reverse
 from provisioner.models import Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.states import NodeState, OperationKind
-from tests.test_node_operator_actions import OPS, _active_leased_node
+from tests.services.test_node_operator_actions import OPS, _active_leased_node
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from provisioner.models import Node, Rollout
 from provisioner.services import nodes as node_service
 from provisioner.states import NodeState
-from tests.test_node_operator_actions import OPS
+from tests.services.test_node_operator_actions import OPS
 
 pytestmark = pytest.mark.django_db
 

@@ -168,7 +168,7 @@ def test_a_ticket_replaced_between_lookup_and_claim_is_not_handed_out(inventory,
 
 @pytest.mark.parametrize(("erased", "ok"), [(0, False), (None, False), (4096, True)])
 def test_a_wipe_that_overwrote_nothing_is_no_wipe(inventory, monkeypatch, erased, ok):
-    from provisioner import ansible_drivers
+    from provisioner.drivers.ansible import drivers as ansible_drivers
     from provisioner.errors import DeployFailed
 
     node = Node.objects.get(boot_mac=MAC)

@@ -239,7 +239,7 @@ class Command(BaseCommand):
             )
 
     def check_wiped(self, node: Node) -> None:
-        from provisioner.ansible_drivers import lab_spec
+        from provisioner.drivers.ansible.drivers import lab_spec
         from provisioner.pxe.configdrive import read_config_drive
 
         spec = lab_spec(node.name)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from provisioner.ansible import sweep_stale_spools
+from provisioner.drivers.ansible.runner import sweep_stale_spools
 from provisioner.engine.reaper import reap, requeue_lost_operations
 from provisioner.management.argtypes import positive_seconds
 from provisioner.services import signin

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.test_ansible_modules import _run_module
+from tests.drivers.ansible.test_ansible_modules import _run_module
 
-LIBRARY = Path(__file__).resolve().parents[1] / "playbooks" / "library" / "neocloud_deploy_wait.py"
+LIBRARY = Path(__file__).resolve().parents[3] / "playbooks" / "library" / "neocloud_deploy_wait.py"
 
 
 def _module() -> Any:

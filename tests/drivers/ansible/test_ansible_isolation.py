@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from provisioner import ansible
-from provisioner.ansible import (
+from provisioner.drivers.ansible import runner as ansible
+from provisioner.drivers.ansible.runner import (
     PlaybookFailed,
     PlaybookResult,
     local_host,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import ansible
-from provisioner.ansible_drivers import AnsibleDeployDriver
+from provisioner.drivers.ansible import runner as ansible
+from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
 from provisioner.drivers.base import HandoverRequest
 from provisioner.models import Node
 from provisioner.sshkeys import generate_keypair, parse_public_key

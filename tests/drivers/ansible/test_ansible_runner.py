@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from provisioner import ansible
-from provisioner.ansible import PlaybookFailed, PlaybookResult, local_host, run_playbook
-from provisioner.ansible_drivers import bmc_access_file
+from provisioner.drivers.ansible import runner as ansible
+from provisioner.drivers.ansible.drivers import bmc_access_file
+from provisioner.drivers.ansible.runner import PlaybookFailed, PlaybookResult, local_host, run_playbook
 from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import read_fake_bmc, write_fake_bmc
 from provisioner.models import Node

@@ -11,7 +11,7 @@ from typing import Any
 import ansible_runner
 import pytest
 
-from provisioner import ansible
+from provisioner.drivers.ansible import runner as ansible
 from provisioner.sshkeys import generate_keypair
 
 pytestmark = pytest.mark.slow

@@ -22,10 +22,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from provisioner.ansible import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
+from provisioner.drivers.ansible.runner import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
 from provisioner.drivers.base import (
     BmcAccess,
     BurnInDriver,

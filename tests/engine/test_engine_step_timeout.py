@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from provisioner import ansible
+from provisioner.drivers.ansible import runner as ansible
 from provisioner.engine import runner
 from provisioner.engine.registry import STEPS, StepSpec
 from provisioner.models import Node, Operation
