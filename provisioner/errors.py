@@ -54,6 +54,12 @@ class StepTimeout(NeocloudError):
     retryable = True
 
 
+class WaitTimedOut(StepTimeout):
+    """What a waiting step waited for (the deploy agent, the OS's SSH server) did not happen in time."""
+
+    code = "wait_timed_out"
+
+
 # --- hardware (driver) errors -------------------------------------------------------------------
 
 

@@ -21,7 +21,9 @@ def deploy_driver(node: Node) -> DeployDriver:
         return AnsibleDeployDriver(node)
     from provisioner.drivers.fake_deploy import FakeDeployDriver
 
-    return FakeDeployDriver(power_driver(node), settings.NEOCLOUD_FAKE_HW_DIR)
+    return FakeDeployDriver(
+        power_driver(node), settings.NEOCLOUD_FAKE_HW_DIR, settings.NEOCLOUD_FAKE_AGENT_SECONDS
+    )
 
 
 def burnin_driver(node: Node) -> BurnInDriver:

@@ -144,6 +144,9 @@ class OperationKind(models.TextChoices):
 class OperationState(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
+    # Parked on the outside world (the deploy agent, the OS's first boot, a wipe): no worker holds it; an
+    # event (the agent's report) or its recheck time queues it again, and it fails once its deadline passes.
+    WAITING = "waiting", "Waiting"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
@@ -152,11 +155,14 @@ class OperationState(models.TextChoices):
 FINISHED_OPERATION_STATES = frozenset(
     {OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED}
 )
+# Not finished: queued, run by a worker, or parked in a wait. An operation in one of these holds its node.
+OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING, OperationState.WAITING)
 
 
 class StepState(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"  # the step's attempt is parked (its operation is waiting)
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     SKIPPED = "skipped", "Skipped"

@@ -178,6 +178,7 @@ def worker_env(settings) -> dict[str, str]:
     env["NEOCLOUD_BOOT_URL"] = settings.NEOCLOUD_BOOT_URL
     env["NEOCLOUD_DEPLOY_DRIVER"] = settings.NEOCLOUD_DEPLOY_DRIVER
     env["NEOCLOUD_BURNIN_DRIVER"] = settings.NEOCLOUD_BURNIN_DRIVER
+    env["NEOCLOUD_FAKE_AGENT_SECONDS"] = str(settings.NEOCLOUD_FAKE_AGENT_SECONDS)
     return env
 
 
@@ -204,7 +205,7 @@ class WorkerPool:
 
     def worker(self) -> subprocess.Popen:
         return self._spawn(
-            ["db_worker", "--queue-name", "*", "--interval", "0.1", "--no-startup-delay", "--no-reload"],
+            ["worker", "--threads", "2", "--interval", "0.1"],
             "worker",
         )
 

@@ -130,7 +130,8 @@ TASKS = {
             "django_tasks_db.DatabaseBackend",
             {"django_tasks_db.DatabaseBackend", "django_tasks.backends.immediate.ImmediateBackend"},
         ),
-        "QUEUES": ["default", "power", "inventory"],
+        # any queue: operations go to their site's queue, site-<slug> (provisioner.engine.queue)
+        "QUEUES": [],
     }
 }
 
@@ -169,6 +170,11 @@ NEOCLOUD_RETRY_BACKOFF_SECONDS = env_float("NEOCLOUD_RETRY_BACKOFF_SECONDS", 1.0
 NEOCLOUD_DEPLOY_DRIVER = env_choice("NEOCLOUD_DEPLOY_DRIVER", "fake", {"fake", "ansible"})
 NEOCLOUD_BURNIN_DRIVER = env_choice("NEOCLOUD_BURNIN_DRIVER", "fake", {"fake", "ansible"})
 NEOCLOUD_FAKE_HW_DIR = Path(env_str("NEOCLOUD_FAKE_HW_DIR", str(VAR_DIR / "fake-hw")))
+# The fake deploy driver's agent: seconds it takes to stream or erase (0: at once, in the step). With a value, fake
+# deploys and wipes wait for it as real ones do (the operation parked, no worker held): bench/fleet.py.
+NEOCLOUD_FAKE_AGENT_SECONDS = env_float("NEOCLOUD_FAKE_AGENT_SECONDS", 0.0, minimum=0)
+# Threads of one `manage.py worker` process: operations it runs at once (their waits hold none).
+NEOCLOUD_WORKER_THREADS = env_int("NEOCLOUD_WORKER_THREADS", 8, minimum=1)
 NEOCLOUD_LAB_DIR = Path(env_str("NEOCLOUD_LAB_DIR", str(VAR_DIR / "lab")))
 # Where lab servers and the deploy agent reach the boot service and image server.
 NEOCLOUD_BOOT_URL = env_str("NEOCLOUD_BOOT_URL", "http://127.0.0.1:8000")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,32 @@ def _disk_path(state_dir: Path, node_name: str) -> Path:
 
 
 class FakeDeployDriver(DeployDriver):
-    def __init__(self, power: PowerDriver, state_dir: Path) -> None:
+    def __init__(self, power: PowerDriver, state_dir: Path, agent_seconds: float = 0.0) -> None:
+        """``agent_seconds``: how long the (fake) deploy agent takes to stream or erase; with it, the step
+        waits for the agent as a real deploy does (parked, no worker held) instead of finishing at once."""
         self.power = power
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.agent_seconds = agent_seconds
+
+    def _netboot_and_wait(self, node_name: str, ctx: Any) -> None:
+        """Boot the (fake) deploy ramdisk once per attempt, then wait for its agent to be done."""
+        if not self.agent_seconds or ctx.data.get("phase") is None:
+            self.power.power_off()
+            self.power.set_boot_device(BootSetting(BootDevice.PXE))
+            self.power.power_on()
+            ctx(f"{node_name}: PXE boot into the (fake) deploy ramdisk")
+            if not self.agent_seconds:
+                return
+            ctx.save_data(phase="agent", agent_done_at=time.time() + self.agent_seconds)
+        remaining = ctx.data["agent_done_at"] - time.time()
+        if remaining > 0:
+            ctx.wait("the deploy agent", timeout=self.agent_seconds + 60, recheck_every=remaining)
 
     def deploy(self, request: DeployRequest, log: Any) -> DeployResult:
         from provisioner.sshkeys import generate_keypair, parse_public_key
 
-        self.power.power_off()
-        self.power.set_boot_device(BootSetting(BootDevice.PXE))
-        self.power.power_on()
-        log(f"{request.node_name}: PXE boot into the (fake) deploy ramdisk")
+        self._netboot_and_wait(request.node_name, log)
         fault = _faults(self.state_dir, request.node_name).get("deploy")
         if fault == "checksum":
             _disk_path(self.state_dir, request.node_name).unlink(missing_ok=True)
@@ -98,6 +113,8 @@ class FakeDeployDriver(DeployDriver):
         )
 
     def wipe(self, node_name: str, log: Any) -> None:
+        if self.agent_seconds:
+            self._netboot_and_wait(node_name, log)
         self.power.power_off()
         _disk_path(self.state_dir, node_name).unlink(missing_ok=True)
         self.power.set_boot_device(BootSetting(BootDevice.PXE, persistent=True))

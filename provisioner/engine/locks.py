@@ -49,6 +49,15 @@ def renew_lease(node_id: int, owner: str) -> bool:
     )
 
 
+def park_lease(node_id: int, owner: str, operation_id: int) -> None:
+    """Hand the lease from the worker to its operation, which waits with no process behind it: no other
+    operation takes the node meanwhile (no expiry), and the worker that resumes the operation takes it back
+    (:func:`acquire_lease` lets the same operation in)."""
+    Node.objects.filter(pk=node_id, lease_owner=owner).update(
+        lease_owner=f"operation:{operation_id}", lease_expires_at=None
+    )
+
+
 def release_lease(node_id: int, owner: str) -> None:
     Node.objects.filter(pk=node_id, lease_owner=owner).update(
         lease_owner="", lease_operation=None, lease_expires_at=None
@@ -66,6 +75,8 @@ class Heartbeat:
         self.owner = owner
         self.operation_id = operation_id
         self.lost = threading.Event()
+        # set by the engine once it handed the lease to the waiting operation (park_lease): not lost
+        self.parked = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{node_id}", daemon=True)
 
@@ -82,6 +93,8 @@ class Heartbeat:
             while not self._stop.wait(settings.NEOCLOUD_HEARTBEAT_SECONDS):
                 try:
                     if not renew_lease(self.node_id, self.owner):
+                        if self.parked:
+                            return
                         log.warning("lease on node %s lost by %s", self.node_id, self.owner)
                         self.lost.set()
                         return

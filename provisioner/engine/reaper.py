@@ -18,7 +18,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from provisioner.engine.runner import enqueue, operations_with_live_tasks
+from provisioner.engine.queue import enqueue, wake
+from provisioner.engine.runner import operations_with_live_tasks
 from provisioner.models import LogLine, Node, Operation, Step
 from provisioner.services.audit import Actor
 from provisioner.states import OperationState, StepState
@@ -110,6 +111,35 @@ def requeue_lost_operations(now=None) -> int:
             log.warning("operation %s: %s", pk, message)
             requeued += 1
     return requeued
+
+
+def wake_overdue_waits(now=None) -> int:
+    """Queue the waiting operations whose recheck is overdue by more than a lease TTL and that no worker
+    task will look at: the delayed task queued when they parked was lost (a process died between the park's
+    commit and queuing it). Their step runs again and finds its event, waits on, or fails at its deadline.
+    Returns how many."""
+    if settings.TASKS["default"]["BACKEND"] != "django_tasks_db.DatabaseBackend":
+        return 0
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.NEOCLOUD_LEASE_TTL_SECONDS)
+    overdue = list(
+        Operation.objects.filter(state=OperationState.WAITING, recheck_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    woken = 0
+    for start in range(0, len(overdue), _CHUNK):
+        chunk = overdue[start : start + _CHUNK]
+        live = operations_with_live_tasks(chunk, started_since=cutoff)
+        lost = [pk for pk in chunk if pk not in live]
+        for pk in lost:
+            LogLine.objects.create(
+                operation_id=pk,
+                level=LogLine.Level.WARNING,
+                message="no worker task was left to look at this wait again; queued it",
+            )
+        woken += wake(lost)
+    return woken
 
 
 def _give_up(op: Operation, dead_worker: str) -> None:

@@ -13,7 +13,6 @@ import secrets
 import socket
 import threading
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -21,9 +20,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from provisioner.engine import steps as _steps  # noqa: F401 - registers the step functions
-from provisioner.engine.context import StepCancelled, StepContext
-from provisioner.engine.locks import Heartbeat, node_task
-from provisioner.engine.registry import STEPS, plan_for
+from provisioner.engine.context import StepCancelled, StepContext, WaitRequested
+from provisioner.engine.locks import Heartbeat, node_task, park_lease
+from provisioner.engine.queue import enqueue
+from provisioner.engine.registry import STEPS
 from provisioner.errors import BurnInFailed, IllegalTransition, NeocloudError, NodeLocked, StepTimeout
 from provisioner.models import LogLine, Operation, Step
 from provisioner.services.audit import Actor
@@ -31,7 +31,7 @@ from provisioner.states import OperationState, StepState
 
 log = logging.getLogger(__name__)
 
-_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+_WORKER_ID = f"{socket.gethostname()[:24]}:{os.getpid()}:{secrets.token_hex(3)}"
 # How long an interrupted step (timeout, lost lease) gets to stop before the engine moves on. Longer than a
 # driver takes to stop its own work once cancelled (a playbook: provisioner.drivers.ansible.runner.CANCEL_GRACE_SECONDS):
 # retrying sooner would drive the node from two attempts at once.
@@ -39,45 +39,9 @@ STEP_STOP_GRACE_SECONDS = 40.0
 
 
 def worker_id() -> str:
-    return _WORKER_ID
-
-
-def create_operation(
-    kind: str, node, *, reservation=None, requested_by=None, params=None, rollout=None
-) -> Operation:
-    """Create an operation with its planned steps (pending). The caller enqueues it after commit."""
-    op = Operation.objects.create(
-        kind=kind,
-        node=node,
-        reservation=reservation,
-        requested_by=requested_by,
-        params=params or {},
-        rollout=rollout,
-    )
-    Step.objects.bulk_create(
-        Step(
-            operation=op,
-            index=i,
-            name=spec.name,
-            max_attempts=spec.max_attempts,
-            timeout_seconds=spec.timeout_seconds,
-        )
-        for i, spec in enumerate(plan_for(kind))
-    )
-    return op
-
-
-def enqueue(op: Operation, *, delay: float = 0) -> None:
-    """Queue the operation for a worker once the current transaction commits."""
-    from provisioner.engine.tasks import execute_operation
-
-    def send() -> None:
-        task = execute_operation
-        if delay:
-            task = task.using(run_after=timezone.now() + timedelta(seconds=delay))
-        task.enqueue(op.pk)
-
-    transaction.on_commit(send)
+    """Who runs operations here: host, process and thread (a worker process runs several threads, each
+    holding its own operations and leases)."""
+    return f"{_WORKER_ID}:{threading.get_native_id()}"
 
 
 def operations_with_live_tasks(operation_ids: list[int], *, started_since) -> set[int]:
@@ -110,11 +74,15 @@ class StepFailed(Exception):
 
 
 def claim(operation_id: int, owner: str) -> Operation | None:
-    """Take an operation that is pending (or running under this same worker id). Conditional update."""
+    """Take an operation that is pending (or running under this same worker id), or waiting and due for
+    its recheck (the delayed task queued when it parked). Conditional update."""
     now = timezone.now()
     updated = Operation.objects.filter(
-        Q(state=OperationState.PENDING) | Q(state=OperationState.RUNNING, worker_id=owner), pk=operation_id
-    ).update(state=OperationState.RUNNING, worker_id=owner, heartbeat_at=now)
+        Q(state=OperationState.PENDING)
+        | Q(state=OperationState.RUNNING, worker_id=owner)
+        | Q(state=OperationState.WAITING, recheck_at__lte=now),
+        pk=operation_id,
+    ).update(state=OperationState.RUNNING, worker_id=owner, heartbeat_at=now, recheck_at=None)
     if updated != 1:
         return None
     op = Operation.objects.select_related("node", "reservation").get(pk=operation_id)
@@ -124,16 +92,29 @@ def claim(operation_id: int, owner: str) -> Operation | None:
 
 
 def execute(operation_id: int, owner: str | None = None) -> str:
-    """Run one operation to its end. Returns its final state (or 'skipped'/'deferred')."""
+    """Run one operation to its end or to its next wait. Returns its final state, or 'waiting' (parked:
+    an event or its recheck time queues it again), or 'skipped'/'deferred'."""
     owner = owner or worker_id()
     op = claim(operation_id, owner)
     if op is None:
         return "skipped"
     actor = Actor.system(f"worker:{owner}")
+    resumed = op.wait_for
     try:
         with node_task(op.node_id, owner, op) as heartbeat:
-            _log(op, None, f"{op.kind} started on {op.node.name} by {owner}")
-            _run_steps(op, actor, heartbeat)
+            if resumed:
+                _log(op, None, f"{op.kind} of {op.node.name} resumed by {owner} (was waiting for {resumed})")
+            else:
+                _log(op, None, f"{op.kind} started on {op.node.name} by {owner}")
+            while True:
+                try:
+                    _run_steps(op, actor, heartbeat)
+                    break
+                except _Parked as parked:
+                    if _park(op, owner, parked.wait):
+                        heartbeat.parked = True
+                        return OperationState.WAITING
+                    # the event came while the step ran: look again at once
     except NodeLocked as exc:
         # Another operation holds the node (e.g. a provision being cancelled): try again shortly.
         # heartbeat_at: when it was handed back (requeue_lost_operations gives its new task time to arrive)
@@ -177,6 +158,40 @@ class _Cancelled(Exception):
     pass
 
 
+class _Parked(Exception):
+    def __init__(self, wait: WaitRequested) -> None:
+        super().__init__(str(wait))
+        self.wait = wait
+
+
+def _park(op: Operation, owner: str, wait: WaitRequested) -> bool:
+    """Leave the worker: the operation waits (no worker), its node's lease passes to the operation itself,
+    and a delayed task looks at it again at its recheck time. False, with nothing changed, when an event
+    arrived while the step ran (``wake_requested``): the caller runs the step again at once."""
+    now = timezone.now()
+    with transaction.atomic():
+        parked = Operation.objects.filter(
+            pk=op.pk, state=OperationState.RUNNING, worker_id=owner, wake_requested=False
+        ).update(
+            state=OperationState.WAITING,
+            worker_id="",
+            wait_for=wait.what,
+            waiting_since=wait.since,
+            wait_deadline=wait.deadline,
+            recheck_at=wait.recheck_at,
+        )
+        if parked != 1:
+            return False
+        park_lease(op.node_id, owner, op.pk)
+        enqueue(op, delay=max(0.0, (wait.recheck_at - now).total_seconds()))
+    _log(
+        op,
+        None,
+        f"waiting for {wait.what} (since {wait.since:%H:%M:%S}, at most until {wait.deadline:%H:%M:%S} UTC)",
+    )
+    return True
+
+
 def _run_steps(op: Operation, actor: Actor, heartbeat: Heartbeat) -> None:
     for step in op.steps.order_by("index"):
         if step.state in (StepState.SUCCEEDED, StepState.SKIPPED):
@@ -193,13 +208,29 @@ def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> 
     while True:
         if heartbeat.lost.is_set():
             raise _LeaseLost()
-        step.attempts += 1
-        step.state = StepState.RUNNING
-        step.started_at = timezone.now()
-        step.error = step.error_code = ""
-        step.save(update_fields=["attempts", "state", "started_at", "error", "error_code"])
-        _log(op, step, f"step {step.name}: attempt {step.attempts} of {step.max_attempts}")
+        # wake_requested is cleared before the step looks at the world: an event from now on is seen by
+        # the step or stops it from parking (see _park)
+        Operation.objects.filter(pk=op.pk).update(wake_requested=False)
+        if step.state == StepState.WAITING:
+            # the same attempt goes on where its wait left it (step.data)
+            step.state = StepState.RUNNING
+            step.save(update_fields=["state"])
+        else:
+            step.attempts += 1
+            step.state = StepState.RUNNING
+            step.started_at = timezone.now()
+            step.error = step.error_code = ""
+            step.data = {}
+            step.save(update_fields=["attempts", "state", "started_at", "error", "error_code", "data"])
+            _log(op, step, f"step {step.name}: attempt {step.attempts} of {step.max_attempts}")
         error = _call_with_timeout(spec.fn, op, step, actor, heartbeat, step.timeout_seconds)
+        if isinstance(error, WaitRequested):
+            step.state = StepState.WAITING
+            step.save(update_fields=["state"])
+            raise _Parked(error)
+        if op.wait_for:
+            Operation.objects.filter(pk=op.pk).update(wait_for="", waiting_since=None, wait_deadline=None)
+            op.wait_for = ""
         if error is None:
             step.state = StepState.SUCCEEDED
             step.finished_at = timezone.now()
@@ -237,9 +268,9 @@ def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> 
 
 def _skip_unfinished_steps(op: Operation) -> None:
     """A cancelled operation runs none of its remaining steps, the interrupted one included."""
-    Step.objects.filter(operation=op, state__in=[StepState.PENDING, StepState.RUNNING]).update(
-        state=StepState.SKIPPED
-    )
+    Step.objects.filter(
+        operation=op, state__in=[StepState.PENDING, StepState.RUNNING, StepState.WAITING]
+    ).update(state=StepState.SKIPPED)
 
 
 def _describe(error: BaseException) -> str:
@@ -264,7 +295,7 @@ def _call_with_timeout(fn, op: Operation, step: Step, actor: Actor, heartbeat: H
             )
             fn(ctx)
         except BaseException as exc:
-            if not isinstance(exc, NeocloudError | StepCancelled | IllegalTransition):
+            if not isinstance(exc, NeocloudError | StepCancelled | IllegalTransition | WaitRequested):
                 log.exception("step %s of operation %s raised", step.name, op.pk)
             outcome["error"] = exc
         finally:

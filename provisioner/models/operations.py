@@ -37,6 +37,13 @@ class Operation(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     recoveries = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # A wait (state waiting): what it waits for, since when, until when at most, and when it is looked at
+    # again if no event arrives first. ``wake_requested``: an event came while a worker was running it.
+    wait_for = models.CharField(max_length=120, blank=True)
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    wait_deadline = models.DateTimeField(null=True, blank=True)
+    recheck_at = models.DateTimeField(null=True, blank=True)
+    wake_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -45,7 +52,10 @@ class Operation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]  # the id breaks ties: limit/offset pages never skip or repeat
-        indexes = [models.Index(fields=["state", "heartbeat_at"])]
+        indexes = [
+            models.Index(fields=["state", "heartbeat_at"]),
+            models.Index(fields=["state", "recheck_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.node} ({self.state})"
@@ -71,6 +81,9 @@ class Step(models.Model):
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the current attempt has done so far, kept across its waits (a ticket id, a phase); cleared when
+    # a new attempt starts.
+    data = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["operation", "index"]

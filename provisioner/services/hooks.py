@@ -23,6 +23,7 @@ from provisioner.services.reservations import (
     take_node_out,
 )
 from provisioner.states import (
+    OPEN_OPERATION_STATES,
     TRANSIENT_STATES,
     NodeEvent,
     NodeState,
@@ -202,7 +203,7 @@ def settle_finished_reservations() -> int:
     wiping = Operation.objects.filter(
         reservation=OuterRef("pk"),
         kind=OperationKind.RELEASE,
-        state__in=[OperationState.PENDING, OperationState.RUNNING],
+        state__in=OPEN_OPERATION_STATES,
     )
     wiped = Reservation.objects.filter(state=ReservationState.RELEASING).exclude(Exists(wiping))
     changed = 0
@@ -236,9 +237,7 @@ def settle_stranded_nodes(now=None, actor: Actor | None = None) -> int:
     actor = actor or Actor.system("scheduler")
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.NEOCLOUD_LEASE_TTL_SECONDS)
-    in_flight = Operation.objects.filter(
-        node=OuterRef("pk"), state__in=[OperationState.PENDING, OperationState.RUNNING]
-    )
+    in_flight = Operation.objects.filter(node=OuterRef("pk"), state__in=OPEN_OPERATION_STATES)
     last = Operation.objects.filter(node=OuterRef("pk")).order_by("-created_at", "-pk").values("pk")[:1]
     stranded = (
         Node.objects.filter(state__in=OPERATION_STATES, state_changed_at__lt=cutoff)

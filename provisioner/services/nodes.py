@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from provisioner.engine.runner import create_operation, enqueue
+from provisioner.engine.queue import create_operation, enqueue
 from provisioner.errors import IllegalTransition, InvalidRequest
 from provisioner.models import Node, Operation
 from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     LEASED_STATES,
+    OPEN_OPERATION_STATES,
     TRANSIENT_STATES,
     NodeEvent,
     NodeState,
     OperationKind,
-    OperationState,
 )
 
 
 def busy(node: Node) -> bool:
     """An operation on the node is pending or running."""
-    return Operation.objects.filter(
-        node=node, state__in=[OperationState.PENDING, OperationState.RUNNING]
-    ).exists()
+    return Operation.objects.filter(node=node, state__in=OPEN_OPERATION_STATES).exists()
 
 
 def _refuse_if_busy(node: Node, doing: str) -> Node:

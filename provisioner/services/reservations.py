@@ -29,7 +29,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
-from provisioner.engine.runner import create_operation, enqueue
+from provisioner.engine.queue import create_operation, enqueue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
 from provisioner.models import (
     Allocation,
@@ -45,11 +45,11 @@ from provisioner.services.audit import Actor, record
 from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     ALLOCATABLE_STATES,
+    OPEN_OPERATION_STATES,
     OPEN_RESERVATION_STATES,
     NodeEvent,
     NodeState,
     OperationKind,
-    OperationState,
     ReservationState,
 )
 
@@ -394,11 +394,14 @@ def release_reservation(
             if node.owner_id == reservation.organization_id:
                 node.owner = reservation.organization
         if held:
-            Operation.objects.filter(
+            cancelled = Operation.objects.filter(
                 node__in=held,
                 reservation=reservation,
-                state__in=[OperationState.PENDING, OperationState.RUNNING],
-            ).exclude(kind=OperationKind.RELEASE).update(cancel_requested=True)
+                state__in=OPEN_OPERATION_STATES,
+            ).exclude(kind=OperationKind.RELEASE)
+            cancelled_ids = list(cancelled.values_list("pk", flat=True))
+            cancelled.update(cancel_requested=True)
+            wake(cancelled_ids)  # a waiting provision notices its cancellation now, not at its deadline
         wiping = [node for node in held if _release_node(node, reservation, actor, reason)]
         # Without a wipe queued here, it may be settled at once (see settle_reservation).
         settled = not wiping and not _release_in_progress(reservation)
@@ -437,7 +440,7 @@ def _release_in_progress(reservation: Reservation) -> bool:
     return Operation.objects.filter(
         reservation=reservation,
         kind=OperationKind.RELEASE,
-        state__in=[OperationState.PENDING, OperationState.RUNNING],
+        state__in=OPEN_OPERATION_STATES,
     ).exists()
 
 

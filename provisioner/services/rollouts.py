@@ -28,14 +28,14 @@ from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.models import AuditEvent, Image, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
 from provisioner.services.audit import Actor, record
-from provisioner.states import LEASED_STATES, OperationState
+from provisioner.states import LEASED_STATES, OPEN_OPERATION_STATES, OperationState
 
 MAX_ROLLOUT_NODES = 10_000
 REFUSED_ACTION = "rollout_refused"
 _FAILED = (OperationState.FAILED,)
 # Only a release cancels an operation (it sets cancel_requested): no server failed.
 _SKIPPED = (OperationState.CANCELLED,)
-_IN_FLIGHT = (OperationState.PENDING, OperationState.RUNNING)
+_IN_FLIGHT = OPEN_OPERATION_STATES
 
 
 @dataclasses.dataclass(frozen=True)

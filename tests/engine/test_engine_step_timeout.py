@@ -9,7 +9,7 @@ import time
 import pytest
 
 from provisioner.drivers.ansible import runner as ansible
-from provisioner.engine import runner
+from provisioner.engine import queue, runner
 from provisioner.engine.registry import STEPS, StepSpec
 from provisioner.models import Node, Operation
 from provisioner.states import OperationKind, OperationState
@@ -46,7 +46,7 @@ def test_a_timed_out_attempt_still_stopping_is_not_overlapped_by_the_next(
 
     monkeypatch.setitem(STEPS, "power_action", StepSpec("power_action", slow_to_stop, 0.3, 2))
     node = Node.objects.get(name="node-a100-8x-01")
-    op = runner.create_operation(OperationKind.POWER, node, params={"action": "on"})
+    op = queue.create_operation(OperationKind.POWER, node, params={"action": "on"})
     assert runner.execute(op.pk, owner="w1") == OperationState.SUCCEEDED
     assert len(attempts) == 2 and max(overlap) == 1
     assert Operation.objects.get(pk=op.pk).steps.get().attempts == 2

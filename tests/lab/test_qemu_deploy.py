@@ -41,7 +41,7 @@ def test_emulated_computer_pxe_boots_and_the_agent_deploys_through_the_boot_serv
     transactional_db, inventory, live_server, settings, client, tmp_path: Path
 ) -> None:
     from provisioner.boot import tickets
-    from provisioner.engine.runner import create_operation
+    from provisioner.engine.queue import create_operation
     from provisioner.models import DeployTicket, Node
 
     ramdisk = ensure_ramdisk()

@@ -55,7 +55,7 @@ def test_lab_bmc_powers_an_emulated_computer_through_a_deploy_and_off(
     transactional_db, inventory, live_server, settings, tmp_path: Path
 ) -> None:
     from provisioner.boot import tickets
-    from provisioner.engine.runner import create_operation
+    from provisioner.engine.queue import create_operation
     from provisioner.models import DeployTicket, Node
 
     settings.NEOCLOUD_BOOT_DIR = ensure_ramdisk().directory

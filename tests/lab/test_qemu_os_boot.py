@@ -45,7 +45,7 @@ def test_deployed_os_image_boots_from_disk_and_serves_ssh_with_the_reported_host
     transactional_db, inventory, live_server, settings, tmp_path: Path
 ) -> None:
     from provisioner.boot import tickets
-    from provisioner.engine.runner import create_operation
+    from provisioner.engine.queue import create_operation
     from provisioner.models import DeployTicket, Node
 
     settings.NEOCLOUD_BOOT_DIR = ensure_ramdisk().directory

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from provisioner.boot import reports, tickets
-from provisioner.engine.runner import create_operation
+from provisioner.engine.queue import create_operation
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import parse_ipxe_script
 from provisioner.sshkeys import fingerprint_sha256, generate_keypair
@@ -168,24 +168,30 @@ def test_a_ticket_replaced_between_lookup_and_claim_is_not_handed_out(inventory,
 
 @pytest.mark.parametrize(("erased", "ok"), [(0, False), (None, False), (4096, True)])
 def test_a_wipe_that_overwrote_nothing_is_no_wipe(inventory, monkeypatch, erased, ok):
+    import threading
+
     from provisioner.drivers.ansible import drivers as ansible_drivers
+    from provisioner.engine.context import StepContext
     from provisioner.errors import DeployFailed
+    from provisioner.models import LogLine
+    from provisioner.services.audit import Actor
 
     node = Node.objects.get(boot_mac=MAC)
-    create_operation("release", node)
+    op = create_operation("release", node)
+    ctx = StepContext(op, op.steps.get(name="wipe"), Actor.system("test"), threading.Event())
 
-    def agent_reports(node, playbook, ticket, hostvars, log):  # the playbook ran; the agent said "ok"
-        result = {"status": "ok", "error_code": None, "message": "disk overwritten"}
-        if erased is not None:
-            result["bytes_written"] = erased
-        tickets.record_result(ticket, result)
+    def bmc_playbook(node, playbook, ctx):  # the BMC did its part; on a network boot the agent says "ok"
+        if playbook == "netboot.yml":
+            result = {"status": "ok", "error_code": None, "message": "disk overwritten"}
+            if erased is not None:
+                result["bytes_written"] = erased
+            tickets.record_result(DeployTicket.objects.get(pk=ctx.data["ticket"]), result)
 
-    monkeypatch.setattr(ansible_drivers, "_run_netboot_playbook", agent_reports)
-    lines: list[str] = []
+    monkeypatch.setattr(ansible_drivers, "_run_bmc_playbook", bmc_playbook)
     driver = ansible_drivers.AnsibleDeployDriver(node)
     if ok:
-        driver.wipe(node.name, lines.append)
-        assert lines == [f"{node.name}: 4096 bytes overwritten"]
+        driver.wipe(node.name, ctx)
+        assert LogLine.objects.filter(operation=op).last().message == f"{node.name}: 4096 bytes overwritten"
     else:
         with pytest.raises(DeployFailed, match="reported erasing 0 bytes"):
-            driver.wipe(node.name, lines.append)
+            driver.wipe(node.name, ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.boot import tickets
-from provisioner.engine.runner import create_operation
+from provisioner.engine.queue import create_operation
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import parse_ipxe_script
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.boot import tickets
-from provisioner.engine.runner import create_operation
+from provisioner.engine.queue import create_operation
 from provisioner.models import Node
 
 

@@ -125,7 +125,7 @@ def test_the_wipe_step_logs_the_hold_reason_it_applies(inventory):
     import threading
 
     from provisioner.engine.context import StepContext
-    from provisioner.engine.runner import create_operation
+    from provisioner.engine.queue import create_operation
     from provisioner.engine.steps import finish_clean
     from provisioner.models import LogLine
     from provisioner.states import OperationKind

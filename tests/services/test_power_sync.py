@@ -73,7 +73,7 @@ def test_power_sync_keeps_what_an_operation_that_took_the_node_meanwhile_wrote_e
     inventory, fake_hw_dir, settings, monkeypatch
 ):
     from provisioner.engine.locks import acquire_lease
-    from provisioner.engine.runner import create_operation
+    from provisioner.engine.queue import create_operation
     from provisioner.states import OperationKind
 
     settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3

@@ -15,7 +15,10 @@ the handover's checks and the customer use what was recorded.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from provisioner.boot.reports import ReportError, verify_deployed
-from provisioner.boot.tickets import open_ticket, watch_key
+from provisioner.boot.tickets import open_ticket
 from provisioner.burnin.bundle import build_bundle
 from provisioner.drivers.ansible.runner import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
 from provisioner.drivers.base import (
@@ -59,13 +62,11 @@ def _operation(request_extra: dict[str, Any]) -> Operation:
     return Operation.objects.get(pk=request_extra["operation_id"])
 
 
-def _ticket_failure(ticket: DeployTicket, exc: PlaybookFailed) -> DriverError:
-    result = DeployTicket.objects.get(pk=ticket.pk).result or {}
+def _agent_failure(result: dict[str, Any]) -> DriverError:
+    """The deploy agent's failed result as the engine's error (a checksum mismatch is not retried)."""
     if result.get("error_code") == "image_checksum_mismatch":
         return ImageChecksumMismatch(f"deploy agent: {result.get('message')}")
-    if result.get("status") == "failed":
-        return DeployFailed(f"deploy agent: {result.get('message')}")
-    return DeployFailed(str(exc), retryable=exc.retryable)
+    return DeployFailed(f"deploy agent: {result.get('message')}", retryable=True)
 
 
 def bmc_access_file(access: BmcAccess) -> str:
@@ -73,30 +74,81 @@ def bmc_access_file(access: BmcAccess) -> str:
     return json.dumps(dataclasses.asdict(access))
 
 
-def _run_netboot_playbook(
-    node: Node, playbook: str, ticket: DeployTicket, hostvars: dict[str, Any], log: Any
-) -> None:
-    """provision.yml or wipe.yml: BMC actions, a network boot and a wait for the agent's ticket result."""
+def _run_bmc_playbook(node: Node, playbook: str, ctx: Any) -> None:
+    """netboot.yml, boot_disk.yml or power_off_disk.yml: BMC actions only, done in seconds."""
     access = node.bmc_access()
-    key = watch_key(ticket.pk)
     try:
         run_playbook(
             playbook,
             host=node.name,
-            hostvars=local_host(
-                ticket_status_url=f"{settings.NEOCLOUD_BOOT_URL.rstrip('/')}/boot/api/tickets/{ticket.pk}",
-                **hostvars,
-            ),
-            files={"bmc": bmc_access_file(access), "ticket_key": key},
-            secrets=[access.password, key],
-            log=log,
-            cancel=_cancel_event(log),
+            hostvars=local_host(),
+            files={"bmc": bmc_access_file(access)},
+            secrets=[access.password],
+            log=ctx,
+            cancel=_cancel_event(ctx),
         )
     except PlaybookFailed as exc:
-        raise _ticket_failure(ticket, exc)
+        raise DeployFailed(str(exc), retryable=exc.retryable)
     # the modules report to us, not to the database: record that the BMC answered (it did, the run passed)
     now = timezone.now()
     Node.objects.filter(pk=node.pk).update(bmc_last_contact_at=now, power_checked_at=now)
+
+
+def _netboot_with_ticket(node: Node, op: Operation, instructions: dict[str, Any], ctx: Any) -> DeployTicket:
+    """Open this attempt's ticket (recorded in the step's data first, so that a wait finds it) and boot the
+    node into the deploy ramdisk, which fetches the instructions and reports to the boot service."""
+    ticket = open_ticket(node, op, instructions)
+    ctx.save_data(ticket=ticket.pk, phase="agent")
+    _run_bmc_playbook(node, "netboot.yml", ctx)
+    ctx.log(f"{node.name} is booting the deploy ramdisk (ticket {ticket.pk})")
+    return ticket
+
+
+def _agent_result(
+    ctx: Any, what: str, timeout: float, *, stall_timeout: float | None = None
+) -> dict[str, Any]:
+    """The agent's result for this attempt's ticket, or park until the agent reports (the boot service
+    wakes the operation) or the recheck comes. With ``stall_timeout``, the wait fails once the agent has
+    reported no new progress for that long (a wipe of a large disk may take hours while it progresses)."""
+    ticket = DeployTicket.objects.get(pk=ctx.data["ticket"])
+    if ticket.result_at is not None:
+        result = ticket.result or {}
+        if result.get("status") == "ok":
+            return result
+        if result.get("status") == "superseded":
+            raise DeployFailed("a newer deploy of this server replaced this one", retryable=True)
+        raise _agent_failure(result)
+    recheck = 30.0
+    if stall_timeout is not None:
+        now = time.time()
+        progress = ticket.progress or {}
+        if progress != ctx.data.get("progress"):
+            ctx.save_data(progress=progress, progress_at=now)
+        quiet = now - ctx.data.get("progress_at", now)
+        if quiet > stall_timeout:
+            raise DeployFailed(
+                f"{what}: no progress reported for {quiet:.0f} s (last: {progress or 'none'})", retryable=True
+            )
+        recheck = min(60.0, stall_timeout / 4)
+    ctx.wait(what, timeout=timeout, recheck_every=recheck)
+    raise AssertionError("ctx.wait returns only by raising")  # pragma: no cover
+
+
+def ssh_server_answers(address: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether an SSH server answers at address:port with its banner (what Ansible's wait_for with
+    search_regex OpenSSH checked): one TCP connection, closed at once."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+# How long the deployed OS may take from the reset to its SSH server answering (a real GPU server's
+# firmware self-test takes minutes), and how long the deploy agent may take to report.
+OS_BOOT_TIMEOUT = 600
+DEPLOY_AGENT_TIMEOUT = 900
 
 
 # A wipe overwrites the whole disk: an 8 TB NVMe drive at 2 GB/s takes over an hour, so a wipe may run for
@@ -148,21 +200,28 @@ class AnsibleDeployDriver(DeployDriver):
                 "network": {"address": address, "prefix": LAB_PREFIX},
             },
         }
-        ticket = open_ticket(self.node, _operation(request.extra), instructions)
-        _run_netboot_playbook(
-            self.node,
-            "provision.yml",
-            ticket,
-            {"address": ssh_address, "ssh_port": ssh_port, "deploy_timeout": 600, "ssh_timeout": 120},
-            log,
-        )
-        result = DeployTicket.objects.get(pk=ticket.pk).result or {}
-        try:
-            host_keys, fingerprints = verify_deployed(
-                result, request.image_sha256, request.extra.get("image_size")
-            )
-        except ReportError as exc:
-            raise DeployFailed(f"the deploy agent on {self.node.name}: {exc}") from None
+        ctx = log
+        phase = ctx.data.get("phase")
+        if phase is None:
+            _netboot_with_ticket(self.node, _operation(request.extra), instructions, ctx)
+            phase = "agent"
+        if phase == "agent":
+            result = _agent_result(ctx, "the deploy agent", DEPLOY_AGENT_TIMEOUT)
+            try:
+                host_keys, fingerprints = verify_deployed(
+                    result, request.image_sha256, request.extra.get("image_size")
+                )
+            except ReportError as exc:
+                raise DeployFailed(f"the deploy agent on {self.node.name}: {exc}") from None
+            ctx.save_data(phase="os", host_keys=host_keys, fingerprints=fingerprints)
+            _run_bmc_playbook(self.node, "boot_disk.yml", ctx)
+        if not ssh_server_answers(ssh_address, ssh_port):
+            what = "the deployed OS's SSH server"
+            # looked at often at first (a lab server boots in a second), then every 10 s at most
+            since = ctx.data.get("_waits", {}).get(what)
+            waited = (timezone.now() - dt.datetime.fromisoformat(since)).total_seconds() if since else 0
+            ctx.wait(what, timeout=OS_BOOT_TIMEOUT, recheck_every=min(10.0, max(0.5, waited / 4)))
+        host_keys, fingerprints = ctx.data["host_keys"], ctx.data["fingerprints"]
         host = known_hosts_name(ssh_address, ssh_port)
         known_hosts = "\n".join(f"{host} {line.split()[0]} {line.split()[1]}" for line in host_keys.values())
         return DeployResult(
@@ -242,19 +301,18 @@ class AnsibleDeployDriver(DeployDriver):
         op = Operation.objects.filter(node=self.node).order_by("-created_at").first()
         if op is None:
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
-        ticket = open_ticket(self.node, op, {"action": "erase", "node": node_name})
-        _run_netboot_playbook(
-            self.node,
-            "wipe.yml",
-            ticket,
-            {"wipe_timeout": WIPE_TIMEOUT, "wipe_stall_timeout": WIPE_STALL_TIMEOUT},
-            log,
-        )
-        erased = (DeployTicket.objects.get(pk=ticket.pk).result or {}).get("bytes_written")
-        if not isinstance(erased, int) or erased <= 0:
-            # an "ok" that overwrote nothing (a disk read as empty) is no wipe
-            raise DeployFailed(f"the deploy agent on {node_name} reported erasing {erased or 0} bytes")
-        log(f"{node_name}: {erased} bytes overwritten")
+        ctx = log
+        if ctx.data.get("phase") is None:
+            _netboot_with_ticket(self.node, op, {"action": "erase", "node": node_name}, ctx)
+        if ctx.data["phase"] == "agent":
+            result = _agent_result(ctx, "the wipe", WIPE_TIMEOUT, stall_timeout=WIPE_STALL_TIMEOUT)
+            erased = result.get("bytes_written")
+            if not isinstance(erased, int) or erased <= 0:
+                # an "ok" that overwrote nothing (a disk read as empty) is no wipe
+                raise DeployFailed(f"the deploy agent on {node_name} reported erasing {erased or 0} bytes")
+            ctx.save_data(phase="erased", erased=erased)
+        _run_bmc_playbook(self.node, "power_off_disk.yml", ctx)
+        log(f"{node_name}: {ctx.data['erased']} bytes overwritten")
 
 
 class AnsibleBurnInDriver(BurnInDriver):

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from provisioner.drivers.ansible.runner import sweep_stale_spools
-from provisioner.engine.reaper import reap, requeue_lost_operations
+from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdue_waits
 from provisioner.management.argtypes import positive_seconds
 from provisioner.services import signin
 from provisioner.services.hooks import (
@@ -35,6 +35,7 @@ log = logging.getLogger("provisioner.scheduler")
 def housekeeping_pass() -> dict[str, int]:
     counts = dict(reap())
     counts["requeued"] = requeue_lost_operations()
+    counts["waits_requeued"] = wake_overdue_waits()
     counts["started"] = start_due_reservations()
     counts["expired"] = expire_reservations()
     counts["stranded"] = settle_stranded_nodes()

@@ -14,7 +14,11 @@ from provisioner.errors import NeocloudError
 from provisioner.models import BurnInReport, Operation, Reservation
 from provisioner.services.audit import Actor
 from provisioner.services.reservations import extend_reservation, release_reservation
-from provisioner.states import OPEN_RESERVATION_STATES, OperationState, ReservationState
+from provisioner.states import (
+    OPEN_OPERATION_STATES,
+    OPEN_RESERVATION_STATES,
+    ReservationState,
+)
 from webapp.portal.access import current_org
 from webapp.portal.forms import ExtendForm
 from webapp.portal.wording import sentence
@@ -83,10 +87,7 @@ def _detail_context(
     request: HttpRequest, reservation: Reservation, extend_form: ExtendForm | None = None
 ) -> dict:
     servers = _servers(request, reservation)
-    busy = any(
-        s["operation"] and s["operation"].state in (OperationState.PENDING, OperationState.RUNNING)
-        for s in servers
-    )
+    busy = any(s["operation"] and s["operation"].state in OPEN_OPERATION_STATES for s in servers)
     return {
         "reservation": reservation,
         "servers": servers,

@@ -1,0 +1,106 @@
+"""A worker process that runs several operations at once: ``manage.py worker --threads N``.
+
+Each thread is one django-tasks-db worker loop (claiming tasks with SKIP LOCKED on PostgreSQL, an exclusive
+transaction on SQLite). Threads suit the work: an operation's active part is short blocking I/O (a BMC call,
+an Ansible playbook run, an SSH session) and everything that waits on the outside world leaves the worker
+(engine waits), so a handful of processes of a few threads serves hundreds of servers in flight.
+
+``--queue-name site-<slug>`` serves one site (its operations are queued there, see
+provisioner.engine.queue); ``'*'`` (the default) serves every queue, for a small installation. SIGTERM or
+SIGINT: every thread finishes its current task and stops; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection
+from django_tasks_db.management.commands.db_worker import Worker
+
+from provisioner.management.argtypes import positive_seconds
+
+log = logging.getLogger("provisioner.worker")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value}")
+    return number
+
+
+class Command(BaseCommand):
+    help = "Run operations, several at once (threads), from one site's queue or all of them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=settings.NEOCLOUD_WORKER_THREADS,
+            help="tasks run at once by this process (default NEOCLOUD_WORKER_THREADS, 8)",
+        )
+        parser.add_argument(
+            "--queue-name",
+            default="*",
+            help="queues to serve, comma-separated: site-<slug>, default, power, inventory; '*' all (default)",
+        )
+        parser.add_argument("--interval", type=positive_seconds, default=1.0, help="seconds between polls")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        queues = [q.strip() for q in options["queue_name"].split(",") if q.strip()]
+        if not queues:
+            raise ValueError("--queue-name names no queue")
+        loops = [
+            Worker(
+                queue_names=queues,
+                interval=options["interval"],
+                batch=False,
+                backend_name="default",
+                startup_delay=True,
+                max_tasks=None,
+                worker_id=f"{os.getpid()}-{i}",
+                excluded_queue_names=[],
+            )
+            for i in range(options["threads"])
+        ]
+        stopping = threading.Event()
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if stopping.is_set():
+                sys.exit(1)
+            stopping.set()
+            log.warning("%s: finishing the current tasks, then stopping", signal.strsignal(signum))
+            for loop in loops:
+                loop.running = False
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+        def run(loop: Worker) -> None:
+            try:
+                loop.run()
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=run, args=(loop,), name=f"worker-{i}", daemon=True)
+            for i, loop in enumerate(loops)
+        ]
+        log.info("worker: %d threads on queues %s", len(threads), ",".join(queues))
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)
