@@ -107,17 +107,11 @@ def record_progress(ticket: DeployTicket, progress: dict[str, Any]) -> None:
 
 
 def record_result(ticket: DeployTicket, result: dict[str, Any]) -> bool:
-    """Store the agent's result once and wake the operation waiting for it. False when a result was
-    already recorded."""
-    from provisioner.engine.queue import wake
-
-    with transaction.atomic():
-        recorded = (
-            DeployTicket.objects.filter(pk=ticket.pk, result_at__isnull=True).update(
-                result=result, result_at=timezone.now()
-            )
-            == 1
+    """Store the agent's result once. False when a result was already recorded. The boot service's views
+    then wake the operation waiting for it (:func:`provisioner.boot.views.record_and_wake`)."""
+    return (
+        DeployTicket.objects.filter(pk=ticket.pk, result_at__isnull=True).update(
+            result=result, result_at=timezone.now()
         )
-        if recorded and ticket.operation_id:
-            wake([ticket.operation_id])
-    return recorded
+        == 1
+    )

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from provisioner.boot import tickets
 from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progress, clean_result
+from provisioner.engine.queue import wake
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, render_ipxe_script, render_local_boot_script
 
@@ -57,6 +59,16 @@ def _base_url(request: HttpRequest) -> str:
     return f"{request.scheme}://{request.get_host()}"
 
 
+def record_and_wake(ticket: DeployTicket, result: dict[str, Any]) -> bool:
+    """Record the agent's result once and wake the operation parked waiting for it (engine waits), in one
+    transaction. False when a result was already recorded."""
+    with transaction.atomic():
+        recorded = tickets.record_result(ticket, result)
+        if recorded:
+            wake([ticket.operation_id])
+    return recorded
+
+
 @provisioning_networks_only
 @require_GET
 def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
@@ -78,7 +90,7 @@ def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
     except IpxeScriptError as exc:
         # Booting again cannot fix this (the ticket's token is spent, the name stays): close the ticket with
         # the reason, so the engine's wait fails now with it instead of timing out on a node that never boots.
-        tickets.record_result(
+        record_and_wake(
             ticket,
             {
                 "status": "failed",
@@ -224,6 +236,6 @@ def agent_result(request: HttpRequest) -> JsonResponse:
     if result["status"] == "ok" and ticket.instructions_fetched_at is None:
         # An agent that never read what to write cannot have written it.
         return _error(409, "instructions_not_fetched", "an ok result needs the instructions fetched first")
-    if not tickets.record_result(ticket, result):
+    if not record_and_wake(ticket, result):
         return _error(409, "token_used", "a result was already reported for this deploy")
     return JsonResponse({"ok": True})

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from provisioner.engine.outcomes import OperationEnded, announce
 from provisioner.engine.queue import enqueue, wake
 from provisioner.engine.runner import operations_with_live_tasks
 from provisioner.models import LogLine, Node, Operation, Step
@@ -143,8 +144,6 @@ def wake_overdue_waits(now=None) -> int:
 
 
 def _give_up(op: Operation, dead_worker: str) -> None:
-    from provisioner.services import hooks
-
     message = (
         f"worker {dead_worker} died and the operation was already resumed "
         f"{settings.NEOCLOUD_MAX_RECOVERIES} times; giving up"
@@ -154,6 +153,13 @@ def _give_up(op: Operation, dead_worker: str) -> None:
     )
     LogLine.objects.create(operation=op, level=LogLine.Level.ERROR, message=message)
     step = Step.objects.filter(operation=op, index=op.current_step).first()
-    hooks.operation_failed(
-        Operation.objects.get(pk=op.pk), step, None, Actor.system("reaper"), message=message
+    announce(
+        OperationEnded(
+            Operation.objects.get(pk=op.pk),
+            OperationState.FAILED,
+            Actor.system("reaper"),
+            step,
+            None,
+            message,
+        )
     )

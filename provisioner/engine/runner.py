@@ -22,6 +22,7 @@ from django.utils import timezone
 from provisioner.engine import steps as _steps  # noqa: F401 - registers the step functions
 from provisioner.engine.context import StepCancelled, StepContext, WaitRequested
 from provisioner.engine.locks import Heartbeat, node_task, park_lease
+from provisioner.engine.outcomes import OperationEnded, announce
 from provisioner.engine.queue import enqueue
 from provisioner.engine.registry import STEPS
 from provisioner.errors import BurnInFailed, IllegalTransition, NeocloudError, NodeLocked, StepTimeout
@@ -133,9 +134,7 @@ def execute(operation_id: int, owner: str | None = None) -> str:
     except _Cancelled:
         _skip_unfinished_steps(op)
         _finish(op, OperationState.CANCELLED, "cancelled")
-        from provisioner.services import hooks
-
-        hooks.operation_cancelled(Operation.objects.get(pk=op.pk), actor)
+        announce(OperationEnded(Operation.objects.get(pk=op.pk), OperationState.CANCELLED, actor))
         return OperationState.CANCELLED
     except Exception as exc:
         # A bug in the engine itself: fail the operation visibly rather than leave it "running".
@@ -144,9 +143,7 @@ def execute(operation_id: int, owner: str | None = None) -> str:
         _fail(op, StepFailed(step, exc), actor)
         return OperationState.FAILED
     _finish(op, OperationState.SUCCEEDED, "")
-    from provisioner.services import hooks
-
-    hooks.operation_succeeded(Operation.objects.get(pk=op.pk), actor)
+    announce(OperationEnded(Operation.objects.get(pk=op.pk), OperationState.SUCCEEDED, actor))
     return OperationState.SUCCEEDED
 
 
@@ -328,10 +325,12 @@ def _finish(op: Operation, state: str, error: str, error_code: str = "") -> None
 
 
 def _fail(op: Operation, failure: StepFailed, actor: Actor) -> None:
-    from provisioner.services import hooks
-
     code = getattr(failure.error, "code", "internal_error")
     step_name = failure.step.name if failure.step else "engine"
     message = f"{step_name}: {_describe(failure.error)}"
     _finish(op, OperationState.FAILED, message, code)
-    hooks.operation_failed(Operation.objects.get(pk=op.pk), failure.step, failure.error, actor)
+    announce(
+        OperationEnded(
+            Operation.objects.get(pk=op.pk), OperationState.FAILED, actor, failure.step, failure.error
+        )
+    )

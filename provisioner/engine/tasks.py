@@ -1,4 +1,4 @@
-"""Tasks queued through Django's Tasks API (django-tasks backport, database backend)."""
+"""The engine's task, queued through Django's Tasks API (django-tasks backport, database backend)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,8 @@ from django_tasks import task
 
 @task(queue_name="default")
 def execute_operation(operation_id: int) -> str:
-    """Run an operation to its end in this worker (see engine/runner.py)."""
+    """Run an operation to its end or its next wait in this worker (see engine/runner.py). Queued on the
+    node's site queue (engine/queue.py)."""
     from provisioner.engine.runner import execute
 
     return str(execute(operation_id))
-
-
-@task(queue_name="power")
-def sync_fleet_power() -> dict[str, int]:
-    """Poll every enrolled BMC and record power state and drift (see services/power.py)."""
-    from provisioner.services.power import sync_power
-
-    return sync_power()
-
-
-@task(queue_name="inventory")
-def sync_netbox_inventory() -> dict[str, int]:
-    """Bring the inventory in line with NetBox as configured in settings (see services/netbox.py)."""
-    from provisioner.services.netbox import sync_from_settings
-
-    return sync_from_settings().counts()

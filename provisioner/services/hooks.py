@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from provisioner.engine.outcomes import OperationEnded
 from provisioner.errors import BurnInFailed, CapacityError, IllegalTransition
 from provisioner.models import Allocation, LogLine, Node, Operation, Reservation, Step
 from provisioner.services.audit import Actor, record
@@ -67,6 +68,16 @@ def mark_reservation_active_if_ready(reservation: Reservation) -> None:
 
 def operation_cancelled(op: Operation, actor: Actor) -> None:
     _advance_rollout(op, actor)
+
+
+def operation_ended(ended: OperationEnded) -> None:
+    """The engine's announcement (provisioner.engine.outcomes), registered in ProvisionerConfig.ready."""
+    if ended.state == OperationState.SUCCEEDED:
+        operation_succeeded(ended.operation, ended.actor)
+    elif ended.state == OperationState.CANCELLED:
+        operation_cancelled(ended.operation, ended.actor)
+    else:
+        operation_failed(ended.operation, ended.step, ended.error, ended.actor, message=ended.message)
 
 
 def operation_failed(

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from provisioner.boot import tickets
+from provisioner.boot.views import record_and_wake
 from provisioner.engine.locks import acquire_lease
 from provisioner.engine.queue import create_operation, site_queue, wake
 from provisioner.engine.reaper import wake_overdue_waits
@@ -104,7 +105,7 @@ def test_the_agents_report_wakes_the_operation_that_waits_for_it(inventory):
     op = create_operation(OperationKind.CLEAN, node)
     Operation.objects.filter(pk=op.pk).update(state=OperationState.WAITING, wait_for="the wipe")
     ticket = tickets.open_ticket(node, op, {"action": "erase"})
-    assert tickets.record_result(ticket, {"status": "ok", "bytes_written": 1})
+    assert record_and_wake(ticket, {"status": "ok", "bytes_written": 1})
     assert Operation.objects.get(pk=op.pk).state == OperationState.PENDING
 
 

@@ -554,7 +554,7 @@ def test_the_scheduler_queues_a_sync_as_settings_configure_it(
     with the settings' URL, token, credentials file and role, and logs what changed, never the token."""
     from django_tasks_db.models import DBTaskResult
 
-    from provisioner.engine.tasks import sync_netbox_inventory
+    from provisioner.services.tasks import sync_netbox_inventory
 
     caplog.set_level(logging.DEBUG)
     lab.gpu_server("gpu-1", 1)
@@ -583,7 +583,7 @@ def test_periodic_syncs_do_not_pile_up_while_workers_are_down(db, settings) -> N
     from django_tasks import TaskResultStatus
     from django_tasks_db.models import DBTaskResult
 
-    from provisioner.engine.tasks import sync_fleet_power, sync_netbox_inventory
+    from provisioner.services.tasks import sync_fleet_power, sync_netbox_inventory
 
     settings.NEOCLOUD_NETBOX_URL, settings.NEOCLOUD_NETBOX_TOKEN = "http://127.0.0.1:9", TOKEN
     settings.NEOCLOUD_NETBOX_SYNC_SECONDS = settings.NEOCLOUD_POWER_SYNC_SECONDS = 0.001

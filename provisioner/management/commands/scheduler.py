@@ -51,7 +51,7 @@ def queue_periodic_syncs(last_queued: dict[str, float], *, power: bool = True) -
     """Queue the fleet power sync (every NEOCLOUD_POWER_SYNC_SECONDS) and the NetBox inventory sync (every
     NEOCLOUD_NETBOX_SYNC_SECONDS, when set) once due; ``last_queued`` (task name -> monotonic time) is the
     caller's memory between passes. Returns the names of the tasks queued now."""
-    from provisioner.engine.tasks import sync_fleet_power, sync_netbox_inventory
+    from provisioner.services.tasks import sync_fleet_power, sync_netbox_inventory
 
     periodic = [(sync_netbox_inventory, settings.NEOCLOUD_NETBOX_SYNC_SECONDS)]
     if power:
