@@ -287,6 +287,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--image-mib", type=int, default=1024)
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (manage.py worker)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument(
         "--cpu-breakdown",
@@ -340,9 +342,9 @@ def main() -> int:
 
     try:
         web = spawn("runserver", f"127.0.0.1:{args.port}", "--noreload")
+        # a fixed worker set, as the demo and the README run it: waits hold no worker (engine waits)
         workers = [
-            spawn("db_worker", "--queue-name", "*", "--interval", "0.2", "--no-reload")
-            for _ in range(args.nodes)
+            spawn("worker", "--threads", str(args.threads), "--interval", "0.2") for _ in range(args.workers)
         ]
         specs = start_lab(args.nodes, boot_url=boot_url)
         image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
