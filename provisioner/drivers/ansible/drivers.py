@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from lab.spec import LabNodeSpec, load_specs
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket, watch_key
 from provisioner.burnin.bundle import build_bundle
@@ -36,7 +37,6 @@ from provisioner.drivers.base import (
     HandoverResult,
 )
 from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
-from provisioner.lab.spec import LabNodeSpec, load_specs
 from provisioner.models import DeployTicket, Node, Operation
 from provisioner.sshkeys import ssh_command
 
