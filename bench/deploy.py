@@ -91,7 +91,7 @@ def process_role(cmdline: str, comm: str) -> str:
         ("runserver", "web/boot service (runserver)"),
         ("db_worker", "workers"),
         ("ansible-playbook", "ansible-playbook"),
-        ("provisioner.lab.node_process", "lab nodes: BMC, firmware, SSH server"),
+        ("lab.node_process", "lab nodes: BMC, firmware, SSH server"),
         ("bench/deploy.py", "this bench"),
     )
     for needle, role in roles:
@@ -316,8 +316,8 @@ def main() -> int:
     from django.contrib.auth.models import User
     from django.core.management import call_command
 
-    from provisioner.lab.images import IMAGE_NAME
-    from provisioner.management.commands.lab import start_lab, stop_lab
+    from lab.images import IMAGE_NAME
+    from lab.management.commands.lab import start_lab, stop_lab
     from provisioner.models import Image, Membership, Node, Organization, Reservation, ServerType, SSHKey
     from provisioner.pxe.images import build_demo_image
     from provisioner.services.audit import Actor

@@ -27,11 +27,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from lab.spec import LabNodeSpec  # noqa: E402
+from lab.supervisor import silent_ipmi_bmcs, start_ipmi_group  # noqa: E402
 from provisioner.drivers.base import BmcAccess, PowerState  # noqa: E402
 from provisioner.drivers.ipmi import IpmiPowerDriver  # noqa: E402
 from provisioner.drivers.sweep import sweep_power  # noqa: E402
-from provisioner.lab.spec import LabNodeSpec  # noqa: E402
-from provisioner.lab.supervisor import silent_ipmi_bmcs, start_ipmi_group  # noqa: E402
 
 USERNAME = "bench"
 BASE_PORT = 20000

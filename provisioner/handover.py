@@ -24,7 +24,7 @@ import paramiko
 from provisioner.errors import DriverError, InvalidRequest, StepTimeout
 from provisioner.sshkeys import fingerprint_sha256, parse_public_key, ssh_command
 
-AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"  # set by the lab's sshd (provisioner.lab.sshd)
+AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"  # set by the lab's sshd (lab.sshd)
 DEFAULT_AUTHORIZED_KEYS = ".ssh/authorized_keys"  # relative to the user's home, like sshd's default
 CONNECT_TIMEOUT = 10.0
 

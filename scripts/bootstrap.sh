@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3.11-minimal and libpython3.11-stdlib: Debian's interpreter, copied into the lab's deploy ramdisk (provisioner/lab/ramdisk.py)
+# python3.11-minimal and libpython3.11-stdlib: Debian's interpreter, copied into the lab's deploy ramdisk (lab/ramdisk.py)
 SYSTEM_PACKAGES=(ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib)
 
 missing=()
@@ -36,9 +36,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-# The lab's emulated computers (provisioner/lab/ramdisk.py, osimage.py): Debian's kernel, busybox and boot
+# The lab's emulated computers (lab/ramdisk.py, osimage.py): Debian's kernel, busybox and boot
 # tools are downloaded here, once (var/ramdisk/debs), so that tests and the demo never reach the network.
-if ! { .venv/bin/python -m provisioner.lab.ramdisk && .venv/bin/python -m provisioner.lab.osimage; } > var/lab-images.log 2>&1; then
+if ! { .venv/bin/python -m lab.ramdisk && .venv/bin/python -m lab.osimage; } > var/lab-images.log 2>&1; then
     cat var/lab-images.log >&2
     echo "bootstrap: building the lab's deploy ramdisk and OS image failed (log above, also in var/lab-images.log)" >&2
     exit 1

@@ -3,6 +3,7 @@ embedded mode: SQLite under var/, one web process, one worker, the lab. Nothing 
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 from pathlib import Path
 
@@ -61,6 +62,10 @@ INSTALLED_APPS = [
     "webapp.portal",
     "webapp.api",
 ]
+# The lab (top-level package lab/, development only) owns `manage.py lab` and `manage.py demo`. A checkout
+# has it; an installed wheel does not, and production never loads it.
+if not PRODUCTION and importlib.util.find_spec("lab") is not None:
+    INSTALLED_APPS.append("lab")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

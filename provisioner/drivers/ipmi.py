@@ -83,7 +83,7 @@ class _LoopSession(ipmisession.Session):  # type: ignore[misc]
     directed wait often misses an answer that arrived before it started waiting, so it sleeps out
     the retry timer (0.5-1 s). During a cold sweep of 200 BMCs these nested waits added up to 2-8 s,
     and up to 30 s once a BMC stopped answering; meanwhile the other logins' RAKP timers expired,
-    pyghmi restarted those logins from the same UDP port, and (see provisioner/lab/bmc_ipmi.py) the
+    pyghmi restarted those logins from the same UDP port, and (see lab/bmc_ipmi.py) the
     lab BMC process dropped every session from that port. Here the request goes out with a callback
     and the login completes when it answers, so one slow BMC delays nobody else.
     """

@@ -10,7 +10,7 @@ ramdisk and passes it the agent API and a one-time token on the kernel command l
     boot
 
 A node with nothing pending gets a script that ``exit``s, so the firmware goes on to its next boot
-device (the local disk). The lab firmware (provisioner.lab.firmware) parses these scripts with
+device (the local disk). The lab firmware (lab.firmware) parses these scripts with
 ``parse_ipxe_script`` exactly as far as iPXE would for these commands.
 
 MAC addresses in boot URLs: our canonical form is lower-case colon-separated (``52:54:00:12:34:56``).

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab import supervisor
-from provisioner.lab.spec import LabNodeSpec
+from lab import supervisor
+from lab.spec import LabNodeSpec
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from lab.machine import write_faults
+from lab.node_process import node_dir
 from provisioner.drivers.base import BmcAccess, BootDevice, BootMode, BootSetting, PowerDriver, PowerState
 from provisioner.drivers.fake import write_fake_bmc
 from provisioner.drivers.limits import with_retries
 from provisioner.drivers.registry import power_driver_for
 from provisioner.drivers.sweep import sweep_power
 from provisioner.errors import BmcAuthFailed, BmcUnreachable, UnsupportedOperation
-from provisioner.lab.machine import write_faults
-from provisioner.lab.node_process import node_dir
 
 PROTOCOLS = ["ipmi", "redfish", "fake"]
 

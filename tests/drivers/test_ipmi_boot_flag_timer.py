@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lab.machine import write_faults
+from lab.node_process import node_dir
+from lab.spec import LabNodeSpec
 from provisioner.drivers import ipmi
 from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting
 from provisioner.drivers.registry import power_driver_for
-from provisioner.lab.machine import write_faults
-from provisioner.lab.node_process import node_dir
-from provisioner.lab.spec import LabNodeSpec
 
 PXE_ONCE = BootSetting(BootDevice.PXE, persistent=False)
 

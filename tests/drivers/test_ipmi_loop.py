@@ -13,13 +13,13 @@ from typing import Any
 import pyghmi.ipmi.private.session as ipmisession
 import pytest
 
+from lab.machine import write_faults
+from lab.node_process import node_dir
+from lab.spec import LabNodeSpec
 from provisioner.drivers import ipmi
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.pyghmi_io import recv_without_waiting
 from provisioner.drivers.sweep import sweep_power
-from provisioner.lab.machine import write_faults
-from provisioner.lab.node_process import node_dir
-from provisioner.lab.spec import LabNodeSpec
 
 
 class _SenderSwitchesBackToBlocking:

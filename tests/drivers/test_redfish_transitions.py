@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from lab.bmc_redfish import RedfishHandler, RedfishHttpServer, RedfishService
+from lab.machine import SimulatedServer
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.redfish import RedfishPowerDriver
-from provisioner.lab.bmc_redfish import RedfishHandler, RedfishHttpServer, RedfishService
-from provisioner.lab.machine import SimulatedServer
-from provisioner.lab.spec import LabNodeSpec
 
 ADDRESS, PORT = "127.0.77.1", 8000  # port 8000: the driver speaks plain HTTP there, as to the lab
 

@@ -29,7 +29,7 @@ def lab_workers(settings, transactional_db, live_server, tmp_path) -> Iterator[W
 @pytest.fixture
 def lab(lab_workers, live_server, settings):
     """A 3-node lab (ipmi, redfish, ipmi) enrolled into Neocloud, with its boot service on the live server."""
-    from provisioner.management.commands.lab import start_lab, stop_lab
+    from lab.management.commands.lab import start_lab, stop_lab
 
     try:
         specs = start_lab(3, boot_url=live_server.url)

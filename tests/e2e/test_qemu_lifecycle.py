@@ -1,6 +1,6 @@
 """End to end on an emulated computer: the engine drives a QEMU lab node (TCG) through the whole product cycle.
 
-The node is a real emulated computer on a lab site of its own (see provisioner.management.commands.lab): the
+The node is a real emulated computer on a lab site of its own (see lab.management.commands.lab): the
 lab BMC's power commands start and stop QEMU; it PXE-boots Debian's iPXE ROM through the boot service into the
 deploy ramdisk, whose agent streams the lab OS image from the site's image mirror (10.0.2.101 to the guest)
 to the virtio disk; booted from the disk, the OS applies the config drive and starts Debian's sshd, reached
@@ -16,11 +16,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from lab.images import LAB_OS_SLUG
+from lab.qemu import qemu_available
+from lab.ramdisk import ensure_ramdisk
 from provisioner import crypto
 from provisioner.handover import SshAuthFailed, load_private_key, run_command
-from provisioner.lab.images import LAB_OS_SLUG
-from provisioner.lab.qemu import qemu_available
-from provisioner.lab.ramdisk import ensure_ramdisk
 from provisioner.models import DeployTicket, Image, Node, Operation, ServerType
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.services.audit import Actor
@@ -40,7 +40,7 @@ TIMEOUT = 600
 @pytest.fixture
 def qemu_lab(lab_workers, live_server, settings):
     """One emulated computer enrolled into Neocloud; the boot service serves the deploy ramdisk."""
-    from provisioner.management.commands.lab import start_lab, stop_lab
+    from lab.management.commands.lab import start_lab, stop_lab
 
     settings.NEOCLOUD_BOOT_DIR = ensure_ramdisk().directory
     try:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from lab import supervisor
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.sweep import sweep_power
-from provisioner.lab import supervisor
-from provisioner.lab.spec import LabNodeSpec
 
 pytestmark = pytest.mark.skipif(shutil.which("ipmitool") is None, reason="ipmitool is not installed")
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from lab.spec import LabNodeSpec
+from lab.supervisor import silent_ipmi_bmcs, start_ipmi_group
 from provisioner.drivers import ipmi
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.sweep import sweep_power
-from provisioner.lab.spec import LabNodeSpec
-from provisioner.lab.supervisor import silent_ipmi_bmcs, start_ipmi_group
 
 GROUP_SIZE = 25
 FIRST = 101  # 127.0.21.101-125, ports 21101-21125: the bench's range, unused by a 200-BMC bench run

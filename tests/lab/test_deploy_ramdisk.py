@@ -1,4 +1,4 @@
-"""The deploy ramdisk (provisioner.lab.ramdisk): a real Debian kernel and an initramfs that runs our agent.
+"""The deploy ramdisk (lab.ramdisk): a real Debian kernel and an initramfs that runs our agent.
 
 The fast tests check the archive format and the module ordering on synthetic inputs. The slow one builds
 the real ramdisk (from Debian's kernel and busybox-static, downloaded by scripts/bootstrap.sh), boots it in
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab.qemu import GuestForward, QemuComputer, qemu_available
-from provisioner.lab.ramdisk import (
+from lab.qemu import GuestForward, QemuComputer, qemu_available
+from lab.ramdisk import (
     Cpio,
     RamdiskBuildError,
     download_package,

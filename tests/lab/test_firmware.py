@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.firmware import Firmware
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
-from provisioner.lab.firmware import Firmware
-from provisioner.lab.spec import LabNodeSpec
 from provisioner.pxe.agent import fingerprint
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.images import build_demo_image
@@ -76,7 +76,7 @@ def node(tmp_path) -> Iterator[tuple[LabNodeSpec, Path]]:
     lab_dir = tmp_path / "lab"
     yield spec, lab_dir
     if spec.netns and os.path.exists(f"/run/netns/{spec.netns}"):
-        from provisioner.lab import netns
+        from lab import netns
 
         netns.destroy_node_network(spec)
 
@@ -167,7 +167,7 @@ def test_agent_crash_fault_leaves_no_result_and_no_config_drive(boot, image, nod
 @pytest.mark.lab
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 def test_disk_boot_after_deploy_serves_ssh_with_the_reported_host_keys(boot, image, node, tmp_path):
-    from provisioner.lab import sshd
+    from lab import sshd
 
     if not sshd.sshd_available():
         pytest.skip("openssh-server or iproute2 is not installed")

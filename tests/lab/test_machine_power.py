@@ -1,4 +1,4 @@
-"""The lab server's power as its BMC reports it (provisioner.lab.machine, provisioner.lab.node_process).
+"""The lab server's power as its BMC reports it (lab.machine, lab.node_process).
 
 A machine that powers itself off (an emulated computer's ramdisk when the agent is done, an OS's poweroff)
 is reported off, as a real BMC reads the host's power rails; a power change still queued for the firmware
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 
+from lab.machine import SimulatedServer
+from lab.node_process import BackgroundHooks
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting, PowerState
-from provisioner.lab.machine import SimulatedServer
-from provisioner.lab.node_process import BackgroundHooks
-from provisioner.lab.spec import LabNodeSpec
 from tests.conftest import wait_for
 
 

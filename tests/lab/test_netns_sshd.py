@@ -17,9 +17,9 @@ from typing import Any
 import paramiko
 import pytest
 
+from lab import netns, sshd
+from lab.spec import LabNodeSpec
 from provisioner.handover import HostKeyMismatch, SshAuthFailed, run_command, scan_host_keys
-from provisioner.lab import netns, sshd
-from provisioner.lab.spec import LabNodeSpec
 from provisioner.sshkeys import generate_keypair, parse_public_key
 
 pytestmark = [

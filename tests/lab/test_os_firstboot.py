@@ -1,4 +1,4 @@
-"""First boot of the lab OS image (provisioner.lab.os_firstboot), run here against a file-backed disk: it
+"""First boot of the lab OS image (lab.os_firstboot), run here against a file-backed disk: it
 installs what the deploy agent wrote to the config drive, with the permissions sshd insists on."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab.os_firstboot import apply_config, main
+from lab.os_firstboot import apply_config, main
 from provisioner.pxe.agent import generate_host_keys
 from provisioner.pxe.configdrive import write_config_drive
 

@@ -4,7 +4,7 @@ QEMU (TCG, never KVM) network-boots Debian's iPXE ROM. Slirp's DHCP hands it the
 ``http://10.0.2.100/boot/${mac:hexhyp}.ipxe``, and guestfwd relays 10.0.2.100:80 to the Django live server:
 ``GET /boot/<mac>.ipxe`` claims the node's deploy ticket and answers our script with a fresh one-time token,
 then the same service serves the real deploy kernel and initrd (NEOCLOUD_BOOT_DIR, built by
-provisioner.lab.ramdisk). In the ramdisk the agent fetches its instructions with the token, streams the
+lab.ramdisk). In the ramdisk the agent fetches its instructions with the token, streams the
 image from our image server (10.0.2.101:80, relayed), checks its sha256, writes the config drive to the
 virtio disk and posts its result, then the ramdisk powers the computer off.
 """
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from provisioner.lab.qemu import GuestForward, QemuComputer, qemu_available
-from provisioner.lab.ramdisk import ensure_ramdisk
+from lab.qemu import GuestForward, QemuComputer, qemu_available
+from lab.ramdisk import ensure_ramdisk
 from provisioner.pxe.agent import fingerprint
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.images import build_demo_image

@@ -2,7 +2,7 @@
 
 ``supervisor.up(..., kind="qemu")`` starts the node process with its real IPMI endpoint; our IPMI power
 driver sets a one-time PXE boot and powers on, and QEMU (TCG) network-boots through the Django boot service
-into the deploy ramdisk, whose agent writes the lab OS image (provisioner.lab.osimage). Then the engine's
+into the deploy ramdisk, whose agent writes the lab OS image (lab.osimage). Then the engine's
 next steps: boot from disk and reset (QEMU starts again, disk first, and the deployed OS's sshd answers
 with the host keys the agent reported), and power off, which quits QEMU over QMP.
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from lab import supervisor
+from lab.osimage import ensure_os_image
+from lab.qemu import qemu_available
+from lab.ramdisk import ensure_ramdisk
 from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting, PowerDriver, PowerState
 from provisioner.drivers.registry import power_driver_for
-from provisioner.lab import supervisor
-from provisioner.lab.osimage import ensure_os_image
-from provisioner.lab.qemu import qemu_available
-from provisioner.lab.ramdisk import ensure_ramdisk
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.imageserver import ImageServer
 from tests.conftest import ssh_keygen, wait_for

@@ -2,7 +2,7 @@
 keys the boot service recorded.
 
 The deploy is the one of test_qemu_deploy.py (QEMU under TCG, Debian's iPXE ROM, the Django boot service,
-the agent in the deploy ramdisk), with the lab OS image of provisioner.lab.osimage instead of a plain file
+the agent in the deploy ramdisk), with the lab OS image of lab.osimage instead of a plain file
 system. Then the computer starts again with the disk first: SeaBIOS runs SYSLINUX from the image, Debian's
 kernel boots, the first-boot step applies the config drive, and Debian's sshd answers on a host-forwarded
 loopback port. The client trusts only the host keys from the agent's result (StrictHostKeyChecking=yes)
@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from provisioner.lab.osimage import ensure_os_image
-from provisioner.lab.qemu import GuestForward, QemuComputer, qemu_available
-from provisioner.lab.ramdisk import ensure_ramdisk
+from lab.osimage import ensure_os_image
+from lab.qemu import GuestForward, QemuComputer, qemu_available
+from lab.ramdisk import ensure_ramdisk
 from provisioner.pxe.imageserver import ImageServer
 from tests.conftest import ssh_keygen, wait_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.lab import supervisor
+from lab import supervisor
 
 
 def test_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Inventory from NetBox, over real HTTP against the lab NetBox (provisioner/lab/netbox.py) with pynetbox:
+"""Inventory from NetBox, over real HTTP against the lab NetBox (lab/netbox.py) with pynetbox:
 what a first sync creates, that a second changes nothing, what is deferred on leased nodes, what happens to
 nodes whose device is gone or offline, and that every bad device is one sentence that changes nothing."""
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from lab.netbox import NetboxData, NetboxServer, running_netbox
 from provisioner.errors import InvalidRequest
-from provisioner.lab.netbox import NetboxData, NetboxServer, running_netbox
 from provisioner.management.commands.scheduler import queue_periodic_syncs
 from provisioner.models import AuditEvent, Node, Rack, ServerType, Site
 from provisioner.services import netbox
@@ -664,7 +664,7 @@ def test_a_device_leaving_the_listing_between_two_pages_does_not_put_another_nod
     """NetBox pages by offset: a device deleted (or moved out of the role) while the sync reads page 1 shifts
     page 2 by one, so the listing misses a device that is still there. Its node must not be taken for gone
     (put on hold): the sync asks NetBox again for the devices of nodes the listing lacks."""
-    from provisioner.lab import netbox as lab_netbox
+    from lab import netbox as lab_netbox
 
     data = NetboxData()
     with running_netbox(data, token=TOKEN, page_size=3, max_page_size=3) as server:

@@ -94,8 +94,8 @@ def test_known_hosts_names_a_host_on_another_port_in_brackets():
 
 
 def test_a_qemu_lab_puts_its_computers_on_a_site_with_an_image_mirror_and_forwarded_ssh(tmp_path: Path):
-    from provisioner.lab.supervisor import make_specs
-    from provisioner.management.commands.lab import lab_inventory
+    from lab.management.commands.lab import lab_inventory
+    from lab.supervisor import make_specs
 
     specs = make_specs(2, tmp_path, "ipmi", kind="qemu")
     inventory = lab_inventory(specs, {"slug": "os"})

@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from lab.spec import LabNodeSpec, load_specs
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket
 from provisioner.burnin.bundle import build_bundle
@@ -39,7 +40,6 @@ from provisioner.drivers.base import (
     HandoverResult,
 )
 from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
-from provisioner.lab.spec import LabNodeSpec, load_specs
 from provisioner.models import DeployTicket, Node, Operation
 from provisioner.sshkeys import ssh_command
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lab import netns, sshd
+from lab.spec import LabNodeSpec
 from provisioner.handover import (
     HandoverFailed,
     HostKeyMismatch,
@@ -22,8 +24,6 @@ from provisioner.handover import (
     run_command,
     wait_for_ssh,
 )
-from provisioner.lab import netns, sshd
-from provisioner.lab.spec import LabNodeSpec
 from provisioner.sshkeys import generate_keypair, parse_public_key
 
 pytestmark = [

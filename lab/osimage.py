@@ -1,13 +1,13 @@
 """A bootable OS image for the lab's emulated computers: deployed by the agent, booted from the disk, sshd up.
 
-    python -m provisioner.lab.osimage [--dir var/ramdisk]     (prints the image path, size and sha256)
+    python -m lab.osimage [--dir var/ramdisk]     (prints the image path, size and sha256)
 
 The raw image is what a real site's OS image is to a bare-metal server: an MBR disk that the firmware
 (SeaBIOS in QEMU) boots. Layout: Debian's SYSLINUX MBR code and one bootable FAT16 partition from 1 MiB
 holding SYSLINUX (package syslinux, installed with its mtools-based installer: no loop device, no root),
 ``syslinux.cfg``, Debian's kernel and the OS's initramfs. The OS runs from that initramfs: busybox, Debian's
 OpenSSH server (``/usr/sbin/sshd`` with the libraries ``ldd`` lists) and, at first boot,
-``provisioner.lab.os_firstboot`` under Debian's python3.11, which applies the config drive the agent wrote
+``lab.os_firstboot`` under Debian's python3.11, which applies the config drive the agent wrote
 at the end of the disk (hostname, root's authorized keys, the SSH host keys the agent reported). Its
 ``/init`` loads the virtio modules, takes a DHCP lease on eth0, applies the config drive and starts sshd. The
 engine then works on the server as on any: ``/usr/bin/python3`` (Debian's python3.11 with the standard library
@@ -15,7 +15,7 @@ modules Ansible's modules and the burn-in agent load, and nvidia-ml-py) runs han
 the burn-in agent over SSH.
 
 Tools and packages come from Debian with ``apt-get download`` (kept in ``<dir>/debs``, unpacked only while
-building): the kernel and busybox-static of provisioner.lab.ramdisk, and syslinux, syslinux-common, mtools and
+building): the kernel and busybox-static of lab.ramdisk, and syslinux, syslinux-common, mtools and
 dosfstools. The image is rebuilt when its inputs change (``os-stamp.json``).
 """
 
@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from provisioner.lab.ramdisk import (
+from lab.ramdisk import (
     BUSYBOX_PACKAGE,
     DEFAULT_DIR,
     ROOT_MODULES,
@@ -51,7 +51,7 @@ from provisioner.lab.ramdisk import (
 from provisioner.pxe.images import sha256_file
 
 IMAGE_NAME = "neocloud-lab-os.raw"
-FIRSTBOOT_MODULE = "provisioner.lab.os_firstboot"
+FIRSTBOOT_MODULE = "lab.os_firstboot"
 SSHD = Path("/usr/sbin/sshd")
 TOOL_PACKAGES = ("syslinux", "syslinux-common", "mtools", "dosfstools")
 # The standard library modules that the engine's work on a deployed server loads, besides first boot's: Ansible's
@@ -96,7 +96,7 @@ for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && [ -b /dev/vda ] && break; s
 ip link set eth0 up
 udhcpc -i eth0 -s /etc/neocloud/udhcpc.script -n -q -t 10 -T 2 || say "no DHCP lease on eth0"
 cd /opt/neocloud
-if /usr/bin/python3.11 -S -m provisioner.lab.os_firstboot --disk /dev/vda --set-hostname; then
+if /usr/bin/python3.11 -S -m lab.os_firstboot --disk /dev/vda --set-hostname; then
     mkdir -p /run/sshd
     chmod 0755 /run/sshd
     if /usr/sbin/sshd -e -f /etc/ssh/sshd_config; then

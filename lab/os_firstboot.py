@@ -1,8 +1,8 @@
 """First boot of the lab OS image: configure the computer from the Neocloud config drive, as cloud-init would.
 
-    python3.11 -m provisioner.lab.os_firstboot --disk /dev/vda [--root /]
+    python3.11 -m lab.os_firstboot --disk /dev/vda [--root /]
 
-Runs inside the emulated computer booted from its disk (provisioner.lab.osimage), before sshd starts. From
+Runs inside the emulated computer booted from its disk (lab.osimage), before sshd starts. From
 the config drive the deploy agent wrote at the end of the disk (provisioner.pxe.configdrive) it sets the
 hostname, installs root's authorized keys and the SSH host keys the agent generated and reported, so the
 fingerprints the customer was given are the ones sshd presents. The address in the document is for the

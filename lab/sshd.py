@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab import netns
+from lab.spec import LabNodeSpec
 from provisioner.errors import DriverError
-from provisioner.lab import netns
-from provisioner.lab.spec import LabNodeSpec
 
 SSHD = "/usr/sbin/sshd"
 SSH_USER = "root"
@@ -200,7 +200,7 @@ def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, time
     Idempotent: a running sshd is stopped and started again with the document's keys (a reboot after
     a redeploy brings new host keys). Raises NodeOsError when the document is unusable or sshd does
     not come up within ``timeout`` seconds (the message carries the tail of sshd's log), and
-    provisioner.lab.netns.LabNetworkError when the namespace cannot be created.
+    lab.netns.LabNetworkError when the namespace cannot be created.
     """
     stop_node_os(spec, lab_dir)
     netns.create_node_network(spec)
@@ -240,7 +240,7 @@ def stop_node_os(spec: LabNodeSpec, lab_dir: Path, timeout: float = 5.0) -> None
     """Stop the node's sshd (only it: its own sessions die with it). Idempotent: no sshd, no error.
 
     The namespace stays (the node is powered off, its network cable is still plugged in); the lab's
-    teardown removes namespaces with provisioner.lab.netns.
+    teardown removes namespaces with lab.netns.
     """
     directory = os_dir(spec, lab_dir)
     pid = node_sshd_pid(spec, lab_dir)

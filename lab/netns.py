@@ -31,8 +31,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from lab.spec import LabNodeSpec
 from provisioner.errors import DriverError
-from provisioner.lab.spec import LabNodeSpec
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 GATEWAY_ADDRESS = "198.18.0.1"

@@ -30,8 +30,8 @@ class LabNodeSpec:
     disk_path: str = ""  # file-backed disk
     disk_size: int = 256 * 1024 * 1024
     gpu_faults: dict[str, Any] = dataclasses.field(default_factory=dict)  # simulated NVML faults
-    # "simulated": the lab firmware runs the agent on this host (provisioner.lab.firmware);
-    # "qemu": an emulated computer, powered by the BMC (provisioner.lab.qemu_firmware)
+    # "simulated": the lab firmware runs the agent on this host (lab.firmware);
+    # "qemu": an emulated computer, powered by the BMC (lab.qemu_firmware)
     kind: str = "simulated"
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
     ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)

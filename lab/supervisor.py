@@ -23,13 +23,13 @@ from typing import Any
 
 import requests
 
-from provisioner.lab.images import IMAGE_SERVER_PORT
-from provisioner.lab.machine import read_state_file
-from provisioner.lab.node_process import node_dir
-from provisioner.lab.spec import LabNodeSpec, load_specs
+from lab.images import IMAGE_SERVER_PORT
+from lab.machine import read_state_file
+from lab.node_process import node_dir
+from lab.spec import LabNodeSpec, load_specs
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-NODE_MODULE = "provisioner.lab.node_process"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NODE_MODULE = "lab.node_process"
 IPMI_PORT = 623
 REDFISH_PORT = 8000
 BMC_USERNAME = "ncadmin"
@@ -50,7 +50,7 @@ def make_specs(
     image_port: int = IMAGE_SERVER_PORT,
 ) -> list[LabNodeSpec]:
     """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols.
-    ``kind`` is "simulated" or "qemu" (every node an emulated computer: see provisioner.lab.qemu_firmware,
+    ``kind`` is "simulated" or "qemu" (every node an emulated computer: see lab.qemu_firmware,
     whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
     at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index)."""
     if not 1 <= n <= MAX_NODES:
@@ -227,7 +227,7 @@ def start_ipmi_group(specs: list[LabNodeSpec], group_file: Path) -> subprocess.P
     with os.fdopen(fd, "w") as f:
         json.dump([s.to_dict() for s in specs], f)
     return subprocess.Popen(
-        [sys.executable, "-m", "provisioner.lab.node_process", "--group", str(group_file)],
+        [sys.executable, "-m", "lab.node_process", "--group", str(group_file)],
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         stdin=subprocess.DEVNULL,
     )
@@ -277,7 +277,7 @@ def up(
         where, pids = next(iter(others.items()))
         raise LabError(
             f"another lab runs from {where} ({len(pids)} node process(es), pids {', '.join(map(str, sorted(pids)))}) "
-            f"and holds the lab's addresses; stop it first: python -m provisioner.lab --lab-dir {where} down"
+            f"and holds the lab's addresses; stop it first: python -m lab --lab-dir {where} down"
         )
     specs = load_specs(lab_dir)
     wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port)

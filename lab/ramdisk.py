@@ -1,6 +1,6 @@
 """The deploy ramdisk for the lab's emulated computers: a real Debian kernel and an initramfs running our agent.
 
-    python -m provisioner.lab.ramdisk [--dir var/ramdisk]     (prints the kernel and initrd paths)
+    python -m lab.ramdisk [--dir var/ramdisk]     (prints the kernel and initrd paths)
 
 What it is made of:
 - the kernel: Debian bookworm's current ``linux-image-*-amd64`` (what ``linux-image-amd64`` depends on),
@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO_ROOT / "var" / "ramdisk"
 # Set: never download a package, build only from what ``debs`` already holds (the test suite sets it).
 OFFLINE_VARIABLE = "NEOCLOUD_LAB_OFFLINE"

@@ -25,9 +25,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from lab.machine import SimulatedServer
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
 from provisioner.httputil import ClosingHandlerMixin
-from provisioner.lab.machine import SimulatedServer
 
 ROOT = "/redfish/v1"
 SESSIONS = f"{ROOT}/SessionService/Sessions"

@@ -21,15 +21,15 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
-from provisioner.lab.spec import LabNodeSpec
 
 STATE_FILE = "state.json"
 FAULTS_FILE = "faults.json"
 
 
 class FirmwareHooks(Protocol):
-    """What the firmware hangs on power changes (provisioner.lab.firmware, provisioner.lab.qemu_firmware).
+    """What the firmware hangs on power changes (lab.firmware, lab.qemu_firmware).
     ``on_power_on`` is called under the server's lock and must return at once."""
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None: ...
@@ -42,7 +42,7 @@ class FirmwareHooks(Protocol):
 
 
 class NoFirmware:
-    """Hooks that do nothing: used when provisioner.lab.firmware is not installed."""
+    """Hooks that do nothing: used when lab.firmware is not installed."""
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None:
         return None

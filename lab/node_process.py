@@ -1,9 +1,9 @@
 """One lab node as a process: its BMC endpoint, its SimulatedServer and the firmware hooks.
 
-    python -m provisioner.lab.node_process --lab-dir var/lab --name lab-node-01 --boot-url http://...
+    python -m lab.node_process --lab-dir var/lab --name lab-node-01 --boot-url http://...
 
 The BMC password is read from lab.json, never from the command line. The firmware comes from
-``provisioner.lab.firmware:Firmware(spec, lab_dir, boot_url)`` when that module exists; its hooks run on
+``lab.firmware:Firmware(spec, lab_dir, boot_url)`` when that module exists; its hooks run on
 one background thread, in order, so the BMC answers a power command at once as real BMCs do.
 
 ``--group FILE`` serves many IPMI BMCs (LabNodeSpec dicts in a JSON list) in one process without
@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from lab.machine import FirmwareHooks, NoFirmware, SimulatedServer
+from lab.spec import LabNodeSpec, load_specs
 from provisioner.drivers.base import BootSetting
-from provisioner.lab.machine import FirmwareHooks, NoFirmware, SimulatedServer
-from provisioner.lab.spec import LabNodeSpec, load_specs
 
-log = logging.getLogger("provisioner.lab.node")
+log = logging.getLogger("lab.node")
 
-FIRMWARE_MODULE = "provisioner.lab.firmware"
+FIRMWARE_MODULE = "lab.firmware"
 
 
 class BackgroundHooks:
@@ -75,9 +75,9 @@ class BackgroundHooks:
 
 def load_firmware(spec: LabNodeSpec, lab_dir: Path, boot_url: str) -> FirmwareHooks:
     """The lab firmware for a node: an emulated computer for the ``qemu`` kind, else the simulated firmware,
-    or no-op hooks when provisioner.lab.firmware is not installed."""
+    or no-op hooks when lab.firmware is not installed."""
     if spec.kind == "qemu":
-        from provisioner.lab.qemu_firmware import QemuFirmware
+        from lab.qemu_firmware import QemuFirmware
 
         return QemuFirmware(spec, lab_dir, boot_url)
     try:
@@ -113,13 +113,13 @@ def run_node(lab_dir: Path, name: str, boot_url: str) -> None:
     server = SimulatedServer(spec, directory, hooks)
     _exit_on_sigterm()
     if spec.bmc_protocol == "ipmi":
-        from provisioner.lab.bmc_ipmi import LabIpmiBmc, serve_forever
+        from lab.bmc_ipmi import LabIpmiBmc, serve_forever
 
         LabIpmiBmc(server, spec.bmc_address, spec.bmc_port, spec.bmc_username, spec.bmc_password)
         log.info("IPMI BMC of %s on %s:%d", name, spec.bmc_address, spec.bmc_port)
         serve_forever()
     elif spec.bmc_protocol == "redfish":
-        from provisioner.lab.bmc_redfish import RedfishHttpServer, RedfishService
+        from lab.bmc_redfish import RedfishHttpServer, RedfishService
 
         service = RedfishService({spec.system_id or name: server}, spec.bmc_username, spec.bmc_password)
         httpd = RedfishHttpServer(spec.bmc_address, spec.bmc_port, service)
@@ -134,7 +134,7 @@ def run_node(lab_dir: Path, name: str, boot_url: str) -> None:
 
 def run_group(group_file: Path) -> None:
     """Serve many IPMI BMCs in this process (light mode: no firmware, state in memory only)."""
-    from provisioner.lab.bmc_ipmi import LabIpmiBmc, serve_forever
+    from lab.bmc_ipmi import LabIpmiBmc, serve_forever
 
     _exit_on_sigterm()
     for data in json.loads(group_file.read_text()):

@@ -1,7 +1,7 @@
 """``manage.py lab up --nodes N [--kind simulated|qemu] [--no-enroll] | status [--json] | down``: the
 virtual datacenter.
 
-A ``qemu`` lab's nodes are emulated computers (provisioner.lab.qemu_firmware) on a site of their own,
+A ``qemu`` lab's nodes are emulated computers (lab.qemu_firmware) on a site of their own,
 ``lab-qemu``, whose facts differ from the loopback lab's the way one real site's differ from another's: its
 servers fetch images from the site's image mirror (the lab image server, which they reach at 10.0.2.101),
 and each one's SSH is reached through a port forward (127.0.0.1:22000+index), its inventory SSH endpoint.
@@ -20,16 +20,16 @@ import yaml
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from provisioner.lab import supervisor
-from provisioner.lab.images import (
+from lab import supervisor
+from lab.images import (
     ensure_demo_image,
     ensure_lab_os_image,
     start_image_server,
     stop_image_server,
 )
-from provisioner.lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
-from provisioner.lab.ramdisk import RamdiskBuildError
-from provisioner.lab.spec import LabNodeSpec
+from lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
+from lab.ramdisk import RamdiskBuildError
+from lab.spec import LabNodeSpec
 from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll
 
@@ -118,7 +118,7 @@ def start_lab(
 
 
 def stop_lab() -> None:
-    from provisioner.lab.netns import teardown_all
+    from lab.netns import teardown_all
 
     lab_dir = Path(settings.NEOCLOUD_LAB_DIR)
     supervisor.down(lab_dir)

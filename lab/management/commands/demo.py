@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from provisioner.management.commands.lab import start_lab, stop_lab
+from lab.management.commands.lab import start_lab, stop_lab
 from provisioner.models import (
     AuditEvent,
     Image,

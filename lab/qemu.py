@@ -2,7 +2,7 @@
 
 The computer's network is QEMU's user-mode stack with ``restrict=on``: the guest reaches nothing on the
 host or beyond except the addresses forwarded with ``guestfwd`` (each connection is relayed to a loopback
-port by provisioner/lab/guestfwd_relay.py); ``host_forwards`` (``hostfwd``, bound to 127.0.0.1) let this host
+port by lab/guestfwd_relay.py); ``host_forwards`` (``hostfwd``, bound to 127.0.0.1) let this host
 reach a guest port such as its sshd. Its DHCP server (slirp, 10.0.2.2) gives the guest 10.0.2.15
 and, for a network boot, a ``bootfile`` URL. Booted from the network with no ``kernel`` given, SeaBIOS
 runs Debian's iPXE ROM for virtio-net (package ipxe-qemu), which fetches that bootfile; given ``kernel``

@@ -1,4 +1,4 @@
-"""``python -m provisioner.lab up|down|status``: the lab without Django (manage.py lab wraps the same)."""
+"""``python -m lab up|down|status``: the lab without Django (manage.py lab wraps the same)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from provisioner.lab import supervisor
+from lab import supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m provisioner.lab", description="Neocloud lab")
+    parser = argparse.ArgumentParser(prog="python -m lab", description="Neocloud lab")
     parser.add_argument("--lab-dir", type=Path, default=Path(os.environ.get("LAB_DIR", "var/lab")))
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the lab (idempotent)")

@@ -25,9 +25,9 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
+from lab.machine import SimulatedServer
 from provisioner.drivers import pyghmi_io
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
-from provisioner.lab.machine import SimulatedServer
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The simulated firmware of a lab node: what a server does between power-on and its OS.
 
 ``Firmware(spec, lab_dir, boot_url)`` implements the hooks SimulatedServer calls
-(provisioner.lab.machine.FirmwareHooks):
+(lab.machine.FirmwareHooks):
 
 - power on, boot device PXE: like iPXE, GET ``<boot_url>/boot/<mac>.ipxe`` (MAC in lower-case colon
   form), parse the script, GET its kernel and initrd, then run the real deploy agent
@@ -9,7 +9,7 @@
   kernel arguments. A script that ``exit``s, or a boot service that cannot be reached, falls through to
   the disk, as real firmware tries its next boot device.
 - power on, boot device DISK: read the config drive; if there is one, start the node's OS
-  (``provisioner.lab.sshd.start_node_os``), else the console says "no bootable device".
+  (``lab.sshd.start_node_os``), else the console says "no bootable device".
 - power off: kill the agent if it runs, stop the node's OS.
 
 The hooks return at once (the boot runs on a thread): a BMC command never waits for a deploy.
@@ -34,20 +34,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
-from provisioner.lab.spec import LabNodeSpec
 from provisioner.pxe.configdrive import ConfigDriveError, read_config_drive
 from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, parse_ipxe_script
 
-log = logging.getLogger("provisioner.lab.firmware")
+log = logging.getLogger("lab.firmware")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAULTS_FILE = "faults.json"
 AGENT_CRASH_AFTER_BYTES = 4 * 1024 * 1024
 CORRUPT_OFFSET = 512 * 1024 + 17  # inside any image worth deploying, past the first chunk boundary
 HTTP_TIMEOUT = 10.0
 MAX_SCRIPT_BYTES = 64 * 1024
-SSHD_MODULE = "provisioner.lab.sshd"
+SSHD_MODULE = "lab.sshd"
 
 
 class Firmware:

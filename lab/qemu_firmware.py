@@ -1,14 +1,14 @@
 """The ``qemu`` kind of lab server: the lab BMC's power commands drive an emulated computer.
 
-Where a ``simulated`` node's firmware (provisioner.lab.firmware) fetches the iPXE script itself and runs
-the agent on the host, a ``qemu`` node is a QEMU computer (provisioner.lab.qemu: TCG, never KVM) with the
+Where a ``simulated`` node's firmware (lab.firmware) fetches the iPXE script itself and runs
+the agent on the host, a ``qemu`` node is a QEMU computer (lab.qemu: TCG, never KVM) with the
 node's MAC and its file-backed disk on virtio:
 
 - power on, boot device PXE: QEMU starts with the network first: Debian's iPXE ROM takes slirp's DHCP
   bootfile ``http://10.0.2.100/boot/${mac:hexhyp}.ipxe``, relayed to the lab's boot service, and boots what
-  the script says (the deploy ramdisk of provisioner.lab.ramdisk runs the agent, then powers off);
+  the script says (the deploy ramdisk of lab.ramdisk runs the agent, then powers off);
 - power on, boot device DISK: QEMU starts with the disk first (SeaBIOS boots whatever is on it: the lab
-  OS image of provisioner.lab.osimage starts sshd, reached at 127.0.0.1:``spec.ssh_forward_port``);
+  OS image of lab.osimage starts sshd, reached at 127.0.0.1:``spec.ssh_forward_port``);
 - power off: QMP ``quit``, as a hard power-off; the QEMU process is gone when the hook returns.
 
 The guest reaches two host services, both on loopback: the boot service (the port of ``boot_url``) at
@@ -28,9 +28,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lab.qemu import GuestForward, QemuComputer
+from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
-from provisioner.lab.qemu import GuestForward, QemuComputer
-from provisioner.lab.spec import LabNodeSpec
 
 BOOT_SERVICE_GUEST_ADDRESS = "10.0.2.100"
 IMAGE_SERVER_GUEST_ADDRESS = "10.0.2.101"

@@ -43,12 +43,12 @@ LAB_OS_SLUG = "neocloud-lab-os"
 
 
 def ensure_lab_os_image(image_dir: Path) -> dict[str, object]:
-    """Put the bootable lab OS image (provisioner.lab.osimage, built or reused) into the catalog directory;
+    """Put the bootable lab OS image (lab.osimage, built or reused) into the catalog directory;
     return its catalog entry. Idempotent: the file is copied again only when the built image changed.
 
-    :raises RamdiskBuildError: the image could not be built (see provisioner.lab.osimage).
+    :raises RamdiskBuildError: the image could not be built (see lab.osimage).
     """
-    from provisioner.lab.osimage import ensure_os_image
+    from lab.osimage import ensure_os_image
 
     built = ensure_os_image()
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def start_image_server(image_dir: Path, lab_dir: Path) -> int:
         stdout=log,
         stderr=log,
         start_new_session=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
     )
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + 10
