@@ -89,7 +89,7 @@ def process_role(cmdline: str, comm: str) -> str:
         ("ssh-keygen", "deploy agents: host keys (ssh-keygen)"),
         ("provisioner.pxe.imageserver", "image server (sendfile)"),
         ("runserver", "web/boot service (runserver)"),
-        ("db_worker", "workers"),
+        ("manage.py worker", "workers"),
         ("ansible-playbook", "ansible-playbook"),
         ("lab.node_process", "lab nodes: BMC, firmware, SSH server"),
         ("bench/deploy.py", "this bench"),

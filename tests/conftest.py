@@ -183,7 +183,7 @@ def worker_env(settings) -> dict[str, str]:
 
 
 class WorkerPool:
-    """Real ``manage.py db_worker`` processes (and a scheduler) for a test."""
+    """Real ``manage.py worker`` processes (and a scheduler) for a test."""
 
     def __init__(self, settings, log_dir: Path) -> None:
         self.env = worker_env(settings)
