@@ -1,6 +1,18 @@
-"""Fleet benchmark of the engine: many servers in flight on a fixed, small worker set.
+"""Fleet benchmark: many servers in flight on a fixed, small worker set.
 
+    .venv/bin/python bench/fleet.py --nodes 100 [--engine-nodes 2000]      (root: the lab)
     .venv/bin/python bench/fleet.py --engine-only --nodes 2000 [--workers 4 --threads 8] [--database-url URL]
+
+Without ``--engine-only``: ``--nodes`` lab servers (real BMC endpoints, the real deploy agent streaming the
+64 MiB demo image, Ansible over real SSH for burn-in and handover) reserved at once with the demo's worker
+set (``--workers`` processes of ``--threads`` threads, a gunicorn web/boot service, the scheduler): wall time
+from reserve to all active, divided by the wall time of 1 server in the same run; then all released and
+wiped, the same ratio. Peak resident memory of every control-plane process (web, workers with their
+ansible-playbook children, scheduler), sampled; the lab's own memory per server; and the ceiling this
+machine sets: the busy CPU time of the whole machine during the N-server run divided by its cores is the
+least wall time any code could take for that work here, printed as the lowest reachable ratio. With
+``--engine-nodes`` it then runs the engine-only mode below in a child process and the last line joins both:
+``fleet: N nodes x{ratio} of one node, control plane {peak} MiB, engine {ops}/s at {M} in flight``.
 
 ``--engine-only``: fake drivers (the fake BMC's power and boot calls, the fake deploy agent taking
 ``--agent-seconds`` to stream, in-process simulated burn-in), so that what is measured is the engine: how many
@@ -25,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,9 +70,203 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores; /proc/stat, idle and iowait excluded)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def lab_fleet(args: argparse.Namespace) -> int:
+    """The lab run (module docstring)."""
+    (ROOT / "var").mkdir(exist_ok=True)
+    var = Path(tempfile.mkdtemp(prefix="bench-fleet-lab-", dir=ROOT / "var"))
+    boot_url = f"http://127.0.0.1:{args.port}"
+    os.environ.update(
+        NEOCLOUD_VAR_DIR=str(var),
+        DJANGO_SETTINGS_MODULE="webapp.settings",
+        NEOCLOUD_DEPLOY_DRIVER="ansible",
+        NEOCLOUD_BURNIN_DRIVER="ansible",
+        NEOCLOUD_BOOT_URL=boot_url,
+        NEOCLOUD_LOG_LEVEL="WARNING",
+        NEOCLOUD_DB_CONN_MAX_AGE="300",
+    )
+    if args.database_url:
+        os.environ["DATABASE_URL"] = args.database_url
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    from lab.management.commands.lab import start_lab, stop_lab
+    from lab.supervisor import lab_processes
+    from provisioner.models import Image, Membership, Node, Organization, Reservation, ServerType, SSHKey
+    from provisioner.services.audit import Actor
+    from provisioner.services.reservations import (
+        MAX_SERVERS_PER_RESERVATION,
+        book_servers,
+        release_reservation,
+    )
+    from provisioner.sshkeys import generate_keypair, parse_public_key
+    from provisioner.states import NodeState, ReservationState
+
+    call_command("migrate", verbosity=0)
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name: str, *cmd: str) -> subprocess.Popen:
+        log = open(var / f"{name}-{len(procs)}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    manage = (sys.executable, str(ROOT / "manage.py"))
+    peak = [0.0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.5):
+            peak[0] = max(peak[0], sum(rss_mib(p.pid) for p in procs if p.poll() is None))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        spawn(
+            "web",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "webapp.wsgi",
+            "--bind",
+            f"127.0.0.1:{args.port}",
+            "--workers",
+            "2",
+            "--threads",
+            "16",
+            "--backlog",
+            "2048",
+        )
+        for i in range(args.workers):
+            spawn(f"worker{i}", *manage, "worker", "--threads", str(args.threads), "--interval", "0.2")
+        spawn("scheduler", *manage, "scheduler", "--interval", "0.5", "--no-power-sync")
+        t0 = time.monotonic()
+        specs = start_lab(args.nodes + 1, boot_url=boot_url)
+        lab_pids = lab_processes(Path(settings.NEOCLOUD_LAB_DIR))
+        print(f"lab of {len(specs)} servers up in {time.monotonic() - t0:.1f} s")
+        image = Image.objects.get(slug="neocloud-demo-linux")
+        user = User.objects.create_user("bench")
+        org = Organization.objects.create(name="Bench", slug="bench", server_quota=args.nodes + 1)
+        Membership.objects.create(organization=org, user=user, role="owner")
+        _, public = generate_keypair("ed25519")
+        parsed = parse_public_key(public)
+        key = SSHKey.objects.create(
+            organization=org, name="k", public_key=parsed.line, fingerprint=parsed.fingerprint
+        )
+        st = ServerType.objects.get(slug="h100-8x")
+        actor = Actor(user=user, label="bench")
+        sampler.start()
+
+        def cycle(count: int) -> tuple[float, float, float]:
+            """Reserve ``count`` servers, until all active; release them, until all wiped and available.
+            Returns (seconds to active, seconds to wiped, machine busy CPU seconds over both)."""
+            busy0 = machine_busy_seconds()
+            start = time.monotonic()
+            ids = []
+            left = count
+            while left:
+                n = min(left, MAX_SERVERS_PER_RESERVATION)
+                ids.append(book_servers(org, st, n, image=image, ssh_keys=[key], actor=actor).reservation.pk)
+                left -= n
+            deadline = start + args.timeout
+
+            def until(done, what: str) -> None:
+                while not done():
+                    bad = Node.objects.filter(state__in=[NodeState.ERROR, NodeState.QUARANTINED]).first()
+                    if bad or time.monotonic() > deadline:
+                        raise SystemExit(
+                            f"bench failed while {what}: {bad.name if bad else 'timeout'} {bad.state_reason if bad else ''} "
+                            f"(logs in {var}; --keep keeps them)"
+                        )
+                    time.sleep(0.5)
+
+            until(
+                lambda: (
+                    Reservation.objects.filter(pk__in=ids, state=ReservationState.ACTIVE).count() == len(ids)
+                ),
+                f"provisioning {count}",
+            )
+            active = time.monotonic() - start
+            nodes = list(Node.objects.filter(reservation_id__in=ids).values_list("pk", flat=True))
+            for r in Reservation.objects.filter(pk__in=ids):
+                release_reservation(r, actor=actor)
+            released = time.monotonic()
+            until(
+                lambda: Node.objects.filter(pk__in=nodes, state=NodeState.AVAILABLE).count() == len(nodes),
+                f"wiping {count}",
+            )
+            return active, time.monotonic() - released, machine_busy_seconds() - busy0
+
+        one_up, one_down, _ = cycle(1)
+        print(f"1 server: active in {one_up:.1f} s, released and wiped in {one_down:.1f} s")
+        n_up, n_down, busy = cycle(args.nodes)
+        cores = os.cpu_count() or 1
+        floor = busy / cores
+        print(
+            f"{args.nodes} servers: active in {n_up:.1f} s (x{n_up / one_up:.2f} of one; target <= 3), "
+            f"released and wiped in {n_down:.1f} s (x{n_down / one_down:.2f} of one)"
+        )
+        print(
+            f"the machine was busy {busy:.0f} CPU-s over both ({busy / args.nodes:.1f} CPU-s per server: control "
+            f"plane, agents, lab, SSH): on {cores} cores no code does that in under {floor:.0f} s, so the "
+            f"lowest reachable ratio here is x{floor / (one_up + one_down):.2f} of one server's "
+            f"{one_up + one_down:.1f} s reserve-to-wiped (measured x{(n_up + n_down) / (one_up + one_down):.2f})"
+        )
+        lab_mib = sum(rss_mib(pid) for pid in lab_pids)
+        print(
+            f"control plane peak {peak[0]:.0f} MiB (web, {args.workers} workers x {args.threads} threads with their "
+            f"Ansible runs, scheduler; target < 2048); the lab: {lab_mib / len(specs):.0f} MiB per server at rest"
+        )
+        engine = ""
+        if args.engine_nodes:
+            out = subprocess.run(
+                [sys.executable, __file__, "--engine-only", "--nodes", str(args.engine_nodes)]
+                + (["--database-url", args.database_url] if args.database_url else []),
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            print(out, end="")
+            last = [line for line in out.splitlines() if line.startswith("fleet: engine ")]
+            engine = (
+                f", engine {last[-1].split()[2]} at {args.engine_nodes} in flight"
+                if last
+                else ", engine run failed"
+            )
+        print(
+            f"fleet: {args.nodes} nodes x{n_up / one_up:.2f} of one node, control plane {peak[0]:.0f} MiB{engine}"
+        )
+        return 0
+    finally:
+        sampling.set()
+        stop_lab()
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if args.keep:
+            print(f"kept {var}")
+        else:
+            shutil.rmtree(var, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--engine-only", action="store_true", required=True, help="fake drivers (required)")
+    parser.add_argument("--engine-only", action="store_true", help="fake drivers, no lab")
+    parser.add_argument("--engine-nodes", type=int, default=0, help="after the lab run, the engine-only run")
+    parser.add_argument("--port", type=int, default=8110, help="lab mode: the web/boot service's port")
     parser.add_argument("--nodes", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=4, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
@@ -69,6 +276,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
+    if not args.engine_only:
+        return lab_fleet(args)
     (ROOT / "var").mkdir(exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir=ROOT / "var"))
     env = {
