@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from provisioner.engine.outcomes import OperationEnded, announce
@@ -51,6 +51,11 @@ def reap(now=None) -> dict[str, int]:
             Node.objects.filter(pk=op.node_id, lease_owner=dead_worker).update(
                 lease_owner="", lease_operation=None, lease_expires_at=None
             )
+            # the attempt its dead worker was running is not the step's failure: it does not count, so a
+            # resumed step keeps its retries for real faults (NEOCLOUD_MAX_RECOVERIES bounds the resumptions)
+            Step.objects.filter(operation=op, state=StepState.RUNNING, attempts__gt=0).update(
+                state=StepState.PENDING, attempts=F("attempts") - 1
+            )
             Step.objects.filter(operation=op, state=StepState.RUNNING).update(state=StepState.PENDING)
             # A cancelled operation resumes only to notice its cancellation (it runs no step), so it is
             # never given up on: failing it would move the node, now a release's, to error.
@@ -58,7 +63,7 @@ def reap(now=None) -> dict[str, int]:
                 LogLine.objects.create(
                     operation=op,
                     level=LogLine.Level.WARNING,
-                    message=f"worker {dead_worker} stopped heartbeating; resuming at step {op.current_step}",
+                    message=f"its worker stopped heartbeating; resuming at step {op.current_step}",
                 )
                 enqueue(op)
                 counts["resumed"] += 1
@@ -144,8 +149,9 @@ def wake_overdue_waits(now=None) -> int:
 
 
 def _give_up(op: Operation, dead_worker: str) -> None:
+    log.warning("operation %s: worker %s died, no resumption left", op.pk, dead_worker)
     message = (
-        f"worker {dead_worker} died and the operation was already resumed "
+        "its worker died and the operation was already resumed "
         f"{settings.NEOCLOUD_MAX_RECOVERIES} times; giving up"
     )
     Operation.objects.filter(pk=op.pk).update(

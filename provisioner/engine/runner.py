@@ -99,14 +99,17 @@ def execute(operation_id: int, owner: str | None = None) -> str:
     op = claim(operation_id, owner)
     if op is None:
         return "skipped"
-    actor = Actor.system(f"worker:{owner}")
+    # customers read operation logs and audit actors: the worker's host and process stay in the operation row
+    # (worker_id, operators) and the worker's own log, never in what a customer sees
+    actor = Actor.system("engine")
+    log.info("operation %s (%s of node %s) claimed by %s", op.pk, op.kind, op.node_id, owner)
     resumed = op.wait_for
     try:
         with node_task(op.node_id, owner, op) as heartbeat:
             if resumed:
-                _log(op, None, f"{op.kind} of {op.node.name} resumed by {owner} (was waiting for {resumed})")
+                _log(op, None, f"{op.kind} of {op.node.name} resumed (was waiting for {resumed})")
             else:
-                _log(op, None, f"{op.kind} started on {op.node.name} by {owner}")
+                _log(op, None, f"{op.kind} started on {op.node.name}")
             while True:
                 try:
                     _run_steps(op, actor, heartbeat)
