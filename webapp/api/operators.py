@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import django_filters
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -14,25 +13,15 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from provisioner.filtersets import NodeFilterSet
 from provisioner.models import Image, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
-from provisioner.states import NodeState, OperationKind, PowerStateChoice
+from provisioner.states import NodeState, OperationKind
 from webapp.api import serializers as s
 from webapp.api.customer import errors
 from webapp.api.permissions import IsOperator
-
-
-class NodeFilter(django_filters.FilterSet):
-    state = django_filters.ChoiceFilter(choices=NodeState.choices)
-    site = django_filters.CharFilter(field_name="rack__site__slug", help_text="site slug")
-    server_type = django_filters.CharFilter(field_name="server_type__slug", help_text="server type slug")
-    power = django_filters.ChoiceFilter(field_name="power_state", choices=PowerStateChoice.choices)
-
-    class Meta:
-        model = Node
-        fields = ["state", "site", "server_type", "power"]
 
 
 def _op_out(op: Operation) -> dict[str, Any]:
@@ -45,11 +34,11 @@ def _accepted(op: Operation) -> Response:
 
 
 class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
-    """The fleet. Filters: state, site, server_type, power."""
+    """The fleet. Filters: state, site, server_type, power, q (part of the name)."""
 
     permission_classes = [IsOperator]
     queryset = Node.objects.all()
-    filterset_class = NodeFilter
+    filterset_class = NodeFilterSet  # the portal's fleet page and rollout filters use it too
 
     def get_queryset(self) -> QuerySet[Node]:
         return Node.objects.for_user(self.request.user).select_related(
@@ -222,10 +211,17 @@ def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     spec = data["filter"]
     # Only available and active servers can be reimaged: a filter never sweeps in a quarantined, held,
     # broken or busy server, which would only count against the failure budget.
+    matching = NodeFilterSet(spec, queryset=Node.objects.filter(state__in=node_service.REIMAGEABLE_STATES))
+    if not matching.is_valid():
+        raise ValidationError(
+            {
+                "filter": {
+                    name: [f"unknown {name.replace('_', ' ')} {spec[name]!r}"] for name in matching.errors
+                }
+            }
+        )
     states = list(node_service.REIMAGEABLE_STATES)
     if spec.get("state"):
-        if spec["state"] not in NodeState.values:
-            raise ValidationError({"filter": {"state": [f"unknown state {spec['state']!r}"]}})
         if spec["state"] not in node_service.REIMAGEABLE_STATES:
             raise ValidationError(
                 {
@@ -235,12 +231,7 @@ def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
                 }
             )
         states = [spec["state"]]
-    nodes = Node.objects.filter(state__in=states)
-    if spec.get("site"):
-        nodes = nodes.filter(rack__site__slug=spec["site"])
-    if spec.get("server_type"):
-        nodes = nodes.filter(server_type__slug=spec["server_type"])
-    found = list(nodes.order_by("name"))
+    found = list(matching.qs.order_by("name"))
     if not found:
         raise ValidationError({"filter": [f"no {' or '.join(states)} node matches this filter"]})
     return found
