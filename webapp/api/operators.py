@@ -19,14 +19,29 @@ from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
 from provisioner.states import NodeState, OperationKind
-from webapp.api import serializers as s
 from webapp.api.customer import errors
 from webapp.api.permissions import IsOperator
+from webapp.api.serializers.common import OperationSerializer
+from webapp.api.serializers.operators import (
+    AdminNodeDetailSerializer,
+    AdminNodeSerializer,
+    KeepInQuarantineSerializer,
+    MaintenanceSerializer,
+    PowerSerializer,
+    QuarantinedNodeSerializer,
+    ReasonSerializer,
+    ReimageSerializer,
+)
+from webapp.api.serializers.rollouts import (
+    RolloutCancelSerializer,
+    RolloutCreateSerializer,
+    RolloutSerializer,
+)
 
 
 def _op_out(op: Operation) -> dict[str, Any]:
     op = Operation.objects.select_related("node").prefetch_related("steps").get(pk=op.pk)
-    return s.OperationSerializer(op, context={"log_after": 0}).data
+    return OperationSerializer(op, context={"log_after": 0}).data
 
 
 def _accepted(op: Operation) -> Response:
@@ -46,7 +61,7 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         )
 
     def get_serializer_class(self) -> type:
-        return s.AdminNodeDetailSerializer if self.action == "retrieve" else s.AdminNodeSerializer
+        return AdminNodeDetailSerializer if self.action == "retrieve" else AdminNodeSerializer
 
     def _actor(self) -> Actor:
         return Actor.from_request(self.request)
@@ -57,8 +72,8 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return serializer.validated_data
 
     @extend_schema(
-        request=s.MaintenanceSerializer,
-        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+        request=MaintenanceSerializer,
+        responses={200: AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
@@ -66,20 +81,20 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         when_free=true holds a server that is not free once its customer is done and it is wiped; on=false
         withdraws such a request."""
         node = self.get_object()
-        data = self._data(s.MaintenanceSerializer)
+        data = self._data(MaintenanceSerializer)
         node = node_service.set_maintenance(
             node, data["on"], actor=self._actor(), reason=data.get("reason", ""), when_free=data["when_free"]
         )
-        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+        return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 
     @extend_schema(
-        request=s.ReimageSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=ReimageSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"])
     def reimage(self, request: Request, pk: str | None = None) -> Response:
         """Reimage one node. A node leased to a customer is refused (409) unless force=true."""
         node = self.get_object()
-        data = self._data(s.ReimageSerializer)
+        data = self._data(ReimageSerializer)
         image = _image(data.get("image"))
         op = node_service.reimage(
             node, actor=self._actor(), image=image, force=data["force"], reason=data.get("reason", "")
@@ -87,24 +102,24 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return _accepted(op)
 
     @extend_schema(
-        request=s.PowerSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=PowerSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"])
     def power(self, request: Request, pk: str | None = None) -> Response:
         """Queue a power action on the node's BMC. Off, reset and pxe on a node leased to a customer are
         refused (409) unless force=true; on is always allowed."""
         node = self.get_object()
-        data = self._data(s.PowerSerializer)
+        data = self._data(PowerSerializer)
         return _accepted(node_service.power(node, data["action"], actor=self._actor(), force=data["force"]))
 
     @extend_schema(
-        request=s.ReasonSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=ReasonSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"], url_path="return-to-pool")
     def return_to_pool(self, request: Request, pk: str | None = None) -> Response:
         """After repair: wipe a quarantined node and return it to the pool."""
         node = self.get_object()
-        data = self._data(s.ReasonSerializer)
+        data = self._data(ReasonSerializer)
         node = node_service.return_from_quarantine(node, actor=self._actor(), reason=data["reason"])
         op = (
             Operation.objects.filter(node=node, kind=OperationKind.CLEAN)
@@ -115,19 +130,19 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return _accepted(op)
 
     @extend_schema(
-        request=s.KeepInQuarantineSerializer,
-        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+        request=KeepInQuarantineSerializer,
+        responses={200: AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"], url_path="keep-in-quarantine")
     def keep_in_quarantine(self, request: Request, pk: str | None = None) -> Response:
         """Quarantine review: keep the node out of the pool (it stays quarantined); the reason goes in its
         timeline. A node that is not quarantined (e.g. another operator returned it meanwhile) is a 409."""
         node = self.get_object()
-        data = self._data(s.KeepInQuarantineSerializer)
+        data = self._data(KeepInQuarantineSerializer)
         node = node_service.keep_in_quarantine(node, actor=self._actor(), reason=data.get("reason", ""))
-        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+        return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 
-    @extend_schema(request=None, responses={202: s.OperationSerializer, **errors(401, 403, 404, 409)})
+    @extend_schema(request=None, responses={202: OperationSerializer, **errors(401, 403, 404, 409)})
     @action(detail=True, methods=["post"], url_path="rerun-burnin")
     def rerun_burnin(self, request: Request, pk: str | None = None) -> Response:
         """Run burn-in again on a quarantined node (it stays quarantined; read the new report). A node a
@@ -148,7 +163,7 @@ class QuarantineViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Quarantined nodes awaiting review, with the burn-in that put them there."""
 
     permission_classes = [IsOperator]
-    serializer_class = s.QuarantinedNodeSerializer
+    serializer_class = QuarantinedNodeSerializer
     queryset = Node.objects.all()
 
     def get_queryset(self) -> QuerySet[Node]:
@@ -163,17 +178,17 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     """Rolling bulk reimages: at most max_parallel at once, halted once failures exceed failure_budget."""
 
     permission_classes = [IsOperator]
-    serializer_class = s.RolloutSerializer
+    serializer_class = RolloutSerializer
     queryset = Rollout.objects.all()
 
     def get_queryset(self) -> QuerySet[Rollout]:
         return Rollout.objects.select_related("image", "requested_by", "cancelled_by")
 
     @extend_schema(
-        request=s.RolloutCreateSerializer, responses={202: s.RolloutSerializer, **errors(400, 401, 403, 409)}
+        request=RolloutCreateSerializer, responses={202: RolloutSerializer, **errors(400, 401, 403, 409)}
     )
     def create(self, request: Request) -> Response:
-        serializer = s.RolloutCreateSerializer(data=request.data)
+        serializer = RolloutCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         nodes = _rollout_nodes(data)
@@ -188,8 +203,8 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        request=s.RolloutCancelSerializer,
-        responses={200: s.RolloutSerializer, **errors(400, 401, 403, 404, 409)},
+        request=RolloutCancelSerializer,
+        responses={200: RolloutSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
@@ -197,7 +212,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         cancelled (state cancelling until then). Cancelling a cancelling or cancelled rollout returns it
         unchanged (200); one that already succeeded or halted is a 409."""
         rollout = self.get_object()
-        serializer = s.RolloutCancelSerializer(data=request.data)
+        serializer = RolloutCancelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         rollout = rollout_service.cancel_rollout(
             rollout, actor=Actor.from_request(request), reason=serializer.validated_data["reason"]
