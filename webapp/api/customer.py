@@ -1,5 +1,6 @@
 """Customer endpoints under /api/v1/: catalog, SSH keys, reservations, servers, operations, organizations,
-tokens and the audit trail. Views are thin: they scope with ``for_user`` and call provisioner.services."""
+tokens and the audit trail. Views are thin: CustomerViewSet scopes every query to the caller's organizations
+(webapp/api/viewsets.py), and changes go through provisioner.services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -30,7 +31,7 @@ from provisioner.models import (
 from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
 from provisioner.services.audit import Actor
-from webapp.api.permissions import OwnerOnlyActions, acting_organization, organizations_for, tokens_for
+from webapp.api.permissions import OwnerOnlyActions, acting_organization, tokens_for
 from webapp.api.serializers.common import (
     AuditEventSerializer,
     ErrorSerializer,
@@ -56,6 +57,7 @@ from webapp.api.serializers.customer import (
     SSHKeySerializer,
     reservation_data,
 )
+from webapp.api.viewsets import CustomerViewSet
 
 
 def errors(*codes: int) -> dict[int, Any]:
@@ -63,9 +65,10 @@ def errors(*codes: int) -> dict[int, Any]:
     return {code: OpenApiResponse(ErrorSerializer, description="error") for code in codes}
 
 
-class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
+class ServerTypeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Hardware profiles you can reserve, with how many are free."""
 
+    unscoped_because = "the catalog: server types belong to no organization"
     serializer_class = ServerTypeSerializer
     queryset = ServerType.objects.all()
     lookup_field = "slug"
@@ -97,18 +100,18 @@ class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
         return super().list(request, *args, **kwargs)
 
 
-class ImageViewSet(viewsets.ReadOnlyModelViewSet):
+class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """OS images servers can be deployed with."""
 
+    unscoped_because = "images belong to no organization: customers see the public ones"
     serializer_class = ImageSerializer
     queryset = Image.objects.all()
     lookup_field = "slug"
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Image]:
-        if self.request.user.is_staff:
-            return Image.objects.all()
-        return Image.objects.filter(public=True)
+        images = super().get_queryset()
+        return images if self.request.user.is_staff else images.filter(public=True)
 
 
 @extend_schema_view(
@@ -123,15 +126,12 @@ class SSHKeyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Your organizations' SSH public keys; reservations put them on the servers."""
 
     serializer_class = SSHKeySerializer
-    queryset = SSHKey.objects.all()
-
-    def get_queryset(self) -> QuerySet[SSHKey]:
-        return SSHKey.objects.for_user(self.request.user).select_related("organization")
+    queryset = SSHKey.objects.select_related("organization")
 
     @extend_schema(request=SSHKeyCreateSerializer, responses={201: SSHKeySerializer, **errors(400, 401, 404)})
     def create(self, request: Request) -> Response:
@@ -206,7 +206,7 @@ def _asks_for(existing: Reservation, data: dict[str, Any], image: Image, ssh_key
 class ReservationViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Whole servers for a window. Provisioning starts at once for a window that starts now."""
 
@@ -219,7 +219,7 @@ class ReservationViewSet(
     CHANGES = frozenset({"extend", "release"})
 
     def get_queryset(self) -> QuerySet[Reservation]:
-        mine = Reservation.objects.for_user(self.request.user)
+        mine = super().get_queryset()
         if self.action in self.CHANGES:
             return mine
         return mine.select_related("organization", "server_type", "image").prefetch_related(
@@ -369,18 +369,11 @@ class ReservationViewSet(
         return Response(reservation_data(reservation), status=status.HTTP_202_ACCEPTED)
 
 
-class ServerViewSet(viewsets.ReadOnlyModelViewSet):
+class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Servers your organizations hold now, with how to reach them."""
 
     serializer_class = ServerSerializer
-    queryset = Node.objects.all()
-
-    def get_queryset(self) -> QuerySet[Node]:
-        return (
-            Node.objects.for_user(self.request.user)
-            .filter(owner__isnull=False)
-            .select_related("server_type", "image")
-        )
+    queryset = Node.objects.filter(owner__isnull=False).select_related("server_type", "image")
 
 
 def _visible(model: Any) -> Any:
@@ -406,17 +399,14 @@ class AuditEventFilter(django_filters.FilterSet):
         fields = ["action", "reservation", "operation"]
 
 
-class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Long-running work (provision, release, reimage ...): progress, steps and log."""
 
-    queryset = Operation.objects.all()
+    queryset = Operation.objects.select_related("node").prefetch_related("steps")
     filterset_class = OperationFilter
 
     def get_serializer_class(self) -> type:
         return OperationSerializer if self.action == "retrieve" else OperationSummarySerializer
-
-    def get_queryset(self) -> QuerySet[Operation]:
-        return Operation.objects.for_user(self.request.user).select_related("node").prefetch_related("steps")
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
@@ -439,16 +429,13 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
 class OrganizationViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Organizations you belong to, their members and quota. Owners manage members."""
 
     serializer_class = OrganizationSerializer
-    queryset = Organization.objects.all()
-    permission_classes = [*viewsets.GenericViewSet.permission_classes, OwnerOnlyActions]
-
-    def get_queryset(self) -> QuerySet[Organization]:
-        return organizations_for(self.request.user).prefetch_related("memberships__user")
+    queryset = Organization.objects.prefetch_related("memberships__user")
+    permission_classes = [*CustomerViewSet.permission_classes, OwnerOnlyActions]
 
     @extend_schema(
         request=OrganizationCreateSerializer, responses={201: OrganizationSerializer, **errors(400, 401)}
@@ -490,10 +477,11 @@ class TokenViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Your personal API tokens. The token itself is shown once, when created; only its hash is stored."""
 
+    unscoped_because = "tokens are personal: each user sees and revokes only their own, staff included"
     serializer_class = ApiTokenSerializer
     queryset = tenancy.ApiToken.objects.all()
 
@@ -522,12 +510,9 @@ class TokenViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Who did what to your organizations' reservations and servers, newest first."""
 
     serializer_class = AuditEventSerializer
-    queryset = AuditEvent.objects.all()
+    queryset = AuditEvent.objects.select_related("node")
     filterset_class = AuditEventFilter
-
-    def get_queryset(self) -> QuerySet[AuditEvent]:
-        return AuditEvent.objects.for_user(self.request.user).select_related("node")
