@@ -242,6 +242,18 @@ MATRIX: dict[str, Cell] = {
     "admin rerun burn-in": Cell(
         "post", lambda w: f"{V1}/admin/nodes/{w.quarantined.pk}/rerun-burnin", staff_only(202)
     ),
+    "admin list reservations": Cell(
+        "get", lambda w: f"{V1}/admin/reservations?organization=acme&state=provisioning", staff_only(200)
+    ),
+    "admin reservation": Cell(
+        "get", lambda w: f"{V1}/admin/reservations/{w.reservation.pk}", staff_only(200)
+    ),
+    "admin release reservation": Cell(
+        "post",
+        lambda w: f"{V1}/admin/reservations/{w.reservation.pk}/release",
+        staff_only(202),
+        lambda w: {"reason": "hardware recall"},
+    ),
     "admin list rollouts": Cell("get", lambda w: f"{V1}/admin/reimage-rollouts", staff_only(200)),
     "admin create rollout": Cell(
         "post",

@@ -1,10 +1,13 @@
-"""Operator endpoints under /api/v1/admin/ (staff only): the fleet, node actions, quarantine review and
-rolling reimages. Every action goes through provisioner.services, which audits it."""
+"""Operator endpoints under /api/v1/admin/ (staff only): the fleet, node actions, quarantine review,
+rolling reimages and customers' reservations. Every action goes through provisioner.services, which audits
+it as the operator ("operator <name>"): what an operator does to a customer's servers or reservation, the
+customer reads as an operator's doing in their audit trail."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import django_filters
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -14,19 +17,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from provisioner.filtersets import NodeFilterSet
-from provisioner.models import Image, Node, Operation, Rollout
+from provisioner.models import Image, Node, Operation, Reservation, Rollout
 from provisioner.services import nodes as node_service
+from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
 from provisioner.states import NodeState, OperationKind
 from webapp.api.customer import errors
 from webapp.api.permissions import IsOperator
 from webapp.api.serializers.common import OperationSerializer
+from webapp.api.serializers.customer import ReservationSerializer, reservation_data
 from webapp.api.serializers.operators import (
     AdminNodeDetailSerializer,
     AdminNodeSerializer,
     KeepInQuarantineSerializer,
     MaintenanceSerializer,
+    OperatorReleaseSerializer,
     PowerSerializer,
     QuarantinedNodeSerializer,
     ReasonSerializer,
@@ -64,7 +70,7 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return AdminNodeDetailSerializer if self.action == "retrieve" else AdminNodeSerializer
 
     def _actor(self) -> Actor:
-        return Actor.from_request(self.request)
+        return Actor.operator_from_request(self.request)
 
     def _data(self, serializer_class: type) -> dict[str, Any]:
         serializer = serializer_class(data=self.request.data)
@@ -194,7 +200,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         nodes = _rollout_nodes(data)
         rollout = rollout_service.start_rollout(
             nodes,
-            actor=Actor.from_request(request),
+            actor=Actor.operator_from_request(request),
             image=_image(data.get("image")),
             max_parallel=data["max_parallel"],
             failure_budget=data["failure_budget"],
@@ -215,9 +221,47 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         serializer = RolloutCancelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         rollout = rollout_service.cancel_rollout(
-            rollout, actor=Actor.from_request(request), reason=serializer.validated_data["reason"]
+            rollout, actor=Actor.operator_from_request(request), reason=serializer.validated_data["reason"]
         )
         return Response(self.get_serializer(rollout).data)
+
+
+class AdminReservationFilter(django_filters.FilterSet):
+    organization = django_filters.CharFilter(field_name="organization__slug", help_text="organization slug")
+
+    class Meta:
+        model = Reservation
+        fields = ["state", "organization"]
+
+
+class AdminReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Every organization's reservations. An operator releases a customer's reservation here, not through
+    the customer endpoints (which act only within the caller's own organizations, for staff too)."""
+
+    permission_classes = [IsOperator]
+    serializer_class = ReservationSerializer
+    queryset = Reservation.objects.select_related("organization", "server_type", "image").prefetch_related(
+        "ssh_keys", "nodes"
+    )
+    filterset_class = AdminReservationFilter
+
+    @extend_schema(
+        request=OperatorReleaseSerializer,
+        responses={202: ReservationSerializer, **errors(400, 401, 403, 404)},
+    )
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str | None = None) -> Response:
+        """Release a customer's reservation: its servers are wiped and return to the pool. The customer
+        reads "released by operator <name>: <reason>" as its status and in their audit trail. Idempotent: a
+        reservation that is no longer open is returned unchanged."""
+        reservation = self.get_object()
+        serializer = OperatorReleaseSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        actor = Actor.operator_from_request(request)
+        released = reservation_service.release_reservation(
+            reservation, actor=actor, reason=f"released by {actor}: {serializer.validated_data['reason']}"
+        )
+        return Response(reservation_data(released), status=status.HTTP_202_ACCEPTED)
 
 
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:

@@ -1,5 +1,6 @@
-"""Request and response shapes of the operator endpoints on nodes (/api/v1/admin/nodes, quarantine): the
-fleet with its BMC records, node actions and burn-in reports. Staff only."""
+"""Request and response shapes of the operator endpoints on nodes and reservations (/api/v1/admin/nodes,
+quarantine, reservations): the fleet with its BMC records, node actions, burn-in reports and an operator's
+release of a customer's reservation. Staff only."""
 
 from __future__ import annotations
 
@@ -149,4 +150,12 @@ class KeepInQuarantineSerializer(serializers.Serializer):
         allow_blank=True,
         max_length=1000,
         help_text="the review's note for the node's timeline (audited); default: kept out of the pool after review",
+    )
+
+
+class OperatorReleaseSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=1000,
+        help_text="why the operator releases it: the customer reads it (as the reservation's status and in "
+        "their audit trail)",
     )

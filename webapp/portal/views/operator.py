@@ -143,7 +143,7 @@ def _after_withdrawn_hold(node: Node) -> str:
 
 def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     """Run one operator action through the services; returns the sentence to show."""
-    actor = Actor.from_request(request)
+    actor = Actor.operator_from_request(request)
     reason = request.POST.get("reason", "").strip()
     if action == "maintenance_on":
         node_services.set_maintenance(node, True, actor=actor, reason=reason)
@@ -222,7 +222,7 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
     try:
         rollout = rollout_services.start_rollout(
             list(f["nodes"]),
-            actor=Actor.from_request(request),
+            actor=Actor.operator_from_request(request),
             image=f["image"],
             max_parallel=f["max_parallel"],
             failure_budget=f["failure_budget"],
@@ -363,7 +363,7 @@ def rollout_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     rollout = get_object_or_404(Rollout, pk=pk)
     try:
         rollout = rollout_services.cancel_rollout(
-            rollout, actor=Actor.from_request(request), reason=request.POST.get("reason", "")
+            rollout, actor=Actor.operator_from_request(request), reason=request.POST.get("reason", "")
         )
     except NeocloudError as exc:
         messages.error(request, f"Not cancelled: {sentence(exc)}")
