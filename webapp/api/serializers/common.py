@@ -25,7 +25,7 @@ class ErrorSerializer(serializers.Serializer):
 
 class AuditEventSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor_label", read_only=True)
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
 
     class Meta:
         model = AuditEvent
@@ -61,7 +61,9 @@ class StepSerializer(serializers.ModelSerializer):
 
 
 class LogLineSerializer(serializers.ModelSerializer):
-    step = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    step = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True, help_text="null: a line of no step"
+    )
 
     class Meta:
         model = LogLine

@@ -64,6 +64,9 @@ class AvailabilityQuerySerializer(serializers.Serializer):
 
 
 class ImageSerializer(serializers.ModelSerializer):
+    # Image slugs carry versions ("ubuntu-24.04"): not the letters, digits, - and _ of a SlugField's pattern.
+    slug = serializers.CharField(read_only=True)
+
     class Meta:
         model = Image
         fields = ["id", "slug", "name", "os_name", "format", "size_bytes", "sha256", "created_at"]
@@ -350,7 +353,7 @@ class ExtendSerializer(serializers.Serializer):
 
 class ServerSerializer(serializers.ModelSerializer):
     server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     address = serializers.CharField(source="ssh_address", read_only=True)
     ssh_command = serializers.SerializerMethodField()
     burnin = serializers.SerializerMethodField(help_text="the latest burn-in of this server for its lease")

@@ -36,8 +36,15 @@ class AdminNodeSerializer(serializers.ModelSerializer):
     server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     site = serializers.CharField(source="rack.site.slug", read_only=True, allow_null=True, default=None)
     rack = serializers.CharField(source="rack.name", read_only=True, allow_null=True, default=None)
-    owner = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    owner = serializers.SlugRelatedField(
+        slug_field="slug",
+        read_only=True,
+        allow_null=True,
+        help_text="the organization leasing it; null: none",
+    )
+    image = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True, help_text="null: never deployed"
+    )
 
     class Meta:
         model = Node

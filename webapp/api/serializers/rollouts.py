@@ -96,10 +96,17 @@ class RolloutCountsSerializer(serializers.Serializer):
 
 
 class RolloutSerializer(serializers.ModelSerializer):
-    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    image = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True, help_text="null: each node keeps its image"
+    )
+    requested_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="null: started by the system"
+    )
     cancelled_by = serializers.SlugRelatedField(
-        slug_field="username", read_only=True, help_text="the operator who cancelled it, if anyone did"
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="the operator who cancelled it, if anyone did",
     )
     counts = serializers.SerializerMethodField()
     nodes = serializers.SerializerMethodField()
