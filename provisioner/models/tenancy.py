@@ -13,12 +13,41 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 
+class OrgScopedQuerySet(QuerySet):
+    """Queryset of rows owned by an organization: the one place that scopes them to a user.
+
+    ``for_user``: the rows a user may see (a customer their organizations', staff every organization's).
+    ``for_member``: the rows of the organizations the user belongs to, staff included: what a user may
+    change as a customer. Operators change customers' rows as operators (the operator API), not here.
+    """
+
+    # The path from a row to its organization; "" for an organization itself.
+    org_field = "organization"
+
+    def for_user(self, user: Any) -> QuerySet:
+        if getattr(user, "is_staff", False):
+            return self
+        return self.for_member(user)
+
+    def for_member(self, user: Any) -> QuerySet:
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        path = f"{self.org_field}__memberships__user" if self.org_field else "memberships__user"
+        return self.filter(**{path: user}).distinct()
+
+
+class OrganizationQuerySet(OrgScopedQuerySet):
+    org_field = ""
+
+
 class Organization(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     # Most servers this organization may hold at once (reserved, deploying or active).
     server_quota = models.PositiveIntegerField(default=16)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -49,19 +78,6 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organization} ({self.role})"
-
-
-class OrgScopedQuerySet(QuerySet):
-    """Queryset of rows owned by an organization: ``for_user`` is the one place that scopes them."""
-
-    org_field = "organization"
-
-    def for_user(self, user: Any) -> QuerySet:
-        if getattr(user, "is_staff", False):
-            return self
-        if not getattr(user, "is_authenticated", False):
-            return self.none()
-        return self.filter(**{f"{self.org_field}__memberships__user": user}).distinct()
 
 
 class SSHKey(models.Model):

@@ -27,6 +27,13 @@ class Actor:
             request_id=getattr(request, "request_id", ""),
         )
 
+    @classmethod
+    def operator_from_request(cls, request: Any) -> Actor:
+        """An operator acting through the operator API or pages. The audit trail, which the customer whose
+        servers or reservation it touches reads too, says an operator did it, by name."""
+        actor = cls.from_request(request)
+        return dataclasses.replace(actor, label=f"operator {actor.label}")
+
     def __str__(self) -> str:
         return self.label or (self.user.username if self.user else "system")
 

@@ -35,9 +35,8 @@ def role_in(org: Organization, user: Any) -> str | None:
 
 
 def require_owner(org: Organization, actor: Actor) -> None:
-    """:raises NotPermitted: the actor is not an owner of ``org`` (staff count as owners)."""
-    if getattr(actor.user, "is_staff", False):
-        return
+    """:raises NotPermitted: the actor is not an owner of ``org``. Staff included: being an operator makes
+    no one an owner of a customer's organization."""
     if role_in(org, actor.user) != Membership.Role.OWNER:
         raise NotPermitted(f"only an owner of {org.name} can change its members")
 

@@ -1,7 +1,9 @@
 """Every API endpoint x every role, with real Bearer tokens: the expected status of each cell.
 
 Roles: anonymous; "outsider" (owner of another organization); "member" and "owner" of acme (whose
-reservation, server, operation and keys the paths name); "operator" (staff, in no organization).
+reservation, server, operation and keys the paths name); "operator" (staff, in no organization). Through
+the customer endpoints the operator reads every organization's rows but changes none but their own
+organizations' (none): they answer 404, as for the outsider; the operator endpoints change customers' rows.
 Each cell runs against a fresh database, so a cell that changes something cannot affect another.
 """
 
@@ -110,6 +112,11 @@ def acme_only(code: int) -> dict[str, int]:
     return {"anonymous": 401, "outsider": 404, "member": code, "owner": code, "operator": code}
 
 
+def acme_members(code: int) -> dict[str, int]:
+    """A change to a row of acme: its members only. Staff are no master key (404, as for any outsider)."""
+    return {**acme_only(code), "operator": 404}
+
+
 def staff_only(code: int) -> dict[str, int]:
     return {"anonymous": 401, "outsider": 403, "member": 403, "owner": 403, "operator": code}
 
@@ -137,7 +144,7 @@ MATRIX: dict[str, Cell] = {
         lambda w: {"name": "new", "public_key": w.fresh_public_key},
     ),
     "ssh key": Cell("get", lambda w: f"{V1}/ssh-keys/{w.inv.key.pk}", acme_only(200)),
-    "delete ssh key": Cell("delete", lambda w: f"{V1}/ssh-keys/{w.spare_key_id}", acme_only(204)),
+    "delete ssh key": Cell("delete", lambda w: f"{V1}/ssh-keys/{w.spare_key_id}", acme_members(204)),
     "list reservations": Cell("get", lambda w: f"{V1}/reservations", everyone(200)),
     # The outsider names acme's key, which their organization does not have: a validation error.
     "create reservation": Cell(
@@ -150,11 +157,11 @@ MATRIX: dict[str, Cell] = {
     "extend reservation": Cell(
         "post",
         lambda w: f"{V1}/reservations/{w.reservation.pk}/extend",
-        acme_only(200),
+        acme_members(200),
         lambda w: {"ends_at": in_future(3)},
     ),
     "release reservation": Cell(
-        "post", lambda w: f"{V1}/reservations/{w.reservation.pk}/release", acme_only(202)
+        "post", lambda w: f"{V1}/reservations/{w.reservation.pk}/release", acme_members(202)
     ),
     "list servers": Cell("get", lambda w: f"{V1}/servers", everyone(200)),
     "server": Cell("get", lambda w: f"{V1}/servers/{w.server.pk}", acme_only(200)),
@@ -168,13 +175,13 @@ MATRIX: dict[str, Cell] = {
     "add member": Cell(
         "post",
         lambda w: f"{V1}/organizations/{w.inv.acme.pk}/members",
-        {**acme_only(201), "member": 403},
+        {**acme_members(201), "member": 403},
         lambda w: {"username": "oscar", "role": "member"},
     ),
     "remove member": Cell(
         "delete",
         lambda w: f"{V1}/organizations/{w.inv.acme.pk}/members/{w.inv.member.pk}",
-        {**acme_only(204), "member": 403},
+        {**acme_members(204), "member": 403},
     ),
     "list tokens": Cell("get", lambda w: f"{V1}/tokens", everyone(200)),
     "create token": Cell("post", lambda w: f"{V1}/tokens", everyone(201), lambda w: {"name": "ci"}),
@@ -234,6 +241,18 @@ MATRIX: dict[str, Cell] = {
     ),
     "admin rerun burn-in": Cell(
         "post", lambda w: f"{V1}/admin/nodes/{w.quarantined.pk}/rerun-burnin", staff_only(202)
+    ),
+    "admin list reservations": Cell(
+        "get", lambda w: f"{V1}/admin/reservations?organization=acme&state=provisioning", staff_only(200)
+    ),
+    "admin reservation": Cell(
+        "get", lambda w: f"{V1}/admin/reservations/{w.reservation.pk}", staff_only(200)
+    ),
+    "admin release reservation": Cell(
+        "post",
+        lambda w: f"{V1}/admin/reservations/{w.reservation.pk}/release",
+        staff_only(202),
+        lambda w: {"reason": "hardware recall"},
     ),
     "admin list rollouts": Cell("get", lambda w: f"{V1}/admin/reimage-rollouts", staff_only(200)),
     "admin create rollout": Cell(

@@ -1,5 +1,6 @@
 """Customer endpoints under /api/v1/: catalog, SSH keys, reservations, servers, operations, organizations,
-tokens and the audit trail. Views are thin: they scope with ``for_user`` and call provisioner.services."""
+tokens and the audit trail. Views are thin: CustomerViewSet scopes every query to the caller's organizations
+(webapp/api/viewsets.py), and changes go through provisioner.services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -30,26 +31,52 @@ from provisioner.models import (
 from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
 from provisioner.services.audit import Actor
-from webapp.api import serializers as s
-from webapp.api.permissions import OwnerOnlyActions, acting_organization, organizations_for, tokens_for
+from webapp.api.permissions import OwnerOnlyActions, acting_organization, tokens_for
+from webapp.api.serializers.common import (
+    AuditEventSerializer,
+    ErrorSerializer,
+    OperationSerializer,
+    OperationSummarySerializer,
+)
+from webapp.api.serializers.customer import (
+    ApiTokenCreateSerializer,
+    ApiTokenIssuedSerializer,
+    ApiTokenSerializer,
+    AvailabilityQuerySerializer,
+    ExtendSerializer,
+    ImageSerializer,
+    MemberAddSerializer,
+    MemberSerializer,
+    OrganizationCreateSerializer,
+    OrganizationSerializer,
+    ReservationCreateSerializer,
+    ReservationSerializer,
+    ServerSerializer,
+    ServerTypeSerializer,
+    SSHKeyCreateSerializer,
+    SSHKeySerializer,
+    reservation_data,
+)
+from webapp.api.viewsets import CustomerViewSet
 
 
 def errors(*codes: int) -> dict[int, Any]:
     """Schema entries for error responses: they all share the one error shape."""
-    return {code: OpenApiResponse(s.ErrorSerializer, description="error") for code in codes}
+    return {code: OpenApiResponse(ErrorSerializer, description="error") for code in codes}
 
 
-class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
+class ServerTypeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Hardware profiles you can reserve, with how many are free."""
 
-    serializer_class = s.ServerTypeSerializer
+    unscoped_because = "the catalog: server types belong to no organization"
+    serializer_class = ServerTypeSerializer
     queryset = ServerType.objects.all()
     lookup_field = "slug"
     lookup_value_regex = "[^/]+"
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
-        query = s.AvailabilityQuerySerializer(data=self.request.query_params)
+        query = AvailabilityQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
         start = query.validated_data.get("starts_at")
         end = query.validated_data.get("ends_at")
@@ -67,24 +94,24 @@ class ServerTypeViewSet(viewsets.ReadOnlyModelViewSet):
             OpenApiParameter("starts_at", OpenApiTypes.DATETIME, description="window start (default now)"),
             OpenApiParameter("ends_at", OpenApiTypes.DATETIME, description="window end (default open-ended)"),
         ],
-        responses={200: s.ServerTypeSerializer(many=True), **errors(400, 401)},
+        responses={200: ServerTypeSerializer(many=True), **errors(400, 401)},
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
 
-class ImageViewSet(viewsets.ReadOnlyModelViewSet):
+class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """OS images servers can be deployed with."""
 
-    serializer_class = s.ImageSerializer
+    unscoped_because = "images belong to no organization: customers see the public ones"
+    serializer_class = ImageSerializer
     queryset = Image.objects.all()
     lookup_field = "slug"
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Image]:
-        if self.request.user.is_staff:
-            return Image.objects.all()
-        return Image.objects.filter(public=True)
+        images = super().get_queryset()
+        return images if self.request.user.is_staff else images.filter(public=True)
 
 
 @extend_schema_view(
@@ -99,26 +126,21 @@ class SSHKeyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Your organizations' SSH public keys; reservations put them on the servers."""
 
-    serializer_class = s.SSHKeySerializer
-    queryset = SSHKey.objects.all()
+    serializer_class = SSHKeySerializer
+    queryset = SSHKey.objects.select_related("organization")
 
-    def get_queryset(self) -> QuerySet[SSHKey]:
-        return SSHKey.objects.for_user(self.request.user).select_related("organization")
-
-    @extend_schema(
-        request=s.SSHKeyCreateSerializer, responses={201: s.SSHKeySerializer, **errors(400, 401, 404)}
-    )
+    @extend_schema(request=SSHKeyCreateSerializer, responses={201: SSHKeySerializer, **errors(400, 401, 404)})
     def create(self, request: Request) -> Response:
-        data = _valid(s.SSHKeyCreateSerializer, request)
+        data = _valid(SSHKeyCreateSerializer, request)
         org = acting_organization(request.user, data.get("organization"))
         key = tenancy.create_ssh_key(
             org, data.get("name", ""), data["public_key"], actor=Actor.from_request(request)
         )
-        return Response(s.SSHKeySerializer(key).data, status=status.HTTP_201_CREATED)
+        return Response(SSHKeySerializer(key).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: SSHKey) -> None:
         tenancy.delete_ssh_key(instance, actor=Actor.from_request(self.request))
@@ -184,11 +206,11 @@ def _asks_for(existing: Reservation, data: dict[str, Any], image: Image, ssh_key
 class ReservationViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Whole servers for a window. Provisioning starts at once for a window that starts now."""
 
-    serializer_class = s.ReservationSerializer
+    serializer_class = ReservationSerializer
     queryset = Reservation.objects.all()
     filterset_fields = ["state"]
 
@@ -197,7 +219,7 @@ class ReservationViewSet(
     CHANGES = frozenset({"extend", "release"})
 
     def get_queryset(self) -> QuerySet[Reservation]:
-        mine = Reservation.objects.for_user(self.request.user)
+        mine = super().get_queryset()
         if self.action in self.CHANGES:
             return mine
         return mine.select_related("organization", "server_type", "image").prefetch_related(
@@ -210,7 +232,7 @@ class ReservationViewSet(
         return super().filter_queryset(queryset)
 
     @extend_schema(
-        request=s.ReservationCreateSerializer,
+        request=ReservationCreateSerializer,
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
@@ -221,13 +243,13 @@ class ReservationViewSet(
             )
         ],
         responses={
-            201: s.ReservationSerializer,
-            200: OpenApiResponse(s.ReservationSerializer, description="replay of an Idempotency-Key"),
+            201: ReservationSerializer,
+            200: OpenApiResponse(ReservationSerializer, description="replay of an Idempotency-Key"),
             **errors(400, 401, 403, 404, 409),
         },
     )
     def create(self, request: Request) -> Response:
-        data = _valid(s.ReservationCreateSerializer, request)
+        data = _valid(ReservationCreateSerializer, request)
         org = acting_organization(request.user, data.get("organization"))
         key = request.headers.get("Idempotency-Key", "").strip()
         if len(key) > 100:
@@ -257,7 +279,7 @@ class ReservationViewSet(
             return self._replay(booking.reservation, data, image, ssh_keys)
         key_ids = [k.pk for k in sorted(ssh_keys, key=lambda k: k.name)]
         return Response(
-            s.reservation_data(booking.reservation, ssh_key_ids=key_ids, booking=booking),
+            reservation_data(booking.reservation, ssh_key_ids=key_ids, booking=booking),
             status=status.HTTP_201_CREATED,
         )
 
@@ -276,7 +298,7 @@ class ReservationViewSet(
     def _out(self, pk: int) -> dict[str, Any]:
         # The caller already holds an authorized row (get_object or a replay): no scoping join needed.
         row = Reservation.objects.select_related("organization", "server_type", "image").get(pk=pk)
-        return s.reservation_data(row)
+        return reservation_data(row)
 
     def _image(self, slug: str) -> Image:
         images = Image.objects.all() if self.request.user.is_staff else Image.objects.filter(public=True)
@@ -326,39 +348,32 @@ class ReservationViewSet(
         return list(keys.values())
 
     @extend_schema(
-        request=s.ExtendSerializer, responses={200: s.ReservationSerializer, **errors(400, 401, 404, 409)}
+        request=ExtendSerializer, responses={200: ReservationSerializer, **errors(400, 401, 404, 409)}
     )
     @action(detail=True, methods=["post"])
     def extend(self, request: Request, pk: str | None = None) -> Response:
         reservation = self.get_object()
-        data = _valid(s.ExtendSerializer, request)
+        data = _valid(ExtendSerializer, request)
         reservation_service.extend_reservation(
             reservation, data["ends_at"], actor=Actor.from_request(request)
         )
         return Response(self._out(reservation.pk))
 
-    @extend_schema(request=None, responses={202: s.ReservationSerializer, **errors(401, 404)})
+    @extend_schema(request=None, responses={202: ReservationSerializer, **errors(401, 404)})
     @action(detail=True, methods=["post"])
     def release(self, request: Request, pk: str | None = None) -> Response:
         """Give the servers back: they are wiped and return to the pool. Idempotent."""
         reservation = reservation_service.release_reservation(
             self.get_object(), actor=Actor.from_request(request)
         )
-        return Response(s.reservation_data(reservation), status=status.HTTP_202_ACCEPTED)
+        return Response(reservation_data(reservation), status=status.HTTP_202_ACCEPTED)
 
 
-class ServerViewSet(viewsets.ReadOnlyModelViewSet):
+class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Servers your organizations hold now, with how to reach them."""
 
-    serializer_class = s.ServerSerializer
-    queryset = Node.objects.all()
-
-    def get_queryset(self) -> QuerySet[Node]:
-        return (
-            Node.objects.for_user(self.request.user)
-            .filter(owner__isnull=False)
-            .select_related("server_type", "image")
-        )
+    serializer_class = ServerSerializer
+    queryset = Node.objects.filter(owner__isnull=False).select_related("server_type", "image")
 
 
 def _visible(model: Any) -> Any:
@@ -384,17 +399,14 @@ class AuditEventFilter(django_filters.FilterSet):
         fields = ["action", "reservation", "operation"]
 
 
-class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Long-running work (provision, release, reimage ...): progress, steps and log."""
 
-    queryset = Operation.objects.all()
+    queryset = Operation.objects.select_related("node").prefetch_related("steps")
     filterset_class = OperationFilter
 
     def get_serializer_class(self) -> type:
-        return s.OperationSerializer if self.action == "retrieve" else s.OperationSummarySerializer
-
-    def get_queryset(self) -> QuerySet[Operation]:
-        return Operation.objects.for_user(self.request.user).select_related("node").prefetch_related("steps")
+        return OperationSerializer if self.action == "retrieve" else OperationSummarySerializer
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
@@ -408,7 +420,7 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
         parameters=[
             OpenApiParameter("after", OpenApiTypes.INT, description="only log lines with a larger id")
         ],
-        responses={200: s.OperationSerializer, **errors(400, 401, 404)},
+        responses={200: OperationSerializer, **errors(400, 401, 404)},
     )
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
@@ -417,39 +429,36 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
 class OrganizationViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Organizations you belong to, their members and quota. Owners manage members."""
 
-    serializer_class = s.OrganizationSerializer
-    queryset = Organization.objects.all()
-    permission_classes = [*viewsets.GenericViewSet.permission_classes, OwnerOnlyActions]
-
-    def get_queryset(self) -> QuerySet[Organization]:
-        return organizations_for(self.request.user).prefetch_related("memberships__user")
+    serializer_class = OrganizationSerializer
+    queryset = Organization.objects.prefetch_related("memberships__user")
+    permission_classes = [*CustomerViewSet.permission_classes, OwnerOnlyActions]
 
     @extend_schema(
-        request=s.OrganizationCreateSerializer, responses={201: s.OrganizationSerializer, **errors(400, 401)}
+        request=OrganizationCreateSerializer, responses={201: OrganizationSerializer, **errors(400, 401)}
     )
     def create(self, request: Request) -> Response:
-        data = _valid(s.OrganizationCreateSerializer, request)
+        data = _valid(OrganizationCreateSerializer, request)
         org = tenancy.create_organization(_user(request), data["name"], actor=Actor.from_request(request))
         return Response(
             self.get_serializer(self.get_queryset().get(pk=org.pk)).data, status=status.HTTP_201_CREATED
         )
 
     @extend_schema(
-        request=s.MemberAddSerializer, responses={201: s.MemberSerializer, **errors(400, 401, 403, 404)}
+        request=MemberAddSerializer, responses={201: MemberSerializer, **errors(400, 401, 403, 404)}
     )
     @action(detail=True, methods=["post"], url_path="members")
     def add_member(self, request: Request, pk: str | None = None) -> Response:
         """Add a user (by username) or change their role. Owners only."""
         org = self.get_object()
-        data = _valid(s.MemberAddSerializer, request)
+        data = _valid(MemberAddSerializer, request)
         membership = tenancy.add_member(
             org, data["username"], role=data["role"], actor=Actor.from_request(request)
         )
-        return Response(s.MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         request=None,
@@ -468,21 +477,22 @@ class TokenViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
+    CustomerViewSet,
 ):
     """Your personal API tokens. The token itself is shown once, when created; only its hash is stored."""
 
-    serializer_class = s.ApiTokenSerializer
+    unscoped_because = "tokens are personal: each user sees and revokes only their own, staff included"
+    serializer_class = ApiTokenSerializer
     queryset = tenancy.ApiToken.objects.all()
 
     def get_queryset(self) -> QuerySet[Any]:
         return tokens_for(self.request.user)
 
     @extend_schema(
-        request=s.ApiTokenCreateSerializer, responses={201: s.ApiTokenIssuedSerializer, **errors(400, 401)}
+        request=ApiTokenCreateSerializer, responses={201: ApiTokenIssuedSerializer, **errors(400, 401)}
     )
     def create(self, request: Request) -> Response:
-        data = _valid(s.ApiTokenCreateSerializer, request)
+        data = _valid(ApiTokenCreateSerializer, request)
         row, plaintext = tenancy.issue_token(
             _user(request),
             data["name"],
@@ -490,7 +500,7 @@ class TokenViewSet(
             expires_in_days=data.get("expires_in_days"),
             issued_with=request.auth if isinstance(request.auth, tenancy.ApiToken) else None,
         )
-        body = dict(s.ApiTokenSerializer(row).data, token=plaintext)
+        body = dict(ApiTokenSerializer(row).data, token=plaintext)
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
     @extend_schema(responses={204: None, **errors(401, 404)})
@@ -500,12 +510,9 @@ class TokenViewSet(
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
     """Who did what to your organizations' reservations and servers, newest first."""
 
-    serializer_class = s.AuditEventSerializer
-    queryset = AuditEvent.objects.all()
+    serializer_class = AuditEventSerializer
+    queryset = AuditEvent.objects.select_related("node")
     filterset_class = AuditEventFilter
-
-    def get_queryset(self) -> QuerySet[AuditEvent]:
-        return AuditEvent.objects.for_user(self.request.user).select_related("node")

@@ -1,5 +1,7 @@
-"""Operator endpoints under /api/v1/admin/ (staff only): the fleet, node actions, quarantine review and
-rolling reimages. Every action goes through provisioner.services, which audits it."""
+"""Operator endpoints under /api/v1/admin/ (staff only): the fleet, node actions, quarantine review,
+rolling reimages and customers' reservations. Every action goes through provisioner.services, which audits
+it as the operator ("operator <name>"): what an operator does to a customer's servers or reservation, the
+customer reads as an operator's doing in their audit trail."""
 
 from __future__ import annotations
 
@@ -14,30 +16,38 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from provisioner.models import Image, Node, Operation, Rollout
+from provisioner.filtersets import NodeFilterSet
+from provisioner.models import Image, Node, Operation, Reservation, Rollout
 from provisioner.services import nodes as node_service
+from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services.audit import Actor
-from provisioner.states import NodeState, OperationKind, PowerStateChoice
-from webapp.api import serializers as s
+from provisioner.states import NodeState, OperationKind
 from webapp.api.customer import errors
 from webapp.api.permissions import IsOperator
-
-
-class NodeFilter(django_filters.FilterSet):
-    state = django_filters.ChoiceFilter(choices=NodeState.choices)
-    site = django_filters.CharFilter(field_name="rack__site__slug", help_text="site slug")
-    server_type = django_filters.CharFilter(field_name="server_type__slug", help_text="server type slug")
-    power = django_filters.ChoiceFilter(field_name="power_state", choices=PowerStateChoice.choices)
-
-    class Meta:
-        model = Node
-        fields = ["state", "site", "server_type", "power"]
+from webapp.api.serializers.common import OperationSerializer
+from webapp.api.serializers.customer import ReservationSerializer, reservation_data
+from webapp.api.serializers.operators import (
+    AdminNodeDetailSerializer,
+    AdminNodeSerializer,
+    KeepInQuarantineSerializer,
+    MaintenanceSerializer,
+    OperatorReleaseSerializer,
+    PowerSerializer,
+    QuarantinedNodeSerializer,
+    ReasonSerializer,
+    ReimageSerializer,
+)
+from webapp.api.serializers.rollouts import (
+    RolloutCancelSerializer,
+    RolloutCreateSerializer,
+    RolloutSerializer,
+)
 
 
 def _op_out(op: Operation) -> dict[str, Any]:
     op = Operation.objects.select_related("node").prefetch_related("steps").get(pk=op.pk)
-    return s.OperationSerializer(op, context={"log_after": 0}).data
+    return OperationSerializer(op, context={"log_after": 0}).data
 
 
 def _accepted(op: Operation) -> Response:
@@ -45,11 +55,11 @@ def _accepted(op: Operation) -> Response:
 
 
 class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
-    """The fleet. Filters: state, site, server_type, power."""
+    """The fleet. Filters: state, site, server_type, power, q (part of the name)."""
 
     permission_classes = [IsOperator]
     queryset = Node.objects.all()
-    filterset_class = NodeFilter
+    filterset_class = NodeFilterSet  # the portal's fleet page and rollout filters use it too
 
     def get_queryset(self) -> QuerySet[Node]:
         return Node.objects.for_user(self.request.user).select_related(
@@ -57,10 +67,10 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         )
 
     def get_serializer_class(self) -> type:
-        return s.AdminNodeDetailSerializer if self.action == "retrieve" else s.AdminNodeSerializer
+        return AdminNodeDetailSerializer if self.action == "retrieve" else AdminNodeSerializer
 
     def _actor(self) -> Actor:
-        return Actor.from_request(self.request)
+        return Actor.operator_from_request(self.request)
 
     def _data(self, serializer_class: type) -> dict[str, Any]:
         serializer = serializer_class(data=self.request.data)
@@ -68,8 +78,8 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return serializer.validated_data
 
     @extend_schema(
-        request=s.MaintenanceSerializer,
-        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+        request=MaintenanceSerializer,
+        responses={200: AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"])
     def maintenance(self, request: Request, pk: str | None = None) -> Response:
@@ -77,20 +87,20 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         when_free=true holds a server that is not free once its customer is done and it is wiped; on=false
         withdraws such a request."""
         node = self.get_object()
-        data = self._data(s.MaintenanceSerializer)
+        data = self._data(MaintenanceSerializer)
         node = node_service.set_maintenance(
             node, data["on"], actor=self._actor(), reason=data.get("reason", ""), when_free=data["when_free"]
         )
-        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+        return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 
     @extend_schema(
-        request=s.ReimageSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=ReimageSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"])
     def reimage(self, request: Request, pk: str | None = None) -> Response:
         """Reimage one node. A node leased to a customer is refused (409) unless force=true."""
         node = self.get_object()
-        data = self._data(s.ReimageSerializer)
+        data = self._data(ReimageSerializer)
         image = _image(data.get("image"))
         op = node_service.reimage(
             node, actor=self._actor(), image=image, force=data["force"], reason=data.get("reason", "")
@@ -98,24 +108,24 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return _accepted(op)
 
     @extend_schema(
-        request=s.PowerSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=PowerSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"])
     def power(self, request: Request, pk: str | None = None) -> Response:
         """Queue a power action on the node's BMC. Off, reset and pxe on a node leased to a customer are
         refused (409) unless force=true; on is always allowed."""
         node = self.get_object()
-        data = self._data(s.PowerSerializer)
+        data = self._data(PowerSerializer)
         return _accepted(node_service.power(node, data["action"], actor=self._actor(), force=data["force"]))
 
     @extend_schema(
-        request=s.ReasonSerializer, responses={202: s.OperationSerializer, **errors(400, 401, 403, 404, 409)}
+        request=ReasonSerializer, responses={202: OperationSerializer, **errors(400, 401, 403, 404, 409)}
     )
     @action(detail=True, methods=["post"], url_path="return-to-pool")
     def return_to_pool(self, request: Request, pk: str | None = None) -> Response:
         """After repair: wipe a quarantined node and return it to the pool."""
         node = self.get_object()
-        data = self._data(s.ReasonSerializer)
+        data = self._data(ReasonSerializer)
         node = node_service.return_from_quarantine(node, actor=self._actor(), reason=data["reason"])
         op = (
             Operation.objects.filter(node=node, kind=OperationKind.CLEAN)
@@ -126,19 +136,19 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         return _accepted(op)
 
     @extend_schema(
-        request=s.KeepInQuarantineSerializer,
-        responses={200: s.AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+        request=KeepInQuarantineSerializer,
+        responses={200: AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"], url_path="keep-in-quarantine")
     def keep_in_quarantine(self, request: Request, pk: str | None = None) -> Response:
         """Quarantine review: keep the node out of the pool (it stays quarantined); the reason goes in its
         timeline. A node that is not quarantined (e.g. another operator returned it meanwhile) is a 409."""
         node = self.get_object()
-        data = self._data(s.KeepInQuarantineSerializer)
+        data = self._data(KeepInQuarantineSerializer)
         node = node_service.keep_in_quarantine(node, actor=self._actor(), reason=data.get("reason", ""))
-        return Response(s.AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+        return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 
-    @extend_schema(request=None, responses={202: s.OperationSerializer, **errors(401, 403, 404, 409)})
+    @extend_schema(request=None, responses={202: OperationSerializer, **errors(401, 403, 404, 409)})
     @action(detail=True, methods=["post"], url_path="rerun-burnin")
     def rerun_burnin(self, request: Request, pk: str | None = None) -> Response:
         """Run burn-in again on a quarantined node (it stays quarantined; read the new report). A node a
@@ -159,7 +169,7 @@ class QuarantineViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Quarantined nodes awaiting review, with the burn-in that put them there."""
 
     permission_classes = [IsOperator]
-    serializer_class = s.QuarantinedNodeSerializer
+    serializer_class = QuarantinedNodeSerializer
     queryset = Node.objects.all()
 
     def get_queryset(self) -> QuerySet[Node]:
@@ -174,23 +184,23 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     """Rolling bulk reimages: at most max_parallel at once, halted once failures exceed failure_budget."""
 
     permission_classes = [IsOperator]
-    serializer_class = s.RolloutSerializer
+    serializer_class = RolloutSerializer
     queryset = Rollout.objects.all()
 
     def get_queryset(self) -> QuerySet[Rollout]:
         return Rollout.objects.select_related("image", "requested_by", "cancelled_by")
 
     @extend_schema(
-        request=s.RolloutCreateSerializer, responses={202: s.RolloutSerializer, **errors(400, 401, 403, 409)}
+        request=RolloutCreateSerializer, responses={202: RolloutSerializer, **errors(400, 401, 403, 409)}
     )
     def create(self, request: Request) -> Response:
-        serializer = s.RolloutCreateSerializer(data=request.data)
+        serializer = RolloutCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         nodes = _rollout_nodes(data)
         rollout = rollout_service.start_rollout(
             nodes,
-            actor=Actor.from_request(request),
+            actor=Actor.operator_from_request(request),
             image=_image(data.get("image")),
             max_parallel=data["max_parallel"],
             failure_budget=data["failure_budget"],
@@ -199,8 +209,8 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        request=s.RolloutCancelSerializer,
-        responses={200: s.RolloutSerializer, **errors(400, 401, 403, 404, 409)},
+        request=RolloutCancelSerializer,
+        responses={200: RolloutSerializer, **errors(400, 401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
@@ -208,12 +218,50 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         cancelled (state cancelling until then). Cancelling a cancelling or cancelled rollout returns it
         unchanged (200); one that already succeeded or halted is a 409."""
         rollout = self.get_object()
-        serializer = s.RolloutCancelSerializer(data=request.data)
+        serializer = RolloutCancelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         rollout = rollout_service.cancel_rollout(
-            rollout, actor=Actor.from_request(request), reason=serializer.validated_data["reason"]
+            rollout, actor=Actor.operator_from_request(request), reason=serializer.validated_data["reason"]
         )
         return Response(self.get_serializer(rollout).data)
+
+
+class AdminReservationFilter(django_filters.FilterSet):
+    organization = django_filters.CharFilter(field_name="organization__slug", help_text="organization slug")
+
+    class Meta:
+        model = Reservation
+        fields = ["state", "organization"]
+
+
+class AdminReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Every organization's reservations. An operator releases a customer's reservation here, not through
+    the customer endpoints (which act only within the caller's own organizations, for staff too)."""
+
+    permission_classes = [IsOperator]
+    serializer_class = ReservationSerializer
+    queryset = Reservation.objects.select_related("organization", "server_type", "image").prefetch_related(
+        "ssh_keys", "nodes"
+    )
+    filterset_class = AdminReservationFilter
+
+    @extend_schema(
+        request=OperatorReleaseSerializer,
+        responses={202: ReservationSerializer, **errors(400, 401, 403, 404)},
+    )
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str | None = None) -> Response:
+        """Release a customer's reservation: its servers are wiped and return to the pool. The customer
+        reads "released by operator <name>: <reason>" as its status and in their audit trail. Idempotent: a
+        reservation that is no longer open is returned unchanged."""
+        reservation = self.get_object()
+        serializer = OperatorReleaseSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        actor = Actor.operator_from_request(request)
+        released = reservation_service.release_reservation(
+            reservation, actor=actor, reason=f"released by {actor}: {serializer.validated_data['reason']}"
+        )
+        return Response(reservation_data(released), status=status.HTTP_202_ACCEPTED)
 
 
 def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
@@ -222,10 +270,17 @@ def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
     spec = data["filter"]
     # Only available and active servers can be reimaged: a filter never sweeps in a quarantined, held,
     # broken or busy server, which would only count against the failure budget.
+    matching = NodeFilterSet(spec, queryset=Node.objects.filter(state__in=node_service.REIMAGEABLE_STATES))
+    if not matching.is_valid():
+        raise ValidationError(
+            {
+                "filter": {
+                    name: [f"unknown {name.replace('_', ' ')} {spec[name]!r}"] for name in matching.errors
+                }
+            }
+        )
     states = list(node_service.REIMAGEABLE_STATES)
     if spec.get("state"):
-        if spec["state"] not in NodeState.values:
-            raise ValidationError({"filter": {"state": [f"unknown state {spec['state']!r}"]}})
         if spec["state"] not in node_service.REIMAGEABLE_STATES:
             raise ValidationError(
                 {
@@ -235,12 +290,7 @@ def _rollout_nodes(data: dict[str, Any]) -> list[Node]:
                 }
             )
         states = [spec["state"]]
-    nodes = Node.objects.filter(state__in=states)
-    if spec.get("site"):
-        nodes = nodes.filter(rack__site__slug=spec["site"])
-    if spec.get("server_type"):
-        nodes = nodes.filter(server_type__slug=spec["server_type"])
-    found = list(nodes.order_by("name"))
+    found = list(matching.qs.order_by("name"))
     if not found:
         raise ValidationError({"filter": [f"no {' or '.join(states)} node matches this filter"]})
     return found

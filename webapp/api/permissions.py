@@ -1,8 +1,11 @@
 """Who may do what through the API, in one place.
 
-Rows: every queryset is scoped by the models' ``for_user`` (a customer sees their organizations' rows, staff
-see all); a row outside that scope is a 404, never a 403, so its existence does not leak. Actions: the small
-mapping below says which viewset actions are staff-only or owner-only (403 for everyone else).
+Rows: every customer queryset is scoped by webapp/api/viewsets.CustomerViewSet with the models'
+``for_user`` (reads: a customer sees their organizations' rows, staff see all) and ``for_member``
+(everything else: the caller's own organizations, staff included; operators act on customers' rows
+through /api/v1/admin/). A row outside that scope is a 404, never a 403, so its existence does not leak.
+Actions: the small mapping below says which viewset actions are staff-only or owner-only (403 for everyone
+else).
 """
 
 from __future__ import annotations
@@ -30,28 +33,18 @@ class IsOperator(permissions.BasePermission):
 
 
 class OwnerOnlyActions(permissions.BasePermission):
-    """Owner-only actions of OWNER_ONLY_ACTIONS[view.basename]; staff count as owners."""
+    """Owner-only actions of OWNER_ONLY_ACTIONS[view.basename]. Staff are owners where they are owners:
+    being an operator makes no one an owner of a customer's organization."""
 
     message = "only an owner of this organization can do that"
 
     def has_object_permission(self, request: Any, view: Any, obj: Any) -> bool:
         if getattr(view, "action", None) not in OWNER_ONLY_ACTIONS.get(view.basename, set()):
             return True
-        if request.user.is_staff:
-            return True
         org = obj if isinstance(obj, Organization) else obj.organization
         return Membership.objects.filter(
             organization=org, user=request.user, role=Membership.Role.OWNER
         ).exists()
-
-
-def organizations_for(user: Any) -> QuerySet[Organization]:
-    """Organizations the user belongs to (staff: all)."""
-    if getattr(user, "is_staff", False):
-        return Organization.objects.all()
-    if not getattr(user, "is_authenticated", False):
-        return Organization.objects.none()
-    return Organization.objects.filter(memberships__user=user).distinct()
 
 
 def tokens_for(user: Any) -> QuerySet[ApiToken]:
@@ -69,7 +62,7 @@ def acting_organization(user: Any, slug: str | None) -> Organization:
     :raises NotFound: ``slug`` names an organization the user is not a member of.
     :raises ValidationError: none named and the user is in zero or several organizations.
     """
-    mine = Organization.objects.filter(memberships__user=user).distinct()
+    mine = Organization.objects.for_member(user)
     if slug:
         org = mine.filter(slug=slug).first()
         if org is None:

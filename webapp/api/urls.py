@@ -30,6 +30,7 @@ router.register("tokens", customer.TokenViewSet, basename="tokens")
 router.register("audit-events", customer.AuditEventViewSet, basename="audit-events")
 router.register("admin/nodes", operators.AdminNodeViewSet, basename="admin-nodes")
 router.register("admin/quarantine", operators.QuarantineViewSet, basename="admin-quarantine")
+router.register("admin/reservations", operators.AdminReservationViewSet, basename="admin-reservations")
 router.register("admin/reimage-rollouts", operators.RolloutViewSet, basename="admin-rollouts")
 
 app_name = "api"

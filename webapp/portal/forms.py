@@ -18,7 +18,6 @@ from django.utils import timezone
 from provisioner.errors import InvalidRequest
 from provisioner.models import Image, Node, Organization, ServerType, SSHKey
 from provisioner.sshkeys import parse_public_key
-from provisioner.states import NodeState
 
 # <input type="datetime-local"> sends naive local times; the portal shows and takes times in UTC.
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -235,13 +234,6 @@ class TokenForm(forms.Form):
 class InviteForm(forms.Form):
     username = forms.CharField(max_length=150, help_text="They must have signed up already.")
     role = forms.ChoiceField(choices=[("member", "Member"), ("owner", "Owner")], initial="member")
-
-
-class FleetFilterForm(forms.Form):
-    state = forms.ChoiceField(choices=[("", "All states"), *NodeState.choices], required=False)
-    site = forms.CharField(required=False)
-    server_type = forms.CharField(required=False)
-    q = forms.CharField(required=False, label="Name")
 
 
 class ReimageForm(forms.Form):

@@ -103,7 +103,8 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    key = get_object_or_404(SSHKey.objects.for_user(request.user).select_related("organization"), pk=pk)
+    # for_member, not for_user: an operator deletes keys of their own organizations only, as anyone does
+    key = get_object_or_404(SSHKey.objects.for_member(request.user).select_related("organization"), pk=pk)
     try:
         tenancy.delete_ssh_key(key, actor=Actor.from_request(request))
     except NeocloudError as exc:

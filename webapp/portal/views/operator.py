@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
+from provisioner.filtersets import NodeFilterSet
 from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operation, Rollout, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
@@ -24,7 +25,7 @@ from provisioner.states import (
     OperationKind,
 )
 from webapp.portal.access import staff_required
-from webapp.portal.forms import FleetFilterForm, ReimageForm, RolloutForm, model_choices
+from webapp.portal.forms import ReimageForm, RolloutForm, model_choices
 from webapp.portal.wording import sentence
 
 LOG_LINES_PER_OPERATION = 200
@@ -33,27 +34,18 @@ FLEET_PAGE_SIZE = 100
 
 @staff_required
 def fleet(request: HttpRequest) -> HttpResponse:
-    form = FleetFilterForm(request.GET or None)
     base = Node.objects.for_user(request.user).select_related(
         "server_type", "rack__site", "owner", "reservation"
     )
-    nodes = base
+    node_filter = NodeFilterSet(request.GET or None, queryset=base)
     filter_errors: list[str] = []
-    if form.is_bound and not form.is_valid():
+    if node_filter.is_bound and not node_filter.is_valid():
         # e.g. ?state=bogus from a stale link: say so, and keep the filters that are valid
         filter_errors = [
             f"{name.replace('_', ' ')} {request.GET.get(name, '')!r}: {' '.join(str(e) for e in errs)}"
-            for name, errs in form.errors.items()
+            for name, errs in node_filter.errors.items()
         ]
-    f = form.cleaned_data if form.is_bound else {}
-    if f.get("state"):
-        nodes = nodes.filter(state=f["state"])
-    if f.get("site"):
-        nodes = nodes.filter(rack__site__slug=f["site"])
-    if f.get("server_type"):
-        nodes = nodes.filter(server_type__slug=f["server_type"])
-    if f.get("q"):
-        nodes = nodes.filter(name__icontains=f["q"])
+    nodes = node_filter.qs
     # The grid: counts per (site, server type) and state, over the whole fleet (filters narrow the table).
     grid: dict[tuple[str, str], Counter] = {}
     totals: Counter = Counter()
@@ -69,7 +61,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     filters = request.GET.copy()
     filters.pop("page", None)
     context = {
-        "form": form,
+        "form": node_filter.form,
         "filter_errors": filter_errors,
         "page": page,
         "states": states,
@@ -151,7 +143,7 @@ def _after_withdrawn_hold(node: Node) -> str:
 
 def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     """Run one operator action through the services; returns the sentence to show."""
-    actor = Actor.from_request(request)
+    actor = Actor.operator_from_request(request)
     reason = request.POST.get("reason", "").strip()
     if action == "maintenance_on":
         node_services.set_maintenance(node, True, actor=actor, reason=reason)
@@ -230,7 +222,7 @@ def rollout_start(request: HttpRequest) -> HttpResponse:
     try:
         rollout = rollout_services.start_rollout(
             list(f["nodes"]),
-            actor=Actor.from_request(request),
+            actor=Actor.operator_from_request(request),
             image=f["image"],
             max_parallel=f["max_parallel"],
             failure_budget=f["failure_budget"],
@@ -371,7 +363,7 @@ def rollout_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     rollout = get_object_or_404(Rollout, pk=pk)
     try:
         rollout = rollout_services.cancel_rollout(
-            rollout, actor=Actor.from_request(request), reason=request.POST.get("reason", "")
+            rollout, actor=Actor.operator_from_request(request), reason=request.POST.get("reason", "")
         )
     except NeocloudError as exc:
         messages.error(request, f"Not cancelled: {sentence(exc)}")

@@ -36,6 +36,12 @@ def _scoped(request: HttpRequest):
     return Reservation.objects.for_user(request.user).select_related("server_type", "image", "organization")
 
 
+def _changeable(request: HttpRequest):
+    """The reservations this request may extend or release: its user's organizations', for staff too (an
+    operator releases a customer's reservation through the operator API, audited as the operator)."""
+    return Reservation.objects.for_member(request.user).select_related("server_type", "image", "organization")
+
+
 @login_required
 def reservation_list(request: HttpRequest) -> HttpResponse:
     org = current_org(request)
@@ -118,7 +124,7 @@ def reservation_live(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
     """Move the end of the reservation later. A refusal is shown next to the field, with the date kept."""
-    reservation = get_object_or_404(_scoped(request), pk=pk)
+    reservation = get_object_or_404(_changeable(request), pk=pk)
     form = ExtendForm(request.POST)
     if form.is_valid():
         try:
@@ -139,7 +145,7 @@ def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def reservation_release(request: HttpRequest, pk: int) -> HttpResponse:
-    reservation = get_object_or_404(_scoped(request), pk=pk)
+    reservation = get_object_or_404(_changeable(request), pk=pk)
     before = reservation.state
     asked_at = timezone.now()
     try:

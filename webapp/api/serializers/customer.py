@@ -1,0 +1,387 @@
+"""Request and response shapes of the customer endpoints (/api/v1/): catalog, SSH keys, organizations,
+tokens, reservations and servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from provisioner.models import (
+    ApiToken,
+    Image,
+    Membership,
+    Node,
+    Operation,
+    Organization,
+    Reservation,
+    ServerType,
+    SSHKey,
+)
+from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services.reservations import START_NOW_SLACK
+from provisioner.sshkeys import ssh_command
+from provisioner.states import LEASED_STATES, StepState
+from webapp.api.serializers.common import (
+    BurnInSummarySerializer,
+    OperationSummarySerializer,
+    RowReferenceField,
+)
+
+if TYPE_CHECKING:
+    from provisioner.services.reservations import Booking
+
+
+class ServerTypeSerializer(serializers.ModelSerializer):
+    available = serializers.SerializerMethodField(
+        help_text="servers free now, or for the window given by ?starts_at=&ends_at="
+    )
+
+    class Meta:
+        model = ServerType
+        fields = ["id", "slug", *SERVER_TYPE_FIELDS, "available"]
+
+    def get_available(self, obj: ServerType) -> int:
+        return self.context["availability"][obj.pk]
+
+
+class AvailabilityQuerySerializer(serializers.Serializer):
+    starts_at = serializers.DateTimeField(required=False)
+    ends_at = serializers.DateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        start, end = attrs.get("starts_at"), attrs.get("ends_at")
+        # As booking does (reservations._validate_window): a window that cannot be booked has no count.
+        if start and start < timezone.now() - START_NOW_SLACK:
+            raise serializers.ValidationError({"starts_at": ["the window cannot start in the past"]})
+        if start and end and end <= start:
+            raise serializers.ValidationError({"ends_at": ["must be after starts_at"]})
+        return attrs
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    # Image slugs carry versions ("ubuntu-24.04"): not the letters, digits, - and _ of a SlugField's pattern.
+    slug = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Image
+        fields = ["id", "slug", "name", "os_name", "format", "size_bytes", "sha256", "created_at"]
+
+
+class SSHKeySerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = SSHKey
+        fields = ["id", "organization", "name", "public_key", "fingerprint", "created_at"]
+
+
+class SSHKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    public_key = serializers.CharField(max_length=16384, help_text="one OpenSSH public key line")
+    organization = serializers.SlugField(required=False, help_text="slug; needed if you are in several")
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    user_id = serializers.IntegerField(source="user.id", read_only=True)
+    username = serializers.CharField(source="user.username", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["user_id", "username", "role", "created_at"]
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    members = MemberSerializer(source="memberships", many=True, read_only=True)
+    my_role = serializers.SerializerMethodField()
+    servers_held = serializers.SerializerMethodField(
+        help_text="servers leased now (counts against the quota)"
+    )
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "server_quota", "servers_held", "my_role", "members", "created_at"]
+
+    def get_my_role(self, obj: Organization) -> str | None:
+        user = self.context["request"].user
+        return next((m.role for m in obj.memberships.all() if m.user_id == user.pk), None)
+
+    def get_servers_held(self, obj: Organization) -> int:
+        return obj.nodes.filter(state__in=LEASED_STATES).count()
+
+
+class OrganizationCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "hint", "created_at", "last_used_at", "revoked_at", "expires_at"]
+
+
+class ApiTokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=365,
+        help_text="the token stops working this many days from now; leave out for one that lasts until revoked",
+    )
+
+
+class ApiTokenIssuedSerializer(ApiTokenSerializer):
+    token = serializers.CharField(help_text="the token itself: shown only in this response, store it now")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+
+
+class ReservationServerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Node
+        fields = ["id", "name", "state"]
+
+
+class ReservationSerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    ssh_keys = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    servers = ReservationServerSerializer(source="nodes", many=True, read_only=True)
+    operations = serializers.SerializerMethodField(help_text="provisioning and release work, newest first")
+
+    class Meta:
+        model = Reservation
+        fields = [
+            "id",
+            "name",
+            "organization",
+            "server_type",
+            "count",
+            "image",
+            "ssh_keys",
+            "starts_at",
+            "ends_at",
+            "state",
+            "status_message",
+            "servers",
+            "operations",
+            "created_at",
+            "released_at",
+        ]
+
+    @extend_schema_field(OperationSummarySerializer(many=True))
+    def get_operations(self, obj: Reservation) -> Any:
+        ops = (
+            obj.operations.select_related("node")
+            .prefetch_related("steps")
+            .order_by("-created_at", "-id")[:50]
+        )
+        return OperationSummarySerializer(ops, many=True).data
+
+
+_TIMESTAMP = serializers.DateTimeField(read_only=True)
+
+
+def _timestamp(value: dt.datetime | None) -> str | None:
+    return None if value is None else _TIMESTAMP.to_representation(value)
+
+
+def reservation_data(
+    reservation: Reservation,
+    *,
+    ssh_key_ids: list[int] | None = None,
+    booking: Booking | None = None,
+) -> dict[str, Any]:
+    """What ReservationSerializer says about one reservation, read with at most three small queries.
+
+    The create and release endpoints answer with this on every call: a serializer tree re-reads the
+    reservation with four prefetches and builds its fields anew each time, which costs more than the
+    booking itself. ``reservation`` must come with its organization, server type and image loaded;
+    ``ssh_key_ids``, if the caller has them, in the order of the keys' names. With the ``booking`` that
+    just made the reservation, its servers and operations are the ones the booking started (read nothing).
+    The tests check that this and the serializer agree.
+    """
+    if ssh_key_ids is None:
+        ssh_key_ids = list(SSHKey.objects.filter(reservations=reservation).values_list("pk", flat=True))
+    if booking is not None and not booking.replay:
+        servers = [{"id": n.pk, "name": n.name, "state": n.state} for n in booking.started]
+        operations = [
+            _operation_data({c: getattr(op, c) for c in _OPERATION_COLUMNS}, node=op.node.name, percent=0)
+            for op in booking.operations
+        ]
+    else:
+        servers = list(Node.objects.filter(reservation=reservation).values("id", "name", "state"))
+        done = [StepState.SUCCEEDED, StepState.SKIPPED]
+        operations = [
+            _operation_data(
+                op,
+                node=op["node__name"],
+                percent=int(100 * op["steps_done"] / op["steps_total"]) if op["steps_total"] else 0,
+            )
+            for op in Operation.objects.filter(reservation=reservation)
+            .values(*_OPERATION_COLUMNS, "node__name")
+            .annotate(steps_total=Count("steps"), steps_done=Count("steps", filter=Q(steps__state__in=done)))
+            .order_by("-created_at", "-id")[:50]
+        ]
+    return {
+        "id": reservation.pk,
+        "name": reservation.name,
+        "organization": reservation.organization.slug,
+        "server_type": reservation.server_type.slug,
+        "count": reservation.count,
+        "image": reservation.image.slug,
+        "ssh_keys": ssh_key_ids,
+        "starts_at": _timestamp(reservation.starts_at),
+        "ends_at": _timestamp(reservation.ends_at),
+        "state": reservation.state,
+        "status_message": reservation.status_message,
+        "servers": servers,
+        "operations": operations,
+        "created_at": _timestamp(reservation.created_at),
+        "released_at": _timestamp(reservation.released_at),
+    }
+
+
+_OPERATION_COLUMNS = (
+    "id",
+    "kind",
+    "state",
+    "reservation_id",
+    "rollout_id",
+    "error_code",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _operation_data(row: dict[str, Any], *, node: str, percent: int) -> dict[str, Any]:
+    """OperationSummarySerializer's fields from an operation's columns."""
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "percent": percent,
+        "node": node,
+        "reservation": row["reservation_id"],
+        "rollout": row["rollout_id"],
+        "error_code": row["error_code"],
+        "error": row["error"],
+        "created_at": _timestamp(row["created_at"]),
+        "started_at": _timestamp(row["started_at"]),
+        "finished_at": _timestamp(row["finished_at"]),
+    }
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "description": "an SSH key's id"},
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "description": "an SSH key's name (digits that name no key: its id)",
+            },
+        ]
+    }
+)
+class SSHKeyReferenceField(RowReferenceField):
+    """An SSH key by id (a JSON number) or by name (a JSON string). Unlike nodes, a string of digits that
+    names no key is still read as an id, as clients sent ids before; the view refuses one that names a key
+    and is the id of another (ReservationViewSet._ssh_keys)."""
+
+    default_error_messages = {
+        "invalid": 'give a key id as a number (e.g. 12) or a key name as a string (e.g. "laptop")',
+        "blank": "a key name cannot be blank",
+        "max_length": "a key name has at most 100 characters",
+    }
+
+
+class ShortListField(serializers.ListField):
+    """A ListField that refuses a list longer than ``max_length`` before validating its items: a request
+    with 100,000 of them is answered at once."""
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if self.max_length is not None and isinstance(data, (list, tuple)) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
+MAX_SSH_KEYS_PER_RESERVATION = 100
+
+
+class ReservationCreateSerializer(serializers.Serializer):
+    server_type = serializers.SlugField(help_text="server type slug, e.g. h100-8x")
+    count = serializers.IntegerField(min_value=1, max_value=256)
+    image = serializers.CharField(max_length=100, help_text="image slug")
+    ssh_keys = ShortListField(
+        child=SSHKeyReferenceField(),
+        min_length=1,
+        max_length=MAX_SSH_KEYS_PER_RESERVATION,
+        help_text=f"the SSH keys to install (at most {MAX_SSH_KEYS_PER_RESERVATION}; repeats count once): "
+        'each a key id as a number (e.g. 12) or a key name as a string (e.g. "laptop"). A string of '
+        "digits that is no key's name is read as a key id; one that is the name of one key and the id of "
+        "another is refused as ambiguous (give the id as a number)",
+    )
+
+    def validate_ssh_keys(self, value: list[int | str]) -> list[int | str]:
+        return list(dict.fromkeys(value))  # each reference once, in the order given
+
+    starts_at = serializers.DateTimeField(required=False, help_text="default: now")
+    ends_at = serializers.DateTimeField(required=False, allow_null=True, help_text="default: until released")
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    organization = serializers.SlugField(required=False, help_text="slug; needed if you are in several")
+
+
+class ExtendSerializer(serializers.Serializer):
+    ends_at = serializers.DateTimeField()
+
+
+class ServerSerializer(serializers.ModelSerializer):
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    image = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    address = serializers.CharField(source="ssh_address", read_only=True)
+    ssh_command = serializers.SerializerMethodField()
+    burnin = serializers.SerializerMethodField(help_text="the latest burn-in of this server for its lease")
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "server_type",
+            "state",
+            "reservation",
+            "image",
+            "address",
+            "ssh_port",
+            "ssh_user",
+            "ssh_command",
+            "host_key_fingerprints",
+            "known_hosts",
+            "burnin",
+        ]
+
+    def get_ssh_command(self, obj: Node) -> str | None:
+        if not obj.ssh_address:
+            return None
+        return ssh_command(obj.ssh_user, obj.ssh_address, obj.ssh_port)
+
+    @extend_schema_field(BurnInSummarySerializer(allow_null=True))
+    def get_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.filter(reservation=obj.reservation).order_by("-created_at").first()
+        return BurnInSummarySerializer(report).data if report else None

@@ -1,0 +1,168 @@
+"""Request and response shapes of the operator endpoints on nodes and reservations (/api/v1/admin/nodes,
+quarantine, reservations): the fleet with its BMC records, node actions, burn-in reports and an operator's
+release of a customer's reservation. Staff only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from provisioner.models import BurnInReport, Node
+from webapp.api.serializers.common import (
+    AuditEventSerializer,
+    BurnInSummarySerializer,
+    OperationSummarySerializer,
+)
+
+
+class BurnInReportSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BurnInReport
+        fields = [
+            "id",
+            "passed",
+            "summary",
+            "failed_checks",
+            "report",
+            "operation",
+            "reservation",
+            "created_at",
+        ]
+
+
+class AdminNodeSerializer(serializers.ModelSerializer):
+    server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    site = serializers.CharField(source="rack.site.slug", read_only=True, allow_null=True, default=None)
+    rack = serializers.CharField(source="rack.name", read_only=True, allow_null=True, default=None)
+    owner = serializers.SlugRelatedField(
+        slug_field="slug",
+        read_only=True,
+        allow_null=True,
+        help_text="the organization leasing it; null: none",
+    )
+    image = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True, help_text="null: never deployed"
+    )
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "serial",
+            "server_type",
+            "site",
+            "rack",
+            "state",
+            "state_changed_at",
+            "state_reason",
+            "power_state",
+            "power_checked_at",
+            "bmc_protocol",
+            "bmc_address",
+            "bmc_port",
+            "bmc_last_contact_at",
+            "bmc_last_error",
+            "hold_requested",
+            "owner",
+            "reservation",
+            "image",
+            "ssh_address",
+            "primary_address",
+        ]
+
+
+class AdminNodeDetailSerializer(AdminNodeSerializer):
+    history = serializers.SerializerMethodField(help_text="the node's audit trail, newest first (last 100)")
+    recent_operations = serializers.SerializerMethodField(help_text="last 20 operations")
+    latest_burnin = serializers.SerializerMethodField()
+
+    class Meta(AdminNodeSerializer.Meta):
+        fields = [*AdminNodeSerializer.Meta.fields, "history", "recent_operations", "latest_burnin"]
+
+    @extend_schema_field(AuditEventSerializer(many=True))
+    def get_history(self, obj: Node) -> Any:
+        return AuditEventSerializer(
+            obj.audit_events.select_related("node").order_by("-created_at", "-id")[:100], many=True
+        ).data
+
+    @extend_schema_field(OperationSummarySerializer(many=True))
+    def get_recent_operations(self, obj: Node) -> Any:
+        ops = (
+            obj.operations.select_related("node")
+            .prefetch_related("steps")
+            .order_by("-created_at", "-id")[:20]
+        )
+        return OperationSummarySerializer(ops, many=True).data
+
+    @extend_schema_field(BurnInReportSerializer(allow_null=True))
+    def get_latest_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.order_by("-created_at").first()
+        return BurnInReportSerializer(report).data if report else None
+
+
+class QuarantinedNodeSerializer(AdminNodeSerializer):
+    latest_burnin = serializers.SerializerMethodField(help_text="why it is here: its latest burn-in")
+
+    class Meta(AdminNodeSerializer.Meta):
+        fields = [*AdminNodeSerializer.Meta.fields, "latest_burnin"]
+
+    @extend_schema_field(BurnInSummarySerializer(allow_null=True))
+    def get_latest_burnin(self, obj: Node) -> dict[str, Any] | None:
+        report = obj.burnin_reports.order_by("-created_at").first()
+        return BurnInSummarySerializer(report).data if report else None
+
+
+class MaintenanceSerializer(serializers.Serializer):
+    on = serializers.BooleanField()
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    when_free = serializers.BooleanField(
+        default=False,
+        help_text=(
+            "on=true for a server that is not free now (a customer holds it, or it is being prepared or "
+            "wiped): put it on hold once its wipe ends instead of returning it to the pool; it takes no new "
+            "bookings meanwhile (hold_requested). A free server goes on hold at once."
+        ),
+    )
+
+
+class ReimageSerializer(serializers.Serializer):
+    image = serializers.CharField(
+        max_length=100, required=False, help_text="image slug; default: the node's current image"
+    )
+    force = serializers.BooleanField(
+        default=False, help_text="reimage even if the node is leased to a customer"
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+
+
+class PowerSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["on", "off", "reset", "pxe"])
+    force = serializers.BooleanField(
+        default=False,
+        help_text="power off, reset or set pxe boot even if the node is leased to a customer (its server "
+        "is live); power on needs no force",
+    )
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, help_text="what was repaired")
+
+
+class KeepInQuarantineSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=1000,
+        help_text="the review's note for the node's timeline (audited); default: kept out of the pool after review",
+    )
+
+
+class OperatorReleaseSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=1000,
+        help_text="why the operator releases it: the customer reads it (as the reservation's status and in "
+        "their audit trail)",
+    )
