@@ -20,3 +20,12 @@ def test_the_favicon_is_a_real_icon_served_at_the_site_root_and_linked_from_ever
     assert '<link rel="icon" href="/favicon.ico"' in page
     assert client.head("/favicon.ico").status_code == 200
     assert client.post("/favicon.ico").status_code == 405
+
+
+def test_sign_up_password_rules_are_a_help_text_like_the_others(client, db):
+    body = client.get(reverse("portal:signup")).content.decode()
+    field = body[body.index('<label for="id_password1">') :]
+    field = field[: field.index('<div class="field')]
+    # a list inside a <p> would be pushed out of it by the browser and lose the help text's style
+    assert '<div class="help"><ul>' in field and "<li>Your password" in field
+    assert '<p class="help">' not in body
