@@ -29,3 +29,31 @@ def test_sign_up_password_rules_are_a_help_text_like_the_others(client, db):
     # a list inside a <p> would be pushed out of it by the browser and lose the help text's style
     assert '<div class="help"><ul>' in field and "<li>Your password" in field
     assert '<p class="help">' not in body
+
+
+def test_the_reservation_page_shows_each_known_hosts_line_on_its_own(
+    client, inventory, fake_hw_dir, transactional_db
+):
+    from provisioner.engine.runner import execute
+    from provisioner.models import Node, Operation
+    from provisioner.states import OperationKind, OperationState
+    from tests.conftest import reserve
+
+    r = reserve(inventory, label="test")
+    provision = Operation.objects.get(reservation=r, kind=OperationKind.PROVISION)
+    assert execute(provision.pk, owner="test") == OperationState.SUCCEEDED
+    node = Node.objects.get(reservation=r)
+    lines = [
+        "198.18.0.23 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFKPU4f7xkspP6SNv",
+        "198.18.0.23 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAI",
+        "198.18.0.23 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC6a0O6",
+    ]
+    Node.objects.filter(pk=node.pk).update(ssh_address="198.18.0.23", known_hosts="\n".join(lines) + "\n")
+    client.force_login(inventory.owner)
+    body = client.get(reverse("portal:reservation", args=[r.pk])).content.decode()
+    block = body[body.index(f'id="kh-{node.name}"') :]
+    block = block[: block.index("</div>")]
+    assert block.count('<code class="kh-line">') == 3
+    for line in lines:
+        assert f'<code class="kh-line">{line}</code>' in block
+    assert "Add these lines to" in body and "this line" not in body

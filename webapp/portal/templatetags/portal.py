@@ -89,6 +89,13 @@ def ssh_command(node: Any) -> str:
 
 
 @register.filter
+def lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` (a known_hosts file): shown one element a line, so each key starts
+    a line of its own on screen and when selected by hand."""
+    return [line for line in str(text or "").splitlines() if line.strip()]
+
+
+@register.filter
 def step_percent(operation: Any) -> int:
     """Percent of an operation's steps finished, from its prefetched steps."""
     steps = list(operation.steps.all())
