@@ -154,10 +154,22 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Neocloud API",
-    "DESCRIPTION": "Reserve whole bare-metal GPU servers; operators reimage and manage the fleet.",
+    # Plain sentences (shown as they are by /api/docs/, and fine as markdown): where a new user looks first.
+    "DESCRIPTION": (
+        "Reserve whole bare-metal GPU servers; operators reimage and manage the fleet.\n\n"
+        "Every call carries an API token: 'Authorization: Bearer nck_...'. Your first token: sign in to the "
+        "portal and create one on its API tokens page (/api-tokens/); it is shown once. Or, signed in to "
+        "the portal, POST /api/v1/tokens with your session cookie and the CSRF token (the csrftoken cookie, "
+        "sent back as the X-CSRFToken header). With a token, POST /api/v1/tokens makes more."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice lists as sentences ("One of: on, off, unknown."), not markdown bullets: see webapp/api/schema.py.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webapp.api.schema.describe_choices_in_words",
+    ],
 }
 
 # --- Neocloud engine ------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""URL map: portal at /, REST API under /api/v1/, OpenAPI at /api/schema/, boot service under /boot/."""
+"""URL map: portal at / (and its /favicon.ico), REST API under /api/v1/, OpenAPI at /api/schema/, boot
+service under /boot/."""
 
 from django.contrib import admin
 from django.urls import include, path
 
 from webapp.portal.forms import ThrottledAdminSignIn
+from webapp.portal.views.favicon import favicon
 
 # the admin's sign-in counts wrong passwords like the portal's (provisioner/services/signin.py)
 admin.site.login_form = ThrottledAdminSignIn
 
 urlpatterns = [
+    path("favicon.ico", favicon, name="favicon"),
     path("admin/", admin.site.urls),
     path("boot/", include("provisioner.boot.urls")),
     path("api/", include("webapp.api.urls")),

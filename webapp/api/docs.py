@@ -17,11 +17,16 @@ _METHODS = ("get", "post", "put", "patch", "delete")
 
 
 def _ref_name(schema: dict[str, Any] | None) -> str:
-    """A short label for a schema: its component name, 'array of X', or its type."""
+    """A short label for a schema: its component name (also when wrapped in allOf to carry a default or
+    nullable), 'array of X', 'X or Y', or its type."""
     if not schema:
         return ""
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[-1]
+    if len(schema.get("allOf", [])) == 1:
+        return _ref_name(schema["allOf"][0])
+    if schema.get("oneOf"):
+        return " or ".join(_ref_name(s) for s in schema["oneOf"])
     if schema.get("type") == "array":
         return f"array of {_ref_name(schema.get('items'))}"
     return str(schema.get("type", "object"))
@@ -57,23 +62,37 @@ def _operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _component_link(schema: dict[str, Any], names: set[str]) -> str:
+    """The component a field's type names, for a link to it ("" for plain types)."""
+    name = _ref_name(schema).removeprefix("array of ")
+    return name if name in names else ""
+
+
 def _components(spec: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for name, schema in sorted(spec.get("components", {}).get("schemas", {}).items()):
+    schemas = spec.get("components", {}).get("schemas", {})
+    names = set(schemas)
+    for name, schema in sorted(schemas.items()):
         required = set(schema.get("required", []))
         fields = [
             {
                 "name": field,
-                "type": _ref_name(f)
-                if "$ref" in f or f.get("type") == "array"
-                else f.get("type", _ref_name(f)),
+                "type": _ref_name(f),
+                "link": _component_link(f, names),
                 "required": field in required,
                 "read_only": f.get("readOnly", False),
                 "description": f.get("description", ""),
             }
             for field, f in schema.get("properties", {}).items()
         ]
-        out.append({"name": name, "fields": fields, "enum": schema.get("enum")})
+        out.append(
+            {
+                "name": name,
+                "fields": fields,
+                "enum": schema.get("enum"),
+                "description": schema.get("description", ""),
+            }
+        )
     return out
 
 
@@ -84,6 +103,10 @@ class ApiDocsView(View):
         spec = SchemaGenerator().get_schema(request=None, public=True)
         context = {
             "info": spec.get("info", {}),
+            # The description's first paragraph; the rest (the first token) is the page's own section.
+            "summary": spec.get("info", {}).get("description", "").split("\n\n")[0],
+            "base_url": request.build_absolute_uri("/").rstrip("/"),
+            "tokens_page": reverse("portal:api_tokens"),
             "operations": _operations(spec),
             "components": _components(spec),
             "schema_url": reverse("api:schema"),

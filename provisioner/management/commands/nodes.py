@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner.errors import NeocloudError
 from provisioner.management.argtypes import positive_seconds
+from provisioner.management.database import require_migrated_database
 from provisioner.models import AuditEvent, Node
 from provisioner.services import netbox
 from provisioner.services import nodes as node_services
@@ -59,6 +60,7 @@ class Command(BaseCommand):
                 )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        require_migrated_database()
         actor = Actor.system("cli")
         try:
             getattr(self, f"do_{opts['action'].replace('-', '_')}")(opts, actor)

@@ -20,6 +20,7 @@ from django.db import close_old_connections
 from provisioner.drivers.ansible.runner import sweep_stale_spools
 from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdue_waits
 from provisioner.management.argtypes import positive_seconds
+from provisioner.management.database import require_migrated_database
 from provisioner.services import signin
 from provisioner.services.hooks import (
     fill_waiting_reservations,
@@ -94,6 +95,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-power-sync", action="store_true")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        require_migrated_database()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

@@ -40,6 +40,8 @@ _TONE = {
     "ended": "grey",
     "cancelled": "grey",
     "skipped": "grey",
+    "not_checked": "grey",
+    "not_supported": "amber",
     "on": "green",
     "off": "grey",
     "unknown": "amber",
@@ -57,12 +59,13 @@ _SPINNING = {
 
 
 @register.simple_tag
-def state_badge(state: str, label: str = "") -> str:
-    """A coloured badge for any node, reservation, operation or step state; a spinner while it works."""
+def state_badge(state: str, label: str = "", spin: bool = True) -> str:
+    """A coloured badge for any node, reservation, operation or step state; a spinner while it works
+    (``spin=False`` for a state in the past, such as a timeline's)."""
     state = str(state or "unknown")
     text = label or state.replace("_", " ")
     tone = _TONE.get(state, "grey")
-    if state in _SPINNING:
+    if spin and state in _SPINNING:
         return format_html(
             '<span class="badge badge-{} state-{}"><span class="spinner"></span>{}</span>', tone, state, text
         )
@@ -86,6 +89,13 @@ def progress_bar(percent: Any, state: str = "") -> str:
 def ssh_command(node: Any) -> str:
     """The command a customer types to log in to a handed-over server."""
     return sshkeys.ssh_command(node.ssh_user, node.ssh_address, int(node.ssh_port or 22))
+
+
+@register.filter
+def lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` (a known_hosts file): shown one element a line, so each key starts
+    a line of its own on screen and when selected by hand."""
+    return [line for line in str(text or "").splitlines() if line.strip()]
 
 
 @register.filter

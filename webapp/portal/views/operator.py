@@ -25,10 +25,12 @@ from provisioner.states import (
     OperationKind,
 )
 from webapp.portal.access import staff_required
+from webapp.portal.burnin_reports import report_view
 from webapp.portal.forms import ReimageForm, RolloutForm, model_choices
 from webapp.portal.wording import sentence
 
 LOG_LINES_PER_OPERATION = 200
+TIMELINE_EVENTS = 100  # the newest; the box scrolls, and says how many there are in all
 FLEET_PAGE_SIZE = 100
 
 
@@ -100,11 +102,13 @@ def _node_context(request: HttpRequest, node: Node) -> dict:
     for op in operations:
         op.recent_logs = list(reversed(by_op.get(op.pk, [])))  # type: ignore[attr-defined]
     busy = any(op.state not in FINISHED_OPERATION_STATES for op in operations)
+    events = AuditEvent.objects.for_user(request.user).filter(node=node)
     return {
         "node": node,
         "operations": operations,
         "polling": busy or node.state in TRANSIENT_STATES,
-        "timeline": AuditEvent.objects.for_user(request.user).filter(node=node).select_related("actor")[:100],
+        "timeline": list(events.select_related("actor")[:TIMELINE_EVENTS]),
+        "timeline_total": events.count(),
         "reimage_form": ReimageForm(),
         "leased": node.state in LEASED_STATES,
     }
@@ -114,7 +118,8 @@ def _node_context(request: HttpRequest, node: Node) -> dict:
 def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
     node = get_object_or_404(_nodes_in_detail(request), pk=pk)
     context = _node_context(request, node)
-    context["reports"] = BurnInReport.objects.for_user(request.user).filter(node=node)[:5]
+    rows = BurnInReport.objects.for_user(request.user).filter(node=node)[:5]
+    context["reports"] = [report_view(row) for row in rows]
     return render(request, "portal/ops/node.html", context)
 
 

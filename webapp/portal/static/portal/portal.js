@@ -60,7 +60,11 @@
     var button = event.target.closest("[data-copy]");
     if (!button) { return; }
     var source = document.querySelector(button.getAttribute("data-copy"));
-    if (source) { copyText(source.textContent.trim(), button); }
+    if (!source) { return; }
+    // innerText, not textContent: lines shown as separate blocks (known_hosts) are copied as lines, each
+    // ended by a newline (data-copy-lines) so that the text appends cleanly to a file.
+    var text = source.innerText.trim();
+    copyText(source.hasAttribute("data-copy-lines") ? text + "\n" : text, button);
   });
 
   document.addEventListener("change", function (event) {
