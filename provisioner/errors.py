@@ -49,6 +49,20 @@ class InvalidRequest(NeocloudError):
     code = "invalid_request"
 
 
+class InvalidNodeData(NeocloudError):
+    """A node's record lacks what a driver needs for the work asked of it (an image, an address, a usable BMC
+    record...): found by the drivers' ``validate`` when the work is accepted, before anything moves.
+    ``node`` and ``field`` name what to fix; the message says why. Fixing the data is an operator's job."""
+
+    code = "invalid_node_data"
+
+    def __init__(self, node: str, field: str, reason: str) -> None:
+        super().__init__(f"{node}: {field}: {reason}")
+        self.node = node
+        self.field = field
+        self.reason = reason
+
+
 class StepTimeout(NeocloudError):
     code = "step_timeout"
     retryable = True
