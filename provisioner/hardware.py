@@ -1,21 +1,94 @@
-"""Builds the driver objects for a node from settings: the one place that picks implementations."""
+"""The drivers of a node: the one place that picks implementations, and that validates a node against them.
+
+Power drivers go by the node's BMC protocol; deploy and burn-in drivers by its server type
+(``ServerType.deploy_driver``, ``burnin_driver``), blank meaning the installation's default
+(NEOCLOUD_DEPLOY_DRIVER, NEOCLOUD_BURNIN_DRIVER).
+
+Validation (``validate_for``, ``unfit_nodes``) runs each driver's ``validate`` on the node's ``NodeRecord``:
+no hardware is contacted, so it runs inside the request that accepts work and over every node a reservation
+could be given.
+"""
 
 from __future__ import annotations
 
-from django.conf import settings
+from collections.abc import Iterable, Sequence
 
-from provisioner.drivers.base import BurnInDriver, DeployDriver, PowerDriver
-from provisioner.models import Node
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
+
+from provisioner import crypto
+from provisioner.drivers.base import BurnInDriver, DeployDriver, ImageRecord, NodeRecord, PowerDriver
+from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS, power_driver_class, power_driver_for
+from provisioner.errors import InvalidNodeData, UnsupportedOperation
+from provisioner.models import Image, Node, ServerType
+from provisioner.states import OperationKind
+
+POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
+INTERFACES = (POWER, DEPLOY, BURNIN)
+
+# The drivers each kind of work uses: what is validated when that work is accepted.
+DRIVERS_USED: dict[str, tuple[str, ...]] = {
+    OperationKind.PROVISION: INTERFACES,
+    OperationKind.REIMAGE: INTERFACES,
+    OperationKind.RELEASE: (POWER, DEPLOY),  # the wipe
+    OperationKind.CLEAN: (POWER, DEPLOY),
+    OperationKind.BURNIN: (BURNIN,),
+    OperationKind.POWER: (POWER,),
+}
+WRITES_IMAGE = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+
+
+def deploy_driver_name(server_type: ServerType) -> str:
+    """The deploy driver of this type's servers: its own choice, else the installation's default."""
+    return server_type.deploy_driver or settings.NEOCLOUD_DEPLOY_DRIVER
+
+
+def burnin_driver_name(server_type: ServerType) -> str:
+    """The burn-in driver of this type's servers: its own choice, else the installation's default."""
+    return server_type.burnin_driver or settings.NEOCLOUD_BURNIN_DRIVER
+
+
+def _known(name: str, names: Sequence[str], what: str, server_type: ServerType) -> str:
+    if name not in names:
+        raise UnsupportedOperation(
+            f"server type {server_type.slug}: unknown {what} driver {name!r} (expected one of "
+            f"{', '.join(names)}, or blank for the installation's default)"
+        )
+    return name
+
+
+def deploy_driver_class(server_type: ServerType) -> type[DeployDriver]:
+    """:raises UnsupportedOperation: the type names a deploy driver that does not exist."""
+    if _known(deploy_driver_name(server_type), DEPLOY_DRIVERS, "deploy", server_type) == "ansible":
+        from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
+
+        return AnsibleDeployDriver
+    from provisioner.drivers.fake_deploy import FakeDeployDriver
+
+    return FakeDeployDriver
+
+
+def burnin_driver_class(server_type: ServerType) -> type[BurnInDriver]:
+    """:raises UnsupportedOperation: the type names a burn-in driver that does not exist."""
+    if _known(burnin_driver_name(server_type), BURNIN_DRIVERS, "burn-in", server_type) == "ansible":
+        from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver
+
+        return AnsibleBurnInDriver
+    from provisioner.drivers.fake_deploy import FakeBurnInDriver
+
+    return FakeBurnInDriver
 
 
 def power_driver(node: Node) -> PowerDriver:
-    from provisioner.drivers.registry import power_driver_for
-
     return power_driver_for(node.bmc_access())
 
 
 def deploy_driver(node: Node) -> DeployDriver:
-    if settings.NEOCLOUD_DEPLOY_DRIVER == "ansible":
+    """The deploy driver of the node's server type, built for the node.
+
+    :raises UnsupportedOperation: the type names a deploy driver that does not exist.
+    """
+    if _known(deploy_driver_name(node.server_type), DEPLOY_DRIVERS, "deploy", node.server_type) == "ansible":
         from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
 
         return AnsibleDeployDriver(node)
@@ -25,10 +98,128 @@ def deploy_driver(node: Node) -> DeployDriver:
 
 
 def burnin_driver(node: Node) -> BurnInDriver:
-    if settings.NEOCLOUD_BURNIN_DRIVER == "ansible":
+    """The burn-in driver of the node's server type, built for the node.
+
+    :raises UnsupportedOperation: the type names a burn-in driver that does not exist.
+    """
+    if _known(burnin_driver_name(node.server_type), BURNIN_DRIVERS, "burn-in", node.server_type) == "ansible":
         from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver
 
         return AnsibleBurnInDriver(node)
     from provisioner.drivers.fake_deploy import FakeBurnInDriver
 
     return FakeBurnInDriver(settings.NEOCLOUD_FAKE_HW_DIR)
+
+
+def image_record(image: Image) -> ImageRecord:
+    return ImageRecord(
+        slug=image.slug, url=image.url, sha256=image.sha256, format=image.format, size_bytes=image.size_bytes
+    )
+
+
+def node_record(node: Node, *, image: Image | None = None, writes_image: bool = False) -> NodeRecord:
+    """What the drivers validate of ``node`` (its credential and server type read, the password only
+    tried): for work that writes ``image`` when ``writes_image``."""
+    try:
+        cred = node.bmc_credential
+    except ObjectDoesNotExist:
+        cred = None
+    server_type = node.server_type
+    return NodeRecord(
+        name=node.name,
+        bmc_protocol=node.bmc_protocol,
+        bmc_address=node.bmc_address,
+        bmc_port=node.bmc_port,
+        bmc_system_id=node.bmc_system_id,
+        bmc_username=cred.username if cred is not None else None,
+        bmc_password_readable=cred is not None and _decryptable(cred.password_encrypted),
+        boot_mac=node.boot_mac,
+        primary_address=node.primary_address or "",
+        ssh_endpoint_address=node.ssh_endpoint_address,
+        server_type=server_type.slug,
+        burnin_expectations=server_type.burnin_expectations(),
+        burnin_thresholds=server_type.burnin_thresholds or {},
+        image=image_record(image) if image is not None else None,
+        writes_image=writes_image,
+    )
+
+
+def _decryptable(token: str) -> bool:
+    try:
+        crypto.decrypt(token)
+    except ImproperlyConfigured:
+        return False
+    return True
+
+
+def problems(
+    record: NodeRecord, server_type: ServerType, interfaces: Iterable[str] = INTERFACES
+) -> dict[str, InvalidNodeData]:
+    """The first problem each of ``interfaces``' drivers finds in ``record`` (none: an empty dict). Pure but
+    for importing the drivers: the order is the order of ``interfaces``."""
+    found: dict[str, InvalidNodeData] = {}
+    for interface in interfaces:
+        try:
+            _driver_class(interface, record, server_type).validate(record)
+        except InvalidNodeData as exc:
+            found[interface] = exc
+    return found
+
+
+def _driver_class(
+    interface: str, record: NodeRecord, server_type: ServerType
+) -> type[PowerDriver] | type[DeployDriver] | type[BurnInDriver]:
+    """The class validating ``interface`` for the node; a name that matches no driver is the node's problem.
+
+    :raises InvalidNodeData: the node's protocol, or its type's driver, names no driver.
+    """
+    try:
+        if interface == POWER:
+            return power_driver_class(record.bmc_protocol)
+        if interface == DEPLOY:
+            return deploy_driver_class(server_type)
+        return burnin_driver_class(server_type)
+    except UnsupportedOperation as exc:
+        field = {POWER: "bmc_protocol", DEPLOY: "server_type.deploy_driver"}.get(
+            interface, "server_type.burnin_driver"
+        )
+        raise InvalidNodeData(record.name, field, str(exc)) from None
+
+
+def validate_for(node: Node, kind: str, *, image: Image | None = None) -> None:
+    """Validate ``node`` for work of ``kind`` (an OperationKind) with the drivers that work uses; for
+    work that writes an image, ``image`` (None: the node's own, to write again). Cheap, no hardware contact:
+    call it when the work is accepted.
+
+    :raises InvalidNodeData: the first problem found, naming the node and the field.
+    """
+    writes = kind in WRITES_IMAGE
+    if writes and image is None and node.image_id is not None:
+        image = node.image
+    record = node_record(node, image=image, writes_image=writes)
+    found = problems(record, node.server_type, DRIVERS_USED[kind])
+    if found:
+        raise next(iter(found.values()))
+
+
+def unfit_nodes(server_type: ServerType, nodes: Iterable[Node]) -> dict[int, InvalidNodeData]:
+    """Of ``nodes`` (all of ``server_type``; load them with ``select_related("bmc_credential")``), those that
+    could not be provisioned, by id, with the first problem found. The image is the reservation's business
+    (``image_problem``), so it is not checked here."""
+    out: dict[int, InvalidNodeData] = {}
+    for node in nodes:
+        node.server_type = server_type
+        found = problems(node_record(node), server_type, DRIVERS_USED[OperationKind.PROVISION])
+        if found:
+            out[node.pk] = next(iter(found.values()))
+    return out
+
+
+def image_problem(server_type: ServerType, image: Image) -> str:
+    """Why the deploy driver of ``server_type`` cannot write ``image`` ("" when it can), completing
+    "image <slug> ...". An unknown driver name is the type's problem, found with its nodes."""
+    try:
+        cls = deploy_driver_class(server_type)
+    except UnsupportedOperation:
+        return ""
+    return cls.image_problem(image_record(image))
