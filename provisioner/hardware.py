@@ -209,10 +209,16 @@ def unfit_nodes(server_type: ServerType, nodes: Iterable[Node]) -> dict[int, Inv
     out: dict[int, InvalidNodeData] = {}
     for node in nodes:
         node.server_type = server_type
-        found = problems(node_record(node), server_type, DRIVERS_USED[OperationKind.PROVISION])
+        found = pool_problems(node)
         if found:
             out[node.pk] = next(iter(found.values()))
     return out
+
+
+def pool_problems(node: Node) -> dict[str, InvalidNodeData]:
+    """What keeps ``node`` out of the pool reservations draw from: the first problem each of its drivers'
+    validation finds in its record for provisioning, by interface (empty: none). For operators."""
+    return problems(node_record(node), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
 
 
 def image_problem(server_type: ServerType, image: Image) -> str:

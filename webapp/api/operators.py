@@ -7,13 +7,14 @@ from typing import Any
 
 import django_filters
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from provisioner import hardware
 from provisioner.models import Image, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
@@ -33,6 +34,36 @@ class NodeFilter(django_filters.FilterSet):
     class Meta:
         model = Node
         fields = ["state", "site", "server_type", "power"]
+
+
+class AdminNodeCheckedSerializer(s.AdminNodeDetailSerializer):
+    """The node detail with what its drivers' validation finds in its record: why a node is left out of the
+    pool reservations draw from (customers see it only as a server not offered)."""
+
+    driver_problems = serializers.SerializerMethodField(
+        help_text="per driver interface (power, deploy, burnin), the first problem validation finds in the "
+        "node's record for provisioning, naming the field; empty when it passes"
+    )
+
+    class Meta(s.AdminNodeDetailSerializer.Meta):
+        fields = [*s.AdminNodeDetailSerializer.Meta.fields, "driver_problems"]
+
+    @extend_schema_field(
+        inline_serializer(
+            "DriverProblem",
+            {
+                "interface": serializers.CharField(),
+                "field": serializers.CharField(),
+                "reason": serializers.CharField(),
+            },
+            many=True,
+        )
+    )
+    def get_driver_problems(self, obj: Node) -> list[dict[str, str]]:
+        return [
+            {"interface": interface, "field": err.field, "reason": err.reason}
+            for interface, err in hardware.pool_problems(obj).items()
+        ]
 
 
 def _op_out(op: Operation) -> dict[str, Any]:
@@ -57,7 +88,7 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         )
 
     def get_serializer_class(self) -> type:
-        return s.AdminNodeDetailSerializer if self.action == "retrieve" else s.AdminNodeSerializer
+        return AdminNodeCheckedSerializer if self.action == "retrieve" else s.AdminNodeSerializer
 
     def _actor(self) -> Actor:
         return Actor.from_request(self.request)
@@ -88,7 +119,9 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def reimage(self, request: Request, pk: str | None = None) -> Response:
-        """Reimage one node. A node leased to a customer is refused (409) unless force=true."""
+        """Reimage one node. A node leased to a customer is refused (409) unless force=true; a node whose
+        record fails its drivers' validation (no image to write, no BMC address, ...) is a 400
+        (invalid_node_data) naming the node and the field, and nothing changes."""
         node = self.get_object()
         data = self._data(s.ReimageSerializer)
         image = _image(data.get("image"))
@@ -184,6 +217,9 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         request=s.RolloutCreateSerializer, responses={202: s.RolloutSerializer, **errors(400, 401, 403, 409)}
     )
     def create(self, request: Request) -> Response:
+        """Start a rolling reimage over named nodes or a filter. Named nodes whose record fails their drivers'
+        validation refuse the whole rollout (400 invalid_node_data, every such node and field in details);
+        nodes chosen by a filter are refused one by one when their turn comes, counted as failures."""
         serializer = s.RolloutCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -195,6 +231,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             max_parallel=data["max_parallel"],
             failure_budget=data["failure_budget"],
             force=data["force"],
+            named=bool(data.get("nodes")),
         )
         return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
