@@ -79,14 +79,17 @@ def test_inventory_server_types_set_their_drivers_and_an_unknown_name_is_refused
 def test_a_node_without_a_bmc_credential_or_with_one_no_key_decrypts_fails_power_validation(
     inventory, h100_node, settings
 ):
-    other_key = Fernet(Fernet.generate_key())
+    other_key = Fernet.generate_key().decode()
     BmcCredential.objects.filter(node=h100_node).update(
-        password_encrypted=other_key.encrypt(b"secret-bmc-pw").decode()
+        password_encrypted=Fernet(other_key).encrypt(b"secret-bmc-pw").decode()
     )
     with pytest.raises(InvalidNodeData) as caught:
         hardware.validate_for(Node.objects.get(pk=h100_node.pk), OperationKind.POWER)
     assert (caught.value.node, caught.value.field) == ("node-h100-8x-01", "bmc_credential")
     assert "cannot be decrypted" in caught.value.reason
+    # the key added to the key list (a rotation), the same stored password reads: no stale answer
+    settings.NEOCLOUD_CREDENTIAL_KEYS = f"{settings.NEOCLOUD_CREDENTIAL_KEYS},{other_key}"
+    hardware.validate_for(Node.objects.get(pk=h100_node.pk), OperationKind.POWER)
 
     BmcCredential.objects.filter(node=h100_node).delete()
     with pytest.raises(InvalidNodeData) as caught:
@@ -128,9 +131,15 @@ def test_work_is_validated_with_the_drivers_it_uses_and_an_image_only_where_it_w
 def test_unfit_nodes_lists_each_failing_node_with_its_first_problem(inventory):
     Node.objects.filter(name="node-h100-8x-02").update(bmc_address="")
     Node.objects.filter(name="node-h100-8x-03").update(boot_mac="")
-    nodes = Node.objects.filter(server_type=inventory.h100).select_related("bmc_credential")
+    BmcCredential.objects.filter(node__name="node-h100-8x-04").delete()
+    nodes = Node.objects.filter(server_type=inventory.h100)
     unfit = hardware.unfit_nodes(inventory.h100, nodes)
     assert {Node.objects.get(pk=pk).name: err.field for pk, err in unfit.items()} == {
         "node-h100-8x-02": "bmc_address",
         "node-h100-8x-03": "boot_mac",
+        "node-h100-8x-04": "bmc_credential",
     }
+    # the same problems the operator's view of one node gives
+    for pk, err in unfit.items():
+        node = Node.objects.select_related("server_type").get(pk=pk)
+        assert str(next(iter(hardware.pool_problems(node).values()))) == str(err)

@@ -112,6 +112,7 @@ class NodeRecord:
 
 _MAC = re.compile(r"\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+_NOT_IN_AN_ADDRESS = re.compile(r"[\s/]")  # a scheme, a path, blanks: a URL or a typo, not a host
 
 
 class PowerDriver(abc.ABC):
@@ -133,7 +134,7 @@ class PowerDriver(abc.ABC):
             raise InvalidNodeData(
                 node.name, "bmc_address", "no BMC address is recorded; set it in the inventory"
             )
-        if address != address.strip() or any(c.isspace() or c == "/" for c in address):
+        if _NOT_IN_AN_ADDRESS.search(address):
             raise InvalidNodeData(
                 node.name, "bmc_address", f"{address!r} is not a host name or IP address (no scheme or path)"
             )

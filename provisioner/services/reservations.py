@@ -101,8 +101,7 @@ def unfit_node_ids(server_type: ServerType) -> list[int]:
     """The bookable nodes of this type whose record fails their drivers' validation (see the module's
     docstring): they are left out of the pool. Call outside the server type's lock; cheap (no I/O but the
     query: a few microseconds of Python per node)."""
-    nodes = _candidates(server_type).select_related("bmc_credential")
-    return sorted(hardware.unfit_nodes(server_type, nodes))
+    return sorted(hardware.unfit_nodes(server_type, _candidates(server_type)))
 
 
 def free_nodes(
@@ -552,11 +551,13 @@ def start_due_reservations(actor: Actor | None = None) -> int:
             pending = [
                 alloc.node
                 for alloc in Allocation.objects.filter(reservation=reservation, active=True)
-                .select_related("node", "node__bmc_credential")
+                .select_related("node")
                 .exclude(node__reservation=reservation)
             ]
             # a node whose record was broken since it was booked would fail its deploy: let go as well
-            unfit = hardware.unfit_nodes(reservation.server_type, pending)
+            unfit = hardware.unfit_nodes(
+                reservation.server_type, Node.objects.filter(pk__in=[node.pk for node in pending])
+            )
             out_of_service = [
                 node
                 for node in pending
