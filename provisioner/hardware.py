@@ -37,7 +37,7 @@ DRIVERS_USED: dict[str, tuple[str, ...]] = {
     OperationKind.BURNIN: (BURNIN,),
     OperationKind.POWER: (POWER,),
 }
-WRITES_IMAGE = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
 
 
 def deploy_driver_name(server_type: ServerType) -> str:
@@ -119,9 +119,11 @@ def image_record(image: Image) -> ImageRecord:
     )
 
 
-def node_record(node: Node, *, image: Image | None = None, writes_image: bool = False) -> NodeRecord:
+def node_record(
+    node: Node, *, deploys: bool = False, check_image: bool = False, image: Image | None = None
+) -> NodeRecord:
     """What the drivers validate of ``node`` (its credential and server type read, the password only
-    tried): for work that writes ``image`` when ``writes_image``."""
+    tried), for work that ``deploys`` an OS and, when ``check_image``, writes ``image``."""
     try:
         cred = node.bmc_credential
     except ObjectDoesNotExist:
@@ -137,8 +139,9 @@ def node_record(node: Node, *, image: Image | None = None, writes_image: bool = 
         boot_mac=node.boot_mac,
         primary_address=node.primary_address or "",
         ssh_endpoint_address=node.ssh_endpoint_address,
+        deploys=deploys,
+        check_image=check_image,
         image=image_record(image) if image is not None else None,
-        writes_image=writes_image,
         **_type_fields(node.server_type),
     )
 
@@ -202,10 +205,10 @@ def validate_for(node: Node, kind: str, *, image: Image | None = None) -> None:
 
     :raises InvalidNodeData: the first problem found, naming the node and the field.
     """
-    writes = kind in WRITES_IMAGE
-    if writes and image is None and node.image_id is not None:
+    deploys = kind in DEPLOYS
+    if deploys and image is None and node.image_id is not None:
         image = node.image
-    record = node_record(node, image=image, writes_image=writes)
+    record = node_record(node, deploys=deploys, check_image=deploys, image=image)
     found = problems(record, node.server_type, DRIVERS_USED[kind])
     if found:
         raise next(iter(found.values()))
@@ -260,6 +263,7 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
             boot_mac=mac,
             primary_address=primary or "",
             ssh_endpoint_address=endpoint,
+            deploys=True,
             **type_fields,
         )
         found = problems(record, server_type, interfaces, classes)
@@ -271,7 +275,7 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
 def pool_problems(node: Node) -> dict[str, InvalidNodeData]:
     """What keeps ``node`` out of the pool reservations draw from: the first problem each of its drivers'
     validation finds in its record for provisioning, by interface (empty: none). For operators."""
-    return problems(node_record(node), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
+    return problems(node_record(node, deploys=True), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
 
 
 def image_problem(server_type: ServerType, image: Image) -> str:

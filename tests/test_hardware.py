@@ -128,6 +128,17 @@ def test_work_is_validated_with_the_drivers_it_uses_and_an_image_only_where_it_w
     assert caught.value.field == "server_type.gpu_model"
 
 
+def test_the_ansible_deploy_needs_a_primary_address_to_deploy_but_not_to_wipe(inventory, h100_node):
+    ServerType.objects.filter(slug="h100-8x").update(deploy_driver="ansible")
+    node = Node.objects.select_related("server_type").get(pk=h100_node.pk)
+    assert node.primary_address is None
+    hardware.validate_for(node, OperationKind.CLEAN)
+    with pytest.raises(InvalidNodeData) as caught:
+        hardware.validate_for(node, OperationKind.REIMAGE, image=inventory.image)
+    assert caught.value.field == "primary_address"
+    assert [e.field for e in hardware.pool_problems(node).values()] == ["primary_address"]
+
+
 def test_unfit_nodes_lists_each_failing_node_with_its_first_problem(inventory):
     Node.objects.filter(name="node-h100-8x-02").update(bmc_address="")
     Node.objects.filter(name="node-h100-8x-03").update(boot_mac="")

@@ -88,9 +88,11 @@ class NodeRecord:
     """A node's data as ``validate`` sees it: plain values read from the database (drivers import no Django),
     and of the BMC password only whether it can be decrypted (a validation never holds a secret).
 
-    ``image`` is the image the accepted work writes and ``writes_image`` whether that work writes one
-    (provisioning, the reimage of a leased server) or not (a wipe). The burn-in fields are the server
-    type's: its expectations (``ServerType.burnin_expectations()``) and the operator's threshold overrides.
+    What the work is: ``deploys`` when it deploys an OS (provisioning, the reimage of a leased server; also
+    the check of a node offered to reservations), False when it only wipes. ``check_image``: the image it
+    writes is checked here and must be given as ``image``; False where it is checked elsewhere (a booking's
+    image, once per booking) or nothing is written. The burn-in fields are the server type's: its
+    expectations (``ServerType.burnin_expectations()``) and the operator's threshold overrides.
     """
 
     name: str
@@ -106,8 +108,9 @@ class NodeRecord:
     server_type: str = ""
     burnin_expectations: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     burnin_thresholds: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    deploys: bool = False
+    check_image: bool = False
     image: ImageRecord | None = None
-    writes_image: bool = False
 
 
 _MAC = re.compile(r"\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
@@ -239,8 +242,8 @@ class DeployDriver(abc.ABC):
     @classmethod
     def validate(cls, node: NodeRecord) -> None:
         """Check that the node's record holds what a deploy and a wipe need: the boot MAC the server
-        network-boots from (the boot service knows a server by it) and, when the work writes an image, an
-        image with the sha256 every deploy verifies. No I/O. Subclasses add their own rules.
+        network-boots from (the boot service knows a server by it) and, when ``check_image``, an image with
+        the sha256 every deploy verifies. No I/O. Subclasses add their own rules.
 
         :raises InvalidNodeData: naming the field that is missing or malformed.
         """
@@ -254,7 +257,7 @@ class DeployDriver(abc.ABC):
             raise InvalidNodeData(
                 node.name, "boot_mac", f"{node.boot_mac!r} is not a MAC address such as 52:54:00:12:34:56"
             )
-        if node.writes_image:
+        if node.check_image:
             if node.image is None:
                 raise InvalidNodeData(
                     node.name,

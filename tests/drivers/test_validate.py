@@ -34,8 +34,9 @@ GOOD = NodeRecord(
     server_type="h100-8x",
     burnin_expectations={"gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 8, "gpu_memory_gib": 80},
     burnin_thresholds={"max_pcie_replays": 100},
+    deploys=True,
+    check_image=True,
     image=IMAGE,
-    writes_image=True,
 )
 POWER = [IpmiPowerDriver, RedfishPowerDriver, FakePowerDriver]
 DEPLOY = [FakeDeployDriver, AnsibleDeployDriver]
@@ -124,7 +125,8 @@ def test_deploy_drivers_refuse_a_node_they_cannot_boot_or_an_image_they_cannot_v
 
 @pytest.mark.parametrize("driver", DEPLOY)
 def test_work_that_writes_no_image_needs_none(driver):
-    driver.validate(dataclasses.replace(GOOD, image=None, writes_image=False))
+    driver.validate(dataclasses.replace(GOOD, image=None, check_image=False))
+    driver.validate(dataclasses.replace(GOOD, image=None, check_image=False, deploys=False))
 
 
 @pytest.mark.parametrize(
@@ -144,6 +146,12 @@ def test_the_ansible_deploy_needs_an_address_to_configure_and_an_image_its_agent
     assert err.field == field
     assert words in err.reason
     FakeDeployDriver.validate(record)  # the simulation writes no network and streams nothing
+
+
+def test_an_ansible_wipe_needs_no_primary_address():
+    AnsibleDeployDriver.validate(
+        dataclasses.replace(GOOD, primary_address="", deploys=False, check_image=False)
+    )
 
 
 @pytest.mark.parametrize("driver", BURNIN)

@@ -131,14 +131,14 @@ class AnsibleDeployDriver(DeployDriver):
     @classmethod
     def validate(cls, node: Any) -> None:
         """Check a node's record (a ``drivers.base.NodeRecord``) for what this deploy needs besides the base
-        rules: the primary address the deploy agent configures on the server. No I/O.
+        rules: the primary address the deploy agent configures on the server (a wipe needs none). No I/O.
 
         :raises InvalidNodeData: naming the field.
         """
         from provisioner.errors import InvalidNodeData
 
         super().validate(node)
-        if not node.primary_address:
+        if node.deploys and not node.primary_address:
             raise InvalidNodeData(
                 node.name,
                 "primary_address",
