@@ -21,7 +21,7 @@ _DESCRIPTION_FIELDS = ("name", "description", "hourly_price_cents")
 class ServerTypeForm(forms.ModelForm):
     class Meta:
         model = models.ServerType
-        fields = ("slug", *SERVER_TYPE_FIELDS, "burnin_thresholds")
+        fields = ("slug", *SERVER_TYPE_FIELDS, "burnin_thresholds", "deploy_driver", "burnin_driver")
 
     def clean_burnin_thresholds(self) -> dict[str, Any]:
         from provisioner.burnin.thresholds import resolve_thresholds
@@ -48,6 +48,14 @@ class ServerTypeAdmin(admin.ModelAdmin):
                 "fields": ("burnin_thresholds",),
                 "description": "Overrides of the default thresholds in provisioner/burnin/thresholds.py "
                 "(key: value; null turns a limit off).",
+            },
+        ),
+        (
+            "Drivers",
+            {
+                "fields": ("deploy_driver", "burnin_driver"),
+                "description": "Which drivers deploy and burn in this type's servers; blank: the "
+                "installation's default (NEOCLOUD_DEPLOY_DRIVER, NEOCLOUD_BURNIN_DRIVER).",
             },
         ),
     )

@@ -6,7 +6,7 @@ encrypts, all keys decrypt, so keys can be rotated by prepending a new one.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -25,6 +25,22 @@ def _fernet(keys: str) -> MultiFernet:
 
 def encrypt(plaintext: str) -> str:
     return _fernet(settings.NEOCLOUD_CREDENTIAL_KEYS).encrypt(plaintext.encode()).decode()
+
+
+def decryptable(token: str) -> bool:
+    """Whether ``token`` decrypts with the configured keys (validation asks this of every bookable node's BMC
+    password on each booking). Remembered per token and key list: it cannot change for them, and only the
+    answer is kept, never the secret."""
+    return _decryptable(settings.NEOCLOUD_CREDENTIAL_KEYS, token)
+
+
+@lru_cache(maxsize=16384)
+def _decryptable(keys: str, token: str) -> bool:
+    try:
+        _fernet(keys).decrypt(token.encode())
+    except (InvalidToken, ImproperlyConfigured):
+        return False
+    return True
 
 
 def decrypt(token: str) -> str:

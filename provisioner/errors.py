@@ -49,6 +49,44 @@ class InvalidRequest(NeocloudError):
     code = "invalid_request"
 
 
+class InvalidNodeData(NeocloudError):
+    """A node's record lacks what a driver needs for the work asked of it (an image, an address, a usable BMC
+    record...): found by the drivers' ``validate`` when the work is accepted, before anything moves.
+    ``node`` and ``field`` name what to fix; the message says why. Fixing the data is an operator's job."""
+
+    code = "invalid_node_data"
+
+    def __init__(self, node: str, field: str, reason: str) -> None:
+        super().__init__(f"{node}: {field}: {reason}")
+        self.node = node
+        self.field = field
+        self.reason = reason
+
+    def details(self) -> list[dict[str, str]]:
+        """The problem for machines: ``[{"node", "field", "reason"}]``."""
+        return [{"node": self.node, "field": self.field, "reason": self.reason}]
+
+
+class InvalidNodesData(NeocloudError):
+    """Several nodes named in one request fail validation (a rollout over named nodes): all of them at once,
+    so that an operator fixes them or leaves them out in one go."""
+
+    code = "invalid_node_data"
+    SHOWN = 10
+
+    def __init__(self, problems: list[InvalidNodeData], *, doing: str) -> None:
+        listed = " / ".join(str(p) for p in problems[: self.SHOWN])
+        more = f" / and {len(problems) - self.SHOWN} more" if len(problems) > self.SHOWN else ""
+        super().__init__(
+            f"{len(problems)} node(s) cannot be {doing} as recorded ({listed}{more}); fix their data or "
+            "leave them out"
+        )
+        self.problems = problems
+
+    def details(self) -> list[dict[str, str]]:
+        return [d for p in self.problems for d in p.details()]
+
+
 class StepTimeout(NeocloudError):
     code = "step_timeout"
     retryable = True

@@ -1,21 +1,96 @@
-"""Builds the driver objects for a node from settings: the one place that picks implementations."""
+"""The drivers of a node: the one place that picks implementations, and that validates a node against them.
+
+Power drivers go by the node's BMC protocol; deploy and burn-in drivers by its server type
+(``ServerType.deploy_driver``, ``burnin_driver``), blank meaning the installation's default
+(NEOCLOUD_DEPLOY_DRIVER, NEOCLOUD_BURNIN_DRIVER).
+
+Validation (``validate_for``, ``unfit_nodes``) runs each driver's ``validate`` on the node's ``NodeRecord``:
+no hardware is contacted, so it runs inside the request that accepts work and over every node a reservation
+could be given.
+"""
 
 from __future__ import annotations
 
-from django.conf import settings
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from provisioner.drivers.base import BurnInDriver, DeployDriver, PowerDriver
-from provisioner.models import Node
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import QuerySet
+
+from provisioner import crypto
+from provisioner.drivers.base import BurnInDriver, DeployDriver, ImageRecord, NodeRecord, PowerDriver
+from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS, power_driver_class, power_driver_for
+from provisioner.errors import InvalidNodeData, UnsupportedOperation
+from provisioner.models import Image, Node, ServerType
+from provisioner.states import OperationKind
+
+POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
+INTERFACES = (POWER, DEPLOY, BURNIN)
+
+# The drivers each kind of work uses: what is validated when that work is accepted.
+DRIVERS_USED: dict[str, tuple[str, ...]] = {
+    OperationKind.PROVISION: INTERFACES,
+    OperationKind.REIMAGE: INTERFACES,
+    OperationKind.RELEASE: (POWER, DEPLOY),  # the wipe
+    OperationKind.CLEAN: (POWER, DEPLOY),
+    OperationKind.BURNIN: (BURNIN,),
+    OperationKind.POWER: (POWER,),
+}
+DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+
+
+def deploy_driver_name(server_type: ServerType) -> str:
+    """The deploy driver of this type's servers: its own choice, else the installation's default."""
+    return server_type.deploy_driver or settings.NEOCLOUD_DEPLOY_DRIVER
+
+
+def burnin_driver_name(server_type: ServerType) -> str:
+    """The burn-in driver of this type's servers: its own choice, else the installation's default."""
+    return server_type.burnin_driver or settings.NEOCLOUD_BURNIN_DRIVER
+
+
+def _known(name: str, names: Sequence[str], what: str, server_type: ServerType) -> str:
+    if name not in names:
+        raise UnsupportedOperation(
+            f"server type {server_type.slug}: unknown {what} driver {name!r} (expected one of "
+            f"{', '.join(names)}, or blank for the installation's default)"
+        )
+    return name
+
+
+def deploy_driver_class(server_type: ServerType) -> type[DeployDriver]:
+    """:raises UnsupportedOperation: the type names a deploy driver that does not exist."""
+    if _known(deploy_driver_name(server_type), DEPLOY_DRIVERS, "deploy", server_type) == "ansible":
+        from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
+
+        return AnsibleDeployDriver
+    from provisioner.drivers.fake_deploy import FakeDeployDriver
+
+    return FakeDeployDriver
+
+
+def burnin_driver_class(server_type: ServerType) -> type[BurnInDriver]:
+    """:raises UnsupportedOperation: the type names a burn-in driver that does not exist."""
+    if _known(burnin_driver_name(server_type), BURNIN_DRIVERS, "burn-in", server_type) == "ansible":
+        from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver
+
+        return AnsibleBurnInDriver
+    from provisioner.drivers.fake_deploy import FakeBurnInDriver
+
+    return FakeBurnInDriver
 
 
 def power_driver(node: Node) -> PowerDriver:
-    from provisioner.drivers.registry import power_driver_for
-
     return power_driver_for(node.bmc_access())
 
 
 def deploy_driver(node: Node) -> DeployDriver:
-    if settings.NEOCLOUD_DEPLOY_DRIVER == "ansible":
+    """The deploy driver of the node's server type, built for the node.
+
+    :raises UnsupportedOperation: the type names a deploy driver that does not exist.
+    """
+    if _known(deploy_driver_name(node.server_type), DEPLOY_DRIVERS, "deploy", node.server_type) == "ansible":
         from provisioner.drivers.ansible.drivers import AnsibleDeployDriver
 
         return AnsibleDeployDriver(node)
@@ -27,10 +102,189 @@ def deploy_driver(node: Node) -> DeployDriver:
 
 
 def burnin_driver(node: Node) -> BurnInDriver:
-    if settings.NEOCLOUD_BURNIN_DRIVER == "ansible":
+    """The burn-in driver of the node's server type, built for the node.
+
+    :raises UnsupportedOperation: the type names a burn-in driver that does not exist.
+    """
+    if _known(burnin_driver_name(node.server_type), BURNIN_DRIVERS, "burn-in", node.server_type) == "ansible":
         from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver
 
         return AnsibleBurnInDriver(node)
     from provisioner.drivers.fake_deploy import FakeBurnInDriver
 
     return FakeBurnInDriver(settings.NEOCLOUD_FAKE_HW_DIR)
+
+
+def image_record(image: Image) -> ImageRecord:
+    return ImageRecord(
+        slug=image.slug, url=image.url, sha256=image.sha256, format=image.format, size_bytes=image.size_bytes
+    )
+
+
+def node_record(
+    node: Node, *, deploys: bool = False, check_image: bool = False, image: Image | None = None
+) -> NodeRecord:
+    """What the drivers validate of ``node`` (its credential and server type read, the password only
+    tried), for work that ``deploys`` an OS and, when ``check_image``, writes ``image``."""
+    try:
+        cred = node.bmc_credential
+    except ObjectDoesNotExist:
+        cred = None
+    return NodeRecord(
+        name=node.name,
+        bmc_protocol=node.bmc_protocol,
+        bmc_address=node.bmc_address,
+        bmc_port=node.bmc_port,
+        bmc_system_id=node.bmc_system_id,
+        bmc_username=cred.username if cred is not None else None,
+        bmc_password_readable=cred is not None and crypto.decryptable(cred.password_encrypted),
+        boot_mac=node.boot_mac,
+        primary_address=node.primary_address or "",
+        ssh_endpoint_address=node.ssh_endpoint_address,
+        deploys=deploys,
+        check_image=check_image,
+        image=image_record(image) if image is not None else None,
+        **_type_fields(node.server_type),
+    )
+
+
+def _type_fields(server_type: ServerType) -> dict[str, Any]:
+    """The server type's part of a NodeRecord."""
+    return {
+        "server_type": server_type.slug,
+        "burnin_expectations": server_type.burnin_expectations(),
+        "burnin_thresholds": server_type.burnin_thresholds or {},
+    }
+
+
+def problems(
+    record: NodeRecord,
+    server_type: ServerType,
+    interfaces: Iterable[str] = INTERFACES,
+    classes: dict[tuple[str, str], Any] | None = None,
+) -> dict[str, InvalidNodeData]:
+    """The first problem each of ``interfaces``' drivers finds in ``record`` (none: an empty dict), in the
+    order of ``interfaces``. No I/O. ``classes``: a memo of the driver classes, for callers validating many
+    nodes of ``server_type``."""
+    classes = {} if classes is None else classes
+    found: dict[str, InvalidNodeData] = {}
+    for interface in interfaces:
+        key = (interface, record.bmc_protocol if interface == POWER else "")
+        if key not in classes:
+            classes[key] = _driver_class(interface, record.bmc_protocol, server_type)
+        cls = classes[key]
+        try:
+            if isinstance(cls, str):  # the name matches no driver: the node's problem
+                raise InvalidNodeData(record.name, _NAMED_BY[interface], cls)
+            cls.validate(record)
+        except InvalidNodeData as exc:
+            found[interface] = exc
+    return found
+
+
+# The field that names a node's driver, per interface.
+_NAMED_BY = {POWER: "bmc_protocol", DEPLOY: "server_type.deploy_driver", BURNIN: "server_type.burnin_driver"}
+
+
+def _driver_class(
+    interface: str, protocol: str, server_type: ServerType
+) -> type[PowerDriver] | type[DeployDriver] | type[BurnInDriver] | str:
+    """The class validating ``interface`` for a node; why none, when the name matches no driver."""
+    try:
+        if interface == POWER:
+            return power_driver_class(protocol)
+        if interface == DEPLOY:
+            return deploy_driver_class(server_type)
+        return burnin_driver_class(server_type)
+    except UnsupportedOperation as exc:
+        return str(exc)
+
+
+def validate_for(node: Node, kind: str, *, image: Image | None = None) -> None:
+    """Validate ``node`` for work of ``kind`` (an OperationKind) with the drivers that work uses; for
+    work that writes an image, ``image`` (None: the node's own, to write again). Cheap, no hardware contact:
+    call it when the work is accepted.
+
+    :raises InvalidNodeData: the first problem found, naming the node and the field.
+    """
+    deploys = kind in DEPLOYS
+    if deploys and image is None and node.image_id is not None:
+        image = node.image
+    record = node_record(node, deploys=deploys, check_image=deploys, image=image)
+    found = problems(record, node.server_type, DRIVERS_USED[kind])
+    if found:
+        raise next(iter(found.values()))
+
+
+# What unfit_nodes reads of each node, as plain values: it validates every bookable node of a type on each
+# booking, and building model instances cost it several times what the validation does.
+_RECORD_COLUMNS = (
+    "pk",
+    "name",
+    "bmc_protocol",
+    "bmc_address",
+    "bmc_port",
+    "bmc_system_id",
+    "boot_mac",
+    "primary_address",
+    "ssh_endpoint_address",
+    "bmc_credential__username",
+    "bmc_credential__password_encrypted",
+)
+
+
+def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, InvalidNodeData]:
+    """Of ``nodes`` (all of ``server_type``), those that could not be provisioned, by id, with the first
+    problem found (what ``pool_problems`` finds, in one query). The image is the reservation's business
+    (``image_problem``), so it is not checked here."""
+    type_fields = _type_fields(server_type)
+    interfaces = DRIVERS_USED[OperationKind.PROVISION]
+    classes: dict[tuple[str, str], Any] = {}
+    out: dict[int, InvalidNodeData] = {}
+    for (
+        pk,
+        name,
+        protocol,
+        address,
+        port,
+        system_id,
+        mac,
+        primary,
+        endpoint,
+        username,
+        token,
+    ) in nodes.order_by().values_list(*_RECORD_COLUMNS):
+        record = NodeRecord(
+            name=name,
+            bmc_protocol=protocol,
+            bmc_address=address,
+            bmc_port=port,
+            bmc_system_id=system_id,
+            bmc_username=username,  # None: no credential row (the join found none)
+            bmc_password_readable=token is not None and crypto.decryptable(token),
+            boot_mac=mac,
+            primary_address=primary or "",
+            ssh_endpoint_address=endpoint,
+            deploys=True,
+            **type_fields,
+        )
+        found = problems(record, server_type, interfaces, classes)
+        if found:
+            out[pk] = next(iter(found.values()))
+    return out
+
+
+def pool_problems(node: Node) -> dict[str, InvalidNodeData]:
+    """What keeps ``node`` out of the pool reservations draw from: the first problem each of its drivers'
+    validation finds in its record for provisioning, by interface (empty: none). For operators."""
+    return problems(node_record(node, deploys=True), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
+
+
+def image_problem(server_type: ServerType, image: Image) -> str:
+    """Why the deploy driver of ``server_type`` cannot write ``image`` ("" when it can), completing
+    "image <slug> ...". An unknown driver name is the type's problem, found with its nodes."""
+    try:
+        cls = deploy_driver_class(server_type)
+    except UnsupportedOperation:
+        return ""
+    return cls.image_problem(image_record(image))

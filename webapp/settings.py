@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from webapp.env import database_from_url, env_bool, env_choice, env_float, env_int, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -183,9 +184,10 @@ if NEOCLOUD_LEASE_TTL_SECONDS <= NEOCLOUD_HEARTBEAT_SECONDS * 2:
 # How often an interrupted operation is resumed before it is failed for good.
 NEOCLOUD_MAX_RECOVERIES = env_int("NEOCLOUD_MAX_RECOVERIES", 3, minimum=0)
 NEOCLOUD_RETRY_BACKOFF_SECONDS = env_float("NEOCLOUD_RETRY_BACKOFF_SECONDS", 1.0, minimum=0)
-# Which implementations do the hardware work: "fake" simulates in files; "pxe"/"ansible" are the real paths.
-NEOCLOUD_DEPLOY_DRIVER = env_choice("NEOCLOUD_DEPLOY_DRIVER", "fake", {"fake", "ansible"})
-NEOCLOUD_BURNIN_DRIVER = env_choice("NEOCLOUD_BURNIN_DRIVER", "fake", {"fake", "ansible"})
+# Which implementations do the hardware work: "fake" simulates in files; "ansible" is the real path. The
+# installation's default: a server type may choose its own (ServerType.deploy_driver, burnin_driver).
+NEOCLOUD_DEPLOY_DRIVER = env_choice("NEOCLOUD_DEPLOY_DRIVER", "fake", set(DEPLOY_DRIVERS))
+NEOCLOUD_BURNIN_DRIVER = env_choice("NEOCLOUD_BURNIN_DRIVER", "fake", set(BURNIN_DRIVERS))
 NEOCLOUD_FAKE_HW_DIR = Path(env_str("NEOCLOUD_FAKE_HW_DIR", str(VAR_DIR / "fake-hw")))
 # The fake deploy driver's agent: seconds it takes to stream or erase (0: at once, in the step). With a value, fake
 # deploys and wipes wait for it as real ones do (the operation parked, no worker held): bench/fleet.py.

@@ -5,6 +5,11 @@ Every driver method documents whether it is idempotent and what it raises. Imple
 ``redfish.py`` (sushy). All of them pass the same contract tests (tests/drivers/test_contract.py).
 
 Drivers never log or put credentials in messages; ``BmcAccess.__repr__`` masks the password.
+
+Every interface has ``validate(node)`` (after Ironic's ``BaseInterface.validate``): a class method that checks
+a node's record (a ``NodeRecord``: plain values, no password) for what the driver will need, without any
+I/O, so that bad node data is refused when work is accepted (a 400 naming the node and the field) instead
+of failing a step later and leaving the node in error. Subclasses add their own rules and call the base.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from provisioner.errors import InvalidNodeData, InvalidRequest
 
 
 class PowerState(enum.StrEnum):
@@ -64,11 +72,90 @@ class BmcAccess:
         return f"{self.protocol}://{self.address}:{self.port}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """The image a piece of work writes, as deploy drivers validate it."""
+
+    slug: str
+    url: str
+    sha256: str
+    format: str
+    size_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """A node's data as ``validate`` sees it: plain values read from the database (drivers import no Django),
+    and of the BMC password only whether it can be decrypted (a validation never holds a secret).
+
+    What the work is: ``deploys`` when it deploys an OS (provisioning, the reimage of a leased server; also
+    the check of a node offered to reservations), False when it only wipes. ``check_image``: the image it
+    writes is checked here and must be given as ``image``; False where it is checked elsewhere (a booking's
+    image, once per booking) or nothing is written. The burn-in fields are the server type's: its
+    expectations (``ServerType.burnin_expectations()``) and the operator's threshold overrides.
+    """
+
+    name: str
+    bmc_protocol: str
+    bmc_address: str
+    bmc_port: int | None
+    bmc_system_id: str = ""
+    bmc_username: str | None = None  # None: no BMC credential is stored
+    bmc_password_readable: bool = False
+    boot_mac: str = ""
+    primary_address: str = ""
+    ssh_endpoint_address: str = ""
+    server_type: str = ""
+    burnin_expectations: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    burnin_thresholds: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    deploys: bool = False
+    check_image: bool = False
+    image: ImageRecord | None = None
+
+
+_MAC = re.compile(r"\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+_NOT_IN_AN_ADDRESS = re.compile(r"[\s/]")  # a scheme, a path, blanks: a URL or a typo, not a host
+
+
 class PowerDriver(abc.ABC):
     """Power and boot-device control through a node's BMC."""
 
     def __init__(self, access: BmcAccess) -> None:
         self.access = access
+
+    @classmethod
+    def validate(cls, node: NodeRecord) -> None:
+        """Check that the node's BMC record holds what reaching its BMC needs: an address, a port, a stored
+        credential whose password can be decrypted. No I/O (the BMC is not contacted; its answer is the
+        steps' business). Subclasses add their protocol's rules.
+
+        :raises InvalidNodeData: naming the field that is missing or malformed.
+        """
+        address = node.bmc_address
+        if not address.strip():
+            raise InvalidNodeData(
+                node.name, "bmc_address", "no BMC address is recorded; set it in the inventory"
+            )
+        if _NOT_IN_AN_ADDRESS.search(address):
+            raise InvalidNodeData(
+                node.name, "bmc_address", f"{address!r} is not a host name or IP address (no scheme or path)"
+            )
+        if node.bmc_port is None or not 0 < node.bmc_port < 65536:
+            raise InvalidNodeData(node.name, "bmc_port", f"{node.bmc_port} is not a port (1-65535)")
+        if node.bmc_username is None:
+            raise InvalidNodeData(
+                node.name,
+                "bmc_credential",
+                "no BMC credential is stored; enroll the node with its BMC username and password",
+            )
+        if not node.bmc_password_readable:
+            raise InvalidNodeData(
+                node.name,
+                "bmc_credential",
+                "the stored BMC password cannot be decrypted with NEOCLOUD_CREDENTIAL_KEYS (was the key "
+                "changed?); enroll the password again",
+            )
 
     @abc.abstractmethod
     def get_power_state(self) -> PowerState:
@@ -152,6 +239,43 @@ class DeployResult:
 class DeployDriver(abc.ABC):
     """Writes an image and configuration to a node's disk and boots it."""
 
+    @classmethod
+    def validate(cls, node: NodeRecord) -> None:
+        """Check that the node's record holds what a deploy and a wipe need: the boot MAC the server
+        network-boots from (the boot service knows a server by it) and, when ``check_image``, an image with
+        the sha256 every deploy verifies. No I/O. Subclasses add their own rules.
+
+        :raises InvalidNodeData: naming the field that is missing or malformed.
+        """
+        if not node.boot_mac:
+            raise InvalidNodeData(
+                node.name,
+                "boot_mac",
+                "no boot MAC is recorded; the boot service knows a server by the MAC it network-boots from",
+            )
+        if not _MAC.match(node.boot_mac):
+            raise InvalidNodeData(
+                node.name, "boot_mac", f"{node.boot_mac!r} is not a MAC address such as 52:54:00:12:34:56"
+            )
+        if node.check_image:
+            if node.image is None:
+                raise InvalidNodeData(
+                    node.name,
+                    "image",
+                    "no image chosen: name one in the request (the node has no image of its own to write again)",
+                )
+            problem = cls.image_problem(node.image)
+            if problem:
+                raise InvalidNodeData(node.name, "image", f"image {node.image.slug} {problem}")
+
+    @classmethod
+    def image_problem(cls, image: ImageRecord) -> str:
+        """Why this driver cannot write ``image`` ("" when it can), as words completing "image <slug> ...".
+        Pure. Subclasses add their own rules."""
+        if not _SHA256.match(image.sha256):
+            return "has no valid sha256 (64 lower-case hex digits) to verify what is written"
+        return ""
+
     @abc.abstractmethod
     def deploy(self, request: DeployRequest, log: Any) -> DeployResult:
         """Deploy. Idempotent: running it again rewrites the disk from scratch.
@@ -178,6 +302,37 @@ class DeployDriver(abc.ABC):
 
 class BurnInDriver(abc.ABC):
     """Runs the GPU burn-in on a deployed node and returns its JSON report."""
+
+    @classmethod
+    def validate(cls, node: NodeRecord) -> None:
+        """Check that the node's server type says what burn-in checks the hardware against (the GPU model
+        and count) and that its threshold overrides are ones the burn-in knows. No I/O.
+
+        :raises InvalidNodeData: naming the server type's field.
+        """
+        # the burn-in package loads NVML bindings: imported when a burn-in is validated, not with the models
+        from provisioner.burnin.thresholds import resolve_thresholds
+
+        expect = node.burnin_expectations
+        if not str(expect.get("gpu_model") or "").strip():
+            raise InvalidNodeData(
+                node.name,
+                "server_type.gpu_model",
+                f"server type {node.server_type} names no GPU model: burn-in has nothing to check against",
+            )
+        count = expect.get("gpu_count")
+        if not isinstance(count, int) or count < 1:
+            raise InvalidNodeData(
+                node.name,
+                "server_type.gpu_count",
+                f"server type {node.server_type} expects {count} GPUs: burn-in needs at least one",
+            )
+        try:
+            resolve_thresholds(node.burnin_thresholds)
+        except InvalidRequest as exc:
+            raise InvalidNodeData(
+                node.name, "server_type.burnin_thresholds", f"server type {node.server_type}: {exc}"
+            ) from None
 
     @abc.abstractmethod
     def run(self, node_name: str, expectations: Mapping[str, Any], log: Any) -> dict[str, Any]:

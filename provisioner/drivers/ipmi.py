@@ -37,13 +37,22 @@ import pyghmi.ipmi.private.session as ipmisession
 import pyghmi.ipmi.private.util as ipmiutil
 
 from provisioner.drivers import pyghmi_io
-from provisioner.drivers.base import BmcAccess, BootDevice, BootMode, BootSetting, PowerDriver, PowerState
+from provisioner.drivers.base import (
+    BmcAccess,
+    BootDevice,
+    BootMode,
+    BootSetting,
+    NodeRecord,
+    PowerDriver,
+    PowerState,
+)
 from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
 from provisioner.errors import (
     BmcAuthFailed,
     BmcCommandFailed,
     BmcUnreachable,
     DriverError,
+    InvalidNodeData,
     UnsupportedOperation,
 )
 
@@ -403,6 +412,25 @@ class IpmiPowerDriver(PowerDriver):
     def __init__(self, access: BmcAccess, limits: BmcLimits = DEFAULT_LIMITS) -> None:
         super().__init__(access)
         self.limits = limits
+
+    # IPMI 2.0's session user name field (RAKP message 1) holds 16 bytes; pyghmi refuses a longer name only
+    # once it tries to log in.
+    MAX_USERNAME_BYTES = 16
+
+    @classmethod
+    def validate(cls, node: NodeRecord) -> None:
+        """The BMC record (the base rules) and a user name IPMI can send. No I/O.
+
+        :raises InvalidNodeData: naming the field.
+        """
+        super().validate(node)
+        size = len((node.bmc_username or "").encode())
+        if size > cls.MAX_USERNAME_BYTES:
+            raise InvalidNodeData(
+                node.name,
+                "bmc_credential",
+                f"the BMC user name has {size} bytes; IPMI sends at most {cls.MAX_USERNAME_BYTES}",
+            )
 
     def _run(self, *commands: IpmiCommand) -> list[dict[str, Any]]:
         with self.limits.slot(self.access.label, self.access.timeout):

@@ -21,13 +21,22 @@ import requests
 import sushy
 from sushy import exceptions as sushy_exc
 
-from provisioner.drivers.base import BmcAccess, BootDevice, BootMode, BootSetting, PowerDriver, PowerState
+from provisioner.drivers.base import (
+    BmcAccess,
+    BootDevice,
+    BootMode,
+    BootSetting,
+    NodeRecord,
+    PowerDriver,
+    PowerState,
+)
 from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
 from provisioner.errors import (
     BmcAuthFailed,
     BmcCommandFailed,
     BmcUnreachable,
     DriverError,
+    InvalidNodeData,
     UnsupportedOperation,
 )
 
@@ -50,6 +59,26 @@ class RedfishPowerDriver(PowerDriver):
         super().__init__(access)
         self.limits = limits
         self._root: sushy.Sushy | None = None
+
+    @classmethod
+    def validate(cls, node: NodeRecord) -> None:
+        """The BMC record (the base rules), a user name to log in with (Redfish has no anonymous login
+        here), and an address that fits in the BMC's URL (an IPv6 address in brackets). No I/O.
+
+        :raises InvalidNodeData: naming the field.
+        """
+        super().validate(node)
+        if not node.bmc_username:
+            raise InvalidNodeData(
+                node.name, "bmc_credential", "the BMC credential has no user name; Redfish logs in with one"
+            )
+        address = node.bmc_address
+        if ":" in address and not (address.startswith("[") and address.endswith("]")):
+            raise InvalidNodeData(
+                node.name,
+                "bmc_address",
+                f"{address!r} does not fit in a URL: write an IPv6 address in brackets ([{address}])",
+            )
 
     # --- plumbing ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Build the PowerDriver for a BMC from its BmcAccess, by protocol."""
+"""Which driver implements what, by name: power drivers by BMC protocol, and the names of the deploy and
+burn-in drivers a server type (or the installation's default) may choose."""
 
 from __future__ import annotations
 
@@ -6,6 +7,30 @@ from provisioner.drivers.base import BmcAccess, PowerDriver
 from provisioner.errors import UnsupportedOperation
 
 PROTOCOLS = ("ipmi", "redfish", "fake")
+# "fake" simulates the disk and the GPUs in files (tests, the embedded demo); "ansible" is the real path
+# (network boot, the deploy agent, burn-in over SSH). Built by provisioner.hardware.
+DEPLOY_DRIVERS = ("fake", "ansible")
+BURNIN_DRIVERS = ("fake", "ansible")
+
+
+def power_driver_class(protocol: str) -> type[PowerDriver]:
+    """The PowerDriver class for a BMC protocol ("ipmi", "redfish" or "fake"). Pure, no I/O.
+
+    :raises UnsupportedOperation: unknown protocol (the message names it).
+    """
+    if protocol == "ipmi":
+        from provisioner.drivers.ipmi import IpmiPowerDriver
+
+        return IpmiPowerDriver
+    if protocol == "redfish":
+        from provisioner.drivers.redfish import RedfishPowerDriver
+
+        return RedfishPowerDriver
+    if protocol == "fake":
+        from provisioner.drivers.fake import FakePowerDriver
+
+        return FakePowerDriver
+    raise UnsupportedOperation(f"unknown BMC protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
 
 
 def power_driver_for(access: BmcAccess) -> PowerDriver:
@@ -15,18 +40,8 @@ def power_driver_for(access: BmcAccess) -> PowerDriver:
 
     :raises UnsupportedOperation: unknown protocol.
     """
-    if access.protocol == "ipmi":
-        from provisioner.drivers.ipmi import IpmiPowerDriver
-
-        return IpmiPowerDriver(access)
-    if access.protocol == "redfish":
-        from provisioner.drivers.redfish import RedfishPowerDriver
-
-        return RedfishPowerDriver(access)
-    if access.protocol == "fake":
-        from provisioner.drivers.fake import FakePowerDriver
-
-        return FakePowerDriver(access)
-    raise UnsupportedOperation(
-        f"{access.label}: unknown BMC protocol {access.protocol!r} (expected one of {', '.join(PROTOCOLS)})"
-    )
+    try:
+        cls = power_driver_class(access.protocol)
+    except UnsupportedOperation as exc:
+        raise UnsupportedOperation(f"{access.label}: {exc}") from None
+    return cls(access)

@@ -10,6 +10,7 @@ from django.db import models
 
 from provisioner import crypto
 from provisioner.drivers.base import BmcAccess
+from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.models.tenancy import OrgScopedQuerySet
 from provisioner.states import NodeState, PowerStateChoice
 
@@ -83,6 +84,21 @@ class ServerType(models.Model):
     hourly_price_cents = models.PositiveIntegerField(default=0)
     # Operator overrides of the burn-in thresholds (keys as in provisioner.burnin.thresholds.DEFAULTS).
     burnin_thresholds = models.JSONField(default=dict, blank=True)
+    # Which drivers deploy and burn in this type's servers; blank: the installation's default
+    # (NEOCLOUD_DEPLOY_DRIVER, NEOCLOUD_BURNIN_DRIVER). One installation can then run real servers through
+    # Ansible next to a type still simulated, or a type whose burn-in runs elsewhere.
+    deploy_driver = models.CharField(
+        max_length=20,
+        blank=True,
+        choices=[("", "installation default"), *((name, name) for name in DEPLOY_DRIVERS)],
+        help_text="blank: the installation's default (NEOCLOUD_DEPLOY_DRIVER)",
+    )
+    burnin_driver = models.CharField(
+        max_length=20,
+        blank=True,
+        choices=[("", "installation default"), *((name, name) for name in BURNIN_DRIVERS)],
+        help_text="blank: the installation's default (NEOCLOUD_BURNIN_DRIVER)",
+    )
 
     class Meta:
         ordering = ["slug"]

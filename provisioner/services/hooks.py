@@ -22,6 +22,7 @@ from provisioner.services.reservations import (
     free_nodes,
     settle_reservation,
     take_node_out,
+    unfit_node_ids,
 )
 from provisioner.states import (
     OPEN_OPERATION_STATES,
@@ -136,6 +137,7 @@ def add_spare(
     """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free.
     ``why`` completes "One server ..." in the reservation's status message; None (a retry, which does not
     know why the server is missing) leaves a waiting reservation's message, which says why, as it is."""
+    unfit = unfit_node_ids(reservation.server_type)  # before the lock: nodes failing validation are no spares
     try:
         with transaction.atomic():
             _lock_server_type(reservation.server_type)
@@ -151,7 +153,7 @@ def add_spare(
                 return None
             start = max(timezone.now(), reservation.starts_at)
             spare = (
-                free_nodes(reservation.server_type, start, reservation.ends_at)
+                free_nodes(reservation.server_type, start, reservation.ends_at, unfit=unfit)
                 .filter(state=NodeState.AVAILABLE)
                 .order_by("name")
                 .first()

@@ -3,7 +3,8 @@
 File shape (see inventory/example.yaml):
   sites: [{slug, name, racks: [name, ...]}]
   server_types: [{slug, name, cpu_model, cpu_cores, ram_gib, gpu_model, gpu_count, gpu_memory_gib,
-                  pcie_gen, pcie_width, nvlink_links, disk_gib}]
+                  pcie_gen, pcie_width, nvlink_links, disk_gib, deploy_driver, burnin_driver}]
+  (deploy_driver, burnin_driver: optional, a driver name; blank or left out: the installation's default)
   images: [{slug, name, url, sha256, size_bytes, format, os_name}]
   nodes: [{name, serial, server_type, site, rack, boot_mac, address,
            bmc: {protocol, address, port, username, password | password_env | password_file, system_id}}]
@@ -23,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
+from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.errors import InvalidRequest
 from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
@@ -89,6 +91,25 @@ def _checked_node(nd: Any, index: int) -> tuple[str, dict[str, Any]]:
         except ValidationError:
             raise InvalidRequest(f"node {name}: address {nd['address']!r} is not an IP address")
     return name, bmc
+
+
+def _checked_drivers(st: dict[str, Any]) -> dict[str, str]:
+    """The server type's driver choices present in its entry, each a known driver name or blank.
+
+    :raises InvalidRequest: an unknown driver name (the message names it and the known ones).
+    """
+    chosen = {}
+    for key, names in (("deploy_driver", DEPLOY_DRIVERS), ("burnin_driver", BURNIN_DRIVERS)):
+        if key not in st:
+            continue
+        value = st[key] or ""
+        if value not in ("", *names):
+            raise InvalidRequest(
+                f"server type {st.get('slug')}: unknown {key} {value!r} (expected one of {', '.join(names)}; "
+                "leave it out for the installation's default)"
+            )
+        chosen[key] = value
+    return chosen
 
 
 def _refuse_duplicates(name: str, boot_mac: str, serial: str) -> None:
@@ -159,7 +180,8 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
         counts["sites"] += 1
     for st in data.get("server_types", []):
         ServerType.objects.update_or_create(
-            slug=st["slug"], defaults={k: st[k] for k in SERVER_TYPE_FIELDS if k in st}
+            slug=st["slug"],
+            defaults={**{k: st[k] for k in SERVER_TYPE_FIELDS if k in st}, **_checked_drivers(st)},
         )
         counts["server_types"] += 1
     for img in data.get("images", []):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from provisioner import hardware
 from provisioner.engine.queue import create_operation, enqueue
 from provisioner.errors import IllegalTransition, InvalidRequest
 from provisioner.models import Node, Operation
@@ -228,11 +229,17 @@ def reimage(
     (clean) so it returns to the pool fresh.
 
     :raises IllegalTransition: leased without force, busy, or in a state that cannot be reimaged.
+    :raises InvalidNodeData: the node's record fails the validation of the drivers the work uses (for an
+        active node: its BMC, the deploy with ``image`` or its own, the burn-in; for an idle one: its BMC
+        and the wipe), checked before anything changes.
     """
     node = Node.objects.select_for_update().get(pk=node.pk)
     if busy(node):
         raise IllegalTransition(f"{node.name} is busy with another operation; try again when it finishes")
     _refuse_if_leased(node, "reimage it", force)
+    if node.state in REIMAGEABLE_STATES:
+        kind = OperationKind.REIMAGE if node.state == NodeState.ACTIVE else OperationKind.CLEAN
+        hardware.validate_for(node, kind, image=image)
     params = {"reason": reason or "reimage requested"}
     if image is not None:
         params["image_id"] = image.pk

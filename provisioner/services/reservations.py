@@ -8,6 +8,13 @@ Double booking is impossible by construction:
 - on PostgreSQL an exclusion constraint (migration 0002) rejects two active overlapping allocations of one
   node even if some future code path forgot the lock.
 
+Only nodes whose record passes their drivers' ``validate`` are offered (counted as available, allocated, taken
+as spares): a customer cannot fix node data, so a node that would fail its deploy is left out of the pool and
+its problem shown to operators (the admin API's node detail, ``manage.py nodes show``) instead. Which nodes
+fail is worked out before the lock (validation is Python over the node records, not SQL) and passed into the
+statement that allocates; a node edited into a bad record in between is still found by its deploy step, as
+before validation existed.
+
 Every reservation of a type waits for that lock, so it is held for as little as possible: the reservation
 row, its keys, its audit record and the quota check come first, and only "which nodes are free" and the
 allocations that take them come after it; the commit releases it. A window that starts now is then started
@@ -21,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +36,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
+from provisioner import hardware
 from provisioner.engine.queue import create_operation, enqueue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
 from provisioner.models import (
@@ -83,24 +91,45 @@ def _lock_server_type(server_type: ServerType) -> None:
     )
 
 
+def _candidates(server_type: ServerType) -> QuerySet[Node]:
+    """Nodes of this type that may be booked at all, whatever the window: in an allocatable state and not
+    asked to be held (a node an operator asked to hold once free takes no new bookings)."""
+    return Node.objects.filter(server_type=server_type, hold_requested="", state__in=ALLOCATABLE_STATES)
+
+
+def unfit_node_ids(server_type: ServerType) -> list[int]:
+    """The bookable nodes of this type whose record fails their drivers' validation (see the module's
+    docstring): they are left out of the pool. Call outside the server type's lock; cheap (no I/O but the
+    query: a few microseconds of Python per node)."""
+    return sorted(hardware.unfit_nodes(server_type, _candidates(server_type)))
+
+
 def free_nodes(
-    server_type: ServerType, starts_at: dt.datetime, ends_at: dt.datetime | None
+    server_type: ServerType,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime | None,
+    *,
+    unfit: Collection[int] = (),
 ) -> QuerySet[Node]:
-    """Nodes of this type that can be allocated for the window (call inside the reservation transaction)."""
+    """Nodes of this type that can be allocated for the window (call inside the reservation transaction),
+    but for the ``unfit`` ones (``unfit_node_ids``)."""
     now = timezone.now()
     busy = Allocation.objects.filter(_overlapping(starts_at, ends_at), active=True).values("node_id")
-    # a node an operator asked to hold once free takes no new bookings
-    nodes = Node.objects.filter(server_type=server_type, hold_requested="").exclude(pk__in=busy)
+    nodes = _candidates(server_type).exclude(pk__in=busy)
+    if unfit:
+        nodes = nodes.exclude(pk__in=list(unfit))
     if starts_at <= now + START_NOW_SLACK:
         return nodes.filter(state=NodeState.AVAILABLE)
-    return nodes.filter(state__in=ALLOCATABLE_STATES)
+    return nodes
 
 
 def availability(
     server_type: ServerType, starts_at: dt.datetime | None = None, ends_at: dt.datetime | None = None
 ) -> int:
-    """How many servers of this type could be reserved for the window right now."""
-    return free_nodes(server_type, starts_at or timezone.now(), ends_at).count()
+    """How many servers of this type could be reserved for the window right now (nodes that fail validation
+    are not counted)."""
+    unfit = unfit_node_ids(server_type)
+    return free_nodes(server_type, starts_at or timezone.now(), ends_at, unfit=unfit).count()
 
 
 def _validate_window(
@@ -196,8 +225,10 @@ def book_servers(
     (a ``replay``). The Booking also says what was started, so callers that show the result need not read
     it back; callers that need only the reservation take ``book_servers(...).reservation``.
 
-    :raises CapacityError: fewer than ``count`` servers are free in the window (nothing is booked).
-    :raises QuotaExceeded, InvalidRequest:
+    :raises CapacityError: fewer than ``count`` servers are free in the window (nothing is booked); nodes
+        that fail validation are not free.
+    :raises QuotaExceeded, InvalidRequest: (InvalidRequest also: the type's deploy driver cannot write
+        ``image``, e.g. it has no valid sha256: the customer can choose another)
     """
     if count < 1 or count > MAX_SERVERS_PER_RESERVATION:
         raise InvalidRequest(f"count must be between 1 and {MAX_SERVERS_PER_RESERVATION}")
@@ -211,6 +242,11 @@ def book_servers(
         if existing is not None:
             return Booking(existing, [], [], replay=True)
     start, end = _validate_window(starts_at, ends_at)
+    problem = hardware.image_problem(server_type, image)
+    if problem:
+        raise InvalidRequest(f"image {image.slug} {problem}; choose another image")
+    # before the transaction: on SQLite it holds the database's write lock from its first statement
+    unfit = unfit_node_ids(server_type)
     starts_now = start <= timezone.now() + START_NOW_SLACK
     try:
         with transaction.atomic():
@@ -232,7 +268,7 @@ def book_servers(
             reservation.ssh_keys.add(*keys)
             record(actor, "reserve", reservation=reservation, reason=f"{count}x {server_type.slug}")
             _check_quota(org, count, start, end)
-            node_ids = _allocate(reservation, server_type, count, start, end)
+            node_ids = _allocate(reservation, server_type, count, start, end, unfit)
     except IntegrityError as exc:
         if idempotency_key and "idempotency" in str(exc).lower():
             replay = Reservation.objects.get(organization=org, idempotency_key=idempotency_key)
@@ -260,8 +296,10 @@ def _allocate(
     count: int,
     start: dt.datetime,
     end: dt.datetime | None,
+    unfit: Collection[int],
 ) -> list[int]:
-    """Under the server type's lock, give the reservation ``count`` nodes free in the window; return their ids.
+    """Under the server type's lock, give the reservation ``count`` nodes free in the window, none of the
+    ``unfit`` ones; return their ids.
 
     Choosing the nodes and inserting their allocations is one statement (INSERT ... SELECT): everything
     after the lock is held until the caller's transaction commits, and every other reservation of the type
@@ -271,7 +309,7 @@ def _allocate(
     """
     # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
     free = (
-        free_nodes(server_type, start, end)
+        free_nodes(server_type, start, end, unfit=unfit)
         .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
         .values(node_id=F("pk"))[:count]
     )
@@ -498,8 +536,9 @@ def start_due_reservations(actor: Actor | None = None) -> int:
 
     A node still being cleaned from its previous lease is started on a later pass. A node that went out of
     service since it was booked (maintenance, quarantine, error: states it does not leave by itself; or an
-    operator asked to hold it once free) is let go and a healthy spare of the type takes its place where one is free; otherwise the reservation
-    waits for one (``hooks.fill_waiting_reservations``), saying so.
+    operator asked to hold it once free; or its record no longer passes validation) is let go and a healthy
+    spare of the type takes its place where one is free; otherwise the reservation waits for one
+    (``hooks.fill_waiting_reservations``), saying so.
     """
     from provisioner.services.hooks import add_spare  # hooks builds on this module
 
@@ -518,11 +557,17 @@ def start_due_reservations(actor: Actor | None = None) -> int:
                 .select_related("node")
                 .exclude(node__reservation=reservation)
             ]
+            # a node whose record was broken since it was booked would fail its deploy: let go as well
+            unfit = hardware.unfit_nodes(
+                reservation.server_type, Node.objects.filter(pk__in=[node.pk for node in pending])
+            )
             out_of_service = [
-                node for node in pending if node.state not in ALLOCATABLE_STATES or node.hold_requested
+                node
+                for node in pending
+                if node.state not in ALLOCATABLE_STATES or node.hold_requested or node.pk in unfit
             ]
             for node in out_of_service:
-                _let_go_out_of_service(reservation, node, actor)
+                _let_go_out_of_service(reservation, node, actor, unfit=node.pk in unfit)
             in_service = [node for node in pending if node not in out_of_service]
             started += len(_start_nodes(reservation, in_service, actor))
             # a server let go on an earlier pass, while another booked one was still being wiped (the
@@ -540,9 +585,14 @@ def start_due_reservations(actor: Actor | None = None) -> int:
 OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
 
 
-def _let_go_out_of_service(reservation: Reservation, node: Node, actor: Actor) -> None:
-    """End the reservation's allocation of a node that is out of service (call inside a transaction)."""
+def _let_go_out_of_service(
+    reservation: Reservation, node: Node, actor: Actor, *, unfit: bool = False
+) -> None:
+    """End the reservation's allocation of a node that is out of service (call inside a transaction).
+    ``unfit``: its record fails validation (the customer sees that much; operators see the problem)."""
     held = f"on hold once free: {node.hold_requested}" if node.hold_requested else ""
+    if unfit and not held and node.state in ALLOCATABLE_STATES:
+        held = "its record failed the checks before deploy"
     take_node_out(reservation, node, actor, f"out of service ({held or node.state}) when the window started")
 
 

@@ -24,11 +24,18 @@ from collections.abc import Iterable
 from django.db import transaction
 from django.utils import timezone
 
-from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
+from provisioner import hardware
+from provisioner.errors import (
+    IllegalTransition,
+    InvalidNodeData,
+    InvalidNodesData,
+    InvalidRequest,
+    NeocloudError,
+)
 from provisioner.models import AuditEvent, Image, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
 from provisioner.services.audit import Actor, record
-from provisioner.states import LEASED_STATES, OPEN_OPERATION_STATES, OperationState
+from provisioner.states import LEASED_STATES, OPEN_OPERATION_STATES, NodeState, OperationKind, OperationState
 
 MAX_ROLLOUT_NODES = 10_000
 REFUSED_ACTION = "rollout_refused"
@@ -94,14 +101,21 @@ def start_rollout(
     max_parallel: int,
     failure_budget: int,
     force: bool = False,
+    named: bool = False,
 ) -> Rollout:
     """Create a rollout over ``nodes`` (in the given order) and start its first ``max_parallel`` reimages.
 
     Not idempotent: each call creates a new rollout. Without ``force`` a rollout that includes a node leased
     to a customer is refused as a whole, before anything starts.
 
+    A node whose record fails its drivers' validation (no image to write, no BMC address, ...) is refused
+    when its turn comes, like a busy node: recorded with the reason, counted against the failure budget.
+    ``named``: the operator named the nodes one by one (not a filter); then such a node refuses the whole
+    rollout before anything starts, naming every such node and field: they asked for exactly these.
+
     :raises InvalidRequest: no nodes, duplicates, or max_parallel < 1.
     :raises IllegalTransition: a node is leased and ``force`` is false (the message names the nodes).
+    :raises InvalidNodesData: ``named`` and nodes fail validation.
     """
     node_list = list(nodes)
     if not node_list:
@@ -122,6 +136,8 @@ def start_rollout(
                 f"{len(leased)} node(s) are leased to customers ({', '.join(sorted(leased)[:10])}); "
                 "leave them out or pass force to reimage them anyway"
             )
+    if named:
+        _refuse_invalid(node_list, image)
     with transaction.atomic():
         rollout = Rollout.objects.create(
             requested_by=actor.user,
@@ -139,6 +155,24 @@ def start_rollout(
             data={"rollout": rollout.pk, "force": force},
         )
     return advance_rollout(rollout, actor=actor)
+
+
+def _refuse_invalid(nodes: list[Node], image: Image | None) -> None:
+    """Validate each node for the reimage it would get (see ``node_service.reimage``).
+
+    :raises InvalidNodesData: naming every node that fails, with its field.
+    """
+    found = []
+    for node in Node.objects.filter(pk__in=[n.pk for n in nodes]).select_related("server_type", "image"):
+        if node.state not in node_service.REIMAGEABLE_STATES:
+            continue  # refused when its turn comes, as before: its state may change meanwhile
+        kind = OperationKind.REIMAGE if node.state == NodeState.ACTIVE else OperationKind.CLEAN
+        try:
+            hardware.validate_for(node, kind, image=image)
+        except InvalidNodeData as exc:
+            found.append(exc)
+    if found:
+        raise InvalidNodesData(sorted(found, key=lambda e: e.node), doing="reimaged")
 
 
 def advance_rollout(rollout: Rollout | int, *, actor: Actor | None = None) -> Rollout:

@@ -10,7 +10,15 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from provisioner.errors import CapacityError, IllegalTransition, NeocloudError, NodeLocked, QuotaExceeded
+from provisioner.errors import (
+    CapacityError,
+    IllegalTransition,
+    InvalidNodeData,
+    InvalidNodesData,
+    NeocloudError,
+    NodeLocked,
+    QuotaExceeded,
+)
 from provisioner.services.tenancy import NotPermitted
 
 _STATUS_FOR = {
@@ -19,6 +27,10 @@ _STATUS_FOR = {
     NodeLocked: status.HTTP_409_CONFLICT,
     QuotaExceeded: status.HTTP_403_FORBIDDEN,
     NotPermitted: status.HTTP_403_FORBIDDEN,
+    # bad node data found by the drivers' validation when work is accepted: the request cannot be done as
+    # the data stands (details: [{node, field, reason}])
+    InvalidNodeData: status.HTTP_400_BAD_REQUEST,
+    InvalidNodesData: status.HTTP_400_BAD_REQUEST,
 }
 
 
@@ -34,7 +46,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         http_status = next(
             (s for cls, s in _STATUS_FOR.items() if isinstance(exc, cls)), status.HTTP_400_BAD_REQUEST
         )
-        return Response(error_body(exc.code, str(exc)), status=http_status)
+        details = exc.details() if isinstance(exc, InvalidNodeData | InvalidNodesData) else None
+        return Response(error_body(exc.code, str(exc), details), status=http_status)
     # Django's own exceptions become DRF's here so that their codes are the specific ones (not_found, ...).
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

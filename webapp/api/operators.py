@@ -28,6 +28,7 @@ from webapp.api.permissions import IsOperator
 from webapp.api.serializers.common import OperationSerializer
 from webapp.api.serializers.customer import ReservationSerializer, reservation_data
 from webapp.api.serializers.operators import (
+    AdminNodeCheckedSerializer,
     AdminNodeDetailSerializer,
     AdminNodeSerializer,
     KeepInQuarantineSerializer,
@@ -67,7 +68,7 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         )
 
     def get_serializer_class(self) -> type:
-        return AdminNodeDetailSerializer if self.action == "retrieve" else AdminNodeSerializer
+        return AdminNodeCheckedSerializer if self.action == "retrieve" else AdminNodeSerializer
 
     def _actor(self) -> Actor:
         return Actor.operator_from_request(self.request)
@@ -98,7 +99,9 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def reimage(self, request: Request, pk: str | None = None) -> Response:
-        """Reimage one node. A node leased to a customer is refused (409) unless force=true."""
+        """Reimage one node. A node leased to a customer is refused (409) unless force=true; a node whose
+        record fails its drivers' validation (no image to write, no BMC address, ...) is a 400
+        (invalid_node_data) naming the node and the field, and nothing changes."""
         node = self.get_object()
         data = self._data(ReimageSerializer)
         image = _image(data.get("image"))
@@ -194,6 +197,9 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         request=RolloutCreateSerializer, responses={202: RolloutSerializer, **errors(400, 401, 403, 409)}
     )
     def create(self, request: Request) -> Response:
+        """Start a rolling reimage over named nodes or a filter. Named nodes whose record fails their drivers'
+        validation refuse the whole rollout (400 invalid_node_data, every such node and field in details);
+        nodes chosen by a filter are refused one by one when their turn comes, counted as failures."""
         serializer = RolloutCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -205,6 +211,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             max_parallel=data["max_parallel"],
             failure_budget=data["failure_budget"],
             force=data["force"],
+            named=bool(data.get("nodes")),
         )
         return Response(self.get_serializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 

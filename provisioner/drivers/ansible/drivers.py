@@ -180,6 +180,41 @@ class AnsibleDeployDriver(DeployDriver):
         ``address`` (the one the agent configures), port 22."""
         return (self.node.ssh_endpoint_address or address, self.node.ssh_endpoint_port)
 
+    @classmethod
+    def validate(cls, node: Any) -> None:
+        """Check a node's record (a ``drivers.base.NodeRecord``) for what this deploy needs besides the base
+        rules: the primary address the deploy agent configures on the server (a wipe needs none). No I/O.
+
+        :raises InvalidNodeData: naming the field.
+        """
+        from provisioner.errors import InvalidNodeData
+
+        super().validate(node)
+        if node.deploys and not node.primary_address:
+            raise InvalidNodeData(
+                node.name,
+                "primary_address",
+                "no primary address is recorded; the deploy configures the server's network with it "
+                "(set the node's address in the inventory or NetBox)",
+            )
+
+    @classmethod
+    def image_problem(cls, image: Any) -> str:
+        """Besides the base rule: the deploy agent streams the image over HTTP(S), writes raw images only,
+        and checks the size it wrote. Pure."""
+        from urllib.parse import urlsplit
+
+        problem = super().image_problem(image)
+        if problem:
+            return problem
+        if urlsplit(image.url).scheme not in ("http", "https"):
+            return "has no http(s) URL for the deploy agent to stream it from"
+        if image.format != "raw":
+            return f"is {image.format}; the deploy agent writes raw images only"
+        if not image.size_bytes or image.size_bytes <= 0:
+            return "has no size; the deploy agent checks the size it wrote"
+        return ""
+
     def deploy(self, request: DeployRequest, log: Any) -> DeployResult:
         from provisioner.handover import known_hosts_name
 

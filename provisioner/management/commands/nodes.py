@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from provisioner import hardware
 from provisioner.errors import NeocloudError
 from provisioner.management.argtypes import positive_seconds
 from provisioner.management.database import require_migrated_database
@@ -105,6 +106,17 @@ class Command(BaseCommand):
         if n.ssh_address:
             login = ssh_command(n.ssh_user, n.ssh_address, n.ssh_port)
             self.stdout.write(f"  {login}  {json.dumps(n.host_key_fingerprints)}")
+        self.stdout.write(
+            f"  Drivers: power {n.bmc_protocol}, deploy {hardware.deploy_driver_name(n.server_type)}, "
+            f"burn-in {hardware.burnin_driver_name(n.server_type)}"
+        )
+        problems = hardware.pool_problems(n)
+        if problems:
+            self.stdout.write("  Validation FAILED (not offered to reservations until fixed):")
+            for interface, err in problems.items():
+                self.stdout.write(f"    {interface}: {err.field}: {err.reason}")
+        else:
+            self.stdout.write("  Validation: passes its drivers' checks")
         self.stdout.write("History:")
         for ev in AuditEvent.objects.filter(node=n).order_by("created_at", "id"):
             arrow = f"{ev.from_state} -> {ev.to_state}" if ev.to_state else ev.action

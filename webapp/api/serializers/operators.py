@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
+from provisioner import hardware
 from provisioner.models import BurnInReport, Node
 from webapp.api.serializers.common import (
     AuditEventSerializer,
@@ -166,3 +167,33 @@ class OperatorReleaseSerializer(serializers.Serializer):
         help_text="why the operator releases it: the customer reads it (as the reservation's status and in "
         "their audit trail)",
     )
+
+
+class AdminNodeCheckedSerializer(AdminNodeDetailSerializer):
+    """The node detail with what its drivers' validation finds in its record: why a node is left out of the
+    pool reservations draw from (customers see it only as a server not offered)."""
+
+    driver_problems = serializers.SerializerMethodField(
+        help_text="per driver interface (power, deploy, burnin), the first problem validation finds in the "
+        "node's record for provisioning, naming the field; empty when it passes"
+    )
+
+    class Meta(AdminNodeDetailSerializer.Meta):
+        fields = [*AdminNodeDetailSerializer.Meta.fields, "driver_problems"]
+
+    @extend_schema_field(
+        inline_serializer(
+            "DriverProblem",
+            {
+                "interface": serializers.CharField(),
+                "field": serializers.CharField(),
+                "reason": serializers.CharField(),
+            },
+            many=True,
+        )
+    )
+    def get_driver_problems(self, obj: Node) -> list[dict[str, str]]:
+        return [
+            {"interface": interface, "field": err.field, "reason": err.reason}
+            for interface, err in hardware.pool_problems(obj).items()
+        ]
