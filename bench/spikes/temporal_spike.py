@@ -366,7 +366,7 @@ async def run_once(
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait()
                 worker, worker_start_s = start_worker(
-                    address, events.path, max_cached, run_dir / "worker.log"
+                    address, events.path, max_cached, sticky_timeout_s, run_dir / "worker.log"
                 )
                 workers.append(worker)
                 sampler.pids["worker2"] = worker.pid
