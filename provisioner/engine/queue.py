@@ -85,7 +85,7 @@ def wake(operation_ids: Iterable[int]) -> int:
         return 0
     now = timezone.now()
     woken = 0
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # inside a caller's transaction: no savepoint round trips
         waiting = list(
             Operation.objects.filter(pk__in=ids, state=OperationState.WAITING).values_list("pk", "node_id")
         )
