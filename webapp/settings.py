@@ -108,6 +108,9 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _conn_max_age > 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Largest request body read (Django's default, stated here because the README promises it): larger ones get
+# 413 from the API and the boot service. The boot service's reports have a lower limit of their own.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

@@ -149,7 +149,8 @@ def _too_big(request: HttpRequest) -> JsonResponse | None:
         length = int(request.headers.get("Content-Length") or 0)
     except ValueError:
         length = 0
-    if max(length, len(request.body)) > MAX_REPORT_BYTES:
+    # The header first: a body over DATA_UPLOAD_MAX_MEMORY_SIZE is not even read (Django raises on it).
+    if length > MAX_REPORT_BYTES or len(request.body) > MAX_REPORT_BYTES:
         return _error(413, "too_large", f"a report is at most {MAX_REPORT_BYTES} bytes")
     return None
 

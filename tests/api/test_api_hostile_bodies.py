@@ -57,3 +57,32 @@ def test_json_nested_up_to_the_limit_is_read(inventory):
     assert response.status_code == 400, response.content[:300]
     assert response.json()["error"]["code"] == "invalid_request"
     assert "ssh_keys" in response.json()["error"]["details"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", json.dumps({"server_type": "h100-8x", "name": "x" * 3_000_000})),
+        ("application/x-www-form-urlencoded", "name=" + "x" * 3_000_000),
+    ],
+    ids=["json", "form"],
+)
+def test_a_body_over_the_limit_is_a_413_in_the_error_shape(inventory, settings, content_type, body):
+    assert len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    response = api(inventory.owner).post(f"{V1}/reservations", data=body, content_type=content_type)
+    assert response.status_code == 413, response.content[:300]
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == {
+        "code": "too_large",
+        "message": f"a request body may be at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+    }
+
+
+def test_a_form_with_more_fields_than_django_reads_is_a_400_in_the_error_shape(inventory, settings):
+    body = "&".join(f"f{i}=1" for i in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1))
+    response = api(inventory.owner).post(
+        f"{V1}/reservations", data=body, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and "DATA_UPLOAD_MAX_NUMBER_FIELDS" in error["message"]

@@ -127,6 +127,20 @@ def test_deeply_nested_reports_are_a_400_in_the_error_shape(client, booted, path
     assert stored.progress in (None, {}) and stored.result_at is None
 
 
+@pytest.mark.parametrize("path", ["progress", "result"])
+def test_a_report_over_the_request_limit_is_a_413_in_the_error_shape(client, booted, settings, path):
+    """Larger than Django reads at all (DATA_UPLOAD_MAX_MEMORY_SIZE): refused on its Content-Length."""
+    ticket, auth = booted
+    raw = b'{"message": "' + b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1) + b'"}'
+    refused = post(client, path, None, auth, raw=raw)
+    assert refused.status_code == 413
+    assert refused.json()["error"] == {
+        "code": "too_large",
+        "message": f"a report is at most {reports.MAX_REPORT_BYTES} bytes",
+    }
+    assert DeployTicket.objects.get(pk=ticket.pk).result_at is None
+
+
 def test_progress_is_stored_as_checked_fields_only(client, booted):
     ticket, auth = booted
     bad = post(client, "progress", {"stage": "write", "percent": 250}, auth)
