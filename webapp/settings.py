@@ -15,7 +15,9 @@ VAR_DIR = Path(env_str("NEOCLOUD_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 PRODUCTION = env_bool("NEOCLOUD_PRODUCTION", False)
-DEBUG = env_bool("NEOCLOUD_DEBUG", not PRODUCTION)
+# Only when asked for by name: Django's debug mode is for a developer at the console. Even then no error page
+# shows settings or the environment (webapp/error_responses.py).
+DEBUG = env_bool("NEOCLOUD_DEBUG", False)
 
 
 def _embedded_secret(name: str, filename: str, make: str = "token") -> str:
@@ -65,6 +67,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every response carries the request id, errors from the other middleware included.
+    "webapp.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -73,8 +77,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "webapp.request_id.RequestIdMiddleware",
+    "webapp.error_responses.SafeErrorMiddleware",
 ]
+DEFAULT_EXCEPTION_REPORTER_FILTER = "webapp.error_responses.NoSettingsReporterFilter"
 
 ROOT_URLCONF = "webapp.urls"
 TEMPLATES = [
@@ -228,7 +233,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"request_id": {"()": "webapp.error_responses.RequestIdLogFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("NEOCLOUD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "paramiko": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "paramiko": {"level": "WARNING"},
+        "django.request": {"filters": ["request_id"]},
+    },
 }
