@@ -45,7 +45,27 @@ SECRET_KEY = _embedded_secret("NEOCLOUD_SECRET_KEY", "secret_key")
 NEOCLOUD_CREDENTIAL_KEYS = _embedded_secret("NEOCLOUD_CREDENTIAL_KEYS", "credential_keys", make="fernet")
 
 ALLOWED_HOSTS = [h for h in env_str("NEOCLOUD_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "NEOCLOUD_ALLOWED_HOSTS must be set when NEOCLOUD_PRODUCTION is true (the names clients reach the site by)"
+    )
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("NEOCLOUD_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# HTTPS in production (manage.py check --deploy is clean): the portal and the API redirect to HTTPS, cookies
+# are sent over HTTPS only, browsers are told to keep to HTTPS (HSTS). The boot service stays on plain HTTP:
+# PXE firmware and iPXE fetch it so and follow no redirect to HTTPS. Behind a proxy that terminates TLS,
+# NEOCLOUD_TLS_PROXY=1 trusts its X-Forwarded-Proto header (the proxy must set it; else every request
+# looks like plain HTTP and is redirected forever).
+SECURE_SSL_REDIRECT = env_bool("NEOCLOUD_SSL_REDIRECT", PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^boot/"]
+if env_bool("NEOCLOUD_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+# HSTS starts short (an hour), as cookiecutter-django's settings advise: raise NEOCLOUD_HSTS_SECONDS to a year
+# (31536000) once HTTPS is known to work on every name, since browsers keep to HTTPS that long whatever happens.
+SECURE_HSTS_SECONDS = env_int("NEOCLOUD_HSTS_SECONDS", 3600 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("NEOCLOUD_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("NEOCLOUD_HSTS_PRELOAD", PRODUCTION)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
