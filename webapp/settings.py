@@ -17,7 +17,9 @@ VAR_DIR = Path(env_str("NEOCLOUD_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 PRODUCTION = env_bool("NEOCLOUD_PRODUCTION", False)
-DEBUG = env_bool("NEOCLOUD_DEBUG", not PRODUCTION)
+# Only when asked for by name: Django's debug mode is for a developer at the console. Even then no error page
+# shows settings or the environment (webapp/error_responses.py).
+DEBUG = env_bool("NEOCLOUD_DEBUG", False)
 
 
 def _embedded_secret(name: str, filename: str, make: str = "token") -> str:
@@ -45,7 +47,27 @@ SECRET_KEY = _embedded_secret("NEOCLOUD_SECRET_KEY", "secret_key")
 NEOCLOUD_CREDENTIAL_KEYS = _embedded_secret("NEOCLOUD_CREDENTIAL_KEYS", "credential_keys", make="fernet")
 
 ALLOWED_HOSTS = [h for h in env_str("NEOCLOUD_ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "NEOCLOUD_ALLOWED_HOSTS must be set when NEOCLOUD_PRODUCTION is true (the names clients reach the site by)"
+    )
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("NEOCLOUD_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# HTTPS in production (manage.py check --deploy is clean): the portal and the API redirect to HTTPS, cookies
+# are sent over HTTPS only, browsers are told to keep to HTTPS (HSTS). The boot service stays on plain HTTP:
+# PXE firmware and iPXE fetch it so and follow no redirect to HTTPS. Behind a proxy that terminates TLS,
+# NEOCLOUD_TLS_PROXY=1 trusts its X-Forwarded-Proto header (the proxy must set it; else every request
+# looks like plain HTTP and is redirected forever).
+SECURE_SSL_REDIRECT = env_bool("NEOCLOUD_SSL_REDIRECT", PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^boot/"]
+if env_bool("NEOCLOUD_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+# HSTS starts short (an hour), as cookiecutter-django's settings advise: raise NEOCLOUD_HSTS_SECONDS to a year
+# (31536000) once HTTPS is known to work on every name, since browsers keep to HTTPS that long whatever happens.
+SECURE_HSTS_SECONDS = env_int("NEOCLOUD_HSTS_SECONDS", 3600 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("NEOCLOUD_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("NEOCLOUD_HSTS_PRELOAD", PRODUCTION)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -53,6 +75,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # runserver leaves static files to WhiteNoise too, so that it serves them as gunicorn does
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
@@ -69,15 +93,19 @@ if not PRODUCTION and importlib.util.find_spec("lab") is not None:
     INSTALLED_APPS.append("lab")
 
 MIDDLEWARE = [
+    # First, so that every response carries the request id, errors from the other middleware included.
+    "webapp.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "webapp.request_id.RequestIdMiddleware",
+    "webapp.error_responses.SafeErrorMiddleware",
 ]
+DEFAULT_EXCEPTION_REPORTER_FILTER = "webapp.error_responses.NoSettingsReporterFilter"
 
 ROOT_URLCONF = "webapp.urls"
 TEMPLATES = [
@@ -114,6 +142,9 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _conn_max_age > 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Largest request body read (Django's default, stated here because the README promises it): larger ones get
+# 413 from the API and the boot service. The boot service's reports have a lower limit of their own.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -123,7 +154,12 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+# Static files (the portal's CSS and htmx, the admin's) are served by the web process itself through
+# WhiteNoise, with DEBUG off and under any WSGI server. It finds them where the apps keep them (the finders),
+# so no collectstatic step is needed; files collected into STATIC_ROOT (for a CDN) are served too.
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True
 LOGIN_URL = "portal:login"
 LOGIN_REDIRECT_URL = "portal:catalog"
 LOGOUT_REDIRECT_URL = "portal:login"
@@ -147,6 +183,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's default parsers, with a nesting limit on JSON (provisioner/json_input.py)
+    "DEFAULT_PARSER_CLASSES": [
+        "webapp.api.parsers.LimitedDepthJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "webapp.api.pagination.NeocloudPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -236,7 +278,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"request_id": {"()": "webapp.error_responses.RequestIdLogFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("NEOCLOUD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "paramiko": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "paramiko": {"level": "WARNING"},
+        "django.request": {"filters": ["request_id"]},
+    },
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from provisioner.boot import tickets
 from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progress, clean_result
 from provisioner.engine.queue import wake
+from provisioner.json_input import JsonTooDeep, load_json
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, render_ipxe_script, render_local_boot_script
 
@@ -141,14 +141,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any] | None:
-    """The request's JSON object, or None for anything else (NaN and Infinity included: no database
-    stores them as JSON). The caller has checked the body's size."""
+def _json_object(request: HttpRequest, refusal: str) -> dict[str, Any]:
+    """The request's JSON object. Raises ReportError with ``refusal`` for anything else (NaN and Infinity
+    included: no database stores them as JSON), or with the nesting limit's sentence for a body nested
+    too deep. The caller has checked the body's size."""
     try:
-        body = json.loads(request.body or b"{}", parse_constant=_refuse_constant)
+        body = load_json(request.body or b"{}", parse_constant=_refuse_constant)
+    except JsonTooDeep as exc:
+        raise ReportError(str(exc)) from None
     except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        raise ReportError(refusal) from None
+    if not isinstance(body, dict):
+        raise ReportError(refusal)
+    return body
 
 
 def _too_big(request: HttpRequest) -> JsonResponse | None:
@@ -156,7 +161,8 @@ def _too_big(request: HttpRequest) -> JsonResponse | None:
         length = int(request.headers.get("Content-Length") or 0)
     except ValueError:
         length = 0
-    if max(length, len(request.body)) > MAX_REPORT_BYTES:
+    # The header first: a body over DATA_UPLOAD_MAX_MEMORY_SIZE is not even read (Django raises on it).
+    if length > MAX_REPORT_BYTES or len(request.body) > MAX_REPORT_BYTES:
         return _error(413, "too_large", f"a report is at most {MAX_REPORT_BYTES} bytes")
     return None
 
@@ -206,11 +212,8 @@ def agent_progress(request: HttpRequest) -> JsonResponse:
         return _error(403, "invalid_token", "unknown or expired deploy token")
     if (refused := _too_big(request)) is not None:
         return refused
-    body = _json_body(request)
-    if body is None:
-        return _error(400, "invalid_request", "progress must be a JSON object")
     try:
-        progress = clean_progress(body)
+        progress = clean_progress(_json_object(request, "progress must be a JSON object"))
     except ReportError as exc:
         return _error(400, "invalid_request", str(exc))
     tickets.record_progress(ticket, progress)
@@ -226,11 +229,8 @@ def agent_result(request: HttpRequest) -> JsonResponse:
         return _error(403, "invalid_token", "unknown or expired deploy token")
     if (refused := _too_big(request)) is not None:
         return refused
-    body = _json_body(request)
-    if body is None:
-        return _error(400, "invalid_request", "result must be a JSON object with status ok or failed")
     try:
-        result = clean_result(body)
+        result = clean_result(_json_object(request, "result must be a JSON object with status ok or failed"))
     except ReportError as exc:
         return _error(400, "invalid_request", str(exc))
     if result["status"] == "ok" and ticket.instructions_fetched_at is None:

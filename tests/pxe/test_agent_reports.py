@@ -11,6 +11,7 @@ import pytest
 
 from provisioner.boot import reports, tickets
 from provisioner.engine.queue import create_operation
+from provisioner.json_input import MAX_JSON_DEPTH
 from provisioner.models import DeployTicket, Node
 from provisioner.pxe.ipxe import parse_ipxe_script
 from provisioner.sshkeys import fingerprint_sha256, generate_keypair
@@ -102,6 +103,42 @@ def test_nan_and_oversized_reports_are_refused(client, booted):
     )
     assert huge.status_code == 413
     assert DeployTicket.objects.get(pk=ticket.pk).progress in (None, {})
+
+
+@pytest.mark.parametrize("path", ["progress", "result"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 2000 + b"]" * 2000,
+        b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        b'{"stage": "write", "percent": 1, "message": ' + b"[" * 40 + b"]" * 40 + b"}",
+    ],
+    ids=["arrays", "objects", "a field past the limit"],
+)
+def test_deeply_nested_reports_are_a_400_in_the_error_shape(client, booted, path, raw):
+    ticket, auth = booted
+    refused = post(client, path, None, auth, raw=raw)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == {
+        "code": "invalid_request",
+        "message": f"JSON may nest at most {MAX_JSON_DEPTH} levels of arrays and objects",
+    }
+    stored = DeployTicket.objects.get(pk=ticket.pk)
+    assert stored.progress in (None, {}) and stored.result_at is None
+
+
+@pytest.mark.parametrize("path", ["progress", "result"])
+def test_a_report_over_the_request_limit_is_a_413_in_the_error_shape(client, booted, settings, path):
+    """Larger than Django reads at all (DATA_UPLOAD_MAX_MEMORY_SIZE): refused on its Content-Length."""
+    ticket, auth = booted
+    raw = b'{"message": "' + b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1) + b'"}'
+    refused = post(client, path, None, auth, raw=raw)
+    assert refused.status_code == 413
+    assert refused.json()["error"] == {
+        "code": "too_large",
+        "message": f"a report is at most {reports.MAX_REPORT_BYTES} bytes",
+    }
+    assert DeployTicket.objects.get(pk=ticket.pk).result_at is None
 
 
 def test_progress_is_stored_as_checked_fields_only(client, booted):

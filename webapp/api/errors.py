@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -48,6 +49,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
         details = exc.details() if isinstance(exc, InvalidNodeData | InvalidNodesData) else None
         return Response(error_body(exc.code, str(exc), details), status=http_status)
+    # Django refuses these while DRF reads the body; unhandled, they became its HTML 400.
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body("too_large", f"a request body may be at most {limit} bytes"),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return Response(error_body("invalid_request", str(exc)), status=status.HTTP_400_BAD_REQUEST)
     # Django's own exceptions become DRF's here so that their codes are the specific ones (not_found, ...).
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -26,6 +26,7 @@ from provisioner.models.inventory import SERVER_TYPE_FIELDS
 from provisioner.services.reservations import START_NOW_SLACK
 from provisioner.sshkeys import ssh_command
 from provisioner.states import LEASED_STATES, StepState
+from webapp.api.fields import WindowDateTimeField
 from webapp.api.serializers.common import (
     BurnInSummarySerializer,
     OperationSummarySerializer,
@@ -50,8 +51,8 @@ class ServerTypeSerializer(serializers.ModelSerializer):
 
 
 class AvailabilityQuerySerializer(serializers.Serializer):
-    starts_at = serializers.DateTimeField(required=False)
-    ends_at = serializers.DateTimeField(required=False)
+    starts_at = WindowDateTimeField(required=False)
+    ends_at = WindowDateTimeField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         start, end = attrs.get("starts_at"), attrs.get("ends_at")
@@ -341,14 +342,14 @@ class ReservationCreateSerializer(serializers.Serializer):
     def validate_ssh_keys(self, value: list[int | str]) -> list[int | str]:
         return list(dict.fromkeys(value))  # each reference once, in the order given
 
-    starts_at = serializers.DateTimeField(required=False, help_text="default: now")
-    ends_at = serializers.DateTimeField(required=False, allow_null=True, help_text="default: until released")
+    starts_at = WindowDateTimeField(required=False, help_text="default: now")
+    ends_at = WindowDateTimeField(required=False, allow_null=True, help_text="default: until released")
     name = serializers.CharField(max_length=100, required=False, allow_blank=True)
     organization = serializers.SlugField(required=False, help_text="slug; needed if you are in several")
 
 
 class ExtendSerializer(serializers.Serializer):
-    ends_at = serializers.DateTimeField()
+    ends_at = WindowDateTimeField()
 
 
 class ServerSerializer(serializers.ModelSerializer):
