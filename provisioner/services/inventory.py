@@ -6,7 +6,8 @@ File shape (see inventory/example.yaml):
                   pcie_gen, pcie_width, nvlink_links, disk_gib}]
   images: [{slug, name, url, sha256, size_bytes, format, os_name}]
   nodes: [{name, serial, server_type, site, rack, boot_mac, address,
-           bmc: {protocol, address, port, username, password | password_env | password_file, system_id}}]
+           bmc: {protocol, address, port, username, password | password_env | password_file, system_id},
+           driver_info: {python, burnin_backend, ...}}]   (optional; see provisioner/drivers/ansible/driver_info.py)
 BMC passwords never live in committed files: use password_env or password_file (the lab's generated
 inventory under var/ holds its throwaway lab passwords inline).
 """
@@ -23,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
+from provisioner.drivers.ansible.driver_info import checked_driver_info
 from provisioner.errors import InvalidRequest
 from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
@@ -202,6 +204,8 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "ssh_endpoint_port": checked_port(
                 (nd.get("ssh_endpoint") or {}).get("port", 22), f"node {name}: ssh_endpoint"
             ),
+            # the whole mapping, as any field of the entry: keys left out of the file fall back to defaults
+            "driver_info": checked_driver_info(nd.get("driver_info"), f"node {name}"),
         }
         if bmc["protocol"] not in Node.BmcProtocol.values:
             raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")

@@ -239,10 +239,10 @@ class Command(BaseCommand):
             )
 
     def check_wiped(self, node: Node) -> None:
-        from provisioner.drivers.ansible.drivers import lab_spec
+        from lab.spec import load_specs
         from provisioner.pxe.configdrive import read_config_drive
 
-        spec = lab_spec(node.name)
+        spec = next((s for s in load_specs(Path(settings.NEOCLOUD_LAB_DIR)) if s.name == node.name), None)
         if spec is None:
             return
         with open(spec.disk_path, "rb") as disk:
