@@ -231,12 +231,12 @@ class Command(BaseCommand):
                 n.ssh_user,
                 private_path.read_text(),
                 n.host_key_fingerprints,
-                "ip -4 -o addr show scope global; cat /etc/hostname 2>/dev/null | head -1",
+                "hostname; ip -4 -o addr show scope global",
                 30,
             )
-            self.say(
-                f"  logged in with strict host-key checking (exit {status}): {out.strip().splitlines()[0] if out.strip() else err.strip()}"
-            )
+            lines = out.strip().splitlines()
+            seen = f"{lines[0]}, {lines[1] if len(lines) > 1 else 'no address'}" if lines else err.strip()
+            self.say(f"  logged in with strict host-key checking (exit {status}): {seen}")
 
     def check_wiped(self, node: Node) -> None:
         from lab.spec import load_specs
