@@ -231,11 +231,11 @@ class Command(BaseCommand):
                 n.ssh_user,
                 private_path.read_text(),
                 n.host_key_fingerprints,
-                "hostname; ip -4 -o addr show scope global",
+                "hostname; ip -4 -o addr show scope global | awk '{print $4}'",
                 30,
             )
             lines = out.strip().splitlines()
-            seen = f"{lines[0]}, {lines[1] if len(lines) > 1 else 'no address'}" if lines else err.strip()
+            seen = f"{lines[0]} at {lines[1] if len(lines) > 1 else 'no address'}" if lines else err.strip()
             self.say(f"  logged in with strict host-key checking (exit {status}): {seen}")
 
     def check_wiped(self, node: Node) -> None:
