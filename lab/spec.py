@@ -29,7 +29,6 @@ class LabNodeSpec:
     netns: str = ""  # network namespace name, e.g. "nc-lab-01"
     disk_path: str = ""  # file-backed disk
     disk_size: int = 256 * 1024 * 1024
-    gpu_faults: dict[str, Any] = dataclasses.field(default_factory=dict)  # simulated NVML faults
     # "simulated": the lab firmware runs the agent on this host (lab.firmware);
     # "qemu": an emulated computer, powered by the BMC (lab.qemu_firmware)
     kind: str = "simulated"

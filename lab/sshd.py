@@ -9,7 +9,9 @@ document the deploy agent wrote (see provisioner.pxe.configdrive); on power-off 
   sshd_config, sshd.pid, sshd.log
 
 The SSH user of a lab node is ``root``: sshd runs as root on the host's file system (only its network
-is separate), so a root session can edit ``authorized_keys`` in place, which is what handover does.
+and its host name are separate), so a root session can edit ``authorized_keys`` in place, which is what
+handover does. Each node's sshd runs in a UTS namespace of its own whose host name is the document's, so
+``hostname`` on a lab server prints that server's name, as on a deployed server, not this host's.
 The path of that file is exported to sessions as ``NEOCLOUD_AUTHORIZED_KEYS_FILE`` (sshd ``SetEnv``)
 because it is not ``~/.ssh/authorized_keys``; provisioner.handover uses it when set.
 """
@@ -38,6 +40,11 @@ AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"
 # sshd refuses to start without its privilege-separation directory (Debian creates it at boot only).
 PRIVSEP_DIR = Path("/run/sshd")
 _KEY_TYPE = re.compile(r"^[a-z0-9-]{1,32}$")
+# A host name the kernel takes (at most 64 bytes) and `hostname` never reads as an option.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$")
+# Run by `unshare --uts` inside the node's network namespace: name the new UTS namespace, then become sshd
+# (exec all the way down: the pid `ip netns exec` started is sshd's).
+_SET_HOSTNAME_THEN_EXEC = 'hostname "$1" || exit 1; shift; exec "$@"'
 # sshd processes started by this process, kept so they are reaped (no zombies, no ResourceWarning).
 _launched: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -115,11 +122,19 @@ def render_sshd_config(spec: LabNodeSpec, host_keys: list[Path], directory: Path
     return "\n".join(lines) + "\n"
 
 
+def node_hostname(config: dict[str, Any]) -> str:
+    """The host name the config-drive document gives the node. Raises NodeOsError when it has none."""
+    hostname = config.get("hostname")
+    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+        raise NodeOsError(f"the config-drive document has no usable hostname ({hostname!r})")
+    return hostname
+
+
 def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path) -> Path:
     """Write host keys, authorized_keys and sshd_config for the node; return the sshd_config path.
 
-    Idempotent (rewrites the same files). Raises NodeOsError when the document lacks host keys or
-    authorized keys.
+    Idempotent (rewrites the same files). Raises NodeOsError when the document lacks host keys,
+    authorized keys or a host name.
     """
     if not spec.ssh_address or not spec.netns:
         raise NodeOsError(f"lab node {spec.name} has no SSH address or network namespace in its spec")
@@ -130,6 +145,7 @@ def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path) -> P
     keys = config.get("authorized_keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not keys:
         raise NodeOsError("the config-drive document has no authorized_keys: nobody could log in")
+    node_hostname(config)
     _write(directory / "authorized_keys", "\n".join(k.strip() for k in keys), 0o600)
     config_path = directory / "sshd_config"
     _write(config_path, render_sshd_config(spec, host_keys, directory), 0o600)
@@ -195,7 +211,8 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 
 def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, timeout: float = 15.0) -> None:
-    """Boot the node's "OS": its namespace, then its sshd on ``spec.ssh_address:22``; wait until it answers.
+    """Boot the node's "OS": its namespace, then its sshd on ``spec.ssh_address:22`` under the document's
+    host name (a UTS namespace of its own); wait until it answers.
 
     Idempotent: a running sshd is stopped and started again with the document's keys (a reboot after
     a redeploy brings new host keys). Raises NodeOsError when the document is unusable or sshd does
@@ -209,9 +226,12 @@ def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, time
     directory = config_path.parent
     log_path = directory / "sshd.log"
     log_path.write_text("")
-    # `ip netns exec` enters the namespace and execs sshd, so the child's pid is sshd's pid.
+    in_netns = ["ip", "netns", "exec", spec.netns]
+    own_hostname = ["unshare", "--uts", "sh", "-c", _SET_HOSTNAME_THEN_EXEC, "sh", node_hostname(config)]
+    # `ip netns exec` enters the namespace and execs unshare, which execs the shell, which execs sshd: the
+    # child's pid is sshd's pid.
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", spec.netns, SSHD, "-D", "-f", str(config_path), "-E", str(log_path)],
+        [*in_netns, *own_hostname, SSHD, "-D", "-f", str(config_path), "-E", str(log_path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -9,10 +9,10 @@ PY=.venv/bin/python
 status=0
 
 echo "== ruff"
-.venv/bin/ruff check provisioner webapp tests bench playbooks || status=1
-.venv/bin/ruff format --check provisioner webapp tests bench playbooks || status=1
+.venv/bin/ruff check provisioner webapp lab tests bench playbooks || status=1
+.venv/bin/ruff format --check provisioner webapp lab tests bench playbooks || status=1
 echo "== mypy"
-.venv/bin/mypy provisioner webapp || status=1
+.venv/bin/mypy provisioner webapp lab || status=1
 
 PG_URL="${NEOCLOUD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 pg_up=0

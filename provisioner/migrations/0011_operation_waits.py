@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('provisioner', '0009_reservation_operation_ordering'),
+        ('provisioner', '0010_node_driver_info'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -186,6 +186,13 @@ class Node(models.Model):
         max_length=100, blank=True, help_text="SSH reached at this address (blank: the primary address)"
     )
     ssh_endpoint_port = models.PositiveIntegerField(default=22, help_text="SSH reached at this port")
+    # What differs per node for its drivers (Ironic's driver_info): the deployed OS's Python, a simulated
+    # burn-in and its timings. From the inventory, checked at enrollment (provisioner/drivers/ansible/driver_info.py).
+    driver_info = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="per-node driver settings from the inventory (empty: a real server)",
+    )
     # What the customer connects to once handed over.
     ssh_address = models.CharField(max_length=100, blank=True)
     ssh_port = models.PositiveIntegerField(default=22)

@@ -7,7 +7,8 @@ File shape (see inventory/example.yaml):
   (deploy_driver, burnin_driver: optional, a driver name; blank or left out: the installation's default)
   images: [{slug, name, url, sha256, size_bytes, format, os_name}]
   nodes: [{name, serial, server_type, site, rack, boot_mac, address,
-           bmc: {protocol, address, port, username, password | password_env | password_file, system_id}}]
+           bmc: {protocol, address, port, username, password | password_env | password_file, system_id},
+           driver_info: {python, burnin_backend, ...}}]   (optional; see provisioner/drivers/ansible/driver_info.py)
 BMC passwords never live in committed files: use password_env or password_file (the lab's generated
 inventory under var/ holds its throwaway lab passwords inline).
 """
@@ -24,6 +25,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
+from provisioner.drivers.ansible.driver_info import checked_driver_info
 from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.errors import InvalidRequest
 from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
@@ -224,6 +226,8 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "ssh_endpoint_port": checked_port(
                 (nd.get("ssh_endpoint") or {}).get("port", 22), f"node {name}: ssh_endpoint"
             ),
+            # the whole mapping, as any field of the entry: keys left out of the file fall back to defaults
+            "driver_info": checked_driver_info(nd.get("driver_info"), f"node {name}"),
         }
         if bmc["protocol"] not in Node.BmcProtocol.values:
             raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")

@@ -100,7 +100,9 @@ def test_engine_provisions_hands_over_and_wipes_an_emulated_computer(
     ticket = DeployTicket.objects.filter(node=node, instructions__action="deploy").latest("created_at")
     assert ticket.instructions["image"]["url"].startswith("http://10.0.2.101/"), ticket.instructions
     op = Operation.objects.filter(node=node, kind=OperationKind.PROVISION).latest("created_at")
-    assert op.log_lines.filter(message__startswith="TASK [Wait for the deploy agent").exists()
+    # an emulated computer takes its time: the operation parked (no worker held) for its deploy agent
+    assert op.log_lines.filter(message__startswith="waiting for the deploy agent").exists()
+    assert op.log_lines.filter(message__startswith="TASK [Boot from disk from now on").exists()
     assert node.burnin_reports.get().passed
     # the computer really ran the ramdisk's agent, then booted the OS from its disk
     console = (Path(settings.NEOCLOUD_LAB_DIR) / "nodes" / spec.name / "qemu" / "console.log").read_text(

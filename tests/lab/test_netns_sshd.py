@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,40 @@ def test_many_nodes_run_side_by_side(make_node: Any, keys: dict[str, Any], tmp_p
         addresses = sorted(line.split()[3] for line in out.splitlines())
         assert addresses == sorted(["127.0.0.1/8", f"{spec.ssh_address}/32"])
     assert len({sshd.node_sshd_pid(s, tmp_path) for s in specs}) == len(specs)
+
+
+def test_hostname_on_a_lab_server_prints_its_own_name_from_the_config_drive(
+    make_node: Any, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each lab server's sshd runs in a UTS namespace of its own: a customer who logs in and types
+    ``hostname`` sees the name the deploy gave the server, not the control host's (which stays as it was)."""
+    control_host = socket.gethostname()
+    first, second = make_node(), make_node()
+    sshd.start_node_os(first, {**keys["document"], "hostname": first.name}, tmp_path)
+    sshd.start_node_os(second, {**keys["document"], "hostname": second.name}, tmp_path)
+
+    def hostname(spec: LabNodeSpec) -> tuple[int, str]:
+        status, out, _err = run_command(
+            spec.ssh_address, 22, "root", keys["customer"][0], keys["fingerprints"], "hostname", timeout=20
+        )
+        return status, out.strip()
+
+    assert hostname(first) == (0, first.name)
+    assert hostname(second) == (0, second.name)
+    # redeployed under another name: the next boot brings it
+    sshd.start_node_os(first, {**keys["document"], "hostname": "gpu-box-7.example"}, tmp_path)
+    assert hostname(first) == (0, "gpu-box-7.example")
+    assert socket.gethostname() == control_host not in (first.name, second.name, "gpu-box-7.example")
+
+
+@pytest.mark.parametrize("bad", [None, "", "-n", "a" * 65, "two words"])
+def test_a_document_without_a_usable_hostname_is_refused(
+    make_node: Any, keys: dict[str, Any], tmp_path: Path, bad: str | None
+) -> None:
+    spec = make_node()
+    with pytest.raises(sshd.NodeOsError, match="no usable hostname"):
+        sshd.start_node_os(spec, {**keys["document"], "hostname": bad}, tmp_path)
+    assert sshd.node_sshd_pid(spec, tmp_path) is None
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")

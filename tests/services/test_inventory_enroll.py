@@ -170,3 +170,75 @@ def test_re_enrolling_a_leased_node_unchanged_or_with_a_new_bmc_address_is_allow
     _enroll(tmp_path, node)
     _enroll(tmp_path, node.replace("10.0.0.1", "10.0.0.7"))  # a BMC moved to another address
     assert Node.objects.get(name="n1").bmc_address == "10.0.0.7"
+
+
+def _node_with_driver_info(driver_info: str) -> str:
+    return (
+        f"  - name: n1\n    server_type: t1\n    boot_mac: 'aa:bb:cc:00:00:01'\n    bmc: {{{BMC}}}\n"
+        f"    driver_info: {driver_info}\n"
+    )
+
+
+def test_driver_info_is_recorded_with_the_node_and_replaced_by_the_next_enrollment(
+    db, tmp_path: Path
+) -> None:
+    _enroll(
+        tmp_path,
+        _node_with_driver_info(
+            "{python: /opt/venv/bin/python3, burnin_backend: simulated, burnin_faults_file: /srv/lab/faults.json,"
+            " burnin_load_seconds: 1, burnin_xid_wait_seconds: 0.2, burnin_sample_interval: 0.25}"
+        ),
+    )
+    assert Node.objects.get(name="n1").driver_info == {
+        "python": "/opt/venv/bin/python3",
+        "burnin_backend": "simulated",
+        "burnin_faults_file": "/srv/lab/faults.json",
+        "burnin_load_seconds": 1.0,
+        "burnin_xid_wait_seconds": 0.2,
+        "burnin_sample_interval": 0.25,
+    }
+    # the inventory is the node's whole description: a key it no longer gives falls back to the default
+    _enroll(tmp_path, _node_with_driver_info("{python: /usr/bin/python3.12}"))
+    assert Node.objects.get(name="n1").driver_info == {"python": "/usr/bin/python3.12"}
+    _enroll(tmp_path, f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n")
+    assert Node.objects.get(name="n1").driver_info == {}
+
+
+@pytest.mark.parametrize(
+    ("driver_info", "message"),
+    [
+        ("{pyhton: /usr/bin/python3}", "node n1: driver_info pyhton is not a known key"),
+        ("[python]", "node n1: driver_info must be a mapping"),
+        ("{python: python3}", "node n1: driver_info python must be an absolute path"),
+        ("{python: '/usr/bin/python3 -c evil'}", "node n1: driver_info python must be an absolute path"),
+        ("{burnin_backend: dcgm}", "node n1: driver_info burnin_backend must be one of nvml, simulated"),
+        (
+            "{burnin_faults_file: /srv/faults.json}",
+            "driver_info burnin_faults_file needs burnin_backend simulated",
+        ),
+        (
+            "{burnin_backend: simulated, burnin_faults_file: faults.json}",
+            "node n1: driver_info burnin_faults_file must be an absolute path",
+        ),
+        (
+            "{burnin_load_seconds: soon}",
+            "node n1: driver_info burnin_load_seconds must be a number of seconds",
+        ),
+        (
+            "{burnin_load_seconds: true}",
+            "node n1: driver_info burnin_load_seconds must be a number of seconds",
+        ),
+        ("{burnin_sample_interval: .nan}", "node n1: driver_info burnin_sample_interval must be a number"),
+        ("{burnin_xid_wait_seconds: 0}", "node n1: driver_info burnin_xid_wait_seconds must be more than 0"),
+        (
+            "{burnin_load_seconds: 100000}",
+            "burnin_load_seconds must be more than 0 and at most 86400 seconds",
+        ),
+    ],
+)
+def test_a_driver_info_with_an_unknown_key_or_a_bad_value_is_refused_naming_the_key(
+    db, tmp_path: Path, driver_info: str, message: str
+) -> None:
+    with pytest.raises(CommandError, match=message):
+        _enroll(tmp_path, _node_with_driver_info(driver_info))
+    assert not Node.objects.exists()

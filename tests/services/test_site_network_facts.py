@@ -98,12 +98,12 @@ def test_a_qemu_lab_puts_its_computers_on_a_site_with_an_image_mirror_and_forwar
     from lab.supervisor import make_specs
 
     specs = make_specs(2, tmp_path, "ipmi", kind="qemu")
-    inventory = lab_inventory(specs, {"slug": "os"})
+    inventory = lab_inventory(specs, {"slug": "os"}, tmp_path)
     site = next(s for s in inventory["sites"] if s["slug"] == "lab-qemu")
     assert site["image_mirror_url"] == "http://10.0.2.101"
     assert [(n["site"], n["ssh_endpoint"]) for n in inventory["nodes"]] == [
         ("lab-qemu", {"address": "127.0.0.1", "port": 22001}),
         ("lab-qemu", {"address": "127.0.0.1", "port": 22002}),
     ]
-    simulated = lab_inventory(make_specs(1, tmp_path), {"slug": "os"})["nodes"][0]
+    simulated = lab_inventory(make_specs(1, tmp_path), {"slug": "os"}, tmp_path)["nodes"][0]
     assert simulated["site"] == "lab" and "ssh_endpoint" not in simulated

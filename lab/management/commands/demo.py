@@ -231,18 +231,18 @@ class Command(BaseCommand):
                 n.ssh_user,
                 private_path.read_text(),
                 n.host_key_fingerprints,
-                "ip -4 -o addr show scope global; cat /etc/hostname 2>/dev/null | head -1",
+                "hostname; ip -4 -o addr show scope global | awk '{print $4}'",
                 30,
             )
-            self.say(
-                f"  logged in with strict host-key checking (exit {status}): {out.strip().splitlines()[0] if out.strip() else err.strip()}"
-            )
+            lines = out.strip().splitlines()
+            seen = f"{lines[0]} at {lines[1] if len(lines) > 1 else 'no address'}" if lines else err.strip()
+            self.say(f"  logged in with strict host-key checking (exit {status}): {seen}")
 
     def check_wiped(self, node: Node) -> None:
-        from provisioner.drivers.ansible.drivers import lab_spec
+        from lab.spec import load_specs
         from provisioner.pxe.configdrive import read_config_drive
 
-        spec = lab_spec(node.name)
+        spec = next((s for s in load_specs(Path(settings.NEOCLOUD_LAB_DIR)) if s.name == node.name), None)
         if spec is None:
             return
         with open(spec.disk_path, "rb") as disk:

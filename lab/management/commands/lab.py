@@ -27,6 +27,7 @@ from lab.images import (
     start_image_server,
     stop_image_server,
 )
+from lab.node_process import node_dir
 from lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
 from lab.ramdisk import RamdiskBuildError
 from lab.spec import LabNodeSpec
@@ -54,7 +55,27 @@ def _node_placement(spec: LabNodeSpec) -> dict[str, Any]:
     }
 
 
-def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any]) -> dict[str, Any]:
+# A lab server's burn-in is a simulated host of its server type, quick: a second of load, short waits.
+LAB_BURNIN = {
+    "burnin_backend": "simulated",
+    "burnin_load_seconds": 1,
+    "burnin_xid_wait_seconds": 0.2,
+    "burnin_sample_interval": 0.2,
+}
+GPU_FAULTS_FILE = "gpu_faults.json"
+
+
+def lab_driver_info(spec: LabNodeSpec, lab_dir: Path) -> dict[str, Any]:
+    """What the Ansible drivers need to know about a lab server, recorded with it at enrollment: its OS's
+    Python and a simulated burn-in, with the GPU faults a test writes into ``<node dir>/gpu_faults.json``."""
+    return {
+        "python": spec.os_python(),
+        **LAB_BURNIN,
+        "burnin_faults_file": str(node_dir(lab_dir.absolute(), spec.name) / GPU_FAULTS_FILE),
+    }
+
+
+def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
     if any(s.kind == "qemu" for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
@@ -75,6 +96,7 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any]) -> dict[str, 
                 "password": s.bmc_password,
                 "system_id": s.system_id,
             },
+            "driver_info": lab_driver_info(s, lab_dir),
         }
         for s in specs
     ]
@@ -109,7 +131,7 @@ def start_lab(
     image = ensure_lab_os_image(image_dir) if kind == "qemu" else ensure_demo_image(image_dir)
     start_image_server(Path(settings.NEOCLOUD_IMAGE_DIR), lab_dir)
     if do_enroll:
-        inventory = lab_inventory(specs, image)
+        inventory = lab_inventory(specs, image, lab_dir)
         path = lab_dir / "inventory.yaml"
         path.touch(mode=0o600)
         path.write_text(yaml.safe_dump(inventory))

@@ -2,9 +2,8 @@
 
 These are the real paths: the BMC is driven through our drivers (the neocloud_bmc module), the node
 network-boots and runs the real deploy agent, and handover and burn-in run over real SSH on the node.
-Lab nodes (listed in the lab's lab.json) differ only in two facts the playbooks take as variables:
-their Python (a simulated node's "OS" runs this repository's; an emulated computer's lab OS has
-/usr/bin/python3 as any server's) and their GPUs, simulated (with the lab's injected faults).
+What differs per node (its OS's Python, a simulated burn-in and its timings, as the lab's servers have) is
+node data recorded at enrollment, its driver_info (see driver_info.py): the playbooks take it as variables.
 
 Where SSH reaches a node is node data: its inventory SSH endpoint (a port forward on the site's gateway),
 else its primary address on port 22. Provisioning waits for that endpoint, records it as the node's
@@ -19,16 +18,14 @@ import datetime as dt
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
-from lab.spec import LabNodeSpec, load_specs
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket
 from provisioner.burnin.bundle import build_bundle
+from provisioner.drivers.ansible.driver_info import AnsibleNodeInfo
 from provisioner.drivers.ansible.runner import PlaybookFailed, local_host, run_playbook, ssh_host, untemplated
 from provisioner.drivers.base import (
     BmcAccess,
@@ -44,14 +41,6 @@ from provisioner.models import DeployTicket, Node, Operation
 from provisioner.sshkeys import ssh_command
 
 LAB_PREFIX = 15  # lab addresses live in 198.18.0.0/15
-
-
-def lab_spec(node_name: str) -> LabNodeSpec | None:
-    """The lab's description of this node, if it is a lab server."""
-    for spec in load_specs(Path(settings.NEOCLOUD_LAB_DIR)):
-        if spec.name == node_name:
-            return spec
-    return None
 
 
 def _cancel_event(log: Any) -> Any:
@@ -161,14 +150,14 @@ WIPE_STALL_TIMEOUT = 600
 class AnsibleDeployDriver(DeployDriver):
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.spec = lab_spec(node.name)
+        self.info = AnsibleNodeInfo.of(node)
 
     @property
     def python(self) -> str:
-        return self.spec.os_python() if self.spec else "/usr/bin/python3"
+        return self.info.python
 
     def _address(self) -> str:
-        address = self.node.primary_address or (self.spec.ssh_address if self.spec else "")
+        address = self.node.primary_address
         if not address:
             raise DeployFailed(
                 f"{self.node.name} has no primary address to configure (set it in the inventory)"
@@ -353,34 +342,24 @@ class AnsibleDeployDriver(DeployDriver):
 class AnsibleBurnInDriver(BurnInDriver):
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.spec = lab_spec(node.name)
-
-    def _faults(self) -> dict[str, Any]:
-        if self.spec is None:
-            return {}
-        path = Path(settings.NEOCLOUD_LAB_DIR) / "nodes" / self.spec.name / "gpu_faults.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        return dict(self.spec.gpu_faults)
 
     def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
         node = Node.objects.get(pk=self.node.pk)
-        lab = self.spec is not None
-        python = self.spec.os_python() if self.spec else "/usr/bin/python3"
+        info = AnsibleNodeInfo.of(node)
         host = ssh_host(
             node.ssh_address,
             node.ssh_port,
             node.ssh_user,
-            python,
-            python=python,
-            backend="simulated" if lab else "nvml",
+            info.python,
+            python=info.python,
+            backend=info.burnin_backend,
             # the server type's facts are operators' text: data, never templates (as the customer's keys)
             expect=untemplated(expectations["expect"]),
             thresholds=untemplated(expectations.get("thresholds") or {}),
-            faults=self._faults(),
-            load_seconds=settings.NEOCLOUD_BURNIN_LOAD_SECONDS if not lab else 1,
-            xid_wait_seconds=5 if not lab else 0.2,
-            sample_interval=1 if not lab else 0.2,
+            faults=info.faults(),
+            load_seconds=info.load_seconds,
+            xid_wait_seconds=info.burnin_xid_wait_seconds,
+            sample_interval=info.burnin_sample_interval,
         )
         private_key = expectations["provisioning_private_key"]
         task = "Run the burn-in checks under load"

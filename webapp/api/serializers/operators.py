@@ -81,7 +81,13 @@ class AdminNodeDetailSerializer(AdminNodeSerializer):
     latest_burnin = serializers.SerializerMethodField()
 
     class Meta(AdminNodeSerializer.Meta):
-        fields = [*AdminNodeSerializer.Meta.fields, "history", "recent_operations", "latest_burnin"]
+        fields = [
+            *AdminNodeSerializer.Meta.fields,
+            "driver_info",
+            "history",
+            "recent_operations",
+            "latest_burnin",
+        ]
 
     @extend_schema_field(AuditEventSerializer(many=True))
     def get_history(self, obj: Node) -> Any:
