@@ -7,9 +7,8 @@ from django.db import transaction
 from provisioner import hardware
 from provisioner.engine.queue import create_operation, enqueue
 from provisioner.errors import IllegalTransition, InvalidRequest
+from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import Node, Operation
-from provisioner.services.audit import Actor, record
-from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     LEASED_STATES,
     OPEN_OPERATION_STATES,
