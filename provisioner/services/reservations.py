@@ -59,6 +59,7 @@ from provisioner.states import (
     OperationKind,
     ReservationState,
 )
+from provisioner.transactions import requires_transaction
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def _overlapping(starts_at: dt.datetime, ends_at: dt.datetime | None) -> Q:
     return q
 
 
+@requires_transaction
 def lock_server_type(server_type: ServerType) -> None:
     """Serialize reservations of this server type until the transaction ends.
 
@@ -162,6 +164,7 @@ def _check_horizon(moment: dt.datetime, now: dt.datetime) -> None:
         )
 
 
+@requires_transaction
 def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> None:
     """Refuse if the organization would hold more than its quota in the window. Call inside a transaction:
     it locks the organization's row until the end, so two reservations of one organization (of any server
@@ -182,6 +185,7 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
         )
 
 
+@requires_transaction
 def _lock_organization(org_id: int) -> int:
     """Serialize quota checks of this organization until the transaction ends; return its quota."""
     return (
@@ -344,6 +348,7 @@ def _allocate(
     return node_ids
 
 
+@requires_transaction
 def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
     """Start provisioning the reservation's ``nodes`` that are still available (call inside a transaction);
     mark the reservation provisioning once none of its allocated nodes is left to start. Returns the
@@ -583,6 +588,7 @@ def start_due_reservations(actor: Actor | None = None) -> int:
 OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
 
 
+@requires_transaction
 def _let_go_out_of_service(
     reservation: Reservation, node: Node, actor: Actor, *, unfit: bool = False
 ) -> None:
@@ -594,6 +600,7 @@ def _let_go_out_of_service(
     take_node_out(reservation, node, actor, f"out of service ({held or node.state}) when the window started")
 
 
+@requires_transaction
 def take_node_out(reservation: Reservation, node: Node, actor: Actor, reason: str) -> None:
     """End the reservation's allocation of ``node`` and its hold on it, audited as replace_node (call inside
     a transaction; a spare is the caller's business: add_spare)."""
