@@ -120,8 +120,8 @@ def seed(nodes: int, orgs: int, clients: int) -> list[str]:
     """One server type with ``nodes`` fake nodes; ``orgs`` organizations; one user+token per client."""
     from django.contrib.auth.models import User
 
+    from provisioner.lifecycle import Actor
     from provisioner.models import ApiToken, Membership, Organization, SSHKey
-    from provisioner.services.audit import Actor
     from provisioner.services.inventory import enroll
     from provisioner.sshkeys import generate_keypair, parse_public_key
 

@@ -318,9 +318,9 @@ def main() -> int:
 
     from lab.images import IMAGE_NAME
     from lab.management.commands.lab import start_lab, stop_lab
+    from provisioner.lifecycle import Actor
     from provisioner.models import Image, Membership, Node, Organization, Reservation, ServerType, SSHKey
     from provisioner.pxe.images import build_demo_image
-    from provisioner.services.audit import Actor
     from provisioner.services.reservations import book_servers
     from provisioner.sshkeys import generate_keypair, parse_public_key
     from provisioner.states import NodeState, ReservationState

@@ -101,8 +101,8 @@ def lab_fleet(args: argparse.Namespace) -> int:
 
     from lab.management.commands.lab import start_lab, stop_lab
     from lab.supervisor import lab_processes
+    from provisioner.lifecycle import Actor
     from provisioner.models import Image, Membership, Node, Organization, Reservation, ServerType, SSHKey
-    from provisioner.services.audit import Actor
     from provisioner.services.reservations import (
         MAX_SERVERS_PER_RESERVATION,
         book_servers,
@@ -301,10 +301,10 @@ def main() -> int:
     from django.test import Client
     from django.utils import timezone
 
-    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.lifecycle import Actor
     from provisioner.models import ApiToken, Membership, Node, Operation, Organization, Reservation, SSHKey
-    from provisioner.services.audit import Actor
     from provisioner.services.inventory import enroll
+    from provisioner.services.periodics import housekeeping_pass
     from provisioner.services.reservations import (
         MAX_SERVERS_PER_RESERVATION,
         book_servers,

@@ -9,6 +9,6 @@ class ProvisionerConfig(AppConfig):
     def ready(self) -> None:
         # The engine announces that an operation ended; the services decide what that means.
         from provisioner.engine import outcomes
-        from provisioner.services.hooks import operation_ended
+        from provisioner.services.outcomes import operation_ended
 
         outcomes.listen(operation_ended)

@@ -1,6 +1,6 @@
 """The node lifecycle: every state, every event and every allowed transition, in one table.
 
-Only :func:`provisioner.services.lifecycle.process_event` changes ``Node.state``, and it looks the
+Only :func:`provisioner.lifecycle.process_event` changes ``Node.state``, and it looks the
 transition up here. The table is tested exhaustively (tests/test_states.py).
 
     enrolling -> available -> reserved -> deploying -> burning_in -> active -> releasing -> cleaning -> available

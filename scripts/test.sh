@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up this machine (system packages, .venv) and run every check: ruff, mypy, then the whole test suite
+# Set up this machine (system packages, .venv) and run every check: ruff, mypy, the import contracts, then the whole test suite
 # on SQLite and again on PostgreSQL (127.0.0.1:5432, trust auth). The PostgreSQL run is never silently
 # skipped: without a server the script fails, unless NEOCLOUD_SKIP_POSTGRES=1 says to skip it.
 set -uo pipefail
@@ -13,6 +13,8 @@ echo "== ruff"
 .venv/bin/ruff format --check provisioner webapp lab tests bench playbooks || status=1
 echo "== mypy"
 .venv/bin/mypy provisioner webapp lab || status=1
+echo "== import-linter (the layers in docs/architecture.md)"
+.venv/bin/lint-imports || status=1
 
 PG_URL="${NEOCLOUD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 pg_up=0

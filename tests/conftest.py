@@ -53,8 +53,8 @@ def inventory(db, tmp_path: Path):
     """A small fleet with fake BMCs: 4 h100-8x nodes and 2 a100-8x nodes, an image, two organizations."""
     from django.contrib.auth.models import User
 
+    from provisioner.lifecycle import Actor
     from provisioner.models import Image, Membership, Organization, SSHKey
-    from provisioner.services.audit import Actor
     from provisioner.services.inventory import enroll
     from provisioner.sshkeys import parse_public_key
 
@@ -243,7 +243,7 @@ def reserve(
     """Book ``count`` servers through the reservation service for the ``inventory`` fixture's customer (Acme,
     its owner olivia, her key, the image; ``org``/``server_type``/``user``/``key`` override), for ``window``
     (starts_at, ends_at, name, ...: book_servers' keywords). Returns the Reservation."""
-    from provisioner.services.audit import Actor
+    from provisioner.lifecycle import Actor
     from provisioner.services.reservations import book_servers
 
     return book_servers(

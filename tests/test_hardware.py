@@ -11,8 +11,8 @@ from provisioner import hardware
 from provisioner.drivers.ansible.drivers import AnsibleBurnInDriver, AnsibleDeployDriver
 from provisioner.drivers.fake_deploy import FakeBurnInDriver, FakeDeployDriver
 from provisioner.errors import InvalidNodeData, InvalidRequest, UnsupportedOperation
+from provisioner.lifecycle import Actor
 from provisioner.models import BmcCredential, Node, ServerType
-from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll
 from provisioner.states import OperationKind
 

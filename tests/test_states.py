@@ -7,9 +7,8 @@ import itertools
 import pytest
 
 from provisioner.errors import IllegalTransition
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import AuditEvent
-from provisioner.services.audit import Actor
-from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     STABLE_STATES,
     TRANSIENT_STATES,

@@ -10,8 +10,8 @@ from typing import Any
 from django.utils import timezone
 
 from provisioner.errors import WaitTimedOut
+from provisioner.lifecycle import Actor
 from provisioner.models import LogLine, Node, Operation, Step
-from provisioner.services.audit import Actor
 
 
 @dataclasses.dataclass

@@ -20,8 +20,28 @@ from django.utils import timezone
 
 from provisioner.errors import NodeLocked
 from provisioner.models import Node, Operation
+from provisioner.states import OPEN_OPERATION_STATES
 
 log = logging.getLogger(__name__)
+
+
+def held_by(node: Node) -> str:
+    """The one notion of a node being held: by an open operation (pending, running or waiting: the
+    operation owns the node's lease), or by a lease not yet expired (a worker that has not released it).
+    Returns why, for a message ("operation 12 (provision, waiting)"), or "" when the node is free.
+    Row locks are not holds: they last one transaction and serialize decisions, they do not own the node."""
+    op = (
+        Operation.objects.filter(node_id=node.pk, state__in=OPEN_OPERATION_STATES)
+        .order_by("pk")
+        .values_list("pk", "kind", "state")
+        .first()
+    )
+    if op is not None:
+        return f"operation {op[0]} ({op[1]}, {op[2]})"
+    lease = Node.objects.filter(pk=node.pk).values_list("lease_owner", "lease_expires_at").first()
+    if lease and lease[0] and (lease[1] is None or lease[1] > timezone.now()):
+        return f"a lease held by {lease[0]}"
+    return ""
 
 
 def _ttl() -> timedelta:

@@ -28,7 +28,7 @@ class OperationEnded:
 
     operation: Operation
     state: OperationState
-    actor: Any  # provisioner.services.audit.Actor
+    actor: Any  # provisioner.lifecycle.Actor
     step: Step | None = None
     error: BaseException | None = None
     message: str = ""

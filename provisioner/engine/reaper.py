@@ -21,8 +21,8 @@ from django.utils import timezone
 from provisioner.engine.outcomes import OperationEnded, announce
 from provisioner.engine.queue import enqueue, wake
 from provisioner.engine.runner import operations_with_live_tasks
+from provisioner.lifecycle import Actor
 from provisioner.models import LogLine, Node, Operation, Step
-from provisioner.services.audit import Actor
 from provisioner.states import OperationState, StepState
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from provisioner.engine.outcomes import OperationEnded, announce
 from provisioner.engine.queue import enqueue
 from provisioner.engine.registry import STEPS
 from provisioner.errors import BurnInFailed, IllegalTransition, NeocloudError, NodeLocked, StepTimeout
+from provisioner.lifecycle import Actor
 from provisioner.models import LogLine, Operation, Step
-from provisioner.services.audit import Actor
 from provisioner.states import OperationState, StepState
 
 log = logging.getLogger(__name__)

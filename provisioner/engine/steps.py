@@ -10,8 +10,8 @@ from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, Han
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
 from provisioner.errors import BurnInFailed, InvalidRequest
+from provisioner.lifecycle import process_event
 from provisioner.models import BurnInReport, LogLine, Node, Operation
-from provisioner.services.lifecycle import process_event
 from provisioner.states import NodeEvent, NodeState, OperationKind, PowerStateChoice
 
 

@@ -154,7 +154,7 @@ class Node(models.Model):
         ],
     )
 
-    # Written only by provisioner.services.lifecycle.process_event (see states.py).
+    # Written only by provisioner.lifecycle.process_event (see states.py).
     state = models.CharField(
         max_length=20, choices=NodeState.choices, default=NodeState.ENROLLING, db_index=True
     )

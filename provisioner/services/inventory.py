@@ -28,10 +28,9 @@ from django.db import transaction
 from provisioner.drivers.ansible.driver_info import checked_driver_info
 from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.errors import InvalidRequest
+from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
-from provisioner.services.audit import Actor, record
-from provisioner.services.lifecycle import process_event
 from provisioner.services.nodes import why_not_idle
 from provisioner.states import NodeEvent, NodeState
 

@@ -44,11 +44,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
+from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
 from provisioner.services import nodes as node_services
-from provisioner.services.audit import Actor, record
 from provisioner.services.inventory import checked_port, normalize_mac, read_password, required_field
-from provisioner.services.lifecycle import process_event
 from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)

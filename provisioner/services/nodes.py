@@ -5,24 +5,24 @@ from __future__ import annotations
 from django.db import transaction
 
 from provisioner import hardware
+from provisioner.engine.locks import held_by
 from provisioner.engine.queue import create_operation, enqueue
 from provisioner.errors import IllegalTransition, InvalidRequest
+from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import Node, Operation
-from provisioner.services.audit import Actor, record
-from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     LEASED_STATES,
-    OPEN_OPERATION_STATES,
     TRANSIENT_STATES,
     NodeEvent,
     NodeState,
     OperationKind,
 )
+from provisioner.transactions import requires_transaction
 
 
 def busy(node: Node) -> bool:
-    """An operation on the node is pending or running."""
-    return Operation.objects.filter(node=node, state__in=OPEN_OPERATION_STATES).exists()
+    """An operation holds the node (engine.locks.held_by: pending, running or waiting, or its lease)."""
+    return bool(held_by(node))
 
 
 def _refuse_if_busy(node: Node, doing: str) -> Node:
@@ -36,6 +36,7 @@ def _refuse_if_busy(node: Node, doing: str) -> Node:
     return node
 
 
+@requires_transaction
 def _lock_idle(node: Node, doing: str) -> Node:
     """Lock the node's row (call inside a transaction) and refuse when an operation is working on it.
 
@@ -51,7 +52,7 @@ def why_not_idle(node: Node, *, enrolling: bool = False) -> str:
     if node.state in LEASED_STATES or node.reservation_id is not None:
         return "leased"
     working = node.state in TRANSIENT_STATES and not (enrolling and node.state == NodeState.ENROLLING)
-    if working or node.lease_owner or busy(node):
+    if working or busy(node):
         return "mid-operation"
     return ""
 
@@ -126,6 +127,7 @@ HOLD_WHEN_FREE_STATES = frozenset(
 )
 
 
+@requires_transaction
 def request_hold(node: Node, *, actor: Actor, reason: str) -> Node:
     """Record that ``node`` goes on hold when its wipe ends (call with its row locked, in a transaction)."""
     Node.objects.filter(pk=node.pk).update(hold_requested=reason[:300])

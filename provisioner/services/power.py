@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.sweep import sweep_power
+from provisioner.lifecycle import Actor, record
 from provisioner.models import AuditEvent, BmcCredential, Node
-from provisioner.services.audit import Actor, record
 from provisioner.states import NodeState, PowerStateChoice
 
 log = logging.getLogger(__name__)

@@ -39,6 +39,7 @@ from django.utils import timezone
 from provisioner import hardware
 from provisioner.engine.queue import create_operation, enqueue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
+from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import (
     Allocation,
     Image,
@@ -49,8 +50,6 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
-from provisioner.services.audit import Actor, record
-from provisioner.services.lifecycle import process_event
 from provisioner.states import (
     ALLOCATABLE_STATES,
     OPEN_OPERATION_STATES,
@@ -60,6 +59,7 @@ from provisioner.states import (
     OperationKind,
     ReservationState,
 )
+from provisioner.transactions import requires_transaction
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def _overlapping(starts_at: dt.datetime, ends_at: dt.datetime | None) -> Q:
     return q
 
 
-def _lock_server_type(server_type: ServerType) -> None:
+@requires_transaction
+def lock_server_type(server_type: ServerType) -> None:
     """Serialize reservations of this server type until the transaction ends.
 
     NO KEY UPDATE, not UPDATE: it must not wait for the key-share locks that inserting a reservation of this
@@ -163,6 +164,7 @@ def _check_horizon(moment: dt.datetime, now: dt.datetime) -> None:
         )
 
 
+@requires_transaction
 def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> None:
     """Refuse if the organization would hold more than its quota in the window. Call inside a transaction:
     it locks the organization's row until the end, so two reservations of one organization (of any server
@@ -183,6 +185,7 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
         )
 
 
+@requires_transaction
 def _lock_organization(org_id: int) -> int:
     """Serialize quota checks of this organization until the transaction ends; return its quota."""
     return (
@@ -333,7 +336,7 @@ def _allocate(
         "",
     ]
     # All built before taking the lock (the ORM's work is not free): the lock covers the statement alone.
-    _lock_server_type(server_type)
+    lock_server_type(server_type)
     with connection.cursor() as cursor:
         cursor.execute(insert, [*params, *free_params])
         node_ids = [row[0] for row in cursor.fetchall()]
@@ -345,6 +348,7 @@ def _allocate(
     return node_ids
 
 
+@requires_transaction
 def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
     """Start provisioning the reservation's ``nodes`` that are still available (call inside a transaction);
     mark the reservation provisioning once none of its allocated nodes is left to start. Returns the
@@ -364,7 +368,7 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
         if node.state != NodeState.AVAILABLE:
             continue
         try:
-            started.append(_start_provisioning(reservation, node, actor))
+            started.append(start_provisioning(reservation, node, actor))
         except IllegalTransition:
             continue  # it changed meanwhile (or the scheduler started it first)
     if len(started) < len(nodes) and (
@@ -380,7 +384,7 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
     return started
 
 
-def _start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Operation:
+def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Operation:
     process_event(
         node,
         NodeEvent.RESERVE,
@@ -494,7 +498,7 @@ def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor:
         with transaction.atomic():
             # The booking lock order (organization, then server type): the quota check below needs the first.
             _lock_organization(reservation.organization_id)
-            _lock_server_type(reservation.server_type)
+            lock_server_type(reservation.server_type)
             reservation = Reservation.objects.select_for_update().get(pk=reservation.pk)
             if reservation.state not in OPEN_RESERVATION_STATES:
                 raise InvalidRequest(
@@ -538,9 +542,8 @@ def start_due_reservations(actor: Actor | None = None) -> int:
     service since it was booked (maintenance, quarantine, error: states it does not leave by itself; or an
     operator asked to hold it once free; or its record no longer passes validation) is let go and a healthy
     spare of the type takes its place where one is free; otherwise the reservation waits for one
-    (``hooks.fill_waiting_reservations``), saying so.
+    (``periodics.fill_waiting_reservations``), saying so.
     """
-    from provisioner.services.hooks import add_spare  # hooks builds on this module
 
     actor = actor or Actor.system("scheduler")
     started = 0
@@ -585,6 +588,7 @@ def start_due_reservations(actor: Actor | None = None) -> int:
 OUT_OF_SERVICE_WHY = "was taken out of service before your window started"
 
 
+@requires_transaction
 def _let_go_out_of_service(
     reservation: Reservation, node: Node, actor: Actor, *, unfit: bool = False
 ) -> None:
@@ -596,9 +600,10 @@ def _let_go_out_of_service(
     take_node_out(reservation, node, actor, f"out of service ({held or node.state}) when the window started")
 
 
+@requires_transaction
 def take_node_out(reservation: Reservation, node: Node, actor: Actor, reason: str) -> None:
     """End the reservation's allocation of ``node`` and its hold on it, audited as replace_node (call inside
-    a transaction; a spare is the caller's business: hooks.add_spare)."""
+    a transaction; a spare is the caller's business: add_spare)."""
     Allocation.objects.filter(reservation=reservation, node=node, active=True).update(
         active=False, ended_at=timezone.now(), end_reason=f"replaced: {reason}"[:200]
     )
@@ -621,3 +626,83 @@ def expire_reservations(actor: Actor | None = None) -> int:
         if released.ends_at is not None and released.ends_at <= now:  # not one extended since it was listed
             count += 1
     return count
+
+
+# --- substitution: a spare for a server that failed or went out of service -------------------------------
+
+
+def replace_failed_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> Node | None:
+    """Take a failed node out of the reservation and provision a healthy spare of the same type if one is
+    free for the rest of the window. Without a spare the reservation waits (the scheduler retries)."""
+    with transaction.atomic():
+        take_node_out(reservation, node, actor, reason)
+    return add_spare(reservation, actor)
+
+
+# What a retry says about a missing server whose cause it does not know (fill_waiting_reservations).
+MISSING_WHY = "was taken out of your reservation"
+
+
+def add_spare(
+    reservation: Reservation, actor: Actor, *, why: str | None = "failed its checks before handover"
+) -> Node | None:
+    """Allocate and start one spare for a reservation short of servers. Returns it, or None if none is free.
+    ``why`` completes "One server ..." in the reservation's status message; None (a retry, which does not
+    know why the server is missing) leaves a waiting reservation's message, which says why, as it is."""
+    unfit = unfit_node_ids(reservation.server_type)  # before the lock: nodes failing validation are no spares
+    try:
+        with transaction.atomic():
+            lock_server_type(reservation.server_type)
+            reservation = Reservation.objects.select_for_update().get(pk=reservation.pk)
+            if reservation.state not in (
+                ReservationState.PROVISIONING,
+                ReservationState.ACTIVE,
+                ReservationState.WAITING,
+            ):
+                return None
+            missing = reservation.count - reservation.allocations.filter(active=True).count()
+            if missing <= 0:
+                return None
+            start = max(timezone.now(), reservation.starts_at)
+            spare = (
+                free_nodes(reservation.server_type, start, reservation.ends_at, unfit=unfit)
+                .filter(state=NodeState.AVAILABLE)
+                .order_by("name")
+                .first()
+            )
+            if spare is None:
+                raise CapacityError("no spare")
+            Allocation.objects.create(
+                reservation=reservation, node=spare, starts_at=start, ends_at=reservation.ends_at
+            )
+            reservation.state = ReservationState.PROVISIONING
+            reservation.status_message = (
+                f"One server {why or MISSING_WHY} and was replaced by a healthy spare."
+            )
+            reservation.save(update_fields=["state", "status_message"])
+            record(
+                actor,
+                "substitute",
+                node=spare,
+                reservation=reservation,
+                reason="healthy spare for a failed server",
+            )
+            start_provisioning(reservation, spare, actor)
+            return spare
+    except CapacityError:
+        # Conditional: a release may have committed since the lock above was let go; it stands.
+        waiting = Reservation.objects.filter(
+            pk=reservation.pk,
+            state__in=[ReservationState.PROVISIONING, ReservationState.ACTIVE, ReservationState.WAITING],
+        )
+        if why is None:
+            waiting = waiting.exclude(state=ReservationState.WAITING)
+        waiting.update(
+            state=ReservationState.WAITING,
+            status_message=(
+                f"One server {why or MISSING_WHY} and no healthy spare of this type is free right now. "
+                "Your other servers are unaffected; we will add a replacement as soon as one is free, "
+                "or you can release the reservation and you will not be charged for the missing server."
+            ),
+        )
+        return None

@@ -32,9 +32,9 @@ from provisioner.errors import (
     InvalidRequest,
     NeocloudError,
 )
+from provisioner.lifecycle import Actor, record
 from provisioner.models import AuditEvent, Image, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
-from provisioner.services.audit import Actor, record
 from provisioner.states import LEASED_STATES, OPEN_OPERATION_STATES, NodeState, OperationKind, OperationState
 
 MAX_ROLLOUT_NODES = 10_000

@@ -15,8 +15,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from provisioner.errors import InvalidRequest, NeocloudError
+from provisioner.lifecycle import Actor, record
 from provisioner.models import ApiToken, Membership, Organization, Reservation, SSHKey
-from provisioner.services.audit import Actor, record
 from provisioner.sshkeys import parse_public_key
 from provisioner.states import OPEN_RESERVATION_STATES
 

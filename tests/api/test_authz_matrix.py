@@ -20,10 +20,10 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, AuditEvent, Node, Operation, Reservation, SSHKey
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
-from provisioner.services.audit import Actor
 from provisioner.sshkeys import parse_public_key
 from tests.conftest import reserve, ssh_keygen
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Reservation, SSHKey
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.sshkeys import parse_public_key
 from provisioner.states import ReservationState

@@ -51,8 +51,8 @@ def test_the_same_key_with_another_body_is_a_conflict(inventory, first, change):
 
 
 def test_the_same_key_with_other_ssh_keys_is_a_conflict(inventory, first, tmp_path):
+    from provisioner.lifecycle import Actor
     from provisioner.services import tenancy
-    from provisioner.services.audit import Actor
     from tests.conftest import ssh_keygen
 
     _, pub = ssh_keygen(tmp_path, name="desk")

@@ -10,10 +10,10 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, Node
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
-from provisioner.services.audit import Actor
 from tests.conftest import reserve
 from webapp.api.pagination import NeocloudPagination
 

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Node, Operation
 from provisioner.services import nodes as node_service
-from provisioner.services.audit import Actor
 from provisioner.states import NodeState
 from tests.api.test_api_bad_input import api
 

@@ -13,9 +13,9 @@ from rest_framework.test import APIClient
 
 from provisioner.engine.runner import execute
 from provisioner.errors import IllegalTransition, InvalidRequest
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, AuditEvent, Node, Operation, Rollout
 from provisioner.services import nodes as node_service
-from provisioner.services.audit import Actor
 from provisioner.services.rollouts import (
     advance_rollout,
     advance_running_rollouts,

@@ -11,8 +11,8 @@ from rest_framework.test import APIClient
 
 from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import write_fake_bmc
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, Node, Operation, Rollout
-from provisioner.services.audit import Actor
 from provisioner.services.rollouts import (
     MAX_ROLLOUT_NODES,
     advance_rollout,

@@ -12,10 +12,10 @@ import jsonschema
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, LogLine, Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
-from provisioner.services.audit import Actor
 from tests.api.test_api_bad_input import api
 from tests.conftest import reserve
 

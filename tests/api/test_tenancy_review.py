@@ -12,9 +12,9 @@ from django.db import connection, connections
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, AuditEvent, Membership, Reservation
 from provisioner.services import tenancy
-from provisioner.services.audit import Actor
 from tests.conftest import reserve
 
 V1 = "/api/v1"

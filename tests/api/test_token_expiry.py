@@ -11,8 +11,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from provisioner.errors import InvalidRequest
+from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, AuditEvent
-from provisioner.services.audit import Actor
 from provisioner.services.tenancy import issue_token
 from tests.api.test_api_flows import V1, api
 

@@ -15,9 +15,9 @@ import pytest
 
 from provisioner.engine.runner import execute
 from provisioner.handover import known_hosts_name
+from provisioner.lifecycle import Actor
 from provisioner.models import BurnInReport, Node, Operation
 from provisioner.services import nodes as node_services
-from provisioner.services.audit import Actor
 from provisioner.sshkeys import parse_public_key
 from provisioner.states import NodeState, OperationKind, OperationState
 from tests.browser.conftest import ARTIFACTS, shot, sign_in

@@ -10,9 +10,9 @@ import pytest
 
 from provisioner import crypto
 from provisioner.handover import SshAuthFailed, run_command
+from provisioner.lifecycle import Actor
 from provisioner.models import Image, Node, Operation, Reservation, ServerType
 from provisioner.pxe.configdrive import read_config_drive
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, ReservationState
 from tests.conftest import wait_for

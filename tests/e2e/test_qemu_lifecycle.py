@@ -21,9 +21,9 @@ from lab.qemu import qemu_available
 from lab.ramdisk import ensure_ramdisk
 from provisioner import crypto
 from provisioner.handover import SshAuthFailed, load_private_key, run_command
+from provisioner.lifecycle import Actor
 from provisioner.models import DeployTicket, Image, Node, Operation, ServerType
 from provisioner.pxe.configdrive import read_config_drive
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, ReservationState
 from tests.conftest import wait_for

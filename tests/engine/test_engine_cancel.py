@@ -11,9 +11,8 @@ from provisioner.drivers.fake_deploy import FakeBurnInDriver, FakeDeployDriver
 from provisioner.engine.reaper import reap
 from provisioner.engine.runner import execute
 from provisioner.errors import DeployFailed
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import Node, Operation
-from provisioner.services.audit import Actor
-from provisioner.services.lifecycle import process_event
 from provisioner.services.reservations import release_reservation
 from provisioner.states import (
     NodeEvent,

@@ -19,10 +19,9 @@ from django_tasks_db.models import DBTaskResult
 from provisioner.engine.reaper import reap
 from provisioner.engine.runner import claim, execute
 from provisioner.engine.tasks import execute_operation
-from provisioner.management.commands.scheduler import housekeeping_pass
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import Allocation, AuditEvent, LogLine, Node, Operation
-from provisioner.services.audit import Actor
-from provisioner.services.lifecycle import process_event
+from provisioner.services.periodics import housekeeping_pass
 from provisioner.services.reservations import release_reservation
 from provisioner.states import (
     NodeEvent,
@@ -188,7 +187,7 @@ def test_a_duplicate_task_for_the_same_operation_runs_it_once(inventory, fake_hw
 
 
 def _failed_and_worker_killed(op: Operation, *, error: str, code: str, ago: dt.timedelta = LONG_AGO) -> None:
-    """The operation is marked failed (runner._finish) and the worker dies before hooks.operation_failed."""
+    """The operation is marked failed (runner._finish) and the worker dies before outcomes.operation_failed."""
     Operation.objects.filter(pk=op.pk).update(
         state=OperationState.FAILED,
         finished_at=timezone.now() - ago,

@@ -8,8 +8,8 @@ from provisioner.drivers.fake import read_fake_bmc
 from provisioner.drivers.fake_deploy import FakeDeployDriver
 from provisioner.engine.runner import execute
 from provisioner.errors import BmcUnreachable, DeployFailed
+from provisioner.lifecycle import Actor
 from provisioner.models import Node, Operation
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, PowerStateChoice
 from tests.conftest import reserve

@@ -21,8 +21,8 @@ from provisioner.engine.queue import create_operation, site_queue, wake
 from provisioner.engine.reaper import wake_overdue_waits
 from provisioner.engine.runner import execute
 from provisioner.engine.tasks import execute_operation
+from provisioner.lifecycle import Actor
 from provisioner.models import LogLine, Node, Operation, Rack, Site
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, ReservationState, StepState
 from tests.conftest import reserve, wait_for

@@ -11,8 +11,8 @@ import pytest
 
 from provisioner.drivers.base import BmcAccess
 from provisioner.drivers.fake import write_fake_bmc
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Node, Operation, Reservation
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, ReservationState, StepState
 from tests.conftest import reserve, wait_for
@@ -161,7 +161,7 @@ def test_reaper_gives_up_after_max_recoveries_and_node_goes_to_error(
     r = _reserve(inventory)
     node = Node.objects.get(reservation=r)
     op = Operation.objects.get(reservation=r)
-    from provisioner.services.lifecycle import process_event
+    from provisioner.lifecycle import process_event
     from provisioner.states import NodeEvent
 
     process_event(node, NodeEvent.DEPLOY, actor=Actor.system("test"))

@@ -9,6 +9,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from provisioner.lifecycle import Actor
 from provisioner.models import (
     ApiToken,
     AuditEvent,
@@ -20,7 +21,6 @@ from provisioner.models import (
     Rollout,
     SSHKey,
 )
-from provisioner.services.audit import Actor
 from provisioner.states import NodeState, OperationState
 from tests.conftest import reserve, ssh_keygen
 

@@ -10,8 +10,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from provisioner.lifecycle import Actor
 from provisioner.models import Reservation, SSHKey
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from tests.conftest import reserve, ssh_keygen
 

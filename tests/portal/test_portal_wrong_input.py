@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from provisioner.lifecycle import Actor
 from provisioner.models import Node, Reservation, Rollout, SSHKey
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import release_reservation
 from provisioner.services.rollouts import start_rollout
 from tests.conftest import reserve

@@ -11,8 +11,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from provisioner.management.commands.scheduler import housekeeping_pass
 from provisioner.models import SignInFailure
+from provisioner.services.periodics import housekeeping_pass
 
 GUESSER, OFFICE = "203.0.113.9", "198.51.100.7"
 PASSWORD = "pw-olivia-123"

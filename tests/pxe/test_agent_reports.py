@@ -210,8 +210,8 @@ def test_a_wipe_that_overwrote_nothing_is_no_wipe(inventory, monkeypatch, erased
     from provisioner.drivers.ansible import drivers as ansible_drivers
     from provisioner.engine.context import StepContext
     from provisioner.errors import DeployFailed
+    from provisioner.lifecycle import Actor
     from provisioner.models import LogLine
-    from provisioner.services.audit import Actor
 
     node = Node.objects.get(boot_mac=MAC)
     op = create_operation("release", node)

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from provisioner.errors import InvalidRequest
+from provisioner.lifecycle import Actor
 from provisioner.models import Reservation
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import extend_reservation
 from tests.api.test_api_flows import V1, api, reserve_body
 from tests.conftest import reserve

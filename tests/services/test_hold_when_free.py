@@ -11,9 +11,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from provisioner.errors import CapacityError, IllegalTransition
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import AuditEvent, Node, Reservation
-from provisioner.services.audit import Actor
-from provisioner.services.lifecycle import process_event
 from provisioner.services.nodes import set_maintenance
 from provisioner.services.reservations import availability, release_reservation
 from provisioner.states import NodeEvent, NodeState, ReservationState

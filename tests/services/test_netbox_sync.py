@@ -16,12 +16,11 @@ from django.core.management import CommandError, call_command
 
 from lab.netbox import NetboxData, NetboxServer, running_netbox
 from provisioner.errors import InvalidRequest
-from provisioner.management.commands.scheduler import queue_periodic_syncs
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import AuditEvent, Node, Rack, ServerType, Site
 from provisioner.services import netbox
-from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll
-from provisioner.services.lifecycle import process_event
+from provisioner.services.periodics import queue_periodic_syncs
 from provisioner.states import NodeEvent, NodeState
 
 TOKEN = "0123456789abcdef-netbox-token-s3cret"

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 
 from provisioner.errors import IllegalTransition
+from provisioner.lifecycle import Actor, process_event
 from provisioner.models import Allocation, Node, Operation
 from provisioner.services import nodes as node_service
-from provisioner.services.audit import Actor
-from provisioner.services.lifecycle import process_event
 from provisioner.states import NodeEvent, NodeState, OperationKind, OperationState
 from tests.conftest import reserve
 

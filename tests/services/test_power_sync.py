@@ -116,8 +116,7 @@ def test_power_sync_keeps_a_newer_power_check_and_a_silent_bmc_does_not_erase_it
 def test_power_sync_records_no_drift_for_a_node_whose_state_changed_during_the_sweep(
     inventory, fake_hw_dir, settings, monkeypatch
 ):
-    from provisioner.services.audit import Actor
-    from provisioner.services.lifecycle import process_event
+    from provisioner.lifecycle import Actor, process_event
     from provisioner.states import NodeEvent
 
     settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.3

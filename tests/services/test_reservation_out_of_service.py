@@ -13,10 +13,10 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, AuditEvent, Node, Reservation
-from provisioner.services.audit import Actor
-from provisioner.services.hooks import fill_waiting_reservations
 from provisioner.services.nodes import set_maintenance
+from provisioner.services.periodics import fill_waiting_reservations
 from provisioner.services.reservations import start_due_reservations
 from provisioner.states import NodeState, ReservationState
 from tests.conftest import reserve
@@ -129,7 +129,7 @@ def test_a_spare_is_added_once_the_rest_of_the_window_is_started_when_another_se
 def test_a_server_taken_out_without_its_spare_being_added_gets_one_on_the_next_scheduler_pass(inventory):
     # A worker killed between taking a failed server out (committed) and adding its spare must not leave
     # the reservation one server short for good.
-    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.services.periodics import housekeeping_pass
     from provisioner.services.reservations import take_node_out
 
     r = reserve(inventory, 1)
@@ -167,7 +167,7 @@ def test_a_waiting_reservation_keeps_saying_why_it_waits_on_later_scheduler_pass
 def test_a_reservation_released_while_its_spare_is_looked_for_stays_released(inventory, monkeypatch):
     # add_spare finds no spare and marks the reservation waiting after its transaction: a release committed
     # in between must not be turned back into "waiting" (and then given a spare by the scheduler).
-    from provisioner.services import hooks
+    from provisioner.services import reservations as substitution
     from provisioner.services.reservations import release_reservation, take_node_out
 
     r = reserve(inventory, 1)
@@ -176,16 +176,24 @@ def test_a_reservation_released_while_its_spare_is_looked_for_stays_released(inv
     for node in Node.objects.filter(server_type=inventory.h100, state=NodeState.AVAILABLE):
         set_maintenance(node, True, actor=OPERATOR)  # no spare anywhere
 
+    real_atomic = transaction.atomic
+    first: list[bool] = []
+
     @contextlib.contextmanager
-    def then_released() -> Iterator[None]:
+    def then_released(*args, **kwargs) -> Iterator[None]:
+        if first:  # the module's other transactions (the release itself among them) as they are
+            with real_atomic(*args, **kwargs):
+                yield
+            return
+        first.append(True)
         try:
-            with transaction.atomic():
+            with real_atomic(*args, **kwargs):
                 yield
         finally:
-            release_reservation(r, actor=OPERATOR)  # the customer's release commits right after
+            release_reservation(r, actor=OPERATOR)  # the customer's release commits right after add_spare's
 
-    monkeypatch.setattr(hooks, "transaction", types.SimpleNamespace(atomic=then_released))
-    assert hooks.add_spare(r, OPERATOR) is None
+    monkeypatch.setattr(substitution, "transaction", types.SimpleNamespace(atomic=then_released))
+    assert substitution.add_spare(r, OPERATOR) is None
 
     r.refresh_from_db()
     assert r.state == ReservationState.RELEASED

@@ -11,10 +11,14 @@ import pytest
 from django.utils import timezone
 
 from provisioner.errors import CapacityError, InvalidRequest
+from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, BmcCredential, Image, Node, Reservation, ServerType
-from provisioner.services.audit import Actor
-from provisioner.services.hooks import replace_failed_node
-from provisioner.services.reservations import availability, book_servers, start_due_reservations
+from provisioner.services.reservations import (
+    availability,
+    book_servers,
+    replace_failed_node,
+    start_due_reservations,
+)
 from provisioner.states import NodeState, ReservationState
 from tests.conftest import reserve
 

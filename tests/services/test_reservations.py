@@ -10,8 +10,8 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from provisioner.errors import CapacityError, InvalidRequest, QuotaExceeded
+from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, Node, Reservation
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import (
     availability,
     book_servers,
@@ -337,7 +337,7 @@ def test_a_window_booked_now_but_not_started_is_started_by_the_scheduler(invento
     def broken(*args, **kwargs):
         raise DatabaseError("connection lost")
 
-    monkeypatch.setattr(reservations, "_start_provisioning", broken)
+    monkeypatch.setattr(reservations, "start_provisioning", broken)
     r = _reserve(inventory, 2)
     assert r.state == ReservationState.SCHEDULED
     assert Allocation.objects.filter(reservation=r, active=True).count() == 2
@@ -423,7 +423,7 @@ def _worker_killed_after_finishing(op) -> None:
 
 @pytest.mark.django_db
 def test_a_reservation_whose_servers_all_came_up_turns_active_even_if_the_last_hook_never_ran(inventory):
-    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.services.periodics import housekeeping_pass
 
     r = _reserve(inventory, 1)
     node = Node.objects.get(reservation=r)
@@ -438,7 +438,7 @@ def test_a_reservation_whose_servers_all_came_up_turns_active_even_if_the_last_h
 
 @pytest.mark.django_db
 def test_a_release_whose_wipes_all_finished_settles_even_if_the_last_hook_never_ran(inventory):
-    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.services.periodics import housekeeping_pass
 
     r = release_reservation(_reserve(inventory, 1), actor=Actor.system("test"))
     assert r.state == ReservationState.RELEASING
@@ -455,7 +455,7 @@ def test_a_release_whose_wipes_all_finished_settles_even_if_the_last_hook_never_
 
 @pytest.mark.django_db
 def test_a_window_that_ended_while_the_scheduler_was_down_is_not_provisioned_just_to_be_wiped(inventory):
-    from provisioner.management.commands.scheduler import housekeeping_pass
+    from provisioner.services.periodics import housekeeping_pass
 
     now = timezone.now()
     r = _reserve(inventory, 1, starts_at=now + HOUR, ends_at=now + 2 * HOUR)

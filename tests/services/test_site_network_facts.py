@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.handover import known_hosts_name
+from provisioner.lifecycle import Actor
 from provisioner.models import Image, Node, Site
-from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll
 
 

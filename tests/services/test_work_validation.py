@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from provisioner.errors import InvalidNodeData, InvalidNodesData
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Node, Operation, Rollout
-from provisioner.services.audit import Actor
 from provisioner.services.nodes import reimage
 from provisioner.services.rollouts import progress, start_rollout
 from provisioner.states import NodeState, OperationKind

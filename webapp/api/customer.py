@@ -18,6 +18,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from provisioner.lifecycle import Actor
 from provisioner.models import (
     AuditEvent,
     Image,
@@ -30,7 +31,6 @@ from provisioner.models import (
 )
 from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
-from provisioner.services.audit import Actor
 from webapp.api.permissions import OwnerOnlyActions, acting_organization, tokens_for
 from webapp.api.serializers.common import (
     AuditEventSerializer,

@@ -21,6 +21,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from lab.management.commands.lab import start_lab, stop_lab
+from provisioner.lifecycle import Actor
 from provisioner.models import (
     AuditEvent,
     Image,
@@ -32,7 +33,6 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.sshkeys import generate_keypair, parse_public_key, ssh_command
 from provisioner.states import NodeState, ReservationState

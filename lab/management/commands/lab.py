@@ -31,7 +31,7 @@ from lab.node_process import node_dir
 from lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
 from lab.ramdisk import RamdiskBuildError
 from lab.spec import LabNodeSpec
-from provisioner.services.audit import Actor
+from provisioner.lifecycle import Actor
 from provisioner.services.inventory import enroll
 
 ROOT = Path(settings.BASE_DIR)

@@ -9,12 +9,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from provisioner import hardware
 from provisioner.errors import NeocloudError
+from provisioner.lifecycle import Actor
 from provisioner.management.argtypes import positive_seconds
 from provisioner.management.database import require_migrated_database
 from provisioner.models import AuditEvent, Node
 from provisioner.services import netbox
 from provisioner.services import nodes as node_services
-from provisioner.services.audit import Actor
 from provisioner.services.inventory import enroll_file
 from provisioner.sshkeys import ssh_command
 from provisioner.states import NodeState

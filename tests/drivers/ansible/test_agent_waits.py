@@ -13,8 +13,8 @@ from provisioner.drivers.ansible.drivers import WIPE_STALL_TIMEOUT, _agent_resul
 from provisioner.engine.context import StepContext, WaitRequested
 from provisioner.engine.queue import create_operation
 from provisioner.errors import DeployFailed, ImageChecksumMismatch
+from provisioner.lifecycle import Actor
 from provisioner.models import DeployTicket, Node
-from provisioner.services.audit import Actor
 
 pytestmark = pytest.mark.django_db
 

@@ -11,9 +11,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
+from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, ApiToken, AuditEvent, Membership, SSHKey
 from provisioner.services import tenancy
-from provisioner.services.audit import Actor
 from webapp.portal.access import current_membership, current_org, signed_in
 from webapp.portal.forms import InviteForm, SSHKeyForm, TokenForm
 from webapp.portal.wording import sentence

@@ -12,8 +12,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import InvalidRequest
+from provisioner.lifecycle import Actor
 from provisioner.services import tenancy
-from provisioner.services.audit import Actor
 from webapp.portal.access import switch_org
 from webapp.portal.forms import SignUpForm
 from webapp.portal.wording import sentence

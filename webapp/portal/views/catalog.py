@@ -10,9 +10,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from provisioner.errors import InvalidRequest, NeocloudError
+from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, Organization, Reservation, ServerType
 from provisioner.services import tenancy
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import availability, book_servers
 from webapp.portal.access import current_org
 from webapp.portal.forms import ReserveForm, WindowForm

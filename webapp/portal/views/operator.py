@@ -13,10 +13,10 @@ from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
 from provisioner.filtersets import NodeFilterSet
+from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operation, Rollout, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
-from provisioner.services.audit import Actor
 from provisioner.states import (
     FINISHED_OPERATION_STATES,
     LEASED_STATES,

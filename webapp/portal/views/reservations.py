@@ -11,8 +11,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from provisioner.errors import NeocloudError
+from provisioner.lifecycle import Actor
 from provisioner.models import BurnInReport, Operation, Reservation
-from provisioner.services.audit import Actor
 from provisioner.services.reservations import extend_reservation, release_reservation
 from provisioner.states import (
     OPEN_OPERATION_STATES,

@@ -1,16 +1,65 @@
-"""The single writer of ``Node.state``: every transition is looked up in states.TRANSITIONS and audited."""
+"""The node lifecycle's writer and its audit: who acts (Actor), what they did (record), and the one function
+that changes ``Node.state`` (process_event), checked against the table in states.py and audited in the same
+transaction. Below both the engine and the services, which each move nodes through it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from provisioner.errors import IllegalTransition
-from provisioner.models import Node, Operation
-from provisioner.services.audit import Actor, record
+from provisioner.models import AuditEvent, Node, Operation
 from provisioner.states import NodeEvent, allowed_events, next_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    user: Any = None  # a User, or None for the system
+    label: str = ""  # "engine", "scheduler", "cli", "operator <name>", or the username
+    request_id: str = ""
+
+    @classmethod
+    def system(cls, label: str) -> Actor:
+        return cls(user=None, label=label)
+
+    @classmethod
+    def from_request(cls, request: Any) -> Actor:
+        user = request.user if request.user.is_authenticated else None
+        return cls(
+            user=user,
+            label=getattr(user, "username", "anonymous"),
+            request_id=getattr(request, "request_id", ""),
+        )
+
+    @classmethod
+    def operator_from_request(cls, request: Any) -> Actor:
+        """An operator acting through the operator API or pages. The audit trail, which the customer whose
+        servers or reservation it touches reads too, says an operator did it, by name."""
+        actor = cls.from_request(request)
+        return dataclasses.replace(actor, label=f"operator {actor.label}")
+
+    def __str__(self) -> str:
+        return self.label or (self.user.username if self.user else "system")
+
+
+def record(actor: Actor, action: str, *, reason: str = "", **fields: Any) -> AuditEvent:
+    """Write one audit event. ``fields`` are AuditEvent columns (node, reservation, operation, ...)."""
+    if "organization" not in fields:
+        reservation = fields.get("reservation")
+        if reservation is not None:
+            fields["organization"] = reservation.organization
+    return AuditEvent.objects.create(
+        actor=actor.user,
+        actor_label=str(actor),
+        request_id=actor.request_id,
+        action=action,
+        reason=reason,
+        **fields,
+    )
 
 
 def process_event(
