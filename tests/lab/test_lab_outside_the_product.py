@@ -71,4 +71,5 @@ def test_no_product_module_imports_the_lab() -> None:
         if name == "lab" or name.startswith("lab.")
     )
     assert offenders == []
-    assert not (REPO / "provisioner" / "lab").exists()
+    # no module of the old place is left (a checkout from before the move may keep an empty __pycache__)
+    assert not list((REPO / "provisioner" / "lab").rglob("*.py"))

@@ -20,7 +20,12 @@ def production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     secret_key, credential_keys = tmp_path / "secret_key", tmp_path / "credential_keys"
     secret_key.write_text(os.urandom(48).hex())
     credential_keys.write_text(Fernet.generate_key().decode())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEOCLOUD_") and k != "DATABASE_URL"}
+    # (DJANGO_ALLOW_ASYNC_UNSAFE: set by the browser tests' Playwright in this process, never in production)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NEOCLOUD_") and k not in ("DATABASE_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    }
     env.update(
         DJANGO_SETTINGS_MODULE="webapp.settings",
         NEOCLOUD_PRODUCTION="1",
