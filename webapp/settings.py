@@ -247,6 +247,9 @@ NEOCLOUD_BOOT_NETWORKS = env_networks("NEOCLOUD_BOOT_NETWORKS", "127.0.0.0/8,::1
 NEOCLOUD_IMAGE_DIR = Path(env_str("NEOCLOUD_IMAGE_DIR", str(VAR_DIR / "images")))
 # Seconds of GPU load during burn-in on real servers (lab servers use a short simulated load).
 NEOCLOUD_BURNIN_LOAD_SECONDS = env_float("NEOCLOUD_BURNIN_LOAD_SECONDS", 60.0, minimum=1)
+# A burn-in whose load and Xid wait last longer than this runs detached on the server (Ansible async) while its
+# operation waits, holding no worker; a shorter one (the lab's) runs in one playbook, which costs less.
+NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS = env_float("NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS", 30.0, minimum=0)
 # NetBox, where the inventory comes from (manage.py nodes sync-netbox takes these as defaults). With
 # NEOCLOUD_NETBOX_SYNC_SECONDS > 0 the scheduler queues a sync that often; BMC logins for new nodes come from
 # the NEOCLOUD_NETBOX_CREDENTIALS file (inventory/netbox-credentials.example.yaml), never from NetBox.

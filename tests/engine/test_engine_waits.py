@@ -211,3 +211,14 @@ def test_killing_the_worker_while_twenty_nodes_wait_strands_none(inventory, sett
         message="reservation active",
     )
     assert not Operation.objects.filter(reservation=r).exclude(state=OperationState.SUCCEEDED).exists()
+
+
+def test_the_customer_sees_what_a_waiting_operation_waits_for(inventory, settings):
+    from tests.api.test_api_bad_input import api
+
+    settings.NEOCLOUD_FAKE_AGENT_SECONDS = 30
+    _, op = _provision(inventory)
+    assert execute(op.pk, owner="w1") == OperationState.WAITING
+    body = api(inventory.owner).get(f"/api/v1/operations/{op.pk}").json()
+    assert body["state"] == "waiting" and body["wait_for"] == "the deploy agent"
+    assert body["waiting_since"] < body["wait_deadline"]

@@ -1,6 +1,6 @@
 """``manage.py demo``: the whole product on one machine, on SQLite.
 
-Starts the boot service/portal (runserver), a worker and the scheduler with the real drivers (Ansible,
+Starts the boot service/portal (gunicorn), a worker (8 threads) and the scheduler with the real drivers (Ansible,
 IPMI/Redfish, PXE, SSH), brings up a 3-node lab, reserves two servers (one IPMI, one Redfish) for a demo
 customer, prints progress as it happens, prints the ssh command and host-key fingerprints, logs in with
 strict host-key checking to prove it, releases, waits for the wipe, and stops everything it started.
@@ -68,12 +68,25 @@ class Command(BaseCommand):
         )
         settings.NEOCLOUD_DEPLOY_DRIVER = settings.NEOCLOUD_BURNIN_DRIVER = "ansible"
         try:
-            self.step("Starting the portal/boot service, a worker and the scheduler")
-            self.spawn(env, "web", "runserver", f"127.0.0.1:{opts['port']}", "--noreload")
-            for i in range(2):  # two workers: both servers are provisioned at the same time
-                self.spawn(
-                    env, f"worker-{i}", "db_worker", "--queue-name", "*", "--interval", "0.2", "--no-reload"
-                )
+            self.step("Starting the portal/boot service (gunicorn), a worker (8 threads) and the scheduler")
+            # the README's production server, and the README's fixed worker set: one worker process runs
+            # operations on threads, and waits (the agents streaming, the OS booting) hold none
+            self.spawn(
+                env,
+                "web",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "webapp" / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{opts['port']}",
+                "--workers",
+                "2",
+                "webapp.wsgi",
+                manage=False,
+            )
+            self.spawn(env, "worker", "worker", "--threads", "8", "--interval", "0.2")
             self.spawn(env, "scheduler", "scheduler", "--interval", "0.5")
             self.wait_http(boot_url)
             self.step("Starting the lab: 3 simulated H100 servers with real IPMI/Redfish BMCs")
@@ -129,11 +142,12 @@ class Command(BaseCommand):
     def step(self, text: str) -> None:
         self.say(self.style.MIGRATE_HEADING(f"==> {text}"))
 
-    def spawn(self, env: dict[str, str], name: str, *args: str) -> None:
+    def spawn(self, env: dict[str, str], name: str, *args: str, manage: bool = True) -> None:
+        """Start ``manage.py <args>`` (or, with ``manage=False``, the command ``args``) in the background."""
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - lives as long as the process
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), *args],
+                [sys.executable, str(ROOT / "manage.py"), *args] if manage else list(args),
                 env=env,
                 cwd=ROOT,
                 stdout=log,

@@ -20,6 +20,7 @@ import socket
 import time
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from provisioner.boot.reports import ReportError, verify_deployed
@@ -362,26 +363,36 @@ class AnsibleBurnInDriver(BurnInDriver):
             sample_interval=info.burnin_sample_interval,
         )
         private_key = expectations["provisioning_private_key"]
+        files: dict[str, str | bytes] = {
+            "provisioning_key": private_key,
+            "known_hosts": node.known_hosts + "\n",
+        }
+        runs_for = info.load_seconds + info.burnin_xid_wait_seconds
+        if runs_for > settings.NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS:
+            return self._run_detached(node, host, files, private_key, runs_for, log)
         task = "Run the burn-in checks under load"
         try:
             result = run_playbook(
                 "burnin.yml",
                 host=node_name,
                 hostvars=host,
-                files={
-                    "provisioning_key": private_key,
-                    "known_hosts": node.known_hosts + "\n",
-                    "burnin_agent": build_bundle(),
-                },
+                files={**files, "burnin_agent": build_bundle()},
                 secrets=[private_key],
                 log=log,
                 cancel=_cancel_event(log),
             )
         except PlaybookFailed as exc:
-            if "nvml_unavailable" in str(exc) or "NVML not available" in str(exc):
-                raise NvmlUnavailable(f"{node_name}: NVML not available on the server; burn-in cannot run")
-            raise DriverError(f"burn-in on {node_name} could not run: {exc}", retryable=exc.retryable)
-        res = result.last(task)
+            raise self._could_not_run(node_name, exc)
+        return self._report(node_name, result.last(task))
+
+    @staticmethod
+    def _could_not_run(node_name: str, exc: PlaybookFailed) -> DriverError:
+        if "nvml_unavailable" in str(exc) or "NVML not available" in str(exc):
+            return NvmlUnavailable(f"{node_name}: NVML not available on the server; burn-in cannot run")
+        return DriverError(f"burn-in on {node_name} could not run: {exc}", retryable=exc.retryable)
+
+    @staticmethod
+    def _report(node_name: str, res: dict[str, Any]) -> dict[str, Any]:
         stdout = res.get("stdout", "")
         try:
             return json.loads(stdout)
@@ -391,3 +402,73 @@ class AnsibleBurnInDriver(BurnInDriver):
                 f"burn-in on {node_name} printed no JSON report (stdout begins {stdout.strip()[:120]!r}; "
                 f"stderr ends {stderr[-300:]!r})"
             )
+
+    def _run_detached(
+        self,
+        node: Node,
+        host: dict[str, Any],
+        files: dict[str, str | bytes],
+        private_key: str,
+        runs_for: float,
+        ctx: Any,
+    ) -> dict[str, Any]:
+        """A long burn-in (a real GPU server's minutes to hours of load): started on the server as an Ansible
+        async job, then the step waits (parked, no worker held) and collects the report when it has finished,
+        looking again every few minutes at most. The job id is kept in the step's data, so the step run
+        again after its wait collects the same run instead of starting another."""
+        if "jid" not in ctx.data:
+            dest = f"/tmp/neocloud-burnin-{ctx.operation.pk}-{ctx.step.pk}-{ctx.step.attempts}.pyz"
+            started = self._playbook(
+                "burnin_start.yml",
+                node,
+                {**host, "burnin_dest": dest, "burnin_timeout": int(runs_for + BURNIN_DETACHED_MARGIN)},
+                {**files, "burnin_agent": build_bundle()},
+                private_key,
+                ctx,
+            )
+            jid = started.last("Start the burn-in checks under load, detached").get("ansible_job_id")
+            if not jid:
+                raise DriverError(f"burn-in on {node.name} did not start (no job id)", retryable=True)
+            ctx.save_data(jid=jid, dest=dest)
+            ctx.log(f"burn-in started on {node.name}, running for about {runs_for:.0f} s (job {jid})")
+        collected = self._playbook(
+            "burnin_collect.yml",
+            node,
+            {**host, "burnin_jid": ctx.data["jid"], "burnin_dest": ctx.data["dest"]},
+            files,
+            private_key,
+            ctx,
+        ).last("Collect the burn-in report")
+        if not collected.get("finished"):
+            ctx.wait(
+                "the burn-in",
+                timeout=runs_for + BURNIN_DETACHED_MARGIN,
+                recheck_every=min(300.0, max(5.0, runs_for / 10)),
+            )
+        return self._report(node.name, collected)
+
+    def _playbook(
+        self,
+        playbook: str,
+        node: Node,
+        host: dict[str, Any],
+        files: dict[str, str | bytes],
+        private_key: str,
+        ctx: Any,
+    ) -> Any:
+        try:
+            return run_playbook(
+                playbook,
+                host=node.name,
+                hostvars=host,
+                files=files,
+                secrets=[private_key],
+                log=ctx,
+                cancel=_cancel_event(ctx),
+            )
+        except PlaybookFailed as exc:
+            raise self._could_not_run(node.name, exc)
+
+
+# A detached burn-in may run this much longer than its load and Xid wait before its wait fails.
+BURNIN_DETACHED_MARGIN = 600

@@ -86,10 +86,22 @@ class OperationSummarySerializer(serializers.ModelSerializer):
             "rollout",
             "error_code",
             "error",
+            "wait_for",
+            "waiting_since",
+            "wait_deadline",
             "created_at",
             "started_at",
             "finished_at",
         ]
+        extra_kwargs = {
+            "wait_for": {
+                "help_text": "while state is waiting: what the operation waits for (no worker is held)"
+            },
+            "waiting_since": {"help_text": "while waiting: when the wait began"},
+            "wait_deadline": {
+                "help_text": "while waiting: when the wait fails (the step is then retried or failed)"
+            },
+        }
 
 
 class OperationSerializer(OperationSummarySerializer):
