@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds  # noqa: E402
+from bench.procstat import cpu_seconds, tree_cpu_seconds  # noqa: E402
 
 SMALL = 20
 
@@ -167,8 +167,9 @@ def lab_fleet(args: argparse.Namespace) -> int:
 
         def cycle(count: int) -> tuple[float, float, float]:
             """Reserve ``count`` servers, until all active; release them, until all wiped and available.
-            Returns (seconds to active, seconds to wiped, machine busy CPU seconds over both)."""
-            busy0 = machine_busy_seconds()
+            Returns (seconds to active, seconds to wiped, CPU seconds of this bench's processes over both:
+            control plane, lab, agents, SSH servers; other work on the machine not counted)."""
+            busy0 = tree_cpu_seconds()
             start = time.monotonic()
             ids = []
             left = count
@@ -203,11 +204,15 @@ def lab_fleet(args: argparse.Namespace) -> int:
                 lambda: Node.objects.filter(pk__in=nodes, state=NodeState.AVAILABLE).count() == len(nodes),
                 f"wiping {count}",
             )
-            return active, time.monotonic() - released, machine_busy_seconds() - busy0
+            return active, time.monotonic() - released, tree_cpu_seconds() - busy0
 
-        one_up, one_down, _ = cycle(1)
-        print(f"1 server: active in {one_up:.1f} s, released and wiped in {one_down:.1f} s")
+        machine0 = machine_busy_seconds()
+        one_up, one_down, one_cpu = cycle(1)
+        print(
+            f"1 server: active in {one_up:.1f} s, released and wiped in {one_down:.1f} s, {one_cpu:.1f} CPU-s"
+        )
         n_up, n_down, busy = cycle(args.nodes)
+        machine = machine_busy_seconds() - machine0
         cores = os.cpu_count() or 1
         floor = busy / cores
         print(
@@ -215,8 +220,9 @@ def lab_fleet(args: argparse.Namespace) -> int:
             f"released and wiped in {n_down:.1f} s (x{n_down / one_down:.2f} of one)"
         )
         print(
-            f"the machine was busy {busy:.0f} CPU-s over both ({busy / args.nodes:.1f} CPU-s per server: control "
-            f"plane, agents, lab, SSH): on {cores} cores no code does that in under {floor:.0f} s, so the "
+            f"the bench's processes used {busy:.0f} CPU-s over both ({busy / args.nodes:.1f} CPU-s per server: control "
+            f"plane, agents, lab, SSH; the whole machine was busy {machine:.0f} CPU-s, other work included): on "
+            f"{cores} cores no code does that in under {floor:.0f} s, so the "
             f"lowest reachable ratio here is x{floor / (one_up + one_down):.2f} of one server's "
             f"{one_up + one_down:.1f} s reserve-to-wiped (measured x{(n_up + n_down) / (one_up + one_down):.2f})"
         )
