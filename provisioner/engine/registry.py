@@ -57,6 +57,4 @@ PLANS: dict[str, list[str]] = {
 
 
 def plan_for(kind: str) -> list[StepSpec]:
-    from provisioner.engine import steps  # noqa: F401 - registers the step functions
-
     return [STEPS[name] for name in PLANS[kind]]
