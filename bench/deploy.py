@@ -343,9 +343,7 @@ def main() -> int:
     try:
         web = spawn("runserver", f"127.0.0.1:{args.port}", "--noreload")
         # a fixed worker set, as the demo and the README run it: waits hold no worker (engine waits)
-        workers = [
-            spawn("worker", "--threads", str(args.threads), "--interval", "0.2") for _ in range(args.workers)
-        ]
+        workers = [spawn("worker", "--threads", str(args.threads)) for _ in range(args.workers)]
         specs = start_lab(args.nodes, boot_url=boot_url)
         image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
         big = image_dir / f"bench-{args.image_mib}.raw"

@@ -146,7 +146,7 @@ def lab_fleet(args: argparse.Namespace) -> int:
             "2048",
         )
         for i in range(args.workers):
-            spawn(f"worker{i}", *manage, "worker", "--threads", str(args.threads), "--interval", "0.2")
+            spawn(f"worker{i}", *manage, "worker", "--threads", str(args.threads))
         spawn("scheduler", *manage, "scheduler", "--interval", "0.5", "--no-power-sync")
         t0 = time.monotonic()
         specs = start_lab(args.nodes + 1, boot_url=boot_url)
@@ -487,7 +487,7 @@ def main() -> int:
 
     try:
         for _ in range(args.workers):
-            spawn("worker", "--threads", str(args.threads), "--interval", "0.2")
+            spawn("worker", "--threads", str(args.threads))
         spawn("scheduler", "--interval", "1", "--no-power-sync")
         time.sleep(3)
         latency_small = booking_latency()

@@ -86,7 +86,7 @@ class Command(BaseCommand):
                 "webapp.wsgi",
                 manage=False,
             )
-            self.spawn(env, "worker", "worker", "--threads", "8", "--interval", "0.2")
+            self.spawn(env, "worker", "worker", "--threads", "8")
             self.spawn(env, "scheduler", "scheduler", "--interval", "0.5")
             self.wait_http(boot_url)
             self.step("Starting the lab: 3 simulated H100 servers with real IPMI/Redfish BMCs")

@@ -56,7 +56,13 @@ class Command(BaseCommand):
             default="*",
             help="queues to serve, comma-separated: site-<slug>, default, power, inventory; '*' all (default)",
         )
-        parser.add_argument("--interval", type=positive_seconds, default=1.0, help="seconds between polls")
+        parser.add_argument(
+            "--interval",
+            type=positive_seconds,
+            default=1.0,
+            help="seconds an idle thread waits between polls (default 1; the threads' polls are staggered, so "
+            "the process looks every interval/threads seconds)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         queues = [q.strip() for q in options["queue_name"].split(",") if q.strip()]
