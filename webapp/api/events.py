@@ -44,23 +44,23 @@ class EventSerializer(serializers.ModelSerializer):
         fields = ["id", "type", "version", "organization", "created_at", "payload"]
 
 
-def _whole_number(request: Request, name: str, default: int, lowest: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
+def _number(request: Request, name: str) -> int | None:
+    """The query parameter as a whole number (None when absent), at most the largest bigint: larger
+    ones are taken as that, as the other lists clamp theirs, so none reaches SQL as an overflow."""
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
     try:
-        value = int(raw)
+        return min(int(raw), _BIGGEST_ID)
     except ValueError:
         raise ValidationError({name: [f"must be a whole number, not {raw[:40]!r}"]}) from None
-    if not lowest <= value <= _BIGGEST_ID:
-        raise ValidationError({name: [f"must be between {lowest} and {_BIGGEST_ID}"]})
-    return value
 
 
 class EventCursorPagination(BasePagination):
     """Pages of events after a cursor: ``after`` (an event id; 0 or none: from the start) and ``limit``
-    (default 100; above 500 a page of 500). A cursor that is no number is refused (400), never read as
-    "from the start", which would deliver everything again."""
+    (default 100; above 500 a page of 500; zero or negative: the default, as the other lists do). A cursor
+    that is no number or negative is refused (400), never read as "from the start", which would deliver
+    everything again."""
 
     default_limit = 100
     max_limit = 500
@@ -68,8 +68,14 @@ class EventCursorPagination(BasePagination):
     def paginate_queryset(
         self, queryset: QuerySet[Any], request: Request, view: APIView | None = None
     ) -> list[Any]:
-        after = _whole_number(request, "after", 0, 0)
-        limit = min(_whole_number(request, "limit", self.default_limit, 1), self.max_limit)
+        after = _number(request, "after") or 0
+        if after < 0:
+            raise ValidationError({"after": ["must be 0 or the id of an event read before"]})
+        try:
+            limit = _number(request, "limit") or self.default_limit
+        except ValidationError:
+            limit = self.default_limit  # DRF's rule for a limit that is no number
+        limit = min(limit if limit > 0 else self.default_limit, self.max_limit)
         # numbered events only (an unnumbered one has no sequence, which is never > after), in their order
         rows = list(queryset.filter(sequence__gt=after).order_by("sequence")[: limit + 1])
         self.has_more = len(rows) > limit
