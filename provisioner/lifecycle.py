@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from provisioner import events
 from provisioner.errors import IllegalTransition
 from provisioner.models import AuditEvent, Node, Operation
 from provisioner.states import NodeEvent, allowed_events, next_state
@@ -52,14 +53,18 @@ def record(actor: Actor, action: str, *, reason: str = "", **fields: Any) -> Aud
         reservation = fields.get("reservation")
         if reservation is not None:
             fields["organization"] = reservation.organization
-    return AuditEvent.objects.create(
-        actor=actor.user,
-        actor_label=str(actor),
-        request_id=actor.request_id,
-        action=action,
-        reason=reason,
-        **fields,
-    )
+    # The event the stream derives from it, if any, commits or rolls back with it (and with the change).
+    with transaction.atomic(savepoint=False):
+        audit = AuditEvent.objects.create(
+            actor=actor.user,
+            actor_label=str(actor),
+            request_id=actor.request_id,
+            action=action,
+            reason=reason,
+            **fields,
+        )
+        events.from_audit(audit)
+    return audit
 
 
 def process_event(

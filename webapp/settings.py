@@ -262,6 +262,9 @@ if NEOCLOUD_NETBOX_SYNC_SECONDS and not (NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX
     raise ImproperlyConfigured(
         "NEOCLOUD_NETBOX_SYNC_SECONDS needs NEOCLOUD_NETBOX_URL and NEOCLOUD_NETBOX_TOKEN (or _FILE)"
     )
+# Bearer token a Prometheus scrape of /metrics sends (or NEOCLOUD_METRICS_TOKEN_FILE); unset: /metrics
+# answers loopback clients only (webapp/metrics.py).
+NEOCLOUD_METRICS_TOKEN = env_str("NEOCLOUD_METRICS_TOKEN")
 # Sign-in: wrong passwords for one account from one address within the window before attempts are refused
 # (five times as many from one address over all accounts); see provisioner/services/signin.py.
 NEOCLOUD_SIGNIN_MAX_FAILURES = env_int("NEOCLOUD_SIGNIN_MAX_FAILURES", 10, minimum=1)

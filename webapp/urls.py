@@ -1,9 +1,10 @@
 """URL map: portal at / (and its /favicon.ico), REST API under /api/v1/, OpenAPI at /api/schema/, boot
-service under /boot/."""
+service under /boot/, Prometheus metrics at /metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
 
+from webapp.metrics import metrics
 from webapp.portal.forms import ThrottledAdminSignIn
 from webapp.portal.views.favicon import favicon
 
@@ -19,6 +20,7 @@ handler500 = "webapp.error_responses.server_error"
 urlpatterns = [
     path("favicon.ico", favicon, name="favicon"),
     path("admin/", admin.site.urls),
+    path("metrics", metrics, name="metrics"),
     path("boot/", include("provisioner.boot.urls")),
     path("api/", include("webapp.api.urls")),
     path("", include("webapp.portal.urls")),

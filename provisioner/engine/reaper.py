@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from provisioner import events
 from provisioner.engine.outcomes import OperationEnded, announce
 from provisioner.engine.queue import enqueue, wake
 from provisioner.engine.runner import operations_with_live_tasks
@@ -154,9 +155,11 @@ def _give_up(op: Operation, dead_worker: str) -> None:
         "its worker died and the operation was already resumed "
         f"{settings.NEOCLOUD_MAX_RECOVERIES} times; giving up"
     )
-    Operation.objects.filter(pk=op.pk).update(
-        state=OperationState.FAILED, finished_at=timezone.now(), error=message, error_code="worker_lost"
-    )
+    with transaction.atomic():  # the operation.finished event commits with the final state
+        Operation.objects.filter(pk=op.pk).update(
+            state=OperationState.FAILED, finished_at=timezone.now(), error=message, error_code="worker_lost"
+        )
+        events.operation_finished(op.pk)
     LogLine.objects.create(operation=op, level=LogLine.Level.ERROR, message=message)
     step = Step.objects.filter(operation=op, index=op.current_step).first()
     announce(

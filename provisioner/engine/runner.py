@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from provisioner import events
 from provisioner.engine import steps as _steps  # noqa: F401 - registers the step functions
 from provisioner.engine.context import StepCancelled, StepContext, WaitRequested
 from provisioner.engine.locks import Heartbeat, node_task, park_lease
@@ -321,9 +322,11 @@ def _log(op: Operation, step: Step | None, message: str, level: str = LogLine.Le
 
 
 def _finish(op: Operation, state: str, error: str, error_code: str = "") -> None:
-    Operation.objects.filter(pk=op.pk).update(
-        state=state, finished_at=timezone.now(), error=error, error_code=error_code, worker_id=""
-    )
+    with transaction.atomic():  # the operation.finished event commits with the final state
+        Operation.objects.filter(pk=op.pk).update(
+            state=state, finished_at=timezone.now(), error=error, error_code=error_code, worker_id=""
+        )
+        events.operation_finished(op.pk)
     _log(op, None, f"{op.kind} {state}" + (f": {error}" if error else ""))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from provisioner import crypto, hardware
+from provisioner import crypto, events, hardware
 from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, HandoverRequest
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
@@ -136,17 +136,19 @@ def _run_burnin(ctx: StepContext) -> BurnInReport:
         ctx,
     )
     failed = [c for c in report.get("checks", []) if not c.get("passed")]
-    row = BurnInReport.objects.create(
-        node=node,
-        operation=ctx.operation,
-        reservation=ctx.operation.reservation,
-        passed=bool(report.get("passed")),
-        summary=report.get("summary", ""),
-        failed_checks=[
-            {"name": c.get("name"), "gpu": c.get("gpu"), "message": c.get("message")} for c in failed
-        ],
-        report=report,
-    )
+    with transaction.atomic():  # the burnin.verdict event commits with the report
+        row = BurnInReport.objects.create(
+            node=node,
+            operation=ctx.operation,
+            reservation=ctx.operation.reservation,
+            passed=bool(report.get("passed")),
+            summary=report.get("summary", ""),
+            failed_checks=[
+                {"name": c.get("name"), "gpu": c.get("gpu"), "message": c.get("message")} for c in failed
+            ],
+            report=report,
+        )
+        events.burnin_verdict(row)
     ctx.log(f"burn-in {'passed' if row.passed else 'FAILED'}: {row.summary}")
     return row
 

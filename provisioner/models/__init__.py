@@ -1,6 +1,7 @@
 """Neocloud's domain model, split by concern."""
 
 from provisioner.models.audit import AuditEvent
+from provisioner.models.events import Event
 from provisioner.models.inventory import BmcCredential, Image, Node, Rack, ServerType, Site
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
@@ -13,6 +14,7 @@ __all__ = [
     "BmcCredential",
     "BurnInReport",
     "DeployTicket",
+    "Event",
     "Image",
     "LogLine",
     "Membership",

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from provisioner import events
 from provisioner.errors import InvalidRequest, NeocloudError
 from provisioner.lifecycle import Actor, record
 from provisioner.models import ApiToken, Membership, Organization, Reservation, SSHKey
@@ -266,6 +267,7 @@ def issue_token(
     row, plaintext = ApiToken.issue(user, name[:100], expires_at=expires_at)
     until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
     record(actor, "token_issue", reason=f"{row.name} ({row.hint}…) for {user.username}{until}")
+    events.api_token_changed(row, created=True, actor_label=str(actor))
     return row, plaintext
 
 
@@ -276,4 +278,6 @@ def revoke_token(token: ApiToken, *, actor: Actor) -> ApiToken:
     if updated:
         record(actor, "token_revoke", reason=f"{token.name} ({token.hint}…)")
     token.refresh_from_db()
+    if updated:
+        events.api_token_changed(token, created=False, actor_label=str(actor))
     return token

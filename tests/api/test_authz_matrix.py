@@ -198,6 +198,10 @@ MATRIX: dict[str, Cell] = {
     ),
     "list audit events": Cell("get", lambda w: f"{V1}/audit-events", everyone(200)),
     "audit event": Cell("get", lambda w: f"{V1}/audit-events/{w.audit_event_id}", acme_only(200)),
+    "list events": Cell("get", lambda w: f"{V1}/events?after=0&limit=10", everyone(200)),
+    "admin list events": Cell(
+        "get", lambda w: f"{V1}/admin/events?after=0&organization=acme", staff_only(200)
+    ),
     "admin list nodes": Cell(
         "get", lambda w: f"{V1}/admin/nodes?state=available&server_type=a100-8x&site=lab", staff_only(200)
     ),

@@ -51,6 +51,7 @@ def test_the_customer_views_are_the_registered_non_admin_routes():
         "organizations",
         "tokens",
         "audit-events",
+        "events",
     }
 
 

@@ -85,7 +85,12 @@ def test_every_list_endpoint_answers_huge_values_without_a_server_error(inventor
     assert f"{V1}/admin/nodes/" in lists and f"{V1}/reservations/" in lists
     for path in lists:
         client = api(inventory.operator if path.startswith(f"{V1}/admin/") else inventory.owner)
-        assert client.get(path).json()["count"] > 0, f"{path} has no rows to page through"
+        body = client.get(path).json()
+        # The event stream pages by cursor (results, next_after), with no count of a stream that grows;
+        # on PostgreSQL it shows no event of this test's own open transaction. tests/api/test_events_api.py
+        # pages it with rows, huge limits and cursors included.
+        if "next_after" not in body:
+            assert body["count"] > 0, f"{path} has no rows to page through"
         for query in (f"limit={HUGE}", f"offset={HUGE}", f"limit={HUGE}&offset={HUGE}"):
             response = client.get(f"{path}?{query}")
             assert response.status_code == 200, f"GET {path}?{query}: {response.content[:300]!r}"

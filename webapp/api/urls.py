@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from webapp.api import customer, operators
+from webapp.api import customer, events, operators
 from webapp.api.docs import ApiDocsView
 
 
@@ -28,10 +28,12 @@ router.register("operations", customer.OperationViewSet, basename="operations")
 router.register("organizations", customer.OrganizationViewSet, basename="organizations")
 router.register("tokens", customer.TokenViewSet, basename="tokens")
 router.register("audit-events", customer.AuditEventViewSet, basename="audit-events")
+router.register("events", events.EventViewSet, basename="events")
 router.register("admin/nodes", operators.AdminNodeViewSet, basename="admin-nodes")
 router.register("admin/quarantine", operators.QuarantineViewSet, basename="admin-quarantine")
 router.register("admin/reservations", operators.AdminReservationViewSet, basename="admin-reservations")
 router.register("admin/reimage-rollouts", operators.RolloutViewSet, basename="admin-rollouts")
+router.register("admin/events", events.AdminEventViewSet, basename="admin-events")
 
 app_name = "api"
 urlpatterns = [

@@ -1,0 +1,268 @@
+"""Prometheus metrics read from the database when scraped (a custom collector).
+
+Every figure comes from rows every process shares, not from counters kept in one process's memory, so
+each web process answers the same and nothing needs prometheus-client's multiprocess mode. Counters
+(``_total``) are counts of rows that only grow (finished operations, burn-in reports); gauges are counts
+of rows in a state now. The one exception, the reserve-to-active histogram, is folded from the event
+stream incrementally (each process remembers how far it read; the stream's numbering makes that
+deterministic, so processes agree once each has read to the end).
+
+The names are documented in docs/events-and-metrics.md; docs/grafana/neocloud.json charts them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult, get_date_max
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from provisioner import events
+from provisioner.models import BurnInReport, Event, Node, Operation, Reservation
+from provisioner.states import (
+    FINISHED_OPERATION_STATES,
+    OPEN_OPERATION_STATES,
+    NodeState,
+    OperationKind,
+    OperationState,
+)
+
+# Seconds from booking (or the window's start) to a server handed over: lab runs take seconds, real
+# servers (netboot, image, burn-in) ten minutes to an hour.
+RESERVE_TO_ACTIVE_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
+# Events folded into the histogram per scrape at most; the rest on the next scrapes.
+EVENTS_PER_SCRAPE = 50_000
+
+
+class ReserveToActive:
+    """The reserve-to-active histogram, folded from ``node.transition`` events to ``active`` made by a
+    provisioning operation (a reimage's return to active is no handover): each server handed over counts
+    once, with the seconds from when its reservation could start (booked, or its window's start if later)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._after, self._last_pk, self._sum = 0, 0, 0.0
+        self._buckets = [0] * (len(RESERVE_TO_ACTIVE_BUCKETS) + 1)
+
+    def _fold(self) -> None:
+        if self._after and not Event.objects.filter(sequence=self._after, pk=self._last_pk).exists():
+            self._reset()  # not the stream it read (a new database): read it again from the start
+        # every type, so that the cursor moves on over stretches without a transition
+        rows = list(
+            Event.objects.filter(sequence__gt=self._after)
+            .order_by("sequence")
+            .values_list("sequence", "pk", "type", "payload")[:EVENTS_PER_SCRAPE]
+        )
+        if not rows:
+            return
+        handovers = [
+            p
+            for _, _, type, p in rows
+            if type == Event.Type.NODE_TRANSITION
+            and p.get("to_state") == NodeState.ACTIVE
+            and p.get("operation")
+            and p.get("reservation")
+        ]
+        provisions = set(
+            Operation.objects.filter(
+                pk__in={p["operation"] for p in handovers}, kind=OperationKind.PROVISION
+            ).values_list("pk", flat=True)
+        )
+        starts = {
+            pk: max(created, starts_at)
+            for pk, created, starts_at in Reservation.objects.filter(
+                pk__in={p["reservation"] for p in handovers}
+            ).values_list("pk", "created_at", "starts_at")
+        }
+        for payload in handovers:
+            start = starts.get(payload["reservation"])
+            if payload["operation"] not in provisions or start is None or not payload.get("at"):
+                continue
+            seconds = max(0.0, (dt.datetime.fromisoformat(payload["at"]) - start).total_seconds())
+            index = next(
+                (i for i, bound in enumerate(RESERVE_TO_ACTIVE_BUCKETS) if seconds <= bound),
+                len(RESERVE_TO_ACTIVE_BUCKETS),
+            )
+            self._buckets[index] += 1
+            self._sum += seconds
+        self._after, self._last_pk = rows[-1][0], rows[-1][1]
+
+    def metric(self) -> HistogramMetricFamily:
+        with self._lock:
+            self._fold()
+            cumulative, running = [], 0
+            for bound, count in zip((*RESERVE_TO_ACTIVE_BUCKETS, float("inf")), self._buckets, strict=True):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            total = self._sum
+        family = HistogramMetricFamily(
+            "neocloud_reserve_to_active_seconds",
+            "Seconds from a reservation's start (booked, or its window's start) to each of its servers "
+            "being handed over (provisioning's move to active)",
+        )
+        family.add_metric([], cumulative, sum_value=total)
+        return family
+
+
+class NeocloudCollector(Collector):
+    """Reads the fleet, the operations, the task queues and burn-in verdicts at scrape time."""
+
+    def __init__(self) -> None:
+        self.reserve_to_active = ReserveToActive()
+
+    def collect(self) -> Iterator[Metric]:
+        now = timezone.now()
+        yield self._servers()
+        yield from self._operations(now)
+        yield from self._queues(now)
+        yield from self._burnin()
+        events.sequence_committed()
+        yield self.reserve_to_active.metric()
+
+    def _servers(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "neocloud_servers",
+            "Servers by lifecycle state, server type and site",
+            labels=["state", "server_type", "site"],
+        )
+        counts = Counter(
+            {
+                (row["state"], row["server_type__slug"], row["rack__site__slug"] or ""): row["n"]
+                for row in Node.objects.values("state", "server_type__slug", "rack__site__slug").annotate(
+                    n=Count("id")
+                )
+            }
+        )
+        # every state of each (type, site) the fleet has, zeros included: a chart's line drops to 0
+        # instead of vanishing when the last server leaves a state
+        places = {(server_type, site) for _, server_type, site in counts}
+        for server_type, site in sorted(places):
+            for state in NodeState.values:
+                family.add_metric([state, server_type, site], counts[(state, server_type, site)])
+        return family
+
+    def _operations(self, now: dt.datetime) -> Iterator[Metric]:
+        rows = Operation.objects.values("kind", "state").annotate(n=Count("id"))
+        by_kind_state = {(r["kind"], r["state"]): r["n"] for r in rows}
+        created = CounterMetricFamily(
+            "neocloud_operations_created", "Operations created (started), by kind", labels=["kind"]
+        )
+        finished = CounterMetricFamily(
+            "neocloud_operations_finished",
+            "Operations that ended, by kind and final state (succeeded, failed, cancelled)",
+            labels=["kind", "state"],
+        )
+        open_ = GaugeMetricFamily(
+            "neocloud_operations_open",
+            "Operations not finished, by kind and state (pending, running, waiting)",
+            labels=["kind", "state"],
+        )
+        for kind in OperationKind.values:
+            created.add_metric([kind], sum(n for (k, _), n in by_kind_state.items() if k == kind))
+            for state in FINISHED_OPERATION_STATES:
+                finished.add_metric([kind, state], by_kind_state.get((kind, state), 0))
+            for state in OPEN_OPERATION_STATES:
+                open_.add_metric([kind, state], by_kind_state.get((kind, state), 0))
+        yield created
+        yield finished
+        yield open_
+
+        waiting = GaugeMetricFamily(
+            "neocloud_operations_waiting",
+            "Operations parked on the outside world, by what they wait for",
+            labels=["wait_for"],
+        )
+        oldest = GaugeMetricFamily(
+            "neocloud_operations_waiting_oldest_seconds",
+            "Seconds the longest-waiting operation has waited, by what it waits for",
+            labels=["wait_for"],
+        )
+        for row in (
+            Operation.objects.filter(state=OperationState.WAITING)
+            .values("wait_for")
+            .annotate(n=Count("id"), since=Min("waiting_since"))
+            .order_by("wait_for")
+        ):
+            waiting.add_metric([row["wait_for"]], row["n"])
+            since = row["since"]
+            oldest.add_metric([row["wait_for"]], max(0.0, (now - since).total_seconds()) if since else 0.0)
+        yield waiting
+        yield oldest
+
+    def _queues(self, now: dt.datetime) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "neocloud_queue_ready_tasks",
+            "Tasks ready to run now, waiting for a worker, by queue",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "neocloud_queue_oldest_ready_age_seconds",
+            "Seconds the oldest ready task has been ready (since enqueued, or since its run_after), by queue",
+            labels=["queue"],
+        )
+        running = GaugeMetricFamily(
+            "neocloud_queue_running_tasks", "Tasks a worker runs now, by queue", labels=["queue"]
+        )
+        delayed = GaugeMetricFamily(
+            "neocloud_queue_delayed_tasks",
+            "Tasks queued to run later (a recheck, a backoff), by queue",
+            labels=["queue"],
+        )
+        never = get_date_max()
+        stats: dict[str, dict[str, Any]] = defaultdict(dict)
+        for row in (
+            DBTaskResult.objects.filter(status__in=["READY", "RUNNING"])
+            .values("queue_name")
+            .annotate(
+                running=Count("id", filter=Q(status="RUNNING")),
+                ready=Count("id", filter=Q(status="READY") & (Q(run_after=never) | Q(run_after__lte=now))),
+                delayed=Count("id", filter=Q(status="READY", run_after__gt=now) & ~Q(run_after=never)),
+                enqueued=Min("enqueued_at", filter=Q(status="READY", run_after=never)),
+                due=Min("run_after", filter=Q(status="READY", run_after__lte=now)),
+            )
+        ):
+            stats[row["queue_name"]] = row
+        for queue in sorted(stats):
+            row = stats[queue]
+            ready.add_metric([queue], row["ready"])
+            running.add_metric([queue], row["running"])
+            delayed.add_metric([queue], row["delayed"])
+            since = [t for t in (row["enqueued"], row["due"]) if t is not None]
+            age.add_metric([queue], max(0.0, (now - min(since)).total_seconds()) if since else 0.0)
+        yield ready
+        yield age
+        yield running
+        yield delayed
+
+    def _burnin(self) -> Iterator[Metric]:
+        reports = CounterMetricFamily(
+            "neocloud_burnin_reports", "Burn-in reports written, by result", labels=["result"]
+        )
+        verdicts = Counter(BurnInReport.objects.values_list("passed", flat=True))
+        reports.add_metric(["passed"], verdicts[True])
+        reports.add_metric(["failed"], verdicts[False])
+        yield reports
+        failures = CounterMetricFamily(
+            "neocloud_burnin_check_failures",
+            "Failed checks in burn-in reports, by check (a check that failed on two GPUs counts twice)",
+            labels=["check"],
+        )
+        by_check: Counter[str] = Counter()
+        for checks in (
+            BurnInReport.objects.filter(passed=False).values_list("failed_checks", flat=True).iterator()
+        ):
+            for check in checks or []:
+                by_check[str(check.get("name") or "unknown")] += 1
+        for check in sorted(by_check):
+            failures.add_metric([check], by_check[check])
+        yield failures
