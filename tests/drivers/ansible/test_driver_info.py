@@ -53,6 +53,7 @@ def test_a_server_without_driver_info_burns_in_its_gpus_through_nvml(
     inventory, playbook_hostvars, settings
 ) -> None:
     settings.NEOCLOUD_BURNIN_LOAD_SECONDS = 45.0
+    settings.NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS = 120.0  # one playbook run (the detached path: e2e test)
     node = Node.objects.get(name="node-h100-8x-01")
     assert node.driver_info == {}
 
