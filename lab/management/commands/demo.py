@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from lab.database import migrate_if_needed
 from lab.management.commands.lab import start_lab, stop_lab
 from provisioner.lifecycle import Actor
 from provisioner.models import (
@@ -52,6 +53,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         if os.geteuid() != 0:
             raise CommandError("the demo needs root: lab servers get network namespaces and BMCs on port 623")
+        migrate_if_needed(self.stdout.write)
         self.procs: list[subprocess.Popen] = []
         self.seen_events: set[int] = set()
         self.seen_lines: set[int] = set()

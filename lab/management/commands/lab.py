@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from lab import supervisor
+from lab.database import migrate_if_needed
 from lab.images import (
     ensure_demo_image,
     ensure_lab_os_image,
@@ -184,6 +185,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             if opts["action"] == "up":
+                if not opts["no_enroll"]:
+                    migrate_if_needed(self.stdout.write)
                 specs = start_lab(
                     opts["nodes"],
                     protocols=opts["protocols"],
