@@ -57,9 +57,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("bmc-cert")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={ADDRESS}"]
-        + ["-addext", f"subjectAltName=IP:{ADDRESS}"],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", f"/CN={ADDRESS}"),
+            *("-addext", f"subjectAltName=IP:{ADDRESS}"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -154,7 +156,7 @@ def test_a_self_signed_certificate_that_must_verify_is_named(tls_bmc: tuple[int,
 
 
 def test_http_to_a_tls_bmc_says_it_may_speak_https(tls_bmc: tuple[int, SimulatedServer]) -> None:
-    port, server = tls_bmc
+    port, _server = tls_bmc
     driver = _driver(port, "http")
     try:
         with pytest.raises(BmcUnreachable) as caught:
