@@ -35,6 +35,11 @@ class LabNodeSpec:
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
     ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)
 
+    @property
+    def bmc_scheme(self) -> str:
+        """The Redfish service's URL scheme: the lab's Redfish BMC speaks plain HTTP ("" for IPMI)."""
+        return "http" if self.bmc_protocol == "redfish" else ""
+
     def os_python(self) -> str:
         """The Python of the OS this node runs once deployed: a simulated node's "OS" is this host's, run
         in the node's network namespace; an emulated computer boots the lab OS image (Debian's python3)."""

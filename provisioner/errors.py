@@ -114,6 +114,16 @@ class BmcUnreachable(DriverError):
     retryable = True
 
 
+class BmcTlsError(BmcUnreachable):
+    """The BMC answered, but no TLS session could be set up with it: a plain-HTTP service spoken to with
+    https, a certificate that does not verify, a protocol error. Named as such so that the cause is not
+    hidden behind "could not be reached". It is the record's or the BMC's configuration, not a passing
+    fault: the same call fails the same way again, so it is not retried."""
+
+    code = "bmc_tls_failed"
+    retryable = False
+
+
 class BmcAuthFailed(DriverError):
     """The BMC refused our credentials. Retrying with the same password will not help."""
 

@@ -49,7 +49,8 @@ class BootSetting:
 
 @dataclasses.dataclass(frozen=True)
 class BmcAccess:
-    """How to reach one BMC. ``system_id`` picks the Redfish ComputerSystem when a BMC has several."""
+    """How to reach one BMC. ``system_id`` picks the Redfish ComputerSystem when a BMC has several;
+    ``scheme`` is the Redfish service's URL scheme (http or https, from the node's record; IPMI ignores it)."""
 
     protocol: str  # "ipmi" | "redfish" | "fake"
     address: str
@@ -59,11 +60,12 @@ class BmcAccess:
     system_id: str = ""
     timeout: float = 5.0
     verify_tls: bool = False
+    scheme: str = "https"
 
     def __repr__(self) -> str:  # never show the password, even in tracebacks
         return (
             f"BmcAccess(protocol={self.protocol!r}, address={self.address!r}, port={self.port}, "
-            f"username={self.username!r}, password='***', system_id={self.system_id!r})"
+            f"username={self.username!r}, password='***', system_id={self.system_id!r}, scheme={self.scheme!r})"
         )
 
     @property
@@ -100,6 +102,7 @@ class NodeRecord:
     bmc_address: str
     bmc_port: int | None
     bmc_system_id: str = ""
+    bmc_scheme: str = ""  # Redfish: "http" | "https"; "" for protocols without one
     bmc_username: str | None = None  # None: no BMC credential is stored
     bmc_password_readable: bool = False
     boot_mac: str = ""
@@ -111,6 +114,17 @@ class NodeRecord:
     deploys: bool = False
     check_image: bool = False
     image: ImageRecord | None = None
+
+
+REDFISH_SCHEMES = ("http", "https")
+
+
+def default_redfish_scheme(port: int) -> str:
+    """The scheme a Redfish BMC record gets when its inventory does not name one: plain HTTP on 80 and 8000
+    (the emulators' ports: sushy-tools, the lab), HTTPS elsewhere. This was once the driver's guess on every
+    call; now it is only a default written into the node's record once (enrollment, the migration that
+    added the field), where the operator can see and change it."""
+    return "http" if port in (80, 8000) else "https"
 
 
 _MAC = re.compile(r"\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")

@@ -5,8 +5,12 @@ Power goes through ``Actions/#ComputerSystem.Reset`` using only the ResetType va
 (``BootSourceOverrideTarget``/``Enabled``/``Mode``), checked against the advertised allowable values
 first. When the BMC lists several Systems members the driver uses ``BmcAccess.system_id``.
 
+The service's URL is ``BmcAccess.scheme``://address:port: the scheme comes from the node's BMC record
+(``Node.bmc_scheme``), never guessed from the port here.
+
 The sushy connection (and its Redfish session) is kept per driver instance and rebuilt after an error.
-Errors: connection failure or timeout -> BmcUnreachable; 401/403 -> BmcAuthFailed; other HTTP errors
+Errors: no TLS session (https to a plain-HTTP service, a certificate that does not verify, a protocol
+error) -> BmcTlsError, naming the TLS reason; other connection failures or a timeout -> BmcUnreachable; 401/403 -> BmcAuthFailed; other HTTP errors
 -> BmcCommandFailed; a value the BMC does not advertise -> UnsupportedOperation. sushy's messages carry
 URLs and Redfish error bodies only, never the password.
 """
@@ -14,6 +18,7 @@ URLs and Redfish error bodies only, never the password.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +27,7 @@ import sushy
 from sushy import exceptions as sushy_exc
 
 from provisioner.drivers.base import (
+    REDFISH_SCHEMES,
     BmcAccess,
     BootDevice,
     BootMode,
@@ -34,6 +40,7 @@ from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
 from provisioner.errors import (
     BmcAuthFailed,
     BmcCommandFailed,
+    BmcTlsError,
     BmcUnreachable,
     DriverError,
     InvalidNodeData,
@@ -52,6 +59,27 @@ MODE_BY_BOOTMODE = {
 BOOTMODE_BY_MODE = {v: k for k, v in MODE_BY_BOOTMODE.items()}
 
 
+def _tls_failure(err: BaseException) -> BaseException | None:
+    """The error behind a sushy ConnectionError if TLS is what failed: the ssl module's where it can be
+    found, else requests' SSLError. sushy wraps requests' SSLError, which wraps urllib3's MaxRetryError and
+    SSLError, which wrap the ssl module's error: the chain is followed through causes, contexts,
+    ``reason`` and ``args``."""
+    seen: set[int] = set()
+    todo: list[object] = [err]
+    found: BaseException | None = None
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        if found is None and isinstance(current, requests.exceptions.SSLError):
+            found = current
+        todo.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return found
+
+
 class RedfishPowerDriver(PowerDriver):
     """PowerDriver over Redfish (sushy). One instance per node; calls are capped by ``limits``."""
 
@@ -63,7 +91,8 @@ class RedfishPowerDriver(PowerDriver):
     @classmethod
     def validate(cls, node: NodeRecord) -> None:
         """The BMC record (the base rules), a user name to log in with (Redfish has no anonymous login
-        here), and an address that fits in the BMC's URL (an IPv6 address in brackets). No I/O.
+        here), an address that fits in the BMC's URL (an IPv6 address in brackets) and the URL's scheme
+        (http or https). No I/O.
 
         :raises InvalidNodeData: naming the field.
         """
@@ -79,13 +108,18 @@ class RedfishPowerDriver(PowerDriver):
                 "bmc_address",
                 f"{address!r} does not fit in a URL: write an IPv6 address in brackets ([{address}])",
             )
+        if node.bmc_scheme not in REDFISH_SCHEMES:
+            raise InvalidNodeData(
+                node.name,
+                "bmc_scheme",
+                f"{node.bmc_scheme or 'no scheme'!r} is not a Redfish URL scheme: set http or https",
+            )
 
     # --- plumbing ---------------------------------------------------------------------------------
 
     @property
     def _base_url(self) -> str:
-        scheme = "http" if self.access.port in (80, 8000) else "https"
-        return f"{scheme}://{self.access.address}:{self.access.port}"
+        return f"{self.access.scheme}://{self.access.address}:{self.access.port}"
 
     def _connect(self) -> sushy.Sushy:
         if self._root is None:
@@ -126,6 +160,9 @@ class RedfishPowerDriver(PowerDriver):
                 ) from None
             except sushy_exc.ConnectionError as err:
                 self._reset_connection()
+                tls = _tls_failure(err)
+                if tls is not None:
+                    raise BmcTlsError(self._tls_message(tls)) from None
                 raise BmcUnreachable(
                     f"{self.access.label} {self._unreachable_reason(err)}; check the BMC's "
                     "network and power (the node's power state is unknown until it answers)"
@@ -156,8 +193,29 @@ class RedfishPowerDriver(PowerDriver):
         if "Connection refused" in text:
             return "refused the connection (nothing listening on its port)"
         if "closed connection without response" in text or "Connection reset" in text:
+            if self.access.scheme == "http":
+                return (
+                    "closed the connection without answering (if its Redfish service speaks HTTPS, "
+                    "set the node's BMC scheme to https)"
+                )
             return "closed the connection without answering"
         return f"could not be reached within {self.access.timeout:.1f} s"
+
+    def _tls_message(self, failure: BaseException) -> str:
+        """The TLS failure in words: its reason (OpenSSL's, or the certificate check's) and what to check."""
+        if isinstance(failure, ssl.SSLCertVerificationError):
+            reason = f"certificate verify failed: {failure.verify_message or failure.reason}"
+            hint = "is the BMC's certificate signed by a trusted CA for this address?"
+        elif isinstance(failure, ssl.SSLError) and failure.reason:
+            reason = failure.reason.replace("_", " ").lower()
+            hint = "is the BMC's scheme http?"
+        else:
+            reason = str(failure)
+            hint = "is the BMC's scheme http?"
+        return (
+            f"{self.access.label}: TLS handshake with {self.access.address}:{self.access.port} failed: "
+            f"{reason} ({hint})"
+        )
 
     def _reset_connection(self) -> None:
         root, self._root = self._root, None

@@ -142,6 +142,14 @@ class Node(models.Model):
     bmc_address = models.CharField(max_length=255)
     bmc_port = models.PositiveIntegerField()
     bmc_system_id = models.CharField(max_length=100, blank=True, help_text="Redfish ComputerSystem id")
+    # The Redfish service's URL scheme (Ironic's redfish_address carries it): http or https, blank for IPMI.
+    # Never guessed from the port by the driver; enrollment writes a default when the inventory names none.
+    bmc_scheme = models.CharField(
+        max_length=5,
+        blank=True,
+        choices=[("http", "HTTP"), ("https", "HTTPS")],
+        help_text="Redfish URL scheme (blank for IPMI)",
+    )
     # Stored as aa:bb:cc:dd:ee:ff (save() lower-cases and turns dashes into colons): the boot service looks
     # MACs up in that form, so a node edited as AA-BB-... would never network-boot.
     boot_mac = models.CharField(
@@ -232,6 +240,7 @@ class Node(models.Model):
             username=cred.username,
             password=cred.password,
             system_id=self.bmc_system_id,
+            scheme=self.bmc_scheme or "https",
             timeout=timeout if timeout is not None else settings.NEOCLOUD_BMC_TIMEOUT_SECONDS,
         )
 

@@ -7,8 +7,12 @@ File shape (see inventory/example.yaml):
   (deploy_driver, burnin_driver: optional, a driver name; blank or left out: the installation's default)
   images: [{slug, name, url, sha256, size_bytes, format, os_name}]
   nodes: [{name, serial, server_type, site, rack, boot_mac, address,
-           bmc: {protocol, address, port, username, password | password_env | password_file, system_id},
+           bmc: {protocol, address, port, scheme, username, password | password_env | password_file,
+                 system_id},
            driver_info: {python, burnin_backend, ...}}]   (optional; see provisioner/drivers/ansible/driver_info.py)
+A Redfish BMC's scheme (http or https) is ``scheme`` or the address written as a URL, as Ironic's
+redfish_address (``address: https://10.0.0.5:8443``); with neither, http on ports 80 and 8000, https on any
+other (what the driver once guessed on every call), written into the node's record.
 BMC passwords never live in committed files: use password_env or password_file (the lab's generated
 inventory under var/ holds its throwaway lab passwords inline).
 """
@@ -19,6 +23,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from django.core.exceptions import ValidationError
@@ -26,6 +31,7 @@ from django.core.validators import validate_ipv46_address
 from django.db import transaction
 
 from provisioner.drivers.ansible.driver_info import checked_driver_info
+from provisioner.drivers.base import REDFISH_SCHEMES, default_redfish_scheme
 from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.errors import InvalidRequest
 from provisioner.lifecycle import Actor, process_event, record
@@ -70,6 +76,67 @@ def checked_port(value: Any, where: str) -> int:
     if not 0 < port < 65536:
         raise InvalidRequest(f"{where}: port {value!r} is not a TCP port (1-65535)")
     return port
+
+
+def checked_scheme(protocol: str, scheme: Any, port: int, where: str) -> str:
+    """The BMC record's URL scheme: for Redfish ``scheme`` (http or https) or, when not given, the default
+    for ``port``; for the other protocols blank (they have none, so naming one is refused).
+
+    :raises InvalidRequest: a scheme that is not http or https, or one given to a protocol without any.
+    """
+    given = str(scheme or "").strip().lower()
+    if protocol != "redfish":
+        if given:
+            raise InvalidRequest(f"{where}: scheme {scheme!r} is for Redfish; {protocol} has no URL scheme")
+        return ""
+    if not given:
+        return default_redfish_scheme(port)
+    if given not in REDFISH_SCHEMES:
+        raise InvalidRequest(f"{where}: scheme {scheme!r} is not http or https")
+    return given
+
+
+def bmc_endpoint(bmc: dict[str, Any], where: str) -> tuple[str, int, str]:
+    """Address, port and scheme of an inventory ``bmc`` mapping. A Redfish address may be a URL
+    (``https://10.0.0.5:8443``, ``http://[2001:db8::5]:8000``), which gives the scheme and, when it has one,
+    the port; a ``scheme`` or ``port`` given beside it must agree with it.
+
+    :raises InvalidRequest: in words, naming what is wrong.
+    """
+    protocol = str(bmc["protocol"])
+    address = str(bmc["address"]).strip()
+    if "://" not in address:
+        port = checked_port(bmc.get("port", 623 if protocol == "ipmi" else 443), where)
+        return address, port, checked_scheme(protocol, bmc.get("scheme"), port, where)
+    if protocol != "redfish":
+        raise InvalidRequest(
+            f"{where}: address {address!r} is a URL; only a Redfish BMC's address may be one "
+            f"({protocol} takes a host name or IP address)"
+        )
+    url = urlsplit(address)
+    if "@" in url.netloc:  # never quoted: the part before the @ may hold the BMC's password
+        raise InvalidRequest(
+            f"{where}: the address URL holds a user name or password; give them as username and password"
+        )
+    try:
+        url_port = url.port
+    except ValueError:
+        raise InvalidRequest(f"{where}: address {address!r} has no valid port (1-65535)") from None
+    if url.scheme.lower() not in REDFISH_SCHEMES:
+        raise InvalidRequest(f"{where}: address {address!r}: scheme {url.scheme!r} is not http or https")
+    if not url.hostname or url.path not in ("", "/") or url.query or url.fragment:
+        raise InvalidRequest(
+            f"{where}: address {address!r} is not scheme://host[:port] (no path or query: the driver "
+            "finds the Redfish service under /redfish/v1 itself)"
+        )
+    scheme = url.scheme.lower()
+    if bmc.get("scheme") and str(bmc["scheme"]).strip().lower() != scheme:
+        raise InvalidRequest(f"{where}: scheme {bmc['scheme']!r} disagrees with address {address!r}")
+    if url_port is not None and "port" in bmc and checked_port(bmc["port"], where) != url_port:
+        raise InvalidRequest(f"{where}: port {bmc['port']!r} disagrees with address {address!r}")
+    port = url_port or checked_port(bmc.get("port", 443 if scheme == "https" else 80), where)
+    host = url.hostname
+    return (f"[{host}]" if ":" in host else host), port, scheme
 
 
 def _checked_node(nd: Any, index: int) -> tuple[str, dict[str, Any]]:
@@ -208,15 +275,17 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
         boot_mac = normalize_mac(str(nd["boot_mac"]))
         serial = str(nd.get("serial") or "")
         _refuse_duplicates(name, boot_mac, serial)
+        if bmc["protocol"] not in Node.BmcProtocol.values:
+            raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")
+        bmc_address, bmc_port, bmc_scheme = bmc_endpoint(bmc, f"node {name}: bmc")
         fields = {
             "serial": serial,
             "server_type": server_type,
             "rack": rack,
             "bmc_protocol": bmc["protocol"],
-            "bmc_address": bmc["address"],
-            "bmc_port": checked_port(
-                bmc.get("port", 623 if bmc["protocol"] == "ipmi" else 443), f"node {name}: bmc"
-            ),
+            "bmc_address": bmc_address,
+            "bmc_port": bmc_port,
+            "bmc_scheme": bmc_scheme,
             "bmc_system_id": bmc.get("system_id", ""),
             "boot_mac": boot_mac,
             "primary_address": nd.get("address") or None,
@@ -228,8 +297,6 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             # the whole mapping, as any field of the entry: keys left out of the file fall back to defaults
             "driver_info": checked_driver_info(nd.get("driver_info"), f"node {name}"),
         }
-        if bmc["protocol"] not in Node.BmcProtocol.values:
-            raise InvalidRequest(f"node {name}: bmc protocol must be one of {Node.BmcProtocol.values}")
         _refuse_changes_while_held(name, fields)
         node, created = Node.objects.update_or_create(name=name, defaults=fields)
         cred, _ = BmcCredential.objects.get_or_create(

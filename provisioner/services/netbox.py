@@ -5,7 +5,8 @@ What a device maps to:
 - server type: the device custom field ``neocloud_server_type``, else the device type's slug, matched to
   ServerType.slug (an unknown one: the device is reported and skipped);
 - BMC: address from ``oob_ip`` (its prefix length dropped), protocol, port and Redfish system id from the
-  custom fields ``bmc_protocol`` (ipmi|redfish), ``bmc_port``, ``redfish_system_id``. BMC logins never come
+  custom fields ``bmc_protocol`` (ipmi|redfish), ``bmc_port``, ``redfish_system_id`` and ``bmc_scheme``
+  (http|https, Redfish only; not set: http on ports 80 and 8000, https on any other). BMC logins never come
   from NetBox: a new node takes its username and password from the credentials file (an entry for its site,
   else ``default``); an existing node keeps its own;
 - boot MAC: the interface tagged ``pxe``, else the only non-management interface with a MAC (NetBox < 4.2
@@ -47,7 +48,13 @@ from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.lifecycle import Actor, process_event, record
 from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
 from provisioner.services import nodes as node_services
-from provisioner.services.inventory import checked_port, normalize_mac, read_password, required_field
+from provisioner.services.inventory import (
+    checked_port,
+    checked_scheme,
+    normalize_mac,
+    read_password,
+    required_field,
+)
 from provisioner.states import NodeEvent, NodeState
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,7 @@ _SYNCED_FIELDS = (
     "bmc_address",
     "bmc_port",
     "bmc_system_id",
+    "bmc_scheme",
     "boot_mac",
 )
 
@@ -383,7 +391,12 @@ def _wanted(
         raise InvalidRequest(
             f"device {name}: custom field bmc_protocol is {protocol or 'not set'!r}; it must be ipmi or redfish"
         )
-    port = cf.get("bmc_port") or (623 if protocol == "ipmi" else 443)
+    port = checked_port(
+        cf.get("bmc_port") or (623 if protocol == "ipmi" else 443), f"device {name}: custom field bmc_port"
+    )
+    # an IPMI device's bmc_scheme is ignored, as its redfish_system_id is (a custom field's default may set it)
+    given = cf.get("bmc_scheme") if protocol == "redfish" else None
+    scheme = checked_scheme(protocol, given, port, f"device {name}: custom field bmc_scheme")
     mac = _boot_mac(name, interfaces)
     _check_gpus(name, server_type, gpus)
     wanted = {
@@ -394,7 +407,8 @@ def _wanted(
         "rack": dev.get("rack"),
         "bmc_protocol": protocol,
         "bmc_address": address,
-        "bmc_port": checked_port(port, f"device {name}: custom field bmc_port"),
+        "bmc_port": port,
+        "bmc_scheme": scheme,
         "bmc_system_id": str(cf.get("redfish_system_id") or "") if protocol == "redfish" else "",
         "boot_mac": mac,
     }

@@ -61,6 +61,7 @@ def target(
         spec.bmc_username,
         spec.bmc_password,
         system_id=spec.system_id,
+        scheme=spec.bmc_scheme or "https",
         timeout=5.0,  # generous: CI machines are loaded; timeout behaviour is tested explicitly below
     )
     directory = node_dir(lab_dir, spec.name)

@@ -20,7 +20,7 @@ from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.redfish import RedfishPowerDriver
 
-ADDRESS, PORT = "127.0.77.1", 8000  # port 8000: the driver speaks plain HTTP there, as to the lab
+ADDRESS, PORT = "127.0.77.1", 8000  # the lab's Redfish service speaks plain HTTP
 
 
 class TransitionServer(RedfishHttpServer):
@@ -53,7 +53,9 @@ def bmc() -> Iterator[tuple[TransitionServer, SimulatedServer, BmcAccess]]:
     httpd.RequestHandlerClass = TransitionHandler
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    access = BmcAccess("redfish", ADDRESS, PORT, "admin", "pw-s3cret", system_id="1", timeout=5.0)
+    access = BmcAccess(
+        "redfish", ADDRESS, PORT, "admin", "pw-s3cret", system_id="1", timeout=5.0, scheme="http"
+    )
     try:
         yield httpd, server, access
     finally:

@@ -27,6 +27,7 @@ GOOD = NodeRecord(
     bmc_protocol="ipmi",
     bmc_address="10.0.0.5",
     bmc_port=623,
+    bmc_scheme="https",  # Redfish's (a complete record for every power driver; IPMI ignores it)
     bmc_username="admin",
     bmc_password_readable=True,
     boot_mac="52:54:00:12:34:56",
@@ -102,6 +103,16 @@ def test_redfish_needs_an_ipv6_bmc_address_in_brackets_to_build_its_url():
     assert "[fd00::5]" in err.reason
     RedfishPowerDriver.validate(dataclasses.replace(GOOD, bmc_address="[fd00::5]"))
     IpmiPowerDriver.validate(record)  # pyghmi takes the bare address
+
+
+@pytest.mark.parametrize("scheme", ["", "ftp", "HTTPS"])
+def test_redfish_needs_its_url_scheme_in_the_record_and_ipmi_ignores_it(scheme):
+    record = dataclasses.replace(GOOD, bmc_scheme=scheme)
+    err = refused(RedfishPowerDriver, record)
+    assert err.field == "bmc_scheme"
+    assert "http or https" in err.reason
+    IpmiPowerDriver.validate(record)
+    RedfishPowerDriver.validate(dataclasses.replace(GOOD, bmc_scheme="http"))
 
 
 @pytest.mark.parametrize("driver", DEPLOY)

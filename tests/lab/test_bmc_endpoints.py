@@ -133,7 +133,15 @@ def test_no_bmc_password_on_any_command_line_during_a_lab_run(lab: tuple[Path, l
     )
     try:
         accesses = [
-            BmcAccess(s.bmc_protocol, s.bmc_address, s.bmc_port, s.bmc_username, s.bmc_password, s.system_id)
+            BmcAccess(
+                s.bmc_protocol,
+                s.bmc_address,
+                s.bmc_port,
+                s.bmc_username,
+                s.bmc_password,
+                s.system_id,
+                scheme=s.bmc_scheme or "https",
+            )
             for s in specs
         ]
         sweep_power(accesses, timeout=2.0, max_workers=4)

@@ -242,3 +242,88 @@ def test_a_driver_info_with_an_unknown_key_or_a_bad_value_is_refused_naming_the_
     with pytest.raises(CommandError, match=message):
         _enroll(tmp_path, _node_with_driver_info(driver_info))
     assert not Node.objects.exists()
+
+
+def _redfish(bmc: str) -> str:
+    return (
+        "  - {name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01',\n"
+        f"     bmc: {{protocol: redfish, {bmc}, username: admin, password: hunter2-bmc}}}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bmc", "recorded"),
+    [
+        # no scheme named: what the driver once guessed from the port, now written into the record
+        ("address: 10.0.0.5", ("10.0.0.5", 443, "https")),
+        ("address: 10.0.0.5, port: 8000", ("10.0.0.5", 8000, "http")),
+        ("address: 10.0.0.5, port: 8080", ("10.0.0.5", 8080, "https")),
+        # named: a plain-HTTP BMC on any port
+        ("address: 10.0.0.5, port: 8080, scheme: http", ("10.0.0.5", 8080, "http")),
+        ("address: 10.0.0.5, port: 80, scheme: HTTPS", ("10.0.0.5", 80, "https")),
+        # a URL, as Ironic's redfish_address
+        ("address: 'https://10.0.0.5:8443'", ("10.0.0.5", 8443, "https")),
+        ("address: 'http://10.0.0.5:8001/'", ("10.0.0.5", 8001, "http")),
+        ("address: 'http://bmc-7.example'", ("bmc-7.example", 80, "http")),
+        ("address: 'https://10.0.0.5'", ("10.0.0.5", 443, "https")),
+        (
+            "address: 'https://[2001:db8::5]:8443', scheme: https, port: 8443",
+            ("[2001:db8::5]", 8443, "https"),
+        ),
+    ],
+)
+def test_a_redfish_bmc_records_its_scheme_from_the_inventory(
+    db, tmp_path: Path, bmc: str, recorded: tuple[str, int, str]
+) -> None:
+    _enroll(tmp_path, _redfish(bmc))
+    node = Node.objects.get(name="n1")
+    assert (node.bmc_address, node.bmc_port, node.bmc_scheme) == recorded
+    access = node.bmc_access()
+    assert (access.scheme, access.address, access.port) == (recorded[2], recorded[0], recorded[1])
+
+
+def test_an_ipmi_bmc_records_no_scheme(db, tmp_path: Path) -> None:
+    _enroll(tmp_path, f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}}}}}\n")
+    assert Node.objects.get(name="n1").bmc_scheme == ""
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        (_redfish("address: 10.0.0.5, scheme: ftp"), "node n1: bmc: scheme 'ftp' is not http or https"),
+        (
+            _redfish("address: 'ftp://10.0.0.5'"),
+            r"node n1: bmc: address 'ftp://10.0.0.5': scheme 'ftp' is not",
+        ),
+        (_redfish("address: 'https://10.0.0.5:99999'"), "node n1: bmc: address .* has no valid port"),
+        (_redfish("address: 'https://10.0.0.5/redfish/v1'"), r"is not scheme://host\[:port\]"),
+        (
+            _redfish("address: 'https://root:hunter2-bmc@10.0.0.5'"),
+            "node n1: bmc: the address URL holds a user name or password; give them as username and password",
+        ),
+        (
+            _redfish("address: 'https://10.0.0.5:8443', scheme: http"),
+            "node n1: bmc: scheme 'http' disagrees with address 'https://10.0.0.5:8443'",
+        ),
+        (
+            _redfish("address: 'https://10.0.0.5:8443', port: 443"),
+            "node n1: bmc: port 443 disagrees with address 'https://10.0.0.5:8443'",
+        ),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', bmc: {{{BMC}, scheme: https}}}}\n",
+            "node n1: bmc: scheme 'https' is for Redfish; fake has no URL scheme",
+        ),
+        (
+            "  - {name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01',\n"
+            "     bmc: {protocol: ipmi, address: 'https://10.0.0.5', username: a, password: hunter2-bmc}}\n",
+            "node n1: bmc: address 'https://10.0.0.5' is a URL; only a Redfish BMC's address may be one",
+        ),
+    ],
+)
+def test_a_bad_bmc_scheme_or_url_is_refused_with_a_sentence(
+    db, tmp_path: Path, nodes: str, message: str
+) -> None:
+    with pytest.raises(CommandError, match=message) as caught:
+        _enroll(tmp_path, nodes)
+    assert "hunter2-bmc" not in str(caught.value)
+    assert not Node.objects.exists()

@@ -127,6 +127,7 @@ def test_first_sync_creates_sites_racks_and_nodes_with_bmc_mac_and_type(lab: Lab
     b = Node.objects.get(name="fra1-gpu-02")
     assert (b.server_type.slug, b.rack, b.netbox_id) == ("a100-8x", None, redfish)
     assert (b.bmc_protocol, b.bmc_address, b.bmc_port) == ("redfish", "2001:db8::2", 8443)
+    assert (a.bmc_scheme, b.bmc_scheme) == ("", "https")  # no bmc_scheme custom field: https on 8443
     assert (b.bmc_system_id, b.boot_mac) == ("System.Embedded.1", "b8:3f:d2:00:00:99")
     assert (b.bmc_credential.username, b.bmc_credential.password) == ("admin", "bmc-default-pw")
     assert AuditEvent.objects.filter(node=a, action="enroll", actor_label="netbox-test").exists()
@@ -342,6 +343,10 @@ BAD_DEVICES = [
         _set("custom_fields", {"bmc_protocol": "redfish", "redfish_system_id": "S" * 101}),
         "device gpu-1: custom field redfish_system_id 'SSS",
     ),
+    (
+        _set("custom_fields", {"bmc_protocol": "redfish", "bmc_scheme": "ftp"}),
+        "device gpu-1: custom field bmc_scheme: scheme 'ftp' is not http or https",
+    ),
     (_set("serial", "N" * 101), "is longer than the 100 characters kept here"),
     (
         _rename_rack("r" * 51),
@@ -352,6 +357,27 @@ BAD_DEVICES = [
         f"device gpu-1: site slug '{'s' * 51}' is longer than the 50 characters kept here",
     ),
 ]
+
+
+def test_the_bmc_scheme_custom_field_sets_a_redfish_nodes_scheme_and_an_ipmi_node_ignores_it(
+    lab: Lab, credentials
+) -> None:
+    redfish = lab.gpu_server(
+        "gpu-1", 1, custom_fields={"bmc_protocol": "redfish", "bmc_port": 8443, "bmc_scheme": "http"}
+    )
+    lab.gpu_server("gpu-2", 2, custom_fields={"bmc_protocol": "ipmi", "bmc_scheme": "https"})
+
+    assert lab.sync(credentials).ok
+
+    node = Node.objects.get(name="gpu-1")
+    assert (node.bmc_port, node.bmc_scheme, node.bmc_access().scheme) == (8443, "http", "http")
+    assert Node.objects.get(name="gpu-2").bmc_scheme == ""
+
+    lab.data.devices[redfish]["custom_fields"]["bmc_scheme"] = "https"
+    outcome, message = outcomes(lab.sync())["gpu-1"]
+    assert outcome == "updated", message
+    node.refresh_from_db()
+    assert node.bmc_scheme == "https"
 
 
 @pytest.mark.parametrize(("breakage", "message"), BAD_DEVICES)

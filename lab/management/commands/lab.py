@@ -93,6 +93,7 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
                 "protocol": s.bmc_protocol,
                 "address": s.bmc_address,
                 "port": s.bmc_port,
+                **({"scheme": s.bmc_scheme} if s.bmc_scheme else {}),
                 "username": s.bmc_username,
                 "password": s.bmc_password,
                 "system_id": s.system_id,
