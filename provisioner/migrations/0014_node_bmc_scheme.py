@@ -15,7 +15,7 @@ def scheme_from_port(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("provisioner", "0012_servertype_drivers"),
+        ("provisioner", "0013_event_stream"),
     ]
 
     operations = [
