@@ -37,9 +37,9 @@ from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
 from provisioner import hardware
-from provisioner.engine.queue import create_operation, enqueue, wake
+from provisioner.engine.queue import create_operations, enqueue_many, site_queue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
-from provisioner.lifecycle import Actor, process_event, record
+from provisioner.lifecycle import Actor, process_events, record
 from provisioner.models import (
     Allocation,
     Image,
@@ -52,6 +52,7 @@ from provisioner.models import (
 )
 from provisioner.states import (
     ALLOCATABLE_STATES,
+    LEASED_STATES,
     OPEN_OPERATION_STATES,
     OPEN_RESERVATION_STATES,
     NodeEvent,
@@ -282,7 +283,7 @@ def book_servers(
     if starts_now:
         try:
             with transaction.atomic():
-                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state")
+                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state").annotate(**_SITE)
                 operations = _start_nodes(reservation, list(nodes), actor)
         except DatabaseError:
             # The servers are booked; the scheduler starts a due window it finds still scheduled.
@@ -363,14 +364,17 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
         .exists()
     ):
         return []
-    started = []
-    for node in nodes:
-        if node.state != NodeState.AVAILABLE:
-            continue
-        try:
-            started.append(start_provisioning(reservation, node, actor))
-        except IllegalTransition:
-            continue  # it changed meanwhile (or the scheduler started it first)
+    available = [node for node in nodes if node.state == NodeState.AVAILABLE]
+    try:
+        started = start_provisioning_many(reservation, available, actor)
+    except IllegalTransition:
+        # One changed meanwhile (or the scheduler started it first): nothing was moved; start them one by one.
+        started = []
+        for node in available:
+            try:
+                started.append(start_provisioning(reservation, node, actor))
+            except IllegalTransition:
+                continue
     if len(started) < len(nodes) and (
         Allocation.objects.filter(reservation=reservation, active=True)
         .exclude(node__reservation=reservation)
@@ -385,8 +389,20 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
 
 
 def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Operation:
-    process_event(
-        node,
+    return start_provisioning_many(reservation, [node], actor)[0]
+
+
+def start_provisioning_many(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
+    """Move ``nodes`` (available) to reserved for the reservation and queue their provisioning, all or none
+    (process_events), in a few statements whatever their number. Returns the operations, in their order.
+    A node read with its site's slug (``site_slug``, as _SITE annotates it) costs no query for its queue.
+
+    :raises IllegalTransition: one of them is not available (any more); none was started.
+    """
+    if not nodes:
+        return []
+    process_events(
+        nodes,
         NodeEvent.RESERVE,
         actor=actor,
         reason=f"reservation {reservation.pk}",
@@ -395,9 +411,23 @@ def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Op
         reservation=reservation,
         image=reservation.image,
     )
-    op = create_operation(OperationKind.PROVISION, node, reservation=reservation, requested_by=actor.user)
-    enqueue(op)
-    return op
+    ops = create_operations(OperationKind.PROVISION, nodes, reservation=reservation, requested_by=actor.user)
+    enqueue_many(ops, queues=_known_queues(nodes))
+    return ops
+
+
+# Annotate a node (an allocation) query with the slug of the node's site, which decides the queue of its
+# operations.
+_SITE = {"site_slug": F("rack__site__slug")}
+_NODE_SITE = {"site_slug": F("node__rack__site__slug")}
+
+
+def _known_queues(nodes: Iterable[Node]) -> dict[int, str] | None:
+    """The queue of each node's operations where they were read with their site (_SITE), else None."""
+    try:
+        return {node.pk: site_queue(node.site_slug) for node in nodes}  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
 
 
 def release_reservation(
@@ -425,13 +455,17 @@ def release_reservation(
         if ended_by is not None and (reservation.ends_at is None or reservation.ends_at > ended_by):
             return reservation
         now = timezone.now()
-        allocations = list(reservation.allocations.filter(active=True).select_related("node"))
+        allocations = list(
+            reservation.allocations.filter(active=True).select_related("node").annotate(**_NODE_SITE)
+        )
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
             active=False, ended_at=now, end_reason=reason
         )
         held = [a.node for a in allocations if a.node.reservation_id == reservation.pk]
+        for allocation in allocations:
+            allocation.node.site_slug = allocation.site_slug  # type: ignore[attr-defined]
         for node in held:
-            # process_event records who held the node: hand it the rows we have instead of reading them
+            # process_events records who held the node: hand it the rows we have instead of reading them
             node.reservation = reservation
             if node.owner_id == reservation.organization_id:
                 node.owner = reservation.organization
@@ -444,7 +478,7 @@ def release_reservation(
             cancelled_ids = list(cancelled.values_list("pk", flat=True))
             cancelled.update(cancel_requested=True)
             wake(cancelled_ids)  # a waiting provision notices its cancellation now, not at its deadline
-        wiping = [node for node in held if _release_node(node, reservation, actor, reason)]
+        wiping = _release_nodes(held, reservation, actor, reason)
         # Without a wipe queued here, it may be settled at once (see settle_reservation).
         settled = not wiping and not _release_in_progress(reservation)
         reservation.state = ReservationState.RELEASED if settled else ReservationState.RELEASING
@@ -455,16 +489,21 @@ def release_reservation(
     return reservation
 
 
-def _release_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> bool:
-    """Take the node out of the reservation; queue its wipe if it was leased. Returns whether it was."""
-    if node.state not in (NodeState.RESERVED, NodeState.DEPLOYING, NodeState.BURNING_IN, NodeState.ACTIVE):
-        # Quarantined or in error: it leaves the reservation but stays out of the pool for an operator.
-        Node.objects.filter(pk=node.pk).update(owner=None, reservation=None)
-        return False
-    process_event(node, NodeEvent.RELEASE, actor=actor, reason=reason, owner=None, reservation=None)
-    op = create_operation(OperationKind.RELEASE, node, reservation=reservation, requested_by=actor.user)
-    enqueue(op)
-    return True
+def _release_nodes(held: Sequence[Node], reservation: Reservation, actor: Actor, reason: str) -> list[Node]:
+    """Take the nodes out of the reservation; queue the wipe of those that were leased (all of them moved by
+    one process_events). Returns those."""
+    leased = [node for node in held if node.state in LEASED_STATES]
+    # Quarantined or in error: it leaves the reservation but stays out of the pool for an operator.
+    others = [node.pk for node in held if node.state not in LEASED_STATES]
+    if others:
+        Node.objects.filter(pk__in=others).update(owner=None, reservation=None)
+    if leased:
+        process_events(leased, NodeEvent.RELEASE, actor=actor, reason=reason, owner=None, reservation=None)
+        ops = create_operations(
+            OperationKind.RELEASE, leased, reservation=reservation, requested_by=actor.user
+        )
+        enqueue_many(ops, queues=_known_queues(leased))
+    return leased
 
 
 def settle_reservation(reservation: Reservation) -> None:

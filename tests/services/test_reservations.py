@@ -8,7 +8,9 @@ import threading
 import pytest
 from django.db import connection, connections
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
+from provisioner.engine.queue import site_queue
 from provisioner.errors import CapacityError, InvalidRequest, QuotaExceeded
 from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, Node, Reservation
@@ -44,7 +46,14 @@ def test_reserve_now_takes_available_nodes_and_queues_provisioning(
     assert {n.state for n in nodes} == {NodeState.RESERVED}
     assert {n.owner_id for n in nodes} == {inventory.acme.pk}
     assert set(r.operations.values_list("kind", flat=True)) == {OperationKind.PROVISION}
-    assert len(callbacks) == 2  # one queued task per node, sent after commit
+    # one queued task per node on its site's queue, inserted together after commit
+    assert len(callbacks) == 1 and not DBTaskResult.objects.exists()
+    callbacks[0]()
+    tasks = DBTaskResult.objects.all()
+    assert sorted(t.args_kwargs["args"][0] for t in tasks) == sorted(
+        r.operations.values_list("pk", flat=True)
+    )
+    assert {t.queue_name for t in tasks} == {site_queue(nodes[0].rack.site.slug)}
     assert availability(inventory.h100) == 2
 
 
@@ -337,7 +346,7 @@ def test_a_window_booked_now_but_not_started_is_started_by_the_scheduler(invento
     def broken(*args, **kwargs):
         raise DatabaseError("connection lost")
 
-    monkeypatch.setattr(reservations, "start_provisioning", broken)
+    monkeypatch.setattr(reservations, "start_provisioning_many", broken)
     r = _reserve(inventory, 2)
     assert r.state == ReservationState.SCHEDULED
     assert Allocation.objects.filter(reservation=r, active=True).count() == 2
