@@ -479,3 +479,29 @@ def test_a_window_that_ended_while_the_scheduler_was_down_is_not_provisioned_jus
     assert not r.operations.exists()
     node.refresh_from_db()
     assert node.state == NodeState.AVAILABLE and node.reservation_id is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("starts_in", [None, HOUR])
+@pytest.mark.parametrize("open_ended", [False, True])
+@pytest.mark.parametrize("unfit", [(), (2,)])
+def test_the_free_nodes_statement_built_once_per_shape_is_what_the_orm_builds(
+    inventory, starts_in, open_ended, unfit
+):
+    """_allocate's SELECT is compiled once per shape with a sentinel window; each booking's, with its own
+    window put in, is the statement the ORM builds for that booking."""
+    from django.db.models import Case, F, When
+
+    from provisioner.services.reservations import _free_nodes_statement, free_nodes
+
+    for offset in (dt.timedelta(0), dt.timedelta(seconds=20)):  # the second one comes from the cache
+        start = timezone.now() + (starts_in or dt.timedelta(0)) + offset
+        end = None if open_ended else start + 2 * HOUR
+        starts_now = starts_in is None
+        orm = (
+            free_nodes(inventory.h100, start, end, unfit=unfit)
+            .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+            .values(node_id=F("pk"))[:2]
+        )
+        sql, params = orm.query.sql_with_params()
+        assert _free_nodes_statement(inventory.h100, start, end, unfit, 2, starts_now) == (sql, list(params))
