@@ -118,3 +118,101 @@ def test_only_the_lifecycle_service_writes_node_state():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def _transitions(node_ids) -> list[tuple]:
+    """The transition audit events of these nodes, as the fields a customer or operator reads."""
+    fields = ("node_id", "from_state", "to_state", "actor_label", "request_id", "reason", "data")
+    fields += ("organization_id", "reservation_id", "operation_id", "action")
+    return sorted(
+        AuditEvent.objects.filter(
+            node_id__in=node_ids, action="transition", actor_label="olivia"
+        ).values_list(*fields)
+    )
+
+
+@pytest.mark.django_db
+def test_process_events_moves_nodes_from_several_states_and_audits_as_process_event_does(inventory):
+    """Two pairs of nodes in the same starting states: one pair moved by process_event one at a time, the
+    other by one process_events. The nodes end alike and their audit events are the same, field by field."""
+    from provisioner.lifecycle import process_events
+    from provisioner.models import Node
+
+    one, batch = (
+        list(Node.objects.filter(name__in=names).order_by("name"))
+        for names in (["node-h100-8x-01", "node-h100-8x-02"], ["node-h100-8x-03", "node-h100-8x-04"])
+    )
+    for pair in (one, batch):
+        Node.objects.filter(pk=pair[0].pk).update(state=NodeState.RESERVED, owner=inventory.acme)
+        Node.objects.filter(pk=pair[1].pk).update(state=NodeState.ACTIVE, owner=inventory.acme)
+    actor = Actor(user=inventory.owner, label="olivia", request_id="req-1")
+    for node in Node.objects.filter(pk__in=[n.pk for n in one]).order_by("name"):
+        process_event(node, NodeEvent.RELEASE, actor=actor, reason="done", owner=None)
+    moved = process_events(
+        list(Node.objects.filter(pk__in=[n.pk for n in batch]).order_by("name")),
+        NodeEvent.RELEASE,
+        actor=actor,
+        reason="done",
+        owner=None,
+    )
+    assert [(n.state, n.owner, n.state_reason) for n in moved] == [(NodeState.RELEASING, None, "done")] * 2
+    for node in moved:
+        stored = Node.objects.get(pk=node.pk)
+        assert (stored.state, stored.owner_id, stored.state_reason, stored.state_changed_at) == (
+            node.state,
+            None,
+            "done",
+            node.state_changed_at,
+        )
+    by_one, by_batch = _transitions([n.pk for n in one]), _transitions([n.pk for n in batch])
+    assert len(by_batch) == 2 and {e[1] for e in by_batch} == {NodeState.RESERVED, NodeState.ACTIVE}
+    # the same events but for the node they name
+    assert [e[1:] for e in by_one] == [e[1:] for e in by_batch]
+    assert {e[7] for e in by_batch} == {inventory.acme.pk}  # the customer who gave them up sees them
+
+
+@pytest.mark.django_db
+def test_process_events_moves_none_when_one_may_not_move(inventory):
+    from provisioner.lifecycle import process_events
+    from provisioner.models import Node
+
+    nodes = list(Node.objects.filter(server_type__slug="h100-8x").order_by("name")[:3])
+    Node.objects.filter(pk=nodes[2].pk).update(state=NodeState.MAINTENANCE)
+    before = AuditEvent.objects.count()
+    with pytest.raises(IllegalTransition, match=r"node-h100-8x-03 is maintenance, not available"):
+        process_events(
+            nodes, NodeEvent.RESERVE, actor=Actor.system("test"), expected_state=NodeState.AVAILABLE
+        )
+    with pytest.raises(IllegalTransition, match=r"'deployed' is not allowed from there"):
+        process_events(nodes[:2], NodeEvent.DEPLOYED, actor=Actor.system("test"))
+    with pytest.raises(ValueError, match="listed twice"):
+        process_events([nodes[0], nodes[0]], NodeEvent.RESERVE, actor=Actor.system("test"))
+    states = dict(Node.objects.filter(pk__in=[n.pk for n in nodes]).values_list("name", "state"))
+    assert list(states.values()) == [NodeState.AVAILABLE, NodeState.AVAILABLE, NodeState.MAINTENANCE]
+    assert AuditEvent.objects.count() == before
+
+
+@pytest.mark.django_db
+def test_process_events_compare_and_set_refuses_a_node_moved_underneath(inventory, monkeypatch):
+    """Another process moves one node between process_events' read of the states and its update: the
+    conditional update misses it, and none of the nodes is moved or audited."""
+    from provisioner import lifecycle
+    from provisioner.models import Node
+
+    nodes = list(Node.objects.filter(server_type__slug="h100-8x").order_by("name")[:3])
+    checked = lifecycle._target
+
+    def racing(node, current, event, expected_state):
+        target = checked(node, current, event, expected_state)
+        if node.pk == nodes[1].pk:  # the other process, just after the read
+            Node.objects.filter(pk=node.pk).update(state=NodeState.MAINTENANCE)
+        return target
+
+    monkeypatch.setattr(lifecycle, "_target", racing)
+    before = AuditEvent.objects.count()
+    with pytest.raises(IllegalTransition, match="changed state while moving them to reserved"):
+        lifecycle.process_events(nodes, NodeEvent.RESERVE, actor=Actor.system("test"))
+    assert AuditEvent.objects.count() == before
+    states = dict(Node.objects.filter(pk__in=[n.pk for n in nodes]).values_list("name", "state"))
+    # the racing write was rolled back with the rest (it ran inside the batch's transaction here)
+    assert set(states.values()) == {NodeState.AVAILABLE}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
@@ -37,9 +38,9 @@ from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
 from provisioner import hardware
-from provisioner.engine.queue import create_operation, enqueue, wake
+from provisioner.engine.queue import create_operations, enqueue_many, site_queue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
-from provisioner.lifecycle import Actor, process_event, record
+from provisioner.lifecycle import Actor, process_events, record
 from provisioner.models import (
     Allocation,
     Image,
@@ -52,6 +53,7 @@ from provisioner.models import (
 )
 from provisioner.states import (
     ALLOCATABLE_STATES,
+    LEASED_STATES,
     OPEN_OPERATION_STATES,
     OPEN_RESERVATION_STATES,
     NodeEvent,
@@ -111,15 +113,18 @@ def free_nodes(
     ends_at: dt.datetime | None,
     *,
     unfit: Collection[int] = (),
+    starts_now: bool | None = None,
 ) -> QuerySet[Node]:
     """Nodes of this type that can be allocated for the window (call inside the reservation transaction),
-    but for the ``unfit`` ones (``unfit_node_ids``)."""
-    now = timezone.now()
+    but for the ``unfit`` ones (``unfit_node_ids``). ``starts_now``: whether the window starts now (by
+    default worked out from ``starts_at``): then only nodes available now are free."""
+    if starts_now is None:
+        starts_now = starts_at <= timezone.now() + START_NOW_SLACK
     busy = Allocation.objects.filter(_overlapping(starts_at, ends_at), active=True).values("node_id")
     nodes = _candidates(server_type).exclude(pk__in=busy)
     if unfit:
         nodes = nodes.exclude(pk__in=list(unfit))
-    if starts_at <= now + START_NOW_SLACK:
+    if starts_now:
         return nodes.filter(state=NodeState.AVAILABLE)
     return nodes
 
@@ -282,7 +287,7 @@ def book_servers(
     if starts_now:
         try:
             with transaction.atomic():
-                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state")
+                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state").annotate(**_SITE)
                 operations = _start_nodes(reservation, list(nodes), actor)
         except DatabaseError:
             # The servers are booked; the scheduler starts a due window it finds still scheduled.
@@ -310,13 +315,8 @@ def _allocate(
 
     :raises CapacityError: fewer than ``count`` are free (the caller's transaction must roll back).
     """
-    # Prefer nodes idle now: a future window then does not depend on another lease ending on time.
-    free = (
-        free_nodes(server_type, start, end, unfit=unfit)
-        .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
-        .values(node_id=F("pk"))[:count]
-    )
-    free_sql, free_params = free.query.sql_with_params()
+    starts_now = start <= timezone.now() + START_NOW_SLACK
+    free_sql, free_params = _free_nodes_statement(server_type, start, end, unfit, count, starts_now)
     ops = connection.ops
     columns = ", ".join(
         ops.quote_name(c)
@@ -348,6 +348,56 @@ def _allocate(
     return node_ids
 
 
+# The window the free-nodes statement is compiled with (_compiled_free_nodes): values no booking has, found
+# again among its parameters and replaced there by each booking's own.
+_SENTINEL_START = dt.datetime(1901, 2, 3, 4, 5, 6, 1, tzinfo=dt.UTC)
+_SENTINEL_END = dt.datetime(1901, 2, 3, 4, 5, 6, 2, tzinfo=dt.UTC)
+
+
+def _free_nodes_statement(
+    server_type: ServerType,
+    start: dt.datetime,
+    end: dt.datetime | None,
+    unfit: Collection[int],
+    count: int,
+    starts_now: bool,
+) -> tuple[str, list[Any]]:
+    """The SELECT of the ``count`` nodes _allocate takes: free_nodes() for the window, nodes idle now first
+    (a future window then does not depend on another lease ending on time). Building it with the ORM costs
+    more CPU than the rest of a booking's statements, and its shape repeats (type, whether the window starts
+    now or is open-ended, unfit nodes, count), so it is built once per shape and the window's values put in
+    place of the sentinels it was built with."""
+    sql, params, start_at, end_at = _compiled_free_nodes(
+        connection.vendor, server_type.pk, starts_now, end is None, tuple(sorted(unfit)), count
+    )
+    out = list(params)
+    for i in start_at:
+        out[i] = connection.ops.adapt_datetimefield_value(start)
+    for i in end_at:
+        out[i] = connection.ops.adapt_datetimefield_value(end)
+    return sql, out
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_free_nodes(
+    vendor: str, server_type_pk: int, starts_now: bool, open_ended: bool, unfit: tuple[int, ...], count: int
+) -> tuple[str, tuple[Any, ...], tuple[int, ...], tuple[int, ...]]:
+    """(sql, params, where the start goes, where the end goes) of _free_nodes_statement's shape."""
+    end = None if open_ended else _SENTINEL_END
+    free = (
+        free_nodes(ServerType(pk=server_type_pk), _SENTINEL_START, end, unfit=unfit, starts_now=starts_now)
+        .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+        .values(node_id=F("pk"))[:count]
+    )
+    sql, params = free.query.sql_with_params()
+    adapt = connection.ops.adapt_datetimefield_value
+    start_at = tuple(i for i, p in enumerate(params) if p == adapt(_SENTINEL_START))
+    end_at = tuple(i for i, p in enumerate(params) if end is not None and p == adapt(end))
+    if not start_at or (end is not None and not end_at):
+        raise RuntimeError("the free-nodes statement lost its window: rebuild _compiled_free_nodes")
+    return sql, tuple(params), start_at, end_at
+
+
 @requires_transaction
 def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
     """Start provisioning the reservation's ``nodes`` that are still available (call inside a transaction);
@@ -363,14 +413,17 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
         .exists()
     ):
         return []
-    started = []
-    for node in nodes:
-        if node.state != NodeState.AVAILABLE:
-            continue
-        try:
-            started.append(start_provisioning(reservation, node, actor))
-        except IllegalTransition:
-            continue  # it changed meanwhile (or the scheduler started it first)
+    available = [node for node in nodes if node.state == NodeState.AVAILABLE]
+    try:
+        started = start_provisioning_many(reservation, available, actor)
+    except IllegalTransition:
+        # One changed meanwhile (or the scheduler started it first): nothing was moved; start them one by one.
+        started = []
+        for node in available:
+            try:
+                started.append(start_provisioning(reservation, node, actor))
+            except IllegalTransition:
+                continue
     if len(started) < len(nodes) and (
         Allocation.objects.filter(reservation=reservation, active=True)
         .exclude(node__reservation=reservation)
@@ -385,8 +438,20 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
 
 
 def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Operation:
-    process_event(
-        node,
+    return start_provisioning_many(reservation, [node], actor)[0]
+
+
+def start_provisioning_many(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
+    """Move ``nodes`` (available) to reserved for the reservation and queue their provisioning, all or none
+    (process_events), in a few statements whatever their number. Returns the operations, in their order.
+    A node read with its site's slug (``site_slug``, as _SITE annotates it) costs no query for its queue.
+
+    :raises IllegalTransition: one of them is not available (any more); none was started.
+    """
+    if not nodes:
+        return []
+    process_events(
+        nodes,
         NodeEvent.RESERVE,
         actor=actor,
         reason=f"reservation {reservation.pk}",
@@ -395,9 +460,23 @@ def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Op
         reservation=reservation,
         image=reservation.image,
     )
-    op = create_operation(OperationKind.PROVISION, node, reservation=reservation, requested_by=actor.user)
-    enqueue(op)
-    return op
+    ops = create_operations(OperationKind.PROVISION, nodes, reservation=reservation, requested_by=actor.user)
+    enqueue_many(ops, queues=_known_queues(nodes))
+    return ops
+
+
+# Annotate a node (an allocation) query with the slug of the node's site, which decides the queue of its
+# operations.
+_SITE = {"site_slug": F("rack__site__slug")}
+_NODE_SITE = {"site_slug": F("node__rack__site__slug")}
+
+
+def _known_queues(nodes: Iterable[Node]) -> dict[int, str] | None:
+    """The queue of each node's operations where they were read with their site (_SITE), else None."""
+    try:
+        return {node.pk: site_queue(node.site_slug) for node in nodes}  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
 
 
 def release_reservation(
@@ -425,13 +504,17 @@ def release_reservation(
         if ended_by is not None and (reservation.ends_at is None or reservation.ends_at > ended_by):
             return reservation
         now = timezone.now()
-        allocations = list(reservation.allocations.filter(active=True).select_related("node"))
+        allocations = list(
+            reservation.allocations.filter(active=True).select_related("node").annotate(**_NODE_SITE)
+        )
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
             active=False, ended_at=now, end_reason=reason
         )
         held = [a.node for a in allocations if a.node.reservation_id == reservation.pk]
+        for allocation in allocations:
+            allocation.node.site_slug = allocation.site_slug  # type: ignore[attr-defined]
         for node in held:
-            # process_event records who held the node: hand it the rows we have instead of reading them
+            # process_events records who held the node: hand it the rows we have instead of reading them
             node.reservation = reservation
             if node.owner_id == reservation.organization_id:
                 node.owner = reservation.organization
@@ -444,7 +527,7 @@ def release_reservation(
             cancelled_ids = list(cancelled.values_list("pk", flat=True))
             cancelled.update(cancel_requested=True)
             wake(cancelled_ids)  # a waiting provision notices its cancellation now, not at its deadline
-        wiping = [node for node in held if _release_node(node, reservation, actor, reason)]
+        wiping = _release_nodes(held, reservation, actor, reason)
         # Without a wipe queued here, it may be settled at once (see settle_reservation).
         settled = not wiping and not _release_in_progress(reservation)
         reservation.state = ReservationState.RELEASED if settled else ReservationState.RELEASING
@@ -455,16 +538,21 @@ def release_reservation(
     return reservation
 
 
-def _release_node(node: Node, reservation: Reservation, actor: Actor, reason: str) -> bool:
-    """Take the node out of the reservation; queue its wipe if it was leased. Returns whether it was."""
-    if node.state not in (NodeState.RESERVED, NodeState.DEPLOYING, NodeState.BURNING_IN, NodeState.ACTIVE):
-        # Quarantined or in error: it leaves the reservation but stays out of the pool for an operator.
-        Node.objects.filter(pk=node.pk).update(owner=None, reservation=None)
-        return False
-    process_event(node, NodeEvent.RELEASE, actor=actor, reason=reason, owner=None, reservation=None)
-    op = create_operation(OperationKind.RELEASE, node, reservation=reservation, requested_by=actor.user)
-    enqueue(op)
-    return True
+def _release_nodes(held: Sequence[Node], reservation: Reservation, actor: Actor, reason: str) -> list[Node]:
+    """Take the nodes out of the reservation; queue the wipe of those that were leased (all of them moved by
+    one process_events). Returns those."""
+    leased = [node for node in held if node.state in LEASED_STATES]
+    # Quarantined or in error: it leaves the reservation but stays out of the pool for an operator.
+    others = [node.pk for node in held if node.state not in LEASED_STATES]
+    if others:
+        Node.objects.filter(pk__in=others).update(owner=None, reservation=None)
+    if leased:
+        process_events(leased, NodeEvent.RELEASE, actor=actor, reason=reason, owner=None, reservation=None)
+        ops = create_operations(
+            OperationKind.RELEASE, leased, reservation=reservation, requested_by=actor.user
+        )
+        enqueue_many(ops, queues=_known_queues(leased))
+    return leased
 
 
 def settle_reservation(reservation: Reservation) -> None:

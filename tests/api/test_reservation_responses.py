@@ -90,13 +90,14 @@ def test_reserve_and_release_stay_within_their_query_budget(inventory, django_as
     with django_assert_max_num_queries(16):
         future = client.post(f"{V1}/reservations", reserve_body(starts_at=later.isoformat())).json()
     # a window starting now also locks the reservation (1) that a release may have ended meanwhile, moves
-    # each node (6 queries in process_event) and creates its operation (2) and looks up the site queue it
-    # goes to (1 per operation: operations are queued per site); +3 events (created, 2 transitions)
-    with django_assert_max_num_queries(41):
+    # its nodes together (5 queries in process_events whatever their number), creates their operations and
+    # steps (2) and queues them on their sites' queues (known from the read of the nodes: no query here;
+    # the tasks are inserted in one statement after commit); +3 events (created, 2 transitions)
+    with django_assert_max_num_queries(30):
         now = client.post(f"{V1}/reservations", reserve_body(count=2)).json()
     with django_assert_max_num_queries(14):  # +1: the reservation.released event
         client.post(f"{V1}/reservations/{future['id']}/release")
-    # +5 since operations wait: the provisions it cancels are read (1) and woken if parked (2), and each
-    # release operation is queued on its site's queue (1 each); +3 events (released, 2 transitions)
-    with django_assert_max_num_queries(37):
+    # the provisions it cancels are read (1) and woken if parked (2); the nodes move together (5 queries in
+    # process_events), their release operations are created together (2), their queues known; +3 events
+    with django_assert_max_num_queries(26):
         client.post(f"{V1}/reservations/{now['id']}/release")

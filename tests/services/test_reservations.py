@@ -8,7 +8,9 @@ import threading
 import pytest
 from django.db import connection, connections
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
+from provisioner.engine.queue import site_queue
 from provisioner.errors import CapacityError, InvalidRequest, QuotaExceeded
 from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, Node, Reservation
@@ -44,7 +46,14 @@ def test_reserve_now_takes_available_nodes_and_queues_provisioning(
     assert {n.state for n in nodes} == {NodeState.RESERVED}
     assert {n.owner_id for n in nodes} == {inventory.acme.pk}
     assert set(r.operations.values_list("kind", flat=True)) == {OperationKind.PROVISION}
-    assert len(callbacks) == 2  # one queued task per node, sent after commit
+    # one queued task per node on its site's queue, inserted together after commit
+    assert len(callbacks) == 1 and not DBTaskResult.objects.exists()
+    callbacks[0]()
+    tasks = DBTaskResult.objects.all()
+    assert sorted(t.args_kwargs["args"][0] for t in tasks) == sorted(
+        r.operations.values_list("pk", flat=True)
+    )
+    assert {t.queue_name for t in tasks} == {site_queue(nodes[0].rack.site.slug)}
     assert availability(inventory.h100) == 2
 
 
@@ -337,7 +346,7 @@ def test_a_window_booked_now_but_not_started_is_started_by_the_scheduler(invento
     def broken(*args, **kwargs):
         raise DatabaseError("connection lost")
 
-    monkeypatch.setattr(reservations, "start_provisioning", broken)
+    monkeypatch.setattr(reservations, "start_provisioning_many", broken)
     r = _reserve(inventory, 2)
     assert r.state == ReservationState.SCHEDULED
     assert Allocation.objects.filter(reservation=r, active=True).count() == 2
@@ -470,3 +479,29 @@ def test_a_window_that_ended_while_the_scheduler_was_down_is_not_provisioned_jus
     assert not r.operations.exists()
     node.refresh_from_db()
     assert node.state == NodeState.AVAILABLE and node.reservation_id is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("starts_in", [None, HOUR])
+@pytest.mark.parametrize("open_ended", [False, True])
+@pytest.mark.parametrize("unfit", [(), (2,)])
+def test_the_free_nodes_statement_built_once_per_shape_is_what_the_orm_builds(
+    inventory, starts_in, open_ended, unfit
+):
+    """_allocate's SELECT is compiled once per shape with a sentinel window; each booking's, with its own
+    window put in, is the statement the ORM builds for that booking."""
+    from django.db.models import Case, F, When
+
+    from provisioner.services.reservations import _free_nodes_statement, free_nodes
+
+    for offset in (dt.timedelta(0), dt.timedelta(seconds=20)):  # the second one comes from the cache
+        start = timezone.now() + (starts_in or dt.timedelta(0)) + offset
+        end = None if open_ended else start + 2 * HOUR
+        starts_now = starts_in is None
+        orm = (
+            free_nodes(inventory.h100, start, end, unfit=unfit)
+            .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+            .values(node_id=F("pk"))[:2]
+        )
+        sql, params = orm.query.sql_with_params()
+        assert _free_nodes_statement(inventory.h100, start, end, unfit, 2, starts_now) == (sql, list(params))
