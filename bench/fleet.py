@@ -70,6 +70,34 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def spawner(procs: list[subprocess.Popen], var: Path):
+    """``spawn(name, *argv)``: start a process in its own session, its output in ``var/<name>-<n>.log``."""
+
+    def spawn(name: str, *argv: str) -> subprocess.Popen:
+        log = open(var / f"{name}-{len(procs)}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    return spawn
+
+
+def stop_all(procs: list[subprocess.Popen], var: Path, *, keep: bool) -> None:
+    """SIGTERM every process group started, SIGKILL what has not ended 15 s later; remove ``var`` unless kept."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if keep:
+        print(f"kept {var}")
+    else:
+        shutil.rmtree(var, ignore_errors=True)
+
+
 def machine_busy_seconds() -> float:
     """Busy CPU seconds of the whole machine since boot (all cores; /proc/stat, idle and iowait excluded)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -114,12 +142,7 @@ def lab_fleet(args: argparse.Namespace) -> int:
     call_command("migrate", verbosity=0)
     procs: list[subprocess.Popen] = []
 
-    def spawn(name: str, *cmd: str) -> subprocess.Popen:
-        log = open(var / f"{name}-{len(procs)}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
-        procs.append(proc)
-        return proc
-
+    spawn = spawner(procs, var)
     manage = (sys.executable, str(ROOT / "manage.py"))
     peak = [0.0]
     sampling = threading.Event()
@@ -254,18 +277,7 @@ def lab_fleet(args: argparse.Namespace) -> int:
     finally:
         sampling.set()
         stop_lab()
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if args.keep:
-            print(f"kept {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
+        stop_all(procs, var, keep=args.keep)
 
 
 def main() -> int:
@@ -322,17 +334,10 @@ def main() -> int:
     call_command("migrate", verbosity=0)
     procs: list[subprocess.Popen] = []
 
+    spawn_process = spawner(procs, var)
+
     def spawn(*cmd: str) -> subprocess.Popen:
-        log = open(var / f"{cmd[0]}-{len(procs)}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), *cmd],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        procs.append(proc)
-        return proc
+        return spawn_process(cmd[0], sys.executable, str(ROOT / "manage.py"), *cmd)
 
     def node(i: int, server_type: str) -> dict:
         return {
@@ -547,18 +552,7 @@ def main() -> int:
         )
         return 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if args.keep:
-            print(f"kept {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
+        stop_all(procs, var, keep=args.keep)
 
 
 if __name__ == "__main__":
