@@ -17,8 +17,8 @@ echo "== import-linter (the layers in docs/architecture.md)"
 .venv/bin/lint-imports || status=1
 
 PG_URL="${NEOCLOUD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
-pg_up=0
-"$PY" - "$PG_URL" <<'PYEOF' && pg_up=1
+pg_reachable() {
+    "$PY" - "$1" <<'PYEOF'
 import sys, psycopg
 try:
     psycopg.connect(sys.argv[1], connect_timeout=3).close()
@@ -26,6 +26,17 @@ except Exception as exc:
     print(f"PostgreSQL not reachable at {sys.argv[1]}: {exc}")
     sys.exit(1)
 PYEOF
+}
+pg_up=0
+pg_reachable "$PG_URL" && pg_up=1
+if [ "$pg_up" = 0 ] && [ "${NEOCLOUD_SKIP_POSTGRES:-0}" != 1 ] && [ -z "${NEOCLOUD_TEST_POSTGRES_URL:-}" ]; then
+    # a machine without a PostgreSQL server: start a private one (Debian's), stopped when the run ends
+    echo "== starting a private PostgreSQL (scripts/private_postgres.sh) on 127.0.0.1:5432"
+    if PG_URL=$(bash scripts/private_postgres.sh start 5432 | tail -n 1) && pg_reachable "$PG_URL"; then
+        pg_up=1
+        trap 'bash scripts/private_postgres.sh stop' EXIT
+    fi
+fi
 
 echo "== pytest (SQLite)"
 env -u DATABASE_URL "$PY" -m pytest "$@" || status=1
