@@ -29,11 +29,6 @@ def site_queue(site_slug: str | None) -> str:
     return f"site-{site_slug}" if site_slug else DEFAULT_QUEUE
 
 
-def queue_for(node_id: int) -> str:
-    slug = Node.objects.filter(pk=node_id).values_list("rack__site__slug", flat=True).first()
-    return site_queue(slug)
-
-
 def queues_for(node_ids: Iterable[int]) -> dict[int, str]:
     """The task queue of each node's operations, in one query."""
     rows = Node.objects.filter(pk__in=list(node_ids)).values_list("pk", "rack__site__slug")
@@ -82,7 +77,7 @@ def create_operations(
 
 def enqueue(op: Operation, *, delay: float = 0) -> None:
     """Queue the operation on its site's queue for a worker, once the current transaction commits."""
-    queue = queue_for(op.node_id)
+    queue = queues_for([op.node_id]).get(op.node_id, DEFAULT_QUEUE)
     op_id = op.pk
     transaction.on_commit(lambda: _send([(op_id, queue)], delay=delay))
 
