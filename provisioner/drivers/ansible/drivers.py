@@ -370,20 +370,10 @@ class AnsibleBurnInDriver(BurnInDriver):
         runs_for = info.load_seconds + info.burnin_xid_wait_seconds
         if runs_for > settings.NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS:
             return self._run_detached(node, host, files, private_key, runs_for, log)
-        task = "Run the burn-in checks under load"
-        try:
-            result = run_playbook(
-                "burnin.yml",
-                host=node_name,
-                hostvars=host,
-                files={**files, "burnin_agent": build_bundle()},
-                secrets=[private_key],
-                log=log,
-                cancel=_cancel_event(log),
-            )
-        except PlaybookFailed as exc:
-            raise self._could_not_run(node_name, exc)
-        return self._report(node_name, result.last(task))
+        result = self._playbook(
+            "burnin.yml", node, host, {**files, "burnin_agent": build_bundle()}, private_key, log
+        )
+        return self._report(node_name, result.last("Run the burn-in checks under load"))
 
     @staticmethod
     def _could_not_run(node_name: str, exc: PlaybookFailed) -> DriverError:
