@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3.11-minimal and libpython3.11-stdlib: Debian's interpreter, copied into the lab's deploy ramdisk (lab/ramdisk.py)
-SYSTEM_PACKAGES=(ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib)
+# redis-server: the lab NetBox's caches and task queue (lab/netbox_server.py)
+SYSTEM_PACKAGES=(redis-server ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -16,6 +17,12 @@ if ((${#missing[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Redis for the lab NetBox: the machine's own at 127.0.0.1:6379, else one started here (nothing on disk).
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    echo "bootstrap: starting redis-server on 127.0.0.1:6379"
+    redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3.11}"

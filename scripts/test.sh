@@ -38,6 +38,13 @@ if [ "$pg_up" = 0 ] && [ "${NEOCLOUD_SKIP_POSTGRES:-0}" != 1 ] && [ -z "${NEOCLO
     fi
 fi
 
+# The NetBox tests run against a real NetBox (lab/netbox_server.py): its virtual environment (Python 3.12) and
+# its migrated template database are made once and cached; a failure here is reported, and the NetBox tests
+# then fail with the same reason.
+echo "== NetBox for the tests (lab/netbox_server.py prepare)"
+NEOCLOUD_NETBOX_POSTGRES_URL="$PG_URL" "$PY" -m lab.netbox_server prepare || status=1
+export NEOCLOUD_NETBOX_POSTGRES_URL="$PG_URL"
+
 echo "== pytest (SQLite)"
 env -u DATABASE_URL "$PY" -m pytest "$@" || status=1
 

@@ -267,3 +267,49 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message="con
         time.sleep(interval)
     extra = f"\n{details()}" if details else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {message}{extra}")
+
+
+# --- a real NetBox (lab/netbox_server.py): one per test session, started on first use -------------------
+
+
+class NetboxLab:
+    """The session's real NetBox, its superuser's tokens and a REST client that populates it."""
+
+    def __init__(self) -> None:
+        from lab.netbox_server import NetboxClient, NetboxServer
+
+        self.server = NetboxServer().start()
+        self.url = self.server.url
+        self.client = NetboxClient(self.url, self.server.token_v1)
+        self.define_schema()
+
+    def define_schema(self) -> None:
+        """What a datacenter team defines once for GPU servers: the roles, the pxe tag and the custom fields,
+        bmc_protocol and bmc_scheme as selections (NetBox answers them as {"value", "label"})."""
+        c = self.client
+        c.device_role("gpu-server")
+        c.item_role("gpu")
+        c.tag("pxe")
+        protocols = c.choice_set("bmc-protocols", [("ipmi", "IPMI"), ("redfish", "Redfish")])
+        schemes = c.choice_set("bmc-schemes", [("http", "HTTP"), ("https", "HTTPS")])
+        c.custom_field("bmc_protocol", "select", choice_set=protocols)
+        c.custom_field("bmc_scheme", "select", choice_set=schemes)
+        c.custom_field("bmc_port", "integer")
+        c.custom_field("redfish_system_id", "text")
+        c.custom_field("neocloud_server_type", "text")
+
+    def reset(self) -> None:
+        """Back to the schema and the base sites and racks the NetBox tests share (ams1 with r01 and r02,
+        fra1): kept between tests, as NetBox takes about 0.1 s a write on these machines."""
+        self.server.reset(keep_sites=("ams1", "fra1"), keep_racks=("r01", "r02"))
+        self.client.forget()
+
+
+@pytest.fixture(scope="session")
+def netbox_lab() -> Iterator[NetboxLab]:
+    """Fails (never skips) when NetBox cannot be prepared or started: the error says which part and why."""
+    nb = NetboxLab()
+    try:
+        yield nb
+    finally:
+        nb.server.stop()

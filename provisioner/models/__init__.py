@@ -2,7 +2,7 @@
 
 from provisioner.models.audit import AuditEvent
 from provisioner.models.events import Event
-from provisioner.models.inventory import BmcCredential, Image, Node, Rack, ServerType, Site
+from provisioner.models.inventory import BmcCredential, Image, InventorySync, Node, Rack, ServerType, Site
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
 from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
@@ -16,6 +16,7 @@ __all__ = [
     "DeployTicket",
     "Event",
     "Image",
+    "InventorySync",
     "LogLine",
     "Membership",
     "Node",

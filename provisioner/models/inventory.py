@@ -162,6 +162,12 @@ class Node(models.Model):
         ],
     )
 
+    # Where the boot NIC is cabled: the switch (its device name in the inventory) and its port, from the
+    # inventory file or NetBox's cable on the boot interface; blank where nothing says. The network issue's
+    # port moves and LLDP check read it.
+    switch_name = models.CharField(max_length=100, blank=True)
+    switch_port = models.CharField(max_length=100, blank=True)
+
     # Written only by provisioner.lifecycle.process_event (see states.py).
     state = models.CharField(
         max_length=20, choices=NodeState.choices, default=NodeState.ENROLLING, db_index=True
@@ -295,3 +301,33 @@ class Image(models.Model):
             return self.url
         name = urlsplit(self.url).path.rsplit("/", 1)[-1]
         return f"{site.image_mirror_url.rstrip('/')}/{name}"
+
+
+class InventorySync(models.Model):
+    """One run of the NetBox sync that changed something or could have (dry runs are not kept): when, from
+    where, what it changed, deferred and skipped and why, or why it could not run. The fleet page shows the
+    last one; the rows are a history, never read by the sync itself."""
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "OK"
+        SKIPPED = "skipped", "devices skipped"
+        FAILED = "failed", "failed"
+
+    started_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField()
+    source = models.CharField(max_length=300, help_text="NetBox's address (never a token)")
+    role = models.CharField(max_length=100)
+    actor = models.CharField(max_length=150)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    counts = models.JSONField(default=dict, blank=True)
+    # [{"device", "outcome", "message"}] of every device not unchanged; sites and racks created or changed.
+    results = models.JSONField(default=list, blank=True)
+    places = models.JSONField(default=list, blank=True)
+    notes = models.JSONField(default=list, blank=True)  # what NetBox lacked that the sync tolerated
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"NetBox sync {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"

@@ -7,6 +7,7 @@ File shape (see inventory/example.yaml):
   (deploy_driver, burnin_driver: optional, a driver name; blank or left out: the installation's default)
   images: [{slug, name, url, sha256, size_bytes, format, os_name}]
   nodes: [{name, serial, server_type, site, rack, boot_mac, address,
+           switch: {name, port},   (optional: where the boot NIC is cabled, as NetBox's cable says it)
            bmc: {protocol, address, port, scheme, username, password | password_env | password_file,
                  system_id},
            driver_info: {python, burnin_backend, ...}}]   (optional; see provisioner/drivers/ansible/driver_info.py)
@@ -180,6 +181,21 @@ def _checked_drivers(st: dict[str, Any]) -> dict[str, str]:
     return chosen
 
 
+def _cabling(switch: Any, where: str) -> dict[str, str]:
+    """``switch: {name, port}``: the switch and port the boot NIC is cabled to (both or neither)."""
+    if switch is None:
+        return {"switch_name": "", "switch_port": ""}
+    if not isinstance(switch, dict) or set(switch) - {"name", "port"}:
+        raise InvalidRequest(f"{where}: must be a mapping with name and port")
+    name, port = str(switch.get("name") or "").strip(), str(switch.get("port") or "").strip()
+    if not name or not port:
+        raise InvalidRequest(f"{where}: give both the switch's name and its port")
+    for what, value in (("name", name), ("port", port)):
+        if len(value) > 100:
+            raise InvalidRequest(f"{where}: {what} {value[:20]!r}... is longer than 100 characters")
+    return {"switch_name": name, "switch_port": port}
+
+
 def _refuse_duplicates(name: str, boot_mac: str, serial: str) -> None:
     """A boot MAC or serial number belongs to one server: a second node with it is an inventory mistake."""
     other = Node.objects.filter(boot_mac=boot_mac).exclude(name=name).first()
@@ -289,6 +305,7 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
             "bmc_system_id": bmc.get("system_id", ""),
             "boot_mac": boot_mac,
             "primary_address": nd.get("address") or None,
+            **_cabling(nd.get("switch"), f"node {name}: switch"),
             # where SSH is reached when it is not primary address:22 (a port forward on the site's gateway)
             "ssh_endpoint_address": (nd.get("ssh_endpoint") or {}).get("address", ""),
             "ssh_endpoint_port": checked_port(

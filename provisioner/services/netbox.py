@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -43,10 +44,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from provisioner.errors import IllegalTransition, InvalidRequest, NeocloudError
 from provisioner.lifecycle import Actor, process_event, record
-from provisioner.models import BmcCredential, Node, Rack, ServerType, Site
+from provisioner.models import BmcCredential, InventorySync, Node, Rack, ServerType, Site
 from provisioner.services import nodes as node_services
 from provisioner.services.inventory import (
     checked_port,
@@ -76,6 +78,8 @@ _SYNCED_FIELDS = (
     "bmc_system_id",
     "bmc_scheme",
     "boot_mac",
+    "switch_name",
+    "switch_port",
 )
 
 
@@ -102,6 +106,7 @@ class SyncReport:
     dry_run: bool = False
     results: list[DeviceResult] = dataclasses.field(default_factory=list)
     places: list[str] = dataclasses.field(default_factory=list)  # sites and racks created or changed
+    notes: list[str] = dataclasses.field(default_factory=list)  # what NetBox lacks that the sync tolerates
 
     def add(self, device: str, outcome: str, message: str) -> None:
         self.results.append(DeviceResult(device, outcome, message))
@@ -185,7 +190,10 @@ def _unavailable(api: Any, exc: Exception) -> NetboxUnavailable:
             return NetboxUnavailable(
                 f"{at} does not answer like a NetBox 4.x API (HTTP 404 for {exc.req.url})"
             )
-        return NetboxUnavailable(f"NetBox at {at} answered HTTP {code} for {urlsplit(exc.req.url).path}")
+        said = _netbox_said(exc)
+        return NetboxUnavailable(
+            f"NetBox at {at} answered HTTP {code} for {urlsplit(exc.req.url).path}{f': {said}' if said else ''}"
+        )
     if isinstance(exc, pynetbox.ContentError):
         return NetboxUnavailable(f"{at} answered something that is not JSON: is it NetBox's web root?")
     if isinstance(exc, requests.Timeout):
@@ -202,6 +210,25 @@ def _unavailable(api: Any, exc: Exception) -> NetboxUnavailable:
     return NetboxUnavailable(f"NetBox at {at} cannot be read: {type(exc).__name__}")
 
 
+def _netbox_said(exc: Any) -> str:
+    """NetBox's own words from an error answer (``{"detail": ...}`` or ``{field: [messages]}``), one line."""
+    error = getattr(exc, "error", "")
+    try:
+        body = json.loads(error) if isinstance(error, str) else error
+    except ValueError:
+        body = error
+    if isinstance(body, dict):
+        parts = [
+            f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" if k != "detail" else str(v)
+            for k, v in body.items()
+        ]
+        text = "; ".join(parts)
+    else:
+        text = str(body or "")
+    text = " ".join(text.split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
 def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
@@ -212,17 +239,28 @@ class _Fetched:
     devices: list[dict[str, Any]]
     interfaces: dict[int, list[dict[str, Any]]]
     gpus: dict[int, list[dict[str, Any]]]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def ids(self) -> set[int]:
         return {d["id"] for d in self.devices}
 
 
-def _fetch(api: Any, role: str, known: set[int]) -> _Fetched:
-    """Every device of ``role`` with its interfaces and GPU inventory items. ``known``: the NetBox ids of
+def _slug_exists(endpoint: Any, slug: str) -> bool:
+    return any(True for _ in endpoint.filter(slug=slug, limit=1))
+
+
+def _fetch(api: Any, role: str, known: set[int], page_size: int) -> _Fetched:
+    """Every device of ``role`` with its interfaces and GPU inventory items, ``page_size`` rows a request
+    (NetBox caps it at its MAX_PAGE_SIZE and pynetbox follows the ``next`` links). ``known``: the NetBox ids of
     nodes here; one the listing lacks is asked for by id before the sync takes its device for gone, as NetBox
     pages by offset and a device deleted, renamed or moved out of the role while the pages are read shifts
-    the next page, so that another device falls between two pages."""
+    the next page, so that another device falls between two pages.
+
+    NetBox answers HTTP 400 for a filter naming a role it does not have: the device role is checked first (a
+    clear error), the inventory-item role ``gpu`` is optional (without it no GPU items are read or checked).
+    """
+    notes: list[str] = []
     try:
         status = api.status()
         version = str(status.get("netbox-version", "")) if isinstance(status, dict) else ""
@@ -234,27 +272,39 @@ def _fetch(api: Any, role: str, known: set[int]) -> _Fetched:
             raise NetboxUnavailable(
                 f"NetBox {version or '(unknown version)'} is not supported: the sync reads NetBox 4.x"
             )
-        listed = {d["id"]: d for d in (dict(d) for d in api.dcim.devices.filter(role=role))}
+        if not _slug_exists(api.dcim.device_roles, role):
+            raise InvalidRequest(
+                f"NetBox has no device role {role!r}: give the slug of the role your GPU servers have (--role)"
+            )
+        read_gpus = _slug_exists(api.dcim.inventory_item_roles, GPU_ITEM_ROLE)
+        if not read_gpus:
+            notes.append(
+                f"NetBox has no inventory-item role {GPU_ITEM_ROLE!r}: GPU counts and models are not checked"
+            )
+        listed = {d["id"]: d for d in (dict(d) for d in api.dcim.devices.filter(role=role, limit=page_size))}
         for chunk in _chunks(sorted(known - set(listed)), _DEVICES_PER_REQUEST):
             listed.update(
-                (d["id"], d) for d in (dict(d) for d in api.dcim.devices.filter(id=chunk, role=role))
+                (d["id"], d)
+                for d in (dict(d) for d in api.dcim.devices.filter(id=chunk, role=role, limit=page_size))
             )
         devices = list(listed.values())  # once each: a shifted page may also list a device twice
         interfaces: dict[int, list[dict[str, Any]]] = defaultdict(list)
         gpus: dict[int, list[dict[str, Any]]] = defaultdict(list)
         ids = [d["id"] for d in devices]
         for chunk in _chunks(ids, _DEVICES_PER_REQUEST):
-            for iface in api.dcim.interfaces.filter(device_id=chunk):
+            for iface in api.dcim.interfaces.filter(device_id=chunk, limit=page_size):
                 row = dict(iface)
                 interfaces[row["device"]["id"]].append(row)
-            for item in api.dcim.inventory_items.filter(device_id=chunk, role=GPU_ITEM_ROLE):
+            if not read_gpus:
+                continue
+            for item in api.dcim.inventory_items.filter(device_id=chunk, role=GPU_ITEM_ROLE, limit=page_size):
                 row = dict(item)
                 gpus[row["device"]["id"]].append(row)
-    except NetboxUnavailable:
+    except (NetboxUnavailable, InvalidRequest):
         raise
     except (pynetbox.RequestError, pynetbox.ContentError, requests.RequestException) as exc:
         raise _unavailable(api, exc) from None
-    return _Fetched(devices, interfaces, gpus)
+    return _Fetched(devices, interfaces, gpus, notes)
 
 
 # --- credentials for new nodes -------------------------------------------------------------------
@@ -310,6 +360,36 @@ def _value(choice: Any) -> str:
     return str(choice.get("value") if isinstance(choice, dict) else choice or "")
 
 
+def _one_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):  # a selection {"value", "label"}, or an object's brief form
+        for key in ("value", "slug", "name", "display"):
+            if value.get(key) not in (None, ""):
+                return str(value[key])
+        return ""
+    return str(value)
+
+
+def _custom(name: str, fields: dict[str, Any], field: str) -> str:
+    """Custom field ``field`` of device ``name`` as text, whatever its type in NetBox: text, integer and URL
+    as they are; a selection by its value (NetBox answers ``{"value", "label"}``); an object by its slug, else
+    its name; a multiple selection or multiple objects must hold exactly one.
+
+    :raises InvalidRequest: several values where one is meant.
+    """
+    value = fields.get(field)
+    if isinstance(value, list):
+        values = [v for v in (_one_value(v) for v in value) if v]
+        if len(values) > 1:
+            raise InvalidRequest(
+                f"device {name}: custom field {field} has {len(values)} values ({', '.join(values)}); "
+                "it must have one"
+            )
+        return values[0] if values else ""
+    return _one_value(value)
+
+
 def _mac_of(iface: dict[str, Any]) -> str:
     primary = iface.get("primary_mac_address")
     if isinstance(primary, dict) and primary.get("mac_address"):
@@ -317,7 +397,8 @@ def _mac_of(iface: dict[str, Any]) -> str:
     return str(iface.get("mac_address") or "")
 
 
-def _boot_mac(name: str, interfaces: list[dict[str, Any]]) -> str:
+def _boot_interface(name: str, interfaces: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The boot interface and its MAC (normalized)."""
     tagged = [i for i in interfaces if any(t.get("slug") == PXE_TAG for t in i.get("tags") or [])]
     if len(tagged) > 1:
         names = ", ".join(sorted(i["name"] for i in tagged))
@@ -337,9 +418,24 @@ def _boot_mac(name: str, interfaces: list[dict[str, Any]]) -> str:
             )
         iface = candidates[0]
     try:
-        return normalize_mac(_mac_of(iface))
+        return iface, normalize_mac(_mac_of(iface))
     except InvalidRequest as exc:
         raise InvalidRequest(f"device {name}: interface {iface['name']}: {exc}")
+
+
+def _cabled_to(iface: dict[str, Any]) -> tuple[str, str]:
+    """The switch and port an interface's cable ends at: the far end of its path where NetBox traced one
+    (through patch panels), else the cable's other end, when that is a device's interface; else blanks."""
+    for peers_key, type_key in (
+        ("connected_endpoints", "connected_endpoints_type"),
+        ("link_peers", "link_peers_type"),
+    ):
+        peers = iface.get(peers_key) or []
+        if peers and iface.get(type_key) == "dcim.interface":
+            peer = peers[0]
+            device = peer.get("device") or {}
+            return str(device.get("name") or device.get("display") or ""), str(peer.get("name") or "")
+    return "", ""
 
 
 def _check_gpus(name: str, server_type: ServerType, items: list[dict[str, Any]]) -> None:
@@ -371,7 +467,7 @@ def _wanted(
         raise InvalidRequest(f"device #{dev['id']} has no name in NetBox")
     name = str(dev["name"])
     cf = dev.get("custom_fields") or {}
-    slug = str(cf.get("neocloud_server_type") or (dev.get("device_type") or {}).get("slug") or "")
+    slug = _custom(name, cf, "neocloud_server_type") or str((dev.get("device_type") or {}).get("slug") or "")
     server_type = ServerType.objects.filter(slug=slug).first()
     if server_type is None:
         raise InvalidRequest(
@@ -386,18 +482,20 @@ def _wanted(
         validate_ipv46_address(address)
     except ValidationError:
         raise InvalidRequest(f"device {name}: oob_ip {oob['address']!r} is not an IP address")
-    protocol = str(cf.get("bmc_protocol") or "")
+    protocol = _custom(name, cf, "bmc_protocol")
     if protocol not in BMC_PROTOCOLS:
         raise InvalidRequest(
             f"device {name}: custom field bmc_protocol is {protocol or 'not set'!r}; it must be ipmi or redfish"
         )
     port = checked_port(
-        cf.get("bmc_port") or (623 if protocol == "ipmi" else 443), f"device {name}: custom field bmc_port"
+        _custom(name, cf, "bmc_port") or (623 if protocol == "ipmi" else 443),
+        f"device {name}: custom field bmc_port",
     )
     # an IPMI device's bmc_scheme is ignored, as its redfish_system_id is (a custom field's default may set it)
-    given = cf.get("bmc_scheme") if protocol == "redfish" else None
+    given = (_custom(name, cf, "bmc_scheme") or None) if protocol == "redfish" else None
     scheme = checked_scheme(protocol, given, port, f"device {name}: custom field bmc_scheme")
-    mac = _boot_mac(name, interfaces)
+    boot, mac = _boot_interface(name, interfaces)
+    switch_name, switch_port = _cabled_to(boot)
     _check_gpus(name, server_type, gpus)
     wanted = {
         "name": name,
@@ -409,8 +507,10 @@ def _wanted(
         "bmc_address": address,
         "bmc_port": port,
         "bmc_scheme": scheme,
-        "bmc_system_id": str(cf.get("redfish_system_id") or "") if protocol == "redfish" else "",
+        "bmc_system_id": _custom(name, cf, "redfish_system_id") if protocol == "redfish" else "",
         "boot_mac": mac,
+        "switch_name": switch_name,
+        "switch_port": switch_port,
     }
     # NetBox allows longer values than these columns hold (a site slug or rack name of up to 100 characters,
     # a custom field of any length): PostgreSQL would refuse the row with a DataError that ends the whole sync.
@@ -421,6 +521,8 @@ def _wanted(
         ("site slug", Site, "slug", str(dev["site"].get("slug") or "")),
         ("site name", Site, "name", str(dev["site"].get("name") or "")),
         ("rack name", Rack, "name", str((dev.get("rack") or {}).get("name") or "")),
+        ("cabled switch name", Node, "switch_name", switch_name),
+        ("cabled switch port", Node, "switch_port", switch_port),
     ):
         limit = getattr(model._meta.get_field(field), "max_length", None)
         if limit is not None and len(value) > limit:
@@ -663,6 +765,9 @@ class _Sync:
             )
 
 
+DEFAULT_PAGE_SIZE = 1000  # NetBox's default MAX_PAGE_SIZE; a smaller one on the server still works
+
+
 def sync(
     api: Any,
     *,
@@ -670,18 +775,78 @@ def sync(
     credentials: dict[str, Any] | None = None,
     dry_run: bool = False,
     role: str = DEFAULT_ROLE,
+    page_size: int = DEFAULT_PAGE_SIZE,
 ) -> SyncReport:
     """Bring sites, racks and nodes in line with NetBox's devices of ``role`` (see the module docstring).
 
     ``api`` is a pynetbox API (see :func:`connect`); ``credentials`` as :func:`load_credentials` returns it
     (needed only for new nodes). Each device is applied in its own transaction; ``dry_run`` runs everything
-    in one transaction and rolls it back, so the report is the plan and nothing is written.
+    in one transaction and rolls it back, so the report is the plan and nothing is written. A real run, done
+    or failed, is kept as an :class:`InventorySync` (the fleet page shows the last one).
 
     :raises NetboxUnavailable: NetBox cannot be read (nothing is changed then).
-    :raises InvalidRequest: NetBox lists no device of ``role`` while nodes came from NetBox (nothing changed).
+    :raises InvalidRequest: NetBox has no such role, or lists no device of ``role`` while nodes came from
+        NetBox (nothing changed).
     """
+    started = timezone.now()
+    try:
+        report = _sync(
+            api, actor=actor, credentials=credentials, dry_run=dry_run, role=role, page_size=page_size
+        )
+    except (NetboxUnavailable, InvalidRequest) as exc:
+        if not dry_run:
+            _keep(api, actor, role, started, outcome=InventorySync.Outcome.FAILED, error=str(exc))
+        raise
+    if not dry_run:
+        _keep(api, actor, role, started, report=report)
+    return report
+
+
+def _keep(
+    api: Any,
+    actor: Actor,
+    role: str,
+    started: Any,
+    *,
+    report: SyncReport | None = None,
+    outcome: str = "",
+    error: str = "",
+) -> None:
+    results = [dataclasses.asdict(r) for r in (report.results if report else []) if r.outcome != "unchanged"]
+    InventorySync.objects.create(
+        started_at=started,
+        finished_at=timezone.now(),
+        source=where(str(getattr(api, "base_url", "")).removesuffix("/api")),
+        role=role[:100],
+        actor=str(actor.label)[:150],
+        outcome=outcome
+        or (InventorySync.Outcome.OK if report is not None and report.ok else InventorySync.Outcome.SKIPPED),
+        counts=report.counts() if report else {},
+        results=results,
+        places=list(report.places) if report else [],
+        notes=list(report.notes) if report else [],
+        error=error,
+    )
+
+
+def last_runs(limit: int = 1) -> list[InventorySync]:
+    return list(InventorySync.objects.all()[:limit])
+
+
+def _sync(
+    api: Any,
+    *,
+    actor: Actor,
+    credentials: dict[str, Any] | None,
+    dry_run: bool,
+    role: str,
+    page_size: int,
+) -> SyncReport:
     fetched = _fetch(
-        api, role, set(Node.objects.filter(netbox_id__isnull=False).values_list("netbox_id", flat=True))
+        api,
+        role,
+        set(Node.objects.filter(netbox_id__isnull=False).values_list("netbox_id", flat=True)),
+        page_size,
     )
     if not fetched.devices and Node.objects.filter(netbox_id__isnull=False).exists():
         # Most likely a wrong --role or a NetBox being restored, not a fleet that vanished: putting every node
@@ -690,7 +855,7 @@ def sync(
             f"NetBox has no devices of role {role}, yet nodes here came from NetBox; nothing done "
             "(check the role; retire nodes one by one with nodes maintain)"
         )
-    report = SyncReport(dry_run=dry_run)
+    report = SyncReport(dry_run=dry_run, notes=list(fetched.notes))
     work = _Sync(actor, credentials, report)
     # A real run commits device by device (one bad device does not hold back the others, and no lock is held
     # for the whole sync); a dry run does the same work inside one transaction that it rolls back.

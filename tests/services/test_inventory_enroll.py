@@ -52,6 +52,14 @@ def _enroll(tmp_path: Path, nodes: str) -> None:
             "node n1: cannot read bmc password_file /nonexistent/bmc-password",
         ),
         ("  n1: {server_type: t1}\n", "nodes entry 1: a node is a mapping with name"),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', switch: {{name: leaf1}}, bmc: {{{BMC}}}}}\n",
+            "node n1: switch: give both the switch's name and its port",
+        ),
+        (
+            f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', switch: leaf1, bmc: {{{BMC}}}}}\n",
+            "node n1: switch: must be a mapping with name and port",
+        ),
     ],
 )
 def test_a_node_with_missing_or_bad_fields_is_refused_with_a_sentence(
@@ -327,3 +335,12 @@ def test_a_bad_bmc_scheme_or_url_is_refused_with_a_sentence(
         _enroll(tmp_path, nodes)
     assert "hunter2-bmc" not in str(caught.value)
     assert not Node.objects.exists()
+
+
+def test_the_switch_port_the_boot_nic_is_cabled_to_is_recorded(db, tmp_path: Path) -> None:
+    _enroll(
+        tmp_path,
+        f"  - {{name: n1, server_type: t1, boot_mac: 'aa:bb:cc:00:00:01', switch: {{name: leaf1, port: swp7}},"
+        f" bmc: {{{BMC}}}}}\n",
+    )
+    assert Node.objects.values_list("switch_name", "switch_port").get() == ("leaf1", "swp7")

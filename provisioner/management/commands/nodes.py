@@ -146,6 +146,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{head}: {netbox.where(src.url)}, role {src.role}")
         for place in report.places:
             self.stdout.write(f"  {place}")
+        for note in report.notes:
+            self.stdout.write(f"  note: {note}")
         for r in report.results:
             if r.outcome != "unchanged" or opts["verbose_unchanged"]:
                 self.stdout.write(

@@ -14,7 +14,17 @@ from django.views.decorators.http import require_POST
 from provisioner.errors import NeocloudError
 from provisioner.filtersets import NodeFilterSet
 from provisioner.lifecycle import Actor
-from provisioner.models import AuditEvent, BurnInReport, LogLine, Node, Operation, Rollout, ServerType, Site
+from provisioner.models import (
+    AuditEvent,
+    BurnInReport,
+    InventorySync,
+    LogLine,
+    Node,
+    Operation,
+    Rollout,
+    ServerType,
+    Site,
+)
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
 from provisioner.states import (
@@ -74,6 +84,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "server_types": ServerType.objects.all(),
         "rollout_form": RolloutForm(),
         "query": filters.urlencode(),  # the pager adds the page number
+        "last_sync": InventorySync.objects.first(),
     }
     if request.headers.get("HX-Request"):
         return render(request, "portal/ops/_fleet_table.html", context)
