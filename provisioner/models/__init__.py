@@ -6,6 +6,7 @@ from provisioner.models.inventory import BmcCredential, Image, Node, Rack, Serve
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
 from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
+from provisioner.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Allocation",
@@ -29,4 +30,7 @@ __all__ = [
     "SignInFailure",
     "Site",
     "Step",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]
