@@ -261,3 +261,39 @@ def test_the_scheduler_and_a_worker_deliver_on_their_own(inventory, receiver, wo
     wait_for(lambda: receiver.delivered(), timeout=60, message="a delivery", details=workers.logs)
     got = receiver.delivered()[0]
     assert got.json["type"] == "reservation.created" and got.signed_with(secret)
+
+
+def test_metrics_count_outcomes_and_the_lag_of_each_delivery(inventory, receiver, fast_retries):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from provisioner.metrics import NeocloudCollector
+
+    webhooks.create_endpoint(inventory.acme, receiver.url, actor=OLIVIA, event_types=["reservation.created"])
+    webhooks.create_endpoint(
+        inventory.acme,
+        f"http://127.0.0.1:{closed_port()}/",
+        actor=OLIVIA,
+        event_types=["reservation.created"],
+    )
+    receiver.fail_next(1)
+    reserve(inventory)
+    drive(lambda: len(receiver.delivered()) == 1)
+    registry = CollectorRegistry()
+    registry.register(NeocloudCollector())
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    assert samples[("neocloud_webhook_deliveries_total", (("state", "succeeded"),))] == 1
+    assert samples[("neocloud_webhook_deliveries_total", (("state", "failed"),))] == 0
+    assert samples[("neocloud_webhook_deliveries_pending", ())] == 1  # the dead endpoint's
+    assert samples[("neocloud_webhook_oldest_pending_seconds", ())] > 0
+    assert samples[("neocloud_webhook_attempts_total", (("outcome", "http_error"),))] == 1
+    assert samples[("neocloud_webhook_attempts_total", (("outcome", "succeeded"),))] == 1
+    assert samples[("neocloud_webhook_attempts_total", (("outcome", "unreachable"),))] >= 1
+    assert samples[("neocloud_webhook_delivery_lag_seconds_count", ())] == 1
+    lag = WebhookDelivery.objects.get(state="succeeded").lag_seconds
+    assert samples[("neocloud_webhook_delivery_lag_seconds_sum", ())] == pytest.approx(lag)
+    assert samples[("neocloud_webhook_delivery_lag_seconds_bucket", (("le", "+Inf"),))] == 1
