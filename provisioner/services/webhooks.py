@@ -38,9 +38,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-import requests
+import urllib3
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -63,6 +63,9 @@ PASS_SECONDS = 30.0
 QUEUED_GRACE_SECONDS = 120.0
 # Deliveries read per query within a pass.
 PAGE = 500
+# Successes written together (one transaction) at most this many, or this often.
+FLUSH_EVERY = 100
+FLUSH_SECONDS = 1.0
 # Most bytes of an answer read (its body is not used; reading lets the connection be reused).
 ANSWER_BYTES = 65536
 
@@ -421,6 +424,13 @@ def backoff(attempts: int) -> float:
     return float(min(first * 2 ** max(0, attempts - 1), settings.NEOCLOUD_WEBHOOK_RETRY_MAX_SECONDS))
 
 
+# The table's name comes from the model, not from input.
+_RECORD_DELIVERED = (
+    f"UPDATE {WebhookDelivery._meta.db_table} SET state = %s, attempts = %s, finished_at = %s, "  # noqa: S608
+    "lag_seconds = %s, last_status_code = %s, last_error = %s, last_latency_ms = %s WHERE id = %s"
+)
+
+
 class _Pass:
     """One delivery pass over one endpoint (holding its lease)."""
 
@@ -429,15 +439,50 @@ class _Pass:
         self.secret = endpoint.secret
         self.org_slug = endpoint.organization.slug
         self.deadline = deadline
-        self.session = requests.Session()
+        # urllib3 (what requests is built on) directly: a fifth of the cost per POST, no proxy variables
+        self.http = urllib3.PoolManager(num_pools=2, maxsize=1)
         self.counts: Counter[str] = Counter()
         self.timeout = settings.NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS
+        # Successes answered but not yet written (written together: one transaction per FLUSH_EVERY)
+        self.delivered: list[tuple[WebhookDelivery, WebhookAttempt]] = []
+        self.flushed_at = time.monotonic()
 
     def run(self) -> None:
-        while time.monotonic() < self.deadline:
-            attempted, stop = self._round()
-            if stop or not attempted:
-                return
+        try:
+            while time.monotonic() < self.deadline:
+                attempted, stop = self._round()
+                self.flush()  # before the next round reads what is pending
+                if stop or not attempted:
+                    return
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the successes answered since the last flush: their attempts and their deliveries' new
+        state. A crash before this sends them again (at least once), never loses them."""
+        if not self.delivered:
+            return
+        ops = connection.ops
+        rows = [
+            (
+                delivery.state,
+                delivery.attempts,
+                ops.adapt_datetimefield_value(delivery.finished_at),
+                delivery.lag_seconds,
+                delivery.last_status_code,
+                delivery.last_error,
+                delivery.last_latency_ms,
+                delivery.pk,
+            )
+            for delivery, _ in self.delivered
+        ]
+        with transaction.atomic():
+            WebhookAttempt.objects.bulk_create([attempt for _, attempt in self.delivered])
+            # one statement run per row: bulk_update's CASE over every row costs more than the sending
+            with connection.cursor() as cursor:
+                cursor.executemany(_RECORD_DELIVERED, rows)
+        self.delivered = []
+        self.flushed_at = time.monotonic()
 
     def _round(self) -> tuple[int, bool]:
         """One walk over the endpoint's pending deliveries, oldest first. Returns how many it attempted,
@@ -500,23 +545,24 @@ class _Pass:
         error = ""
         started = time.perf_counter()
         try:
-            answer = self.session.post(
+            answer = self.http.request(
+                "POST",
                 self.endpoint.url,
-                data=body,
+                body=body,
                 headers=headers,
-                timeout=(min(self.timeout, 3.0), self.timeout),
-                allow_redirects=False,
-                stream=True,
+                timeout=urllib3.Timeout(connect=min(self.timeout, 3.0), read=self.timeout),
+                retries=False,
+                redirect=False,
+                preload_content=False,
             )
             try:
-                read = 0
-                for chunk in answer.iter_content(8192):
-                    read += len(chunk)
-                    if read >= ANSWER_BYTES:
-                        break
+                answer.read(ANSWER_BYTES, decode_content=False)  # the body is not used
             finally:
-                answer.close()
-            status = answer.status_code
+                if answer.closed or answer.length_remaining == 0:
+                    answer.release_conn()  # read to its end: the connection serves the next one
+                else:
+                    answer.close()
+            status = answer.status
             if 200 <= status < 300:
                 outcome = WebhookAttempt.Outcome.SUCCEEDED
             else:
@@ -524,10 +570,13 @@ class _Pass:
                 error = f"answered {status} {answer.reason or ''}".strip()
                 if 300 <= status < 400:
                     error += " (redirects are not followed: register the final URL)"
-        except requests.Timeout:
+        except urllib3.exceptions.NewConnectionError as exc:  # a subclass of the timeout errors: first
+            outcome = WebhookAttempt.Outcome.UNREACHABLE
+            error = f"could not connect: {str(exc)[:300]}"
+        except urllib3.exceptions.TimeoutError:
             outcome = WebhookAttempt.Outcome.TIMEOUT
             error = f"no answer within {self.timeout:g} s"
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             outcome = WebhookAttempt.Outcome.UNREACHABLE
             error = f"could not connect: {type(exc).__name__}: {str(exc)[:300]}"
         latency_ms = (time.perf_counter() - started) * 1000
@@ -559,20 +608,20 @@ class _Pass:
             )
         else:
             fields["next_attempt_at"] = now + timedelta(seconds=backoff(attempts))
-        with transaction.atomic():
-            WebhookAttempt.objects.create(
-                delivery=delivery,
-                at=now,
-                outcome=outcome,
-                status_code=status,
-                error=error,
-                latency_ms=latency_ms,
-            )
-            WebhookDelivery.objects.filter(pk=delivery.pk).update(**fields)
         for name, value in fields.items():
             setattr(delivery, name, value)
-        if outcome != WebhookAttempt.Outcome.SUCCEEDED:
-            self._give_up_expired(now)
+        attempt = WebhookAttempt(
+            delivery=delivery, at=now, outcome=outcome, status_code=status, error=error, latency_ms=latency_ms
+        )
+        if outcome == WebhookAttempt.Outcome.SUCCEEDED:
+            self.delivered.append((delivery, attempt))
+            if len(self.delivered) >= FLUSH_EVERY or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+                self.flush()
+            return
+        with transaction.atomic():
+            attempt.save()
+            WebhookDelivery.objects.filter(pk=delivery.pk).update(**fields)
+        self._give_up_expired(now)
 
     def _give_up_expired(self, now: datetime) -> None:
         """Pending deliveries of this endpoint older than the retry period are given up (recorded)."""
@@ -612,7 +661,7 @@ def deliver_pass(endpoint_id: int, *, seconds: float = PASS_SECONDS) -> dict[str
     try:
         run.run()
     finally:
-        run.session.close()
+        run.http.clear()
         WebhookEndpoint.objects.filter(pk=endpoint_id, lease_until=lease).update(lease_until=None)
     kick(endpoint_ids=[endpoint_id])  # what came in meanwhile, or what the deadline left
     return dict(run.counts)
