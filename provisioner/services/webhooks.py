@@ -55,7 +55,7 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of generated secrets, not a 
 SIGNATURE_HEADER = "Neocloud-Signature"
 USER_AGENT = "Neocloud-Webhooks/1"
 # Events turned into deliveries per dispatcher transaction; the rest in the next pass.
-DISPATCH_BATCH = 2000
+DISPATCH_BATCH = 500
 # A delivery pass ends after this long (the rest is queued again): one endpoint's backlog does not hold a
 # worker thread for ever, and other queues' tasks get their turn.
 PASS_SECONDS = 30.0
