@@ -10,8 +10,10 @@ import itertools
 import socket
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from provisioner import events
 from provisioner.errors import InvalidRequest
@@ -308,3 +310,36 @@ def test_metrics_count_outcomes_and_the_lag_of_each_delivery(inventory, receiver
     lag = WebhookDelivery.objects.get(state="succeeded").lag_seconds
     assert samples[("neocloud_webhook_delivery_lag_seconds_sum", ())] == pytest.approx(lag)
     assert samples[("neocloud_webhook_delivery_lag_seconds_bucket", (("le", "+Inf"),))] == 1
+
+
+def test_a_pass_killed_before_it_recorded_its_answers_sends_them_again(
+    inventory, receiver, fast_retries, monkeypatch
+):
+    """At least once: answered deliveries whose success was not yet written (the worker died) stay
+    pending, and the next pass, once the dead pass's lease has run out, sends them again, with the same
+    event ids, so that a receiver can skip what it already processed."""
+    endpoint, secret = webhooks.create_endpoint(
+        inventory.acme, receiver.url, actor=OLIVIA, event_types=["reservation.created"]
+    )
+    reserve(inventory)
+    settle()
+    assert webhooks.dispatch() == 1
+
+    def killed(self) -> None:
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(webhooks._Pass, "flush", killed)
+    with pytest.raises(SystemExit):
+        webhooks.deliver_pass(endpoint.pk, seconds=5)
+    assert len(receiver.delivered()) == 1
+    assert WebhookDelivery.objects.get(endpoint=endpoint).state == "pending"
+    monkeypatch.undo()
+    # a worker killed outright never hands its lease back: it holds the endpoint until it runs out
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(lease_until=timezone.now() + timedelta(minutes=1))
+    assert webhooks.deliver_pass(endpoint.pk, seconds=5) == {}
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(lease_until=None)  # it ran out
+    assert webhooks.deliver_pass(endpoint.pk, seconds=5) == {"succeeded": 1}
+    first, again = receiver.delivered()
+    assert first.headers["Neocloud-Event-Id"] == again.headers["Neocloud-Event-Id"]
+    assert first.body == again.body and again.signed_with(secret)
+    assert WebhookDelivery.objects.get(endpoint=endpoint).state == "succeeded"
