@@ -18,14 +18,22 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult, get_date_max
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from provisioner import events
-from provisioner.models import BurnInReport, Event, Node, Operation, Reservation
+from provisioner.models import (
+    BurnInReport,
+    Event,
+    Node,
+    Operation,
+    Reservation,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from provisioner.states import (
     FINISHED_OPERATION_STATES,
     OPEN_OPERATION_STATES,
@@ -37,6 +45,9 @@ from provisioner.states import (
 # Seconds from booking (or the window's start) to a server handed over: lab runs take seconds, real
 # servers (netboot, image, burn-in) ten minutes to an hour.
 RESERVE_TO_ACTIVE_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
+# Seconds from an event to its webhook delivery being answered: under a second when all is well, minutes
+# to hours while an endpoint is down (retries back off up to an hour).
+WEBHOOK_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
 # Events folded into the histogram per scrape at most; the rest on the next scrapes.
 EVENTS_PER_SCRAPE = 50_000
 
@@ -126,6 +137,7 @@ class NeocloudCollector(Collector):
         yield from self._operations(now)
         yield from self._queues(now)
         yield from self._burnin()
+        yield from self._webhooks(now)
         events.sequence_committed()
         yield self.reserve_to_active.metric()
 
@@ -266,3 +278,59 @@ class NeocloudCollector(Collector):
         for check in sorted(by_check):
             failures.add_metric([check], by_check[check])
         yield failures
+
+    def _webhooks(self, now: dt.datetime) -> Iterator[Metric]:
+        by_state = dict(
+            WebhookDelivery.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n")
+        )
+        finished = CounterMetricFamily(
+            "neocloud_webhook_deliveries",
+            "Webhook deliveries that ended, by outcome: succeeded (answered 2xx) or failed (given up after "
+            "retrying for the retry period)",
+            labels=["state"],
+        )
+        for state in (WebhookDelivery.State.SUCCEEDED, WebhookDelivery.State.FAILED):
+            finished.add_metric([state], by_state.get(state, 0))
+        yield finished
+        pending = GaugeMetricFamily(
+            "neocloud_webhook_deliveries_pending", "Webhook deliveries not yet delivered nor given up"
+        )
+        pending.add_metric([], by_state.get(WebhookDelivery.State.PENDING, 0))
+        yield pending
+        oldest = WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING).aggregate(
+            since=Min("event_at")
+        )["since"]
+        oldest_age = GaugeMetricFamily(
+            "neocloud_webhook_oldest_pending_seconds",
+            "Seconds since the event of the oldest pending webhook delivery happened (0: none pending)",
+        )
+        oldest_age.add_metric([], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+        yield oldest_age
+        attempts = CounterMetricFamily(
+            "neocloud_webhook_attempts",
+            "Webhook delivery attempts (POSTs), by outcome: succeeded, http_error, timeout, unreachable",
+            labels=["outcome"],
+        )
+        by_outcome = dict(
+            WebhookAttempt.objects.values_list("outcome").annotate(n=Count("id")).values_list("outcome", "n")
+        )
+        for outcome in WebhookAttempt.Outcome.values:
+            attempts.add_metric([outcome], by_outcome.get(outcome, 0))
+        yield attempts
+        delivered = WebhookDelivery.objects.filter(
+            state=WebhookDelivery.State.SUCCEEDED, lag_seconds__isnull=False
+        ).aggregate(
+            total=Sum("lag_seconds"),
+            inf=Count("id"),
+            **{
+                f"le{i}": Count("id", filter=Q(lag_seconds__lte=bound))
+                for i, bound in enumerate(WEBHOOK_LAG_BUCKETS)
+            },
+        )
+        lag = HistogramMetricFamily(
+            "neocloud_webhook_delivery_lag_seconds",
+            "Seconds from an event to the answer that delivered it to a webhook endpoint, retries included",
+        )
+        buckets = [(repr(bound), delivered[f"le{i}"]) for i, bound in enumerate(WEBHOOK_LAG_BUCKETS)]
+        lag.add_metric([], [*buckets, ("+Inf", delivered["inf"])], sum_value=delivered["total"] or 0.0)
+        yield lag

@@ -293,3 +293,10 @@ LOGGING = {
         "django.request": {"filters": ["request_id"]},
     },
 }
+# Webhooks (provisioner/services/webhooks.py): seconds a customer's endpoint gets to answer one delivery;
+# the first retry's delay, doubled at each failure up to the longest; and how long a delivery is retried
+# before it is given up (a day).
+NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS = env_float("NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+NEOCLOUD_WEBHOOK_RETRY_SECONDS = env_float("NEOCLOUD_WEBHOOK_RETRY_SECONDS", 10.0, minimum=0.01)
+NEOCLOUD_WEBHOOK_RETRY_MAX_SECONDS = env_float("NEOCLOUD_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, minimum=0.01)
+NEOCLOUD_WEBHOOK_GIVE_UP_SECONDS = env_float("NEOCLOUD_WEBHOOK_GIVE_UP_SECONDS", 86400.0, minimum=1)

@@ -6,6 +6,7 @@ from provisioner.models.inventory import BmcCredential, Image, InventorySync, No
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
 from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
+from provisioner.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Allocation",
@@ -30,4 +31,7 @@ __all__ = [
     "SignInFailure",
     "Site",
     "Step",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

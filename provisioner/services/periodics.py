@@ -1,7 +1,8 @@
 """The scheduler's periodic passes (as Ironic's conductor/periodics.py): the housekeeping pass that repairs
 what a killed process left (the reaper, lost tasks and waits, stranded nodes, reservations whose last
-operation's handling never ran, reservations short of a spare) and moves windows and rollouts on, and the
-periodic fleet syncs queued as tasks. ``manage.py scheduler`` runs them in a loop."""
+operation's handling never ran, reservations short of a spare), moves windows and rollouts on, turns new
+events into webhook deliveries and queues their passes, and the periodic fleet syncs queued as tasks.
+``manage.py scheduler`` runs them in a loop."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdu
 from provisioner.errors import IllegalTransition
 from provisioner.lifecycle import Actor, process_event
 from provisioner.models import LogLine, Node, Operation, Reservation
-from provisioner.services import signin
+from provisioner.services import signin, webhooks
 from provisioner.services.outcomes import after_failure, failure_event, mark_reservation_active_if_ready
 from provisioner.services.reservations import (
     add_spare,
@@ -160,6 +161,8 @@ def housekeeping_pass() -> dict[str, int]:
     counts["rollouts"] = advance_running_rollouts()
     counts["signin_failures_pruned"] = signin.prune()
     counts["ansible_leftovers_swept"] = sweep_stale_spools()
+    # webhooks: new events into deliveries, passes queued for endpoints with deliveries due (no HTTP here)
+    counts.update(webhooks.pump())
     return counts
 
 

@@ -1,5 +1,6 @@
-"""Periodic fleet-wide work queued by the scheduler through Django's Tasks API: the power sweep and the
-NetBox inventory sync. Services, not engine: they change inventory and power records, not operations."""
+"""Tasks queued through Django's Tasks API: the periodic power sweep and NetBox inventory sync (by the
+scheduler), and webhook delivery passes. Services, not engine: they change inventory, power and webhook
+records, not operations."""
 
 from __future__ import annotations
 
@@ -20,3 +21,12 @@ def sync_netbox_inventory() -> dict[str, int]:
     from provisioner.services.netbox import sync_from_settings
 
     return sync_from_settings().counts()
+
+
+@task(queue_name="webhooks")
+def deliver_webhooks(endpoint_id: int) -> dict[str, int]:
+    """One delivery pass over a webhook endpoint (see services/webhooks.py): its due deliveries, in order,
+    with short timeouts. On its own queue, so that slow customer endpoints never hold operations back."""
+    from provisioner.services.webhooks import deliver_pass
+
+    return deliver_pass(endpoint_id)

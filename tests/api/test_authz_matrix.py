@@ -24,6 +24,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, AuditEvent, Node, Operation, Reservation, SSHKey
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
+from provisioner.services import webhooks as webhook_service
 from provisioner.sshkeys import parse_public_key
 from tests.conftest import reserve, ssh_keygen
 
@@ -45,6 +46,8 @@ class World:
     audit_event_id: int
     # an acme key in no open reservation: deleting the only key of one is refused, whoever asks
     spare_key_id: int
+    # an acme webhook endpoint
+    webhook_id: int
 
 
 @pytest.fixture
@@ -75,6 +78,9 @@ def world(inventory, tmp_path) -> World:
     spare_key_id = SSHKey.objects.create(
         organization=inv.acme, name="spare", public_key=spare_key.line, fingerprint=spare_key.fingerprint
     ).pk
+    webhook, _ = webhook_service.create_endpoint(
+        inv.acme, "https://hooks.example.com/acme", actor=Actor(user=inv.owner, label="olivia")
+    )
     return World(
         inv=inv,
         tokens=tokens,
@@ -88,6 +94,7 @@ def world(inventory, tmp_path) -> World:
         owner_spare_token=spare,
         audit_event_id=AuditEvent.objects.get(organization=inv.acme, action="reserve").pk,
         spare_key_id=spare_key_id,
+        webhook_id=webhook.pk,
     )
 
 
@@ -199,6 +206,21 @@ MATRIX: dict[str, Cell] = {
     "list audit events": Cell("get", lambda w: f"{V1}/audit-events", everyone(200)),
     "audit event": Cell("get", lambda w: f"{V1}/audit-events/{w.audit_event_id}", acme_only(200)),
     "list events": Cell("get", lambda w: f"{V1}/events?after=0&limit=10", everyone(200)),
+    "list webhooks": Cell("get", lambda w: f"{V1}/webhooks", everyone(200)),
+    # The operator is in no organization, so there is none to register an endpoint for.
+    "create webhook": Cell(
+        "post",
+        lambda w: f"{V1}/webhooks",
+        {**everyone(201), "operator": 400},
+        lambda w: {"url": "https://hooks.example.com/new", "event_types": ["node.transition"]},
+    ),
+    "webhook": Cell("get", lambda w: f"{V1}/webhooks/{w.webhook_id}", acme_only(200)),
+    "update webhook": Cell(
+        "patch", lambda w: f"{V1}/webhooks/{w.webhook_id}", acme_members(200), lambda w: {"active": False}
+    ),
+    "delete webhook": Cell("delete", lambda w: f"{V1}/webhooks/{w.webhook_id}", acme_members(204)),
+    "webhook deliveries": Cell("get", lambda w: f"{V1}/webhooks/{w.webhook_id}/deliveries", acme_only(200)),
+    "test webhook": Cell("post", lambda w: f"{V1}/webhooks/{w.webhook_id}/test", acme_members(202)),
     "admin list events": Cell(
         "get", lambda w: f"{V1}/admin/events?after=0&organization=acme", staff_only(200)
     ),

@@ -12,8 +12,10 @@ from rest_framework import mixins
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
+from provisioner.lifecycle import Actor
 from provisioner.models import Organization, ServerType
 from provisioner.models.tenancy import OrgScopedQuerySet
+from provisioner.services import webhooks
 from tests.conftest import reserve
 from webapp.api.urls import router
 from webapp.api.viewsets import CustomerViewSet
@@ -52,6 +54,7 @@ def test_the_customer_views_are_the_registered_non_admin_routes():
         "tokens",
         "audit-events",
         "events",
+        "webhooks",
     }
 
 
@@ -73,6 +76,8 @@ def test_a_scoped_view_reads_and_changes_only_what_the_caller_may(inventory, pre
     inv = inventory
     reserve(inv)
     reserve(inv, org=inv.other, user=inv.outsider, key=inv.other_key, label="oscar")
+    for org in (inv.acme, inv.other):
+        webhooks.create_endpoint(org, "https://hooks.example.com/x", actor=Actor.system("test"))
     acme, other = inv.acme.pk, inv.other.pk
     everyone = set(Organization.objects.values_list("pk", flat=True))
     allowed = {

@@ -14,6 +14,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, Node
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
+from provisioner.services import webhooks as webhook_service
 from tests.conftest import reserve
 from webapp.api.pagination import NeocloudPagination
 
@@ -76,9 +77,14 @@ def test_every_list_endpoint_answers_huge_values_without_a_server_error(inventor
         max_parallel=1,
         failure_budget=0,
     )
+    # a webhook endpoint of acme with a delivery in its log (lists under /webhooks/{id}/ name it)
+    webhook, _ = webhook_service.create_endpoint(
+        inventory.acme, "https://hooks.example.com/", actor=Actor.system("t")
+    )
+    webhook_service.send_test(webhook, actor=Actor.system("t"))
     spec = SchemaGenerator().get_schema(request=None, public=True)
     lists = [
-        path
+        path.replace("/webhooks/{id}/", f"/webhooks/{webhook.pk}/")
         for path, item in spec["paths"].items()
         if "get" in item and any(p["name"] == "limit" for p in item["get"].get("parameters", []))
     ]

@@ -16,6 +16,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, LogLine, Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
+from provisioner.services import webhooks as webhook_service
 from tests.api.test_api_bad_input import api
 from tests.conftest import reserve
 
@@ -59,6 +60,10 @@ def world(inventory) -> dict[str, str]:
     rollout = rollout_service.start_rollout(
         [Node.objects.get(name="node-h100-8x-04")], actor=Actor.system("t"), max_parallel=1, failure_budget=0
     )
+    webhook, _ = webhook_service.create_endpoint(
+        inv.acme, "https://hooks.example.com/", actor=Actor.system("t")
+    )
+    webhook_service.send_test(webhook, actor=Actor.system("t"))  # a delivery never tried: nulls
     return {
         "slug": "h100-8x",
         "images/{slug}": "ubuntu-24.04",
@@ -72,6 +77,7 @@ def world(inventory) -> dict[str, str]:
         "admin/nodes": str(idle.pk),
         "admin/reimage-rollouts": str(rollout.pk),
         "admin/reservations": str(reservation.pk),
+        "webhooks": str(webhook.pk),
     }
 
 
@@ -82,7 +88,7 @@ def _concrete(template: str, world: dict[str, str], inv: Any) -> str | None:
         return template.replace("{slug}", world["images/{slug}"])
     if "{slug}" in template:
         return template.replace("{slug}", world["slug"])
-    collection = re.match(r"/api/v1/(.+)/\{id\}/?$", template)
+    collection = re.match(r"/api/v1/(.+?)/\{id\}(/[a-z-]+)?/?$", template)
     assert collection, f"no id known for {template}: add one to the world fixture"
     if collection.group(1) == "tokens":
         return template.replace("{id}", str(inv.owner.api_tokens.latest("id").pk))
@@ -124,6 +130,8 @@ NULLABLE = {
     "Rollout": ["image", "requested_by", "cancelled_by", "halted_reason", "finished_at"],
     "Organization": ["my_role"],
     "ApiToken": ["last_used_at", "revoked_at", "expires_at"],
+    "WebhookDelivery": ["event", "finished_at", "lag_seconds", "last_status_code", "last_latency_ms"],
+    "WebhookAttempt": ["status_code"],
 }
 
 

@@ -18,6 +18,7 @@ from provisioner.handover import known_hosts_name
 from provisioner.lifecycle import Actor
 from provisioner.models import BurnInReport, Node, Operation
 from provisioner.services import nodes as node_services
+from provisioner.services import webhooks
 from provisioner.sshkeys import parse_public_key
 from provisioner.states import NodeState, OperationKind, OperationState
 from tests.browser.conftest import ARTIFACTS, shot, sign_in
@@ -265,10 +266,25 @@ def test_customer_pages_fit_the_screen_and_show_every_known_hosts_line_whole(
     _fits_the_width(page, "API tokens")
 
     # the other customer pages with a table: rows become labelled blocks on a phone, nothing spills
+    webhook, _ = webhooks.create_endpoint(
+        inventory.acme,
+        "https://hooks.example.com/neocloud/events/production-billing-pipeline",
+        actor=Actor.system("test"),
+        event_types=["node.transition", "reservation.created", "reservation.released"],
+    )
+    test = webhooks.send_test(webhook, actor=Actor.system("test"))
+    test.attempt_log.create(
+        at=test.created_at, outcome="unreachable", error="could not connect: " + "x" * 120, latency_ms=3.2
+    )
+    type(test).objects.filter(pk=test.pk).update(
+        attempts=1, last_error="could not connect: " + "x" * 120, last_latency_ms=3.2
+    )
     for path, name in [
         ("/reservations/", "04b-reservations"),
         ("/ssh-keys/", "04c-ssh-keys"),
         ("/audit/", "04d-audit"),
+        ("/webhooks/", "04e-webhooks"),
+        (f"/webhooks/{webhook.pk}/", "04f-webhook-log"),
     ]:
         page.goto(path)
         shot(page, f"pages-{width}-{name}")

@@ -24,7 +24,16 @@ from provisioner.models import (
 from provisioner.states import NodeState, OperationState
 from tests.conftest import reserve, ssh_keygen
 
-CUSTOMER_PAGES = ["catalog", "reserve", "reservations", "organization", "ssh_keys", "api_tokens", "audit"]
+CUSTOMER_PAGES = [
+    "catalog",
+    "reserve",
+    "reservations",
+    "organization",
+    "ssh_keys",
+    "api_tokens",
+    "webhooks",
+    "audit",
+]
 OPERATOR_PAGES = ["ops_fleet", "ops_rollouts"]
 
 

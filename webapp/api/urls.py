@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from webapp.api import customer, events, operators
+from webapp.api import customer, events, operators, webhooks
 from webapp.api.docs import ApiDocsView
 
 
@@ -29,6 +29,7 @@ router.register("organizations", customer.OrganizationViewSet, basename="organiz
 router.register("tokens", customer.TokenViewSet, basename="tokens")
 router.register("audit-events", customer.AuditEventViewSet, basename="audit-events")
 router.register("events", events.EventViewSet, basename="events")
+router.register("webhooks", webhooks.WebhookViewSet, basename="webhooks")
 router.register("admin/nodes", operators.AdminNodeViewSet, basename="admin-nodes")
 router.register("admin/quarantine", operators.QuarantineViewSet, basename="admin-quarantine")
 router.register("admin/reservations", operators.AdminReservationViewSet, basename="admin-reservations")

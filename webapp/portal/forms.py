@@ -16,7 +16,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from provisioner.errors import InvalidRequest
-from provisioner.models import Image, Node, Organization, ServerType, SSHKey
+from provisioner.models import Event, Image, Node, Organization, ServerType, SSHKey
 from provisioner.sshkeys import parse_public_key
 
 # <input type="datetime-local"> sends naive local times; the portal shows and takes times in UTC.
@@ -256,3 +256,22 @@ class RolloutForm(forms.Form):
         min_value=0, max_value=1000, initial=1, label="Failures allowed before halting"
     )
     force = forms.BooleanField(required=False, label="Include servers leased to customers")
+
+
+class WebhookForm(forms.Form):
+    url = forms.CharField(
+        max_length=500,
+        label="Endpoint URL",
+        widget=forms.TextInput(
+            attrs={"placeholder": "https://hooks.example.com/neocloud", "spellcheck": "false"}
+        ),
+        help_text="Events are POSTed here as JSON, signed. https only (http to 127.0.0.1 or localhost for testing).",
+    )
+    description = forms.CharField(max_length=200, required=False, help_text="What it feeds, e.g. 'billing'.")
+    event_types = forms.MultipleChoiceField(
+        label="Events",
+        choices=Event.Type.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every event.",
+    )
