@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('provisioner', '0014_node_bmc_scheme'),
+        ('provisioner', '0015_netbox_cabling_and_sync_runs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
