@@ -95,11 +95,11 @@ def set_price(
     return price
 
 
-def prices(server_type_ids: Iterable[int] | None = None) -> list[usage.Price]:
-    """Every price (of the given server types), as provisioner.usage takes them."""
+def prices(server_types: Iterable[str] | None = None) -> list[usage.Price]:
+    """Every price (of the server types with these slugs), as provisioner.usage takes them."""
     rows = ServerTypePrice.objects.all()
-    if server_type_ids is not None:
-        rows = rows.filter(server_type_id__in=list(server_type_ids))
+    if server_types is not None:
+        rows = rows.filter(server_type__slug__in=list(server_types))
     return [
         usage.Price(slug, start, cents, code)
         for slug, start, cents, code in rows.values_list(
@@ -196,9 +196,11 @@ def _org_allocations(org_id: int, start: dt.datetime, end: dt.datetime) -> Query
 
 
 def _priced(found: list[usage.Interval], period: tuple[dt.datetime, dt.datetime]) -> list[usage.UsageRecord]:
-    types = {i.server_type for i in found}
-    ids = ServerType.objects.filter(slug__in=types).values_list("pk", flat=True) if types else []
-    return usage.price_intervals(found, prices(ids), period=period, currency=currency())
+    if not found:
+        return []
+    return usage.price_intervals(
+        found, prices({i.server_type for i in found}), period=period, currency=currency()
+    )
 
 
 def reservation_spend(reservation: Reservation, now: dt.datetime | None = None) -> int:
@@ -390,7 +392,7 @@ def check_spend_limit(
     projected_intervals = [
         usage.Interval(0, f"new-{i}", server_type.slug, usage.Kind.RESERVED, start, end) for i in range(count)
     ]
-    projected = usage.price_intervals(projected_intervals, prices([server_type.pk]), currency=currency())
+    projected = usage.price_intervals(projected_intervals, prices([server_type.slug]), currency=currency())
     for month in usage.months_between(start, end):
         adding = usage.total_cents(r for r in projected if usage.month_start(r.start) == month)
         if not adding:
