@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from webapp.portal.forms import ThrottledSignIn
-from webapp.portal.views import account, auth, catalog, operator, reservations
+from webapp.portal.views import account, auth, catalog, operator, reservations, usage
 
 app_name = "portal"
 urlpatterns = [
@@ -34,6 +34,9 @@ urlpatterns = [
     path("api-tokens/", account.api_tokens, name="api_tokens"),
     path("api-tokens/<int:pk>/revoke/", account.api_token_revoke, name="api_token_revoke"),
     path("audit/", account.audit_trail, name="audit"),
+    path("usage/", usage.usage, name="usage"),
+    path("usage/<str:month>/", usage.usage, name="usage_month"),
+    path("usage/<str:month>/csv/", usage.usage_csv, name="usage_csv"),
     path("ops/", operator.fleet, name="ops_fleet"),
     path("ops/nodes/<int:pk>/", operator.node_detail, name="ops_node"),
     path("ops/nodes/<int:pk>/live/", operator.node_live, name="ops_node_live"),

@@ -39,7 +39,9 @@ class UsageRecordSerializer(serializers.Serializer):
     reservation = serializers.IntegerField()
     server = serializers.CharField()
     server_type = serializers.CharField()
-    kind = serializers.CharField(help_text="on_demand (priced as used) or reserved (a window, priced as booked)")
+    kind = serializers.CharField(
+        help_text="on_demand (priced as used) or reserved (a window, priced as booked)"
+    )
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     seconds = serializers.IntegerField()
