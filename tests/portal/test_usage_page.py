@@ -26,7 +26,9 @@ def test_the_usage_page_shows_the_statement_with_a_chart_of_gpu_hours(client, in
     stmt = metering.statement(inventory.acme, 2026, 11)
     assert stmt.total_cents == 24 * 1500
     assert "360.00 USD" in html and 'href="/usage/2026-11/csv/"' in html
-    assert '<svg class="chart"' in html and "h100-8x: 184" in html  # 8 GPUs x 23 h on the 2nd (1 h on the 3rd)
+    assert (
+        '<svg class="chart"' in html and "h100-8x: 184" in html
+    )  # 8 GPUs x 23 h on the 2nd (1 h on the 3rd)
     assert 'href="/usage/"' in html  # the nav links the page
     csv = client.get("/usage/2026-11/csv/")
     assert csv.status_code == 200 and csv.content.decode() == metering.statement_csv(stmt)
