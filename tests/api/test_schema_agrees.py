@@ -129,7 +129,7 @@ NULLABLE = {
     "Server": ["reservation", "image", "ssh_command", "burnin"],
     "AdminNode": ["site", "rack", "owner", "reservation", "image", "primary_address", "power_checked_at"],
     "Rollout": ["image", "requested_by", "cancelled_by", "halted_reason", "finished_at"],
-    "Organization": ["my_role"],
+    "Organization": ["my_role", "monthly_spend_limit_cents"],
     "ApiToken": ["last_used_at", "revoked_at", "expires_at"],
 }
 

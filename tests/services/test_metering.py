@@ -231,3 +231,33 @@ def test_statement_months_run_from_the_first_allocation_to_now(inventory):
     assert metering.statement_months(inv.other, now=at(2026, 12, 5)) == [(2026, 12)]
     with pytest.raises(InvalidRequest):
         metering.parse_month("2026-13")
+
+
+def test_an_on_demand_server_is_billed_from_its_handover_to_its_release_through_the_real_services(
+    inventory, clock
+):
+    from provisioner.lifecycle import process_event
+    from provisioner.services.reservations import release_reservation
+    from provisioner.states import NodeEvent
+
+    inv = inventory
+    clock.set(at(2026, 11, 30, 23, 0, 0))
+    metering.set_price(inv.h100, 3600, actor=Actor.system("test"))  # a cent a second
+    reservation = reserve(inv)
+    node = Node.objects.get(reservation=reservation)
+    clock.advance(minutes=20)  # provisioning is not billed
+    for event in (NodeEvent.DEPLOY, NodeEvent.DEPLOYED):
+        node = process_event(node, event, actor=Actor.system("engine"))
+    assert metering.reservation_spend(reservation) == 0
+    clock.advance(minutes=10)
+    node = process_event(node, NodeEvent.BURNIN_PASSED, actor=Actor.system("engine"))  # handover: 23:30
+    clock.advance(hours=1, milliseconds=500)  # into December
+    assert metering.reservation_spend(reservation) == 3600
+    release_reservation(reservation, actor=Actor.system("test"))
+    clock.advance(hours=5)
+    assert metering.reservation_spend(reservation) == 3600
+    november = metering.statement(inv.acme, 2026, 11)
+    december = metering.statement(inv.acme, 2026, 12)
+    assert [(r.start, r.end) for r in november.records] == [(at(2026, 11, 30, 23, 30), at(2026, 12, 1))]
+    assert [(r.start, r.end) for r in december.records] == [(at(2026, 12, 1), at(2026, 12, 1, 0, 30))]
+    assert november.total_cents + december.total_cents == 3600

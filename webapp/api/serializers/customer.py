@@ -107,7 +107,18 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "server_quota", "servers_held", "my_role", "members", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "server_quota",
+            "monthly_spend_limit_cents",
+            "servers_held",
+            "my_role",
+            "members",
+            "created_at",
+        ]
+        read_only_fields = ["monthly_spend_limit_cents"]
 
     def get_my_role(self, obj: Organization) -> str | None:
         user = self.context["request"].user
