@@ -7,7 +7,8 @@ which window, and when that ended) and the handovers (the audit record of a serv
 same, and a statement can never disagree with the reservations it bills. docs/metering.md has the rules.
 
 - On demand (a reservation without an end): each server from its handover to the end of its allocation
-  (release, or replacement of a failed server); a server never handed over costs nothing.
+  (release, or replacement of a failed server), or until it went out of service (quarantined, in error or
+  on hold) if that came first; a server never handed over costs nothing.
 - Reserved (a reservation with a window): each allocated server for its booked window, from the allocation's
   start to the window's end, even if released early; a server replaced before the end is billed until it was
   replaced (its spare from then on); a window released before it started costs nothing.
@@ -134,12 +135,33 @@ def _handover() -> Subquery:
     )
 
 
+# States in which a handed-over server no longer serves its customer though its reservation may still hold it
+# (an operator's forced quarantine, a failed reimage): on-demand billing stops at the first of them.
+OUT_OF_SERVICE_STATES = (NodeState.QUARANTINED, NodeState.ERROR, NodeState.MAINTENANCE)
+
+
+def _out_of_service() -> Subquery:
+    """When the allocation's node, once handed over, first went out of service for its reservation."""
+    return Subquery(
+        AuditEvent.objects.filter(
+            node_id=OuterRef("node_id"),
+            reservation_id=OuterRef("reservation_id"),
+            action="transition",
+            to_state__in=OUT_OF_SERVICE_STATES,
+            created_at__gte=OuterRef("handed_over_at"),
+        )
+        .order_by("created_at", "id")
+        .values("created_at")[:1]
+    )
+
+
 def intervals(allocations: QuerySet[Allocation], now: dt.datetime | None = None) -> list[usage.Interval]:
     """The billable time of each allocation (see the module's docstring), in one query. An on-demand server
     still held is counted until ``now``."""
     now = now or timezone.now()
     rows = (
         allocations.annotate(handed_over_at=_handover())
+        .annotate(out_of_service_at=_out_of_service())
         .values(
             "reservation_id",
             "node__name",
@@ -151,6 +173,7 @@ def intervals(allocations: QuerySet[Allocation], now: dt.datetime | None = None)
             "ended_at",
             "end_reason",
             "handed_over_at",
+            "out_of_service_at",
         )
         .order_by("starts_at", "pk")
     )
@@ -171,7 +194,7 @@ def intervals(allocations: QuerySet[Allocation], now: dt.datetime | None = None)
             start = row["handed_over_at"]
             if start is None:
                 continue  # never handed over: nothing used
-            end = ended or now
+            end = min(t for t in (ended, row["out_of_service_at"], now) if t is not None)
         if end <= start:
             continue
         out.append(

@@ -9,9 +9,9 @@ import pytest
 
 from provisioner.errors import InvalidRequest, QuotaExceeded
 from provisioner.lifecycle import Actor
-from provisioner.models import Allocation, AuditEvent, Node, Reservation, ServerTypePrice
+from provisioner.models import Allocation, AuditEvent, Node, Operation, Reservation, ServerTypePrice
 from provisioner.services import metering
-from provisioner.states import ReservationState
+from provisioner.states import OperationState, ReservationState
 from tests.conftest import reserve
 
 pytestmark = pytest.mark.django_db
@@ -261,3 +261,23 @@ def test_an_on_demand_server_is_billed_from_its_handover_to_its_release_through_
     assert [(r.start, r.end) for r in november.records] == [(at(2026, 11, 30, 23, 30), at(2026, 12, 1))]
     assert [(r.start, r.end) for r in december.records] == [(at(2026, 12, 1), at(2026, 12, 1, 0, 30))]
     assert november.total_cents + december.total_cents == 3600
+
+
+def test_on_demand_billing_stops_when_a_held_server_goes_out_of_service(inventory, clock):
+    from provisioner.lifecycle import process_event
+    from provisioner.services import nodes as node_service
+    from provisioner.states import NodeEvent
+
+    inv = inventory
+    clock.set(at(2026, 11, 10, 10))
+    metering.set_price(inv.h100, 3600, actor=Actor.system("test"))
+    reservation = reserve(inv)
+    node = Node.objects.get(reservation=reservation)
+    for event in (NodeEvent.DEPLOY, NodeEvent.DEPLOYED, NodeEvent.BURNIN_PASSED):
+        node = process_event(node, event, actor=Actor.system("engine"))
+    Operation.objects.filter(reservation=reservation).update(state=OperationState.SUCCEEDED)
+    clock.advance(minutes=10)
+    node_service.quarantine(node, actor=Actor.system("operator"), reason="fan", force=True)
+    clock.advance(hours=3)  # still held by the reservation, no longer serving
+    assert Node.objects.get(pk=node.pk).reservation_id == reservation.pk
+    assert metering.reservation_spend(reservation) == 600
