@@ -228,12 +228,20 @@ def _priced(found: list[usage.Interval], period: tuple[dt.datetime, dt.datetime]
 
 def reservation_spend(reservation: Reservation, now: dt.datetime | None = None) -> int:
     """What the reservation has cost so far, in cents of NEOCLOUD_CURRENCY (every month, until now)."""
+    return spend_by_reservation([reservation.pk], now).get(reservation.pk, 0)
+
+
+def spend_by_reservation(reservation_ids: Iterable[int], now: dt.datetime | None = None) -> dict[int, int]:
+    """What each reservation has cost so far (those that cost nothing may be missing), in two queries
+    whatever their number: a page of reservations shows its spend without a query per row."""
     now = now or timezone.now()
-    found = intervals(Allocation.objects.filter(reservation=reservation), now)
+    found = intervals(Allocation.objects.filter(reservation_id__in=list(reservation_ids)), now)
     if not found:
-        return 0
-    first = min(i.start for i in found)
-    return usage.total_cents(_priced(found, (first, now)))
+        return {}
+    out: dict[int, int] = {}
+    for r in _priced(found, (min(i.start for i in found), now)):
+        out[r.reservation_id] = out.get(r.reservation_id, 0) + r.amount_cents
+    return out
 
 
 # --- statements ------------------------------------------------------------------------------------------
@@ -337,6 +345,20 @@ def statement_months(org: Organization, *, now: dt.datetime | None = None) -> li
     begin = usage.month_start(min(first["starts_at"], now) if first else now)
     months = [(m.year, m.month) for m in usage.months_between(begin, now)]
     return months[::-1] or [(now.year, now.month)]
+
+
+def monthly_totals(org: Organization, *, now: dt.datetime | None = None) -> dict[tuple[int, int], int]:
+    """Each month's statement total so far (months without usage may be missing), in two queries: what
+    ``statement(org, y, m).total_cents`` says for each, as the records are the same."""
+    now = usage.whole_second(now or timezone.now())
+    found = intervals(Allocation.objects.filter(reservation__organization=org, starts_at__lt=now), now)
+    if not found:
+        return {}
+    out: dict[tuple[int, int], int] = {}
+    for r in _priced(found, (min(i.start for i in found), now)):
+        key = (r.start.year, r.start.month)
+        out[key] = out.get(key, 0) + r.amount_cents
+    return out
 
 
 CSV_COLUMNS = (

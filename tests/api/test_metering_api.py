@@ -8,6 +8,8 @@ import datetime as dt
 import io
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from provisioner.models import ServerTypePrice
 from tests.api.test_api_flows import V1, api, reserve_body
@@ -76,6 +78,33 @@ def test_a_reservation_shows_its_spend_so_far(inventory, november):
     # released a day into a three-day window: billed as booked
     spend = client.get(f"{V1}/reservations/{window.pk}").json()["spend"]
     assert spend["amount_cents"] == 3 * 24 * 999
+    # a list reads every row's spend at once, and says the same
+    listed = {r["id"]: r["spend"] for r in client.get(f"{V1}/reservations").json()["results"]}
+    assert listed == {on_demand.pk: {"amount_cents": expected, "currency": "USD"}, window.pk: spend}
+    admin = {
+        r["id"]: r["spend"] for r in api(inventory.operator).get(f"{V1}/admin/reservations").json()["results"]
+    }
+    assert admin == listed
+
+
+def test_a_list_of_reservations_reads_their_spend_in_two_queries(inventory, november):
+    client = api(inventory.owner)
+    client.get(f"{V1}/reservations")  # the token's "last used" write happens here
+    with CaptureQueriesContext(connection) as two_rows:
+        client.get(f"{V1}/reservations")
+    for i in range(2, 5):
+        lease(
+            inventory,
+            f"node-h100-8x-0{i}",
+            at(2026, 11, i),
+            handed_over=at(2026, 11, i),
+            ended=at(2026, 11, 9),
+        )
+    with CaptureQueriesContext(connection) as five_rows:
+        body = client.get(f"{V1}/reservations").json()
+    assert len(body["results"]) == 5 and all(r["spend"]["amount_cents"] > 0 for r in body["results"])
+    # one query more per row (the serializer's operations), none for the spend
+    assert len(five_rows.captured_queries) - len(two_rows.captured_queries) <= 3
 
 
 def test_operators_set_prices_that_start_now_or_later(inventory):

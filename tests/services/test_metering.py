@@ -100,6 +100,10 @@ def test_a_month_with_reservations_crossing_both_boundaries_bills_each_second_on
         acme = set(Reservation.objects.filter(organization=inv.acme).values_list("pk", flat=True))
         assert {r.reservation_id for r in stmt.records} <= acme
     assert statements[11].complete and not statements[12].complete
+    totals = metering.monthly_totals(inv.acme, now=now)
+    assert {m: totals.get((2026, m), 0) for m in statements} == {
+        m: s.total_cents for m, s in statements.items()
+    }
     november = statements[11]
     assert november.start == at(2026, 11, 1) and november.end == at(2026, 12, 1)
     seconds_by_reservation: dict[int, int] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -15,6 +16,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from provisioner import usage
 from provisioner.errors import InvalidRequest
 from provisioner.lifecycle import Actor
 from provisioner.models import ServerType, ServerTypePrice
@@ -40,15 +42,22 @@ def _iso(value: Any) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def statement_summary(stmt: metering.Statement, total_cents: int | None = None) -> dict[str, Any]:
+def statement_summary(stmt: metering.Statement) -> dict[str, Any]:
+    return month_summary(stmt.year, stmt.month, stmt.total_cents, now=stmt.as_of)
+
+
+def month_summary(year: int, month: int, total_cents: int, *, now: Any) -> dict[str, Any]:
+    """What the statement list says of one month (the statement's own figures, without its records)."""
+    start, end = usage.month_bounds(year, month)
+    as_of = max(start, min(end, usage.whole_second(now)))
     return {
-        "month": stmt.label,
-        "start": _iso(stmt.start),
-        "end": _iso(stmt.end),
-        "as_of": _iso(stmt.as_of),
-        "complete": stmt.complete,
-        "currency": stmt.currency,
-        "total_cents": stmt.total_cents if total_cents is None else total_cents,
+        "month": f"{year:04d}-{month:02d}",
+        "start": _iso(start),
+        "end": _iso(end),
+        "as_of": _iso(as_of),
+        "complete": as_of >= end,
+        "currency": metering.currency(),
+        "total_cents": total_cents,
     }
 
 
@@ -61,6 +70,29 @@ def statement_data(stmt: metering.Statement) -> dict[str, Any]:
         "gpu_hours_per_day": stmt.gpu_hours_per_day(),
         "records": [metering.record_data(r) for r in stmt.records],
     }
+
+
+class SpendInLists:
+    """A list of reservations reads every row's ``spend`` at once (metering.spend_by_reservation, two
+    queries) instead of two queries per row; ReservationSerializer takes it from the context."""
+
+    filter_queryset: Any
+    get_queryset: Any
+    paginate_queryset: Any
+    get_paginated_response: Any
+    get_serializer_class: Any
+    get_serializer_context: Any
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        rows = list(queryset) if page is None else page
+        context = {
+            **self.get_serializer_context(),
+            "spend": metering.spend_by_reservation(r.pk for r in rows),
+        }
+        data = self.get_serializer_class()(rows, many=True, context=context).data
+        return Response(data) if page is None else self.get_paginated_response(data)
 
 
 class StatementActions:
@@ -82,10 +114,14 @@ class StatementActions:
     def statements(self, request: Request, pk: str | None = None) -> Response:
         """The organization's monthly statements, newest first (this month's so far)."""
         org = self.get_object()
-        out = []
-        for year, month in metering.statement_months(org):
-            out.append(statement_summary(metering.statement(org, year, month)))
-        return Response(out)
+        now = timezone.now()
+        totals = metering.monthly_totals(org, now=now)
+        return Response(
+            [
+                month_summary(year, month, totals.get((year, month), 0), now=now)
+                for year, month in metering.statement_months(org, now=now)
+            ]
+        )
 
     @extend_schema(responses={200: StatementSerializer, **errors(401, 404)})
     @action(detail=True, methods=["get"], url_path=f"statements/{_MONTH}")
