@@ -316,7 +316,7 @@ def parse_month(text: str) -> tuple[int, int]:
     :raises InvalidRequest: not a month.
     """
     match = MONTH_RE.match(text)
-    if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1970:
+    if not match or not 1 <= int(match.group(2)) <= 12 or not 1970 <= int(match.group(1)) <= 9998:
         raise InvalidRequest(f"{text!r} is no month: write YYYY-MM, e.g. 2026-12")
     return int(match.group(1)), int(match.group(2))
 

@@ -62,7 +62,8 @@ def test_another_organization_cannot_read_a_statement(inventory, november):
     for path in (base, f"{base}/2026-11", f"{base}/2026-11/csv"):
         response = outsider.get(path)
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
-    assert api(inventory.owner).get(f"{base}/2026-13").status_code == 404
+    for month in ("2026-13", "9999-12", "0001-01"):
+        assert api(inventory.owner).get(f"{base}/{month}").status_code == 404
 
 
 def test_a_reservation_shows_its_spend_so_far(inventory, november):
@@ -120,6 +121,10 @@ def test_operators_set_prices_that_start_now_or_later(inventory):
         format="json",
     )
     assert past.status_code == 400 and "past" in past.json()["error"]["message"]
+    huge = operator.post(
+        f"{V1}/admin/prices", {"server_type": "h100-8x", "cents_per_hour": 2**31}, format="json"
+    )
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "invalid_request"
     euro = operator.post(
         f"{V1}/admin/prices", {"server_type": "h100-8x", "cents_per_hour": 1, "currency": "EUR"}
     )

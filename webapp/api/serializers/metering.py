@@ -30,7 +30,9 @@ class PriceSerializer(serializers.ModelSerializer):
 
 class PriceCreateSerializer(serializers.Serializer):
     server_type = serializers.CharField(help_text="server type slug")
-    cents_per_hour = serializers.IntegerField(min_value=0, help_text="per server and hour, in cents")
+    cents_per_hour = serializers.IntegerField(
+        min_value=0, max_value=2**31 - 1, help_text="per server and hour, in cents"
+    )
     currency = serializers.CharField(required=False, max_length=3, help_text="default: NEOCLOUD_CURRENCY")
     effective_from = serializers.DateTimeField(required=False, help_text="default: now; never in the past")
 
