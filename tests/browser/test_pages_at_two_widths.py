@@ -269,6 +269,7 @@ def test_customer_pages_fit_the_screen_and_show_every_known_hosts_line_whole(
         ("/reservations/", "04b-reservations"),
         ("/ssh-keys/", "04c-ssh-keys"),
         ("/audit/", "04d-audit"),
+        ("/usage/", "04e-usage"),
     ]:
         page.goto(path)
         shot(page, f"pages-{width}-{name}")

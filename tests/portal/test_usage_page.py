@@ -46,3 +46,11 @@ def test_a_reservation_page_shows_what_it_has_cost_so_far(client, inventory, use
     client.force_login(inventory.member)
     html = client.get(f"/reservations/{used.pk}/").content.decode()
     assert 'id="reservation-spend"' in html and "360.00 USD" in html
+
+
+def test_the_chart_escapes_its_texts_and_labels_small_figures():
+    from webapp.portal.charts import stacked_bars
+
+    svg = stacked_bars(["01", "02"], {"<b>x</b>": [0.004, 0.0]}, title="t & u", unit="GPU-hours")
+    assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg and "t &amp; u" in svg
+    assert ">0.005<" in svg and svg.count("<rect") == 2  # one bar (the zero draws nothing), one legend key

@@ -24,7 +24,8 @@ def _nice_ceiling(value: float) -> float:
 
 
 def _label(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:,.1f}"
+    """A figure for an axis or a tooltip: whole from 10 up, three significant digits below (0.0025, 2.5)."""
+    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.3g}"
 
 
 def stacked_bars(
