@@ -54,3 +54,11 @@ def test_the_chart_escapes_its_texts_and_labels_small_figures():
     svg = stacked_bars(["01", "02"], {"<b>x</b>": [0.004, 0.0]}, title="t & u", unit="GPU-hours")
     assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg and "t &amp; u" in svg
     assert ">0.005<" in svg and svg.count("<rect") == 2  # one bar (the zero draws nothing), one legend key
+
+
+def test_the_organization_page_shows_the_monthly_spend_limit(client, inventory):
+    client.force_login(inventory.owner)
+    assert 'id="spend-limit"' not in client.get("/org/").content.decode()
+    inventory.acme.monthly_spend_limit_cents = 1_234_500
+    inventory.acme.save()
+    assert "12,345.00 USD" in client.get("/org/").content.decode()
