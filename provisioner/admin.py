@@ -10,9 +10,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.utils import timezone
 
 from provisioner import models
+from provisioner.lifecycle import Actor
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services import metering
 from provisioner.states import NodeState
 
 _DESCRIPTION_FIELDS = ("name", "description", "hourly_price_cents")
@@ -172,3 +175,51 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
         return False
+
+
+class ServerTypePriceForm(forms.ModelForm):
+    """A new price, set through the metering service (its checks: not in the past, the installation's
+    currency); blank ``effective_from`` means now."""
+
+    class Meta:
+        model = models.ServerTypePrice
+        fields = ("server_type", "cents_per_hour", "effective_from")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["effective_from"].required = False
+        self.fields[
+            "effective_from"
+        ].help_text = "UTC; blank: now. Never in the past: used time keeps its price."
+
+    def clean_effective_from(self) -> Any:
+        value = self.cleaned_data.get("effective_from")
+        if value is not None and value < timezone.now() - metering.PRICE_START_SLACK:
+            raise forms.ValidationError(
+                "A price cannot start in the past: time already used keeps its price."
+            )
+        return value
+
+
+@admin.register(models.ServerTypePrice)
+class ServerTypePriceAdmin(admin.ModelAdmin):
+    """Prices are added, never edited or deleted: a statement already read must not change."""
+
+    form = ServerTypePriceForm
+    list_display = ("server_type", "cents_per_hour", "currency", "effective_from", "created_by")
+    list_filter = ("server_type",)
+
+    def has_change_permission(self, request: Any, obj: models.ServerTypePrice | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: models.ServerTypePrice | None = None) -> bool:
+        return False
+
+    def save_model(self, request: Any, obj: models.ServerTypePrice, form: Any, change: bool) -> None:
+        saved = metering.set_price(
+            obj.server_type,
+            obj.cents_per_hour,
+            actor=Actor.operator_from_request(request),
+            effective_from=obj.effective_from,
+        )
+        obj.pk, obj.currency, obj.effective_from = saved.pk, saved.currency, saved.effective_from

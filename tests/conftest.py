@@ -164,6 +164,35 @@ def inventory(db, tmp_path: Path):
     return inv
 
 
+class Clock:
+    """A controllable "now" for the ``clock`` fixture: ``set`` and ``advance`` move it; it never moves alone."""
+
+    def __init__(self, now) -> None:
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def set(self, moment) -> None:
+        self.now = moment
+
+    def advance(self, **delta) -> None:
+        import datetime as dt
+
+        self.now += dt.timedelta(**delta)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """Patch ``django.utils.timezone.now`` (which the services, ``auto_now`` fields and the scheduler read) with a
+    Clock set to the real now; in-process only (a worker process keeps the real clock)."""
+    from django.utils import timezone
+
+    fake = Clock(timezone.now())
+    monkeypatch.setattr(timezone, "now", fake)
+    return fake
+
+
 def worker_env(settings) -> dict[str, str]:
     """Environment for a real worker process that shares this test's database and fake hardware."""
     db = settings.DATABASES["default"]

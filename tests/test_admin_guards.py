@@ -159,3 +159,29 @@ def test_a_node_added_in_the_admin_still_gets_its_server_type(admin_client, inve
     response = admin_client.get("/admin/provisioner/node/add/")
     assert "server_type" in response.context["adminform"].form.fields
     assert "owner" not in response.context["adminform"].form.fields
+
+
+def test_prices_are_added_through_the_metering_service_never_in_the_past_nor_edited(admin_client, inventory):
+    from provisioner.models import ServerTypePrice
+
+    add = "/admin/provisioner/servertypeprice/add/"
+    past = admin_client.post(
+        add,
+        {
+            "server_type": inventory.h100.pk,
+            "cents_per_hour": 100,
+            "effective_from_0": "2020-01-01",
+            "effective_from_1": "00:00:00",
+        },
+    )
+    assert past.status_code == 200 and b"cannot start in the past" in past.content
+    added = admin_client.post(add, {"server_type": inventory.h100.pk, "cents_per_hour": 2500})
+    assert added.status_code == 302, added.content[:500]
+    price = ServerTypePrice.objects.get()
+    assert price.cents_per_hour == 2500 and price.currency == "USD" and "root-ops" in price.created_by
+    inventory.h100.refresh_from_db()
+    assert inventory.h100.hourly_price_cents == 2500  # the catalog shows the price in force
+    change = admin_client.post(
+        f"/admin/provisioner/servertypeprice/{price.pk}/change/", {"cents_per_hour": 1}
+    )
+    assert change.status_code in (302, 403) and ServerTypePrice.objects.get().cents_per_hour == 2500

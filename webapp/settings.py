@@ -272,6 +272,13 @@ NEOCLOUD_SIGNIN_WINDOW_MINUTES = env_int("NEOCLOUD_SIGNIN_WINDOW_MINUTES", 15, m
 # How far ahead a reservation window may start or end (an open-ended one lasts until released). At most a
 # century: now plus millions of days lies past the year 9999, and every booking would fail on the date.
 NEOCLOUD_MAX_BOOKING_DAYS = env_int("NEOCLOUD_MAX_BOOKING_DAYS", 365, minimum=1, maximum=36500)
+# The currency every price and bill is in (ISO 4217, three capital letters): one per installation, so that
+# amounts on one statement always add up (docs/metering.md).
+NEOCLOUD_CURRENCY = env_str("NEOCLOUD_CURRENCY", "USD")
+if not (len(NEOCLOUD_CURRENCY) == 3 and NEOCLOUD_CURRENCY.isascii() and NEOCLOUD_CURRENCY.isupper()):
+    raise ImproperlyConfigured(
+        f"NEOCLOUD_CURRENCY must be an ISO 4217 code such as USD, not {NEOCLOUD_CURRENCY!r}"
+    )
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Playbook runs for several nodes that start together share one ansible-playbook process (one play, many

@@ -45,6 +45,9 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     # Most servers this organization may hold at once (reserved, deploying or active).
     server_quota = models.PositiveIntegerField(default=16)
+    # Most this organization may spend in one calendar month (UTC), in cents of NEOCLOUD_CURRENCY; null: no
+    # limit. A booking that would exceed it is refused (services.metering.check_spend_limit).
+    monthly_spend_limit_cents = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = OrganizationQuerySet.as_manager()

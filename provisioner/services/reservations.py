@@ -51,6 +51,7 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
+from provisioner.services import metering
 from provisioner.states import (
     ALLOCATABLE_STATES,
     LEASED_STATES,
@@ -170,11 +171,18 @@ def _check_horizon(moment: dt.datetime, now: dt.datetime) -> None:
 
 
 @requires_transaction
-def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> None:
-    """Refuse if the organization would hold more than its quota in the window. Call inside a transaction:
-    it locks the organization's row until the end, so two reservations of one organization (of any server
-    types) cannot both see room for themselves."""
-    quota = _lock_organization(org.pk)
+def _check_quota(
+    org: Organization,
+    count: int,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime | None,
+    server_type: ServerType | None = None,
+) -> None:
+    """Refuse if the organization would hold more than its quota in the window, or (with ``server_type``,
+    and a monthly spend limit set) spend more than its limit in a month (metering.check_spend_limit). Call
+    inside a transaction: it locks the organization's row until the end, so two reservations of one
+    organization (of any server types) cannot both see room for themselves."""
+    quota, spend_limit = _lock_organization(org.pk)
     held = (
         Allocation.objects.filter(
             _overlapping(starts_at, ends_at), active=True, reservation__organization=org
@@ -188,16 +196,19 @@ def _check_quota(org: Organization, count: int, starts_at: dt.datetime, ends_at:
             f"{org.name} may hold {quota} servers at once; it holds {held} in that window "
             f"and asked for {count} more"
         )
+    if spend_limit is not None and server_type is not None:
+        metering.check_spend_limit(org, spend_limit, server_type, count, starts_at, ends_at)
 
 
 @requires_transaction
-def _lock_organization(org_id: int) -> int:
-    """Serialize quota checks of this organization until the transaction ends; return its quota."""
+def _lock_organization(org_id: int) -> tuple[int, int | None]:
+    """Serialize quota checks of this organization until the transaction ends; return its server quota and
+    its monthly spend limit (cents, or None)."""
     return (
         Organization.objects.select_for_update(no_key=True)
         .filter(pk=org_id)
         .order_by()
-        .values_list("server_quota", flat=True)
+        .values_list("server_quota", "monthly_spend_limit_cents")
     )[0]
 
 
@@ -275,7 +286,7 @@ def book_servers(
             )
             reservation.ssh_keys.add(*keys)
             record(actor, "reserve", reservation=reservation, reason=f"{count}x {server_type.slug}")
-            _check_quota(org, count, start, end)
+            _check_quota(org, count, start, end, server_type)
             node_ids = _allocate(reservation, server_type, count, start, end, unfit)
     except IntegrityError as exc:
         if idempotency_key and "idempotency" in str(exc).lower():
@@ -607,7 +618,9 @@ def extend_reservation(reservation: Reservation, ends_at: dt.datetime, *, actor:
                 raise CapacityError(
                     "cannot extend: at least one of these servers is booked by another reservation in that time"
                 )
-            _check_quota(reservation.organization, len(allocs), reservation.ends_at, ends_at)
+            _check_quota(
+                reservation.organization, len(allocs), reservation.ends_at, ends_at, reservation.server_type
+            )
             old_end = reservation.ends_at
             Allocation.objects.filter(pk__in=[a.pk for a in allocs]).update(ends_at=ends_at)
             reservation.ends_at = ends_at

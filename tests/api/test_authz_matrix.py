@@ -132,6 +132,10 @@ def public(code: int) -> dict[str, int]:
     return dict.fromkeys(ROLES, code)
 
 
+def this_month() -> str:
+    return timezone.now().strftime("%Y-%m")
+
+
 def in_future(hours: int) -> str:
     return (timezone.now() + dt.timedelta(hours=hours)).isoformat()
 
@@ -189,6 +193,23 @@ MATRIX: dict[str, Cell] = {
         "delete",
         lambda w: f"{V1}/organizations/{w.inv.acme.pk}/members/{w.inv.member.pk}",
         {**acme_members(204), "member": 403},
+    ),
+    # statements are read like their organization: its members, and staff (oversight); others get 404
+    "list statements": Cell(
+        "get", lambda w: f"{V1}/organizations/{w.inv.acme.pk}/statements", acme_only(200)
+    ),
+    "statement": Cell(
+        "get", lambda w: f"{V1}/organizations/{w.inv.acme.pk}/statements/{this_month()}", acme_only(200)
+    ),
+    "statement csv": Cell(
+        "get", lambda w: f"{V1}/organizations/{w.inv.acme.pk}/statements/{this_month()}/csv", acme_only(200)
+    ),
+    "admin list prices": Cell("get", lambda w: f"{V1}/admin/prices", staff_only(200)),
+    "admin set price": Cell(
+        "post",
+        lambda w: f"{V1}/admin/prices",
+        staff_only(201),
+        lambda w: {"server_type": "h100-8x", "cents_per_hour": 2500},
     ),
     "list tokens": Cell("get", lambda w: f"{V1}/tokens", everyone(200)),
     "create token": Cell("post", lambda w: f"{V1}/tokens", everyone(201), lambda w: {"name": "ci"}),

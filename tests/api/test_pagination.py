@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from provisioner.lifecycle import Actor
 from provisioner.models import ApiToken, Node
+from provisioner.services import metering
 from provisioner.services import nodes as node_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.services import webhooks as webhook_service
@@ -82,6 +83,7 @@ def test_every_list_endpoint_answers_huge_values_without_a_server_error(inventor
         inventory.acme, "https://hooks.example.com/", actor=Actor.system("t")
     )
     webhook_service.send_test(webhook, actor=Actor.system("t"))
+    metering.set_price(inventory.h100, 2500, actor=Actor.system("t"))  # a row for /admin/prices
     spec = SchemaGenerator().get_schema(request=None, public=True)
     lists = [
         path.replace("/webhooks/{id}/", f"/webhooks/{webhook.pk}/")

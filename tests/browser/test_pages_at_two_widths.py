@@ -285,6 +285,7 @@ def test_customer_pages_fit_the_screen_and_show_every_known_hosts_line_whole(
         ("/audit/", "04d-audit"),
         ("/webhooks/", "04e-webhooks"),
         (f"/webhooks/{webhook.pk}/", "04f-webhook-log"),
+        ("/usage/", "04g-usage"),
     ]:
         page.goto(path)
         shot(page, f"pages-{width}-{name}")

@@ -31,6 +31,7 @@ from provisioner.models import (
 )
 from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
+from webapp.api.metering import SpendInLists, StatementActions
 from webapp.api.permissions import OwnerOnlyActions, acting_organization, tokens_for
 from webapp.api.serializers.common import (
     AuditEventSerializer,
@@ -204,6 +205,7 @@ def _asks_for(existing: Reservation, data: dict[str, Any], image: Image, ssh_key
 
 
 class ReservationViewSet(
+    SpendInLists,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     CustomerViewSet,
@@ -427,6 +429,7 @@ class OperationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Custome
 
 
 class OrganizationViewSet(
+    StatementActions,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     CustomerViewSet,

@@ -24,6 +24,7 @@ from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
 from provisioner.states import NodeState, OperationKind
 from webapp.api.customer import errors
+from webapp.api.metering import SpendInLists
 from webapp.api.permissions import IsOperator
 from webapp.api.serializers.common import OperationSerializer
 from webapp.api.serializers.customer import ReservationSerializer, reservation_data
@@ -241,7 +242,9 @@ class AdminReservationFilter(django_filters.FilterSet):
         fields = ["state", "organization"]
 
 
-class AdminReservationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class AdminReservationViewSet(
+    SpendInLists, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Every organization's reservations. An operator releases a customer's reservation here, not through
     the customer endpoints (which act only within the caller's own organizations, for staff too)."""
 

@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from webapp.api import customer, events, operators, webhooks
+from webapp.api import customer, events, metering, operators, webhooks
 from webapp.api.docs import ApiDocsView
 
 
@@ -35,6 +35,7 @@ router.register("admin/quarantine", operators.QuarantineViewSet, basename="admin
 router.register("admin/reservations", operators.AdminReservationViewSet, basename="admin-reservations")
 router.register("admin/reimage-rollouts", operators.RolloutViewSet, basename="admin-rollouts")
 router.register("admin/events", events.AdminEventViewSet, basename="admin-events")
+router.register("admin/prices", metering.AdminPriceViewSet, basename="admin-prices")
 
 app_name = "api"
 urlpatterns = [

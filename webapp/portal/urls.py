@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from webapp.portal.forms import ThrottledSignIn
-from webapp.portal.views import account, auth, catalog, operator, reservations, webhooks
+from webapp.portal.views import account, auth, catalog, operator, reservations, usage, webhooks
 
 app_name = "portal"
 urlpatterns = [
@@ -39,6 +39,9 @@ urlpatterns = [
     path("webhooks/<int:pk>/test/", webhooks.webhook_test, name="webhook_test"),
     path("webhooks/<int:pk>/toggle/", webhooks.webhook_toggle, name="webhook_toggle"),
     path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook_delete"),
+    path("usage/", usage.usage, name="usage"),
+    path("usage/<str:month>/", usage.usage, name="usage_month"),
+    path("usage/<str:month>/csv/", usage.usage_csv, name="usage_csv"),
     path("ops/", operator.fleet, name="ops_fleet"),
     path("ops/nodes/<int:pk>/", operator.node_detail, name="ops_node"),
     path("ops/nodes/<int:pk>/live/", operator.node_live, name="ops_node_live"),

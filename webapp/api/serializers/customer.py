@@ -23,6 +23,7 @@ from provisioner.models import (
     SSHKey,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.services import metering
 from provisioner.services.reservations import START_NOW_SLACK
 from provisioner.sshkeys import ssh_command
 from provisioner.states import LEASED_STATES, StepState
@@ -32,6 +33,7 @@ from webapp.api.serializers.common import (
     OperationSummarySerializer,
     RowReferenceField,
 )
+from webapp.api.serializers.metering import SpendSerializer
 
 if TYPE_CHECKING:
     from provisioner.services.reservations import Booking
@@ -105,7 +107,18 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "server_quota", "servers_held", "my_role", "members", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "server_quota",
+            "monthly_spend_limit_cents",
+            "servers_held",
+            "my_role",
+            "members",
+            "created_at",
+        ]
+        read_only_fields = ["monthly_spend_limit_cents"]
 
     def get_my_role(self, obj: Organization) -> str | None:
         user = self.context["request"].user
@@ -161,6 +174,9 @@ class ReservationSerializer(serializers.ModelSerializer):
     ssh_keys = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     servers = ReservationServerSerializer(source="nodes", many=True, read_only=True)
     operations = serializers.SerializerMethodField(help_text="provisioning and release work, newest first")
+    spend = serializers.SerializerMethodField(
+        help_text="what the reservation has cost so far (docs/metering.md: on demand as used, a window as booked)"
+    )
 
     class Meta:
         model = Reservation
@@ -178,9 +194,19 @@ class ReservationSerializer(serializers.ModelSerializer):
             "status_message",
             "servers",
             "operations",
+            "spend",
             "created_at",
             "released_at",
         ]
+
+    @extend_schema_field(SpendSerializer)
+    def get_spend(self, obj: Reservation) -> dict[str, Any]:
+        known = self.context.get(
+            "spend"
+        )  # a list reads every row's at once (webapp.api.metering.SpendInLists)
+        if known is not None:
+            return {"amount_cents": known.get(obj.pk, 0), "currency": metering.currency()}
+        return spend_data(obj)
 
     @extend_schema_field(OperationSummarySerializer(many=True))
     def get_operations(self, obj: Reservation) -> Any:
@@ -193,6 +219,12 @@ class ReservationSerializer(serializers.ModelSerializer):
 
 
 _TIMESTAMP = serializers.DateTimeField(read_only=True)
+
+
+def spend_data(reservation: Reservation, *, new: bool = False) -> dict[str, Any]:
+    """The reservation's ``spend``: nothing for one just booked (``new``: no query), else what it cost so far."""
+    amount = 0 if new else metering.reservation_spend(reservation)
+    return {"amount_cents": amount, "currency": metering.currency()}
 
 
 def _timestamp(value: dt.datetime | None) -> str | None:
@@ -250,6 +282,7 @@ def reservation_data(
         "status_message": reservation.status_message,
         "servers": servers,
         "operations": operations,
+        "spend": spend_data(reservation, new=booking is not None and not booking.replay),
         "created_at": _timestamp(reservation.created_at),
         "released_at": _timestamp(reservation.released_at),
     }

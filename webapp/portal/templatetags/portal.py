@@ -8,6 +8,7 @@ from django import template
 from django.utils.html import format_html
 
 from provisioner import sshkeys
+from provisioner.services.metering import format_cents
 from webapp.portal.access import current_membership, memberships
 
 register = template.Library()
@@ -124,6 +125,18 @@ def humanize_name(value: str) -> str:
 @register.filter
 def dollars(cents: Any) -> str:
     return f"${int(cents or 0) / 100:,.2f}"
+
+
+@register.filter
+def money(cents: Any, currency: str = "") -> str:
+    """Integer cents with their currency: ``123456|money:"USD"`` → ``1,234.56 USD`` (no float on the way)."""
+    return format_cents(int(cents or 0), currency or None)
+
+
+@register.filter
+def hours(seconds: Any) -> str:
+    """Seconds as hours with two decimals: ``5400|hours`` → ``1.50``."""
+    return f"{int(seconds or 0) / 3600:,.2f}"
 
 
 @register.inclusion_tag("portal/_org_switcher.html", takes_context=True)

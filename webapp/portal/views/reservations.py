@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from provisioner.errors import NeocloudError
 from provisioner.lifecycle import Actor
 from provisioner.models import BurnInReport, Operation, Reservation
+from provisioner.services import metering
 from provisioner.services.reservations import extend_reservation, release_reservation
 from provisioner.states import (
     OPEN_OPERATION_STATES,
@@ -103,10 +104,21 @@ def _detail_context(
     }
 
 
+def _page_context(
+    request: HttpRequest, reservation: Reservation, extend_form: ExtendForm | None = None
+) -> dict:
+    """The whole page's: the live part's context, and the header's spend so far (docs/metering.md)."""
+    return {
+        **_detail_context(request, reservation, extend_form),
+        "spend_cents": metering.reservation_spend(reservation),
+        "currency": metering.currency(),
+    }
+
+
 @login_required
 def reservation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     reservation = get_object_or_404(_scoped(request), pk=pk)
-    return render(request, "portal/reservations/detail.html", _detail_context(request, reservation))
+    return render(request, "portal/reservations/detail.html", _page_context(request, reservation))
 
 
 @login_required
@@ -138,7 +150,7 @@ def reservation_extend(request: HttpRequest, pk: int) -> HttpResponse:
             )
             return redirect("portal:reservation", pk=reservation.pk)
     return render(
-        request, "portal/reservations/detail.html", _detail_context(request, reservation, extend_form=form)
+        request, "portal/reservations/detail.html", _page_context(request, reservation, extend_form=form)
     )
 
 
