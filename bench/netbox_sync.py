@@ -33,6 +33,18 @@ GPU_MODEL = "NVIDIA H100 80GB HBM3"
 
 
 def populate(client: Any, devices: int, chunk: int = 250) -> None:
+    stages: dict[str, float] = {}
+    real_request = client.request
+
+    def timed(method: str, path: str, **kw: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return real_request(method, path, **kw)
+        finally:
+            key = f"{method} {path}"
+            stages[key] = stages.get(key, 0.0) + time.monotonic() - t0
+
+    client.request = timed
     """``devices`` GPU servers in two sites, through NetBox's bulk REST (lists POSTed and PATCHed)."""
     sites = [client.add_site(f"site{i}", f"Site {i}") for i in range(2)]
     racks = [client.add_rack(sites[i % 2], f"r{i:02d}") for i in range(20)]
@@ -89,7 +101,7 @@ def populate(client: Any, devices: int, chunk: int = 250) -> None:
             "ipam/ip-addresses",
             [
                 {
-                    "address": f"10.{n >> 16 & 0xFF}.{n >> 8 & 0xFF}.{n & 0xFF}/8",
+                    "address": f"10.{(n + 1) >> 16 & 0xFF}.{(n + 1) >> 8 & 0xFF}.{(n + 1) & 0xFF}/8",
                     "assigned_object_type": "dcim.interface",
                     "assigned_object_id": iface["id"],
                 }
@@ -109,7 +121,8 @@ def populate(client: Any, devices: int, chunk: int = 250) -> None:
                 for g in range(8)
             ],
         )
-        print(f"  populated {min(devices, start + chunk)}/{devices}", flush=True)
+        slowest = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])[:4])
+        print(f"  populated {min(devices, start + chunk)}/{devices} ({slowest})", flush=True)
 
 
 class Counter:

@@ -917,16 +917,18 @@ def test_an_object_custom_field_is_read_by_its_slug(lab: Lab, credentials, resto
 
 
 def test_without_a_gpu_inventory_item_role_the_sync_goes_on_and_says_so(lab: Lab, credentials) -> None:
-    """GPU items are optional: a NetBox without the role `gpu` answers 400 for a filter naming it, which
-    failed the whole sync; now the sync reads no items, checks no GPUs, and notes why."""
+    """GPU items and the pxe tag are optional: a NetBox without the role `gpu` answers 400 for a filter
+    naming it, which failed the whole sync; now the sync reads no items, checks no GPUs, and notes why."""
     lab.gpu_server("gpu-1", 1, gpus=0)
-    role = lab.client.item_role("gpu")
-    lab.client.delete("dcim/inventory-item-roles", role)
-    lab.client._ids.pop(("dcim/inventory-item-roles", "gpu"))
+    lab.client.delete("dcim/inventory-item-roles", lab.client._ids.pop(("dcim/inventory-item-roles", "gpu")))
+    lab.client.delete(
+        "extras/tags", lab.client.tag("pxe")
+    )  # no pxe tag either: the only NIC with a MAC boots
+    lab.client.forget()
     try:
         report = lab.sync(credentials)
     finally:
-        lab.client.item_role("gpu")
+        lab.nb.define_schema()
 
     assert report.ok and report.count("created") == 1
     assert report.notes == ["NetBox has no inventory-item role 'gpu': GPU counts and models are not checked"]
