@@ -379,3 +379,41 @@ def test_every_page_names_the_favicon_and_it_is_served(browser_at, live_server, 
     )
     page.wait_for_function("Array.from(document.images).every((img) => img.complete && img.naturalWidth)")
     _shot_part(page, "#icons", "pages-favicon")
+
+
+@pytest.mark.parametrize("width", ["desktop", "phone"])
+def test_fleet_page_shows_the_last_netbox_sync_and_why_devices_were_skipped(browser_at, inventory, width):
+    from django.utils import timezone
+
+    from provisioner.models import InventorySync
+
+    now = timezone.now()
+    InventorySync.objects.create(
+        started_at=now,
+        finished_at=now,
+        source="https://netbox.example.com",
+        role="gpu-server",
+        actor="netbox-sync",
+        outcome="skipped",
+        counts={"created": 1, "updated": 1, "unchanged": 40, "skipped": 1},
+        results=[
+            {"device": "ams1-gpu-07", "outcome": "created", "message": "h100-8x, ipmi 10.10.0.7:623"},
+            {"device": "ams1-gpu-02", "outcome": "updated", "message": "switch_port swp1 -> swp2"},
+            {
+                "device": "ams1-gpu-09",
+                "outcome": "skipped",
+                "message": "device ams1-gpu-09: oob_ip (the BMC's address) is not set",
+            },
+        ],
+        places=["rack ams1/r03 created"],
+        notes=["NetBox has no inventory-item role 'gpu': GPU counts and models are not checked"],
+    )
+    page = browser_at(WIDTHS[width])
+    sign_in(page, "opal", "pw-opal-12345")
+    page.goto("/ops/")
+    card = page.locator("#last-sync")
+    assert "Last NetBox sync" in card.inner_text()
+    assert card.locator("details").get_attribute("open") is not None  # something was skipped: open
+    assert "oob_ip (the BMC's address) is not set" in card.inner_text()
+    _shot_part(page, "#last-sync", f"pages-{width}-08-fleet-last-sync", 900)
+    _fits_the_width(page, "fleet")

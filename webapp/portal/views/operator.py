@@ -72,6 +72,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     page = Paginator(nodes, FLEET_PAGE_SIZE).get_page(request.GET.get("page"))
     filters = request.GET.copy()
     filters.pop("page", None)
+    last_sync = InventorySync.objects.first()
     context = {
         "form": node_filter.form,
         "filter_errors": filter_errors,
@@ -84,7 +85,11 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "server_types": ServerType.objects.all(),
         "rollout_form": RolloutForm(),
         "query": filters.urlencode(),  # the pager adds the page number
-        "last_sync": InventorySync.objects.first(),
+        "last_sync": last_sync,
+        # what needs the operator first: the devices skipped, then what changed
+        "last_sync_results": sorted(last_sync.results, key=lambda r: r.get("outcome") != "skipped")
+        if last_sync
+        else [],
     }
     if request.headers.get("HX-Request"):
         return render(request, "portal/ops/_fleet_table.html", context)
