@@ -342,3 +342,10 @@ def netbox_lab() -> Iterator[NetboxLab]:
         yield nb
     finally:
         nb.server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the real NetBox is marked ``peer`` (scripts/test.sh runs those once)."""
+    for item in items:
+        if "netbox_lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.peer)
