@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 GPU_MODEL = "NVIDIA H100 80GB HBM3"
 
 
-def populate(client: Any, devices: int, chunk: int = 250) -> None:
+def populate(client: Any, devices: int, chunk: int = 100) -> None:
     stages: dict[str, float] = {}
     real_request = client.request
 
@@ -183,7 +183,7 @@ def main() -> int:
     creds = {"default": {"username": "admin", "password_file": str(pw)}, "sites": {}}
 
     with NetboxServer(workers=2) as server:
-        client = NetboxClient(server.url, server.token_v1)
+        client = NetboxClient(server.url, server.token_v1, timeout=600)
         protocols = client.choice_set("bmc-protocols", [("ipmi", "IPMI"), ("redfish", "Redfish")])
         client.custom_field("bmc_protocol", "select", choice_set=protocols)
         t0 = time.monotonic()

@@ -390,8 +390,9 @@ class NetboxClient:
     Object types (device types, roles, custom fields, tags, choice sets) are made on first use and reused.
     """
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
         self.api = url.rstrip("/") + "/api"
+        self.timeout = timeout
         self.session = requests.Session()
         auth = f"Bearer {token}" if token.startswith("nbt_") else f"Token {token}"
         self.session.headers.update({"Authorization": auth, "Accept": "application/json"})
@@ -399,7 +400,7 @@ class NetboxClient:
 
     # raw REST
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        r = self.session.request(method, f"{self.api}/{path.strip('/')}/", timeout=60, **kw)
+        r = self.session.request(method, f"{self.api}/{path.strip('/')}/", timeout=self.timeout, **kw)
         if r.status_code >= 400:
             raise NetboxRequestError(f"{method} {path}: HTTP {r.status_code}: {r.text[:800]}")
         return r.json() if r.content else None
