@@ -303,6 +303,9 @@ LOGGING = {
 # Webhooks (provisioner/services/webhooks.py): seconds a customer's endpoint gets to answer one delivery;
 # the first retry's delay, doubled at each failure up to the longest; and how long a delivery is retried
 # before it is given up (a day).
+# Webhook deliveries to loopback (tests, the demo, local tools): never in production, where a customer's URL
+# must not reach the control plane's own services.
+NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK = env_bool("NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK", not PRODUCTION)
 NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS = env_float("NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 NEOCLOUD_WEBHOOK_RETRY_SECONDS = env_float("NEOCLOUD_WEBHOOK_RETRY_SECONDS", 10.0, minimum=0.01)
 NEOCLOUD_WEBHOOK_RETRY_MAX_SECONDS = env_float("NEOCLOUD_WEBHOOK_RETRY_MAX_SECONDS", 3600.0, minimum=0.01)

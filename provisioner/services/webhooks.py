@@ -5,6 +5,14 @@ Three parts, none of them inside a transaction that changes the fleet:
 - **Endpoints** (``create_endpoint``, ``update_endpoint``, ``delete_endpoint``): an https URL (http only to
   a loopback address, for tests and local tools), the event types wanted (none: all), a secret made here,
   encrypted at rest and returned once.
+- **Where deliveries may go**: public addresses only. A customer names the URL, so a URL that points into
+  the operator's networks (private, link-local such as a cloud's metadata service at 169.254.169.254,
+  carrier-grade NAT, the lab's 198.18.0.0/15, multicast, reserved) would make the control plane a
+  customer's proxy into them. An address literal is refused at registration; a host name is resolved at
+  delivery, every address it resolves to must be public, and the connection goes to the address that was
+  checked (the TLS name and Host header stay the URL's), so a name that re-resolves to an inner address
+  between the check and the connection (DNS rebinding) gains nothing. Loopback is allowed only with
+  NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK (on unless NEOCLOUD_PRODUCTION: tests, the demo, local tools).
 - **The dispatcher** (``dispatch``, run by the scheduler's pass through ``pump``): reads the event stream
   after each endpoint's cursor and writes one pending delivery per event and endpoint that wants it,
   moving the cursors in the same transaction (a crash leaves both or neither). Reading the stream after
@@ -31,6 +39,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 import urllib.parse
 from collections import Counter, defaultdict
@@ -97,11 +106,23 @@ def validate_url(url: str) -> str:
         raise InvalidRequest("the URL must not carry a user name or password: the signature authenticates us")
     if parts.fragment:
         raise InvalidRequest("the URL must not have a #fragment")
+    if _loopback(parts.hostname) and not settings.NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK:
+        raise InvalidRequest(
+            f"{parts.hostname} is this machine: deliveries go to public addresses only "
+            "(NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK allows loopback for tests and local tools)"
+        )
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise InvalidRequest(
             f"http is allowed only to this machine (127.0.0.1, ::1, localhost), not to {parts.hostname}: "
             "use https, so that events travel encrypted"
         )
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return url  # a name: resolved and checked at each delivery
+    why = why_not_deliverable(literal)
+    if why:
+        raise InvalidRequest(f"{parts.hostname} is {why}: deliveries go to public addresses only")
     return url
 
 
@@ -112,6 +133,49 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def why_not_deliverable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """'' when deliveries may go to ``address``; else what it is (a private address, ...)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return why_not_deliverable(address.ipv4_mapped)
+    if address.is_loopback:
+        return "" if settings.NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK else "a loopback address"
+    if address.is_link_local:
+        return "a link-local address (a cloud metadata service lives there)"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_unspecified or address.is_reserved:
+        return "a reserved address"
+    if address.is_private or not address.is_global:
+        return "a private address"
+    return ""
+
+
+class Undeliverable(Exception):
+    """The endpoint's host resolves to no address deliveries may go to."""
+
+
+def resolve(host: str, port: int) -> str:
+    """The address to connect to for ``host``: every address it resolves to must be deliverable (a name
+    with one inner address among public ones is refused: which one a client takes is not ours to choose).
+
+    :raises Undeliverable: with a sentence.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Undeliverable(f"{host} does not resolve: {exc.strerror or exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        why = why_not_deliverable(ipaddress.ip_address(address.split("%", 1)[0]))
+        if why:
+            raise Undeliverable(
+                f"{host} resolves to {address}, {why}: deliveries go to public addresses only"
+            )
+    if not addresses:
+        raise Undeliverable(f"{host} resolves to no address")
+    return addresses[0]
 
 
 def validate_event_types(types: Iterable[str] | None) -> list[str]:
@@ -439,8 +503,9 @@ class _Pass:
         self.secret = endpoint.secret
         self.org_slug = endpoint.organization.slug
         self.deadline = deadline
-        # urllib3 (what requests is built on) directly: a fifth of the cost per POST, no proxy variables
-        self.http = urllib3.PoolManager(num_pools=2, maxsize=1)
+        # urllib3 (what requests is built on) directly: a fifth of the cost per POST, no proxy variables; one
+        # connection pool to the checked address of the endpoint's host (see resolve), made on first use
+        self.pool: urllib3.HTTPConnectionPool | None = None
         self.counts: Counter[str] = Counter()
         self.timeout = settings.NEOCLOUD_WEBHOOK_TIMEOUT_SECONDS
         # Successes answered but not yet written (written together: one transaction per FLUSH_EVERY)
@@ -545,9 +610,11 @@ class _Pass:
         error = ""
         started = time.perf_counter()
         try:
-            answer = self.http.request(
+            pool, target, host_header = self._pool()
+            headers["Host"] = host_header
+            answer = pool.urlopen(
                 "POST",
-                self.endpoint.url,
+                target,
                 body=body,
                 headers=headers,
                 timeout=urllib3.Timeout(connect=min(self.timeout, 3.0), read=self.timeout),
@@ -570,6 +637,9 @@ class _Pass:
                 error = f"answered {status} {answer.reason or ''}".strip()
                 if 300 <= status < 400:
                     error += " (redirects are not followed: register the final URL)"
+        except Undeliverable as exc:
+            outcome = WebhookAttempt.Outcome.UNREACHABLE
+            error = f"not sent: {exc}"
         except urllib3.exceptions.NewConnectionError as exc:  # a subclass of the timeout errors: first
             outcome = WebhookAttempt.Outcome.UNREACHABLE
             error = f"could not connect: {str(exc)[:300]}"
@@ -582,6 +652,27 @@ class _Pass:
         latency_ms = (time.perf_counter() - started) * 1000
         self._record(delivery, outcome, status, error, latency_ms)
         return outcome
+
+    def _pool(self) -> tuple[urllib3.HTTPConnectionPool, str, str]:
+        """The pool to the endpoint's checked address, the request target, and the Host header."""
+        parts = urllib.parse.urlsplit(self.endpoint.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if self.pool is None:
+            address = resolve(host, port)
+            if parts.scheme == "https":
+                self.pool = urllib3.HTTPSConnectionPool(
+                    address,
+                    port,
+                    maxsize=1,
+                    server_hostname=host,
+                    assert_hostname=host,
+                    cert_reqs="CERT_REQUIRED",
+                )
+            else:
+                self.pool = urllib3.HTTPConnectionPool(address, port, maxsize=1)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return self.pool, target, parts.netloc
 
     def _record(
         self, delivery: WebhookDelivery, outcome: str, status: int | None, error: str, latency_ms: float
@@ -661,7 +752,8 @@ def deliver_pass(endpoint_id: int, *, seconds: float = PASS_SECONDS) -> dict[str
     try:
         run.run()
     finally:
-        run.http.clear()
+        if run.pool is not None:
+            run.pool.close()
         WebhookEndpoint.objects.filter(pk=endpoint_id, lease_until=lease).update(lease_until=None)
     kick(endpoint_ids=[endpoint_id])  # what came in meanwhile, or what the deadline left
     return dict(run.counts)

@@ -208,7 +208,7 @@ def test_the_test_event_is_signed_and_logged(inventory, receiver, fast_retries):
     "url",
     [
         "https://hooks.example.com/neocloud",
-        "https://203.0.113.5:8443/x?y=1",
+        "https://93.184.215.14:8443/x?y=1",
         "http://127.0.0.1:8080/hooks",
         "http://[::1]:9000/",
         "http://localhost/hooks",
@@ -228,6 +228,15 @@ def test_https_anywhere_and_http_to_loopback_are_accepted(url):
         ("hooks.example.com", "no http(s) URL"),
         ("https://user:pw@example.com/", "user name or password"),
         ("https://example.com:99999/", "no valid URL"),
+        # a customer's URL must not make the control plane its proxy into the operator's networks
+        ("https://10.0.0.5/x", "10.0.0.5 is a private address: deliveries go to public addresses only"),
+        ("https://169.254.169.254/latest/meta-data/", "a link-local address (a cloud metadata service"),
+        ("https://198.18.0.7/x", "198.18.0.7 is a private address"),  # the lab's servers
+        ("https://[fd00::1]/x", "is a private address"),
+        ("https://[::ffff:10.1.2.3]/x", "is a private address"),
+        ("https://100.64.0.1/x", "is a private address"),  # carrier-grade NAT
+        ("https://224.0.0.1/x", "a multicast address"),
+        ("https://0.0.0.0/x", "a reserved address"),
     ],
 )
 def test_other_urls_are_refused_with_a_reason(url, says):
@@ -343,3 +352,33 @@ def test_a_pass_killed_before_it_recorded_its_answers_sends_them_again(
     assert first.headers["Neocloud-Event-Id"] == again.headers["Neocloud-Event-Id"]
     assert first.body == again.body and again.signed_with(secret)
     assert WebhookDelivery.objects.get(endpoint=endpoint).state == "succeeded"
+
+
+def test_loopback_is_refused_unless_allowed(settings):
+    settings.NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK = False  # production's default
+    for url in ("http://127.0.0.1:8080/hooks", "https://localhost/x", "https://[::1]/"):
+        with pytest.raises(InvalidRequest, match="is this machine: deliveries go to public addresses only"):
+            webhooks.validate_url(url)
+
+
+def test_a_name_that_resolves_to_an_inner_address_gets_nothing(inventory, receiver, settings, monkeypatch):
+    """A host name is checked where it points at delivery time, and the connection goes to the address
+    checked: a name resolving to the operator's network (or loopback, in production) is never connected to."""
+    webhook, _ = webhooks.create_endpoint(inventory.acme, "https://hooks.example.com/x", actor=OLIVIA)
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    answers = {"hooks.example.com": "10.20.30.40"}
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", getaddrinfo)
+    delivery = webhooks.send_test(webhook, actor=OLIVIA)
+    webhooks.deliver_pass(webhook.pk)
+    attempt = delivery.attempt_log.get()
+    assert attempt.error.startswith("not sent: hooks.example.com resolves to 10.20.30.40, a private address")
+
+    settings.NEOCLOUD_WEBHOOK_ALLOW_LOOPBACK = False
+    answers["hooks.example.com"] = "127.0.0.1"  # re-pointed at the control plane itself
+    with pytest.raises(webhooks.Undeliverable, match=r"resolves to 127\.0\.0\.1, a loopback address"):
+        webhooks.resolve("hooks.example.com", 443)
+    assert receiver.delivered() == []
