@@ -223,3 +223,45 @@ class ServerTypePriceAdmin(admin.ModelAdmin):
             effective_from=obj.effective_from,
         )
         obj.pk, obj.currency, obj.effective_from = saved.pk, saved.currency, saved.effective_from
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the services only: operators read them here, change them through the services."""
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(models.WebhookEndpoint)
+class WebhookEndpointAdmin(_ReadOnlyAdmin):
+    # never the secret (encrypted at rest; shown once to the organization that made it)
+    list_display = ("organization", "url", "active", "created_at")
+    list_filter = ("active",)
+    fields = ("organization", "url", "event_types", "description", "active", "created_at")
+    readonly_fields = fields
+
+
+@admin.register(models.WebhookDelivery)
+class WebhookDeliveryAdmin(_ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "endpoint",
+        "event_type",
+        "state",
+        "attempts",
+        "last_status_code",
+        "last_error",
+    )
+    list_filter = ("state", "event_type")
+
+
+@admin.register(models.InventorySync)
+class InventorySyncAdmin(_ReadOnlyAdmin):
+    list_display = ("started_at", "source", "role", "actor", "outcome", "counts")
+    list_filter = ("outcome",)

@@ -185,3 +185,26 @@ def test_prices_are_added_through_the_metering_service_never_in_the_past_nor_edi
         f"/admin/provisioner/servertypeprice/{price.pk}/change/", {"cents_per_hour": 1}
     )
     assert change.status_code in (302, 403) and ServerTypePrice.objects.get().cents_per_hour == 2500
+
+
+def test_webhooks_and_netbox_syncs_are_read_in_the_admin_never_changed_and_no_secret_shown(
+    admin_client, inventory
+):
+    from provisioner.lifecycle import Actor
+    from provisioner.services import webhooks
+
+    endpoint, secret = webhooks.create_endpoint(
+        inventory.acme, "https://hooks.example.com/x", actor=Actor.system("t")
+    )
+    page = admin_client.get(f"/admin/provisioner/webhookendpoint/{endpoint.pk}/change/")
+    assert page.status_code == 200 and "hooks.example.com" in page.content.decode()
+    assert secret not in page.content.decode() and endpoint.secret_encrypted not in page.content.decode()
+    for model in ("webhookendpoint", "webhookdelivery", "inventorysync"):
+        assert admin_client.get(f"/admin/provisioner/{model}/").status_code == 200
+        assert admin_client.get(f"/admin/provisioner/{model}/add/").status_code == 403
+    assert (
+        admin_client.post(
+            f"/admin/provisioner/webhookendpoint/{endpoint.pk}/delete/", {"post": "yes"}
+        ).status_code
+        == 403
+    )
