@@ -30,6 +30,10 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         }
 
 
+# What a view's own declaration of an error answer says when it says nothing more (webapp/api/customer.errors):
+# where the machinery gives that status too, the machinery's reason is the description.
+GENERIC_ERROR_DESCRIPTION = "error"
+
 # Query parameters that are never refused: pagination clamps them (webapp/api/pagination.py).
 _NEVER_REFUSED = {"limit", "offset"}
 
@@ -38,7 +42,8 @@ class NeocloudAutoSchema(AutoSchema):
     """drf-spectacular's AutoSchema, with the error answers that the API's machinery (authentication,
     permissions, content negotiation, parsers, filters, lookups) gives whatever the view says, added to every
     operation they apply to, each in the API's one error shape (webapp/api/errors.py). A view declares only
-    the answers of its own rules (409 for a conflict, 403 for a quota); those it declares are kept as they are.
+    the answers of its own rules (409 for a conflict, 403 for a quota); those it declares are kept, with the
+    machinery's reason as their description where they said only "error".
 
     What applies, from the view and the generated operation:
 
@@ -59,9 +64,12 @@ class NeocloudAutoSchema(AutoSchema):
             return None
         responses = operation["responses"]
         for code, description in self.error_statuses(operation).items():
-            if str(code) not in responses:
+            declared = responses.get(str(code))
+            if declared is None:
                 error = OpenApiResponse(ErrorSerializer, description=description)
                 responses[str(code)] = self._get_response_for_code(error, str(code))
+            elif declared.get("description") == GENERIC_ERROR_DESCRIPTION:
+                declared["description"] = description
         operation["responses"] = dict(sorted(responses.items()))
         return operation
 
