@@ -6,8 +6,9 @@
 # --upgrade-package NAME); other arguments go to `uv pip compile`. Review and commit the diff.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV=.venv/bin/uv
+UV=.venv/bin/uv  # installed by scripts/bootstrap.sh (the dev extra)
 [ -x "$UV" ] || UV=uv
+command -v "$UV" >/dev/null || { echo "lock: no uv: run scripts/bootstrap.sh first (it installs uv into .venv)" >&2; exit 1; }
 "$UV" pip compile pyproject.toml requirements/build.in \
     --extra dev \
     --universal --python-version 3.11 \
