@@ -32,10 +32,17 @@ if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv with $PYTHON"
     "$PYTHON" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "bootstrap: installing Python dependencies into .venv"
+# Every package, build tools and pip included, comes from requirements/lock.txt, pinned and checked against
+# its sha256 (scripts/lock.sh writes it), as wheels only (an sdist would be built with tools nobody checked);
+# then the project itself, built with the setuptools just installed from the lock.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements/lock.txt -nt "$stamp" ]; then
+    echo "bootstrap: installing Python dependencies into .venv (requirements/lock.txt)"
     mkdir -p var
-    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } > var/bootstrap.log 2>&1; then
+    if ! {
+        .venv/bin/python -m pip install -q --require-hashes --no-deps --only-binary :all: -r requirements/lock.txt &&
+            .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . &&
+            .venv/bin/python -m pip check
+    } > var/bootstrap.log 2>&1; then
         cat var/bootstrap.log >&2
         echo "bootstrap: installing Python dependencies failed (log above, also in var/bootstrap.log)" >&2
         exit 1

@@ -192,7 +192,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "webapp.api.pagination.NeocloudPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, with the error answers every operation can give (401, 404, 406, ...)
+    "DEFAULT_SCHEMA_CLASS": "webapp.api.schema.NeocloudAutoSchema",
     "EXCEPTION_HANDLER": "webapp.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {

@@ -33,6 +33,7 @@ from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
 from webapp.api.metering import SpendInLists, StatementActions
 from webapp.api.permissions import OwnerOnlyActions, acting_organization, tokens_for
+from webapp.api.schema import GENERIC_ERROR_DESCRIPTION
 from webapp.api.serializers.common import (
     AuditEventSerializer,
     ErrorSerializer,
@@ -63,7 +64,7 @@ from webapp.api.viewsets import CustomerViewSet
 
 def errors(*codes: int) -> dict[int, Any]:
     """Schema entries for error responses: they all share the one error shape."""
-    return {code: OpenApiResponse(ErrorSerializer, description="error") for code in codes}
+    return {code: OpenApiResponse(ErrorSerializer, description=GENERIC_ERROR_DESCRIPTION) for code in codes}
 
 
 class ServerTypeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerViewSet):
@@ -247,7 +248,12 @@ class ReservationViewSet(
         responses={
             201: ReservationSerializer,
             200: OpenApiResponse(ReservationSerializer, description="replay of an Idempotency-Key"),
-            **errors(400, 401, 403, 404, 409),
+            **errors(400, 401, 404, 409),
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="the booking would take the organization past its server quota (quota_exceeded); "
+                "or a change made with a portal session came without its CSRF token",
+            ),
         },
     )
     def create(self, request: Request) -> Response:

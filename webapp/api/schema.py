@@ -1,5 +1,5 @@
-"""OpenAPI pieces drf-spectacular cannot infer: our Bearer token authentication, and choice lists written
-as words rather than markdown."""
+"""OpenAPI pieces drf-spectacular cannot infer: our Bearer token authentication, the error answers every
+operation can give, and choice lists written as words rather than markdown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import re
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import permissions
+from rest_framework.authentication import SessionAuthentication
+
+from webapp.api.serializers.common import ErrorSerializer
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -22,6 +28,84 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
                 "tokens page, or from POST /api/v1/tokens made with a signed-in portal session."
             ),
         }
+
+
+# What a view's own declaration of an error answer says when it says nothing more (webapp/api/customer.errors):
+# where the machinery gives that status too, the machinery's reason is the description.
+GENERIC_ERROR_DESCRIPTION = "error"
+
+# Query parameters that are never refused: pagination clamps them (webapp/api/pagination.py).
+_NEVER_REFUSED = {"limit", "offset"}
+
+
+class NeocloudAutoSchema(AutoSchema):
+    """drf-spectacular's AutoSchema, with the error answers that the API's machinery (authentication,
+    permissions, content negotiation, parsers, filters, lookups) gives whatever the view says, added to every
+    operation they apply to, each in the API's one error shape (webapp/api/errors.py). A view declares only
+    the answers of its own rules (409 for a conflict, 403 for a quota); those it declares are kept, with the
+    machinery's reason as their description where they said only "error".
+
+    What applies, from the view and the generated operation:
+
+    - 401: the view requires authentication (no token, or an invalid, revoked or expired one).
+    - 403: a permission beyond "signed in" (operators only; owners only, for the actions that
+      ``applies_to`` names); or a change made with a portal session, which needs its CSRF token.
+    - 404: a path with parameters (no such row, or not yours).
+    - 400: a request body, or query parameters that can be refused (filters, windows).
+    - 406: always (an Accept header the API cannot answer).
+    - 413 and 415: a request body (too large; a content type the API does not parse).
+    - 429: the view is throttled.
+    A method that the path does not have (405) is no operation of the schema, so it appears nowhere.
+    """
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None:
+            return None
+        responses = operation["responses"]
+        for code, description in self.error_statuses(operation).items():
+            declared = responses.get(str(code))
+            if declared is None:
+                error = OpenApiResponse(ErrorSerializer, description=description)
+                responses[str(code)] = self._get_response_for_code(error, str(code))
+            elif declared.get("description") == GENERIC_ERROR_DESCRIPTION:
+                declared["description"] = description
+        operation["responses"] = dict(sorted(responses.items()))
+        return operation
+
+    def error_statuses(self, operation: dict[str, Any]) -> dict[int, str]:
+        """The machinery's error answers for ``operation`` (this view, this method), with why each comes."""
+        checks = self.view.get_permissions()
+        statuses: dict[int, str] = {}
+        has_body = "requestBody" in operation
+        refusable_query = any(
+            p["in"] == "query" and p["name"] not in _NEVER_REFUSED for p in operation.get("parameters", [])
+        )
+        if has_body or refusable_query:
+            statuses[400] = "the request is not valid: details name each field or parameter and its problem"
+        if not any(isinstance(check, permissions.AllowAny) for check in checks):
+            statuses[401] = "no API token, or one that is invalid, revoked or expired"
+        refusals = [
+            str(getattr(check, "message", "not allowed"))
+            for check in checks
+            if not isinstance(check, (permissions.IsAuthenticated, permissions.AllowAny))
+            and getattr(check, "applies_to", lambda view: True)(self.view)
+        ]
+        if self.method not in permissions.SAFE_METHODS and any(
+            isinstance(auth, SessionAuthentication) for auth in self.view.get_authenticators()
+        ):
+            refusals.append("a change made with a portal session needs its CSRF token")
+        if refusals:
+            statuses[403] = "; ".join(refusals)
+        if any(p["in"] == "path" for p in operation.get("parameters", [])):
+            statuses[404] = "no such object, or none you can see"
+        statuses[406] = "the Accept header names no media type the API answers with (it answers JSON)"
+        if has_body:
+            statuses[413] = "the request body is larger than the API takes"
+            statuses[415] = "the request body's content type is none the API reads (JSON, form data)"
+        if self.view.get_throttles():
+            statuses[429] = "too many requests: wait as the Retry-After header says"
+        return statuses
 
 
 # Component names for choice sets that several serializers share under the same field name ("state").
