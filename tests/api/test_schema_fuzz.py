@@ -40,8 +40,10 @@ from provisioner.models import (
     Organization,
     Reservation,
     SSHKey,
+    WebhookEndpoint,
 )
 from provisioner.services import rollouts as rollout_service
+from provisioner.services import webhooks as webhook_service
 from tests.conftest import reserve
 
 pytestmark = [pytest.mark.slow]
@@ -69,6 +71,11 @@ def organization_state(org: Organization) -> dict[str, Any]:
         "servers": list(
             Node.objects.filter(reservation__organization=org).order_by("pk").values("pk", "state")
         ),
+        "webhooks": list(
+            WebhookEndpoint.objects.filter(organization=org)
+            .order_by("pk")
+            .values("pk", "url", "active", "event_types", "description", "secret_encrypted")
+        ),
     }
 
 
@@ -90,6 +97,7 @@ def rows_of(org: Organization, member: Any, token: ApiToken) -> dict[str, Any]:
         "audit-events": AuditEvent.objects.filter(organization=org).values_list("pk", flat=True).first(),
         "admin/nodes": node.pk if node else 0,
         "admin/reservations": reservation.pk,
+        "webhooks": WebhookEndpoint.objects.filter(organization=org).values_list("pk", flat=True).first(),
     }
 
 
@@ -104,6 +112,7 @@ def fuzz_world(transactional_db, inventory, live_server) -> dict[str, Any]:
         reserve(inv, ends_at=now + dt.timedelta(hours=4), **mine)
         days = {"starts_at": now + dt.timedelta(days=2), "ends_at": now + dt.timedelta(days=3)}
         reserve(inv, server_type=inv.a100, **days, **mine)
+        webhook_service.create_endpoint(org, "https://hooks.example.com/neocloud", actor=Actor.system("t"))
     idle = Node.objects.filter(reservation=None, server_type=inv.h100).order_by("pk").first()
     rollout = rollout_service.start_rollout([idle], actor=Actor.system("t"), max_parallel=1, failure_budget=0)
     return {"inv": inv, "rollout": rollout.pk}
@@ -160,11 +169,15 @@ class Fuzzer:
 
 def path_ids(template: str, rows: dict[str, Any]) -> dict[str, Any]:
     """``template``'s path parameters filled from ``rows`` (rows_of): /api/v1/<collection>/{id}/... takes the
-    collection's row; {user_id} (organizations' members) the member's."""
+    collection's row; {user_id} (organizations' members) the member's; {month} (statements) this month."""
     collection = re.match(r"/api/v1/(.+?)/\{", template)
     assert collection, template
     names = re.findall(r"\{(\w+)\}", template)
-    return {name: rows["members" if name == "user_id" else collection.group(1)] for name in names}
+    month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    return {
+        name: month if name == "month" else rows["members" if name == "user_id" else collection.group(1)]
+        for name in names
+    }
 
 
 @pytest.mark.parametrize("persona", ["owner", "operator"])
