@@ -25,6 +25,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from lab import post
 from lab.machine import SimulatedServer
 from provisioner.drivers.base import BootDevice, BootMode, BootSetting, PowerState
 from provisioner.httputil import ClosingHandlerMixin
@@ -114,6 +115,10 @@ def system_resource(system_id: str, server: SimulatedServer) -> dict[str, Any]:
         "Model": server.spec.server_type,
         "UUID": str(_uuid_for(server.spec.name)),
         "PowerState": "On" if server.power_state() == PowerState.ON else "Off",
+        # where the power-on self-test is (lab.post), as the DMTF BootProgress property reports it
+        "BootProgress": {
+            "LastState": post.boot_progress(server.node_dir, server.power_state() == PowerState.ON)
+        },
         "Status": {"State": "Enabled", "Health": "OK"},
         "Boot": {
             "BootSourceOverrideTarget": TARGET_BY_DEVICE[setting.device],

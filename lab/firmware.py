@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lab import post
 from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
 from provisioner.pxe.configdrive import ConfigDriveError, read_config_drive
@@ -76,8 +77,15 @@ class Firmware:
             self.agent_returncode = None
         self._console(f"power on: boot {boot.device.value} ({boot.mode.value})")
         target = self._pxe_boot if boot.device == BootDevice.PXE else self._disk_boot
+
+        def post_then_boot(generation: int) -> None:
+            if post.run(
+                self.node_dir, spec.post_seconds, lambda: self._generation == generation, self._console
+            ):
+                target(generation)
+
         thread = threading.Thread(
-            target=target, args=(generation,), name=f"firmware-{spec.name}", daemon=True
+            target=post_then_boot, args=(generation,), name=f"firmware-{spec.name}", daemon=True
         )
         self._thread = thread
         thread.start()
@@ -92,6 +100,7 @@ class Firmware:
         with self._lock:
             self._generation += 1
             agent = self._agent
+        post.write_state(self.node_dir, "off")
         self._console("power off")
         if agent is not None and agent.poll() is None:
             agent.kill()

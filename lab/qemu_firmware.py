@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lab import post
 from lab.qemu import GuestForward, QemuComputer
 from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
@@ -58,6 +59,7 @@ class QemuFirmware:
             GuestForward(IMAGE_SERVER_GUEST_ADDRESS, 80, spec.image_port),
         ]
         self._lock = threading.Lock()
+        self._powered = False
         self.computer: QemuComputer | None = None
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None:
@@ -65,6 +67,14 @@ class QemuFirmware:
         network = boot.device == BootDevice.PXE
         with self._lock:
             if self.computer is not None and self.computer.running():
+                return
+            self._powered = True
+        # the power-on self-test before QEMU's firmware starts (BMC calls are answered meanwhile: this runs
+        # on the node's firmware thread); a power-off during it ends it
+        if not post.run(self.node_dir, spec.post_seconds, lambda: self._powered, self._console):
+            return
+        with self._lock:
+            if not self._powered or (self.computer is not None and self.computer.running()):
                 return
             self.computer = QemuComputer(
                 workdir=self.node_dir / "qemu",
@@ -86,6 +96,8 @@ class QemuFirmware:
 
     def on_power_off(self, spec: LabNodeSpec) -> None:
         """QMP ``quit`` (then SIGTERM/SIGKILL); returns when QEMU is gone. Idempotent."""
+        self._powered = False
+        post.write_state(self.node_dir, "off")
         with self._lock:
             computer = self.computer
             was_running = computer is not None and computer.running()

@@ -34,6 +34,7 @@ class LabNodeSpec:
     kind: str = "simulated"
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
     ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)
+    post_seconds: float = 0.0  # the power-on self-test's time, already scaled (lab.post)
 
     @property
     def bmc_scheme(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from lab import post
 from lab.images import IMAGE_SERVER_PORT
 from lab.machine import read_state_file
 from lab.node_process import node_dir
@@ -48,11 +49,13 @@ def make_specs(
     server_type: str = "h100-8x",
     kind: str = "simulated",
     image_port: int = IMAGE_SERVER_PORT,
+    post_scale: float = 0.0,
 ) -> list[LabNodeSpec]:
     """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols.
     ``kind`` is "simulated" or "qemu" (every node an emulated computer: see lab.qemu_firmware,
     whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
-    at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index)."""
+    at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index). ``post_scale``: the time scale of the servers' power-on
+    self-test (lab.post; 0: none)."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
@@ -82,6 +85,7 @@ def make_specs(
                 kind=kind,
                 image_port=image_port,
                 ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" else 0,
+                post_seconds=post.seconds_for(server_type, post_scale),
             )
         )
     return specs
@@ -265,8 +269,10 @@ def up(
     wait_timeout: float = 30.0,
     kind: str = "simulated",
     image_port: int = IMAGE_SERVER_PORT,
+    post_scale: float | None = None,
 ) -> list[LabNodeSpec]:
-    """Start an n-node lab. Idempotent: an existing lab.json with n nodes and the same protocols, kind and
+    """Start an n-node lab (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
+    None: NEOCLOUD_LAB_POST_SCALE or its default). Idempotent: an existing lab.json with n nodes and the same protocols, kind and
     image port keeps its specs (and passwords); nodes already running are left alone.
 
     :raises LabError: a node's BMC did not answer within ``wait_timeout`` (the message names its log), or
@@ -280,10 +286,11 @@ def up(
             f"and holds the lab's addresses; stop it first: python -m lab --lab-dir {where} down"
         )
     specs = load_specs(lab_dir)
-    wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port)
-    same_shape = len(specs) == n and [(s.bmc_protocol, s.kind, s.image_port) for s in specs] == [
-        (s.bmc_protocol, s.kind, s.image_port) for s in wanted
-    ]
+    scale = post.scale_from_env() if post_scale is None else post_scale
+    wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port, post_scale=scale)
+    same_shape = len(specs) == n and [
+        (s.bmc_protocol, s.kind, s.image_port, s.post_seconds) for s in specs
+    ] == [(s.bmc_protocol, s.kind, s.image_port, s.post_seconds) for s in wanted]
     if not same_shape:
         if lab_processes(lab_dir):
             down(lab_dir)
@@ -341,6 +348,8 @@ def status(lab_dir: Path) -> list[dict[str, Any]]:
                 "boot_device": state.get("boot_device", "unknown"),
                 "boot_persistent": state.get("boot_persistent"),
                 "boot_mode": state.get("boot_mode", "unknown"),
+                "post": post.read_state(node_dir(lab_dir, spec.name)).get("state", "unknown"),
+                "post_seconds": spec.post_seconds,
                 "pid": pid,
                 "alive": pid is not None and _is_node_process(pid, lab_dir, spec.name),
             }

@@ -10,6 +10,9 @@ os.environ.setdefault("NEOCLOUD_HEARTBEAT_SECONDS", "0.5")
 os.environ.setdefault("NEOCLOUD_LEASE_TTL_SECONDS", "3")
 os.environ.setdefault("NEOCLOUD_RETRY_BACKOFF_SECONDS", "0.05")
 os.environ.setdefault("NEOCLOUD_LOG_LEVEL", "WARNING")
+os.environ.setdefault(
+    "NEOCLOUD_LAB_POST_SCALE", "0"
+)  # lab servers boot at once (tests of POST set their own)
 
 from webapp.settings import *  # noqa: F403
 

@@ -105,6 +105,16 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
     return base
 
 
+def _post_scale(value: str) -> float:
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = -1.0
+    if not scale >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {value}")
+    return scale
+
+
 def start_lab(
     nodes: int,
     *,
@@ -112,8 +122,10 @@ def start_lab(
     do_enroll: bool = True,
     boot_url: str = "",
     kind: str = "simulated",
+    post_scale: float | None = None,
 ) -> list[LabNodeSpec]:
-    """Start (or keep) the lab and enroll its nodes with the image they are deployed with.
+    """Start (or keep) the lab and enroll its nodes with the image they are deployed with (``post_scale``:
+    the servers' power-on self-test time scale, lab.post; None: NEOCLOUD_LAB_POST_SCALE or its default).
 
     :raises supervisor.LabError: a node did not start, or emulated computers would find no deploy ramdisk.
     """
@@ -128,7 +140,9 @@ def start_lab(
                 f"emulated computers boot the deploy ramdisk, but NEOCLOUD_BOOT_DIR ({settings.NEOCLOUD_BOOT_DIR}) "
                 f"has no {' or '.join(missing)}: run scripts/bootstrap.sh and set NEOCLOUD_BOOT_DIR=var/ramdisk"
             )
-    specs = supervisor.up(nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols, kind=kind)
+    specs = supervisor.up(
+        nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols, kind=kind, post_scale=post_scale
+    )
     image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
     image = ensure_lab_os_image(image_dir) if kind == "qemu" else ensure_demo_image(image_dir)
     start_image_server(Path(settings.NEOCLOUD_IMAGE_DIR), lab_dir)
@@ -177,6 +191,13 @@ class Command(BaseCommand):
         )
         up.add_argument("--boot-url", default="", help="where lab firmware finds the boot service")
         up.add_argument("--no-enroll", action="store_true", help="do not enroll the nodes into Neocloud")
+        up.add_argument(
+            "--post-scale",
+            type=_post_scale,
+            default=None,
+            help="time scale of the servers' power-on self-test (1: real, 240 s for 8x H100; 0.1: 24 s; "
+            "0: none); default NEOCLOUD_LAB_POST_SCALE or 0.1",
+        )
         st = sub.add_parser("status")
         st.add_argument(
             "--json", action="store_true", help="machine-readable, with the lab's BMC credentials"
@@ -194,6 +215,7 @@ class Command(BaseCommand):
                     do_enroll=not opts["no_enroll"],
                     boot_url=opts["boot_url"],
                     kind=opts["kind"],
+                    post_scale=opts["post_scale"],
                 )
                 self.stdout.write(f"lab up: {len(specs)} nodes ({', '.join(s.bmc_protocol for s in specs)})")
             elif opts["action"] == "down":
@@ -207,7 +229,7 @@ class Command(BaseCommand):
                     for r in rows:
                         self.stdout.write(
                             f"{r['name']:<14} {r['protocol']:<8} {r['address']}:{r['port']:<5} power={r['power']:<7} "
-                            f"{'running' if r['alive'] else 'stopped'}"
+                            f"post={r['post']:<8} {'running' if r['alive'] else 'stopped'}"
                         )
         except (supervisor.LabError, RamdiskBuildError) as exc:
             raise CommandError(str(exc))
