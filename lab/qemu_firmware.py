@@ -59,22 +59,33 @@ class QemuFirmware:
             GuestForward(IMAGE_SERVER_GUEST_ADDRESS, 80, spec.image_port),
         ]
         self._lock = threading.Lock()
-        self._powered = False
+        self._generation = 0  # bumped by every power change: a POST of an earlier power-on stops
         self.computer: QemuComputer | None = None
 
     def on_power_on(self, spec: LabNodeSpec, boot: BootSetting) -> None:
-        """Start QEMU booting ``boot.device`` first; returns once the process runs. Idempotent while it runs."""
-        network = boot.device == BootDevice.PXE
+        """Start the power-on self-test, then QEMU booting ``boot.device`` first, on a thread of their own (the
+        node's hooks thread stays free for a power-off, which ends the POST). Idempotent while it runs."""
         with self._lock:
             if self.computer is not None and self.computer.running():
                 return
-            self._powered = True
-        # the power-on self-test before QEMU's firmware starts (BMC calls are answered meanwhile: this runs
-        # on the node's firmware thread); a power-off during it ends it
-        if not post.run(self.node_dir, spec.post_seconds, lambda: self._powered, self._console):
+            self._generation += 1
+            generation = self._generation
+            self.computer = None  # a QEMU that exited by itself is gone; none runs during the POST
+        threading.Thread(
+            target=self._post_then_start,
+            args=(spec, boot, generation),
+            name=f"qemu-post-{spec.name}",
+            daemon=True,
+        ).start()
+
+    def _post_then_start(self, spec: LabNodeSpec, boot: BootSetting, generation: int) -> None:
+        network = boot.device == BootDevice.PXE
+        if not post.run(
+            self.node_dir, spec.post_seconds, lambda: self._generation == generation, self._console
+        ):
             return
         with self._lock:
-            if not self._powered or (self.computer is not None and self.computer.running()):
+            if self._generation != generation or (self.computer is not None and self.computer.running()):
                 return
             self.computer = QemuComputer(
                 workdir=self.node_dir / "qemu",
@@ -96,7 +107,8 @@ class QemuFirmware:
 
     def on_power_off(self, spec: LabNodeSpec) -> None:
         """QMP ``quit`` (then SIGTERM/SIGKILL); returns when QEMU is gone. Idempotent."""
-        self._powered = False
+        with self._lock:
+            self._generation += 1  # ends a POST in progress; its thread starts no QEMU after this
         post.write_state(self.node_dir, "off")
         with self._lock:
             computer = self.computer

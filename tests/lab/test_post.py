@@ -72,3 +72,47 @@ def test_a_power_off_during_post_ends_it_and_boots_nothing(tmp_path: Path) -> No
         assert firmware.wait_idle(5), "a power-off must end the POST at once"
         assert boot.paths() == []
         assert "POST: done" not in console(lab_dir, spec)
+
+
+def test_an_emulated_computer_starts_qemu_after_its_post_and_not_at_all_if_powered_off(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The QEMU firmware's POST runs on a thread of its own: the node's hooks thread stays free for a
+    power-off, which ends the POST before any QEMU starts (QEMU itself is replaced by a recorder here; the
+    QEMU lab tests run the real one)."""
+    from lab import qemu_firmware
+
+    started: list[str] = []
+
+    class Recorder:
+        def __init__(self, **kw: object) -> None:
+            self.process = None
+            self.boot_from = kw["boot_from"]
+
+        def start(self) -> None:
+            started.append(str(self.boot_from))
+
+        def running(self) -> bool:
+            return bool(started)
+
+        def power_off(self) -> None:
+            started.clear()
+
+    monkeypatch.setattr(qemu_firmware, "QemuComputer", Recorder)
+    spec = dataclasses.replace(make_spec(tmp_path), post_seconds=1.0, kind="qemu", netns="")
+    firmware = qemu_firmware.QemuFirmware(spec, tmp_path / "lab", "http://127.0.0.1:8000/boot")
+
+    began = time.monotonic()
+    firmware.on_power_on(spec, PXE)
+    assert time.monotonic() - began < 0.2, "the hook must not block the BMC for the POST"
+    assert not firmware.halted(spec)  # in POST: on, not halted
+    time.sleep(0.3)
+    firmware.on_power_off(spec)
+    time.sleep(1.2)
+    assert started == []  # powered off during its POST: QEMU never started
+
+    firmware.on_power_on(spec, PXE)
+    deadline = time.monotonic() + 5
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started == ["network"] and time.monotonic() - began >= 1.0
