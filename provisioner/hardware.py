@@ -20,9 +20,16 @@ from django.db.models import QuerySet
 
 from provisioner import crypto
 from provisioner.drivers.base import BurnInDriver, DeployDriver, ImageRecord, NodeRecord, PowerDriver
-from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS, power_driver_class, power_driver_for
-from provisioner.errors import InvalidNodeData, UnsupportedOperation
-from provisioner.models import Image, Node, ServerType
+from provisioner.drivers.registry import (
+    BURNIN_DRIVERS,
+    DEPLOY_DRIVERS,
+    power_driver_class,
+    power_driver_for,
+    switch_driver_for,
+)
+from provisioner.drivers.switch import SwitchDriver
+from provisioner.errors import InvalidNodeData, UnknownSwitch, UnsupportedOperation
+from provisioner.models import Image, Node, ServerType, Switch
 from provisioner.states import OperationKind
 
 POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
@@ -292,3 +299,18 @@ def image_problem(server_type: ServerType, image: Image) -> str:
     except UnsupportedOperation:
         return ""
     return cls.image_problem(image_record(image))
+
+
+def switch_driver(switch_name: str, timeout: float = 10.0) -> SwitchDriver:
+    """The driver for the registered switch ``switch_name`` (a node's ``switch_name``). No I/O.
+
+    :raises UnknownSwitch: no switch of that name is registered.
+    :raises UnsupportedOperation: its driver name is unknown.
+    :raises InvalidRequest: its record lacks an address, port, username or secret.
+    """
+    switch = Switch.objects.filter(name=switch_name).first()
+    if switch is None:
+        raise UnknownSwitch(
+            f"switch {switch_name!r} is not registered: add it (address and login) before moving its ports"
+        )
+    return switch_driver_for(switch.access(timeout))
