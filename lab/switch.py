@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,9 @@ LLDPCLI = "/usr/sbin/lldpcli"
 _PORT = re.compile(r"\Aswp[0-9]{1,4}\Z")
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,9}\Z")  # ncsw-<name> must stay a short namespace name
 _IP_TIMEOUT = 20.0
+# lldpcli is set-uid _lldpd: its control socket and the configuration lldpd hands it must sit where that
+# user can reach them (a test's temporary directory is not), so they live here, one pair per namespace.
+LLDP_RUN_DIR = Path("/run/neocloud-lab-lldp")
 
 
 class LabSwitchError(DriverError):
@@ -82,7 +86,7 @@ class LabSwitch:
 
     @property
     def lldp_socket(self) -> Path:
-        return self.directory / "lldpd.socket"
+        return LLDP_RUN_DIR / f"{self.netns}.socket"
 
     def ssh_sessions(self) -> int:
         """How many SSH logins the switch's sshd has accepted so far (read from its log)."""
@@ -178,9 +182,7 @@ def start_switch(
         raise LabSwitchError(f"lab switch name {name!r}: use 1-10 lower-case letters, digits or '-'")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # Traversable by others: lldpcli is set-uid _lldpd and must reach the control socket here; the login
-    # key itself is mode 0600.
-    os.chmod(directory, 0o711)  # noqa: S103 - see above
+    os.chmod(directory, 0o700)
     stop_switch_named(name)
     netns.create_namespace(NETNS_PREFIX + name, address)
     login_key = directory / "login_key"
@@ -230,7 +232,8 @@ def _start_lldpd(switch: LabSwitch, timeout: float) -> None:
     # = the port's name (what a server reads as "port" and compares with its recorded cabling), announced
     # every second so that a port made a moment ago is seen at once. lldpcli is set-uid _lldpd: the file and
     # its directory must be readable by it.
-    config = switch.directory / "lldpd.conf"
+    LLDP_RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    config = LLDP_RUN_DIR / f"{switch.netns}.conf"
     config.write_text(
         f"configure system hostname {switch.name}\n"
         "configure lldp portidsubtype ifname\n"
@@ -257,6 +260,41 @@ def _start_lldpd(switch: LabSwitch, timeout: float) -> None:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise LabSwitchError(f"lldpd of lab switch {switch.name} did not start (see {log.name})")
         time.sleep(0.05)
+
+
+def read_lldp(server_netns: str, interface: str = "eth1", timeout: float = 20.0) -> tuple[str, str] | None:
+    """What a server sees on ``interface`` by LLDP: (the switch's system name, the port id), or None when no
+    announcement arrived within ``timeout`` seconds. Runs a receive-only lldpd in ``server_netns`` for the
+    time it takes and stops it."""
+    LLDP_RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    sock = LLDP_RUN_DIR / f"{server_netns}.socket"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", server_netns, LLDPD, "-d", "-r", "-I", interface, "-u", str(sock)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            shown = _run([LLDPCLI, "-u", str(sock), "show", "neighbors", "-f", "json"], check=False)
+            try:
+                interfaces = json.loads(shown.stdout or "{}").get("lldp", {}).get("interface") or {}
+            except json.JSONDecodeError:
+                continue
+            neighbour = interfaces.get(interface) if isinstance(interfaces, dict) else None
+            if neighbour:
+                return next(iter(neighbour["chassis"])), str(neighbour["port"]["id"]["value"])
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        for path in (sock, sock.with_name(sock.name + ".lock")):
+            path.unlink(missing_ok=True)
 
 
 def create_server_namespace(name: str) -> None:
@@ -305,6 +343,16 @@ def add_port(
     _ip(peer_netns, "link", "set", peer_interface, "up")
 
 
+def set_port_vlan(switch: LabSwitch, port: str, vlan: int | None) -> None:
+    """Put ``port`` on ``vlan``'s bridge, or on none (``None``), from the host, without SSH: how a test sets
+    the scene before the driver acts. Idempotent."""
+    _check_port(port)
+    if vlan is None:
+        _ip(switch.netns, "link", "set", port, "nomaster")
+    else:
+        _ip(switch.netns, "link", "set", port, "master", ensure_vlan(switch, vlan))
+
+
 def bridge_link(switch: LabSwitch) -> dict[str, str]:
     """Port -> bridge as the switch's own ``bridge link`` shows it (ports on no bridge are absent)."""
     proc = _run(["ip", "netns", "exec", switch.netns, "bridge", "-o", "link", "show"])
@@ -329,11 +377,21 @@ def stop_switch(switch: LabSwitch) -> None:
 def stop_switch_named(name: str) -> None:
     """``stop_switch`` by name (for a switch left by an earlier run). Idempotent."""
     namespace = NETNS_PREFIX + name
+    # The kernel frees a deleted namespace's interfaces later, in the background: delete the ports' veth
+    # pairs now, so that no server namespace still holds a cable to nowhere when this returns.
+    if netns.namespace_exists(namespace):
+        for line in _ip(namespace, "-o", "link", "show", "type", "veth", check=False).stdout.splitlines():
+            parts = line.split(": ", 2)
+            port = parts[1].split("@", 1)[0] if len(parts) >= 2 else ""
+            if _PORT.match(port):
+                _ip(namespace, "link", "del", port, check=False)
     # sshd and lldpd run in sessions of their own: end their groups first so their children go too.
     for pid in netns.namespace_pids(namespace):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     netns.destroy_namespace(namespace)
+    for suffix in (".socket", ".socket.lock", ".conf"):
+        (LLDP_RUN_DIR / f"{namespace}{suffix}").unlink(missing_ok=True)
     for proc in list(_launched):
         if proc.poll() is not None:
             _launched.remove(proc)

@@ -306,8 +306,9 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
 
     DEVICE_TYPE = "linux"
     PORT_NAME = re.compile(r"\Aswp[0-9]{1,4}\Z")
-    # A terminal line holds at most 4095 characters: longer command lists are sent as several lines.
-    MAX_LINE = 1000
+    # netmiko's terminal is 511 columns wide and it recognises a command's echo only when it did not wrap:
+    # longer command lists are sent as several lines.
+    MAX_LINE = 480
     SAVED_CONFIG = '"${NEOCLOUD_SWITCH_CONFIG:?the switch names no file to save to}"'
 
     @staticmethod
