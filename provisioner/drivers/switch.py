@@ -194,7 +194,11 @@ class SwitchDriver(abc.ABC):
         self.close()
 
 
-def _load_private_key(text: str) -> Any:
+def load_private_key(text: str) -> Any:
+    """A paramiko key from an unencrypted private key's text (Ed25519, ECDSA or RSA).
+
+    :raises InvalidRequest: the text is none of those.
+    """
     import paramiko
 
     for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
@@ -235,7 +239,7 @@ class NetmikoSwitchDriver(SwitchDriver):
             "timeout": a.timeout,
         }
         if a.private_key:
-            params["pkey"] = _load_private_key(a.private_key)
+            params["pkey"] = load_private_key(a.private_key)
         try:
             return ConnectHandler(**params)
         except NetmikoAuthenticationException:
