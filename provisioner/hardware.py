@@ -28,7 +28,13 @@ from provisioner.drivers.registry import (
     switch_driver_for,
 )
 from provisioner.drivers.switch import SwitchDriver
-from provisioner.errors import InvalidNodeData, UnknownSwitch, UnsupportedOperation
+from provisioner.errors import (
+    InvalidNodeData,
+    InvalidRequest,
+    UnknownSwitch,
+    UnknownSwitchPort,
+    UnsupportedOperation,
+)
 from provisioner.models import Image, Node, ServerType, Switch
 from provisioner.states import OperationKind
 
@@ -314,3 +320,27 @@ def switch_driver(switch_name: str, timeout: float = 10.0) -> SwitchDriver:
             f"switch {switch_name!r} is not registered: add it (address and login) before moving its ports"
         )
     return switch_driver_for(switch.access(timeout))
+
+
+def node_switch_port(node: Node, timeout: float = 10.0) -> tuple[SwitchDriver, str]:
+    """The driver of the switch ``node``'s boot NIC is cabled to, and the port, from its recorded cabling
+    (``switch_name``, ``switch_port``). No I/O: whether the port exists is the switch's ``validate``.
+
+    :raises InvalidNodeData: no cabling is recorded, the switch is not registered or its record is unusable,
+        or the port cannot be a port of that switch; naming the node and the field.
+    """
+    if not node.switch_name or not node.switch_port:
+        raise InvalidNodeData(
+            node.name,
+            "switch_name" if not node.switch_name else "switch_port",
+            "no switch cabling is recorded for the boot NIC; set switch name and port in the inventory or NetBox",
+        )
+    try:
+        driver = switch_driver(node.switch_name, timeout)
+    except (UnknownSwitch, UnsupportedOperation, InvalidRequest) as exc:
+        raise InvalidNodeData(node.name, "switch_name", str(exc)) from None
+    try:
+        driver.validate_port_name(node.switch_name, node.switch_port)
+    except UnknownSwitchPort as exc:
+        raise InvalidNodeData(node.name, "switch_port", str(exc)) from None
+    return driver, node.switch_port
