@@ -52,12 +52,12 @@ def power_driver_for(access: BmcAccess) -> PowerDriver:
     return cls(access)
 
 
-# Switch drivers by the switch OS they speak to (``Switch.driver``).
-SWITCH_DRIVERS = ("linux",)
+# Switch drivers by the switch OS they speak to (``Switch.driver``); "fake" keeps its ports in a file.
+SWITCH_DRIVERS = ("linux", "fake")
 
 
 def switch_driver_class(name: str) -> type[SwitchDriver]:
-    """The SwitchDriver class for a switch OS ("linux"). Pure, no I/O.
+    """The SwitchDriver class for a switch OS ("linux" or "fake"). Pure, no I/O.
 
     :raises UnsupportedOperation: unknown driver name (the message names it).
     """
@@ -65,6 +65,10 @@ def switch_driver_class(name: str) -> type[SwitchDriver]:
         from provisioner.drivers.switch import LinuxSwitchDriver
 
         return LinuxSwitchDriver
+    if name == "fake":
+        from provisioner.drivers.fake_switch import FakeSwitchDriver
+
+        return FakeSwitchDriver
     raise UnsupportedOperation(
         f"unknown switch driver {name!r} (expected one of {', '.join(SWITCH_DRIVERS)})"
     )
