@@ -22,7 +22,9 @@ def test_switch_access_never_shows_its_secrets() -> None:
 
 def test_registry_names_the_linux_driver_and_refuses_others() -> None:
     assert switch_driver_class("linux") is LinuxSwitchDriver
-    with pytest.raises(UnsupportedOperation, match="unknown switch driver 'eos' \\(expected one of linux, fake\\)"):
+    with pytest.raises(
+        UnsupportedOperation, match="unknown switch driver 'eos' \\(expected one of linux, fake\\)"
+    ):
         switch_driver_class("eos")
     with pytest.raises(InvalidRequest, match="switch leaf1: neither a password nor a private key"):
         switch_driver_for(SwitchAccess(**{**ACCESS.__dict__, "password": ""}))
