@@ -97,6 +97,46 @@ class BmcCredentialAdmin(admin.ModelAdmin):
     list_display = ("node", "username", "updated_at")
 
 
+class SwitchForm(forms.ModelForm):
+    new_password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="write-only; leave empty to keep the current password",
+    )
+    new_private_key = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}),
+        required=False,
+        help_text="write-only, an unencrypted OpenSSH private key; leave empty to keep the current key",
+    )
+
+    class Meta:
+        model = models.Switch
+        fields = ("name", "site", "driver", "address", "port", "username")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        has_secret = self.instance.password_encrypted or self.instance.private_key_encrypted
+        if not has_secret and not data.get("new_password") and not data.get("new_private_key"):
+            raise forms.ValidationError("A switch needs a password or a private key to log in with.")
+        return data
+
+    def save(self, commit: bool = True) -> models.Switch:
+        switch = super().save(commit=False)
+        if self.cleaned_data.get("new_password"):
+            switch.password = self.cleaned_data["new_password"]
+        if self.cleaned_data.get("new_private_key"):
+            switch.private_key = self.cleaned_data["new_private_key"].strip() + "\n"
+        if commit:
+            switch.save()
+        return switch
+
+
+@admin.register(models.Switch)
+class SwitchAdmin(admin.ModelAdmin):
+    form = SwitchForm
+    list_display = ("name", "site", "driver", "address", "port", "username", "updated_at")
+
+
 @admin.register(models.Node)
 class NodeAdmin(admin.ModelAdmin):
     list_display = ("name", "server_type", "state", "power_state", "bmc_protocol", "bmc_address", "owner")

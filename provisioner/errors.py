@@ -166,3 +166,47 @@ class NvmlUnavailable(DriverError):
 
     code = "nvml_unavailable"
     retryable = False
+
+
+# --- switch (network) errors ----------------------------------------------------------------------
+
+
+class SwitchError(DriverError):
+    """A switch driver failed."""
+
+    code = "switch_error"
+
+
+class UnknownSwitch(SwitchError):
+    """A node's cabling names a switch that is not registered (no address, no login)."""
+
+    code = "unknown_switch"
+    retryable = False
+
+
+class UnknownSwitchPort(SwitchError):
+    """The switch has no such port (checked on the switch itself before anything is changed)."""
+
+    code = "unknown_switch_port"
+    retryable = False
+
+
+class SwitchUnreachable(SwitchError):
+    """The switch's management address did not answer SSH in time."""
+
+    code = "switch_unreachable"
+    retryable = True
+
+
+class SwitchAuthFailed(SwitchError):
+    """The switch refused our login. Retrying with the same credentials will not help."""
+
+    code = "switch_auth_failed"
+    retryable = False
+
+
+class SwitchCommandFailed(SwitchError):
+    """The switch answered but refused a command, or a port does not read back as it was set."""
+
+    code = "switch_command_failed"
+    retryable = True

@@ -20,9 +20,22 @@ from django.db.models import QuerySet
 
 from provisioner import crypto
 from provisioner.drivers.base import BurnInDriver, DeployDriver, ImageRecord, NodeRecord, PowerDriver
-from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS, power_driver_class, power_driver_for
-from provisioner.errors import InvalidNodeData, UnsupportedOperation
-from provisioner.models import Image, Node, ServerType
+from provisioner.drivers.registry import (
+    BURNIN_DRIVERS,
+    DEPLOY_DRIVERS,
+    power_driver_class,
+    power_driver_for,
+    switch_driver_for,
+)
+from provisioner.drivers.switch import SwitchDriver
+from provisioner.errors import (
+    InvalidNodeData,
+    InvalidRequest,
+    UnknownSwitch,
+    UnknownSwitchPort,
+    UnsupportedOperation,
+)
+from provisioner.models import Image, Node, ServerType, Switch
 from provisioner.states import OperationKind
 
 POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
@@ -292,3 +305,42 @@ def image_problem(server_type: ServerType, image: Image) -> str:
     except UnsupportedOperation:
         return ""
     return cls.image_problem(image_record(image))
+
+
+def switch_driver(switch_name: str, timeout: float = 10.0) -> SwitchDriver:
+    """The driver for the registered switch ``switch_name`` (a node's ``switch_name``). No I/O.
+
+    :raises UnknownSwitch: no switch of that name is registered.
+    :raises UnsupportedOperation: its driver name is unknown.
+    :raises InvalidRequest: its record lacks an address, port, username or secret.
+    """
+    switch = Switch.objects.filter(name=switch_name).first()
+    if switch is None:
+        raise UnknownSwitch(
+            f"switch {switch_name!r} is not registered: add it (address and login) before moving its ports"
+        )
+    return switch_driver_for(switch.access(timeout))
+
+
+def node_switch_port(node: Node, timeout: float = 10.0) -> tuple[SwitchDriver, str]:
+    """The driver of the switch ``node``'s boot NIC is cabled to, and the port, from its recorded cabling
+    (``switch_name``, ``switch_port``). No I/O: whether the port exists is the switch's ``validate``.
+
+    :raises InvalidNodeData: no cabling is recorded, the switch is not registered or its record is unusable,
+        or the port cannot be a port of that switch; naming the node and the field.
+    """
+    if not node.switch_name or not node.switch_port:
+        raise InvalidNodeData(
+            node.name,
+            "switch_name" if not node.switch_name else "switch_port",
+            "no switch cabling is recorded for the boot NIC; set switch name and port in the inventory or NetBox",
+        )
+    try:
+        driver = switch_driver(node.switch_name, timeout)
+    except (UnknownSwitch, UnsupportedOperation, InvalidRequest) as exc:
+        raise InvalidNodeData(node.name, "switch_name", str(exc)) from None
+    try:
+        driver.validate_port_name(node.switch_name, node.switch_port)
+    except UnknownSwitchPort as exc:
+        raise InvalidNodeData(node.name, "switch_port", str(exc)) from None
+    return driver, node.switch_port

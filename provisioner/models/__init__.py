@@ -4,6 +4,7 @@ from provisioner.models.audit import AuditEvent
 from provisioner.models.events import Event
 from provisioner.models.inventory import BmcCredential, Image, InventorySync, Node, Rack, ServerType, Site
 from provisioner.models.metering import ServerTypePrice
+from provisioner.models.network import Switch
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
 from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
@@ -33,6 +34,7 @@ __all__ = [
     "SignInFailure",
     "Site",
     "Step",
+    "Switch",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

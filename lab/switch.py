@@ -1,0 +1,420 @@
+"""The lab switch: a Linux switch in a network namespace of its own, driven over SSH like a real one.
+
+The kernel of these machines has no VLAN-aware bridge (``vlan_filtering 1`` answers "Operation not
+supported") and no 802.1Q devices, so the switch runs in *traditional bridge mode*, as Cumulus Linux's
+traditional bridges do: every VLAN is a Linux bridge of its own (``br<vid>``) and a switch port is a veth
+end (``swp<N>``) whose access VLAN is the bridge it belongs to. A port that belongs to no bridge forwards
+nothing. Frames never cross from one bridge to another, which is the isolation a VLAN gives; trunks (several
+tagged VLANs on one port) cannot be modelled without 802.1Q devices, so the lab has none.
+
+Inside the namespace ``ncsw-<name>``:
+
+* ``eth0``, the management interface: the switch's management address (in 198.18.0.0/15) reached from the
+  host over its own veth pair, exactly as a lab node is (lab.netns.create_namespace);
+* a real OpenSSH sshd on that address, under a UTS namespace whose host name is the switch's name, letting
+  ``root`` in with a key made for this switch (``LabSwitch.private_key``, stored in the switch's directory);
+  the driver's shell commands (``ip link set swp3 master br100``, ``bridge link``) run there and see only
+  the switch's interfaces. ``SetEnv NEOCLOUD_SWITCH_CONFIG`` names the file ``save()`` writes;
+* ``lldpd`` (Debian's), when installed, announcing the switch's name as its system name and each port's
+  name as its port id (subtype ifname) every second on every ``swp*`` port;
+* ``swp<N>`` ports, each one end of a veth pair whose other end sits in a lab server's namespace.
+
+Everything the switch is lives in that namespace and in its directory: ``stop_switch`` kills what runs in
+the namespace and deletes it, which deletes every port's veth pair with it (the servers' ends included).
+Every command is ``ip`` from iproute2 and needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lab import netns, sshd
+from provisioner.errors import DriverError
+
+NETNS_PREFIX = "ncsw-"
+MANAGEMENT_INTERFACE = "eth0"
+SSH_USER = "root"
+SSH_PORT = 22
+CONFIG_ENV = "NEOCLOUD_SWITCH_CONFIG"
+LLDPD = "/usr/sbin/lldpd"
+LLDPCLI = "/usr/sbin/lldpcli"
+_PORT = re.compile(r"\Aswp[0-9]{1,4}\Z")
+_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,9}\Z")  # ncsw-<name> must stay a short namespace name
+_IP_TIMEOUT = 20.0
+# lldpcli is set-uid _lldpd: its control socket and the configuration lldpd hands it must sit where that
+# user can reach them (a test's temporary directory is not), so they live here, one pair per namespace.
+LLDP_RUN_DIR = Path("/run/neocloud-lab-lldp")
+
+
+class LabSwitchError(DriverError):
+    """The lab switch could not be built, started or torn down."""
+
+    code = "lab_switch_error"
+    retryable = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LabSwitch:
+    """A running lab switch: where the driver reaches it and with which key."""
+
+    name: str
+    address: str
+    directory: Path
+    private_key: str = dataclasses.field(repr=False)
+    lldp: bool = False
+
+    @property
+    def netns(self) -> str:
+        return NETNS_PREFIX + self.name
+
+    @property
+    def sshd_log(self) -> Path:
+        return self.directory / "sshd.log"
+
+    @property
+    def saved_config(self) -> Path:
+        return self.directory / "saved.conf"
+
+    @property
+    def lldp_socket(self) -> Path:
+        return LLDP_RUN_DIR / f"{self.netns}.socket"
+
+    def ssh_sessions(self) -> int:
+        """How many SSH logins the switch's sshd has accepted so far (read from its log)."""
+        try:
+            return self.sshd_log.read_text(errors="replace").count("Accepted publickey for ")
+        except OSError:
+            return 0
+
+
+def _run(
+    cmd: list[str], *, check: bool = True, timeout: float = _IP_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise LabSwitchError(f"'{' '.join(cmd)}' did not finish within {timeout:.0f} s")
+    if check and proc.returncode != 0:
+        raise LabSwitchError(f"'{' '.join(cmd)}' failed: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def _ip(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(["ip", "-n", namespace, *args], check=check)
+
+
+def _check_port(port: str) -> None:
+    if not _PORT.match(port):
+        raise LabSwitchError(f"lab switch port {port!r} is not a port name such as swp1")
+
+
+def _check_vlan(vlan: int) -> None:
+    if not 1 <= vlan <= 4094:
+        raise LabSwitchError(f"VLAN {vlan} is outside 1-4094")
+
+
+def _render_sshd_config(switch: LabSwitch, host_key: Path) -> str:
+    d = switch.directory
+    lines = [
+        f"ListenAddress {switch.address}:{SSH_PORT}",
+        f"HostKey {host_key}",
+        f"AuthorizedKeysFile {d / 'authorized_keys'}",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        f"PidFile {d / 'sshd.pid'}",
+        f"SetEnv {CONFIG_ENV}={switch.saved_config}",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "X11Forwarding no",
+        "AllowTcpForwarding no",
+        "UseDNS no",
+        # The benchmark logs in once per port: let many handshakes wait rather than be dropped.
+        "MaxStartups 100:30:200",
+        "LoginGraceTime 30",
+        "LogLevel INFO",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _keygen(path: Path, comment: str) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".pub").unlink(missing_ok=True)
+    _run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(path), "-C", comment])
+
+
+def _in_switch(switch_name: str, argv: list[str]) -> list[str]:
+    # Enter the switch's network namespace, then a UTS namespace named after the switch, then exec argv.
+    return [
+        "ip", "netns", "exec", NETNS_PREFIX + switch_name,
+        "unshare", "--uts", "sh", "-c", 'hostname "$1" || exit 1; shift; exec "$@"', "sh", switch_name,
+        *argv,
+    ]  # fmt: skip
+
+
+def lldpd_available() -> bool:
+    return Path(LLDPD).exists() and Path(LLDPCLI).exists()
+
+
+def start_switch(
+    name: str, address: str, directory: Path, *, lldp: bool = True, timeout: float = 15.0
+) -> LabSwitch:
+    """Build the switch ``name`` (namespace ``ncsw-<name>``, management address ``address`` in 198.18.0.0/15,
+    state in ``directory``) and start its sshd and, when ``lldp`` and lldpd is installed, its lldpd.
+
+    A switch of that name already present is torn down first (its ports go with it). Raises LabSwitchError
+    when a piece cannot be made or sshd does not answer within ``timeout`` seconds, and
+    lab.netns.LabNetworkError for a bad address.
+    """
+    if not _NAME.match(name):
+        raise LabSwitchError(f"lab switch name {name!r}: use 1-10 lower-case letters, digits or '-'")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    stop_switch_named(name)
+    netns.create_namespace(NETNS_PREFIX + name, address)
+    login_key = directory / "login_key"
+    host_key = directory / "ssh_host_ed25519_key"
+    _keygen(login_key, f"neocloud-lab-switch-{name}")
+    _keygen(host_key, f"{name}-host")
+    (directory / "authorized_keys").write_text((directory / "login_key.pub").read_text())
+    switch = LabSwitch(
+        name=name,
+        address=address,
+        directory=directory,
+        private_key=login_key.read_text(),
+        lldp=lldp and lldpd_available(),
+    )
+    config = directory / "sshd_config"
+    config.write_text(_render_sshd_config(switch, host_key))
+    sshd.check_config(config)
+    switch.sshd_log.write_text("")
+    proc = subprocess.Popen(
+        _in_switch(name, [sshd.SSHD, "-D", "-f", str(config), "-E", str(switch.sshd_log)]),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    _launched.append(proc)
+    if not sshd.wait_for_port(address, SSH_PORT, timeout):
+        tail = switch.sshd_log.read_text(errors="replace").strip()[-500:]
+        stop_switch(switch)
+        raise LabSwitchError(f"sshd of lab switch {name} did not answer on {address}:{SSH_PORT}: {tail}")
+    if switch.lldp:
+        try:
+            _start_lldpd(switch, timeout)
+        except LabSwitchError:
+            stop_switch(switch)
+            raise
+    return switch
+
+
+# Processes started here, kept so they are reaped when they end.
+_launched: list[subprocess.Popen[bytes]] = []
+
+
+def _start_lldpd(switch: LabSwitch, timeout: float) -> None:
+    # The configuration lldpd's own lldpcli applies at start (-O): the switch's name as system name, port id
+    # = the port's name (what a server reads as "port" and compares with its recorded cabling), announced
+    # every second so that a port made a moment ago is seen at once. lldpcli is set-uid _lldpd: the file and
+    # its directory must be readable by it.
+    LLDP_RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    config = LLDP_RUN_DIR / f"{switch.netns}.conf"
+    config.write_text(
+        f"configure system hostname {switch.name}\n"
+        "configure lldp portidsubtype ifname\n"
+        "configure lldp tx-interval 1\n"
+    )
+    os.chmod(config, 0o644)
+    log = (switch.directory / "lldpd.log").open("w")
+    with log:
+        proc = subprocess.Popen(
+            # -d: stay in the foreground; -I: only the switch ports; -u: a control socket of this switch's own
+            _in_switch(
+                switch.name,
+                [LLDPD, "-d", "-I", "swp*", "-u", str(switch.lldp_socket), "-O", str(config)],
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _launched.append(proc)
+    deadline = time.monotonic() + timeout
+    while not switch.lldp_socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabSwitchError(f"lldpd of lab switch {switch.name} did not start (see {log.name})")
+        time.sleep(0.05)
+
+
+def read_lldp(server_netns: str, interface: str = "eth1", timeout: float = 20.0) -> tuple[str, str] | None:
+    """What a server sees on ``interface`` by LLDP: (the switch's system name, the port id), or None when no
+    announcement arrived within ``timeout`` seconds. Runs a receive-only lldpd in ``server_netns`` for the
+    time it takes and stops it."""
+    LLDP_RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    sock = LLDP_RUN_DIR / f"{server_netns}.socket"
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", server_netns, LLDPD, "-d", "-r", "-I", interface, "-u", str(sock)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            shown = _run([LLDPCLI, "-u", str(sock), "show", "neighbors", "-f", "json"], check=False)
+            try:
+                interfaces = json.loads(shown.stdout or "{}").get("lldp", {}).get("interface") or {}
+            except json.JSONDecodeError:
+                continue
+            neighbour = interfaces.get(interface) if isinstance(interfaces, dict) else None
+            if neighbour:
+                return next(iter(neighbour["chassis"])), str(neighbour["port"]["id"]["value"])
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        for path in (sock, sock.with_name(sock.name + ".lock")):
+            path.unlink(missing_ok=True)
+
+
+def create_server_namespace(name: str) -> None:
+    """A bare namespace standing for a lab server's NIC side (loopback up). Idempotent."""
+    if not netns.namespace_exists(name):
+        _run(["ip", "netns", "add", name])
+    _ip(name, "link", "set", "lo", "up")
+
+
+def ensure_vlan(switch: LabSwitch, vlan: int) -> str:
+    """Create the VLAN's bridge ``br<vlan>`` (up) when missing; return its name. Idempotent."""
+    _check_vlan(vlan)
+    bridge = f"br{vlan}"
+    if _ip(switch.netns, "link", "show", "dev", bridge, check=False).returncode != 0:
+        _ip(switch.netns, "link", "add", bridge, "type", "bridge")
+    _ip(switch.netns, "link", "set", bridge, "up")
+    return bridge
+
+
+def add_port(
+    switch: LabSwitch,
+    port: str,
+    peer_netns: str,
+    *,
+    peer_interface: str = "eth1",
+    peer_address: str = "",
+    vlan: int | None = None,
+) -> None:
+    """Cable a server: a veth pair with ``port`` in the switch and ``peer_interface`` in ``peer_netns``
+    (both up, ``peer_address`` such as ``198.19.200.1/24`` on the server's end when given), the port on
+    ``vlan``'s bridge when given, else on none.
+
+    Raises LabSwitchError when the port already exists or ``ip`` refuses.
+    """
+    _check_port(port)
+    if _ip(switch.netns, "link", "show", "dev", port, check=False).returncode == 0:
+        raise LabSwitchError(f"lab switch {switch.name} already has a port {port}")
+    _ip(
+        switch.netns, "link", "add", port, "type", "veth", "peer", "name", peer_interface, "netns", peer_netns
+    )
+    if vlan is not None:
+        _ip(switch.netns, "link", "set", port, "master", ensure_vlan(switch, vlan))
+    _ip(switch.netns, "link", "set", port, "up")
+    if peer_address:
+        _ip(peer_netns, "addr", "replace", peer_address, "dev", peer_interface)
+    _ip(peer_netns, "link", "set", peer_interface, "up")
+
+
+def set_port_vlan(switch: LabSwitch, port: str, vlan: int | None) -> None:
+    """Put ``port`` on ``vlan``'s bridge, or on none (``None``), from the host, without SSH: how a test sets
+    the scene before the driver acts. Idempotent."""
+    _check_port(port)
+    if vlan is None:
+        _ip(switch.netns, "link", "set", port, "nomaster")
+    else:
+        _ip(switch.netns, "link", "set", port, "master", ensure_vlan(switch, vlan))
+
+
+def bridge_link(switch: LabSwitch) -> dict[str, str]:
+    """Port -> bridge as the switch's own ``bridge link`` shows it (ports on no bridge are absent)."""
+    proc = _run(["ip", "netns", "exec", switch.netns, "bridge", "-o", "link", "show"])
+    ports = {}
+    for line in proc.stdout.splitlines():
+        match = re.match(r"\d+: (\S+?)(@\S+)?: .* master (\S+)", line)
+        if match:
+            ports[match.group(1)] = match.group(3)
+    return ports
+
+
+def namespaces() -> list[str]:
+    """The lab switches' namespaces present now."""
+    return [n for n in netns.list_namespaces() if n.startswith(NETNS_PREFIX)]
+
+
+def stop_switch(switch: LabSwitch) -> None:
+    """Stop the switch's processes and delete its namespace, ports (both ends) and host veth. Idempotent."""
+    stop_switch_named(switch.name)
+
+
+def stop_switch_named(name: str) -> None:
+    """``stop_switch`` by name (for a switch left by an earlier run). Idempotent."""
+    namespace = NETNS_PREFIX + name
+    # The kernel frees a deleted namespace's interfaces later, in the background: delete the ports' veth
+    # pairs now, so that no server namespace still holds a cable to nowhere when this returns.
+    if netns.namespace_exists(namespace):
+        for line in _ip(namespace, "-o", "link", "show", "type", "veth", check=False).stdout.splitlines():
+            parts = line.split(": ", 2)
+            port = parts[1].split("@", 1)[0] if len(parts) >= 2 else ""
+            if _PORT.match(port):
+                _ip(namespace, "link", "del", port, check=False)
+    # sshd and lldpd run in sessions of their own: end their groups first so their children go too.
+    for pid in netns.namespace_pids(namespace):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    netns.destroy_namespace(namespace)
+    for suffix in (".socket", ".socket.lock", ".conf"):
+        (LLDP_RUN_DIR / f"{namespace}{suffix}").unlink(missing_ok=True)
+    for proc in list(_launched):
+        if proc.poll() is not None:
+            _launched.remove(proc)
+
+
+def destroy_server_namespace(name: str) -> None:
+    """Delete a server namespace made by ``create_server_namespace`` (and whatever runs in it). Idempotent."""
+    netns.kill_namespace_processes(name)
+    if netns.namespace_exists(name):
+        _run(["ip", "netns", "del", name], check=False)
+
+
+def teardown_all() -> list[str]:
+    """Stop every lab switch (namespaces ``ncsw-*``); return their names. Idempotent."""
+    names = [n.removeprefix(NETNS_PREFIX) for n in namespaces()]
+    for name in names:
+        stop_switch_named(name)
+    return names
+
+
+def tools_available() -> bool:
+    return (
+        sshd.sshd_available()
+        and shutil.which("bridge") is not None
+        and shutil.which("ssh-keygen") is not None
+    )

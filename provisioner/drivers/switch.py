@@ -1,0 +1,418 @@
+"""Switch drivers: put a server's switch port on a VLAN and read it back, over SSH with netmiko.
+
+``SwitchDriver`` is what the engine needs from a switch (Ironic's networking-generic-switch shape): a port's
+access VLAN set and read back, trunk VLANs added and removed, the running configuration saved. Ports are
+the switch's own names for them (``swp3``, ``Ethernet12``), as the node's cabling records them
+(``Node.switch_name`` / ``switch_port``).
+
+Sessions: every public method opens one SSH session for its call and closes it, unless the driver is used
+as a context manager (``with driver: ...``), in which case all calls share one session. The batch call
+``set_access_vlans({port: vlan, ...})`` checks every port, moves every port and reads every port back in
+one session, whatever the number of ports: a login costs far more than a command (bench/switch.py).
+
+``NetmikoSwitchDriver`` holds the SSH side (netmiko's ``ConnectHandler``, errors mapped to typed ones); a
+switch OS is a subclass that says which netmiko ``device_type`` it is and what its commands are.
+``LinuxSwitchDriver`` is a Linux switch in traditional bridge mode (one bridge ``br<vid>`` per VLAN, a port's
+access VLAN being the bridge it belongs to, as Cumulus Linux's traditional bridges): the lab switch
+(lab/switch.py). A vendor OS (SONiC, Cumulus NVUE, Arista EOS, Dell OS10) is another small subclass, shipped
+when it can be tested against a real peer.
+
+Drivers import no Django and never put a password or key in a message or repr.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import io
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from provisioner.errors import (
+    InvalidRequest,
+    SwitchAuthFailed,
+    SwitchCommandFailed,
+    SwitchUnreachable,
+    UnknownSwitchPort,
+    UnsupportedOperation,
+)
+
+VLAN_MIN, VLAN_MAX = 1, 4094
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchAccess:
+    """How to reach one switch: its management address and login (a password, a private key, or both)."""
+
+    name: str
+    driver: str
+    address: str
+    port: int
+    username: str
+    password: str = dataclasses.field(default="", repr=False)
+    private_key: str = dataclasses.field(default="", repr=False)
+    timeout: float = 10.0
+
+    def __repr__(self) -> str:  # never show a secret, even in tracebacks
+        return (
+            f"SwitchAccess(name={self.name!r}, driver={self.driver!r}, address={self.address!r}, "
+            f"port={self.port}, username={self.username!r}, password='***', private_key='***')"
+        )
+
+    @property
+    def label(self) -> str:
+        """A printable name for messages: ``switch <name> (<address>:<port>)`` (no credentials)."""
+        return f"switch {self.name} ({self.address}:{self.port})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PortState:
+    """A port as the switch reports it: its access VLAN (None: on no VLAN, forwards nothing) and link."""
+
+    port: str
+    vlan: int | None
+    up: bool
+
+
+def check_vlan(vlan: int) -> None:
+    """:raises InvalidRequest: ``vlan`` is not a VLAN id (1-4094)."""
+    if isinstance(vlan, bool) or not isinstance(vlan, int) or not VLAN_MIN <= vlan <= VLAN_MAX:
+        raise InvalidRequest(f"VLAN {vlan!r} is not a VLAN id ({VLAN_MIN}-{VLAN_MAX})")
+
+
+class SwitchDriver(abc.ABC):
+    """One switch's ports. Instances are cheap and hold no session until used."""
+
+    # The shape of a port name on this switch OS; ``validate_port_name`` checks it without I/O.
+    PORT_NAME: ClassVar[re.Pattern[str]] = re.compile(r"\A\S{1,64}\Z")
+
+    def __init__(self, access: SwitchAccess) -> None:
+        self.access = access
+
+    @classmethod
+    def validate_access(cls, access: SwitchAccess) -> None:
+        """Check that the record holds what a login needs (address, port, username, a secret). No I/O.
+
+        :raises InvalidRequest: naming the switch and what is missing.
+        """
+        if not access.address.strip() or re.search(r"[\s/]", access.address):
+            raise InvalidRequest(f"switch {access.name}: {access.address!r} is not a host name or IP address")
+        if not 0 < access.port < 65536:
+            raise InvalidRequest(f"switch {access.name}: {access.port} is not a TCP port (1-65535)")
+        if not access.username:
+            raise InvalidRequest(f"switch {access.name}: no login username is recorded")
+        if not access.password and not access.private_key:
+            raise InvalidRequest(f"switch {access.name}: neither a password nor a private key is recorded")
+
+    @classmethod
+    def validate_port_name(cls, switch: str, port: str) -> None:
+        """Check the shape of a port name (``swp3`` on Linux) without I/O.
+
+        :raises UnknownSwitchPort: the name cannot be a port of this switch OS.
+        """
+        if not cls.PORT_NAME.match(port or ""):
+            raise UnknownSwitchPort(f"switch {switch} has no port {port!r}: not a port name on this switch")
+
+    def validate(self, ports: str | Iterable[str]) -> None:
+        """Check on the switch itself that every port exists, before any work that moves them starts.
+        Idempotent; one SSH session; changes nothing.
+
+        :raises UnknownSwitchPort: naming the switch and every missing port.
+        :raises SwitchUnreachable, SwitchAuthFailed:
+        """
+        names = [ports] if isinstance(ports, str) else list(ports)
+        self.port_states(names)
+
+    def set_access_vlan(self, port: str, vlan: int) -> None:
+        """Make ``vlan`` the port's only (untagged) VLAN. Idempotent. One session.
+
+        :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        :raises InvalidRequest: ``vlan`` is not 1-4094.
+        """
+        self.set_access_vlans({port: vlan})
+
+    @abc.abstractmethod
+    def set_access_vlans(self, moves: Mapping[str, int]) -> None:
+        """Set many ports' access VLANs in one SSH session: every port is checked first (an unknown one
+        changes nothing), then moved, then read back. Idempotent.
+
+        :raises UnknownSwitchPort: some port does not exist (nothing was changed).
+        :raises SwitchCommandFailed: the switch refused a command or a port reads back otherwise.
+        :raises SwitchUnreachable, SwitchAuthFailed:
+        :raises InvalidRequest: a VLAN is not 1-4094.
+        """
+
+    def port_state(self, port: str) -> PortState:
+        """Read one port back from the switch. Idempotent.
+
+        :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed:
+        """
+        return self.port_states([port])[port]
+
+    @abc.abstractmethod
+    def port_states(self, ports: Iterable[str]) -> dict[str, PortState]:
+        """Read many ports back in one session. Idempotent.
+
+        :raises UnknownSwitchPort: naming every port the switch does not have.
+        :raises SwitchUnreachable, SwitchAuthFailed:
+        """
+
+    def add_trunk_vlans(self, port: str, vlans: Iterable[int]) -> None:
+        """Add tagged VLANs to a port. Idempotent.
+
+        :raises UnsupportedOperation: this switch cannot carry trunks (the default).
+        """
+        raise UnsupportedOperation(
+            f"{self.access.label}: this switch driver cannot carry tagged (trunk) VLANs"
+        )
+
+    def remove_trunk_vlans(self, port: str, vlans: Iterable[int]) -> None:
+        """Remove tagged VLANs from a port. Idempotent.
+
+        :raises UnsupportedOperation: this switch cannot carry trunks (the default).
+        """
+        raise UnsupportedOperation(
+            f"{self.access.label}: this switch driver cannot carry tagged (trunk) VLANs"
+        )
+
+    @abc.abstractmethod
+    def save(self) -> None:
+        """Make the running port configuration survive a reboot of the switch. Idempotent.
+
+        :raises SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Close a session held by ``with driver:``."""
+
+    def __enter__(self) -> SwitchDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_private_key(text: str) -> Any:
+    """A paramiko key from an unencrypted private key's text (Ed25519, ECDSA or RSA).
+
+    :raises InvalidRequest: the text is none of those.
+    """
+    import paramiko
+
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise InvalidRequest(
+        "the switch's private key is not an unencrypted OpenSSH/PEM Ed25519, ECDSA or RSA key"
+    )
+
+
+class NetmikoSwitchDriver(SwitchDriver):
+    """The SSH side of a switch driver, on netmiko. Subclasses give ``DEVICE_TYPE`` and their commands."""
+
+    DEVICE_TYPE: ClassVar[str] = ""
+
+    def __init__(self, access: SwitchAccess) -> None:
+        super().__init__(access)
+        self._connection: Any = None
+
+    def _connect(self) -> Any:
+        import paramiko
+        from netmiko import ConnectHandler
+        from netmiko.exceptions import NetmikoAuthenticationException, NetmikoTimeoutException
+
+        a = self.access
+        params: dict[str, Any] = {
+            "device_type": self.DEVICE_TYPE,
+            "host": a.address,
+            "port": a.port,
+            "username": a.username,
+            "password": a.password or None,
+            "allow_agent": False,
+            "conn_timeout": a.timeout,
+            "auth_timeout": a.timeout,
+            "banner_timeout": a.timeout,
+            "timeout": a.timeout,
+        }
+        if a.private_key:
+            params["pkey"] = load_private_key(a.private_key)
+        try:
+            return ConnectHandler(**params)
+        except NetmikoAuthenticationException:
+            raise SwitchAuthFailed(
+                f"{a.label} refused the login as {a.username!r}: check the switch's recorded username and "
+                "password or key"
+            ) from None
+        except (NetmikoTimeoutException, paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwitchUnreachable(
+                f"{a.label} did not answer SSH within {a.timeout:.0f} s ({type(exc).__name__})"
+            ) from None
+
+    def __enter__(self) -> NetmikoSwitchDriver:
+        if self._connection is None:
+            self._connection = self._connect()
+        return self
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.disconnect()
+            self._connection = None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """The session of ``with driver:``, or a new one for this call only."""
+        if self._connection is not None:
+            yield self._connection
+            return
+        connection = self._connect()
+        try:
+            yield connection
+        finally:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
+
+    def run(self, connection: Any, command: str) -> str:
+        """Send one command line and return its output.
+
+        :raises SwitchUnreachable: the session broke or the prompt did not come back in time.
+        """
+        import paramiko
+        from netmiko.exceptions import ReadTimeout
+
+        try:
+            return str(connection.send_command(command, read_timeout=self.access.timeout))
+        except (ReadTimeout, paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwitchUnreachable(
+                f"{self.access.label} stopped answering during a command ({type(exc).__name__})"
+            ) from None
+
+
+_RC = re.compile(r"NC_RC=(\d+)\s*\Z")
+_LINK = re.compile(r"\A\d+: ([^:@\s]+)(?:@\S+)?: <([^>]*)>")
+_MASTER = re.compile(r" master (\S+)")
+
+
+class LinuxSwitchDriver(NetmikoSwitchDriver):
+    """A Linux switch in traditional bridge mode: VLAN ``v`` is the bridge ``br<v>``, a port (``swp<N>``)
+    is on the VLAN whose bridge it belongs to, and on none when it belongs to no bridge. Commands are plain
+    iproute2 run by the login shell (root, or a user allowed to run ``ip``).
+
+    Trunks: without VLAN-aware bridges or 802.1Q devices (the lab's kernel has neither) a port cannot carry
+    tagged VLANs, so ``add_trunk_vlans`` / ``remove_trunk_vlans`` raise UnsupportedOperation. ``save`` writes
+    the ``ip link set`` lines that restore every port's VLAN to ``$NEOCLOUD_SWITCH_CONFIG`` (the lab switch
+    sets it; on a real Linux switch a boot script would replay that file).
+    """
+
+    DEVICE_TYPE = "linux"
+    PORT_NAME = re.compile(r"\Aswp[0-9]{1,4}\Z")
+    # netmiko's terminal is 511 columns wide and it recognises a command's echo only when it did not wrap:
+    # longer command lists are sent as several lines.
+    MAX_LINE = 480
+    SAVED_CONFIG = '"${NEOCLOUD_SWITCH_CONFIG:?the switch names no file to save to}"'
+
+    @staticmethod
+    def bridge(vlan: int) -> str:
+        return f"br{vlan}"
+
+    def _checked(self, connection: Any, commands: list[str]) -> None:
+        """Run ``commands`` (joined by ``&&``, a few lines at most) and check that each line succeeded."""
+        lines: list[list[str]] = [[]]
+        for command in commands:
+            if lines[-1] and sum(len(c) + 4 for c in lines[-1]) + len(command) > self.MAX_LINE:
+                lines.append([])
+            lines[-1].append(command)
+        for line in lines:
+            if not line:
+                continue
+            output = self.run(connection, " && ".join(line) + "; echo NC_RC=$?")
+            match = _RC.search(output.strip())
+            if match is None or match.group(1) != "0":
+                said = _RC.sub("", output).strip().replace("\n", " / ")[:300] or "no output"
+                raise SwitchCommandFailed(f"{self.access.label} refused a port change: {said}")
+
+    def _read_links(self, connection: Any) -> dict[str, PortState]:
+        states = {}
+        for line in self.run(connection, "ip -o link show").splitlines():
+            match = _LINK.match(line.strip())
+            if not match or not self.PORT_NAME.match(match.group(1)):
+                continue
+            master = _MASTER.search(line)
+            vlan = None
+            if master and re.fullmatch(r"br[0-9]{1,4}", master.group(1)):
+                vlan = int(master.group(1)[2:])
+            states[match.group(1)] = PortState(
+                port=match.group(1), vlan=vlan, up="LOWER_UP" in match.group(2).split(",")
+            )
+        return states
+
+    def _known(self, connection: Any, ports: Iterable[str]) -> dict[str, PortState]:
+        wanted = list(dict.fromkeys(ports))
+        for port in wanted:
+            self.validate_port_name(self.access.name, port)
+        states = self._read_links(connection)
+        missing = [p for p in wanted if p not in states]
+        if missing:
+            have = sorted(states, key=lambda p: (len(p), p))
+            listed = f"{have[0]} to {have[-1]}" if len(have) > 1 else (", ".join(have) or "none")
+            raise UnknownSwitchPort(
+                f"switch {self.access.name} has no port {', '.join(missing)} (its ports: {listed}); "
+                "check the node's recorded cabling"
+            )
+        return {p: states[p] for p in wanted}
+
+    def port_states(self, ports: Iterable[str]) -> dict[str, PortState]:
+        with self.session() as connection:
+            return self._known(connection, ports)
+
+    def set_access_vlans(self, moves: Mapping[str, int]) -> None:
+        if not moves:
+            return
+        for vlan in moves.values():
+            check_vlan(vlan)
+        with self.session() as connection:
+            self._known(connection, moves)
+            commands = []
+            for vlan in sorted(set(moves.values())):
+                bridge = self.bridge(vlan)
+                commands.append(
+                    f"{{ ip link show {bridge} >/dev/null 2>&1 || ip link add {bridge} type bridge; }}"
+                )
+                commands.append(f"ip link set {bridge} up")
+            # One `ip -batch` per VLAN (and per line's worth of ports): a port costs a few characters of
+            # the command line instead of a whole `ip link set` command.
+            by_vlan: dict[int, list[str]] = {}
+            for port, vlan in moves.items():
+                by_vlan.setdefault(vlan, []).append(port)
+            for vlan, ports in sorted(by_vlan.items()):
+                head = f"printf 'link set %s master {self.bridge(vlan)}\\n'"
+                chunk: list[str] = []
+                for port in ports:
+                    if chunk and len(head) + sum(len(p) + 1 for p in chunk) + len(port) > self.MAX_LINE - 40:
+                        commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
+                        chunk = []
+                    chunk.append(port)
+                commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
+            self._checked(connection, commands)
+            after = self._known(connection, moves)
+        wrong = [f"{p} on {after[p].vlan} (wanted {v})" for p, v in moves.items() if after[p].vlan != v]
+        if wrong:
+            raise SwitchCommandFailed(f"{self.access.label}: ports read back otherwise: {', '.join(wrong)}")
+
+    def save(self) -> None:
+        with self.session() as connection:
+            states = self._read_links(connection)
+            lines = [
+                f"ip link set {s.port} master {self.bridge(s.vlan)}"
+                for s in states.values()
+                if s.vlan is not None
+            ]
+            tmp = f"{self.SAVED_CONFIG}.tmp"
+            commands = [f": > {tmp}"]
+            commands += [f"echo '{line}' >> {tmp}" for line in lines]
+            commands.append(f"mv {tmp} {self.SAVED_CONFIG}")
+            self._checked(connection, commands)
