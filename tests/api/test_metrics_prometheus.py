@@ -25,7 +25,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import Node, Operation
 from provisioner.services import nodes as node_service
 from provisioner.states import OperationKind
-from tests.api.test_metrics_scrape import _finished_steps, _provision
+from tests.api.test_metrics_scrape import _finished_steps, _provision, stream_numbered
 from tests.conftest import reserve
 
 # Committed data, read by the live server's thread.
@@ -157,6 +157,7 @@ def fleet(inventory, fake_hw_dir) -> dict[tuple[str, str], list[float]]:
     _provision(inventory)
     reserve(inventory, count=2)
     node_service.quarantine(Node.objects.get(name="node-a100-8x-01"), actor=Actor.system("t"), reason="fan")
+    stream_numbered()  # the histograms are folded from the numbered stream
     return _finished_steps()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,14 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioner import hardware
+from provisioner import events, hardware
 from provisioner.drivers.base import BootDevice, BootSetting
 from provisioner.drivers.fake import write_fake_bmc
 from provisioner.engine.runner import execute
 from provisioner.errors import BmcAuthFailed, BmcTimeout
 from provisioner.lifecycle import Actor
 from provisioner.metrics import RESERVE_TO_ACTIVE_BUCKETS
-from provisioner.models import BmcCallErrors, BurnInReport, Node, Operation, Step
+from provisioner.models import BmcCallErrors, BurnInReport, Event, Node, Operation, Step
 from provisioner.services import nodes as node_service
 from provisioner.services.power import sync_power
 from provisioner.states import NodeState, OperationKind, OperationState, StepState
@@ -32,8 +33,23 @@ from tests.conftest import ROOT, reserve
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
 
+def stream_numbered(timeout: float = 30) -> None:
+    """Wait until every committed event has its place in the stream. On PostgreSQL an event is numbered
+    once every older transaction of the server has ended (provisioner.events): a transaction of another
+    database on a shared server (other tests, a bench) delays it for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events.sequence_committed()
+        if not Event.objects.filter(sequence__isnull=True).exists():
+            return
+        assert time.monotonic() < deadline, "events still unnumbered: a transaction stays open on the server"
+        time.sleep(0.05)
+
+
 def scrape(client: Client | None = None, **headers: str) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from one scrape."""
+    """{sample name: {sorted label items: value}} from one scrape, once the event stream is numbered (the
+    histograms are folded from it)."""
+    stream_numbered()
     response = (client or Client()).get("/metrics", **headers)
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
