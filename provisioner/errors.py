@@ -114,6 +114,11 @@ class BmcUnreachable(DriverError):
     retryable = True
 
 
+class BmcTimeout(BmcUnreachable):
+    """The BMC did not answer within the call's timeout (as opposed to refusing the connection). The same
+    code as BmcUnreachable, so what people and clients see does not change; the metrics count it apart."""
+
+
 class BmcTlsError(BmcUnreachable):
     """The BMC answered, but no TLS session could be set up with it: a plain-HTTP service spoken to with
     https, a certificate that does not verify, a protocol error. Named as such so that the cause is not
@@ -210,3 +215,27 @@ class SwitchCommandFailed(SwitchError):
 
     code = "switch_command_failed"
     retryable = True
+
+
+# What kind of failure a BMC call had, for the BMC error counts (neocloud_bmc_call_errors_total): the
+# label values, most specific class first.
+BMC_ERROR_KINDS: tuple[tuple[str, type[BaseException]], ...] = (
+    ("timeout", BmcTimeout),
+    ("tls", BmcTlsError),
+    ("unreachable", BmcUnreachable),
+    ("auth", BmcAuthFailed),
+    ("command", BmcCommandFailed),
+    ("unsupported", UnsupportedOperation),
+)
+BMC_ERROR_KIND_OTHER = "other"
+
+
+def bmc_error_kind(error: BaseException) -> str:
+    """The kind of a failed BMC call: ``timeout`` (no answer in time), ``tls`` (no TLS session),
+    ``unreachable`` (refused or dropped connection), ``auth`` (credentials refused), ``command`` (the BMC
+    answered but refused or failed the command), ``unsupported`` (not offered by the BMC or driver), else
+    ``other`` (a driver error of no such kind, a bug)."""
+    for kind, cls in BMC_ERROR_KINDS:
+        if isinstance(error, cls):
+            return kind
+    return BMC_ERROR_KIND_OTHER

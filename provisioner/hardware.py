@@ -11,15 +11,23 @@ could be given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import QuerySet
 
 from provisioner import crypto
-from provisioner.drivers.base import BurnInDriver, DeployDriver, ImageRecord, NodeRecord, PowerDriver
+from provisioner.drivers.base import (
+    BootSetting,
+    BurnInDriver,
+    DeployDriver,
+    ImageRecord,
+    NodeRecord,
+    PowerDriver,
+    PowerState,
+)
 from provisioner.drivers.registry import (
     BURNIN_DRIVERS,
     DEPLOY_DRIVERS,
@@ -29,13 +37,15 @@ from provisioner.drivers.registry import (
 )
 from provisioner.drivers.switch import SwitchDriver
 from provisioner.errors import (
+    DriverError,
     InvalidNodeData,
     InvalidRequest,
     UnknownSwitch,
     UnknownSwitchPort,
     UnsupportedOperation,
+    bmc_error_kind,
 )
-from provisioner.models import Image, Node, ServerType, Switch
+from provisioner.models import BmcCallErrors, Image, Node, ServerType, Switch
 from provisioner.states import OperationKind
 
 POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
@@ -51,6 +61,7 @@ DRIVERS_USED: dict[str, tuple[str, ...]] = {
     OperationKind.POWER: (POWER,),
 }
 DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+T = TypeVar("T")
 
 
 def deploy_driver_name(server_type: ServerType) -> str:
@@ -94,8 +105,53 @@ def burnin_driver_class(server_type: ServerType) -> type[BurnInDriver]:
     return FakeBurnInDriver
 
 
+class CountedPowerDriver(PowerDriver):
+    """A node's power driver whose failed calls are counted (BmcCallErrors, by protocol and kind) before
+    their error goes on to the caller unchanged: the engine's steps, the fake deploy driver and every
+    other process that drives a BMC through :func:`power_driver` feed the same counts."""
+
+    def __init__(self, driver: PowerDriver) -> None:
+        super().__init__(driver.access)
+        self.driver = driver
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except DriverError as err:
+            BmcCallErrors.objects.add(self.access.protocol, bmc_error_kind(err))
+            raise
+
+    def get_power_state(self) -> PowerState:
+        return self._call(self.driver.get_power_state)
+
+    def power_on(self) -> None:
+        self._call(self.driver.power_on)
+
+    def power_off(self, *, soft: bool = False) -> None:
+        self._call(self.driver.power_off, soft=soft)
+
+    def reset(self) -> None:
+        self._call(self.driver.reset)
+
+    def set_boot_device(self, setting: BootSetting) -> None:
+        self._call(self.driver.set_boot_device, setting)
+
+    def get_boot_device(self) -> BootSetting:
+        return self._call(self.driver.get_boot_device)
+
+    def get_sensors(self) -> Mapping[str, float]:
+        return self._call(self.driver.get_sensors)
+
+    def close(self) -> None:
+        self.driver.close()
+
+
 def power_driver(node: Node) -> PowerDriver:
-    return power_driver_for(node.bmc_access())
+    """The node's power driver (by its BMC protocol), its failed calls counted (CountedPowerDriver).
+
+    :raises UnsupportedOperation: unknown protocol.
+    """
+    return CountedPowerDriver(power_driver_for(node.bmc_access()))
 
 
 def deploy_driver(node: Node) -> DeployDriver:

@@ -3,8 +3,9 @@
 Every figure comes from rows every process shares, not from counters kept in one process's memory, so
 each web process answers the same and nothing needs prometheus-client's multiprocess mode. Counters
 (``_total``) are counts of rows that only grow (finished operations, burn-in reports); gauges are counts
-of rows in a state now. The one exception, the reserve-to-active histogram, is folded from the event
-stream incrementally (each process remembers how far it read; the stream's numbering makes that
+of rows in a state now; failed BMC calls are counted in rows by whichever process made them
+(BmcCallErrors). The exceptions, the reserve-to-active and step duration histograms, are folded from the
+event stream incrementally (each process remembers how far it read; the stream's numbering makes that
 deterministic, so processes agree once each has read to the end).
 
 The names are documented in docs/events-and-metrics.md; docs/grafana/neocloud.json charts them.
@@ -25,12 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from provisioner import events
+from provisioner.errors import BMC_ERROR_KIND_OTHER, BMC_ERROR_KINDS
 from provisioner.models import (
+    BmcCallErrors,
     BurnInReport,
     Event,
     Node,
     Operation,
     Reservation,
+    Step,
     WebhookAttempt,
     WebhookDelivery,
 )
@@ -40,6 +44,7 @@ from provisioner.states import (
     NodeState,
     OperationKind,
     OperationState,
+    StepState,
 )
 
 # Seconds from booking (or the window's start) to a server handed over: lab runs take seconds, real
@@ -48,8 +53,29 @@ RESERVE_TO_ACTIVE_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.
 # Seconds from an event to its webhook delivery being answered: under a second when all is well, minutes
 # to hours while an endpoint is down (retries back off up to an hour).
 WEBHOOK_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0)
-# Events folded into the histogram per scrape at most; the rest on the next scrapes.
+# Seconds a step takes: bookkeeping steps milliseconds, power and boot seconds, an image write or burn-in
+# minutes, a wipe of a large disk hours.
+STEP_DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0)
+# The kind label of neocloud_bmc_call_errors_total: errors.bmc_error_kind's answers.
+BMC_CALL_ERROR_KINDS = (*(kind for kind, _ in BMC_ERROR_KINDS), BMC_ERROR_KIND_OTHER)
+# Events folded into the histograms per scrape at most; the rest on the next scrapes.
 EVENTS_PER_SCRAPE = 50_000
+
+
+def _bucket_index(bounds: tuple[float, ...], seconds: float) -> int:
+    return next((i for i, bound in enumerate(bounds) if seconds <= bound), len(bounds))
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return out
+
+
+EventRow = tuple[int, int, str, dict[str, Any]]
 
 
 class ReserveToActive:
@@ -58,24 +84,13 @@ class ReserveToActive:
     once, with the seconds from when its reservation could start (booked, or its window's start if later)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
-        self._after, self._last_pk, self._sum = 0, 0, 0.0
+    def reset(self) -> None:
+        self._sum = 0.0
         self._buckets = [0] * (len(RESERVE_TO_ACTIVE_BUCKETS) + 1)
 
-    def _fold(self) -> None:
-        if self._after and not Event.objects.filter(sequence=self._after, pk=self._last_pk).exists():
-            self._reset()  # not the stream it read (a new database): read it again from the start
-        # every type, so that the cursor moves on over stretches without a transition
-        rows = list(
-            Event.objects.filter(sequence__gt=self._after)
-            .order_by("sequence")
-            .values_list("sequence", "pk", "type", "payload")[:EVENTS_PER_SCRAPE]
-        )
-        if not rows:
-            return
+    def fold(self, rows: list[EventRow]) -> None:
         handovers = [
             p
             for _, _, type, p in rows
@@ -84,6 +99,8 @@ class ReserveToActive:
             and p.get("operation")
             and p.get("reservation")
         ]
+        if not handovers:
+            return
         provisions = set(
             Operation.objects.filter(
                 pk__in={p["operation"] for p in handovers}, kind=OperationKind.PROVISION
@@ -100,36 +117,111 @@ class ReserveToActive:
             if payload["operation"] not in provisions or start is None or not payload.get("at"):
                 continue
             seconds = max(0.0, (dt.datetime.fromisoformat(payload["at"]) - start).total_seconds())
-            index = next(
-                (i for i, bound in enumerate(RESERVE_TO_ACTIVE_BUCKETS) if seconds <= bound),
-                len(RESERVE_TO_ACTIVE_BUCKETS),
-            )
-            self._buckets[index] += 1
+            self._buckets[_bucket_index(RESERVE_TO_ACTIVE_BUCKETS, seconds)] += 1
             self._sum += seconds
-        self._after, self._last_pk = rows[-1][0], rows[-1][1]
 
     def metric(self) -> HistogramMetricFamily:
-        with self._lock:
-            self._fold()
-            cumulative, running = [], 0
-            for bound, count in zip((*RESERVE_TO_ACTIVE_BUCKETS, float("inf")), self._buckets, strict=True):
-                running += count
-                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            total = self._sum
         family = HistogramMetricFamily(
             "neocloud_reserve_to_active_seconds",
             "Seconds from a reservation's start (booked, or its window's start) to each of its servers "
             "being handed over (provisioning's move to active)",
         )
-        family.add_metric([], cumulative, sum_value=total)
+        family.add_metric([], _cumulative(RESERVE_TO_ACTIVE_BUCKETS, self._buckets), sum_value=self._sum)
         return family
+
+
+class StepDurations:
+    """The step duration histograms, by operation kind and step name, folded from ``operation.finished``
+    events: when an operation ends its steps are final, so each finished step (succeeded or failed, with
+    both times) is counted once, with the seconds of its last attempt (from that attempt's start to its
+    end, waits included). Steps of operations still running count when they end."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # (kind, step) -> ([bucket counts], sum)
+        self._series: dict[tuple[str, str], tuple[list[int], float]] = {}
+
+    def fold(self, rows: list[EventRow]) -> None:
+        operations = {
+            p["operation"]["id"]: p["operation"].get("kind", "")
+            for _, _, type, p in rows
+            if type == Event.Type.OPERATION_FINISHED and isinstance(p.get("operation"), dict)
+        }
+        if not operations:
+            return
+        steps = (
+            Step.objects.filter(
+                operation_id__in=operations,
+                state__in=[StepState.SUCCEEDED, StepState.FAILED],
+                started_at__isnull=False,
+                finished_at__isnull=False,
+            )
+            .order_by()
+            .values_list("operation_id", "name", "started_at", "finished_at")
+        )
+        for operation_id, name, started, finished in steps:
+            if started is None or finished is None:  # filtered out above; for the type checker
+                continue
+            key = (operations[operation_id], name)
+            buckets, total = self._series.get(key) or ([0] * (len(STEP_DURATION_BUCKETS) + 1), 0.0)
+            seconds = max(0.0, (finished - started).total_seconds())
+            buckets[_bucket_index(STEP_DURATION_BUCKETS, seconds)] += 1
+            self._series[key] = (buckets, total + seconds)
+
+    def metric(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "neocloud_step_duration_seconds",
+            "Seconds a finished step's last attempt took (waits included), by operation kind and step",
+            labels=["kind", "step"],
+        )
+        for (kind, step), (buckets, total) in sorted(self._series.items()):
+            family.add_metric([kind, step], _cumulative(STEP_DURATION_BUCKETS, buckets), sum_value=total)
+        return family
+
+
+class EventFolds:
+    """The figures folded from the event stream (reserve to active, step durations): each process reads
+    the stream once, then at each scrape only what is new (at most EVENTS_PER_SCRAPE events; the rest on
+    the next scrapes). The stream's numbering is deterministic, so processes agree once each has read to
+    the end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reserve_to_active = ReserveToActive()
+        self.step_durations = StepDurations()
+        self._after, self._last_pk = 0, 0
+
+    def _fold(self) -> None:
+        if self._after and not Event.objects.filter(sequence=self._after, pk=self._last_pk).exists():
+            # not the stream it read (a new database): read it again from the start
+            self._after, self._last_pk = 0, 0
+            self.reserve_to_active.reset()
+            self.step_durations.reset()
+        # every type, so that the cursor moves on over stretches without a figure
+        rows: list[EventRow] = list(
+            Event.objects.filter(sequence__gt=self._after)
+            .order_by("sequence")
+            .values_list("sequence", "pk", "type", "payload")[:EVENTS_PER_SCRAPE]
+        )
+        if not rows:
+            return
+        self.reserve_to_active.fold(rows)
+        self.step_durations.fold(rows)
+        self._after, self._last_pk = rows[-1][0], rows[-1][1]
+
+    def metrics(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            self._fold()
+            return [self.reserve_to_active.metric(), self.step_durations.metric()]
 
 
 class NeocloudCollector(Collector):
     """Reads the fleet, the operations, the task queues and burn-in verdicts at scrape time."""
 
     def __init__(self) -> None:
-        self.reserve_to_active = ReserveToActive()
+        self.folds = EventFolds()
 
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()
@@ -138,8 +230,25 @@ class NeocloudCollector(Collector):
         yield from self._queues(now)
         yield from self._burnin()
         yield from self._webhooks(now)
+        yield self._bmc_errors()
         events.sequence_committed()
-        yield self.reserve_to_active.metric()
+        yield from self.folds.metrics()
+
+    def _bmc_errors(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "neocloud_bmc_call_errors",
+            "Power and boot-device calls to BMCs that failed, by BMC protocol and kind (timeout, "
+            "unreachable, tls, auth, command, unsupported, other), in every process",
+            labels=["protocol", "kind"],
+        )
+        counts = {(p, k): n for p, k, n in BmcCallErrors.objects.values_list("protocol", "kind", "count")}
+        # every protocol and kind, zeros included (a rate() needs the series before the first error)
+        for protocol in Node.BmcProtocol.values:
+            for kind in BMC_CALL_ERROR_KINDS:
+                counts.setdefault((protocol, kind), 0)
+        for (protocol, kind), n in sorted(counts.items()):
+            family.add_metric([protocol, kind], n)
+        return family
 
     def _servers(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(

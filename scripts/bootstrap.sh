@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # python3.11-minimal and libpython3.11-stdlib: Debian's interpreter, copied into the lab's deploy ramdisk (lab/ramdisk.py)
 # redis-server: the lab NetBox's caches and task queue (lab/netbox_server.py)
-SYSTEM_PACKAGES=(redis-server ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib lldpd iputils-ping)
+SYSTEM_PACKAGES=(redis-server ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib lldpd iputils-ping prometheus)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -17,6 +17,11 @@ if ((${#missing[@]})); then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian's prometheus package starts its own server (0.0.0.0:9090) where systemd runs: the tests start
+    # their own on 127.0.0.1 (tests/api/test_metrics_prometheus.py), so the packaged one is stopped.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 fi
 
 # Redis for the lab NetBox: the machine's own at 127.0.0.1:6379, else one started here (nothing on disk).

@@ -62,7 +62,7 @@ def main():
     from provisioner.drivers.base import BmcAccess, BootDevice, BootSetting
     from provisioner.drivers.limits import with_retries
     from provisioner.drivers.registry import power_driver_for
-    from provisioner.errors import NeocloudError
+    from provisioner.errors import NeocloudError, bmc_error_kind
 
     name, actions = module.params["node"], module.params["action"]
     try:
@@ -115,7 +115,14 @@ def main():
         if module.params["expect_power"]:
             power = wait_for_power(module.params["expect_power"], power)
     except NeocloudError as exc:
-        module.fail_json(msg=f"{name}: {exc}", error_code=exc.code, retryable=exc.retryable, done=done)
+        # bmc_error_kind: the engine counts the failed call (neocloud_bmc_call_errors_total)
+        module.fail_json(
+            msg=f"{name}: {exc}",
+            error_code=exc.code,
+            bmc_error_kind=bmc_error_kind(exc),
+            retryable=exc.retryable,
+            done=done,
+        )
     finally:
         driver.close()
     module.exit_json(

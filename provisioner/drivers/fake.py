@@ -2,7 +2,7 @@
 
 ``<dir>/<address>_<port>.json`` holds the fake BMC: ``power``, ``boot`` (device/persistent/mode),
 ``password`` (when set, the caller's password must match), ``unsupported_boot`` (devices or modes it
-refuses) and ``fault``: ``"timeout"`` (never answers: BmcUnreachable after access.timeout),
+refuses) and ``fault``: ``"timeout"`` (never answers: BmcTimeout, a BmcUnreachable, after access.timeout),
 ``"auth"`` (refuses credentials), ``"slow"`` (answers after ``slow_seconds``, default 0.5 s) or
 ``"command"`` (refuses every command). The directory comes from ``NEOCLOUD_FAKE_HW_DIR``, else
 ``var/fake-hw``. A file lock (fcntl) serializes read-modify-write, so a test and a worker process see
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.drivers.base import BmcAccess, BootDevice, BootMode, BootSetting, PowerDriver, PowerState
-from provisioner.errors import BmcAuthFailed, BmcCommandFailed, BmcUnreachable, UnsupportedOperation
+from provisioner.errors import BmcAuthFailed, BmcCommandFailed, BmcTimeout, UnsupportedOperation
 
 DEFAULT_DIR = "var/fake-hw"
 DEFAULT_STATE: dict[str, Any] = {
@@ -86,7 +86,7 @@ class FakePowerDriver(PowerDriver):
         with _locked(self.path) as peek:
             fault, expected = peek.get("fault"), peek.get("password")
             slow = float(peek.get("slow_seconds", 0.5))
-        unreachable = BmcUnreachable(
+        unreachable = BmcTimeout(
             f"{self.access.label} did not answer within {self.access.timeout:.1f} s; check the BMC's "
             "network and power (the node's power state is unknown until it answers)"
         )

@@ -50,6 +50,7 @@ from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
 from provisioner.errors import (
     BmcAuthFailed,
     BmcCommandFailed,
+    BmcTimeout,
     BmcUnreachable,
     DriverError,
     InvalidNodeData,
@@ -212,7 +213,7 @@ def _login_error(access: BmcAccess, message: str) -> DriverError:
 
 
 def _unreachable(access: BmcAccess) -> BmcUnreachable:
-    return BmcUnreachable(
+    return BmcTimeout(
         f"{access.label} did not answer within {access.timeout:.1f} s; check the BMC's network and power "
         "(the node's power state is unknown until it answers)"
     )

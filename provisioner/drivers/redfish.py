@@ -40,6 +40,7 @@ from provisioner.drivers.limits import DEFAULT_LIMITS, BmcLimits
 from provisioner.errors import (
     BmcAuthFailed,
     BmcCommandFailed,
+    BmcTimeout,
     BmcTlsError,
     BmcUnreachable,
     DriverError,
@@ -163,7 +164,10 @@ class RedfishPowerDriver(PowerDriver):
                 tls = _tls_failure(err)
                 if tls is not None:
                     raise BmcTlsError(self._tls_message(tls)) from None
-                raise BmcUnreachable(
+                cause = err.__cause__ or err.__context__
+                # a timeout counts apart from a refused connection (BMC error metrics); same code
+                error = BmcTimeout if isinstance(cause, requests.exceptions.Timeout) else BmcUnreachable
+                raise error(
                     f"{self.access.label} {self._unreachable_reason(err)}; check the BMC's "
                     "network and power (the node's power state is unknown until it answers)"
                 ) from None

@@ -16,19 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.ipmi import ipmi_power_states, parse_chassis_status
 from provisioner.drivers.registry import power_driver_for
-from provisioner.errors import DriverError
+from provisioner.errors import DriverError, bmc_error_kind
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
     state: PowerState
     error_code: str | None = None  # e.g. "bmc_unreachable", "bmc_auth_failed"
+    error_kind: str | None = None  # errors.bmc_error_kind: "timeout", "auth", ... (the metrics' label)
     error: str | None = None  # a sentence for people; never contains credentials
     duration: float = 0.0  # seconds spent on this BMC
 
 
 def _failed(err: DriverError, duration: float) -> SweepResult:
-    return SweepResult(PowerState.UNKNOWN, err.code, str(err), duration)
+    return SweepResult(PowerState.UNKNOWN, err.code, bmc_error_kind(err), str(err), duration)
 
 
 def _query_one(access: BmcAccess) -> SweepResult:
@@ -39,10 +40,16 @@ def _query_one(access: BmcAccess) -> SweepResult:
     except DriverError as err:
         return _failed(err, time.monotonic() - started)
     except Exception as err:  # a driver bug must cost one BMC, not the sweep
-        return SweepResult(PowerState.UNKNOWN, "driver_error", f"{access.label}: {type(err).__name__}", 0.0)
+        return SweepResult(
+            PowerState.UNKNOWN,
+            "driver_error",
+            bmc_error_kind(err),
+            f"{access.label}: {type(err).__name__}",
+            0.0,
+        )
     finally:
         driver.close()
-    return SweepResult(state, None, None, time.monotonic() - started)
+    return SweepResult(state, None, None, None, time.monotonic() - started)
 
 
 def sweep_power(
@@ -69,7 +76,7 @@ def sweep_power(
                 except DriverError as err:
                     results[original] = _failed(err, job.duration)
                 else:
-                    results[original] = SweepResult(state, None, None, job.duration)
+                    results[original] = SweepResult(state, None, None, None, job.duration)
         for access, future in futures.items():
             results[access] = future.result()
     finally:

@@ -1,6 +1,7 @@
 """Neocloud's domain model, split by concern."""
 
 from provisioner.models.audit import AuditEvent
+from provisioner.models.counters import BmcCallErrors
 from provisioner.models.events import Event
 from provisioner.models.inventory import BmcCredential, Image, InventorySync, Node, Rack, ServerType, Site
 from provisioner.models.metering import ServerTypePrice
@@ -14,6 +15,7 @@ __all__ = [
     "Allocation",
     "ApiToken",
     "AuditEvent",
+    "BmcCallErrors",
     "BmcCredential",
     "BurnInReport",
     "DeployTicket",

@@ -15,6 +15,7 @@ the next sweep reads it again.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -25,7 +26,7 @@ from django.utils import timezone
 from provisioner.drivers.base import BmcAccess, PowerState
 from provisioner.drivers.sweep import sweep_power
 from provisioner.lifecycle import Actor, record
-from provisioner.models import AuditEvent, BmcCredential, Node
+from provisioner.models import AuditEvent, BmcCallErrors, BmcCredential, Node
 from provisioner.states import NodeState, PowerStateChoice
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ def sync_power(*, max_workers: int = 64) -> dict[str, int]:
     )
     now = timezone.now()
     counts = {"polled": len(nodes), "unknown": 0, "drift": 0}
+    failed_calls: Counter[tuple[str, str]] = Counter(
+        (access.protocol, result.error_kind)
+        for access, result in results.items()
+        if result.error_kind is not None
+    )
+    for (protocol, kind), n in sorted(failed_calls.items()):
+        BmcCallErrors.objects.add(protocol, kind, n)
     actor = Actor.system("power-sync")
     for node in nodes:
         if node.pk in unusable:

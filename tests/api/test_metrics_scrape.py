@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,20 +16,40 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner import events, hardware
+from provisioner.drivers.base import BootDevice, BootSetting
+from provisioner.drivers.fake import write_fake_bmc
 from provisioner.engine.runner import execute
+from provisioner.errors import BmcAuthFailed, BmcTimeout
 from provisioner.lifecycle import Actor
 from provisioner.metrics import RESERVE_TO_ACTIVE_BUCKETS
-from provisioner.models import BurnInReport, Node, Operation
+from provisioner.models import BmcCallErrors, BurnInReport, Event, Node, Operation, Step
 from provisioner.services import nodes as node_service
-from provisioner.states import NodeState, OperationKind, OperationState
+from provisioner.services.power import sync_power
+from provisioner.states import NodeState, OperationKind, OperationState, StepState
 from tests.conftest import ROOT, reserve
 
 # Committed data: the histogram reads the event stream, numbered once its transactions have ended.
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
 
+def stream_numbered(timeout: float = 30) -> None:
+    """Wait until every committed event has its place in the stream. On PostgreSQL an event is numbered
+    once every older transaction of the server has ended (provisioner.events): a transaction of another
+    database on a shared server (other tests, a bench) delays it for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events.sequence_committed()
+        if not Event.objects.filter(sequence__isnull=True).exists():
+            return
+        assert time.monotonic() < deadline, "events still unnumbered: a transaction stays open on the server"
+        time.sleep(0.05)
+
+
 def scrape(client: Client | None = None, **headers: str) -> dict[str, dict[tuple, float]]:
-    """{sample name: {sorted label items: value}} from one scrape."""
+    """{sample name: {sorted label items: value}} from one scrape, once the event stream is numbered (the
+    histograms are folded from it)."""
+    stream_numbered()
     response = (client or Client()).get("/metrics", **headers)
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -138,6 +159,64 @@ def test_a_second_scrape_counts_each_handover_once_and_waits_are_shown(inventory
     assert (
         300 <= one(samples, "neocloud_operations_waiting_oldest_seconds", wait_for="the deploy agent") < 360
     )
+
+
+def _finished_steps() -> dict[tuple[str, str], list[float]]:
+    """{(operation kind, step name): [seconds of each finished step]} of the operations that ended."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for kind, name, started, finished in Step.objects.filter(
+        operation__state__in=[OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED],
+        state__in=[StepState.SUCCEEDED, StepState.FAILED],
+        started_at__isnull=False,
+        finished_at__isnull=False,
+    ).values_list("operation__kind", "name", "started_at", "finished_at"):
+        out.setdefault((kind, name), []).append((finished - started).total_seconds())
+    return out
+
+
+def test_step_durations_are_counted_once_per_finished_step_by_kind_and_step(inventory, fake_hw_dir):
+    _provision(inventory)
+    reserve(inventory, count=1)  # a provision not run: its steps do not count until it ends
+    expected = _finished_steps()
+    assert ("provision", "deploy") in expected, expected.keys()
+    for _ in range(2):  # the second scrape folds nothing new: each step still counted once
+        samples = scrape()
+        for (kind, step), seconds in expected.items():
+            count = one(samples, "neocloud_step_duration_seconds_count", kind=kind, step=step)
+            assert count == len(seconds), (kind, step)
+            total = one(samples, "neocloud_step_duration_seconds_sum", kind=kind, step=step)
+            assert total == pytest.approx(sum(seconds), abs=0.01)
+            assert one(
+                samples, "neocloud_step_duration_seconds_bucket", kind=kind, step=step, le="+Inf"
+            ) == len(seconds)
+        assert sum(samples["neocloud_step_duration_seconds_count"].values()) == sum(
+            len(v) for v in expected.values()
+        )
+
+
+def test_failed_bmc_calls_are_counted_by_protocol_and_kind_from_the_engine_and_the_power_sync(
+    inventory, fake_hw_dir, settings
+):
+    settings.NEOCLOUD_BMC_TIMEOUT_SECONDS = 0.2
+    nodes = {n.name: n for n in Node.objects.all()}
+    assert one(scrape(), "neocloud_bmc_call_errors_total", protocol="fake", kind="auth") == 0
+    silent, refusing = nodes["node-h100-8x-01"], nodes["node-h100-8x-02"]
+    write_fake_bmc(silent.bmc_access(), fault="timeout")
+    write_fake_bmc(refusing.bmc_access(), fault="auth")
+    # the engine's driver: each failed call counted, its error passed on unchanged
+    with pytest.raises(BmcTimeout):
+        hardware.power_driver(silent).power_on()
+    for _ in range(2):
+        with pytest.raises(BmcAuthFailed):
+            hardware.power_driver(refusing).set_boot_device(BootSetting(BootDevice.PXE))
+    # the fleet power sync: one failed read per silent or refusing BMC
+    assert sync_power()["unknown"] == 2
+    samples = scrape()
+    assert one(samples, "neocloud_bmc_call_errors_total", protocol="fake", kind="timeout") == 2
+    assert one(samples, "neocloud_bmc_call_errors_total", protocol="fake", kind="auth") == 3
+    assert one(samples, "neocloud_bmc_call_errors_total", protocol="redfish", kind="tls") == 0
+    assert sum(samples["neocloud_bmc_call_errors_total"].values()) == 5
+    assert dict(BmcCallErrors.objects.values_list("kind", "count")) == {"timeout": 2, "auth": 3}
 
 
 def test_with_a_token_set_a_scrape_must_send_it(inventory, settings):

@@ -90,7 +90,7 @@ def test_operator_sees_the_fleet_grid_and_node_detail(client, inventory):
     detail = client.get(reverse("portal:ops_node", args=[node.pk])).content.decode()
     assert "Lifecycle timeline" in detail and "Put on maintenance" in detail
     assert "secret-bmc-pw" not in detail
-    assert "Cabled to</dt><dd><span class=\"muted\">not recorded" in detail
+    assert 'Cabled to</dt><dd><span class="muted">not recorded' in detail
     Node.objects.filter(pk=node.pk).update(switch_name="leaf-ams1-01", switch_port="swp7")
     detail = client.get(reverse("portal:ops_node", args=[node.pk])).content.decode()
     assert "<code>leaf-ams1-01</code> port <code>swp7</code>" in detail

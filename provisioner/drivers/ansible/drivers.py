@@ -38,7 +38,7 @@ from provisioner.drivers.base import (
     HandoverResult,
 )
 from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
-from provisioner.models import DeployTicket, Node, Operation
+from provisioner.models import BmcCallErrors, DeployTicket, Node, Operation
 from provisioner.sshkeys import ssh_command
 
 LAB_PREFIX = 15  # lab addresses live in 198.18.0.0/15
@@ -78,6 +78,8 @@ def _run_bmc_playbook(node: Node, playbook: str, ctx: Any) -> None:
             cancel=_cancel_event(ctx),
         )
     except PlaybookFailed as exc:
+        for kind in exc.bmc_error_kinds:  # the module's failed BMC call, counted as the engine's own are
+            BmcCallErrors.objects.add(access.protocol, kind)
         raise DeployFailed(str(exc), retryable=exc.retryable)
     # the modules report to us, not to the database: record that the BMC answered (it did, the run passed)
     now = timezone.now()

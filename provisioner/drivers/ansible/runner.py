@@ -48,7 +48,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,6 +77,13 @@ class PlaybookFailed(DriverError):
 
     code = "playbook_failed"
     retryable = False
+
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, bmc_error_kinds: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        # the kinds of the BMC calls that failed the run (the neocloud_bmc module says), for the metrics
+        self.bmc_error_kinds = list(bmc_error_kinds)
 
 
 @dataclasses.dataclass
@@ -233,6 +240,7 @@ class _HostEvents:
         self.results: dict[str, list[dict[str, Any]]] = {}
         self.failures: list[str] = []
         self.retryable: list[bool] = []  # whether each failed task said a retry may help
+        self.bmc_error_kinds: list[str] = []  # the kind of each failed BMC call (the neocloud_bmc module)
         self.finished = False  # Ansible reported this host processed (stats) or out of the play (failed)
 
     def handle(self, event: dict[str, Any]) -> None:
@@ -260,6 +268,8 @@ class _HostEvents:
             detail = _mask(_describe_failure(res), self.secrets)
             self.failures.append(f"task '{task}' {what} on {host}: {detail}")
             self.retryable.append(_retryable(kind, res))
+            if res.get("bmc_error_kind"):
+                self.bmc_error_kinds.append(str(res["bmc_error_kind"]))
             self.log(
                 f"{what}: [{host}] {task} — {detail}",
                 level="error",
@@ -630,7 +640,9 @@ def run_playbook(
     status = outcome["status"]
     if events.failures:
         retryable = all(events.retryable)
-        raise PlaybookFailed(f"{playbook}: {events.failures[0]}", retryable=retryable)
+        raise PlaybookFailed(
+            f"{playbook}: {events.failures[0]}", retryable=retryable, bmc_error_kinds=events.bmc_error_kinds
+        )
     if status == "canceled":
         raise PlaybookFailed(f"{playbook} was cancelled (step timeout or lost lease)", retryable=True)
     if status == "timeout":

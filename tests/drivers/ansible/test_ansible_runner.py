@@ -74,6 +74,7 @@ def test_silent_bmc_fails_the_playbook_as_retryable(inventory, fake_hw_dir, tran
     with pytest.raises(PlaybookFailed, match="did not answer") as err:
         _run(node, "status", [])
     assert err.value.retryable
+    assert err.value.bmc_error_kinds == ["timeout"]  # what the engine counts (neocloud_bmc_call_errors)
 
 
 def test_refused_credentials_fail_the_playbook_as_final(inventory, fake_hw_dir, transactional_db):
@@ -83,6 +84,7 @@ def test_refused_credentials_fail_the_playbook_as_final(inventory, fake_hw_dir, 
         _run(node, "status", [])
     assert not err.value.retryable
     assert "secret-bmc-pw" not in str(err.value)
+    assert err.value.bmc_error_kinds == ["auth"]
 
 
 def test_runs_started_together_share_one_ansible_playbook(inventory, fake_hw_dir, transactional_db):
@@ -231,3 +233,17 @@ def test_the_scheduler_sweeps_what_killed_workers_left_in_every_spool(settings, 
     # its leader gone (the lock released with its process), the old batch goes on the next pass
     assert ansible.sweep_stale_spools() == 1
     assert not running.exists() and fresh.exists()
+
+
+def test_a_bmc_playbook_that_failed_on_the_bmc_counts_the_failed_call(
+    inventory, fake_hw_dir, transactional_db
+):
+    from provisioner.drivers.ansible.drivers import _run_bmc_playbook
+    from provisioner.errors import DeployFailed
+    from provisioner.models import BmcCallErrors
+
+    node = Node.objects.get(name="node-h100-8x-03")
+    write_fake_bmc(_access(node), fault="auth")
+    with pytest.raises(DeployFailed):
+        _run_bmc_playbook(node, "power_off_disk.yml", lambda message, **_: None)
+    assert dict(BmcCallErrors.objects.values_list("kind", "count")) == {"auth": 1}
