@@ -349,3 +349,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netbox_lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.peer)
+
+
+def assert_one_event_per_transition(nodes) -> None:
+    """Every transition of ``nodes`` (audited in its transaction) has exactly one node.transition event,
+    in the same order: a worker killed with SIGKILL between a change and its event cannot separate them,
+    as both are one transaction."""
+    from provisioner.models import AuditEvent, Event
+
+    for node in nodes:
+        audits = [
+            (a.from_state, a.to_state)
+            for a in AuditEvent.objects.filter(node=node, action="transition").order_by("id")
+        ]
+        events = [
+            (e.payload["from_state"], e.payload["to_state"])
+            for e in Event.objects.filter(type=Event.Type.NODE_TRANSITION).order_by("id")
+            if e.payload["node"]["id"] == node.pk
+        ]
+        assert audits and events == audits, node.name

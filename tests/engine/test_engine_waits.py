@@ -25,7 +25,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import LogLine, Node, Operation, Rack, Site
 from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, ReservationState, StepState
-from tests.conftest import reserve, wait_for
+from tests.conftest import assert_one_event_per_transition, reserve, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -211,6 +211,7 @@ def test_killing_the_worker_while_twenty_nodes_wait_strands_none(inventory, sett
         message="reservation active",
     )
     assert not Operation.objects.filter(reservation=r).exclude(state=OperationState.SUCCEEDED).exists()
+    assert_one_event_per_transition(N.objects.filter(reservation=r))
 
 
 def test_the_customer_sees_what_a_waiting_operation_waits_for(inventory, settings):

@@ -15,7 +15,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Node, Operation, Reservation
 from provisioner.services.reservations import release_reservation
 from provisioner.states import NodeState, OperationKind, OperationState, ReservationState, StepState
-from tests.conftest import reserve, wait_for
+from tests.conftest import assert_one_event_per_transition, reserve, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -119,6 +119,7 @@ def test_worker_killed_mid_step_is_recovered_by_the_reaper(inventory, fake_hw_di
     assert op.log_lines.filter(message__contains="stopped heartbeating").exists()
     # the attempt the killed worker was running does not count against the step's retries (issue 17, 8)
     assert op.steps.get(name="deploy").attempts == 1
+    assert_one_event_per_transition([node])
 
 
 def test_operation_that_keeps_failing_ends_in_error_and_the_customer_gets_a_spare(
