@@ -201,12 +201,9 @@ class ReservationAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(models.AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "action", "node", "from_state", "to_state", "actor_label", "reason")
-    list_filter = ("action",)
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the services only: operators read them here, change them through the services."""
 
-    # events are written by the services only: an operator must not be able to forge one
     def has_add_permission(self, request: Any) -> bool:
         return False
 
@@ -215,6 +212,13 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(models.AuditEvent)
+class AuditEventAdmin(_ReadOnlyAdmin):
+    # events are written by the services only: an operator must not be able to forge one
+    list_display = ("created_at", "action", "node", "from_state", "to_state", "actor_label", "reason")
+    list_filter = ("action",)
 
 
 class ServerTypePriceForm(forms.ModelForm):
@@ -263,19 +267,6 @@ class ServerTypePriceAdmin(admin.ModelAdmin):
             effective_from=obj.effective_from,
         )
         obj.pk, obj.currency, obj.effective_from = saved.pk, saved.currency, saved.effective_from
-
-
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by the services only: operators read them here, change them through the services."""
-
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(models.WebhookEndpoint)
