@@ -541,3 +541,32 @@ def test_the_live_rollout_update_removes_the_cancel_button_once_the_rollout_stop
     body = client.get(live, HTTP_HX_REQUEST="true").content.decode()
     assert '<div id="rollout-cancel" hx-swap-oob="outerHTML"></div>' in body
     assert 'hx-trigger="every 2s"' in body  # still live while the started reimage finishes
+
+
+def test_the_reservation_page_shows_the_time_spent_in_each_step(client, inventory):
+    """Where the time goes (issue 21): each step with the time its last attempt took, a running one so far."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from provisioner.models import Operation
+
+    r = _reserve(inventory)
+    op = Operation.objects.filter(reservation=r).first()
+    steps = list(op.steps.order_by("index"))
+    now = timezone.now()
+    first, second = steps[0], steps[1]
+    first.__class__.objects.filter(pk=first.pk).update(
+        state="succeeded",
+        started_at=now - dt.timedelta(seconds=200),
+        finished_at=now - dt.timedelta(seconds=128),
+    )
+    second.__class__.objects.filter(pk=second.pk).update(
+        state="waiting", started_at=now - dt.timedelta(seconds=12)
+    )
+    _login(client, inventory.member)
+    live = client.get(
+        reverse("portal:reservation_live", args=[r.pk]), HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert '<span class="muted step-time">1 min 12 s</span>' in live
+    assert '<span class="muted step-time">12 s so far</span>' in live or "13 s so far" in live

@@ -117,6 +117,30 @@ def current_step(operation: Any) -> Any:
     )
 
 
+def _span(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+@register.filter
+def step_time(step: Any) -> str:
+    """Time spent in a step (its last attempt, waits included): "1 min 12 s"; "12 s so far" while it runs or
+    waits; "" before it started. What the reservation and node pages show per phase."""
+    from django.utils import timezone
+
+    if step.started_at is None:
+        return ""
+    if step.finished_at is not None:
+        return _span((step.finished_at - step.started_at).total_seconds())
+    if step.state in ("running", "waiting"):
+        return f"{_span((timezone.now() - step.started_at).total_seconds())} so far"
+    return ""
+
+
 @register.filter
 def humanize_name(value: str) -> str:
     return str(value).replace("_", " ")
