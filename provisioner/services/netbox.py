@@ -457,7 +457,10 @@ def _check_gpus(name: str, server_type: ServerType, items: list[dict[str, Any]])
 
 
 def _wanted(
-    dev: dict[str, Any], interfaces: list[dict[str, Any]], gpus: list[dict[str, Any]]
+    dev: dict[str, Any],
+    interfaces: list[dict[str, Any]],
+    gpus: list[dict[str, Any]],
+    server_types: dict[str, ServerType] | None = None,
 ) -> dict[str, Any]:
     """The node fields ``dev`` asks for (site and rack as NetBox's brief objects).
 
@@ -468,7 +471,9 @@ def _wanted(
     name = str(dev["name"])
     cf = dev.get("custom_fields") or {}
     slug = _custom(name, cf, "neocloud_server_type") or str((dev.get("device_type") or {}).get("slug") or "")
-    server_type = ServerType.objects.filter(slug=slug).first()
+    server_type = (
+        server_types.get(slug) if server_types is not None else ServerType.objects.filter(slug=slug).first()
+    )
     if server_type is None:
         raise InvalidRequest(
             f"device {name}: unknown server type {slug!r} (the device type's slug or custom field "
@@ -551,6 +556,48 @@ class _Sync:
         self.actor = actor
         self.credentials = credentials
         self.report = report
+        # What is here now, read once: a device whose node already matches it in every synced field is
+        # reported unchanged without a query or a transaction of its own (a fleet's second sync is mostly
+        # that); anything else takes the checked path below, which reads and locks the rows again.
+        self.server_types = {t.slug: t for t in ServerType.objects.all()}
+        self.known = {
+            n.netbox_id: n for n in Node.objects.filter(netbox_id__isnull=False).select_related("rack")
+        }
+        self.sites = {s.netbox_id: s for s in Site.objects.filter(netbox_id__isnull=False)}
+        self.racks = {r.netbox_id: r for r in Rack.objects.filter(netbox_id__isnull=False)}
+
+    def unchanged(self, dev: dict[str, Any], fetched: _Fetched) -> bool:
+        """Whether ``dev``'s node matches it already in every synced field, site and rack included (no query)."""
+        node = self.known.get(dev["id"])
+        if node is None or _value(dev.get("status")) != "active":
+            return False
+        try:
+            wanted = _wanted(
+                dev,
+                fetched.interfaces.get(dev["id"], []),
+                fetched.gpus.get(dev["id"], []),
+                self.server_types,
+            )
+        except InvalidRequest:
+            return False  # the checked path reports it
+        brief = wanted["site"]
+        site = self.sites.get(brief["id"])
+        if site is None or (site.slug, site.name) != (brief["slug"], brief.get("name") or brief["slug"]):
+            return False
+        rack_brief = wanted["rack"]
+        if rack_brief:
+            rack = self.racks.get(rack_brief["id"])
+            if rack is None or (rack.name, rack.site_id) != (rack_brief["name"], site.pk):
+                return False
+            wanted["rack"] = rack
+        ids = {"server_type": wanted["server_type"].pk, "rack": wanted["rack"].pk if wanted["rack"] else None}
+        if any(
+            (getattr(node, f"{f}_id") != ids[f]) if f in ids else (getattr(node, f) != wanted[f])
+            for f in _SYNCED_FIELDS
+        ):
+            return False
+        self.report.add(_label(dev), "unchanged", "")
+        return True
 
     # sites and racks: created or renamed as the devices reference them
     def site(self, brief: dict[str, Any], notes: list[str]) -> Site:
@@ -656,6 +703,8 @@ class _Sync:
             )
 
     def _device(self, dev: dict[str, Any], fetched: _Fetched) -> None:
+        if self.unchanged(dev, fetched):
+            return
         label = _label(dev)
         status = _value(dev.get("status"))
         node = self.match(dev, fetched.ids)
