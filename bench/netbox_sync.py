@@ -141,6 +141,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--database-url", default="", help="Neocloud's database (default: a new SQLite file)")
+    parser.add_argument(
+        "--repopulate", action="store_true", help="populate NetBox again, not from the saved copy"
+    )
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="bench-netbox-", dir=ROOT / "var"))
@@ -158,7 +161,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from lab.netbox_server import NETBOX_VERSION, NetboxClient, NetboxServer
+    from lab.netbox_server import NETBOX_VERSION, NetboxClient, NetboxServer, database_exists
     from provisioner.lifecycle import Actor
     from provisioner.models import Node, ServerType
     from provisioner.services import netbox
@@ -182,13 +185,26 @@ def main() -> int:
     pw.write_text("pw\n")
     creds = {"default": {"username": "admin", "password_file": str(pw)}, "sites": {}}
 
-    with NetboxServer(workers=2) as server:
+    # Populating takes half an hour on 2 cores: the populated NetBox is kept as a database of its own on the
+    # PostgreSQL server and copied by later runs (--repopulate makes it again).
+    saved = f"neocloud_netbox_bench_{args.devices}_{NETBOX_VERSION.replace('.', '_')}"
+    reuse = not args.repopulate and database_exists(saved)
+    with NetboxServer(workers=2, template=saved if reuse else "") as server:
         client = NetboxClient(server.url, server.token_v1, timeout=600)
-        protocols = client.choice_set("bmc-protocols", [("ipmi", "IPMI"), ("redfish", "Redfish")])
-        client.custom_field("bmc_protocol", "select", choice_set=protocols)
-        t0 = time.monotonic()
-        populate(client, args.devices)
-        print(f"NetBox {NETBOX_VERSION}: {args.devices} devices populated in {time.monotonic() - t0:.1f} s")
+        if reuse:
+            print(
+                f"NetBox {NETBOX_VERSION}: {args.devices} devices from the database {saved} (populated before)"
+            )
+        else:
+            protocols = client.choice_set("bmc-protocols", [("ipmi", "IPMI"), ("redfish", "Redfish")])
+            client.custom_field("bmc_protocol", "select", choice_set=protocols)
+            t0 = time.monotonic()
+            populate(client, args.devices)
+            print(
+                f"NetBox {NETBOX_VERSION}: {args.devices} devices populated in {time.monotonic() - t0:.1f} s"
+            )
+            server.save_as_template(saved)
+            server.start_serving()
 
         actor = Actor.system("bench")
         runs = []

@@ -153,6 +153,11 @@ def _where(pg_url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
+def database_exists(name: str, pg_url: str | None = None) -> bool:
+    with _admin(pg_url or postgres_url()) as conn:
+        return _db_exists(conn, name)
+
+
 def _db_exists(conn: psycopg.Connection[Any], name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
@@ -238,8 +243,9 @@ def _free_port() -> int:
 
 _BOOTSTRAP = """
 from users.models import Token, User
-user = User.objects.create_superuser('{user}', '{user}@lab.invalid', '{password}')
-reader = User.objects.create_user('reader', 'reader@lab.invalid', '{password}')
+user = User.objects.filter(username='{user}').first()
+user = user or User.objects.create_superuser('{user}', '{user}@lab.invalid', '{password}')
+Token.objects.filter(user=user).delete()  # a database copied from a saved one keeps none of its tokens
 v1 = Token(user=user, version=1, token='{v1}')
 v1.save()
 v2 = Token(user=user, version=2)
@@ -255,8 +261,11 @@ class NetboxServer:
     ``nbt_<key>.<secret>``, sent as ``Authorization: Bearer <it>``) belong to a superuser.
     """
 
-    def __init__(self, pg_url: str | None = None, *, workers: int = 2) -> None:
+    def __init__(self, pg_url: str | None = None, *, workers: int = 2, template: str = "") -> None:
+        """``template``: a database saved by :meth:`save_as_template` to start from (default: the migrated,
+        empty one)."""
         self.pg_url = pg_url or postgres_url()
+        self.template = template
         self.workers = workers
         self.database = f"neocloud_netbox_run_{os.getpid()}_{secrets.token_hex(3)}"
         self.root = Path(tempfile.mkdtemp(prefix="netbox-lab-"))
@@ -265,10 +274,11 @@ class NetboxServer:
         self.token_v1 = secrets.token_hex(20)
         self.token_v2 = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
         self.log_path = self.root / "gunicorn.log"
 
     def start(self) -> NetboxServer:
-        template = ensure_template(self.pg_url)
+        template = self.template or ensure_template(self.pg_url)
         venv = venv_dir()
         with _admin(self.pg_url) as conn:
             conn.execute(
@@ -294,30 +304,35 @@ class NetboxServer:
                     self.token_v2 = f"nbt_{key}.{plain}"
             if not self.token_v2:
                 raise NetboxLabError(f"NetBox made no v2 token: {out[-500:]}")
-            with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(
-                    [
-                        str(venv / "bin" / "gunicorn"),
-                        "netbox.wsgi",
-                        "--bind",
-                        f"127.0.0.1:{self.port}",
-                        "--workers",
-                        str(self.workers),
-                        "--threads",
-                        "4",
-                        "--timeout",
-                        "120",
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self._wait_ready()
+            self.env = env
+            self.start_serving()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_serving(self) -> None:
+        """Start gunicorn on this NetBox's database and wait until it answers."""
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(venv_dir() / "bin" / "gunicorn"),
+                    "netbox.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.workers),
+                    "--threads",
+                    "4",
+                    "--timeout",
+                    "120",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -339,6 +354,13 @@ class NetboxServer:
         return ""
 
     def stop(self) -> None:
+        self.stop_serving()
+        with contextlib.suppress(NetboxLabError, psycopg.Error), _admin(self.pg_url) as conn:
+            _drop(conn, self.database)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop_serving(self) -> None:
+        """Stop gunicorn (its database stays)."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGINT)  # gunicorn's quick shutdown
@@ -349,9 +371,18 @@ class NetboxServer:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
-        with contextlib.suppress(NetboxLabError, psycopg.Error), _admin(self.pg_url) as conn:
-            _drop(conn, self.database)
-        shutil.rmtree(self.root, ignore_errors=True)
+
+    def save_as_template(self, name: str) -> None:
+        """Stop serving and keep this NetBox's data as database ``name`` (replacing one of that name), for a
+        later ``NetboxServer(template=name)``: what took long to populate is populated once."""
+        self.stop_serving()
+        with _admin(self.pg_url) as conn:
+            _drop(conn, name)
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(self.database)
+                )
+            )
 
     def reset(self, keep_sites: Iterable[str] = (), keep_racks: Iterable[str] = ()) -> None:
         """Remove what tests add (devices with their interfaces, inventory items and cables; IP and MAC
