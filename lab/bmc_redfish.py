@@ -113,7 +113,7 @@ def system_resource(system_id: str, server: SimulatedServer) -> dict[str, Any]:
         "Manufacturer": "Neocloud Lab",
         "Model": server.spec.server_type,
         "UUID": str(_uuid_for(server.spec.name)),
-        "PowerState": "On" if server.power_state() == PowerState.ON else "Off",
+        "PowerState": "On" if server.reported_power_state() == PowerState.ON else "Off",
         "Status": {"State": "Enabled", "Health": "OK"},
         "Boot": {
             "BootSourceOverrideTarget": TARGET_BY_DEVICE[setting.device],
