@@ -53,6 +53,9 @@ sys.path.insert(0, str(ROOT))
 SECRET_SCAN_SKIP_NAMES = {"lab.json", "inventory.yaml", "soak-secrets.json"}
 SECRET_SCAN_SKIP_DIRS = {"postgres-data", "images", "boot"}
 SECRET_SCAN_MAX_BYTES = 32 * 2**20
+# Not logs but the way a secret reaches Ansible without a command line: the runner's per-host BMC credential
+# file in its spool (mode 0600, in a 0700 directory). Checked for its mode instead.
+CREDENTIAL_FILES = {"bmc"}
 
 
 def log(message: str) -> None:
@@ -237,9 +240,15 @@ class Secrets:
             self._pattern = None
 
     def add_private_key(self, private_key: str, what: str) -> None:
-        body = [line for line in private_key.splitlines() if line and not line.startswith("-----")]
-        for line in body:
-            if len(line) >= 40:
+        """Watch the key's own lines: not the armour, nor the lines every OpenSSH key of its kind shares (its
+        header: the format name, cipher "none", the key type), which a host key holds as well."""
+        if "shared" not in self.__dict__:
+            from provisioner.sshkeys import generate_keypair
+
+            a, b = (generate_keypair("ed25519")[0].splitlines() for _ in range(2))
+            self.__dict__["shared"] = set(a) & set(b)
+        for line in private_key.splitlines():
+            if len(line) >= 40 and not line.startswith("-----") and line not in self.__dict__["shared"]:
                 self.add(line, what)
 
     def pattern(self) -> re.Pattern[bytes]:
@@ -276,8 +285,13 @@ class Secrets:
             except OSError:
                 continue
             self._offsets[path] = size
+            name = path.relative_to(var)
+            if path.name in CREDENTIAL_FILES and path.parts[len(var.parts)] == "ansible":
+                if path.stat().st_mode & 0o077:
+                    found.append(f"{name}: a credential file others can read ({oct(path.stat().st_mode)})")
+                continue
             for what in self.find(data):
-                found.append(f"{path.relative_to(var)} holds {what}")
+                found.append(f"{name} holds {what}")
         return found
 
 
@@ -354,6 +368,14 @@ class Soak:
     violations: dict[str, str] = dataclasses.field(default_factory=dict)
     first_operation: int = 0
     ctx: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def violation(self, check: str, key: str, detail: str) -> int:
+        """Record and print a violation the first time it is seen; returns 1 if it is new."""
+        if key in self.violations:
+            return 0
+        self.violations[key] = f"{check}: {detail}"
+        log(f"VIOLATION {check}: {detail}")
+        return 1
 
     # lab node faults: <lab>/nodes/<name>/faults.json, read by the BMC on each request and by the firmware
 
@@ -806,6 +828,15 @@ INVARIANTS: list[Callable[[Soak, dt.timedelta], dict[str, str]]] = [
 ]
 
 
+def check_stack_processes_stay_up(soak: Soak) -> None:
+    """A process of the stack that ended without being killed by the bench (a crash: the database restarted
+    under it, ...) is a violation; it is restarted so that the soak goes on."""
+    for name in soak.stack.revive_dead():
+        soak.violation(
+            "check_stack_processes_stay_up", f"exited:{name}:{time.monotonic()}", f"{name} exited by itself"
+        )
+
+
 def check_invariants(soak: Soak, *, scan_files: bool) -> int:
     """Run every invariant in one consistent snapshot of the database; print each new violation. Returns how
     many new ones were found (0 when the database could not be read: PostgreSQL restarting)."""
@@ -820,10 +851,7 @@ def check_invariants(soak: Soak, *, scan_files: bool) -> int:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for check in INVARIANTS:
                 for key, detail in check(soak, grace).items():
-                    if key not in soak.violations:
-                        soak.violations[key] = f"{check.__name__}: {detail}"
-                        log(f"VIOLATION {check.__name__}: {detail}")
-                        new += 1
+                    new += soak.violation(check.__name__, key, detail)
     except DatabaseError as exc:
         connection.close()
         log(f"invariants not checked this time: the database did not answer ({str(exc).splitlines()[0]})")
@@ -922,8 +950,7 @@ def settle(soak: Soak) -> bool:
             busy = transient = -1
         if busy == 0 and transient == 0:
             return True
-        for name in soak.stack.revive_dead():
-            log(f"FINDING: {name} had exited by itself; restarted")
+        check_stack_processes_stay_up(soak)
         time.sleep(3)
     return False
 
@@ -1030,8 +1057,7 @@ def run(args: argparse.Namespace) -> int:
                 check_invariants(soak, scan_files=now >= next_scan)
                 next_scan = next_scan + 30 if now >= next_scan else next_scan
                 next_check = now + args.check_every
-                for name in stack.revive_dead():
-                    log(f"FINDING: {name} had exited by itself; restarted")
+                check_stack_processes_stay_up(soak)
             time.sleep(0.2)
         log("faults stopped; letting the fleet settle")
         soak.expire_node_faults(all_now=True)
