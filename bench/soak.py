@@ -920,17 +920,21 @@ def do_action(soak: Soak) -> None:
 
 
 def inject_fault(soak: Soak) -> None:
+    """One random fault; a fault with nothing to hit now (no node deploying for an agent crash) gives its turn
+    to another, up to three draws."""
     from django.db import DatabaseError, connection
 
-    fault = pick(soak.rng, FAULTS)
-    try:
-        what = fault(soak)
-    except DatabaseError:
-        connection.close()
-        what = None
-    if what:
-        soak.faults[fault.__name__.removeprefix("fault_")] += 1
-        log(f"fault: {what}")
+    for _ in range(3):
+        fault = pick(soak.rng, FAULTS)
+        try:
+            what = fault(soak)
+        except DatabaseError:
+            connection.close()
+            what = None
+        if what:
+            soak.faults[fault.__name__.removeprefix("fault_")] += 1
+            log(f"fault: {what}")
+            return
 
 
 def settle(soak: Soak) -> bool:
@@ -1088,7 +1092,7 @@ def main() -> int:
         "--pg-port", type=int, default=0, help="the private PostgreSQL's port (default: a free one)"
     )
     parser.add_argument("--action-every", type=float, default=2.0, help="seconds between actions, on average")
-    parser.add_argument("--fault-every", type=float, default=5.0, help="seconds between faults, on average")
+    parser.add_argument("--fault-every", type=float, default=4.0, help="seconds between faults, on average")
     parser.add_argument("--check-every", type=float, default=5.0, help="seconds between invariant checks")
     parser.add_argument("--grace", type=float, default=90.0, help="seconds a node may sit transient unworked")
     parser.add_argument(
