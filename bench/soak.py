@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 SECRET_SCAN_SKIP_NAMES = {"lab.json", "inventory.yaml", "soak-secrets.json"}
 SECRET_SCAN_SKIP_DIRS = {"postgres-data", "images", "boot"}
 SECRET_SCAN_MAX_BYTES = 32 * 2**20
-# Not logs but the way a secret reaches Ansible without a command line: the runner's per-host BMC credential
-# file in its spool (mode 0600, in a 0700 directory). Checked for its mode instead.
-CREDENTIAL_FILES = {"bmc"}
+# Not logs but the way a secret reaches Ansible without a command line: the runner's per-host BMC credentials and
+# provisioning key (ssh -i) in its spool (mode 0600, in a 0700 directory). Checked for their mode instead.
+CREDENTIAL_FILES = {"bmc", "provisioning_key"}
 
 
 def log(message: str) -> None:
