@@ -200,7 +200,7 @@ class LabIpmiBmc(pyghmi_bmc.Bmc):
         super().handle_raw_request(request, session)
 
     def get_power_state(self) -> str:
-        return "on" if self.server.power_state() == PowerState.ON else "off"
+        return "on" if self.server.reported_power_state() == PowerState.ON else "off"
 
     def _expire_boot_flag(self, power_command: bool = False) -> None:
         """Clear a one-time boot flag left unused past its timer; a power command stops the timer."""

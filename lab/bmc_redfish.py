@@ -114,7 +114,7 @@ def system_resource(system_id: str, server: SimulatedServer) -> dict[str, Any]:
         "Manufacturer": "Neocloud Lab",
         "Model": server.spec.server_type,
         "UUID": str(_uuid_for(server.spec.name)),
-        "PowerState": "On" if server.power_state() == PowerState.ON else "Off",
+        "PowerState": "On" if server.reported_power_state() == PowerState.ON else "Off",
         # where the power-on self-test is (lab.post), as the DMTF BootProgress property reports it
         "BootProgress": {
             "LastState": post.boot_progress(server.node_dir, server.power_state() == PowerState.ON)

@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,7 +39,13 @@ from lab import post
 from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
 from provisioner.pxe.configdrive import ConfigDriveError, read_config_drive
-from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, parse_ipxe_script
+from provisioner.pxe.ipxe import (
+    BOOT_RETRY_SECONDS,
+    IpxeScriptError,
+    is_chained_script,
+    normalize_mac,
+    parse_ipxe_script,
+)
 
 log = logging.getLogger("lab.firmware")
 
@@ -49,6 +56,7 @@ CORRUPT_OFFSET = 512 * 1024 + 17  # inside any image worth deploying, past the f
 HTTP_TIMEOUT = 10.0
 MAX_SCRIPT_BYTES = 64 * 1024
 SSHD_MODULE = "lab.sshd"
+MAX_CHAINED_SCRIPTS = 60  # a boot service that keeps saying "try again" for 5 min: give up as iPXE would not
 
 
 class Firmware:
@@ -127,13 +135,23 @@ class Firmware:
     def _pxe_boot(self, generation: int) -> None:
         mac = normalize_mac(self.spec.mac)
         script_url = f"{self.boot_url}/boot/{mac}.ipxe"
-        self._console(f"PXE: GET {script_url}")
-        try:
-            script = parse_ipxe_script(self._get(script_url, MAX_SCRIPT_BYTES).decode())
-        except (OSError, IpxeScriptError, UnicodeDecodeError) as exc:
-            self._console(f"PXE: no boot script ({exc}); trying the next boot device")
-            self._disk_boot(generation)
-            return
+        for _ in range(MAX_CHAINED_SCRIPTS):
+            self._console(f"PXE: GET {script_url}")
+            try:
+                script = parse_ipxe_script(self._get(script_url, MAX_SCRIPT_BYTES).decode())
+            except (OSError, IpxeScriptError, UnicodeDecodeError) as exc:
+                self._console(f"PXE: no boot script ({exc}); trying the next boot device")
+                self._disk_boot(generation)
+                return
+            if not (script.boots and script.kernel_url and is_chained_script(script.kernel_url)):
+                break
+            # the boot service asked to be asked again (iPXE: sleep, then chain to the script)
+            self._console(f"PXE: the boot service asks to try again in {BOOT_RETRY_SECONDS} s")
+            time.sleep(BOOT_RETRY_SECONDS)
+            with self._lock:
+                if generation != self._generation:
+                    return  # powered off meanwhile
+            script_url = script.kernel_url
         if script.exits or not script.boots or not script.kernel_url:
             self._console("PXE: the script exits; trying the next boot device")
             self._disk_boot(generation)

@@ -9,7 +9,8 @@ State persists in ``<node dir>/state.json`` (written atomically on every change)
 ``<node dir>/faults.json`` on each BMC request so a test can inject them into a running lab:
 ``{"delay": 0.5}`` (answer slowly), ``{"drop": true}`` (never answer), ``{"unsupported_boot": ["pxe",
 "legacy"]}`` (refuse those boot devices or modes), ``{"boot_flag_timeout": 0.5}`` (the IPMI BMC's 60 s
-boot-flag timer, shortened).
+boot-flag timer, shortened), ``{"wrong_power": true}`` (a wrong answer: report the opposite power state;
+commands still act on the real one).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Faults:
     unsupported_boot: frozenset[str] = frozenset()
     # IPMI: seconds a boot flag stays valid without a chassis power command (IPMI 2.0 sec. 28.12: 60)
     boot_flag_timeout: float = 60.0
+    wrong_power: bool = False
 
     def refuses(self, setting: BootSetting) -> bool:
         return setting.device.value in self.unsupported_boot or setting.mode.value in self.unsupported_boot
@@ -161,6 +163,7 @@ class SimulatedServer:
                 drop=bool(data.get("drop", False)),
                 unsupported_boot=frozenset(data.get("unsupported_boot", ())),
                 boot_flag_timeout=float(data.get("boot_flag_timeout", 60.0)),
+                wrong_power=bool(data.get("wrong_power", False)),
             )
             self._faults_mtime = mtime
         return self._faults
@@ -171,6 +174,13 @@ class SimulatedServer:
         with self._lock:
             self._observe_halt()
             return self.power
+
+    def reported_power_state(self) -> PowerState:
+        """The power state the BMC answers with: the real one, or its opposite under a wrong_power fault."""
+        power = self.power_state()
+        if self.faults().wrong_power:
+            return PowerState.OFF if power == PowerState.ON else PowerState.ON
+        return power
 
     def _observe_halt(self) -> None:
         """A machine that powered itself off (its OS ran ``poweroff``) is off, as a BMC reads it from the

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -22,11 +23,19 @@ from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progre
 from provisioner.engine.queue import wake
 from provisioner.json_input import JsonTooDeep, load_json
 from provisioner.models import DeployTicket, Node
-from provisioner.pxe.ipxe import IpxeScriptError, normalize_mac, render_ipxe_script, render_local_boot_script
+from provisioner.pxe.ipxe import (
+    IpxeScriptError,
+    normalize_mac,
+    render_ipxe_script,
+    render_local_boot_script,
+    render_retry_script,
+)
 
 IPXE = "text/plain; charset=utf-8"
 # The "deploy ramdisk" the lab firmware and real iPXE fetch. In the lab the agent runs directly; a real site
 # serves its kernel and initrd here (NEOCLOUD_BOOT_DIR holds vmlinuz and initrd.img).
+log = logging.getLogger("provisioner.boot")
+
 PLACEHOLDER_KERNEL = b"NEOCLOUD-DEPLOY-KERNEL\n"
 PLACEHOLDER_INITRD = b"NEOCLOUD-DEPLOY-INITRD\n"
 
@@ -72,6 +81,19 @@ def record_and_wake(ticket: DeployTicket, result: dict[str, Any]) -> bool:
 @provisioning_networks_only
 @require_GET
 def ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
+    """The node's boot script. A database that does not answer (restarting) gets a script that waits and asks
+    again: the ticket is claimed in one transaction, so nothing was handed out and the next try gets it."""
+    try:
+        return _ipxe_script(request, mac)
+    except DatabaseError as exc:
+        # the broken connection is closed by Django at the end of the request (close_old_connections)
+        log.warning("boot script for %s: the database failed (%s); told the node to try again", mac, exc)
+        return HttpResponse(
+            render_retry_script(request.build_absolute_uri(), "the boot service is busy"), content_type=IPXE
+        )
+
+
+def _ipxe_script(request: HttpRequest, mac: str) -> HttpResponse:
     try:
         mac = normalize_mac(mac)
     except IpxeScriptError:

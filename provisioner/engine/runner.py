@@ -15,7 +15,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -140,6 +140,15 @@ def execute(operation_id: int, owner: str | None = None) -> str:
         _finish(op, OperationState.CANCELLED, "cancelled")
         announce(OperationEnded(Operation.objects.get(pk=op.pk), OperationState.CANCELLED, actor))
         return OperationState.CANCELLED
+    except (_DatabaseLost, DatabaseError) as exc:
+        # Not the node's fault and nothing can be recorded now (PostgreSQL restarting): stop, as a killed
+        # worker would. The operation stays running with a heartbeat that no longer moves, so the reaper
+        # resumes it at its step once the lease expires; the interrupted attempt does not count.
+        log.warning(
+            "operation %s: the database failed under it (%s); left for the reaper to resume", op.pk, exc
+        )
+        connection.close()
+        return "lost"
     except Exception as exc:
         # A bug in the engine itself: fail the operation visibly rather than leave it "running".
         log.exception("operation %s crashed", op.pk)
@@ -153,6 +162,11 @@ def execute(operation_id: int, owner: str | None = None) -> str:
 
 class _LeaseLost(Exception):
     pass
+
+
+class _DatabaseLost(Exception):
+    """A step's attempt ended on a database error (found by bench/soak.py: a PostgreSQL restart failed every
+    operation in flight as an "internal error" and sent their nodes to error)."""
 
 
 class _Cancelled(Exception):
@@ -225,6 +239,8 @@ def _run_step(op: Operation, step: Step, actor: Actor, heartbeat: Heartbeat) -> 
             step.save(update_fields=["attempts", "state", "started_at", "error", "error_code", "data"])
             _log(op, step, f"step {step.name}: attempt {step.attempts} of {step.max_attempts}")
         error = _call_with_timeout(spec.fn, op, step, actor, heartbeat, step.timeout_seconds)
+        if isinstance(error, DatabaseError):
+            raise _DatabaseLost(error)
         if isinstance(error, WaitRequested):
             step.state = StepState.WAITING
             step.save(update_fields=["state"])

@@ -142,6 +142,21 @@ def render_local_boot_script() -> str:
     return "#!ipxe\necho Neocloud: no deployment pending, booting from local disk\nexit\n"
 
 
+BOOT_RETRY_SECONDS = 5
+
+
+def render_retry_script(script_url: str, why: str) -> str:
+    """The iPXE script for a boot service that cannot answer now (its database restarting): wait and fetch
+    the same script again, instead of a failure that sends the firmware on to its next boot device (a disk
+    with nothing to boot, where the node would sit until the engine's wait gives up). Pure."""
+    return f"#!ipxe\necho Neocloud: {why}; trying again in {BOOT_RETRY_SECONDS} s\nsleep {BOOT_RETRY_SECONDS}\nchain --replace --autofree {script_url}\n"
+
+
+def is_chained_script(url: str) -> bool:
+    """Whether a ``chain`` target is another iPXE script of the boot service (a retry), not a kernel. Pure."""
+    return url.split("?", 1)[0].endswith(".ipxe")
+
+
 def parse_ipxe_script(text: str) -> IpxeScript:
     """Parse the subset of iPXE script we render: ``kernel``/``chain``, ``initrd``, ``boot``, ``exit``,
     ``echo`` and comments. Pure.

@@ -80,3 +80,15 @@ def test_a_queued_power_on_is_not_mistaken_for_the_previous_machine_halting() ->
     server.power_on()
     assert server.power_state() == PowerState.ON  # the old machine is halted, the new one is on its way
     machine.gate.set()
+
+
+def test_a_wrong_power_fault_reports_the_opposite_state_while_commands_act_on_the_real_one(tmp_path) -> None:
+    from lab.machine import write_faults
+
+    server = SimulatedServer(spec(), tmp_path, Machine())
+    server.power_on()
+    write_faults(tmp_path, wrong_power=True)
+    assert server.reported_power_state() == PowerState.OFF
+    assert server.power_state() == PowerState.ON
+    write_faults(tmp_path)
+    assert server.reported_power_state() == PowerState.ON

@@ -107,3 +107,27 @@ def test_boot_networks_setting_is_checked(monkeypatch, value):
     monkeypatch.setenv("NEOCLOUD_BOOT_NETWORKS", value)
     with pytest.raises(ImproperlyConfigured, match="NEOCLOUD_BOOT_NETWORKS"):
         env_networks("NEOCLOUD_BOOT_NETWORKS", "127.0.0.0/8")
+
+
+def test_a_database_outage_gets_a_script_that_asks_again_and_the_next_try_gets_the_token(
+    client, node, monkeypatch
+):
+    from django.db import OperationalError
+
+    from provisioner.pxe.ipxe import is_chained_script
+
+    _open(node)
+    real = tickets.claim_for_boot
+
+    def restarting(node):
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(tickets, "claim_for_boot", restarting)
+    response = client.get(f"/boot/{MAC}.ipxe")
+    assert response.status_code == 200  # iPXE runs only a script it got with 200
+    script = parse_ipxe_script(response.content.decode())
+    assert script.boots and is_chained_script(script.kernel_url)
+    assert script.kernel_url.endswith(f"/boot/{MAC}.ipxe")
+    monkeypatch.setattr(tickets, "claim_for_boot", real)
+    params = parse_ipxe_script(client.get(f"/boot/{MAC}.ipxe").content.decode()).kernel_params()
+    assert params["neocloud.token"]

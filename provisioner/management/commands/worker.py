@@ -8,6 +8,10 @@ an Ansible playbook run, an SSH session) and everything that waits on the outsid
 ``--queue-name site-<slug>`` serves one site (its operations are queued there, see
 provisioner.engine.queue); ``'*'`` (the default) serves every queue, for a small installation. SIGTERM or
 SIGINT: every thread finishes its current task and stops; a second signal exits at once.
+
+A database that stops answering (PostgreSQL restarted, a failover, the network) does not end a thread: it
+logs the error and tries again after a pause (``DATABASE_RETRY_SECONDS``, growing), so the worker serves
+again once the database is back instead of exiting with a traceback.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connection
+from django.db import DatabaseError, connection
 from django_tasks_db.management.commands.db_worker import Worker
 
 from provisioner.management.argtypes import positive_seconds
 
 log = logging.getLogger("provisioner.worker")
+
+# Pauses before a thread tries the database again after it failed, one after the other (then the last)
+DATABASE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
 def _positive_int(value: str) -> int:
@@ -96,7 +103,7 @@ class Command(BaseCommand):
 
         def run(loop: Worker) -> None:
             try:
-                loop.run()
+                serve_through_database_outages(loop, stopping)
             finally:
                 connection.close()
 
@@ -110,3 +117,24 @@ class Command(BaseCommand):
         while any(t.is_alive() for t in threads):
             for thread in threads:
                 thread.join(timeout=0.5)
+
+
+def serve_through_database_outages(loop: Worker, stopping: threading.Event) -> None:
+    """Run the worker loop; when the database fails under it, close the connection, pause and run it again,
+    until the loop ends by itself (stopped) or ``stopping`` is set."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            loop.run()
+            return
+        except DatabaseError as exc:
+            delay = DATABASE_RETRY_SECONDS[min(failures, len(DATABASE_RETRY_SECONDS) - 1)]
+            failures += 1
+            log.warning(
+                "worker %s: the database failed (%s); trying again in %.1f s",
+                loop.worker_id,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                delay,
+            )
+            connection.close()
+            stopping.wait(delay)
