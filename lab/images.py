@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -124,9 +125,13 @@ def stop_image_server(lab_dir: Path) -> None:
 
 
 def _answers() -> bool:
+    """Whether the image server answers HTTP (any status: a lab of emulated computers serves the OS image
+    only, so the demo image's 404 is an answer too)."""
     try:
         req = urllib.request.Request(f"http://127.0.0.1:{IMAGE_SERVER_PORT}/{IMAGE_NAME}", method="HEAD")
         with urllib.request.urlopen(req, timeout=0.5):  # noqa: S310 - loopback only
             return True
+    except urllib.error.HTTPError:
+        return True
     except OSError:
         return False

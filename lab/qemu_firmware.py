@@ -97,8 +97,15 @@ class QemuFirmware:
                 boot_from="network" if network else "disk",
             )
             self.computer.start()
-            pid = self.computer.process.pid if self.computer.process else None
-        self._console(f"power on: QEMU (pid {pid}) boots {'the network' if network else 'the disk'} first")
+            process = self.computer.process
+        self._console(
+            f"power on: QEMU (pid {process.pid if process else None}) boots "
+            f"{'the network' if network else 'the disk'} first"
+        )
+        # QEMU dies with the thread that started it (PR_SET_PDEATHSIG follows the parent *thread*, lab/qemu.py):
+        # this thread lives as long as the QEMU it started
+        if process is not None:
+            process.wait()
 
     def halted(self, spec: LabNodeSpec) -> bool:
         """Whether QEMU exited by itself since the last power on (the guest powered the computer off)."""
