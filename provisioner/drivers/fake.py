@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +55,30 @@ def read_fake_bmc(access: BmcAccess, directory: Path | None = None) -> dict[str,
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the file's state under an exclusive lock and write it back afterwards."""
+def locked_state(path: Path, defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield the JSON file's state (``defaults`` for keys it lacks) under an exclusive lock, shared between
+    processes, and write it back afterwards: the fake hardware's (BMCs, switches) one store."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            fresh = json.loads(
+                json.dumps(defaults)
+            )  # a copy: the defaults' own lists and dicts stay unshared
             try:
-                state = {**DEFAULT_STATE, **json.loads(path.read_text())}
+                state = {**fresh, **json.loads(path.read_text())}
             except (FileNotFoundError, json.JSONDecodeError):
-                state = json.loads(json.dumps(DEFAULT_STATE))
+                state = fresh
             yield state
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
             os.replace(tmp, path)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _locked(path: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    return locked_state(path, DEFAULT_STATE)
 
 
 class FakePowerDriver(PowerDriver):

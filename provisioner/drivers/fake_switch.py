@@ -11,15 +11,13 @@ fake BMCs. It passes the same contract tests as the Linux driver against the lab
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from provisioner.drivers.fake import fake_hw_dir
+from provisioner.drivers.fake import fake_hw_dir, locked_state
 from provisioner.drivers.switch import PortState, SwitchAccess, SwitchDriver, check_vlan
 from provisioner.errors import SwitchAuthFailed, SwitchCommandFailed, SwitchUnreachable, UnknownSwitchPort
 
@@ -28,26 +26,11 @@ def fake_switch_path(name: str, directory: Path | None = None) -> Path:
     return (directory or fake_hw_dir()) / f"switch_{name}.json"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[dict[str, Any]]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            try:
-                state = json.loads(path.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                state = {}
-            state.setdefault("ports", {})
-            state.setdefault("saved", {})
-            state.setdefault("sessions", 0)
-            state.setdefault("fault", None)
-            yield state
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+DEFAULT_STATE: dict[str, Any] = {"ports": {}, "saved": {}, "sessions": 0, "fault": None}
+
+
+def _locked(path: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    return locked_state(path, DEFAULT_STATE)
 
 
 def write_fake_switch(name: str, directory: Path | None = None, **fields: Any) -> Path:
