@@ -215,7 +215,9 @@ def ensure_template(pg_url: str | None = None) -> str:
             _drop(conn, building)
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
             with tempfile.TemporaryDirectory(prefix="netbox-migrate-") as root:
-                env = _config(Path(root), pg_url, building, secret_key=_secret_key(), pepper=_pepper())
+                env = _config(
+                    Path(root), pg_url, building, secret_key=_random_secret(), pepper=_random_secret()
+                )
                 _run([str(venv / "bin" / "netbox"), "migrate", "--no-input"], "netbox migrate", env=env)
             conn.execute(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -227,11 +229,8 @@ def ensure_template(pg_url: str | None = None) -> str:
     return _TEMPLATE_DB
 
 
-def _secret_key() -> str:
-    return secrets.token_urlsafe(48)
-
-
-def _pepper() -> str:
+def _random_secret() -> str:
+    """A SECRET_KEY or API token pepper (NetBox wants at least 50 characters)."""
     return secrets.token_urlsafe(48)
 
 
@@ -287,7 +286,9 @@ class NetboxServer:
                 )
             )
         try:
-            env = _config(self.root, self.pg_url, self.database, secret_key=_secret_key(), pepper=_pepper())
+            env = _config(
+                self.root, self.pg_url, self.database, secret_key=_random_secret(), pepper=_random_secret()
+            )
             out = _run(
                 [
                     str(venv / "bin" / "netbox"),
@@ -616,9 +617,6 @@ class NetboxClient:
                 },
             )["id"]
         )
-
-    def count(self, path: str, **params: Any) -> int:
-        return int(self.get(path, limit=1, **params)["count"])
 
 
 def main() -> None:  # pragma: no cover - a developer's entry point

@@ -878,10 +878,6 @@ def _keep(
     )
 
 
-def last_runs(limit: int = 1) -> list[InventorySync]:
-    return list(InventorySync.objects.all()[:limit])
-
-
 def _sync(
     api: Any,
     *,
