@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # python3.11-minimal and libpython3.11-stdlib: Debian's interpreter, copied into the lab's deploy ramdisk (lab/ramdisk.py)
 # redis-server: the lab NetBox's caches and task queue (lab/netbox_server.py)
-SYSTEM_PACKAGES=(redis-server ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib lldpd iputils-ping prometheus)
+SYSTEM_PACKAGES=(redis-server ipmitool openssh-server openssh-client dnsmasq qemu-system-x86 ipxe-qemu chromium iproute2 procps e2fsprogs python3.11-minimal libpython3.11-stdlib lldpd iputils-ping nftables prometheus)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

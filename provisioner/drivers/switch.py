@@ -177,6 +177,45 @@ class SwitchDriver(abc.ABC):
             f"{self.access.label}: this switch driver cannot carry tagged (trunk) VLANs"
         )
 
+    # --- Routing on the switch (a leaf with an L3 interface per tenant VLAN and 1:1 NAT for public addresses).
+    # A switch that does not route raises UnsupportedOperation; a site whose tenants need public addresses
+    # needs a switch driver that routes (the lab's Linux switch does).
+
+    def ensure_vlan_gateway(self, vlan: int, gateway_cidr: str) -> None:
+        """Give VLAN ``vlan`` its routed interface (SVI) with ``gateway_cidr`` (e.g. ``198.19.3.1/24``), the
+        default gateway of the tenant network on that VLAN. Creates the VLAN when missing. Traffic between
+        VLANs is never routed; only published addresses (``publish``) reach into a VLAN. Idempotent.
+
+        :raises UnsupportedOperation: this switch does not route (the default).
+        :raises SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
+
+    def remove_vlan_gateway(self, vlan: int) -> None:
+        """Remove VLAN ``vlan``'s routed interface (after its last server left). Idempotent.
+
+        :raises UnsupportedOperation: this switch does not route (the default).
+        :raises SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
+
+    def publish(self, public_address: str, private_address: str) -> None:
+        """1:1 NAT: connections to ``public_address`` reach ``private_address`` (on a VLAN with a gateway);
+        replace any earlier mapping of ``public_address``. Idempotent.
+
+        :raises UnsupportedOperation: this switch does not route (the default).
+        :raises SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
+
+    def withdraw(self, public_address: str) -> None:
+        """Remove the mapping of ``public_address`` (nothing reaches in through it afterwards). Idempotent.
+
+        :raises UnsupportedOperation: this switch does not route (the default).
+        :raises SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
+
     @abc.abstractmethod
     def save(self) -> None:
         """Make the running port configuration survive a reboot of the switch. Idempotent.

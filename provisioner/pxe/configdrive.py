@@ -9,6 +9,10 @@ Document keys (all written by the agent, read by the lab's boot-from-disk and by
   authorized_keys: list[str]            the customer's keys plus, until handover, the provisioning key
   host_keys: {type: {"private": PEM, "public": "ssh-ed25519 AAAA..."}}  fresh per deploy
   network: {"address": "198.18.0.5", "prefix": 15}
+  private_network: {"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.3.1"}   optional: the
+                                        tenant network, configured by the deployed OS at first boot (static
+                                        address on the boot NIC, default route via the gateway; the
+                                        provisioning address keeps only its host route)
   image: {"url": ..., "sha256": ...}
   deployed_at: ISO 8601 timestamp
 """
