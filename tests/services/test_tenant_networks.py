@@ -253,3 +253,28 @@ def test_tenant_networks_are_carved_in_order():
         "198.19.0.0/29",
         "198.19.0.8/29",
     ]
+
+
+@pytest.mark.django_db
+def test_a_managed_node_without_cabling_or_switch_is_not_offered_and_its_work_is_refused(network_site):
+    from provisioner import hardware
+    from provisioner.errors import InvalidNodeData
+    from provisioner.models import Node
+    from provisioner.services.reservations import availability
+    from provisioner.states import OperationKind
+
+    Node.objects.filter(name="node-h100-8x-01").update(switch_port="")
+    Node.objects.filter(name="node-h100-8x-02").update(switch_name="leaf9")
+    assert availability(network_site.h100) == 2
+    problems = hardware.pool_problems(Node.objects.get(name="node-h100-8x-02"))
+    assert "switch 'leaf9' is not registered" in str(problems["network"])
+    with pytest.raises(InvalidNodeData, match="no switch cabling is recorded for the boot NIC"):
+        hardware.validate_for(Node.objects.get(name="node-h100-8x-01"), OperationKind.CLEAN)
+    hardware.validate_for(Node.objects.get(name="node-h100-8x-01"), OperationKind.POWER)  # no port moves
+    r = _reserve(network_site, 2)
+    assert set(Node.objects.filter(reservation=r).values_list("name", flat=True)) == {
+        "node-h100-8x-03",
+        "node-h100-8x-04",
+    }
+    with pytest.raises(CapacityError):
+        _reserve(network_site, 1)
