@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from provisioner import hardware, networking
 from provisioner.drivers.switch import SwitchDriver
-from provisioner.errors import NeocloudError, UnknownSwitchPort
+from provisioner.errors import IllegalTransition, NeocloudError, UnknownSwitchPort
 from provisioner.lifecycle import Actor, record
 from provisioner.models import NetworkAttachment, Node, Operation, SiteNetwork
 from provisioner.states import OPEN_OPERATION_STATES, NodeState
@@ -208,3 +208,39 @@ def remove_empty_networks() -> int:
         if networking.release_network(network):
             released += 1
     return released
+
+
+def node_network_view(node: Node) -> dict[str, object] | None:
+    """What operators see of a node's network: switch, port, the VLANs its state requires, the VLAN the switch
+    last reported, when, and drift (None: its site's network is not managed). No I/O."""
+    site_network = networking.site_network_of(node)
+    if site_network is None:
+        return None
+    attachment = networking.live_attachment(node) if node.reservation_id else None
+    expected = expectation(node, site_network, attachment.network.vlan if attachment else None)
+    return {
+        "switch": node.switch_name,
+        "port": node.switch_port,
+        "expected_vlans": sorted(expected.vlans) if expected else [],
+        "observed_vlan": node.switch_vlan,
+        "checked_at": node.switch_checked_at,
+        "drift": node.network_drift,
+        "private_address": attachment.private_address if attachment else None,
+        "public_address": attachment.public_address if attachment else None,
+        "tenant_network": attachment.network.cidr if attachment else None,
+        "tenant_vlan": attachment.network.vlan if attachment else None,
+    }
+
+
+def check_node(node: Node, *, repair: bool, actor: Actor) -> DriftReport:
+    """An operator's check (and repair) of one node's port, now.
+
+    :raises IllegalTransition: the node's site is not network-managed, or an operation is moving its port.
+    """
+    if networking.site_network_of(node) is None:
+        raise IllegalTransition(f"{node.name}'s site does not manage its network: there is no port to check")
+    if Operation.objects.filter(node=node, state__in=OPEN_OPERATION_STATES).exists():
+        raise IllegalTransition(
+            f"an operation is working on {node.name}: its port is moving; check it afterwards"
+        )
+    return check_network_drift(repair=repair, actor=actor, node_names=[node.name])

@@ -286,6 +286,9 @@ MATRIX: dict[str, Cell] = {
         staff_only(409),
         lambda w: {"reason": "DIMM on order"},
     ),
+    "admin network check unmanaged": Cell(
+        "post", lambda w: f"{V1}/admin/nodes/{w.idle.pk}/network-check", staff_only(409), lambda w: {}
+    ),
     "admin rerun burn-in": Cell(
         "post", lambda w: f"{V1}/admin/nodes/{w.quarantined.pk}/rerun-burnin", staff_only(202)
     ),

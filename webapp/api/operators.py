@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from provisioner.filtersets import NodeFilterSet
 from provisioner.lifecycle import Actor
 from provisioner.models import Image, Node, Operation, Reservation, Rollout
+from provisioner.services import network_drift
 from provisioner.services import nodes as node_service
 from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
@@ -34,6 +35,7 @@ from webapp.api.serializers.operators import (
     AdminNodeSerializer,
     KeepInQuarantineSerializer,
     MaintenanceSerializer,
+    NetworkCheckSerializer,
     OperatorReleaseSerializer,
     PowerSerializer,
     QuarantinedNodeSerializer,
@@ -150,6 +152,21 @@ class AdminNodeViewSet(viewsets.ReadOnlyModelViewSet):
         node = self.get_object()
         data = self._data(KeepInQuarantineSerializer)
         node = node_service.keep_in_quarantine(node, actor=self._actor(), reason=data.get("reason", ""))
+        return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
+
+    @extend_schema(
+        request=NetworkCheckSerializer,
+        responses={200: AdminNodeDetailSerializer, **errors(400, 401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"], url_path="network-check")
+    def network_check(self, request: Request, pk: str | None = None) -> Response:
+        """Read the node's switch port now and record its VLAN and drift; with repair=true move a drifting
+        port back to the VLAN the node's state requires (audited). The answer is the node, with its
+        ``network``. A node whose site's network is not managed, or that an operation is working on, is a
+        409."""
+        node = self.get_object()
+        data = self._data(NetworkCheckSerializer)
+        network_drift.check_node(node, repair=data["repair"], actor=self._actor())
         return Response(AdminNodeDetailSerializer(self.get_queryset().get(pk=node.pk)).data)
 
     @extend_schema(request=None, responses={202: OperationSerializer, **errors(401, 403, 404, 409)})

@@ -11,6 +11,7 @@ from rest_framework import serializers
 
 from provisioner import hardware
 from provisioner.models import BurnInReport, Node
+from provisioner.services.network_drift import node_network_view
 from webapp.api.serializers.common import (
     AuditEventSerializer,
     BurnInSummarySerializer,
@@ -75,10 +76,40 @@ class AdminNodeSerializer(serializers.ModelSerializer):
         ]
 
 
+class NodeNetworkSerializer(serializers.Serializer):
+    switch = serializers.CharField(help_text="the switch the boot NIC is cabled to")
+    port = serializers.CharField()
+    expected_vlans = serializers.ListField(
+        child=serializers.IntegerField(), help_text="the VLANs the node's state requires; empty: none"
+    )
+    observed_vlan = serializers.IntegerField(
+        allow_null=True,
+        help_text="the port's VLAN as the switch last reported it; null: on none or never read",
+    )
+    checked_at = serializers.DateTimeField(allow_null=True, help_text="when the switch was last read")
+    drift = serializers.CharField(
+        help_text="why the port is not where the node's state requires; blank: it is"
+    )
+    private_address = serializers.IPAddressField(allow_null=True)
+    public_address = serializers.IPAddressField(allow_null=True)
+    tenant_network = serializers.CharField(allow_null=True, help_text="CIDR of its reservation's network")
+    tenant_vlan = serializers.IntegerField(allow_null=True)
+
+
+class NetworkCheckSerializer(serializers.Serializer):
+    repair = serializers.BooleanField(
+        default=False, help_text="move the port back to the VLAN the node's state requires when it drifted"
+    )
+
+
 class AdminNodeDetailSerializer(AdminNodeSerializer):
     history = serializers.SerializerMethodField(help_text="the node's audit trail, newest first (last 100)")
     recent_operations = serializers.SerializerMethodField(help_text="last 20 operations")
     latest_burnin = serializers.SerializerMethodField()
+    network = serializers.SerializerMethodField(
+        help_text="its switch port (network-managed sites): switch, port, expected and observed VLAN, drift; "
+        "null where the site's network is not managed"
+    )
 
     class Meta(AdminNodeSerializer.Meta):
         fields = [
@@ -87,7 +118,12 @@ class AdminNodeDetailSerializer(AdminNodeSerializer):
             "history",
             "recent_operations",
             "latest_burnin",
+            "network",
         ]
+
+    @extend_schema_field(NodeNetworkSerializer(allow_null=True))
+    def get_network(self, obj: Node) -> dict[str, Any] | None:
+        return node_network_view(obj)
 
     @extend_schema_field(AuditEventSerializer(many=True))
     def get_history(self, obj: Node) -> Any:
