@@ -279,3 +279,49 @@ def empty_networks() -> list[TenantNetwork]:
     still in use): what the drift job finishes when a cleaning step could not (remove_empty_networks)."""
     empty = TenantNetwork.objects.live().exclude(pk__in=NetworkAttachment.objects.live().values("network_id"))
     return [n for n in empty.select_related("site") if not n.shared or not shared_in_use(n)]
+
+
+def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
+    """What a customer sees of a reservation's private networks (one query): each network's CIDR and gateway
+    (never its VLAN) and its servers' private and public addresses, by server name."""
+    networks: dict[int, dict[str, object]] = {}
+    for network_id, cidr, gateway, name, private, public in (
+        NetworkAttachment.objects.live()
+        .filter(reservation_id=reservation_id)
+        .order_by("network_id", "node__name")
+        .values_list(
+            "network_id",
+            "network__cidr",
+            "network__gateway",
+            "node__name",
+            "private_address",
+            "public_address",
+        )
+    ):
+        entry = networks.setdefault(network_id, {"cidr": cidr, "gateway": gateway, "servers": []})
+        entry["servers"].append(  # type: ignore[attr-defined]
+            {"name": name, "private_address": private, "public_address": public}
+        )
+    return list(networks.values())
+
+
+def customer_endpoint(node: Node) -> tuple[str, int, str] | None:
+    """Where a customer reaches a server on a tenant network: its public address, port 22, and its
+    known_hosts lines for that address (None: not on one; customers use its SSH address). No query when the
+    node's live attachment was prefetched as ``live_attachments``."""
+    if node.reservation_id is None:
+        return None
+    prefetched = getattr(node, "live_attachments", None)
+    if prefetched is not None:
+        attachment = next((a for a in prefetched if a.reservation_id == node.reservation_id), None)
+    else:
+        attachment = live_attachment(node)
+    if attachment is None or attachment.configured_at is None or not attachment.public_address:
+        return None
+    address = attachment.public_address
+    lines = []
+    for line in node.known_hosts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            lines.append(f"{address} {parts[1]} {parts[2]}")
+    return address, 22, "\n".join(lines)

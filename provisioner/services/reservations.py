@@ -222,6 +222,9 @@ class Booking:
     started: list[Node]
     operations: list[Operation]
     replay: bool = False
+    # whether its servers got tenant networks (a site of theirs is network-managed): when not, nobody needs
+    # to read them back
+    networked: bool = True
 
 
 def book_servers(
@@ -315,7 +318,7 @@ def book_servers(
             reservation.state = ReservationState.SCHEDULED
             operations = []
     started = sorted((op.node for op in operations), key=lambda n: n.name)
-    return Booking(reservation, started, operations[::-1])
+    return Booking(reservation, started, operations[::-1], networked=bool(managed))
 
 
 def _allocate(

@@ -11,6 +11,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from provisioner import networking
 from provisioner.models import (
     ApiToken,
     Image,
@@ -113,12 +114,14 @@ class OrganizationSerializer(serializers.ModelSerializer):
             "slug",
             "server_quota",
             "monthly_spend_limit_cents",
+            "shared_private_network",
             "servers_held",
             "my_role",
             "members",
             "created_at",
         ]
-        read_only_fields = ["monthly_spend_limit_cents"]
+        # set by operators (the admin): a shared network joins all its reservations' servers at a site
+        read_only_fields = ["monthly_spend_limit_cents", "shared_private_network"]
 
     def get_my_role(self, obj: Organization) -> str | None:
         user = self.context["request"].user
@@ -167,6 +170,20 @@ class ReservationServerSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "state"]
 
 
+class PrivateNetworkServerSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="the server")
+    private_address = serializers.IPAddressField(help_text="its address on the private network")
+    public_address = serializers.IPAddressField(
+        allow_null=True, help_text="its public address (reaches it on the private address); null: none"
+    )
+
+
+class PrivateNetworkSerializer(serializers.Serializer):
+    cidr = serializers.CharField(help_text="the network, e.g. 198.19.3.0/24")
+    gateway = serializers.IPAddressField(help_text="its default gateway")
+    servers = PrivateNetworkServerSerializer(many=True)
+
+
 class ReservationSerializer(serializers.ModelSerializer):
     organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
@@ -176,6 +193,10 @@ class ReservationSerializer(serializers.ModelSerializer):
     operations = serializers.SerializerMethodField(help_text="provisioning and release work, newest first")
     spend = serializers.SerializerMethodField(
         help_text="what the reservation has cost so far (docs/metering.md: on demand as used, a window as booked)"
+    )
+    private_networks = serializers.SerializerMethodField(
+        help_text="the private network its servers share (one per site; empty where the site's network is not "
+        "managed): CIDR, gateway and each server's private and public addresses"
     )
 
     class Meta:
@@ -195,9 +216,14 @@ class ReservationSerializer(serializers.ModelSerializer):
             "servers",
             "operations",
             "spend",
+            "private_networks",
             "created_at",
             "released_at",
         ]
+
+    @extend_schema_field(PrivateNetworkSerializer(many=True))
+    def get_private_networks(self, obj: Reservation) -> list[dict[str, Any]]:
+        return networking.reservation_networks(obj.pk)
 
     @extend_schema_field(SpendSerializer)
     def get_spend(self, obj: Reservation) -> dict[str, Any]:
@@ -283,6 +309,11 @@ def reservation_data(
         "servers": servers,
         "operations": operations,
         "spend": spend_data(reservation, new=booking is not None and not booking.replay),
+        "private_networks": (
+            []
+            if booking is not None and not booking.networked
+            else networking.reservation_networks(reservation.pk)
+        ),
         "created_at": _timestamp(reservation.created_at),
         "released_at": _timestamp(reservation.released_at),
     }
@@ -394,8 +425,16 @@ class ExtendSerializer(serializers.Serializer):
 class ServerSerializer(serializers.ModelSerializer):
     server_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     image = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    address = serializers.CharField(source="ssh_address", read_only=True)
+    address = serializers.SerializerMethodField(
+        help_text="where its SSH server is reached: its public address on a managed network"
+    )
+    ssh_port = serializers.SerializerMethodField()
     ssh_command = serializers.SerializerMethodField()
+    known_hosts = serializers.SerializerMethodField(help_text="its host keys, for the address above")
+    private_address = serializers.SerializerMethodField(
+        help_text="its address on the reservation's private network; null: none"
+    )
+    public_address = serializers.SerializerMethodField(help_text="its public address; null: none")
     burnin = serializers.SerializerMethodField(help_text="the latest burn-in of this server for its lease")
 
     class Meta:
@@ -413,13 +452,50 @@ class ServerSerializer(serializers.ModelSerializer):
             "ssh_command",
             "host_key_fingerprints",
             "known_hosts",
+            "private_address",
+            "public_address",
             "burnin",
         ]
 
+    def _attachment(self, obj: Node) -> Any:
+        if not hasattr(obj, "_customer_attachment"):
+            obj._customer_attachment = networking.live_attachment(obj) if obj.reservation_id else None  # type: ignore[attr-defined]
+        return obj._customer_attachment  # type: ignore[attr-defined]
+
+    def _endpoint(self, obj: Node) -> tuple[str, int, str]:
+        """(address, port, known_hosts) the customer uses: the public address once the server joined its
+        tenant network, else its SSH address."""
+        attachment = self._attachment(obj)
+        if attachment is not None and attachment.configured_at is not None and attachment.public_address:
+            endpoint = networking.customer_endpoint(obj)
+            if endpoint is not None:
+                return endpoint
+        return obj.ssh_address, obj.ssh_port, obj.known_hosts
+
+    def get_address(self, obj: Node) -> str:
+        return self._endpoint(obj)[0]
+
+    def get_ssh_port(self, obj: Node) -> int:
+        return self._endpoint(obj)[1]
+
+    def get_known_hosts(self, obj: Node) -> str:
+        return self._endpoint(obj)[2]
+
+    @extend_schema_field(serializers.IPAddressField(allow_null=True))
+    def get_private_address(self, obj: Node) -> str | None:
+        attachment = self._attachment(obj)
+        return attachment.private_address if attachment is not None else None
+
+    @extend_schema_field(serializers.IPAddressField(allow_null=True))
+    def get_public_address(self, obj: Node) -> str | None:
+        attachment = self._attachment(obj)
+        return attachment.public_address if attachment is not None else None
+
     def get_ssh_command(self, obj: Node) -> str | None:
-        if not obj.ssh_address:
+        address, port, _ = self._endpoint(obj)
+        if not address:
             return None
-        return ssh_command(obj.ssh_user, obj.ssh_address, obj.ssh_port)
+        return ssh_command(obj.ssh_user, address, port)
 
     @extend_schema_field(BurnInSummarySerializer(allow_null=True))
     def get_burnin(self, obj: Node) -> dict[str, Any] | None:
