@@ -25,6 +25,7 @@ from provisioner.models import (
     ServerType,
     Site,
 )
+from provisioner.services import network_drift
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
 from provisioner.states import (
@@ -127,6 +128,7 @@ def _node_context(request: HttpRequest, node: Node) -> dict:
         "timeline_total": events.count(),
         "reimage_form": ReimageForm(),
         "leased": node.state in LEASED_STATES,
+        "network": network_drift.node_network_view(node),
     }
 
 
@@ -189,6 +191,13 @@ def _node_action(request: HttpRequest, node: Node, action: str) -> str:
     if action == "rerun_burnin":
         node_services.rerun_burnin(node, actor=actor)
         return f"Burn-in re-run started on {node.name}."
+    if action in ("network_check", "network_repair"):
+        report = network_drift.check_node(node, repair=action == "network_repair", actor=actor)
+        if report.repaired:
+            return f"{node.name}'s switch port was moved back to the VLAN its state requires."
+        if report.drifting or report.unreadable:
+            return f"{node.name}: {'; '.join(report.drifting + report.unreadable)}"
+        return f"{node.name}'s switch port is on the VLAN its state requires."
     if action == "recover":
         node_services.recover(node, actor=actor, reason=reason)
         return f"{node.name} is being wiped and returned to the pool."

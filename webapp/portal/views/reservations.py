@@ -10,11 +10,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from provisioner import networking
 from provisioner.errors import NeocloudError
 from provisioner.lifecycle import Actor
-from provisioner.models import BurnInReport, Operation, Reservation
+from provisioner.models import BurnInReport, NetworkAttachment, Operation, Reservation
 from provisioner.services import metering
 from provisioner.services.reservations import extend_reservation, release_reservation
+from provisioner.sshkeys import ssh_command
 from provisioner.states import (
     OPEN_OPERATION_STATES,
     OPEN_RESERVATION_STATES,
@@ -72,10 +74,19 @@ def _servers(request: HttpRequest, reservation: Reservation) -> list[dict]:
         BurnInReport.objects.for_user(request.user).filter(reservation=reservation).order_by("-created_at")
     ):
         reports.setdefault(report.node_id, report)
+    attachments = {a.node_id: a for a in NetworkAttachment.objects.live().filter(reservation=reservation)}
     servers = []
     for alloc in reservation.allocations.select_related("node").order_by("node__name"):
         node = alloc.node
         held = alloc.active and node.reservation_id == reservation.pk
+        attachment = attachments.get(node.pk)
+        node.live_attachments = [attachment] if attachment else []  # type: ignore[attr-defined]
+        # on a tenant network, customers reach the server at its public address
+        address, port, known_hosts = networking.customer_endpoint(node) or (
+            node.ssh_address,
+            node.ssh_port,
+            node.known_hosts,
+        )
         servers.append(
             {
                 "allocation": alloc,
@@ -85,6 +96,10 @@ def _servers(request: HttpRequest, reservation: Reservation) -> list[dict]:
                 "operation": latest.get(node.pk),
                 "burnin": reports.get(node.pk),
                 "ready": held and node.state == "active" and bool(node.ssh_address),
+                "ssh_command": ssh_command(node.ssh_user, address, int(port or 22)) if address else "",
+                "known_hosts": known_hosts,
+                "private_address": attachment.private_address if attachment else None,
+                "public_address": attachment.public_address if attachment else None,
             }
         )
     return servers
@@ -98,6 +113,7 @@ def _detail_context(
     return {
         "reservation": reservation,
         "servers": servers,
+        "private_networks": networking.reservation_networks(reservation.pk),
         "polling": busy or reservation.state in _MOVING_STATES,
         "is_open": reservation.state in OPEN_RESERVATION_STATES,
         "extend_form": extend_form or ExtendForm(),
