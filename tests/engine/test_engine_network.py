@@ -171,3 +171,24 @@ def test_an_unmanaged_site_logs_one_line_per_network_step(inventory, fake_hw_dir
     assert execute(provision.pk, owner="w1") == OperationState.SUCCEEDED
     lines = provision.log_lines.filter(message__contains="network is not managed")
     assert lines.count() == 2  # network_provisioning, network_tenant
+
+
+def test_a_reimage_goes_through_the_provisioning_network_and_back_to_the_same_tenant_network(
+    network_site, monkeypatch
+):
+    from provisioner.services import nodes as node_service
+
+    seen: dict = {}
+    r, node, provision = _provision(network_site, monkeypatch, seen)
+    assert execute(provision.pk, owner="w1") == OperationState.SUCCEEDED
+    seen.clear()
+    op = node_service.reimage(
+        Node.objects.get(pk=node.pk), actor=Actor.system("ops"), force=True, reason="new driver"
+    )
+    assert op.kind == OperationKind.REIMAGE
+    assert execute(op.pk, owner="w1") == OperationState.SUCCEEDED
+    assert seen["deploy"] == PROVISIONING and seen["handover"] == PROVISIONING
+    assert seen["request"].private_network["address"] == "198.19.0.2"
+    switch = read_fake_switch("leaf1")
+    assert switch["ports"][node.switch_port] == 100 and switch["published"] == {"203.0.113.1": "198.19.0.2"}
+    assert TenantNetwork.objects.live().count() == 1

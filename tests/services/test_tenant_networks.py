@@ -278,3 +278,16 @@ def test_a_managed_node_without_cabling_or_switch_is_not_offered_and_its_work_is
     }
     with pytest.raises(CapacityError):
         _reserve(network_site, 1)
+
+
+@pytest.mark.django_db
+def test_releasing_a_window_before_it_starts_gives_its_network_back_at_once(network_site):
+    from provisioner.services.reservations import release_reservation
+
+    start = timezone.now() + 5 * HOUR
+    r = _reserve(network_site, 2, starts_at=start, ends_at=start + HOUR)
+    release_reservation(r, actor=Actor(user=network_site.owner, label="olivia"))
+    assert not NetworkAttachment.objects.live().exists()
+    assert TenantNetwork.objects.get(reservation=r).released_at is not None
+    again = _reserve(network_site, 1)  # the VLAN and addresses are free again
+    assert TenantNetwork.objects.get(reservation=again).vlan == 100
