@@ -179,7 +179,7 @@ def test_a_reimage_goes_through_the_provisioning_network_and_back_to_the_same_te
     from provisioner.services import nodes as node_service
 
     seen: dict = {}
-    r, node, provision = _provision(network_site, monkeypatch, seen)
+    _r, node, provision = _provision(network_site, monkeypatch, seen)
     assert execute(provision.pk, owner="w1") == OperationState.SUCCEEDED
     seen.clear()
     op = node_service.reimage(
