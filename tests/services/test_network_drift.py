@@ -4,8 +4,11 @@ finished here."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from provisioner.drivers.fake_switch import read_fake_switch, write_fake_switch
 from provisioner.engine.runner import execute
@@ -103,3 +106,28 @@ def test_an_emptied_network_whose_gateway_stayed_is_released_by_the_drift_job(ne
     assert read_fake_switch("leaf1")["gateways"] == {}
     network.refresh_from_db()
     assert network.released_at is not None
+
+
+def test_a_shared_network_serves_the_organizations_bookings_and_is_freed_with_the_last(network_site):
+    from provisioner.lifecycle import Actor
+    from provisioner.services.reservations import release_reservation
+
+    network_site.acme.shared_private_network = True
+    network_site.acme.save()
+    node = _active(network_site)
+    later = reserve(network_site, label="o", starts_at=timezone.now() + dt.timedelta(days=1))
+    network = TenantNetwork.objects.get(organization=network_site.acme)
+    assert network.shared and network.reservation_id is None
+    assert network.attachments.filter(reservation=later).exists()  # the future booking joins it too
+    release_reservation(node.reservation, actor=Actor(user=network_site.owner, label="o"))
+    release = Operation.objects.get(node=node, kind=OperationKind.RELEASE)
+    assert execute(release.pk, owner="w1") == OperationState.SUCCEEDED
+    network.refresh_from_db()
+    assert network.released_at is None  # the later booking is still on it
+    assert read_fake_switch("leaf1")["published"] == {}
+    release_reservation(later, actor=Actor(user=network_site.owner, label="o"))
+    network.refresh_from_db()
+    assert network.released_at is None  # its gateway was made on the switch: the drift job removes it
+    assert remove_empty_networks() == 1
+    network.refresh_from_db()
+    assert network.released_at is not None and read_fake_switch("leaf1")["gateways"] == {}
