@@ -208,3 +208,31 @@ def test_webhooks_and_netbox_syncs_are_read_in_the_admin_never_changed_and_no_se
         ).status_code
         == 403
     )
+
+
+def test_a_site_network_with_a_pool_holding_the_provisioning_vlan_is_refused_in_the_admin(
+    admin_client, inventory
+):
+    from provisioner.models import Site, SiteNetwork
+
+    site = Site.objects.get(slug="lab")
+    data = {
+        "site": site.pk,
+        "provisioning_vlan": 10,
+        "cleaning_vlan": 10,
+        "quarantine_vlan": 99,
+        "tenant_vlan_first": 5,
+        "tenant_vlan_last": 50,
+        "tenant_supernet": "198.19.0.0/16",
+        "tenant_prefix": 24,
+        "public_range": "203.0.113.0/24",
+    }
+    response = admin_client.post("/admin/provisioner/sitenetwork/add/", data)
+    assert response.status_code == 200  # the form again, with its error
+    assert "includes VLAN 10" in str(response.context["adminform"].form.errors)
+    assert not SiteNetwork.objects.exists()
+    data["tenant_vlan_first"] = 100
+    data["tenant_vlan_last"] = 199
+    response = admin_client.post("/admin/provisioner/sitenetwork/add/", data)
+    assert response.status_code == 302
+    assert SiteNetwork.objects.get(site=site).tenant_vlans() == range(100, 200)
