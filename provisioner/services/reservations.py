@@ -19,8 +19,11 @@ Every reservation of a type waits for that lock, so it is held for as little as 
 row, its keys, its audit record and the quota check come first, and only "which nodes are free" and the
 allocations that take them come after it; the commit releases it. A window that starts now is then started
 in a second, short transaction, the way the scheduler starts a window that has come due (and the scheduler
-finishes the job should this process die in between). Lock order: organization, then server type; both are
-FOR NO KEY UPDATE so that they never wait for the key-share locks that inserting rows referencing them take.
+finishes the job should this process die in between). Lock order: organization, then server type, then
+(at network-managed sites only) the site's network row, under which the booking's tenant network, VLAN and
+addresses are chosen (provisioner/networking.py); all FOR NO KEY UPDATE so that they never wait for the
+key-share locks that inserting rows referencing them take. A booking with no managed site adds nothing under
+the type's lock.
 """
 
 from __future__ import annotations
