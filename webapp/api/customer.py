@@ -8,7 +8,7 @@ from typing import Any
 
 import django_filters
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -22,6 +22,7 @@ from provisioner.lifecycle import Actor
 from provisioner.models import (
     AuditEvent,
     Image,
+    NetworkAttachment,
     Node,
     Operation,
     Organization,
@@ -381,7 +382,16 @@ class ServerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CustomerVi
     """Servers your organizations hold now, with how to reach them."""
 
     serializer_class = ServerSerializer
-    queryset = Node.objects.filter(owner__isnull=False).select_related("server_type", "image")
+    queryset = (
+        Node.objects.filter(owner__isnull=False)
+        .select_related("server_type", "image")
+        # their tenant network addresses, read for the whole page at once
+        .prefetch_related(
+            Prefetch(
+                "network_attachments", queryset=NetworkAttachment.objects.live(), to_attr="live_attachments"
+            )
+        )
+    )
 
 
 def _visible(model: Any) -> Any:

@@ -458,8 +458,17 @@ class ServerSerializer(serializers.ModelSerializer):
         ]
 
     def _attachment(self, obj: Node) -> Any:
+        """The server's live attachment for the reservation holding it (prefetched by the viewset as
+        ``live_attachments``, else read once)."""
         if not hasattr(obj, "_customer_attachment"):
-            obj._customer_attachment = networking.live_attachment(obj) if obj.reservation_id else None  # type: ignore[attr-defined]
+            prefetched = getattr(obj, "live_attachments", None)
+            if obj.reservation_id is None:
+                found = None
+            elif prefetched is not None:
+                found = next((a for a in prefetched if a.reservation_id == obj.reservation_id), None)
+            else:
+                found = networking.live_attachment(obj)
+            obj._customer_attachment = found  # type: ignore[attr-defined]
         return obj._customer_attachment  # type: ignore[attr-defined]
 
     def _endpoint(self, obj: Node) -> tuple[str, int, str]:
