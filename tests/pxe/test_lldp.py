@@ -162,3 +162,61 @@ def test_nothing_heard_within_the_timeout_is_none():
 def test_listening_on_an_interface_that_does_not_exist_raises_oserror():
     with pytest.raises(OSError):
         lldp.listen("nc-no-such-if", 0.1)
+
+
+# --- the agent's side: which NIC, how long, what it reports -------------------------------------------
+
+ROUTES = (
+    "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+    "eth0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"  # default via 198.18.0.1
+    "eth1\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"  # 192.0.2.0/24
+)
+
+
+def test_the_boot_nic_is_the_named_one_else_bootif_else_the_route_to_the_boot_service(tmp_path):
+    from provisioner.pxe.agent import boot_interface
+
+    routes = tmp_path / "route"
+    routes.write_text(ROUTES)
+    sys_net = tmp_path / "net"
+    for name, mac in (("eth0", "52:54:00:00:00:0a"), ("eth1", "52:54:00:00:00:0b")):
+        (sys_net / name).mkdir(parents=True)
+        (sys_net / name / "address").write_text(mac + "\n")
+    where = {"sys_class_net": sys_net, "proc_net_route": routes}
+    api = "http://192.0.2.1:8000/boot/api"
+    assert boot_interface({"neocloud.lldp_interface": "ens1f0"}, api, **where)[0] == "ens1f0"
+    assert boot_interface({"BOOTIF": "01-52-54-00-00-00-0a"}, api, **where) == (
+        "eth0",
+        "BOOTIF 52:54:00:00:00:0a",
+    )
+    # the most specific route wins over the default route
+    assert boot_interface({}, api, **where) == ("eth1", "the route to the boot service (192.0.2.1)")
+    assert boot_interface({}, "http://203.0.113.9/boot/api", **where)[0] == "eth0"
+    name, why = boot_interface({}, "http://127.0.0.1:8000/boot/api", **where)
+    assert name is None and "on this machine" in why
+
+
+def test_the_lldp_timeout_comes_from_the_kernel_command_line_and_a_typo_keeps_the_default():
+    from provisioner.pxe.agent import LLDP_TIMEOUT, lldp_timeout
+
+    assert LLDP_TIMEOUT > 30  # a switch announces every 30 s by default
+    assert lldp_timeout({}, None) == LLDP_TIMEOUT
+    assert lldp_timeout({}, 5.0) == 5.0
+    assert lldp_timeout({"neocloud.lldp_timeout": "3"}, 5.0) == 3.0
+    assert lldp_timeout({"neocloud.lldp_timeout": "0"}, None) == 0
+    assert lldp_timeout({"neocloud.lldp_timeout": "soon"}, None) == LLDP_TIMEOUT
+    assert lldp_timeout({"neocloud.lldp_timeout": "-4"}, None) == LLDP_TIMEOUT
+
+
+def test_a_probe_with_no_interface_or_none_to_open_reports_why_at_once():
+    from provisioner.pxe.agent import CablingProbe
+
+    none = CablingProbe(None, 35, "the boot service (127.0.0.1) is on this machine: no boot NIC to listen on")
+    report = none.report(wait=True)
+    assert report["heard"] is False and report["interface"] is None
+    assert report["reason"].startswith("the boot service (127.0.0.1) is on this machine")
+    assert report["waited"] < 1
+    off = CablingProbe("eth0", 0, "named")
+    assert off.report(wait=True)["reason"] == "LLDP listening is off (neocloud.lldp_timeout=0)"
+    missing = CablingProbe("nc-no-such-if", 35, "named")
+    assert missing.report(wait=True)["reason"].startswith("cannot listen for LLDP on nc-no-such-if")
