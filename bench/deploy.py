@@ -243,11 +243,17 @@ def parallel_direct_copy(image: Path, workdir: Path, n: int) -> float:
 STREAM_ALONE = """
 import sys, time
 from provisioner.pxe.agent import stream_image_to_disk
-url, disk, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, disk, sha256, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
 started = time.time()
-stream_image_to_disk(url, disk, size)
-print(started, time.time())
+outcome = stream_image_to_disk(url, disk, size)
+ended = time.time()
+if outcome.sha256 != sha256:
+    sys.exit(f"the image streamed onto {disk} has the sha256 {outcome.sha256}, not {sha256}")
+print(started, ended, flush=True)
 """
+IPA_STREAM = ROOT / "bench" / "ipa_stream.py"
 
 
 def union_seconds(windows: list[tuple[float, float]]) -> float:
@@ -260,29 +266,80 @@ def union_seconds(windows: list[tuple[float, float]]) -> float:
     return busy
 
 
-def parallel_agent_streams(url: str, disks: list[str], size: int) -> float:
+def last_line(text: str) -> str:
+    """The last non-empty line of a process's error output: the exception or exit message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no error output"
+
+
+def parallel_streams(what: str, commands: list[list[str]]) -> tuple[float, list[list[str]]]:
+    """Run one stream process per command, all at once: each prints ``ready`` once imported and set up,
+    then all get the go on stdin together (imports are not timed), then each prints ``START END [more]``.
+    Returns the union of their windows in seconds and each one's further fields.
+    """
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdin is not None
+            if proc.stdout.readline().strip() != "ready":
+                _, err = proc.communicate()
+                raise SystemExit(f"bench failed: {what} did not start: {last_line(err)}")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        windows, extras = [], []
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"bench failed: {what} exited with {proc.returncode}: {last_line(err)}")
+            start, end, *more = out.split()
+            windows.append((float(start), float(end)))
+            extras.append(more)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return union_seconds(windows), extras
+
+
+def parallel_agent_streams(url: str, disks: list[str], sha256: str, size: int) -> float:
     """Aggregate bytes/s of the agent's own data path (``stream_image_to_disk``: HTTP from the image server,
     sha256, O_DIRECT writes, fsync), one process per disk, all at once, with nothing else running: no
     control plane, no BMCs, no SSH. Timed like the deploy's agents (the union of their write windows), so
     the deploy's stream can only come close to this; the difference is the cores' share the rest of the
     deploy takes while agents write."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", STREAM_ALONE, url, disk, str(size)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for disk in disks
-    ]
-    windows = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"bench failed: a lone agent stream exited with {proc.returncode}")
-        start, end = out.split()
-        windows.append((float(start), float(end)))
-    return len(disks) * size / union_seconds(windows)
+    commands = [[sys.executable, "-c", STREAM_ALONE, url, disk, sha256, str(size)] for disk in disks]
+    seconds, _ = parallel_streams("a lone agent stream", commands)
+    return len(disks) * size / seconds
+
+
+def parallel_ipa_streams(ipa_python: Path, url: str, disks: list[str], sha256: str, size: int) -> float:
+    """Aggregate bytes/s of ironic-python-agent's own raw-image stream (bench/ipa_stream.py: download,
+    sha256 verify, write, the flush of a block device's last close), one process per disk as ten agents
+    would be, all at once, nothing else running: the same image server, image and disk files as
+    ``parallel_agent_streams``, timed the same way. Checks that each disk then holds the image's file system."""
+    from provisioner.pxe.images import DEMO_FS_UUID
+
+    commands = [[str(ipa_python), str(IPA_STREAM), url, disk, sha256, str(size)] for disk in disks]
+    seconds, extras = parallel_streams("an ironic-python-agent stream", commands)
+    for disk, more in zip(disks, extras, strict=True):
+        if more != [DEMO_FS_UUID]:
+            raise SystemExit(
+                f"bench failed: after ironic-python-agent's stream {disk} has the root UUID {more}"
+            )
+    return len(disks) * size / seconds
 
 
 def main() -> int:
@@ -299,7 +356,22 @@ def main() -> int:
         help="sample /proc and print where the CPU went while agents wrote",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (lab, agent logs)")
+    parser.add_argument(
+        "--ipa-rounds",
+        type=int,
+        default=2,
+        help="rounds of (our agents' data path alone, ironic-python-agent's) back to back",
+    )
     args = parser.parse_args()
+    if args.ipa_rounds < 1:
+        parser.error("--ipa-rounds must be at least 1")
+    from bench.ipa_env import IPA_VERSION, IpaEnvError, ensure_ipa_env
+
+    try:
+        # before the lab starts: the first run installs it (about 20 s), and a failure costs no lab
+        ipa_python = ensure_ipa_env()
+    except IpaEnvError as exc:
+        raise SystemExit(f"bench failed: {exc}") from None
     # on the project's disk, not /tmp (which may be tmpfs): the agent and `cp` both write to real disk files
     (ROOT / "var").mkdir(exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="bench-deploy-", dir=ROOT / "var"))
@@ -433,7 +505,15 @@ def main() -> int:
         direct_bps = parallel_direct_copy(big, var, args.nodes)
         cores = os.cpu_count() or 1
         sha_bps = parallel_sha256(big, cores)
-        alone_bps = parallel_agent_streams(image.url, [spec.disk_path for spec in specs], size)
+        # ours and ironic-python-agent's, alternating, on the same disks: each side's total bytes over its
+        # total time, so a slow moment of this shared machine weighs on the side it fell on by its length
+        disks = [spec.disk_path for spec in specs]
+        ours_rates, ipa_rates = [], []
+        for _ in range(args.ipa_rounds):
+            ours_rates.append(parallel_agent_streams(image.url, disks, sha, size))
+            ipa_rates.append(parallel_ipa_streams(ipa_python, image.url, disks, sha, size))
+        alone_bps = len(ours_rates) / sum(1 / r for r in ours_rates)
+        ipa_bps = len(ipa_rates) / sum(1 / r for r in ipa_rates)
         ratio = stream_bps / cp_bps
         print(f"control plane CPU: {cpu:.1f} s for {args.nodes} nodes; wall {wall:.1f} s")
         print(
@@ -456,7 +536,18 @@ def main() -> int:
             f"control plane shares the {cores} cores, they reached {stream_bps / alone_bps:.2f} of that"
         )
         print(
+            f"ironic-python-agent {IPA_VERSION} ({args.nodes} agents at once, one process each, its raw-image "
+            f"stream: download, sha256 verify, write, flush), {args.ipa_rounds} round(s) alternating with our "
+            f"agents' data path alone: "
+            + "; ".join(
+                f"ours {o / 2**20:.0f} vs ipa {i / 2**20:.0f} MiB/s"
+                for o, i in zip(ours_rates, ipa_rates, strict=True)
+            )
+            + f"; together ours {alone_bps / 2**20:.0f} vs ipa {ipa_bps / 2**20:.0f} MiB/s"
+        )
+        print(
             f"deploy: {args.nodes} nodes in {wall:.1f} s, overhead {cpu / args.nodes:.2f} s/node, stream ratio {ratio:.2f}"
+            f", vs ironic-python-agent {alone_bps / ipa_bps:.2f}"
         )
         return 0
     finally:
