@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import mmap
 import os
@@ -246,12 +247,12 @@ from provisioner.pxe.agent import stream_image_to_disk
 url, disk, sha256, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 print("ready", flush=True)
 sys.stdin.readline()
-started = time.time()
+started, cpu = time.time(), time.process_time()
 outcome = stream_image_to_disk(url, disk, size)
-ended = time.time()
+ended, cpu = time.time(), time.process_time() - cpu
 if outcome.sha256 != sha256:
     sys.exit(f"the image streamed onto {disk} has the sha256 {outcome.sha256}, not {sha256}")
-print(started, ended, flush=True)
+print(started, ended, cpu, flush=True)
 """
 IPA_STREAM = ROOT / "bench" / "ipa_stream.py"
 
@@ -272,10 +273,20 @@ def last_line(text: str) -> str:
     return lines[-1][:500] if lines else "no error output"
 
 
-def parallel_streams(what: str, commands: list[list[str]]) -> tuple[float, list[list[str]]]:
+@dataclasses.dataclass
+class StreamRun:
+    """Streams run at once: aggregate bytes/s over the union of their windows, and their own CPU seconds
+    per GiB written (every thread of each stream process; not the kernel's writeback threads, which flush
+    what a writer leaves in the page cache)."""
+
+    bps: float
+    cpu_per_gib: float
+
+
+def parallel_streams(what: str, commands: list[list[str]]) -> tuple[float, float, list[list[str]]]:
     """Run one stream process per command, all at once: each prints ``ready`` once imported and set up,
-    then all get the go on stdin together (imports are not timed), then each prints ``START END [more]``.
-    Returns the union of their windows in seconds and each one's further fields.
+    then all get the go on stdin together (imports are not timed), then each prints ``START END CPU [more]``.
+    Returns the union of their windows in seconds, their CPU seconds together and each one's further fields.
     """
     procs = [
         subprocess.Popen(
@@ -298,34 +309,35 @@ def parallel_streams(what: str, commands: list[list[str]]) -> tuple[float, list[
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        windows, extras = [], []
+        windows, extras, cpu = [], [], 0.0
         for proc in procs:
             out, err = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"bench failed: {what} exited with {proc.returncode}: {last_line(err)}")
-            start, end, *more = out.split()
+            start, end, seconds, *more = out.split()
             windows.append((float(start), float(end)))
+            cpu += float(seconds)
             extras.append(more)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return union_seconds(windows), extras
+    return union_seconds(windows), cpu, extras
 
 
-def parallel_agent_streams(url: str, disks: list[str], sha256: str, size: int) -> float:
+def parallel_agent_streams(url: str, disks: list[str], sha256: str, size: int) -> StreamRun:
     """Aggregate bytes/s of the agent's own data path (``stream_image_to_disk``: HTTP from the image server,
     sha256, O_DIRECT writes, fsync), one process per disk, all at once, with nothing else running: no
     control plane, no BMCs, no SSH. Timed like the deploy's agents (the union of their write windows), so
     the deploy's stream can only come close to this; the difference is the cores' share the rest of the
     deploy takes while agents write."""
     commands = [[sys.executable, "-c", STREAM_ALONE, url, disk, sha256, str(size)] for disk in disks]
-    seconds, _ = parallel_streams("a lone agent stream", commands)
-    return len(disks) * size / seconds
+    seconds, cpu, _ = parallel_streams("a lone agent stream", commands)
+    return StreamRun(len(disks) * size / seconds, cpu / (len(disks) * size / 2**30))
 
 
-def parallel_ipa_streams(ipa_python: Path, url: str, disks: list[str], sha256: str, size: int) -> float:
+def parallel_ipa_streams(ipa_python: Path, url: str, disks: list[str], sha256: str, size: int) -> StreamRun:
     """Aggregate bytes/s of ironic-python-agent's own raw-image stream (bench/ipa_stream.py: download,
     sha256 verify, write, the flush of a block device's last close), one process per disk as ten agents
     would be, all at once, nothing else running: the same image server, image and disk files as
@@ -333,13 +345,13 @@ def parallel_ipa_streams(ipa_python: Path, url: str, disks: list[str], sha256: s
     from provisioner.pxe.images import DEMO_FS_UUID
 
     commands = [[str(ipa_python), str(IPA_STREAM), url, disk, sha256, str(size)] for disk in disks]
-    seconds, extras = parallel_streams("an ironic-python-agent stream", commands)
+    seconds, cpu, extras = parallel_streams("an ironic-python-agent stream", commands)
     for disk, more in zip(disks, extras, strict=True):
         if more != [DEMO_FS_UUID]:
             raise SystemExit(
                 f"bench failed: after ironic-python-agent's stream {disk} has the root UUID {more}"
             )
-    return len(disks) * size / seconds
+    return StreamRun(len(disks) * size / seconds, cpu / (len(disks) * size / 2**30))
 
 
 def main() -> int:
@@ -512,8 +524,10 @@ def main() -> int:
         for _ in range(args.ipa_rounds):
             ours_rates.append(parallel_agent_streams(image.url, disks, sha, size))
             ipa_rates.append(parallel_ipa_streams(ipa_python, image.url, disks, sha, size))
-        alone_bps = len(ours_rates) / sum(1 / r for r in ours_rates)
-        ipa_bps = len(ipa_rates) / sum(1 / r for r in ipa_rates)
+        alone_bps = len(ours_rates) / sum(1 / r.bps for r in ours_rates)
+        ipa_bps = len(ipa_rates) / sum(1 / r.bps for r in ipa_rates)
+        ours_cpu = sum(r.cpu_per_gib for r in ours_rates) / len(ours_rates)
+        ipa_cpu = sum(r.cpu_per_gib for r in ipa_rates) / len(ipa_rates)
         ratio = stream_bps / cp_bps
         print(f"control plane CPU: {cpu:.1f} s for {args.nodes} nodes; wall {wall:.1f} s")
         print(
@@ -540,10 +554,11 @@ def main() -> int:
             f"stream: download, sha256 verify, write, flush), {args.ipa_rounds} round(s) alternating with our "
             f"agents' data path alone: "
             + "; ".join(
-                f"ours {o / 2**20:.0f} vs ipa {i / 2**20:.0f} MiB/s"
+                f"ours {o.bps / 2**20:.0f} vs ipa {i.bps / 2**20:.0f} MiB/s"
                 for o, i in zip(ours_rates, ipa_rates, strict=True)
             )
-            + f"; together ours {alone_bps / 2**20:.0f} vs ipa {ipa_bps / 2**20:.0f} MiB/s"
+            + f"; together ours {alone_bps / 2**20:.0f} vs ipa {ipa_bps / 2**20:.0f} MiB/s; their own CPU per "
+            f"GiB written: ours {ours_cpu:.2f} s, ipa {ipa_cpu:.2f} s"
         )
         print(
             f"deploy: {args.nodes} nodes in {wall:.1f} s, overhead {cpu / args.nodes:.2f} s/node, stream ratio {ratio:.2f}"

@@ -27,7 +27,8 @@ Configured, not patched: ``image_download_connection_retries`` = 0, so a failed 
 mismatch fails the bench instead of being retried after 10 s.
 
 Protocol with the bench: prints ``ready`` once imported and configured, waits for a line on stdin (so all
-agents start together, imports not timed), streams, prints ``START END ROOT_UUID`` (time.time()).
+agents start together, imports not timed), streams, prints ``START END CPU ROOT_UUID`` (time.time(); CPU: this process's
+CPU seconds in between, all its threads).
 """
 
 import io
@@ -89,13 +90,13 @@ def main():
     extension.partition_uuids = {}  # as prepare_image sets it for a whole-disk image before streaming
     print("ready", flush=True)
     sys.stdin.readline()
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     extension._stream_raw_image_onto_device(image_info, device)
-    ended = time.time()
+    ended, cpu = time.time(), time.process_time() - cpu
     written = os.path.getsize(device)
     if written < size:
         sys.exit(f"the disk {device} holds {written} bytes after the stream, less than the image's {size}")
-    print(started, ended, extension.partition_uuids.get("root uuid") or "-", flush=True)
+    print(started, ended, cpu, extension.partition_uuids.get("root uuid") or "-", flush=True)
 
 
 if __name__ == "__main__":
