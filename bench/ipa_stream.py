@@ -27,8 +27,9 @@ Configured, not patched: ``image_download_connection_retries`` = 0, so a failed 
 mismatch fails the bench instead of being retried after 10 s.
 
 Protocol with the bench: prints ``ready`` once imported and configured, waits for a line on stdin (so all
-agents start together, imports not timed), streams, prints ``START END CPU ROOT_UUID`` (time.time(); CPU: this process's
-CPU seconds in between, all its threads).
+agents start together, imports not timed), streams, prints ``START END CPU ROOT_UUID FLUSH`` (time.time(); CPU: this process's
+CPU seconds in between, all its threads; FLUSH: seconds spent in the device's close, writing out what the
+buffered writes left in the page cache).
 """
 
 import io
@@ -36,6 +37,8 @@ import os
 import subprocess
 import sys
 import time
+
+FLUSH_SECONDS = []  # how long each close of the device took to write what was left in the page cache
 
 
 def block_device_open(device):
@@ -45,10 +48,12 @@ def block_device_open(device):
     class BlockDeviceFile(io.BufferedRandom):
         def close(self):
             if not self.closed:
+                started = time.monotonic()
                 try:
                     self.flush()
                     os.fsync(self.fileno())
                 finally:
+                    FLUSH_SECONDS.append(time.monotonic() - started)
                     super().close()
 
     def patched_open(file, mode="r", *args, **kwargs):
@@ -96,7 +101,8 @@ def main():
     written = os.path.getsize(device)
     if written < size:
         sys.exit(f"the disk {device} holds {written} bytes after the stream, less than the image's {size}")
-    print(started, ended, cpu, extension.partition_uuids.get("root uuid") or "-", flush=True)
+    root_uuid = extension.partition_uuids.get("root uuid") or "-"
+    print(started, ended, cpu, root_uuid, sum(FLUSH_SECONDS), flush=True)
 
 
 if __name__ == "__main__":
