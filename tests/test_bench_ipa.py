@@ -1,6 +1,6 @@
 """The deploy bench's ironic-python-agent comparison: its environment and its driver (bench/ipa_env.py,
-bench/ipa_stream.py). Tests never install ironic-python-agent: the stream test runs where the bench has made
-its environment (``.venv/bin/python -m bench.ipa_env``) and is skipped elsewhere, saying so."""
+bench/ipa_stream.py). The test command makes the environment before pytest (``.venv/bin/python -m bench.ipa_env``,
+cached); a fixture makes it when missing, and a failure to make it is an error, never a skip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ipa_env import IPA_VERSION, IpaEnvError, _installed_version, ensure_ipa_env, ipa_env_dir
+from bench.ipa_env import IPA_VERSION, IpaEnvError, ensure_ipa_env
 from provisioner.pxe.images import build_demo_image
 from provisioner.pxe.imageserver import ImageServer
 
@@ -29,10 +29,8 @@ def test_ipa_env_without_python311_fails_with_one_sentence(monkeypatch, tmp_path
 
 @pytest.fixture
 def ipa_python() -> Path:
-    python = ipa_env_dir() / "bin" / "python"
-    if _installed_version(python) != IPA_VERSION:
-        pytest.skip(f"the bench's ironic-python-agent {IPA_VERSION} environment is not made on this machine")
-    return python
+    # made by the test command before pytest (cached); made here when missing: a failure is an error, never a skip
+    return ensure_ipa_env()
 
 
 def test_ipa_streams_the_image_onto_disk_files_without_truncating_them(ipa_python, tmp_path):
