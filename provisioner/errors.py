@@ -159,6 +159,14 @@ class ImageChecksumMismatch(DeployFailed):
     retryable = False
 
 
+class CablingMismatch(DeployFailed):
+    """LLDP on the server's boot NIC names another switch or port than its recorded cabling, or heard nothing
+    while cabling is recorded: deploying it would put it on whatever VLAN that other port carries."""
+
+    code = "cabling_mismatch"
+    retryable = False
+
+
 class BurnInFailed(DriverError):
     """Burn-in ran and found faults (not retryable: the server goes to quarantine)."""
 

@@ -45,6 +45,11 @@ echo "== NetBox for the tests (lab/netbox_server.py prepare)"
 NEOCLOUD_NETBOX_POSTGRES_URL="$PG_URL" "$PY" -m lab.netbox_server prepare || status=1
 export NEOCLOUD_NETBOX_POSTGRES_URL="$PG_URL"
 
+# The deploy bench compares our agent with ironic-python-agent 13.0.0 (PyPI, its own cached venv); its test
+# streams through it.
+echo "== ironic-python-agent for the deploy bench's test (bench/ipa_env.py)"
+"$PY" -m bench.ipa_env || status=1
+
 # Tests marked `peer` (a real NetBox, which takes about 0.1 s a write here) run once: in the PostgreSQL pass,
 # production's database, when there is one; otherwise in this pass.
 only_once=()

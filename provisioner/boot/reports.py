@@ -50,13 +50,52 @@ def _text(value: Any, field: str) -> str | None:
     return value[:MAX_MESSAGE_CHARS]
 
 
+MAX_LLDP_NAME = 255
+MAX_LLDP_REASON = 500
+
+
+def _lldp_name(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_LLDP_NAME or not value.isprintable():
+        raise ReportError(f"lldp.{field} must be a name of at most {MAX_LLDP_NAME} printable characters")
+    return value
+
+
+def clean_lldp(value: Any) -> dict[str, Any]:
+    """What the agent heard by LLDP on its boot NIC: ``heard`` (true or false), ``switch``, ``port``,
+    ``interface`` (names or null), ``waited`` (seconds), ``reason`` / ``problem`` (why nothing, or what was
+    wrong with the frame). Raises ReportError naming the field at fault."""
+    if not isinstance(value, dict):
+        raise ReportError('lldp must be an object such as {"heard": true, "switch": "leaf1", "port": "swp3"}')
+    heard = value.get("heard")
+    if not isinstance(heard, bool):
+        raise ReportError("lldp.heard must be true or false")
+    cleaned: dict[str, Any] = {"heard": heard}
+    for field in ("switch", "port", "interface"):
+        cleaned[field] = _lldp_name(value.get(field), field)
+    waited = value.get("waited")
+    if waited is not None:
+        if isinstance(waited, bool) or not isinstance(waited, int | float) or not 0 <= waited <= 86400:
+            raise ReportError("lldp.waited must be a number of seconds")
+        cleaned["waited"] = waited
+    for field in ("reason", "problem"):
+        text = _text(value.get(field), f"lldp.{field}")
+        if text:
+            cleaned[field] = text[:MAX_LLDP_REASON]
+    return cleaned
+
+
 def clean_progress(body: dict[str, Any]) -> dict[str, Any]:
     stage, percent = body.get("stage"), body.get("percent")
     if not isinstance(stage, str) or not _STAGE.fullmatch(stage):
         raise ReportError("stage must be a short lower-case word such as write")
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise ReportError("percent must be a whole number from 0 to 100")
-    return {"stage": stage, "percent": percent, "message": _text(body.get("message"), "message")}
+    cleaned = {"stage": stage, "percent": percent, "message": _text(body.get("message"), "message")}
+    if body.get("lldp") is not None:
+        cleaned["lldp"] = clean_lldp(body["lldp"])
+    return cleaned
 
 
 def _host_key_blob(kind: str, line: Any) -> bytes:
@@ -100,6 +139,8 @@ def clean_result(body: dict[str, Any]) -> dict[str, Any]:
             raise ReportError(f"host key fingerprint {kind!r} must look like SHA256:<43 base64 characters>")
     if keys or prints:
         cleaned["host_keys"], cleaned["host_key_fingerprints"] = keys, prints
+    if body.get("lldp") is not None:
+        cleaned["lldp"] = clean_lldp(body["lldp"])
     return cleaned
 
 

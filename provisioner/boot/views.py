@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from provisioner.boot import tickets
+from provisioner.boot.cabling import cabling_problem, cabling_recorded, describe_heard
 from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progress, clean_result
 from provisioner.engine.queue import wake
 from provisioner.json_input import JsonTooDeep, load_json
@@ -199,7 +200,11 @@ def agent_instructions(request: HttpRequest) -> JsonResponse:
         return _error(
             409, "token_used", "these instructions were already fetched; a new deploy needs a new boot"
         )
-    return JsonResponse(ticket.instructions)
+    instructions = dict(ticket.instructions)
+    if instructions.get("action") != "erase":
+        # The agent waits for LLDP and reports it before writing only where there is cabling to check.
+        instructions["cabling_check"] = cabling_recorded(ticket.node)
+    return JsonResponse(instructions)
 
 
 @provisioning_networks_only
@@ -239,7 +244,27 @@ def agent_progress(request: HttpRequest) -> JsonResponse:
     except ReportError as exc:
         return _error(400, "invalid_request", str(exc))
     tickets.record_progress(ticket, progress)
+    if "lldp" in progress:
+        return _check_cabling(ticket, progress["lldp"])
     return JsonResponse({"ok": True})
+
+
+def _check_cabling(ticket: DeployTicket, lldp: dict[str, Any]) -> JsonResponse:
+    """The agent's LLDP report, before it writes anything: on a mismatch with the node's recorded cabling,
+    or with nothing heard while cabling is recorded, the deploy fails now (the result is recorded for the
+    engine, which stops the node) and the agent is told to stop (409)."""
+    node = ticket.node
+    log.info("%s: %s", node.name, describe_heard(lldp))
+    problem = cabling_problem(node, lldp)
+    if problem is None:
+        return JsonResponse(
+            {"ok": True, "cabling": "confirmed" if cabling_recorded(node) else "not recorded"}
+        )
+    code, message = problem
+    record_and_wake(
+        ticket, {"status": "failed", "error_code": code, "message": message, "bytes_written": 0, "lldp": lldp}
+    )
+    return _error(409, code, message)
 
 
 @csrf_exempt

@@ -8,7 +8,16 @@ iPXE script of provisioner.pxe.ipxe passes); ``--token-file`` or the ``NEOCLOUD_
 variable keep the token out of the process list. The token is never printed.
 
 Steps (each reported to ``<api>/progress``; the outcome to ``<api>/result``):
+0. At start, listen for LLDP on the boot NIC on a thread of its own (provisioner.pxe.lldp): what the switch
+   port it is cabled to announces. ``neocloud.lldp_timeout=`` (seconds, default 35: a switch announces every
+   30 s; 0 turns listening off) and ``neocloud.lldp_interface=`` on the kernel command line, else
+   ``--lldp-timeout`` / ``--lldp-interface``; without an interface named, the one whose MAC ``BOOTIF=`` gives,
+   else the one the kernel routes the boot service's address through.
 1. ``GET <api>/instructions`` (one-time token: a second GET is refused with 409, an unknown token 403).
+   When they say ``cabling_check`` (the node's cabling is recorded), wait for the LLDP listener and post
+   what it heard (``stage: cabling`` with ``lldp``) before anything touches the disk: the boot service
+   compares it with the recorded switch and port and answers 409 on a mismatch, and the agent stops there.
+   Otherwise the deploy goes on at once and what was heard by the end rides along in the result.
 2. Invalidate the old config drive, then stream the image over HTTP to the disk in big chunks,
    hashing while writing (never the whole image in memory); check ``Content-Length`` against the
    announced size and the disk's room; fsync; compare the sha256.
@@ -36,6 +45,7 @@ import errno
 import functools
 import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import mmap
@@ -43,6 +53,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +67,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from provisioner.pxe import lldp
 from provisioner.pxe.configdrive import CONFIG_DRIVE_SIZE, ConfigDriveError, write_config_drive
 
 log = logging.getLogger("provisioner.pxe.agent")
@@ -82,6 +94,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # authorized_keys): one line each, no control characters (a newline in a key would add another key).
 _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# A switch announces every 30 s by default (802.1AB msgTxInterval): wait a little longer than one interval.
+LLDP_TIMEOUT = 35.0
+# The boot service's refusals of a cabling report: it recorded the failed result itself.
+CABLING_REFUSALS = ("cabling_mismatch", "cabling_unconfirmed")
 
 EXIT_OK = 0
 EXIT_DEPLOY_FAILED = 1
@@ -164,6 +181,35 @@ class AgentApi:
         if status >= 300:
             log.warning("progress report answered HTTP %d", status)
 
+    def report_cabling(self, heard: dict[str, Any], attempts: int = 5) -> None:
+        """Post what LLDP heard on the boot NIC (``stage: cabling``) and wait for the boot service's verdict:
+        it compares it with the node's recorded cabling. Retries transient failures; idempotent.
+
+        :raises AgentError: ``cabling_mismatch`` / ``cabling_unconfirmed`` with the boot service's sentence
+            (the deploy must stop: the boot service has recorded the failure), ``cabling_report_refused``
+            (another 4xx), ``boot_service_unreachable`` after all attempts.
+        """
+        body = {"stage": "cabling", "percent": 100, "message": describe_lldp(heard), "lldp": heard}
+        last = ""
+        for attempt in range(attempts):
+            try:
+                status, answer = self._request("POST", "progress", body)
+            except AgentError as exc:
+                last = str(exc)
+            else:
+                if status < 300:
+                    return
+                code, message = _error_of(answer)
+                if status == 409 and code in CABLING_REFUSALS:
+                    raise AgentError(code, message)
+                if 400 <= status < 500:
+                    raise AgentError(
+                        "cabling_report_refused", f"the boot service refused the cabling report: {message}"
+                    )
+                last = f"HTTP {status}"
+            time.sleep(min(0.5 * 2**attempt, 5))
+        raise AgentError("boot_service_unreachable", f"the cabling report was not answered: {last}")
+
     def post_result(self, result: dict[str, Any], attempts: int = 5) -> None:
         """Report the outcome, retrying transient failures. Idempotent on the server side.
 
@@ -183,6 +229,15 @@ class AgentApi:
                     break  # the server will not change its mind
             time.sleep(min(0.5 * 2**attempt, 5))
         raise AgentError("result_not_accepted", f"the boot service did not accept the result: {last}")
+
+
+def _error_of(body: bytes) -> tuple[str, str]:
+    """(code, message) of the boot service's error body ``{"error": {"code", "message"}}``; never raises."""
+    try:
+        error = json.loads(body).get("error") or {}
+        return str(error.get("code") or ""), str(error.get("message") or body[:200].decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return "", body[:200].decode(errors="replace")
 
 
 def validate_instructions(document: Any) -> dict[str, Any]:
@@ -237,6 +292,155 @@ def parse_kernel_cmdline(text: str) -> dict[str, str]:
         key, _, value = word.partition("=")
         params[key] = value
     return params
+
+
+# --- LLDP: where the boot NIC is cabled -----------------------------------------------------------
+
+
+def describe_lldp(heard: dict[str, Any]) -> str:
+    """One line for a log: what LLDP heard on which interface. Pure."""
+    where = f"on {heard.get('interface')}" if heard.get("interface") else "(no boot interface)"
+    if heard.get("heard"):
+        return f"LLDP {where}: switch {heard.get('switch')} port {heard.get('port')}"
+    return f"LLDP {where}: nothing heard ({heard.get('reason') or 'no announcement'})"
+
+
+def _interface_with_mac(mac: str, sys_class_net: Path) -> str | None:
+    try:
+        names = sorted(p.name for p in sys_class_net.iterdir())
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if (sys_class_net / name / "address").read_text().strip().lower() == mac:
+                return name
+        except OSError:
+            continue
+    return None
+
+
+def _routed_interface(address: str, proc_net_route: Path) -> str | None:
+    """The interface of the most specific IPv4 route to ``address`` in /proc/net/route (little-endian hex)."""
+    target = int(ipaddress.IPv4Address(address))
+    best: tuple[int, str] | None = None
+    try:
+        lines = proc_net_route.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            destination = int.from_bytes(bytes.fromhex(fields[1]), "little")
+            mask = int.from_bytes(bytes.fromhex(fields[7]), "little")
+        except ValueError:
+            continue
+        if target & mask == destination and (best is None or mask > best[0]):
+            best = (mask, fields[0])
+    return best[1] if best else None
+
+
+def boot_interface(
+    params: dict[str, str],
+    api_url: str,
+    *,
+    sys_class_net: Path = Path("/sys/class/net"),
+    proc_net_route: Path = Path("/proc/net/route"),
+) -> tuple[str | None, str]:
+    """The boot NIC to listen for LLDP on, and how it was found (or, when None, why there is none).
+
+    ``neocloud.lldp_interface=`` names it; else ``BOOTIF=01-aa-bb-cc-dd-ee-ff`` (pxelinux's and Ironic's
+    convention) gives its MAC; else it is the interface the kernel routes the boot service's IPv4 address
+    through. A boot service on this machine's own address (the lab's simulated servers run the agent on the
+    host) means there is no boot NIC to listen on.
+    """
+    if params.get("neocloud.lldp_interface"):
+        return params["neocloud.lldp_interface"], "named on the command line"
+    bootif = params.get("BOOTIF", "").lower()
+    if re.fullmatch(r"01-([0-9a-f]{2}-){5}[0-9a-f]{2}", bootif):
+        mac = bootif[3:].replace("-", ":")
+        name = _interface_with_mac(mac, sys_class_net)
+        if name:
+            return name, f"BOOTIF {mac}"
+    host = urlsplit(api_url).hostname or ""
+    try:
+        address = str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
+    except (OSError, IndexError):
+        return None, f"the boot service's host {host!r} has no IPv4 address to find the boot NIC by"
+    if ipaddress.IPv4Address(address).is_loopback or _is_own_address(address):
+        return None, f"the boot service ({address}) is on this machine: no boot NIC to listen on"
+    name = _routed_interface(address, proc_net_route)
+    if name is None:
+        return None, f"no route to the boot service ({address}) names an interface"
+    return name, f"the route to the boot service ({address})"
+
+
+def _is_own_address(address: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+class CablingProbe:
+    """Listens for LLDP on the boot NIC from the agent's start, on a thread of its own, so that nothing waits
+    for it unless the boot service asks for the cabling check. ``report(wait)`` is what the agent posts:
+    ``{"heard": true, "switch", "port", "interface", "waited"}`` or ``{"heard": false, ..., "reason"}``."""
+
+    def __init__(self, interface: str | None, timeout: float, reason: str = "") -> None:
+        self.interface, self.timeout = interface, timeout
+        self._reason = reason
+        self._heard: lldp.LldpNeighbour | None = None
+        self._started = time.monotonic()
+        self._waited: float | None = None
+        self._done = threading.Event()
+        if interface is None or timeout <= 0:
+            self._reason = reason if interface is None else "LLDP listening is off (neocloud.lldp_timeout=0)"
+            self._finish()
+            return
+        try:
+            sock = lldp.open_socket(interface)
+        except OSError as exc:
+            self._reason = f"cannot listen for LLDP on {interface}: {exc.strerror or exc}"
+            self._finish()
+            return
+        log.info("listening for LLDP on %s for up to %.0f s (%s)", interface, timeout, reason)
+        threading.Thread(target=self._listen, args=(sock,), name="agent-lldp", daemon=True).start()
+
+    def _finish(self) -> None:
+        self._waited = time.monotonic() - self._started
+        self._done.set()
+
+    def _listen(self, sock: Any) -> None:
+        try:
+            with sock:
+                self._heard = lldp.receive(sock, self.timeout)
+            if self._heard is None:
+                self._reason = f"no LLDP announcement arrived on {self.interface} within {self.timeout:.0f} s"
+        except OSError as exc:
+            self._reason = f"listening for LLDP on {self.interface} failed: {exc.strerror or exc}"
+        finally:
+            self._finish()
+
+    def report(self, wait: bool) -> dict[str, Any]:
+        """What was heard. With ``wait``, once the listener heard a frame or gave up (at most its timeout)."""
+        if wait:
+            self._done.wait(self.timeout + 5)
+        waited = self._waited if self._done.is_set() else time.monotonic() - self._started
+        if self._heard is not None:
+            return {**self._heard.as_report(), "interface": self.interface, "waited": round(waited or 0, 1)}
+        reason = self._reason if self._done.is_set() else f"still listening on {self.interface}"
+        return {
+            "heard": False,
+            "switch": None,
+            "port": None,
+            "interface": self.interface,
+            "waited": round(waited or 0, 1),
+            "reason": reason,
+        }
 
 
 # --- writing the image ------------------------------------------------------------------------------
@@ -646,13 +850,21 @@ class _CrashAfter:
 
 
 def deploy(
-    api: AgentApi, disk_path: str, *, corrupt_offset: int | None = None, crash_after: int | None = None
+    api: AgentApi,
+    disk_path: str,
+    *,
+    corrupt_offset: int | None = None,
+    crash_after: int | None = None,
+    cabling: CablingProbe | None = None,
 ) -> int:
     """Run the whole deploy against the boot service and return the process exit code.
 
     Not idempotent: it spends the one-time token. Never raises for deploy failures: they are
-    reported to the boot service (``status: failed``) and give exit code 1.
+    reported to the boot service (``status: failed``) and give exit code 1. ``cabling`` is the LLDP
+    listener started with the agent (none: nothing is listened for, and a cabling check hears nothing).
     """
+    if cabling is None:
+        cabling = CablingProbe(None, 0, "the agent was started without an LLDP listener")
     try:
         instructions = api.get_instructions()
     except AgentError as exc:
@@ -668,6 +880,23 @@ def deploy(
         return EXIT_NO_INSTRUCTIONS
     if instructions.get("action") == "erase":
         return erase(api, disk_path)
+    if instructions.get("cabling_check") is True:
+        # Before anything touches the disk or the image is fetched: a server cabled to another port than
+        # the one recorded must not be deployed (its port's VLAN moves would put another server on it).
+        heard = cabling.report(wait=True)
+        log.info("%s; asking the boot service to check the cabling", describe_lldp(heard))
+        try:
+            api.report_cabling(heard)
+        except AgentError as exc:
+            log.error("deploy stopped before the image (%s): %s", exc.code, exc)
+            if exc.code not in CABLING_REFUSALS:  # the boot service did not record it: say why
+                try:
+                    api.post_result(
+                        {"status": "failed", "error_code": exc.code, "message": str(exc), "lldp": heard}
+                    )
+                except AgentError as report:
+                    log.error("%s", report)
+            return EXIT_DEPLOY_FAILED
     image, config = instructions["image"], instructions["config"]
     expected_sha = image["sha256"].lower()
     log.info("deploying %s (%d bytes, sha256 %s) to %s", image["url"], image["size"], expected_sha, disk_path)
@@ -739,6 +968,7 @@ def deploy(
                     "bytes_written": outcome.bytes_written,
                     "host_keys": {},
                     "host_key_fingerprints": {},
+                    "lldp": cabling.report(wait=False),
                 }
             )
         except AgentError as report:
@@ -753,6 +983,7 @@ def deploy(
         "bytes_written": outcome.bytes_written,
         "host_keys": publics,
         "host_key_fingerprints": {kind: fingerprint(line) for kind, line in publics.items()},
+        "lldp": cabling.report(wait=False),
     }
     try:
         api.post_result(result)
@@ -816,7 +1047,26 @@ def erase(api: AgentApi, disk_path: str) -> int:
     return EXIT_OK
 
 
-def _resolve_arguments(args: argparse.Namespace) -> tuple[str, str]:
+def lldp_timeout(params: dict[str, str], given: float | None) -> float:
+    """``neocloud.lldp_timeout=`` (seconds) from the kernel command line, else ``given``, else
+    ``LLDP_TIMEOUT``. A value that is not a number of seconds from 0 to 600 is logged and ignored: a typo on
+    the command line must not stop the deploy."""
+    text = params.get("neocloud.lldp_timeout")
+    if text is None:
+        return LLDP_TIMEOUT if given is None else given
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 600:
+        log.warning(
+            "neocloud.lldp_timeout=%s is not a number of seconds from 0 to 600; using %s", text, LLDP_TIMEOUT
+        )
+        return LLDP_TIMEOUT
+    return value
+
+
+def _resolve_arguments(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
     params = parse_kernel_cmdline(Path(args.cmdline).read_text()) if args.cmdline else {}
     api = args.api or params.get("neocloud.api", "")
     token = args.token or ""
@@ -827,7 +1077,7 @@ def _resolve_arguments(args: argparse.Namespace) -> tuple[str, str]:
         raise SystemExit(
             "the agent needs --api and a token (--token, --token-file, NEOCLOUD_TOKEN or --cmdline)"
         )
-    return api, token
+    return api, token, params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -837,11 +1087,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file")
     parser.add_argument("--cmdline", help="a kernel command line file such as /proc/cmdline")
     parser.add_argument("--disk", required=True, help="the target disk (block device or file)")
+    parser.add_argument("--lldp-interface", help="listen for LLDP here (neocloud.lldp_interface=)")
+    parser.add_argument(
+        "--lldp-timeout",
+        type=float,
+        help=f"seconds to listen for LLDP (neocloud.lldp_timeout=, default {LLDP_TIMEOUT:.0f})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s", stream=sys.stderr
     )
-    api_url, token = _resolve_arguments(args)
+    api_url, token, params = _resolve_arguments(args)
+    if args.lldp_interface:
+        params = {**params, "neocloud.lldp_interface": args.lldp_interface}
+    # Listening starts now, while the instructions are fetched: a switch may take its full interval to speak.
+    interface, found_by = boot_interface(params, api_url)
+    cabling = CablingProbe(interface, lldp_timeout(params, args.lldp_timeout), found_by)
     try:
         api = AgentApi(api_url, token)
     except AgentError as exc:
@@ -854,6 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
         args.disk,
         corrupt_offset=int(corrupt) if corrupt else None,
         crash_after=int(crash) if crash else None,
+        cabling=cabling,
     )
 
 

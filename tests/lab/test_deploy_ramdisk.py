@@ -24,12 +24,14 @@ from lab.ramdisk import (
     ensure_ramdisk,
     kernel_package,
     module_order,
+    python_modules,
 )
 from provisioner.pxe.configdrive import read_config_drive
 from provisioner.pxe.images import build_demo_image
 from provisioner.pxe.imageserver import ImageServer
 from tests.pxe.bootservice import BootService, Deployment
 
+REPO = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:12:34:57"
 TOKEN = "ramdisk-token-0123456789abcdef"
 BOOT_HOST = "10.0.2.100"
@@ -70,6 +72,18 @@ def _read_newc(data: bytes) -> dict[str, tuple[int, bytes, int]]:
             assert offset == len(data)
             return entries
         entries[name] = (mode, body, rdev)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists(), reason="Debian's python3.11 is not installed")
+def test_the_ramdisk_carries_the_lldp_reader_the_agent_imports_and_its_standard_library(
+    tmp_path: Path,
+) -> None:
+    files, _ = python_modules(tmp_path)
+    ours = {f.relative_to(REPO).as_posix() for f in files if f.is_relative_to(REPO)}
+    assert {"provisioner/pxe/agent.py", "provisioner/pxe/lldp.py"} <= ours
+    # nothing of Django or of our control plane: the ramdisk carries only the standard library
+    assert all(name.startswith("provisioner/pxe/") or name.endswith("__init__.py") for name in ours)
+    assert {"ipaddress.py", "struct.py", "socket.py"} <= {f.name for f in files}
 
 
 def test_cpio_archive_holds_parents_before_children_and_round_trips() -> None:

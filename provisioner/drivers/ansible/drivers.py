@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from provisioner.boot.cabling import MISMATCH, UNCONFIRMED, cabling_problem, describe_heard
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket
 from provisioner.burnin.bundle import build_bundle
@@ -37,7 +38,13 @@ from provisioner.drivers.base import (
     HandoverRequest,
     HandoverResult,
 )
-from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
+from provisioner.errors import (
+    CablingMismatch,
+    DeployFailed,
+    DriverError,
+    ImageChecksumMismatch,
+    NvmlUnavailable,
+)
 from provisioner.models import BmcCallErrors, DeployTicket, Node, Operation
 from provisioner.sshkeys import ssh_command
 
@@ -56,6 +63,9 @@ def _agent_failure(result: dict[str, Any]) -> DriverError:
     """The deploy agent's failed result as the engine's error (a checksum mismatch is not retried)."""
     if result.get("error_code") == "image_checksum_mismatch":
         return ImageChecksumMismatch(f"deploy agent: {result.get('message')}")
+    if result.get("error_code") in (MISMATCH, UNCONFIRMED):
+        # the boot service's own sentence, naming what LLDP heard and what is recorded: not retried
+        return CablingMismatch(str(result.get("message")))
     return DeployFailed(f"deploy agent: {result.get('message')}", retryable=True)
 
 
@@ -105,6 +115,8 @@ def _agent_result(
     ticket = DeployTicket.objects.get(pk=ctx.data["ticket"])
     if ticket.result_at is not None:
         result = ticket.result or {}
+        if "lldp" in result:
+            ctx.log(describe_heard(result["lldp"]))
         if result.get("status") == "ok":
             return result
         if result.get("status") == "superseded":
@@ -236,6 +248,11 @@ class AnsibleDeployDriver(DeployDriver):
             phase = "agent"
         if phase == "agent":
             result = _agent_result(ctx, "the deploy agent", DEPLOY_AGENT_TIMEOUT)
+            # The boot service checked the cabling before the agent wrote; checked again here for an agent
+            # that never asked (the node must not boot its OS, let alone reach handover, on the wrong port).
+            mis_cabled = cabling_problem(Node.objects.get(pk=self.node.pk), result.get("lldp"))
+            if mis_cabled is not None:
+                raise CablingMismatch(mis_cabled[1])
             try:
                 host_keys, fingerprints = verify_deployed(
                     result, request.image_sha256, request.extra.get("image_size")
