@@ -8,6 +8,7 @@ from django.utils import timezone
 from provisioner import crypto, events, hardware, networking
 from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, HandoverRequest
 from provisioner.drivers.switch import SwitchDriver
+from provisioner.engine import switch_batch
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
 from provisioner.errors import BurnInFailed, InvalidRequest, NeocloudError, SwitchCommandFailed
@@ -385,20 +386,62 @@ def _private_network(ctx: StepContext) -> dict[str, object] | None:
     return {"address": attachment.private_address, "prefix": network.prefix, "gateway": network.gateway}
 
 
+def _provisioning_move(operation: Operation) -> switch_batch.Move | None:
+    site_network = networking.site_network_of(operation.node)
+    if site_network is None:
+        return None
+    return switch_batch.Move(operation, operation.node, site_network.provisioning_vlan, "provisioning network")
+
+
 @step("network_provisioning", timeout=120)
 def network_provisioning(ctx: StepContext) -> None:
     """Before deploy or a burn-in re-run: check the port exists on the switch, then put it on the
-    provisioning VLAN (boot service, image mirror, deploy agents)."""
+    provisioning VLAN (boot service, image mirror, deploy agents); with it, in the same switch session, the
+    ports of every other node of that switch standing at this step (engine/switch_batch.py)."""
     site_network = _managed(ctx)
     if site_network is None:
         return
-    _move_port(ctx, site_network.provisioning_vlan, "provisioning network", validate=True)
+    switch_batch.run(ctx, "network_provisioning", _provisioning_move, validate=True)
+
+
+def _tenant_move(operation: Operation) -> switch_batch.Move | None:
+    if networking.site_network_of(operation.node) is None:
+        return None
+    attachment = networking.live_attachment(operation.node, operation.reservation_id)
+    if attachment is None:
+        return None
+    network = attachment.network
+    reached = switch_batch.reached_at(operation, "network_tenant")
+    return switch_batch.Move(
+        operation,
+        operation.node,
+        network.vlan,
+        f"tenant network {network.cidr}",
+        extra=attachment,
+        settled=attachment.configured_at is not None and attachment.configured_at >= reached,
+    )
+
+
+def _tenant_gateways(driver: SwitchDriver, moves) -> None:
+    """Each VLAN's gateway once, each server's public address published, before any port joins."""
+    gateways = {m.extra.network.vlan: m.extra.network.gateway_cidr for m in moves}
+    for vlan, gateway_cidr in sorted(gateways.items()):
+        driver.ensure_vlan_gateway(vlan, gateway_cidr)
+    for move in moves:
+        if move.extra.public_address:
+            driver.publish(move.extra.public_address, move.extra.private_address)
+
+
+def _tenant_joined(driver: SwitchDriver, moves) -> None:
+    NetworkAttachment.objects.filter(pk__in=[m.extra.pk for m in moves]).update(configured_at=timezone.now())
 
 
 @step("network_tenant", timeout=120)
 def network_tenant(ctx: StepContext) -> None:
     """After handover (our key is gone), before the customer is told: the tenant network's gateway on the
-    switch, the server's public address published to its private one, the port on the tenant VLAN."""
+    switch, the server's public address published to its private one, the port on the tenant VLAN; with it,
+    in the same switch session, every other node of that switch whose handover is done and stands at this
+    step (engine/switch_batch.py)."""
     site_network = _managed(ctx)
     if site_network is None:
         return
@@ -410,14 +453,7 @@ def network_tenant(ctx: StepContext) -> None:
                 f"{node.name} has no tenant network for reservation {ctx.operation.reservation_id}: it is not "
                 "handed over on the provisioning network"
             )
-        network = attachment.network
-        driver, _ = hardware.node_switch_port(node)
-        with driver:
-            driver.ensure_vlan_gateway(network.vlan, network.gateway_cidr)
-            if attachment.public_address:
-                driver.publish(attachment.public_address, attachment.private_address)
-            _move_port(ctx, network.vlan, f"tenant network {network.cidr}", driver=driver)
-        NetworkAttachment.objects.filter(pk=attachment.pk).update(configured_at=timezone.now())
+        switch_batch.run(ctx, "network_tenant", _tenant_move, before=_tenant_gateways, after=_tenant_joined)
         if attachment.public_address:
             ctx.log(
                 f"{node.name}: public address {attachment.public_address} reaches {attachment.private_address}"
@@ -445,26 +481,41 @@ def _require_tenant_vlan(ctx: StepContext) -> None:
         )
 
 
+def _cleaning_move(operation: Operation) -> switch_batch.Move | None:
+    site_network = networking.site_network_of(operation.node)
+    if site_network is None:
+        return None
+    leaving = list(networking.attachments_leaving(operation.node))
+    return switch_batch.Move(
+        operation, operation.node, site_network.cleaning_vlan, "cleaning network", extra=leaving, settled=not leaving
+    )
+
+
+def _withdraw(driver: SwitchDriver, moves) -> None:
+    for move in moves:
+        for attachment in move.extra:
+            if attachment.public_address:
+                driver.withdraw(attachment.public_address)
+
+
 @step("network_cleaning", timeout=120)
 def network_cleaning(ctx: StepContext) -> None:
     """After release, before the wipe: withdraw the server's public addresses, put its port on the cleaning
     VLAN, end its attachments; a tenant network left empty (not an organization's shared one still in use)
-    loses its gateway on the switch and its VLAN goes back to the pool."""
+    loses its gateway on the switch and its VLAN goes back to the pool. Every other node of that switch
+    standing at this step is cleaned in the same switch session (engine/switch_batch.py)."""
     site_network = _managed(ctx)
     if site_network is None:
         return
-    node = ctx.node
-    leaving = list(networking.attachments_leaving(node))
-    driver, _ = hardware.node_switch_port(node)
-    with driver:
-        for attachment in leaving:
-            if attachment.public_address:
-                driver.withdraw(attachment.public_address)
-        _move_port(ctx, site_network.cleaning_vlan, "cleaning network", driver=driver)
-        for attachment in leaving:
-            emptied = networking.end_attachment(attachment)
-            if emptied is not None:
-                _remove_network(ctx, driver, emptied)
+
+    def end_attachments(driver: SwitchDriver, moves) -> None:
+        for move in moves:
+            for attachment in move.extra:
+                emptied = networking.end_attachment(attachment)
+                if emptied is not None:
+                    _remove_network(ctx, driver, emptied)
+
+    switch_batch.run(ctx, "network_cleaning", _cleaning_move, before=_withdraw, after=end_attachments)
 
 
 def _remove_network(ctx: StepContext, driver: SwitchDriver, network: TenantNetwork) -> None:

@@ -1,0 +1,214 @@
+"""One switch session for every port of a switch due for the same move (issue 18's benchmark: a reservation
+of 32 servers handed over at once meant 32 SSH logins on one switch, each 0.6-1.0 s here).
+
+When a node's network step runs, it takes the switch's lock (a row lock on its ``Switch`` record: ``SELECT ...
+FOR UPDATE`` on PostgreSQL, the IMMEDIATE transaction's write lock on SQLite, so it holds across worker
+processes), then gathers every *peer*: an operation of another node cabled to the same switch that stands at
+the same step of the same kind of plan (``current_step`` is that step: every earlier step succeeded, so a
+peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished. It moves
+its own port and all its peers' ports in one ``set_access_vlans`` (one session: every port checked, moved and
+read back), reads them all back once more, and records each node's port (``switch_vlan``,
+``switch_checked_at``) and a line in each peer's operation log. A peer's own step, when its turn comes, finds
+its port recorded on the wanted VLAN since it reached the step, under the same lock, and only records that
+(no session of its own).
+
+A batch that fails records nothing for its peers: each peer's own step then runs its own batch (so a switch
+that stays unreachable fails each one's step in the normal way, with the normal retries). A port the switch
+does not have fails only its own node: the batch falls back to the leader's port alone (an unknown port
+changes nothing on the switch), and the peer's own step then fails with the switch's sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from provisioner import hardware
+from provisioner.drivers.switch import SwitchDriver
+from provisioner.engine.context import StepContext
+from provisioner.engine.registry import PLANS
+from provisioner.errors import SwitchCommandFailed, UnknownSwitchPort
+from provisioner.models import LogLine, Node, Operation, Step, Switch
+from provisioner.states import OperationState
+
+OPEN = (OperationState.PENDING, OperationState.RUNNING, OperationState.WAITING)
+
+
+@dataclasses.dataclass
+class Move:
+    """One node's port due to ``vlan``; ``extra`` is what the step needs besides (its attachments)."""
+
+    operation: Operation
+    node: Node
+    vlan: int
+    why: str
+    extra: object = None
+    # False: the step has work left even with the port on its VLAN (an attachment to mark or to end)
+    settled: bool = True
+
+    @property
+    def port(self) -> str:
+        return self.node.switch_port
+
+
+# plan(operation) -> the node's move, or None: nothing to do for it (its step logs why)
+PlanFn = Callable[[Operation], "Move | None"]
+# before/after(driver, moves): work in the same session (gateways and publishing, withdrawing, ending)
+HookFn = Callable[[SwitchDriver, Sequence[Move]], None]
+
+
+def lock_switch(name: str) -> None:
+    """Hold switch ``name``'s lock until the current transaction ends."""
+    list(Switch.objects.select_for_update().filter(name=name).values_list("pk", flat=True))
+
+
+def reached_at(operation: Operation, step_name: str):
+    """When the operation reached ``step_name``: the end of the step before it (else its start)."""
+    index = PLANS[operation.kind].index(step_name)
+    if index > 0:
+        finished = (
+            Step.objects.filter(operation=operation, index=index - 1).values_list("finished_at", flat=True).first()
+        )
+        if finished is not None:
+            return finished
+    return operation.started_at or operation.created_at
+
+
+def peers(ctx: StepContext, step_name: str) -> list[Operation]:
+    """Open operations of other nodes on the same switch standing at ``step_name`` (every earlier step done)."""
+    at_step = Q(pk__in=[])
+    for kind, names in PLANS.items():
+        if step_name in names:
+            at_step |= Q(kind=kind, current_step=names.index(step_name))
+    return list(
+        Operation.objects.filter(at_step, state__in=OPEN, cancel_requested=False)
+        .filter(node__switch_name=ctx.node.switch_name)
+        .exclude(node_id=ctx.node.pk)
+        .select_related("node")
+        .order_by("node__switch_port")
+    )
+
+
+def moved_by_batch(move: Move, step_name: str) -> bool:
+    """Whether a batch already put the node's port on its VLAN (and read it back) since it reached the step,
+    and did the step's other work (``settled``)."""
+    node = move.node
+    node.refresh_from_db(fields=["switch_vlan", "switch_checked_at"])
+    since = reached_at(move.operation, step_name)
+    return (
+        move.settled
+        and node.switch_vlan == move.vlan
+        and node.switch_checked_at is not None
+        and node.switch_checked_at >= since
+    )
+
+
+def record(node: Node, vlan: int | None) -> None:
+    Node.objects.filter(pk=node.pk).update(switch_vlan=vlan, switch_checked_at=timezone.now(), network_drift="")
+    node.switch_vlan = vlan
+
+
+def run(
+    ctx: StepContext,
+    step_name: str,
+    plan: PlanFn,
+    *,
+    validate: bool = False,
+    before: HookFn | None = None,
+    after: HookFn | None = None,
+) -> Move | None:
+    """Move the node's port (and its peers') as ``plan`` says, in one session under the switch's lock.
+    Returns the node's own move (None: ``plan`` had none), already done when this returns.
+
+    :raises InvalidNodeData: the node's cabling or switch record is unusable (not retried).
+    :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed: from the switch;
+        whatever ``before`` / ``after`` raise.
+    """
+    driver, _ = hardware.node_switch_port(ctx.node)
+    error: BaseException | None = None
+    with transaction.atomic():
+        lock_switch(ctx.node.switch_name)
+        own = plan(ctx.operation)
+        if own is None:
+            return None
+        if moved_by_batch(own, step_name):
+            ctx.log(
+                f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why}), "
+                "moved and read back by a batch of its switch"
+            )
+            return own
+        moves = [own]
+        for operation in peers(ctx, step_name):
+            move = plan(operation)
+            if move is None or not move.port or moved_by_batch(move, step_name):
+                continue
+            try:
+                driver.validate_port_name(move.node.switch_name, move.port)
+            except UnknownSwitchPort:
+                continue  # its own step says so
+            moves.append(move)
+        try:
+            _session(ctx, driver, moves, validate=validate, before=before, after=after)
+        except Exception as exc:  # recorded ports stay recorded; the step fails outside the lock
+            error = exc
+    if error is not None:
+        raise error
+    return own
+
+
+def _session(
+    ctx: StepContext,
+    driver: SwitchDriver,
+    moves: list[Move],
+    *,
+    validate: bool,
+    before: HookFn | None,
+    after: HookFn | None,
+) -> None:
+    own = moves[0]
+    with driver:
+        if len(moves) > 1:
+            try:
+                driver.port_states([m.port for m in moves])  # every port exists (the node's own included)
+            except UnknownSwitchPort:
+                # a peer's port is not on the switch: this node alone (its own port checked); the peer's own
+                # step fails with the switch's sentence
+                moves[1:] = []
+                driver.validate([own.port])
+        elif validate:
+            driver.validate([own.port])  # the node's own port exists, before its first move
+        if before is not None:
+            before(driver, moves)
+        driver.set_access_vlans({m.port: m.vlan for m in moves})
+        seen = driver.port_states([m.port for m in moves])
+        done = []
+        for move in moves:
+            record(move.node, seen[move.port].vlan)
+            if seen[move.port].vlan == move.vlan:
+                done.append(move)
+        if after is not None:
+            after(driver, done)
+    if own not in done:
+        raise SwitchCommandFailed(
+            f"switch {own.node.switch_name} reports port {own.port} on VLAN {seen[own.port].vlan} after moving "
+            f"it to VLAN {own.vlan}"
+        )
+    ctx.log(
+        f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why})"
+        + (f"; {len(moves) - 1} more port(s) of this switch moved in the same session" if len(moves) > 1 else "")
+    )
+    for move in done:
+        if move is own:
+            continue
+        LogLine.objects.create(
+            operation=move.operation,
+            step=Step.objects.filter(operation=move.operation, index=move.operation.current_step).first(),
+            message=(
+                f"{move.node.name}: switch {move.node.switch_name} port {move.port} on VLAN {move.vlan} "
+                f"({move.why}), moved in one session with {own.node.name}'s port"
+            ),
+        )
