@@ -390,7 +390,9 @@ def _provisioning_move(operation: Operation) -> switch_batch.Move | None:
     site_network = networking.site_network_of(operation.node)
     if site_network is None:
         return None
-    return switch_batch.Move(operation, operation.node, site_network.provisioning_vlan, "provisioning network")
+    return switch_batch.Move(
+        operation, operation.node, site_network.provisioning_vlan, "provisioning network"
+    )
 
 
 @step("network_provisioning", timeout=120)
@@ -487,7 +489,12 @@ def _cleaning_move(operation: Operation) -> switch_batch.Move | None:
         return None
     leaving = list(networking.attachments_leaving(operation.node))
     return switch_batch.Move(
-        operation, operation.node, site_network.cleaning_vlan, "cleaning network", extra=leaving, settled=not leaving
+        operation,
+        operation.node,
+        site_network.cleaning_vlan,
+        "cleaning network",
+        extra=leaving,
+        settled=not leaving,
     )
 
 

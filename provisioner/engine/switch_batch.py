@@ -71,7 +71,9 @@ def reached_at(operation: Operation, step_name: str):
     index = PLANS[operation.kind].index(step_name)
     if index > 0:
         finished = (
-            Step.objects.filter(operation=operation, index=index - 1).values_list("finished_at", flat=True).first()
+            Step.objects.filter(operation=operation, index=index - 1)
+            .values_list("finished_at", flat=True)
+            .first()
         )
         if finished is not None:
             return finished
@@ -108,7 +110,9 @@ def moved_by_batch(move: Move, step_name: str) -> bool:
 
 
 def record(node: Node, vlan: int | None) -> None:
-    Node.objects.filter(pk=node.pk).update(switch_vlan=vlan, switch_checked_at=timezone.now(), network_drift="")
+    Node.objects.filter(pk=node.pk).update(
+        switch_vlan=vlan, switch_checked_at=timezone.now(), network_drift=""
+    )
     node.switch_vlan = vlan
 
 
@@ -199,7 +203,11 @@ def _session(
         )
     ctx.log(
         f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why})"
-        + (f"; {len(moves) - 1} more port(s) of this switch moved in the same session" if len(moves) > 1 else "")
+        + (
+            f"; {len(moves) - 1} more port(s) of this switch moved in the same session"
+            if len(moves) > 1
+            else ""
+        )
     )
     for move in done:
         if move is own:
