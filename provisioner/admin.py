@@ -137,6 +137,56 @@ class SwitchAdmin(admin.ModelAdmin):
     list_display = ("name", "site", "driver", "address", "port", "username", "updated_at")
 
 
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the services only: operators read them here, change them through the services."""
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(models.SiteNetwork)
+class SiteNetworkAdmin(admin.ModelAdmin):
+    """A site's VLANs and address ranges; the model's clean() refuses a bad one with a sentence per field."""
+
+    list_display = (
+        "site",
+        "provisioning_vlan",
+        "cleaning_vlan",
+        "quarantine_vlan",
+        "tenant_vlan_first",
+        "tenant_vlan_last",
+        "tenant_supernet",
+        "tenant_prefix",
+        "public_range",
+    )
+
+
+@admin.register(models.TenantNetwork)
+class TenantNetworkAdmin(_ReadOnlyAdmin):
+    list_display = (
+        "cidr",
+        "vlan",
+        "site",
+        "organization",
+        "reservation",
+        "shared",
+        "created_at",
+        "released_at",
+    )
+    list_filter = ("site", "shared")
+
+
+@admin.register(models.NetworkAttachment)
+class NetworkAttachmentAdmin(_ReadOnlyAdmin):
+    list_display = ("node", "network", "private_address", "public_address", "reservation", "released_at")
+
+
 @admin.register(models.Node)
 class NodeAdmin(admin.ModelAdmin):
     list_display = ("name", "server_type", "state", "power_state", "bmc_protocol", "bmc_address", "owner")
@@ -153,6 +203,9 @@ class NodeAdmin(admin.ModelAdmin):
         "lease_expires_at",
         "host_key_fingerprints",
         "known_hosts",
+        "switch_vlan",  # what the switch reported (the drift check and the network steps write them)
+        "switch_checked_at",
+        "network_drift",
         "hold_requested",  # asked for and withdrawn through the node services (audited)
         # written by the booking and lifecycle services: an edit here would hand a leased server to another
         # organization behind the reservation's back
@@ -198,19 +251,6 @@ class ReservationAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: Any, obj: models.Reservation | None = None) -> bool:
         # deleting one would leave its servers leased to no booking
-        return False
-
-
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by the services only: operators read them here, change them through the services."""
-
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
         return False
 
 

@@ -45,7 +45,7 @@ from provisioner.errors import (
     UnsupportedOperation,
     bmc_error_kind,
 )
-from provisioner.models import BmcCallErrors, Image, Node, ServerType, Switch
+from provisioner.models import BmcCallErrors, Image, Node, ServerType, SiteNetwork, Switch
 from provisioner.states import OperationKind
 
 POWER, DEPLOY, BURNIN = "power", "deploy", "burnin"
@@ -61,6 +61,17 @@ DRIVERS_USED: dict[str, tuple[str, ...]] = {
     OperationKind.POWER: (POWER,),
 }
 DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+# Work that moves a network-managed node's switch port (issue 18): its cabling and switch are validated too.
+NETWORK = "network"
+MOVES_PORTS = frozenset(
+    {
+        OperationKind.PROVISION,
+        OperationKind.REIMAGE,
+        OperationKind.RELEASE,
+        OperationKind.CLEAN,
+        OperationKind.BURNIN,
+    }
+)
 T = TypeVar("T")
 
 
@@ -284,6 +295,53 @@ def validate_for(node: Node, kind: str, *, image: Image | None = None) -> None:
     found = problems(record, node.server_type, DRIVERS_USED[kind])
     if found:
         raise next(iter(found.values()))
+    if kind in MOVES_PORTS:
+        problem = network_problem(node)
+        if problem is not None:
+            raise problem
+
+
+def network_managed(node: Node) -> bool:
+    """Whether the node's site has a network (SiteNetwork): then the lifecycle moves its switch port."""
+    return node.rack_id is not None and SiteNetwork.objects.filter(site__racks=node.rack_id).exists()
+
+
+def network_problem(node: Node) -> InvalidNodeData | None:
+    """Why a network-managed node's port could not be moved (no cabling recorded, its switch not
+    registered or unusable, a port name that switch cannot have); None when it can, or when its site is not
+    network-managed. No I/O (whether the port exists is the switch's ``validate``, run by the first move)."""
+    if not network_managed(node):
+        return None
+    try:
+        node_switch_port(node)
+    except InvalidNodeData as exc:
+        return exc
+    return None
+
+
+def _cabling_problem(
+    name: str, switch_name: str, switch_port: str, drivers: dict[str, SwitchDriver | str]
+) -> InvalidNodeData | None:
+    """node_switch_port's checks over plain values, with a memo of the switches' drivers (or why none)."""
+    if not switch_name or not switch_port:
+        return InvalidNodeData(
+            name,
+            "switch_name" if not switch_name else "switch_port",
+            "no switch cabling is recorded for the boot NIC; set switch name and port in the inventory or NetBox",
+        )
+    if switch_name not in drivers:
+        try:
+            drivers[switch_name] = switch_driver(switch_name)
+        except (UnknownSwitch, UnsupportedOperation, InvalidRequest) as exc:
+            drivers[switch_name] = str(exc)
+    driver = drivers[switch_name]
+    if isinstance(driver, str):
+        return InvalidNodeData(name, "switch_name", driver)
+    try:
+        driver.validate_port_name(switch_name, switch_port)
+    except UnknownSwitchPort as exc:
+        return InvalidNodeData(name, "switch_port", str(exc))
+    return None
 
 
 # What unfit_nodes reads of each node, as plain values: it validates every bookable node of a type on each
@@ -301,6 +359,9 @@ _RECORD_COLUMNS = (
     "ssh_endpoint_address",
     "bmc_credential__username",
     "bmc_credential__password_encrypted",
+    "rack__site__network__id",  # None: the site is not network-managed
+    "switch_name",
+    "switch_port",
 )
 
 
@@ -311,6 +372,7 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
     type_fields = _type_fields(server_type)
     interfaces = DRIVERS_USED[OperationKind.PROVISION]
     classes: dict[tuple[str, str], Any] = {}
+    switches: dict[str, SwitchDriver | str] = {}
     out: dict[int, InvalidNodeData] = {}
     for (
         pk,
@@ -325,6 +387,9 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
         endpoint,
         username,
         token,
+        site_network,
+        switch_name,
+        switch_port,
     ) in nodes.order_by().values_list(*_RECORD_COLUMNS):
         record = NodeRecord(
             name=name,
@@ -344,13 +409,21 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
         found = problems(record, server_type, interfaces, classes)
         if found:
             out[pk] = next(iter(found.values()))
+        elif site_network is not None:
+            problem = _cabling_problem(name, switch_name, switch_port, switches)
+            if problem is not None:
+                out[pk] = problem
     return out
 
 
 def pool_problems(node: Node) -> dict[str, InvalidNodeData]:
     """What keeps ``node`` out of the pool reservations draw from: the first problem each of its drivers'
     validation finds in its record for provisioning, by interface (empty: none). For operators."""
-    return problems(node_record(node, deploys=True), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
+    found = problems(node_record(node, deploys=True), node.server_type, DRIVERS_USED[OperationKind.PROVISION])
+    problem = network_problem(node)
+    if problem is not None:
+        found[NETWORK] = problem
+    return found
 
 
 def image_problem(server_type: ServerType, image: Image) -> str:

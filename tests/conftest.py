@@ -368,3 +368,36 @@ def assert_one_event_per_transition(nodes) -> None:
             if e.payload["node"]["id"] == node.pk
         ]
         assert audits and events == audits, node.name
+
+
+@pytest.fixture
+def network_site(inventory, fake_hw_dir):
+    """The inventory's site made network-managed: VLAN 10 provisioning (and cleaning), 99 quarantine, tenant
+    VLANs 100-103 with /29s of 198.19.0.0/27, public addresses from 203.0.113.0/29; a fake switch ``leaf1``
+    (driver ``fake``) whose ports swp1..swp6 are cabled to the six nodes, all on the provisioning VLAN."""
+    from provisioner.drivers.fake_switch import write_fake_switch
+    from provisioner.models import Node, Site, SiteNetwork, Switch
+
+    site = Site.objects.get(slug="lab")
+    net = SiteNetwork.objects.create(
+        site=site,
+        provisioning_vlan=10,
+        cleaning_vlan=10,
+        quarantine_vlan=99,
+        tenant_vlan_first=100,
+        tenant_vlan_last=103,
+        tenant_supernet="198.19.0.0/27",
+        tenant_prefix=29,
+        public_range="203.0.113.0/29",
+    )
+    switch = Switch(name="leaf1", site=site, driver="fake", address="127.0.0.1", port=22, username="admin")
+    switch.password = "switch-pw"
+    switch.save()
+    ports = {}
+    for i, node in enumerate(Node.objects.order_by("name"), start=1):
+        Node.objects.filter(pk=node.pk).update(switch_name="leaf1", switch_port=f"swp{i}")
+        ports[f"swp{i}"] = 10
+    write_fake_switch("leaf1", fake_hw_dir, ports=ports)
+    inventory.site_network = net
+    inventory.switch = switch
+    return inventory

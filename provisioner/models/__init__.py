@@ -5,7 +5,7 @@ from provisioner.models.counters import BmcCallErrors
 from provisioner.models.events import Event
 from provisioner.models.inventory import BmcCredential, Image, InventorySync, Node, Rack, ServerType, Site
 from provisioner.models.metering import ServerTypePrice
-from provisioner.models.network import Switch
+from provisioner.models.network import NetworkAttachment, SiteNetwork, Switch, TenantNetwork
 from provisioner.models.operations import LogLine, Operation, Rollout, Step
 from provisioner.models.reservations import Allocation, BurnInReport, DeployTicket, Reservation
 from provisioner.models.tenancy import ApiToken, Membership, Organization, SignInFailure, SSHKey
@@ -24,6 +24,7 @@ __all__ = [
     "InventorySync",
     "LogLine",
     "Membership",
+    "NetworkAttachment",
     "Node",
     "Operation",
     "Organization",
@@ -35,8 +36,10 @@ __all__ = [
     "ServerTypePrice",
     "SignInFailure",
     "Site",
+    "SiteNetwork",
     "Step",
     "Switch",
+    "TenantNetwork",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

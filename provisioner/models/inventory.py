@@ -167,6 +167,11 @@ class Node(models.Model):
     # port moves and LLDP check read it.
     switch_name = models.CharField(max_length=100, blank=True)
     switch_port = models.CharField(max_length=100, blank=True)
+    # The port as the switch last reported it (network-managed sites): its access VLAN (None: on none, or never
+    # read), when it was read, and why it differs from what the node's state requires (blank: it does not).
+    switch_vlan = models.PositiveSmallIntegerField(null=True, blank=True)
+    switch_checked_at = models.DateTimeField(null=True, blank=True)
+    network_drift = models.CharField(max_length=300, blank=True)
 
     # Written only by provisioner.lifecycle.process_event (see states.py).
     state = models.CharField(

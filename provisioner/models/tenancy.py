@@ -48,6 +48,11 @@ class Organization(models.Model):
     # Most this organization may spend in one calendar month (UTC), in cents of NEOCLOUD_CURRENCY; null: no
     # limit. A booking that would exceed it is refused (services.metering.check_spend_limit).
     monthly_spend_limit_cents = models.PositiveBigIntegerField(null=True, blank=True)
+    # On network-managed sites: one private network for all of this organization's reservations at a site
+    # (their servers reach each other) instead of one per reservation.
+    shared_private_network = models.BooleanField(
+        default=False, help_text="one private network per site for all this organization's reservations"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = OrganizationQuerySet.as_manager()

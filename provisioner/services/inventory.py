@@ -1,7 +1,12 @@
 """Enrolling inventory from YAML files (inventory/*.yaml) into the database. Idempotent upserts.
 
 File shape (see inventory/example.yaml):
-  sites: [{slug, name, racks: [name, ...]}]
+  sites: [{slug, name, racks: [name, ...],
+           network: {provisioning_vlan, cleaning_vlan, quarantine_vlan, tenant_vlans: "first-last",
+                     tenant_supernet, tenant_prefix, public_range}}]
+  (network: optional; a site with one is network-managed: the lifecycle moves its servers' switch ports
+   between VLANs and gives each reservation a tenant network; cleaning_vlan defaults to provisioning_vlan,
+   tenant_prefix to 24. See docs/network.md)
   server_types: [{slug, name, cpu_model, cpu_cores, ram_gib, gpu_model, gpu_count, gpu_memory_gib,
                   pcie_gen, pcie_width, nvlink_links, disk_gib, deploy_driver, burnin_driver}]
   (deploy_driver, burnin_driver: optional, a driver name; blank or left out: the installation's default)
@@ -36,7 +41,7 @@ from provisioner.drivers.base import REDFISH_SCHEMES, default_redfish_scheme
 from provisioner.drivers.registry import BURNIN_DRIVERS, DEPLOY_DRIVERS
 from provisioner.errors import InvalidRequest
 from provisioner.lifecycle import Actor, process_event, record
-from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site
+from provisioner.models import BmcCredential, Image, Node, Rack, ServerType, Site, SiteNetwork
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
 from provisioner.services.nodes import why_not_idle
 from provisioner.states import NodeEvent, NodeState
@@ -247,6 +252,69 @@ def normalize_mac(mac: str) -> str:
     return value
 
 
+_SITE_NETWORK_KEYS = {
+    "provisioning_vlan",
+    "cleaning_vlan",
+    "quarantine_vlan",
+    "tenant_vlans",
+    "tenant_supernet",
+    "tenant_prefix",
+    "public_range",
+}
+
+
+def _enroll_site_network(site: Site, block: Any) -> SiteNetwork:
+    """A site's ``network:`` block: create or update its SiteNetwork, refusing a bad one with one sentence."""
+    where = f"site {site.slug}: network"
+    if not isinstance(block, dict):
+        raise InvalidRequest(f"{where} must be a mapping of {', '.join(sorted(_SITE_NETWORK_KEYS))}")
+    unknown = set(block) - _SITE_NETWORK_KEYS
+    if unknown:
+        raise InvalidRequest(f"{where}: unknown key {', '.join(sorted(unknown))}")
+    missing = {
+        "provisioning_vlan",
+        "quarantine_vlan",
+        "tenant_vlans",
+        "tenant_supernet",
+        "public_range",
+    } - set(block)
+    if missing:
+        raise InvalidRequest(f"{where}: {', '.join(sorted(missing))} missing")
+    pool = re.fullmatch(r"\s*([0-9]{1,4})\s*-\s*([0-9]{1,4})\s*", str(block["tenant_vlans"]))
+    if pool is None:
+        raise InvalidRequest(
+            f"{where}: tenant_vlans {block['tenant_vlans']!r} is not a range such as 100-199"
+        )
+
+    def vlan(key: str, default: Any = None) -> int:
+        value = block.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"{where}: {key} {value!r} is not a VLAN id (1-4094)")
+        return value
+
+    prefix = block.get("tenant_prefix", 24)
+    if isinstance(prefix, bool) or not isinstance(prefix, int):
+        raise InvalidRequest(f"{where}: tenant_prefix {prefix!r} is not a prefix length such as 24")
+    fields = {
+        "provisioning_vlan": vlan("provisioning_vlan"),
+        "cleaning_vlan": vlan("cleaning_vlan", block["provisioning_vlan"]),
+        "quarantine_vlan": vlan("quarantine_vlan"),
+        "tenant_vlan_first": int(pool.group(1)),
+        "tenant_vlan_last": int(pool.group(2)),
+        "tenant_supernet": str(block["tenant_supernet"]).strip(),
+        "tenant_prefix": prefix,
+        "public_range": str(block["public_range"]).strip(),
+    }
+    record = SiteNetwork.objects.filter(site=site).first() or SiteNetwork(site=site)
+    for key, value in fields.items():
+        setattr(record, key, value)
+    found = record.problems()
+    if found:
+        raise InvalidRequest(f"{where}: {next(iter(found.values()))}")
+    record.save()
+    return record
+
+
 @transaction.atomic
 def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
     """Create or update everything in ``data``; new nodes go enrolling -> available. Returns counts."""
@@ -261,6 +329,8 @@ def enroll(data: dict[str, Any], *, actor: Actor) -> dict[str, int]:
         )
         for rack_name in site_data.get("racks", []):
             Rack.objects.get_or_create(site=site, name=rack_name)
+        if site_data.get("network") is not None:
+            _enroll_site_network(site, site_data["network"])
         counts["sites"] += 1
     for st in data.get("server_types", []):
         ServerType.objects.update_or_create(

@@ -37,7 +37,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
-from provisioner import hardware
+from provisioner import hardware, networking
 from provisioner.engine.queue import create_operations, enqueue_many, site_queue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
 from provisioner.lifecycle import Actor, process_events, record
@@ -266,6 +266,7 @@ def book_servers(
         raise InvalidRequest(f"image {image.slug} {problem}; choose another image")
     # before the transaction: on SQLite it holds the database's write lock from its first statement
     unfit = unfit_node_ids(server_type)
+    managed = networking.managed_site_ids()  # no site network: no statement added under the type's lock
     starts_now = start <= timezone.now() + START_NOW_SLACK
     try:
         with transaction.atomic():
@@ -288,10 +289,18 @@ def book_servers(
             record(actor, "reserve", reservation=reservation, reason=f"{count}x {server_type.slug}")
             _check_quota(org, count, start, end, server_type)
             node_ids = _allocate(reservation, server_type, count, start, end, unfit)
+            # The servers' tenant network, addresses and public addresses, or nothing at all (CapacityError).
+            if managed:
+                reservation.organization = org
+                networking.allocate_networks(reservation, node_ids)
     except IntegrityError as exc:
         if idempotency_key and "idempotency" in str(exc).lower():
             replay = Reservation.objects.get(organization=org, idempotency_key=idempotency_key)
             return Booking(replay, [], [], replay=True)
+        if "uniq_live" in str(exc):  # a tenant network's VLAN, subnet or address taken meanwhile
+            raise CapacityError(
+                "not enough network capacity: that network was just taken; try again"
+            ) from None
         # The PostgreSQL exclusion constraint caught an overlap: report it as a capacity problem.
         raise CapacityError("not enough capacity: those servers were just booked by someone else; try again")
     operations: list[Operation] = []
@@ -776,6 +785,7 @@ def add_spare(
             Allocation.objects.create(
                 reservation=reservation, node=spare, starts_at=start, ends_at=reservation.ends_at
             )
+            networking.attach_spare(reservation, spare)
             reservation.state = ReservationState.PROVISIONING
             reservation.status_message = (
                 f"One server {why or MISSING_WHY} and was replaced by a healthy spare."
