@@ -60,6 +60,19 @@ class Topology:
 LAB = Topology()
 
 
+def site_network() -> dict[str, object]:
+    """The lab site's ``network:`` block of the inventory YAML (provisioner.services.inventory)."""
+    return {
+        "provisioning_vlan": PROVISIONING_VLAN,
+        "cleaning_vlan": CLEANING_VLAN,
+        "quarantine_vlan": QUARANTINE_VLAN,
+        "tenant_vlans": f"{TENANT_VLANS[0]}-{TENANT_VLANS[1]}",
+        "tenant_supernet": TENANT_SUPERNET,
+        "tenant_prefix": TENANT_PREFIX,
+        "public_range": PUBLIC_NETWORK,
+    }
+
+
 def switch_directory(lab_dir: Path) -> Path:
     return Path(lab_dir) / "switch"
 

@@ -82,6 +82,10 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
     if any(s.kind == "qemu" for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
+    if any(s.switch_port for s in specs):
+        for site in base.get("sites", []):
+            if site.get("slug") == "lab":
+                site["network"] = switched.site_network()
     base["images"] = [image]
     base["nodes"] = [
         {
