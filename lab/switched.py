@@ -143,8 +143,10 @@ def connect_node(spec: LabNodeSpec, switch: lab_switch.LabSwitch | None = None) 
         switch = _switch_of(spec)
     if not netns.namespace_exists(spec.netns):
         lab_switch.create_server_namespace(spec.netns)
-    has_cable = _run(["ip", "-n", spec.netns, "link", "show", "dev", netns.NODE_INTERFACE]).returncode == 0
+    has_cable = _run(["ip", "-n", switch.netns, "link", "show", "dev", spec.switch_port]).returncode == 0
     if not has_cable:
+        # an eth0 left from the unswitched lab is a cable to the host: unplug it first
+        _run(["ip", "-n", spec.netns, "link", "del", netns.NODE_INTERFACE])
         lab_switch.add_port(
             switch,
             spec.switch_port,
