@@ -15,12 +15,12 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from provisioner.errors import CapacityError
-from provisioner.models import NetworkAttachment, Node, Reservation, SiteNetwork, TenantNetwork
-from provisioner.states import OPEN_RESERVATION_STATES
+from provisioner.models import Allocation, NetworkAttachment, Node, Reservation, SiteNetwork, TenantNetwork
+from provisioner.states import OPEN_RESERVATION_STATES, NodeState
 from provisioner.transactions import requires_transaction
 
 
@@ -209,13 +209,13 @@ def end_attachment(attachment: NetworkAttachment) -> TenantNetwork | None:
     if (
         network.released_at is None
         and not network.attachments.live().exists()
-        and (not network.shared or not _org_still_books(network))
+        and (not network.shared or not shared_in_use(network))
     ):
         return network
     return None
 
 
-def _org_still_books(network: TenantNetwork) -> bool:
+def shared_in_use(network: TenantNetwork) -> bool:
     """Whether the organization of a shared network has an open reservation that may still use it."""
     return Reservation.objects.filter(
         organization_id=network.organization_id, state__in=OPEN_RESERVATION_STATES
@@ -231,17 +231,51 @@ def release_network(network: TenantNetwork) -> bool:
     )
 
 
-def end_reservation_attachments(reservation: Reservation, node_ids: Iterable[int]) -> list[TenantNetwork]:
-    """End the reservation's live attachments of ``node_ids`` (servers that leave without a wipe on the
-    network: a booking released before they started, or out of service); returns the networks left empty.
-    Call inside the release's transaction."""
-    empty: list[TenantNetwork] = []
+def end_unjoined_attachments(reservation: Reservation, keep_node_ids: Iterable[int]) -> int:
+    """On release: end the reservation's live attachments of servers that never joined the network on the
+    switch (a window released before its servers started, one quarantined before handover), but for
+    ``keep_node_ids`` (their cleaning ends theirs) and servers in error (a failed move may have left the
+    port on the tenant VLAN: their recovery's cleaning ends theirs). Networks left empty that no server ever
+    joined are released at once; one with a gateway on a switch is left to the drift job. Returns how many
+    ended. Call inside the release's transaction."""
+    ended = 0
     for attachment in (
         NetworkAttachment.objects.live()
-        .filter(reservation=reservation, node_id__in=list(node_ids))
+        .filter(reservation=reservation, configured_at__isnull=True)
+        .exclude(node_id__in=list(keep_node_ids))
+        .exclude(node__state=NodeState.ERROR)
         .select_related("network")
     ):
         network = end_attachment(attachment)
-        if network is not None:
-            empty.append(network)
-    return empty
+        ended += 1
+        if network is not None and not network.attachments.filter(configured_at__isnull=False).exists():
+            release_network(network)
+    return ended
+
+
+def attachments_leaving(node: Node) -> QuerySet[NetworkAttachment]:
+    """The node's live attachments whose reservation no longer holds it (released, or the node taken out):
+    what its cleaning ends. A future window's attachment (its allocation still active) stays."""
+    held = Allocation.objects.filter(node=node, active=True).values("reservation_id")
+    return (
+        NetworkAttachment.objects.live()
+        .filter(node=node)
+        .exclude(reservation_id__in=held)
+        .select_related("network")
+    )
+
+
+def switches_of(network: TenantNetwork) -> set[str]:
+    """The switches of every server that joined ``network`` on the switch (its gateway was made on each)."""
+    return set(
+        NetworkAttachment.objects.filter(network=network, configured_at__isnull=False)
+        .exclude(node__switch_name="")
+        .values_list("node__switch_name", flat=True)
+    )
+
+
+def empty_networks() -> list[TenantNetwork]:
+    """Live networks without a live attachment whose release is due (not an organization's shared network
+    still in use): what the drift job finishes when a cleaning step could not (remove_empty_networks)."""
+    empty = TenantNetwork.objects.live().exclude(pk__in=NetworkAttachment.objects.live().values("network_id"))
+    return [n for n in empty.select_related("site") if not n.shared or not shared_in_use(n)]

@@ -281,6 +281,9 @@ if not (len(NEOCLOUD_CURRENCY) == 3 and NEOCLOUD_CURRENCY.isascii() and NEOCLOUD
         f"NEOCLOUD_CURRENCY must be an ISO 4217 code such as USD, not {NEOCLOUD_CURRENCY!r}"
     )
 NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, minimum=1)
+# How often the scheduler queues the network drift check (every managed switch port read back; issue 18),
+# once some site's network is managed; 0 never.
+NEOCLOUD_NETWORK_DRIFT_SECONDS = env_float("NEOCLOUD_NETWORK_DRIFT_SECONDS", 300.0, minimum=0)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Playbook runs for several nodes that start together share one ansible-playbook process (one play, many
 # hosts). A run waits until no other node joined for QUIET seconds, at most MAX_WAIT seconds; 0 disables.

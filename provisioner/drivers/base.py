@@ -239,6 +239,9 @@ class DeployRequest:
     authorized_keys: list[str]
     provisioning_public_key: str
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The tenant network the deployed OS configures at first boot (network-managed sites; None elsewhere):
+    # {"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.3.1"}, the config drive's private_network.
+    private_network: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass

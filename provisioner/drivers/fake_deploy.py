@@ -79,6 +79,8 @@ class FakeDeployDriver(DeployDriver):
             "hostname": request.hostname,
             "authorized_keys": [*request.authorized_keys, request.provisioning_public_key],
             "host_key": host_public,
+            # the config drive's private_network (network-managed sites), as the deploy agent writes it
+            **({"private_network": dict(request.private_network)} if request.private_network else {}),
         }
         _disk_path(self.state_dir, request.node_name).write_text(json.dumps(disk))
         self.power.set_boot_device(BootSetting(BootDevice.DISK, persistent=True))

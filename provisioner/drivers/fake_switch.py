@@ -1,9 +1,10 @@
 """A fake switch whose state is a small JSON file per switch, shared between processes (engine tests, the demo).
 
 ``<dir>/switch_<name>.json`` holds ``ports`` (port name -> access VLAN, or null for none), ``trunks`` (unused:
-like the Linux switch it carries no trunks), ``saved`` (the ports at the last ``save``), ``sessions`` (how
-many sessions the driver opened, as the lab switch's sshd log counts them) and ``fault``: ``"unreachable"``,
-``"auth"`` or ``"command"``. The directory is ``NEOCLOUD_FAKE_HW_DIR`` (else ``var/fake-hw``), as for the
+like the Linux switch it carries no trunks), ``saved`` (the ports at the last ``save``), ``gateways`` (VLAN, as
+a string -> the gateway interface's address/prefix: ``ensure_vlan_gateway``), ``published`` (public address
+-> private address: ``publish``), ``sessions`` (how many sessions the driver opened, as the lab switch's sshd
+log counts them) and ``fault``: ``"unreachable"``, ``"auth"`` or ``"command"`` (every change refused). The directory is ``NEOCLOUD_FAKE_HW_DIR`` (else ``var/fake-hw``), as for the
 fake BMCs. It passes the same contract tests as the Linux driver against the lab switch
 (tests/lab/test_switch.py).
 """
@@ -11,6 +12,7 @@ fake BMCs. It passes the same contract tests as the Linux driver against the lab
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,7 +28,14 @@ def fake_switch_path(name: str, directory: Path | None = None) -> Path:
     return (directory or fake_hw_dir()) / f"switch_{name}.json"
 
 
-DEFAULT_STATE: dict[str, Any] = {"ports": {}, "saved": {}, "sessions": 0, "fault": None}
+DEFAULT_STATE: dict[str, Any] = {
+    "ports": {},
+    "saved": {},
+    "gateways": {},
+    "published": {},
+    "sessions": 0,
+    "fault": None,
+}
 
 
 def _locked(path: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
@@ -109,6 +118,35 @@ class FakeSwitchDriver(SwitchDriver):
             if state["fault"] == "command":
                 raise SwitchCommandFailed(f"{self.access.label} refused a port change: (fake fault)")
             state["ports"].update(moves)
+
+    def _changing(self, state: dict[str, Any], what: str) -> None:
+        if state["fault"] == "command":
+            raise SwitchCommandFailed(f"{self.access.label} refused {what}: (fake fault)")
+
+    def ensure_vlan_gateway(self, vlan: int, gateway_cidr: str) -> None:
+        check_vlan(vlan)
+        interface = ipaddress.ip_interface(gateway_cidr)  # ValueError: not an address/prefix
+        with self._session() as state:
+            self._changing(state, f"the gateway of VLAN {vlan}")
+            state.setdefault("gateways", {})[str(vlan)] = str(interface)
+
+    def remove_vlan_gateway(self, vlan: int) -> None:
+        check_vlan(vlan)
+        with self._session() as state:
+            self._changing(state, f"removing the gateway of VLAN {vlan}")
+            state.setdefault("gateways", {}).pop(str(vlan), None)
+
+    def publish(self, public_address: str, private_address: str) -> None:
+        ipaddress.ip_address(public_address)
+        ipaddress.ip_address(private_address)
+        with self._session() as state:
+            self._changing(state, f"publishing {public_address}")
+            state.setdefault("published", {})[public_address] = private_address
+
+    def withdraw(self, public_address: str) -> None:
+        with self._session() as state:
+            self._changing(state, f"withdrawing {public_address}")
+            state.setdefault("published", {}).pop(public_address, None)
 
     def save(self) -> None:
         with self._session() as state:

@@ -35,23 +35,27 @@ def step(name: str, *, timeout: float = 300, attempts: int = 3) -> Callable[[Ste
 PLANS: dict[str, list[str]] = {
     OperationKind.PROVISION: [
         "begin_deploy",
+        "network_provisioning",
         "deploy",
         "begin_burnin",
         "burnin",
         "handover",
+        "network_tenant",
         "finish_provision",
     ],
     OperationKind.REIMAGE: [
         "begin_reimage",
+        "network_provisioning",
         "deploy",
         "begin_burnin",
         "burnin",
         "handover",
+        "network_tenant",
         "finish_provision",
     ],
-    OperationKind.RELEASE: ["begin_clean", "wipe", "finish_clean"],
-    OperationKind.CLEAN: ["begin_clean", "wipe", "finish_clean"],
-    OperationKind.BURNIN: ["burnin_only"],
+    OperationKind.RELEASE: ["begin_clean", "network_cleaning", "wipe", "finish_clean"],
+    OperationKind.CLEAN: ["begin_clean", "network_cleaning", "wipe", "finish_clean"],
+    OperationKind.BURNIN: ["network_provisioning", "burnin_only", "network_quarantine"],
     OperationKind.POWER: ["power_action"],
 }
 

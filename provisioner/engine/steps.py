@@ -5,13 +5,22 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from provisioner import crypto, events, hardware
+from provisioner import crypto, events, hardware, networking
 from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, HandoverRequest
+from provisioner.drivers.switch import SwitchDriver
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
-from provisioner.errors import BurnInFailed, InvalidRequest
+from provisioner.errors import BurnInFailed, InvalidRequest, NeocloudError, SwitchCommandFailed
 from provisioner.lifecycle import process_event
-from provisioner.models import BurnInReport, LogLine, Node, Operation
+from provisioner.models import (
+    BurnInReport,
+    LogLine,
+    NetworkAttachment,
+    Node,
+    Operation,
+    SiteNetwork,
+    TenantNetwork,
+)
 from provisioner.states import NodeEvent, NodeState, OperationKind, PowerStateChoice
 
 
@@ -96,6 +105,7 @@ def deploy(ctx: StepContext) -> None:
         authorized_keys=_authorized_keys(ctx),
         provisioning_public_key=public,
         extra={"operation_id": ctx.operation.pk, "image_size": image.size_bytes},
+        private_network=_private_network(ctx),
     )
     ctx.log(f"deploying {image.name} to {node.name}")
     try:
@@ -158,13 +168,19 @@ def burnin(ctx: StepContext) -> None:
     row = _run_burnin(ctx)
     if not row.passed:
         reasons = "; ".join(c["message"] for c in row.failed_checks) or row.summary
+        # The server goes to quarantine: its port goes to the quarantine VLAN before the operation ends.
+        _quarantine_port(ctx)
         raise BurnInFailed(f"burn-in failed: {reasons}")
 
 
 @step("burnin_only", timeout=1800, attempts=1)
 def burnin_only(ctx: StepContext) -> None:
     """Operator re-run on a quarantined server: record the report, leave the node where it is."""
-    row = _run_burnin(ctx)
+    try:
+        row = _run_burnin(ctx)
+    except Exception:
+        _quarantine_port(ctx)  # the plan's network_quarantine does not run after a failed step
+        raise
     if row.passed:
         ctx.log("all checks passed: the server can be returned to the pool")
 
@@ -194,6 +210,9 @@ def handover(ctx: StepContext) -> None:
 
 @step("finish_provision", timeout=30)
 def finish_provision(ctx: StepContext) -> None:
+    ctx.refresh()
+    if ctx.node.state == NodeState.BURNING_IN:
+        _require_tenant_vlan(ctx)
     _advance(ctx, NodeEvent.BURNIN_PASSED, from_state=NodeState.BURNING_IN, to_state=NodeState.ACTIVE)
 
 
@@ -230,6 +249,7 @@ def _power_off_after_failure(ctx: StepContext, what: str) -> None:
 @step("wipe", timeout=6 * 3600 + 600)
 def wipe(ctx: StepContext) -> None:
     node = ctx.node
+    _require_cleaning_vlan(ctx)
     try:
         hardware.deploy_driver(node).wipe(node.name, ctx)
     except Exception:
@@ -300,3 +320,194 @@ def power_action(ctx: StepContext) -> None:
         power_state=state.value, power_checked_at=timezone.now(), bmc_last_contact_at=timezone.now()
     )
     ctx.log(f"power {action}: node is now {state.value}")
+
+
+# --- the network (issue 18): a network-managed node's switch port follows its lifecycle -------------------
+# Provisioning VLAN while deploying and burning in; the tenant VLAN after handover (our key removed) and before
+# the customer is told; the cleaning VLAN before the wipe; the quarantine VLAN when burn-in fails. A node at
+# a site without a SiteNetwork is left as cabled: each step logs one line and does nothing. A switch error
+# fails the step (SwitchUnreachable and SwitchCommandFailed are retried, the others not) and the operation's
+# failure puts the node in its error state as for any step.
+
+
+def _managed(ctx: StepContext) -> SiteNetwork | None:
+    site_network = networking.site_network_of(ctx.node)
+    if site_network is None:
+        ctx.log(f"{ctx.node.name}: its site's network is not managed; the switch port is left as cabled")
+    return site_network
+
+
+def _move_port(
+    ctx: StepContext, vlan: int, why: str, *, validate: bool = False, driver: SwitchDriver | None = None
+) -> None:
+    """Put the node's port on ``vlan``, read it back in the same session and record what the switch says.
+    ``driver``: the node's switch driver, already in a session (``with driver:``) the caller shares.
+
+    :raises InvalidNodeData: the node's cabling or switch record is unusable (not retried).
+    :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+    """
+    node = ctx.node
+    if driver is None:
+        own, port = hardware.node_switch_port(node)
+        with own:
+            _move_port(ctx, vlan, why, validate=validate, driver=own)
+        return
+    port = node.switch_port
+    if validate:
+        driver.validate([port])  # the port exists on the switch itself, before its first move
+    driver.set_access_vlans({port: vlan})
+    seen = driver.port_state(port)
+    _record_port(node, seen.vlan)
+    if seen.vlan != vlan:
+        raise SwitchCommandFailed(
+            f"switch {node.switch_name} reports port {port} on VLAN {seen.vlan} after moving it to VLAN {vlan}"
+        )
+    ctx.log(f"{node.name}: switch {node.switch_name} port {port} on VLAN {vlan} ({why})")
+
+
+def _record_port(node: Node, vlan: int | None) -> None:
+    Node.objects.filter(pk=node.pk).update(
+        switch_vlan=vlan, switch_checked_at=timezone.now(), network_drift=""
+    )
+    node.switch_vlan = vlan
+
+
+def _attachment(ctx: StepContext) -> NetworkAttachment | None:
+    return networking.live_attachment(ctx.node, ctx.operation.reservation_id)
+
+
+def _private_network(ctx: StepContext) -> dict[str, object] | None:
+    """The config drive's private_network for the node's reservation (None: unmanaged site, no booking)."""
+    attachment = _attachment(ctx)
+    if attachment is None:
+        return None
+    network = attachment.network
+    return {"address": attachment.private_address, "prefix": network.prefix, "gateway": network.gateway}
+
+
+@step("network_provisioning", timeout=120)
+def network_provisioning(ctx: StepContext) -> None:
+    """Before deploy or a burn-in re-run: check the port exists on the switch, then put it on the
+    provisioning VLAN (boot service, image mirror, deploy agents)."""
+    site_network = _managed(ctx)
+    if site_network is None:
+        return
+    _move_port(ctx, site_network.provisioning_vlan, "provisioning network", validate=True)
+
+
+@step("network_tenant", timeout=120)
+def network_tenant(ctx: StepContext) -> None:
+    """After handover (our key is gone), before the customer is told: the tenant network's gateway on the
+    switch, the server's public address published to its private one, the port on the tenant VLAN."""
+    site_network = _managed(ctx)
+    if site_network is None:
+        return
+    attachment = _attachment(ctx)
+    node = ctx.node
+    try:
+        if attachment is None:
+            raise InvalidRequest(
+                f"{node.name} has no tenant network for reservation {ctx.operation.reservation_id}: it is not "
+                "handed over on the provisioning network"
+            )
+        network = attachment.network
+        driver, _ = hardware.node_switch_port(node)
+        with driver:
+            driver.ensure_vlan_gateway(network.vlan, network.gateway_cidr)
+            if attachment.public_address:
+                driver.publish(attachment.public_address, attachment.private_address)
+            _move_port(ctx, network.vlan, f"tenant network {network.cidr}", driver=driver)
+        NetworkAttachment.objects.filter(pk=attachment.pk).update(configured_at=timezone.now())
+        if attachment.public_address:
+            ctx.log(
+                f"{node.name}: public address {attachment.public_address} reaches {attachment.private_address}"
+            )
+    except Exception as exc:
+        last = (
+            not (isinstance(exc, NeocloudError) and exc.retryable)
+            or ctx.step.attempts >= ctx.step.max_attempts
+        )
+        if last:
+            # The customer's OS is up with their keys, on the provisioning network: off, never handed over.
+            _power_off_after_failure(ctx, "the move to the tenant network failed")
+        raise
+
+
+def _require_tenant_vlan(ctx: StepContext) -> None:
+    """finish_provision's guard: a managed node is never handed over while off its tenant VLAN."""
+    if networking.site_network_of(ctx.node) is None:
+        return
+    attachment = _attachment(ctx)
+    if attachment is None or ctx.node.switch_vlan != attachment.network.vlan:
+        raise InvalidRequest(
+            f"{ctx.node.name} is not on its tenant network (its port was last seen on VLAN "
+            f"{ctx.node.switch_vlan}): not handed over"
+        )
+
+
+@step("network_cleaning", timeout=120)
+def network_cleaning(ctx: StepContext) -> None:
+    """After release, before the wipe: withdraw the server's public addresses, put its port on the cleaning
+    VLAN, end its attachments; a tenant network left empty (not an organization's shared one still in use)
+    loses its gateway on the switch and its VLAN goes back to the pool."""
+    site_network = _managed(ctx)
+    if site_network is None:
+        return
+    node = ctx.node
+    leaving = list(networking.attachments_leaving(node))
+    driver, _ = hardware.node_switch_port(node)
+    with driver:
+        for attachment in leaving:
+            if attachment.public_address:
+                driver.withdraw(attachment.public_address)
+        _move_port(ctx, site_network.cleaning_vlan, "cleaning network", driver=driver)
+        for attachment in leaving:
+            emptied = networking.end_attachment(attachment)
+            if emptied is not None:
+                _remove_network(ctx, driver, emptied)
+
+
+def _remove_network(ctx: StepContext, driver: SwitchDriver, network: TenantNetwork) -> None:
+    """A network whose last server left: its gateway off the switches, its VLAN and subnet back to the pool.
+    Should this fail (after the attachment ended), the network drift job finishes it (remove_empty_networks)."""
+    driver.remove_vlan_gateway(network.vlan)
+    # the gateway was made on the switch of every server that joined the network
+    for name in networking.switches_of(network) - {driver.access.name}:
+        with hardware.switch_driver(name) as other:
+            other.remove_vlan_gateway(network.vlan)
+    if networking.release_network(network):
+        ctx.log(f"tenant network {network.cidr} (VLAN {network.vlan}) released: its last server left")
+
+
+def _require_cleaning_vlan(ctx: StepContext) -> None:
+    """The wipe's guard: a managed node is never wiped while on a tenant network."""
+    site_network = networking.site_network_of(ctx.node)
+    if site_network is None:
+        return
+    ctx.refresh()
+    if ctx.node.switch_vlan != site_network.cleaning_vlan:
+        raise InvalidRequest(
+            f"{ctx.node.name} is not on the cleaning network (its port was last seen on VLAN "
+            f"{ctx.node.switch_vlan}): not wiped"
+        )
+
+
+def _quarantine_port(ctx: StepContext) -> None:
+    """A failed burn-in: the port to the quarantine VLAN (nothing but our control plane reachable). The
+    burn-in's failure stands whatever happens here; a move that fails is logged and left to the drift check."""
+    site_network = networking.site_network_of(ctx.node)
+    if site_network is None:
+        return
+    try:
+        _move_port(ctx, site_network.quarantine_vlan, "quarantine network")
+    except NeocloudError as exc:
+        ctx.log(f"moving {ctx.node.name} to the quarantine network failed: {exc}", level=LogLine.Level.ERROR)
+
+
+@step("network_quarantine", timeout=120)
+def network_quarantine(ctx: StepContext) -> None:
+    """After a burn-in re-run on a quarantined server: back to the quarantine VLAN."""
+    site_network = _managed(ctx)
+    if site_network is None:
+        return
+    _move_port(ctx, site_network.quarantine_vlan, "quarantine network")

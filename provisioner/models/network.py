@@ -266,6 +266,8 @@ class NetworkAttachment(models.Model):
     private_address = models.GenericIPAddressField()
     public_address = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # when the server joined the network on the switch (network_tenant): None, it never did
+    configured_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)
 
     objects = NetworkAttachmentQuerySet.as_manager()

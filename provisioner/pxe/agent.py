@@ -216,6 +216,14 @@ def validate_instructions(document: Any) -> dict[str, Any]:
         raise bad("config.authorized_keys")
     if not isinstance(config.get("network", {}), dict):
         raise bad("config.network")
+    private = config.get("private_network")
+    if private is not None and not (
+        isinstance(private, dict)
+        and isinstance(private.get("address"), str)
+        and isinstance(private.get("prefix"), int)
+        and isinstance(private.get("gateway"), str)
+    ):
+        raise bad("config.private_network")
     return document
 
 
@@ -698,6 +706,7 @@ def deploy(
             "authorized_keys": list(config.get("authorized_keys", [])),
             "host_keys": host_keys,
             "network": dict(config.get("network", {})),
+            **({"private_network": dict(config["private_network"])} if config.get("private_network") else {}),
             "image": {"url": image["url"], "sha256": expected_sha, "size": image["size"]},
             "node": instructions.get("node"),
             "deployed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

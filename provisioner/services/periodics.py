@@ -18,7 +18,7 @@ from provisioner.drivers.ansible.runner import sweep_stale_spools
 from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdue_waits
 from provisioner.errors import IllegalTransition
 from provisioner.lifecycle import Actor, process_event
-from provisioner.models import LogLine, Node, Operation, Reservation
+from provisioner.models import LogLine, Node, Operation, Reservation, SiteNetwork
 from provisioner.services import signin, webhooks
 from provisioner.services.outcomes import after_failure, failure_event, mark_reservation_active_if_ready
 from provisioner.services.reservations import (
@@ -167,14 +167,17 @@ def housekeeping_pass() -> dict[str, int]:
 
 
 def queue_periodic_syncs(last_queued: dict[str, float], *, power: bool = True) -> list[str]:
-    """Queue the fleet power sync (every NEOCLOUD_POWER_SYNC_SECONDS) and the NetBox inventory sync (every
-    NEOCLOUD_NETBOX_SYNC_SECONDS, when set) once due; ``last_queued`` (task name -> monotonic time) is the
+    """Queue the fleet power sync (every NEOCLOUD_POWER_SYNC_SECONDS), the NetBox inventory sync (every
+    NEOCLOUD_NETBOX_SYNC_SECONDS, when set) and the network drift check (every NEOCLOUD_NETWORK_DRIFT_SECONDS,
+    once a site's network is managed) once due; ``last_queued`` (task name -> monotonic time) is the
     caller's memory between passes. Returns the names of the tasks queued now."""
-    from provisioner.services.tasks import sync_fleet_power, sync_netbox_inventory
+    from provisioner.services.tasks import check_network_drift, sync_fleet_power, sync_netbox_inventory
 
     periodic = [(sync_netbox_inventory, settings.NEOCLOUD_NETBOX_SYNC_SECONDS)]
     if power:
         periodic.insert(0, (sync_fleet_power, settings.NEOCLOUD_POWER_SYNC_SECONDS))
+    if settings.NEOCLOUD_NETWORK_DRIFT_SECONDS and SiteNetwork.objects.exists():
+        periodic.append((check_network_drift, settings.NEOCLOUD_NETWORK_DRIFT_SECONDS))
     queued = []
     now = time.monotonic()
     for task, every in periodic:

@@ -548,6 +548,9 @@ def release_reservation(
             cancelled.update(cancel_requested=True)
             wake(cancelled_ids)  # a waiting provision notices its cancellation now, not at its deadline
         wiping = _release_nodes(held, reservation, actor, reason)
+        # Servers wiped now leave the tenant network in their cleaning step; the others that never joined it
+        # leave it here (their addresses and, once empty, the network's VLAN go back to the pools).
+        networking.end_unjoined_attachments(reservation, [n.pk for n in wiping])
         # Without a wipe queued here, it may be settled at once (see settle_reservation).
         settled = not wiping and not _release_in_progress(reservation)
         reservation.state = ReservationState.RELEASED if settled else ReservationState.RELEASING

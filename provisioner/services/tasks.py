@@ -30,3 +30,11 @@ def deliver_webhooks(endpoint_id: int) -> dict[str, int]:
     from provisioner.services.webhooks import deliver_pass
 
     return deliver_pass(endpoint_id)
+
+
+@task(queue_name="inventory")
+def check_network_drift() -> dict[str, int]:
+    """Read every managed switch port back and record drift (see services/network_drift.py); no repair."""
+    from provisioner.services.network_drift import check_network_drift as check
+
+    return check().counts()

@@ -200,7 +200,7 @@ def test_reimage_of_a_leased_node_is_refused_without_force(inventory):
     assert accepted.status_code == 202
     body = accepted.json()
     assert body["kind"] == "clean" and body["state"] == "pending" and body["node"] == idle.name
-    assert [s["name"] for s in body["steps"]] == ["begin_clean", "wipe", "finish_clean"]
+    assert [s["name"] for s in body["steps"]] == ["begin_clean", "network_cleaning", "wipe", "finish_clean"]
     assert AuditEvent.objects.filter(action="reimage", node=idle, actor=inventory.operator).exists()
 
 

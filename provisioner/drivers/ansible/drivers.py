@@ -227,6 +227,8 @@ class AnsibleDeployDriver(DeployDriver):
                 "network": {"address": address, "prefix": LAB_PREFIX},
             },
         }
+        if request.private_network:
+            instructions["config"]["private_network"] = dict(request.private_network)  # type: ignore[index]
         ctx = log
         phase = ctx.data.get("phase")
         if phase is None:
