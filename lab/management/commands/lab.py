@@ -200,7 +200,10 @@ def stop_lab() -> None:
     lab_dir = Path(settings.NEOCLOUD_LAB_DIR)
     supervisor.down(lab_dir)
     stop_image_server(lab_dir)
-    teardown_all("nclab-")
+    # The namespaces nclab-* are every lab's: while another lab's nodes run (this one never started, refused
+    # because of it), they are that lab's network, not leftovers of this one.
+    if not supervisor.other_labs(lab_dir):
+        teardown_all("nclab-")
 
 
 def _node_count(text: str) -> int:
