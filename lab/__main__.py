@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         default="simulated",
         help="qemu: every node an emulated computer (QEMU, TCG) powered by its BMC",
     )
+    p_up.add_argument(
+        "--switch", action="store_true", help="cable every node to the lab switch (lab.switched)"
+    )
     sub.add_parser("down", help="stop every lab process")
     p_status = sub.add_parser("status", help="show nodes, BMCs and power")
     p_status.add_argument("--json", action="store_true", help="machine-readable, with BMC credentials")
@@ -32,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            specs = supervisor.up(args.nodes, args.lab_dir, args.boot_url, args.protocols, kind=args.kind)
+            specs = supervisor.up(
+                args.nodes, args.lab_dir, args.boot_url, args.protocols, kind=args.kind, switch=args.switch
+            )
             print(f"lab up: {len(specs)} nodes under {args.lab_dir}")
         elif args.command == "down":
             supervisor.down(args.lab_dir)

@@ -122,13 +122,21 @@ def create_namespace(netns: str, address: str, gateway: str = GATEWAY_ADDRESS) -
     _ip("link", "set", "lo", "up", namespace=netns)
     if _ip("link", "show", "dev", host_if, check=False).returncode != 0:
         _ip("link", "add", host_if, "type", "veth", "peer", "name", NODE_INTERFACE, "netns", netns)
+    configure_node_end(netns, str(ip), gateway)
+    _ip("addr", "replace", f"{gateway}/32", "dev", host_if)
+    _ip("link", "set", host_if, "up")
+    _ip("route", "replace", f"{ip}/32", "dev", host_if, "src", gateway)
+
+
+def configure_node_end(netns: str, address: str, gateway: str = GATEWAY_ADDRESS) -> None:
+    """Inside ``netns``: ``address``/32 on eth0 (up), ``gateway`` on link and the default route via it.
+    Idempotent. Raises LabNetworkError when ``ip`` fails or an address is outside 198.18.0.0/15."""
+    ip = _check_address(address)
+    _check_address(gateway, gateway=True)
     _ip("addr", "replace", f"{ip}/32", "dev", NODE_INTERFACE, namespace=netns)
     _ip("link", "set", NODE_INTERFACE, "up", namespace=netns)
     _ip("route", "replace", f"{gateway}/32", "dev", NODE_INTERFACE, "scope", "link", namespace=netns)
     _ip("route", "replace", "default", "via", gateway, "dev", NODE_INTERFACE, "src", str(ip), namespace=netns)
-    _ip("addr", "replace", f"{gateway}/32", "dev", host_if)
-    _ip("link", "set", host_if, "up")
-    _ip("route", "replace", f"{ip}/32", "dev", host_if, "src", gateway)
 
 
 def namespace_pids(netns: str) -> list[int]:
@@ -198,6 +206,11 @@ def create_node_network(spec: LabNodeSpec) -> None:
     """``create_namespace`` for a lab node (``spec.netns``, ``spec.ssh_address``). Idempotent."""
     if not spec.netns or not spec.ssh_address:
         raise LabNetworkError(f"lab node {spec.name} has no network namespace or SSH address in its spec")
+    if spec.switch_port:  # the switched lab: eth0 is cabled to the lab switch, not to the host
+        from lab import switched
+
+        switched.connect_node(spec)
+        return
     create_namespace(spec.netns, spec.ssh_address)
 
 

@@ -6,14 +6,19 @@ Runs inside the emulated computer booted from its disk (lab.osimage), before ssh
 the config drive the deploy agent wrote at the end of the disk (provisioner.pxe.configdrive) it sets the
 hostname, installs root's authorized keys and the SSH host keys the agent generated and reported, so the
 fingerprints the customer was given are the ones sshd presents. The address in the document is for the
-lab's network namespaces; the emulated computer takes its address from DHCP.
+lab's network namespaces; the emulated computer takes its address from DHCP. ``private_network`` (the tenant
+network) is applied with ``--network-interface`` to the NIC cabled to the switch: the emulated computers are on
+QEMU's user network, not on the lab switch, so their first-boot script does not pass it; the switched lab's
+simulated servers apply it through ``apply_private_network`` when their OS boots (lab.sshd).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,11 +70,62 @@ def apply_config(document: dict[str, Any], root: Path) -> list[Path]:
     return written
 
 
+def private_network_commands(document: dict[str, Any], interface: str) -> list[list[str]]:
+    """The ``ip`` commands (argv lists without ``ip``) that put the config drive's ``private_network`` on
+    ``interface``: the static address with its prefix, and the default route via the tenant gateway. The
+    provisioning address keeps only its host route to the boot service (the default route moves off it).
+    No ``private_network``: no commands.
+
+    :raises ValueError: the key is not {address, prefix, gateway} with the gateway inside the network.
+    """
+    network = document.get("private_network")
+    if network is None:
+        return []
+    if not isinstance(network, dict):
+        raise ValueError("the config drive's private_network is not an object")
+    try:
+        address = ipaddress.IPv4Interface(f"{network['address']}/{int(network['prefix'])}")
+        gateway = ipaddress.IPv4Address(network["gateway"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            "the config drive's private_network needs an IPv4 address, a prefix and a gateway"
+        ) from None
+    if gateway not in address.network or gateway == address.ip or address.network.prefixlen > 30:
+        raise ValueError(
+            f"the config drive's private_network gateway {gateway} is not another host of {address.network}"
+        )
+    return [
+        ["addr", "replace", address.with_prefixlen, "dev", interface],
+        ["link", "set", interface, "up"],
+        ["route", "replace", "default", "via", str(gateway), "dev", interface, "src", str(address.ip)],
+    ]
+
+
+def apply_private_network(document: dict[str, Any], interface: str, namespace: str = "") -> str:
+    """Run ``private_network_commands`` (in network namespace ``namespace`` when given); return the private
+    address ("" when the document has none).
+
+    :raises ValueError: the key is malformed, or ``ip`` refused a command (its complaint in the message).
+    """
+    for args in private_network_commands(document, interface):
+        argv = ["ip", *(["-n", namespace] if namespace else []), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+        if proc.returncode != 0:
+            raise ValueError(f"'{' '.join(argv)}' failed: {proc.stderr.strip()}")
+    network = document.get("private_network")
+    return str(network["address"]) if isinstance(network, dict) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Configure this computer from its Neocloud config drive.")
     parser.add_argument("--disk", required=True)
     parser.add_argument("--root", type=Path, default=Path("/"))
     parser.add_argument("--set-hostname", action="store_true", help="also set the running kernel's hostname")
+    parser.add_argument(
+        "--network-interface",
+        default="",
+        help="apply the config drive's private_network to this NIC (the boot NIC cabled to the switch)",
+    )
     args = parser.parse_args(argv)
     try:
         document = read_config_drive(args.disk)
@@ -86,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.set_hostname:
         socket.sethostname(document["hostname"])
+    if args.network_interface:
+        try:
+            private = apply_private_network(document, args.network_interface)
+        except ValueError as exc:
+            print(f"neocloud-os: the private network could not be configured: {exc}", file=sys.stderr)
+            return 1
+        if private:
+            print(f"neocloud-os: private network {private} on {args.network_interface}")
     keys = len(document.get("authorized_keys", []))
     print(
         f"neocloud-os: configured {document['hostname']}: {keys} authorized keys, {len(host_keys)} host keys"

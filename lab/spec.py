@@ -35,6 +35,9 @@ class LabNodeSpec:
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101
     ssh_forward_port: int = 0  # qemu kind: 127.0.0.1:<port> reaches the guest's sshd (0: not forwarded)
     post_seconds: float = 0.0  # the power-on self-test's time, already scaled (lab.post)
+    # the switched lab (lab.switched): eth0 is cabled to this switch port ("" : a veth straight to the host)
+    switch_name: str = ""
+    switch_port: str = ""
 
     @property
     def bmc_scheme(self) -> str:

@@ -95,10 +95,14 @@ def _host_key_files(config: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
-def render_sshd_config(spec: LabNodeSpec, host_keys: list[Path], directory: Path) -> str:
-    """The sshd_config of a lab node: key-only root login on the node's address, state in ``directory``."""
+def render_sshd_config(
+    spec: LabNodeSpec, host_keys: list[Path], directory: Path, also_listen: str = ""
+) -> str:
+    """The sshd_config of a lab node: key-only root login on the node's address (and ``also_listen``, its
+    private address on a tenant network), state in ``directory``."""
     lines = [
         f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
+        *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
         *(f"HostKey {path}" for path in host_keys),
         f"AuthorizedKeysFile {directory / 'authorized_keys'}",
         "PubkeyAuthentication yes",
@@ -130,7 +134,7 @@ def node_hostname(config: dict[str, Any]) -> str:
     return hostname
 
 
-def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path) -> Path:
+def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, also_listen: str = "") -> Path:
     """Write host keys, authorized_keys and sshd_config for the node; return the sshd_config path.
 
     Idempotent (rewrites the same files). Raises NodeOsError when the document lacks host keys,
@@ -148,7 +152,7 @@ def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path) -> P
     node_hostname(config)
     _write(directory / "authorized_keys", "\n".join(k.strip() for k in keys), 0o600)
     config_path = directory / "sshd_config"
-    _write(config_path, render_sshd_config(spec, host_keys, directory), 0o600)
+    _write(config_path, render_sshd_config(spec, host_keys, directory, also_listen), 0o600)
     return config_path
 
 
@@ -220,8 +224,20 @@ def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, time
     lab.netns.LabNetworkError when the namespace cannot be created.
     """
     stop_node_os(spec, lab_dir)
-    netns.create_node_network(spec)
-    config_path = write_node_os(spec, config, lab_dir)
+    private = ""
+    if spec.switch_port:
+        # the switched lab: a boot starts from a bare NIC, then applies the config drive's private_network
+        from lab import switched
+        from lab.os_firstboot import apply_private_network
+
+        switched.boot_network(spec)
+        try:
+            private = apply_private_network(config, netns.NODE_INTERFACE, spec.netns)
+        except ValueError as exc:
+            raise NodeOsError(f"lab node {spec.name}: {exc}") from None
+    else:
+        netns.create_node_network(spec)
+    config_path = write_node_os(spec, config, lab_dir, private)
     check_config(config_path)
     directory = config_path.parent
     log_path = directory / "sshd.log"

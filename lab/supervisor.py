@@ -24,6 +24,7 @@ from typing import Any
 import requests
 
 from lab import post
+from lab import switched as switched_lab
 from lab.images import IMAGE_SERVER_PORT
 from lab.machine import read_state_file
 from lab.node_process import node_dir
@@ -50,12 +51,14 @@ def make_specs(
     kind: str = "simulated",
     image_port: int = IMAGE_SERVER_PORT,
     post_scale: float = 0.0,
+    switched: bool = False,
 ) -> list[LabNodeSpec]:
     """Fresh specs for ``n`` nodes with random per-node BMC passwords. Pure function of n and protocols.
     ``kind`` is "simulated" or "qemu" (every node an emulated computer: see lab.qemu_firmware,
     whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
     at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index). ``post_scale``: the time scale of the servers' power-on
-    self-test (lab.post; 0: none)."""
+    self-test (lab.post; 0: none). ``switched``: every node's eth0 is cabled to port swp<index> of the lab
+    switch (lab.switched) instead of to the host."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
@@ -86,6 +89,8 @@ def make_specs(
                 image_port=image_port,
                 ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" else 0,
                 post_seconds=post.seconds_for(server_type, post_scale),
+                switch_name=switched_lab.SWITCH_NAME if switched else "",
+                switch_port=switched_lab.port_for(i) if switched else "",
             )
         )
     return specs
@@ -270,8 +275,10 @@ def up(
     kind: str = "simulated",
     image_port: int = IMAGE_SERVER_PORT,
     post_scale: float | None = None,
+    switch: bool = False,
 ) -> list[LabNodeSpec]:
-    """Start an n-node lab (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
+    """Start an n-node lab (``switch``: the switched topology of lab.switched, the lab switch started and
+    every node cabled to it before the nodes start) (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
     None: NEOCLOUD_LAB_POST_SCALE or its default). Idempotent: an existing lab.json with n nodes and the same protocols, kind and
     image port keeps its specs (and passwords); nodes already running are left alone.
 
@@ -279,6 +286,10 @@ def up(
         another lab directory's nodes run (they hold the same addresses: the message says how to stop them).
     """
     lab_dir = lab_dir.resolve()
+    if switch and kind != "simulated":
+        raise LabError(
+            "the switched lab cables simulated servers only: emulated computers have no tap into it"
+        )
     if others := other_labs(lab_dir):
         where, pids = next(iter(others.items()))
         raise LabError(
@@ -287,15 +298,19 @@ def up(
         )
     specs = load_specs(lab_dir)
     scale = post.scale_from_env() if post_scale is None else post_scale
-    wanted = make_specs(n, lab_dir, protocols, kind=kind, image_port=image_port, post_scale=scale)
+    wanted = make_specs(
+        n, lab_dir, protocols, kind=kind, image_port=image_port, post_scale=scale, switched=switch
+    )
     same_shape = len(specs) == n and [
-        (s.bmc_protocol, s.kind, s.image_port, s.post_seconds) for s in specs
-    ] == [(s.bmc_protocol, s.kind, s.image_port, s.post_seconds) for s in wanted]
+        (s.bmc_protocol, s.kind, s.image_port, s.post_seconds, s.switch_port) for s in specs
+    ] == [(s.bmc_protocol, s.kind, s.image_port, s.post_seconds, s.switch_port) for s in wanted]
     if not same_shape:
         if lab_processes(lab_dir):
             down(lab_dir)
         specs = wanted
     write_lab_json(lab_dir, specs, boot_url)
+    if switch:
+        switched_lab.start(lab_dir, specs)
     for spec in specs:
         _create_disk(spec)
         pid = _read_pid(lab_dir, spec.name)
@@ -385,8 +400,11 @@ def down(lab_dir: Path, *, timeout: float = 10.0) -> None:
     left = lab_processes(lab_dir)
     if left:
         raise LabError(f"lab processes {left} survived SIGKILL")
-    for spec in load_specs(lab_dir):
+    specs = load_specs(lab_dir)
+    for spec in specs:
         _pid_file(lab_dir, spec.name).unlink(missing_ok=True)
+    if any(spec.switch_port for spec in specs):
+        switched_lab.stop(lab_dir)
 
 
 def _signal(pid: int, sig: int) -> None:

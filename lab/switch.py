@@ -50,6 +50,49 @@ LLDPCLI = "/usr/sbin/lldpcli"
 _PORT = re.compile(r"\Aswp[0-9]{1,4}\Z")
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,9}\Z")  # ncsw-<name> must stay a short namespace name
 _IP_TIMEOUT = 20.0
+# The switch's routed side (a leaf that routes): the public uplink towards the host (published addresses
+# arrive there and are DNAT'ed to tenant servers) and the host's uplink into the provisioning VLAN's bridge.
+PUBLIC_UPLINK = "pub0"
+HOST_UPLINK = "host0"
+NFT = "/usr/sbin/nft"
+# The base ruleset, applied when the switch starts (the driver only fills the map ``publish``):
+# - forward: nothing is routed between VLANs, to the provisioning or management networks or to the host;
+#   only connections DNAT'ed from the public uplink, and their replies, cross the switch;
+# - input: the management interface reaches the switch (its sshd listens only there); from a VLAN's bridge
+#   or the public uplink only a ping of the address on that very interface (the VLAN's own gateway) is
+#   answered: fib ``daddr . iif type local`` holds only for an address configured on the arriving interface.
+BASE_RULESET = f"""table inet neocloud
+delete table inet neocloud
+table inet neocloud {{
+  map publish {{
+    type ipv4_addr : ipv4_addr
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "{PUBLIC_UPLINK}" dnat ip to ip daddr map @publish
+  }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+    iifname "{MANAGEMENT_INTERFACE}" accept
+    iifname {{ "{PUBLIC_UPLINK}", "br*" }} fib daddr . iif type local icmp type echo-request accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "{PUBLIC_UPLINK}" ct status dnat accept
+  }}
+}}
+"""
+# Routing on, ARP answered only for an address of the asking interface, and bridged frames kept away from
+# the IP hooks (br_netfilter, when loaded, would pass frames within a VLAN through the forward chain).
+_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.bridge.bridge-nf-call-iptables": "0",
+    "net.bridge.bridge-nf-call-arptables": "0",
+}
 # lldpcli is set-uid _lldpd: its control socket and the configuration lldpd hands it must sit where that
 # user can reach them (a test's temporary directory is not), so they live here, one pair per namespace.
 LLDP_RUN_DIR = Path("/run/neocloud-lab-lldp")
@@ -110,6 +153,10 @@ def _run(
 
 def _ip(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run(["ip", "-n", namespace, *args], check=check)
+
+
+def _host_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(["ip", *args], check=check)
 
 
 def _check_port(port: str) -> None:
@@ -200,6 +247,7 @@ def start_switch(
     config = directory / "sshd_config"
     config.write_text(_render_sshd_config(switch, host_key))
     sshd.check_config(config)
+    _route_in_namespace(switch)
     switch.sshd_log.write_text("")
     proc = subprocess.Popen(
         _in_switch(name, [sshd.SSHD, "-D", "-f", str(config), "-E", str(switch.sshd_log)]),
@@ -221,6 +269,88 @@ def start_switch(
             stop_switch(switch)
             raise
     return switch
+
+
+def _route_in_namespace(switch: LabSwitch) -> None:
+    for key, value in _SYSCTLS.items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        if key.startswith("net.bridge.") and not path.exists():
+            continue  # no br_netfilter: bridged frames never meet the IP hooks anyway
+        _run(["ip", "netns", "exec", switch.netns, "sysctl", "-qw", f"{key}={value}"])
+    rules = switch.directory / "base.nft"
+    rules.write_text(BASE_RULESET)
+    _run(["ip", "netns", "exec", switch.netns, NFT, "-f", str(rules)])
+
+
+def nft_ruleset(switch: LabSwitch) -> str:
+    """The switch's own ``nft list ruleset``."""
+    return _run(["ip", "netns", "exec", switch.netns, NFT, "list", "ruleset"]).stdout
+
+
+def published_on_switch(switch: LabSwitch) -> dict[str, str]:
+    """Public -> private address as the switch's nftables map holds it (read from the host, not the driver)."""
+    argv = [NFT, "-j", "list", "map", "inet", "neocloud", "publish"]
+    shown = _run(["ip", "netns", "exec", switch.netns, *argv])
+    for item in json.loads(shown.stdout).get("nftables", []):
+        if "map" in item:
+            return {str(k): str(v) for k, v in item["map"].get("elem", [])}
+    return {}
+
+
+def gateways_on_switch(switch: LabSwitch) -> dict[int, str]:
+    """VLAN -> gateway address with prefix, as ``ip -4 addr`` shows the switch's bridges."""
+    shown = _ip(switch.netns, "-4", "-j", "addr", "show")
+    gateways = {}
+    for link in json.loads(shown.stdout or "[]"):
+        name = link.get("ifname", "")
+        for info in link.get("addr_info", []):
+            if re.fullmatch(r"br[0-9]{1,4}", name) and info.get("family") == "inet":
+                gateways[int(name[2:])] = f"{info['local']}/{info['prefixlen']}"
+    return gateways
+
+
+def host_link_name(switch: LabSwitch, role: str) -> str:
+    """The host end of one of the switch's uplinks (``role``: "prov" or "pub"), at most 15 bytes."""
+    return netns.host_interface_name(f"{switch.netns}-{role}")
+
+
+def add_host_uplink(switch: LabSwitch, vlan: int, host_address: str = netns.GATEWAY_ADDRESS) -> str:
+    """Cable the host into VLAN ``vlan`` (the provisioning network): a veth pair, ``host0`` on the VLAN's
+    bridge in the switch, the host end carrying ``host_address``/32 (the boot service and image server
+    listen there). The host reaches each server through ``route_host_to(switch, address)``. Idempotent;
+    returns the host end's name."""
+    host_if = host_link_name(switch, "prov")
+    if _run(["ip", "link", "show", "dev", host_if], check=False).returncode != 0:
+        _host_ip("link", "add", host_if, "type", "veth", "peer", "name", HOST_UPLINK, "netns", switch.netns)
+    _ip(switch.netns, "link", "set", HOST_UPLINK, "master", ensure_vlan(switch, vlan))
+    _ip(switch.netns, "link", "set", HOST_UPLINK, "up")
+    _run(["ip", "addr", "replace", f"{host_address}/32", "dev", host_if])
+    _run(["ip", "link", "set", host_if, "up"])
+    return host_if
+
+
+def route_host_to(switch: LabSwitch, address: str, host_address: str = netns.GATEWAY_ADDRESS) -> None:
+    """The host reaches ``address`` (a server on the provisioning VLAN) over the host uplink. Idempotent."""
+    _host_ip("route", "replace", f"{address}/32", "dev", host_link_name(switch, "prov"), "src", host_address)
+
+
+def add_public_uplink(
+    switch: LabSwitch, host_address: str, switch_address: str, prefix: int, public_network: str
+) -> str:
+    """Cable the switch's public uplink ``pub0`` to the host: ``switch_address``/``prefix`` in the switch,
+    ``host_address`` on the host end, the switch's default route via the host (so replies to published
+    connections go back out there) and the host's route to ``public_network`` via the switch. Idempotent;
+    returns the host end's name."""
+    host_if = host_link_name(switch, "pub")
+    if _run(["ip", "link", "show", "dev", host_if], check=False).returncode != 0:
+        _host_ip("link", "add", host_if, "type", "veth", "peer", "name", PUBLIC_UPLINK, "netns", switch.netns)
+    _ip(switch.netns, "addr", "replace", f"{switch_address}/{prefix}", "dev", PUBLIC_UPLINK)
+    _ip(switch.netns, "link", "set", PUBLIC_UPLINK, "up")
+    _run(["ip", "addr", "replace", f"{host_address}/{prefix}", "dev", host_if])
+    _run(["ip", "link", "set", host_if, "up"])
+    _ip(switch.netns, "route", "replace", "default", "via", host_address, "dev", PUBLIC_UPLINK)
+    _run(["ip", "route", "replace", public_network, "via", switch_address, "dev", host_if])
+    return host_if
 
 
 # Processes started here, kept so they are reaped when they end.
@@ -383,7 +513,7 @@ def stop_switch_named(name: str) -> None:
         for line in _ip(namespace, "-o", "link", "show", "type", "veth", check=False).stdout.splitlines():
             parts = line.split(": ", 2)
             port = parts[1].split("@", 1)[0] if len(parts) >= 2 else ""
-            if _PORT.match(port):
+            if _PORT.match(port) or port in (HOST_UPLINK, PUBLIC_UPLINK):
                 _ip(namespace, "link", "del", port, check=False)
     # sshd and lldpd run in sessions of their own: end their groups first so their children go too.
     for pid in netns.namespace_pids(namespace):

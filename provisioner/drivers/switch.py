@@ -26,6 +26,7 @@ import abc
 import contextlib
 import dataclasses
 import io
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -74,6 +75,41 @@ class PortState:
     port: str
     vlan: int | None
     up: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingState:
+    """What a routing switch holds: each VLAN's gateway (``{1000: "198.19.3.1/24"}``) and each published
+    address's private address (``{"198.19.254.5": "198.19.3.2"}``)."""
+
+    gateways: dict[int, str]
+    published: dict[str, str]
+
+
+def check_ipv4(address: str, what: str) -> ipaddress.IPv4Address:
+    """:raises InvalidRequest: ``address`` is not an IPv4 address (``what`` names it in the message)."""
+    try:
+        return ipaddress.IPv4Address(str(address))
+    except ValueError:
+        raise InvalidRequest(f"{what} {address!r} is not an IPv4 address") from None
+
+
+def check_gateway_cidr(gateway_cidr: str) -> ipaddress.IPv4Interface:
+    """:raises InvalidRequest: ``gateway_cidr`` is not a host address with its prefix (``198.19.3.1/24``)."""
+    try:
+        interface = ipaddress.IPv4Interface(str(gateway_cidr))
+    except ValueError:
+        interface = None
+    if (
+        interface is None
+        or "/" not in str(gateway_cidr)
+        or interface.network.prefixlen > 30
+        or interface.ip in (interface.network.network_address, interface.network.broadcast_address)
+    ):
+        raise InvalidRequest(
+            f"gateway {gateway_cidr!r} is not a host address with its network's prefix, such as 198.19.3.1/24"
+        )
+    return interface
 
 
 def check_vlan(vlan: int) -> None:
@@ -216,6 +252,15 @@ class SwitchDriver(abc.ABC):
         """
         raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
 
+    def routing_state(self) -> RoutingState:
+        """Read the switch's routed interfaces and published addresses back (what ``ensure_vlan_gateway``
+        and ``publish`` made, as the switch itself holds them). Idempotent; changes nothing.
+
+        :raises UnsupportedOperation: this switch does not route (the default).
+        :raises SwitchUnreachable, SwitchAuthFailed:
+        """
+        raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
+
     @abc.abstractmethod
     def save(self) -> None:
         """Make the running port configuration survive a reboot of the switch. Idempotent.
@@ -334,6 +379,8 @@ class NetmikoSwitchDriver(SwitchDriver):
 _RC = re.compile(r"NC_RC=(\d+)\s*\Z")
 _LINK = re.compile(r"\A\d+: ([^:@\s]+)(?:@\S+)?: <([^>]*)>")
 _MASTER = re.compile(r" master (\S+)")
+_ADDR = re.compile(r"\A\d+: (\S+)\s+inet ([0-9.]+/[0-9]+) ")
+_NAT_ELEMENT = re.compile(r"([0-9]+(?:\.[0-9]+){3}) : ([0-9]+(?:\.[0-9]+){3})")
 
 
 class LinuxSwitchDriver(NetmikoSwitchDriver):
@@ -353,6 +400,9 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
     # longer command lists are sent as several lines.
     MAX_LINE = 480
     SAVED_CONFIG = '"${NEOCLOUD_SWITCH_CONFIG:?the switch names no file to save to}"'
+    # The nftables map of published addresses (public -> private), made by the switch's base ruleset.
+    NAT_TABLE = "inet neocloud"
+    NAT_MAP = "publish"
 
     @staticmethod
     def bridge(vlan: int) -> str:
@@ -442,13 +492,123 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
         if wrong:
             raise SwitchCommandFailed(f"{self.access.label}: ports read back otherwise: {', '.join(wrong)}")
 
+    # --- routing: an SVI per tenant VLAN (an address on its bridge) and 1:1 NAT in nftables -------------------
+    # The switch's base ruleset (lab/switch.py sets it when the switch starts) holds the table, the map and the
+    # filter: forwarding only for connections DNAT'ed from the public uplink and their replies, so no VLAN
+    # reaches another, the provisioning network or the management network. The driver only fills the map.
+
+    def _read_gateways(self, connection: Any) -> dict[int, str]:
+        gateways: dict[int, str] = {}
+        for line in self.run(connection, "ip -4 -o addr show").splitlines():
+            match = _ADDR.match(line.strip())
+            if match and re.fullmatch(r"br[0-9]{1,4}", match.group(1)):
+                # one gateway per VLAN: a second address on the bridge would be an outside change; the
+                # first one is reported and ensure_vlan_gateway replaces both
+                gateways.setdefault(int(match.group(1)[2:]), match.group(2))
+        return gateways
+
+    def _read_published(self, connection: Any) -> dict[str, str]:
+        output = self.run(connection, f"nft list map {self.NAT_TABLE} {self.NAT_MAP}; echo NC_RC=$?")
+        match = _RC.search(output.strip())
+        if match is None or match.group(1) != "0":
+            said = _RC.sub("", output).strip().replace("\n", " / ")[:200] or "no output"
+            raise SwitchCommandFailed(
+                f"{self.access.label} has no NAT map {self.NAT_TABLE} {self.NAT_MAP} (its base ruleset is "
+                f"missing): {said}"
+            )
+        return dict(_NAT_ELEMENT.findall(output))
+
+    def routing_state(self) -> RoutingState:
+        with self.session() as connection:
+            return RoutingState(self._read_gateways(connection), self._read_published(connection))
+
+    def ensure_vlan_gateway(self, vlan: int, gateway_cidr: str) -> None:
+        check_vlan(vlan)
+        interface = check_gateway_cidr(gateway_cidr)
+        bridge, cidr = self.bridge(vlan), interface.with_prefixlen
+        with self.session() as connection:
+            addresses = [
+                m.group(2)
+                for m in map(_ADDR.match, self.run(connection, "ip -4 -o addr show").splitlines())
+                if m and m.group(1) == bridge
+            ]
+            if addresses != [cidr]:
+                self._checked(
+                    connection,
+                    [
+                        f"{{ ip link show {bridge} >/dev/null 2>&1 || ip link add {bridge} type bridge; }}",
+                        f"ip -4 addr flush dev {bridge}",
+                        f"ip addr add {cidr} dev {bridge}",
+                        f"ip link set {bridge} up",
+                    ],
+                )
+            after = self._read_gateways(connection).get(vlan)
+        if after != cidr:
+            raise SwitchCommandFailed(
+                f"{self.access.label}: VLAN {vlan}'s gateway reads back as {after or 'none'} (wanted {cidr})"
+            )
+
+    def remove_vlan_gateway(self, vlan: int) -> None:
+        check_vlan(vlan)
+        bridge = self.bridge(vlan)
+        with self.session() as connection:
+            if vlan in self._read_gateways(connection):
+                self._checked(connection, [f"ip -4 addr flush dev {bridge}"])
+            after = self._read_gateways(connection).get(vlan)
+        if after is not None:
+            raise SwitchCommandFailed(f"{self.access.label}: VLAN {vlan} still has its gateway {after}")
+
+    def publish(self, public_address: str, private_address: str) -> None:
+        public = str(check_ipv4(public_address, "public address"))
+        private = check_ipv4(private_address, "private address")
+        with self.session() as connection:
+            gateways = self._read_gateways(connection)
+            if not any(private in ipaddress.IPv4Interface(cidr).network for cidr in gateways.values()):
+                raise InvalidRequest(
+                    f"{self.access.label} has no VLAN gateway whose network holds {private}: give the "
+                    "tenant VLAN its gateway before publishing an address on it"
+                )
+            published = self._read_published(connection)
+            if published.get(public) != str(private):
+                # one nft transaction: the old mapping goes and the new one comes together
+                script = f"add element {self.NAT_TABLE} {self.NAT_MAP} {{ {public} : {private} }}"
+                if public in published:
+                    script = f"delete element {self.NAT_TABLE} {self.NAT_MAP} {{ {public} }}\\n{script}"
+                self._checked(connection, [f"printf '{script}\\n' | nft -f -"])
+            after = self._read_published(connection).get(public)
+        if after != str(private):
+            raise SwitchCommandFailed(
+                f"{self.access.label}: {public} reads back as published to {after or 'nothing'} "
+                f"(wanted {private})"
+            )
+
+    def withdraw(self, public_address: str) -> None:
+        public = str(check_ipv4(public_address, "public address"))
+        with self.session() as connection:
+            if public in self._read_published(connection):
+                self._checked(
+                    connection, [f"nft delete element {self.NAT_TABLE} {self.NAT_MAP} '{{ {public} }}'"]
+                )
+            after = self._read_published(connection).get(public)
+        if after is not None:
+            raise SwitchCommandFailed(f"{self.access.label}: {public} is still published to {after}")
+
     def save(self) -> None:
+        """Write the commands that restore every port's VLAN, every VLAN gateway and every published address."""
         with self.session() as connection:
             states = self._read_links(connection)
             lines = [
                 f"ip link set {s.port} master {self.bridge(s.vlan)}"
                 for s in states.values()
                 if s.vlan is not None
+            ]
+            lines += [
+                f"ip addr replace {cidr} dev {self.bridge(vlan)}"
+                for vlan, cidr in sorted(self._read_gateways(connection).items())
+            ]
+            lines += [
+                f"nft add element {self.NAT_TABLE} {self.NAT_MAP} {{ {public} : {private} }}"
+                for public, private in sorted(self._read_published(connection).items())
             ]
             tmp = f"{self.SAVED_CONFIG}.tmp"
             commands = [f": > {tmp}"]

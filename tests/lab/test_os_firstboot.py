@@ -48,3 +48,35 @@ def test_first_boot_fails_without_a_config_drive_or_host_keys(tmp_path: Path) ->
     assert main(["--disk", str(disk), "--root", str(tmp_path / "root")]) == 1
     with pytest.raises(ValueError, match="hostname"):
         apply_config({"authorized_keys": []}, tmp_path / "root")
+
+
+def test_private_network_becomes_the_boot_nics_address_and_default_route() -> None:
+    from lab.os_firstboot import private_network_commands
+
+    document = {"private_network": {"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.3.1"}}
+    assert private_network_commands(document, "eth0") == [
+        ["addr", "replace", "198.19.3.2/24", "dev", "eth0"],
+        ["link", "set", "eth0", "up"],
+        ["route", "replace", "default", "via", "198.19.3.1", "dev", "eth0", "src", "198.19.3.2"],
+    ]
+    assert private_network_commands({"hostname": "x"}, "eth0") == []
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ({"address": "198.19.3.2", "prefix": 24}, "needs an IPv4 address, a prefix and a gateway"),
+        ({"address": "nowhere", "prefix": 24, "gateway": "198.19.3.1"}, "needs an IPv4 address"),
+        (
+            {"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.4.1"},
+            "is not another host of 198.19.3.0/24",
+        ),
+        ({"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.3.2"}, "is not another host"),
+        ("198.19.3.2/24", "is not an object"),
+    ],
+)
+def test_a_malformed_private_network_is_one_sentence(network: object, message: str) -> None:
+    from lab.os_firstboot import private_network_commands
+
+    with pytest.raises(ValueError, match=message):
+        private_network_commands({"private_network": network}, "eth0")

@@ -20,7 +20,8 @@ import yaml
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from lab import supervisor
+from lab import supervisor, switched
+from lab import switch as lab_switch
 from lab.database import migrate_if_needed
 from lab.images import (
     ensure_demo_image,
@@ -33,6 +34,7 @@ from lab.qemu_firmware import IMAGE_SERVER_GUEST_ADDRESS
 from lab.ramdisk import RamdiskBuildError
 from lab.spec import LabNodeSpec
 from provisioner.lifecycle import Actor
+from provisioner.models import Site, Switch
 from provisioner.services.inventory import enroll
 
 ROOT = Path(settings.BASE_DIR)
@@ -80,6 +82,10 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
     if any(s.kind == "qemu" for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
+    if any(s.switch_port for s in specs):
+        for site in base.get("sites", []):
+            if site.get("slug") == "lab":
+                site["network"] = switched.site_network()
     base["images"] = [image]
     base["nodes"] = [
         {
@@ -99,6 +105,7 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
                 "system_id": s.system_id,
             },
             "driver_info": lab_driver_info(s, lab_dir),
+            **({"switch": {"name": s.switch_name, "port": s.switch_port}} if s.switch_port else {}),
         }
         for s in specs
     ]
@@ -123,8 +130,9 @@ def start_lab(
     boot_url: str = "",
     kind: str = "simulated",
     post_scale: float | None = None,
+    switch: bool = False,
 ) -> list[LabNodeSpec]:
-    """Start (or keep) the lab and enroll its nodes with the image they are deployed with (``post_scale``:
+    """Start (or keep) the lab (``switch``: the switched topology, lab.switched, its switch registered) and enroll its nodes with the image they are deployed with (``post_scale``:
     the servers' power-on self-test time scale, lab.post; None: NEOCLOUD_LAB_POST_SCALE or its default).
 
     :raises supervisor.LabError: a node did not start, or emulated computers would find no deploy ramdisk.
@@ -141,7 +149,13 @@ def start_lab(
                 f"has no {' or '.join(missing)}: run scripts/bootstrap.sh and set NEOCLOUD_BOOT_DIR=var/ramdisk"
             )
     specs = supervisor.up(
-        nodes, lab_dir, boot_url or settings.NEOCLOUD_BOOT_URL, protocols, kind=kind, post_scale=post_scale
+        nodes,
+        lab_dir,
+        boot_url or settings.NEOCLOUD_BOOT_URL,
+        protocols,
+        kind=kind,
+        post_scale=post_scale,
+        switch=switch,
     )
     image_dir = Path(settings.NEOCLOUD_IMAGE_DIR)
     image = ensure_lab_os_image(image_dir) if kind == "qemu" else ensure_demo_image(image_dir)
@@ -152,7 +166,32 @@ def start_lab(
         path.touch(mode=0o600)
         path.write_text(yaml.safe_dump(inventory))
         enroll(inventory, actor=Actor.system("lab"))
+        if switch:
+            register_lab_switch(lab_dir)
     return specs
+
+
+def register_lab_switch(lab_dir: Path) -> Switch:
+    """Record the running lab switch (driver linux, its management address, root with the switch's own key)
+    so that the switch driver of its nodes' cabling can log in. Idempotent.
+
+    :raises supervisor.LabError: the lab switch is not running.
+    """
+    running = switched.running_switch(lab_dir)
+    if running is None:
+        raise supervisor.LabError("the lab switch is not running: start the lab with --switch")
+    switch, _ = Switch.objects.get_or_create(
+        name=running.name, defaults={"address": running.address, "username": lab_switch.SSH_USER}
+    )
+    switch.site = Site.objects.filter(slug="lab").first()
+    switch.driver = "linux"
+    switch.address = running.address
+    switch.port = lab_switch.SSH_PORT
+    switch.username = lab_switch.SSH_USER
+    switch.password = ""
+    switch.private_key = running.private_key
+    switch.save()
+    return switch
 
 
 def stop_lab() -> None:
@@ -161,7 +200,10 @@ def stop_lab() -> None:
     lab_dir = Path(settings.NEOCLOUD_LAB_DIR)
     supervisor.down(lab_dir)
     stop_image_server(lab_dir)
-    teardown_all("nclab-")
+    # The namespaces nclab-* are every lab's: while another lab's nodes run (this one never started, refused
+    # because of it), they are that lab's network, not leftovers of this one.
+    if not supervisor.other_labs(lab_dir):
+        teardown_all("nclab-")
 
 
 def _node_count(text: str) -> int:
@@ -188,6 +230,11 @@ class Command(BaseCommand):
             choices=["simulated", "qemu"],
             default="simulated",
             help="simulated servers, or emulated computers (QEMU, TCG) that PXE-boot and run a real OS",
+        )
+        up.add_argument(
+            "--switch",
+            action="store_true",
+            help="cable every server to the lab switch lab-leaf1 (VLANs, tenant networks, public addresses)",
         )
         up.add_argument("--boot-url", default="", help="where lab firmware finds the boot service")
         up.add_argument("--no-enroll", action="store_true", help="do not enroll the nodes into Neocloud")
@@ -216,6 +263,7 @@ class Command(BaseCommand):
                     boot_url=opts["boot_url"],
                     kind=opts["kind"],
                     post_scale=opts["post_scale"],
+                    switch=opts["switch"],
                 )
                 self.stdout.write(f"lab up: {len(specs)} nodes ({', '.join(s.bmc_protocol for s in specs)})")
             elif opts["action"] == "down":
