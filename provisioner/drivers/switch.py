@@ -244,6 +244,23 @@ class SwitchDriver(abc.ABC):
         """
         raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
 
+    def publish_many(self, mapping: Mapping[str, str]) -> None:
+        """``publish`` for many addresses (public -> private), in one session when the driver can.
+        Idempotent.
+
+        :raises UnsupportedOperation, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed: as ``publish``.
+        """
+        for public_address, private_address in mapping.items():
+            self.publish(public_address, private_address)
+
+    def withdraw_many(self, public_addresses: Iterable[str]) -> None:
+        """``withdraw`` for many public addresses, in one session when the driver can. Idempotent.
+
+        :raises UnsupportedOperation, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed: as ``withdraw``.
+        """
+        for public_address in public_addresses:
+            self.withdraw(public_address)
+
     def withdraw(self, public_address: str) -> None:
         """Remove the mapping of ``public_address`` (nothing reaches in through it afterwards). Idempotent.
 
@@ -559,39 +576,89 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
             raise SwitchCommandFailed(f"{self.access.label}: VLAN {vlan} still has its gateway {after}")
 
     def publish(self, public_address: str, private_address: str) -> None:
-        public = str(check_ipv4(public_address, "public address"))
-        private = check_ipv4(private_address, "private address")
+        self.publish_many({public_address: private_address})
+
+    def _nft_commands(self, delete: list[str], add: list[tuple[str, str]]) -> list[str]:
+        """``printf ... | nft -f -`` commands that delete the ``delete`` addresses and add the ``add`` mappings,
+        as few as fit a command line each; a remapped address (in both) is deleted and added by the same
+        command (one nft transaction), so it is never left unpublished."""
+        nl = "\\n"  # printf's newline
+        head = f"printf '%s{nl}' "
+        commands: list[str] = []
+        dels: list[str] = []
+        adds: list[str] = []
+
+        def command() -> str:
+            lines = []
+            if dels:
+                lines.append(f"'delete element {self.NAT_TABLE} {self.NAT_MAP} {{ {', '.join(dels)} }}'")
+            if adds:
+                lines.append(f"'add element {self.NAT_TABLE} {self.NAT_MAP} {{ {', '.join(adds)} }}'")
+            return head + " ".join(lines) + " | nft -f -"
+
+        adding = dict(add)
+        for public in dict.fromkeys([*delete, *adding]):
+            new_dels = [*dels, public] if public in delete else dels
+            new_adds = [*adds, f"{public} : {adding[public]}"] if public in adding else adds
+            if (dels or adds) and len(head) + 120 + sum(
+                len(x) + 2 for x in new_dels + new_adds
+            ) > self.MAX_LINE:
+                commands.append(command())
+                dels, adds = [], []
+                new_dels = [public] if public in delete else []
+                new_adds = [f"{public} : {adding[public]}"] if public in adding else []
+            dels, adds = new_dels, new_adds
+        if dels or adds:
+            commands.append(command())
+        return commands
+
+    def publish_many(self, mapping: Mapping[str, str]) -> None:
+        wanted = {
+            str(check_ipv4(public, "public address")): check_ipv4(private, "private address")
+            for public, private in mapping.items()
+        }
+        if not wanted:
+            return
         with self.session() as connection:
-            gateways = self._read_gateways(connection)
-            if not any(private in ipaddress.IPv4Interface(cidr).network for cidr in gateways.values()):
-                raise InvalidRequest(
-                    f"{self.access.label} has no VLAN gateway whose network holds {private}: give the "
-                    "tenant VLAN its gateway before publishing an address on it"
-                )
+            networks = [ipaddress.IPv4Interface(c).network for c in self._read_gateways(connection).values()]
+            for private in wanted.values():
+                if not any(private in network for network in networks):
+                    raise InvalidRequest(
+                        f"{self.access.label} has no VLAN gateway whose network holds {private}: give the "
+                        "tenant VLAN its gateway before publishing an address on it"
+                    )
             published = self._read_published(connection)
-            if published.get(public) != str(private):
-                # one nft transaction: the old mapping goes and the new one comes together
-                script = f"add element {self.NAT_TABLE} {self.NAT_MAP} {{ {public} : {private} }}"
-                if public in published:
-                    script = f"delete element {self.NAT_TABLE} {self.NAT_MAP} {{ {public} }}\\n{script}"
-                self._checked(connection, [f"printf '{script}\\n' | nft -f -"])
-            after = self._read_published(connection).get(public)
-        if after != str(private):
+            changed = [(p, str(v)) for p, v in wanted.items() if published.get(p) != str(v)]
+            if changed:
+                remapped = [p for p, _ in changed if p in published]
+                self._checked(connection, self._nft_commands(remapped, changed))
+            after = self._read_published(connection)
+        wrong = [
+            f"{public} to {after.get(public) or 'nothing'} (wanted {private})"
+            for public, private in wanted.items()
+            if after.get(public) != str(private)
+        ]
+        if wrong:
             raise SwitchCommandFailed(
-                f"{self.access.label}: {public} reads back as published to {after or 'nothing'} "
-                f"(wanted {private})"
+                f"{self.access.label}: published addresses read back as {', '.join(wrong)}"
             )
 
     def withdraw(self, public_address: str) -> None:
-        public = str(check_ipv4(public_address, "public address"))
+        self.withdraw_many([public_address])
+
+    def withdraw_many(self, public_addresses: Iterable[str]) -> None:
+        wanted = [str(check_ipv4(public, "public address")) for public in public_addresses]
+        if not wanted:
+            return
         with self.session() as connection:
-            if public in self._read_published(connection):
-                self._checked(
-                    connection, [f"nft delete element {self.NAT_TABLE} {self.NAT_MAP} '{{ {public} }}'"]
-                )
-            after = self._read_published(connection).get(public)
-        if after is not None:
-            raise SwitchCommandFailed(f"{self.access.label}: {public} is still published to {after}")
+            published = self._read_published(connection)
+            gone = [public for public in dict.fromkeys(wanted) if public in published]
+            if gone:
+                self._checked(connection, self._nft_commands(gone, []))
+            after = self._read_published(connection)
+        left = [f"{public} (to {after[public]})" for public in wanted if public in after]
+        if left:
+            raise SwitchCommandFailed(f"{self.access.label}: still published: {', '.join(left)}")
 
     def save(self) -> None:
         """Write the commands that restore every port's VLAN, every VLAN gateway and every published address."""

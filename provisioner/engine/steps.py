@@ -429,9 +429,9 @@ def _tenant_gateways(driver: SwitchDriver, moves) -> None:
     gateways = {m.extra.network.vlan: m.extra.network.gateway_cidr for m in moves}
     for vlan, gateway_cidr in sorted(gateways.items()):
         driver.ensure_vlan_gateway(vlan, gateway_cidr)
-    for move in moves:
-        if move.extra.public_address:
-            driver.publish(move.extra.public_address, move.extra.private_address)
+    driver.publish_many(
+        {m.extra.public_address: m.extra.private_address for m in moves if m.extra.public_address}
+    )
 
 
 def _tenant_joined(driver: SwitchDriver, moves) -> None:
@@ -499,10 +499,7 @@ def _cleaning_move(operation: Operation) -> switch_batch.Move | None:
 
 
 def _withdraw(driver: SwitchDriver, moves) -> None:
-    for move in moves:
-        for attachment in move.extra:
-            if attachment.public_address:
-                driver.withdraw(attachment.public_address)
+    driver.withdraw_many([a.public_address for m in moves for a in m.extra if a.public_address])
 
 
 @step("network_cleaning", timeout=120)

@@ -169,6 +169,23 @@ def test_publish_maps_a_public_address_to_one_server_until_withdrawn(scene: Scen
         listener.wait()
 
 
+def test_publish_many_and_withdraw_many_in_one_session(scene: Scene) -> None:
+    """A batch of 40 addresses (several nft transactions), one remapped among them, then withdrawn: as the
+    switch's own nftables map shows, in one SSH session each."""
+    driver = scene.driver()
+    driver.ensure_vlan_gateway(VLAN_A, GW_A)
+    wanted = {scene.public(10 + i): f"198.19.3.{10 + i}" for i in range(40)}
+    driver.publish(scene.public(10), A1)  # published elsewhere before: remapped by the batch
+    sessions = scene.switch.ssh_sessions()
+    driver.publish_many(wanted)
+    assert lab_switch.published_on_switch(scene.switch) == wanted
+    driver.publish_many(wanted)  # idempotent
+    assert scene.switch.ssh_sessions() - sessions == 2
+    driver.withdraw_many([*wanted, scene.public(99)])  # one never published: nothing to do for it
+    assert lab_switch.published_on_switch(scene.switch) == {}
+    assert scene.switch.ssh_sessions() - sessions == 3
+
+
 def test_publish_again_moves_the_address_to_the_new_server(scene: Scene) -> None:
     driver = scene.driver()
     driver.ensure_vlan_gateway(VLAN_A, GW_A)
