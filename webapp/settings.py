@@ -284,6 +284,9 @@ NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, min
 # How often the scheduler queues the network drift check (every managed switch port read back; issue 18),
 # once some site's network is managed; 0 never.
 NEOCLOUD_NETWORK_DRIFT_SECONDS = env_float("NEOCLOUD_NETWORK_DRIFT_SECONDS", 300.0, minimum=0)
+# A network step that finds servers of its reservation on the same switch still running the steps before it
+# waits for them at most this long, so that one switch session moves them all (engine/switch_batch.py); 0 never.
+NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS = env_float("NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS", 2.0, minimum=0)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Playbook runs for several nodes that start together share one ansible-playbook process (one play, many
 # hosts). A run waits until no other node joined for QUIET seconds, at most MAX_WAIT seconds; 0 disables.

@@ -12,6 +12,11 @@ read back), reads them all back once more, and records each node's port (``switc
 its port recorded on the wanted VLAN since it reached the step, under the same lock, and only records that
 (no session of its own).
 
+Gathering: before it takes the lock, a step whose reservation has other servers on the same switch that are
+running the steps before this one (their operation is running, not parked on an agent or queued) waits for
+them, at most ``NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS`` (2 s): servers handed over together then share one
+session instead of queueing at the lock one session each.
+
 A batch that fails records nothing for its peers: each peer's own step then runs its own batch (so a switch
 that stays unreachable fails each one's step in the normal way, with the normal retries). A port the switch
 does not have fails only its own node: the batch falls back to the leader's port alone (an unknown port
@@ -21,8 +26,10 @@ changes nothing on the switch), and the peer's own step then fails with the swit
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -109,6 +116,31 @@ def moved_by_batch(move: Move, step_name: str) -> bool:
     )
 
 
+def approaching(ctx: StepContext, step_name: str) -> bool:
+    """Whether servers of the operation's reservation on the same switch are running the steps before
+    ``step_name`` (an operation parked on its agent or still queued is not: it may be long)."""
+    if ctx.operation.reservation_id is None:
+        return False
+    before = Q(pk__in=[])
+    for kind, names in PLANS.items():
+        if step_name in names:
+            before |= Q(kind=kind, current_step__lt=names.index(step_name))
+    return (
+        Operation.objects.filter(before, reservation_id=ctx.operation.reservation_id)
+        .filter(state=OperationState.RUNNING, cancel_requested=False, node__switch_name=ctx.node.switch_name)
+        .exclude(node_id=ctx.node.pk)
+        .exists()
+    )
+
+
+def gather(ctx: StepContext, step_name: str) -> None:
+    """Wait while ``approaching`` (at most NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS)."""
+    deadline = time.monotonic() + settings.NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS
+    while time.monotonic() < deadline and approaching(ctx, step_name):
+        ctx.check_cancelled()
+        time.sleep(0.1)
+
+
 def record(node: Node, vlan: int | None) -> None:
     Node.objects.filter(pk=node.pk).update(
         switch_vlan=vlan, switch_checked_at=timezone.now(), network_drift=""
@@ -133,6 +165,7 @@ def run(
         whatever ``before`` / ``after`` raise.
     """
     driver, _ = hardware.node_switch_port(ctx.node)
+    gather(ctx, step_name)
     error: BaseException | None = None
     with transaction.atomic():
         lock_switch(ctx.node.switch_name)
