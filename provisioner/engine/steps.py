@@ -403,7 +403,7 @@ def network_provisioning(ctx: StepContext) -> None:
     site_network = _managed(ctx)
     if site_network is None:
         return
-    switch_batch.run(ctx, "network_provisioning", _provisioning_move, validate=True)
+    switch_batch.run(ctx, "network_provisioning", _provisioning_move)
 
 
 def _tenant_move(operation: Operation) -> switch_batch.Move | None:

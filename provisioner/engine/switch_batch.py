@@ -1,13 +1,13 @@
 """One switch session for every port of a switch due for the same move (issue 18's benchmark: a reservation
 of 32 servers handed over at once meant 32 SSH logins on one switch, each 0.6-1.0 s here).
 
-When a node's network step runs, it takes the switch's lock (a row lock on its ``Switch`` record: ``SELECT ...
-FOR UPDATE`` on PostgreSQL, the IMMEDIATE transaction's write lock on SQLite, so it holds across worker
-processes), then gathers every *peer*: an operation of another node cabled to the same switch that stands at
+When a node's network step runs, it takes the switch's lock (``SwitchLock``: a claim in its ``Switch`` row, taken
+and given back by single-row UPDATEs, so it holds across worker processes on PostgreSQL and SQLite and no
+transaction stays open while the switch is driven), then gathers every *peer*: an operation of another node cabled to the same switch that stands at
 the same step of the same kind of plan (``current_step`` is that step: every earlier step succeeded, so a
 peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished. It moves
 its own port and all its peers' ports in one ``set_access_vlans`` (one session: every port checked, moved and
-read back), reads them all back once more, and records each node's port (``switch_vlan``,
+read back), and records each node's port (``switch_vlan``,
 ``switch_checked_at``) and a line in each peer's operation log. A peer's own step, when its turn comes, finds
 its port recorded on the wanted VLAN since it reached the step, under the same lock, and only records that
 (no session of its own).
@@ -26,11 +26,12 @@ changes nothing on the switch), and the peer's own step then fails with the swit
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -68,9 +69,34 @@ PlanFn = Callable[[Operation], "Move | None"]
 HookFn = Callable[[SwitchDriver, Sequence[Move]], None]
 
 
-def lock_switch(name: str) -> None:
-    """Hold switch ``name``'s lock until the current transaction ends."""
-    list(Switch.objects.select_for_update().filter(name=name).values_list("pk", flat=True))
+class SwitchLock:
+    """The switch's batch lock, held in its ``Switch`` row (``batch_holder``, ``batch_until``): taken by one
+    conditional UPDATE (free, or its holder's claim expired: a worker that died), given back by another. It
+    holds across worker processes on PostgreSQL and SQLite alike, and keeps no transaction open while the
+    switch is driven, so other operations write on meanwhile."""
+
+    def __init__(self, ctx: StepContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
+        self.holder = f"operation {ctx.operation.pk} {uuid.uuid4().hex[:12]}"
+        self.ttl = dt.timedelta(seconds=ctx.step.timeout_seconds)
+
+    def __enter__(self) -> SwitchLock:
+        while True:
+            now = timezone.now()
+            taken = (
+                Switch.objects.filter(name=self.name)
+                .filter(Q(batch_holder="") | Q(batch_until__isnull=True) | Q(batch_until__lt=now))
+                .update(batch_holder=self.holder, batch_until=now + self.ttl)
+            )
+            if taken or not Switch.objects.filter(name=self.name).exists():
+                return self
+            self.ctx.check_cancelled()
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        Switch.objects.filter(name=self.name, batch_holder=self.holder).update(
+            batch_holder="", batch_until=None
+        )
 
 
 def reached_at(operation: Operation, step_name: str):
@@ -153,7 +179,6 @@ def run(
     step_name: str,
     plan: PlanFn,
     *,
-    validate: bool = False,
     before: HookFn | None = None,
     after: HookFn | None = None,
 ) -> Move | None:
@@ -166,9 +191,7 @@ def run(
     """
     driver, _ = hardware.node_switch_port(ctx.node)
     gather(ctx, step_name)
-    error: BaseException | None = None
-    with transaction.atomic():
-        lock_switch(ctx.node.switch_name)
+    with SwitchLock(ctx, ctx.node.switch_name):
         own = plan(ctx.operation)
         if own is None:
             return None
@@ -188,12 +211,7 @@ def run(
             except UnknownSwitchPort:
                 continue  # its own step says so
             moves.append(move)
-        try:
-            _session(ctx, driver, moves, validate=validate, before=before, after=after)
-        except Exception as exc:  # recorded ports stay recorded; the step fails outside the lock
-            error = exc
-    if error is not None:
-        raise error
+        _session(ctx, driver, moves, before=before, after=after)
     return own
 
 
@@ -202,38 +220,33 @@ def _session(
     driver: SwitchDriver,
     moves: list[Move],
     *,
-    validate: bool,
     before: HookFn | None,
     after: HookFn | None,
 ) -> None:
     own = moves[0]
     with driver:
-        if len(moves) > 1:
-            try:
-                driver.port_states([m.port for m in moves])  # every port exists (the node's own included)
-            except UnknownSwitchPort:
-                # a peer's port is not on the switch: this node alone (its own port checked); the peer's own
-                # step fails with the switch's sentence
-                moves[1:] = []
-                driver.validate([own.port])
-        elif validate:
-            driver.validate([own.port])  # the node's own port exists, before its first move
         if before is not None:
             before(driver, moves)
-        driver.set_access_vlans({m.port: m.vlan for m in moves})
-        seen = driver.port_states([m.port for m in moves])
-        done = []
+        try:
+            # checks every port first (an unknown one changes nothing), moves them, reads every one back
+            driver.set_access_vlans({m.port: m.vlan for m in moves})
+        except UnknownSwitchPort:
+            if len(moves) == 1:
+                raise
+            # a port is not on the switch: this node's alone (raising again if it is this node's); a peer's
+            # own step fails with the switch's sentence
+            moves[1:] = []
+            driver.set_access_vlans({own.port: own.vlan})
+        except SwitchCommandFailed:
+            # refused, or a port read back otherwise: record where the switch says each port is
+            seen = driver.port_states([m.port for m in moves])
+            for move in moves:
+                record(move.node, seen[move.port].vlan)
+            raise
         for move in moves:
-            record(move.node, seen[move.port].vlan)
-            if seen[move.port].vlan == move.vlan:
-                done.append(move)
+            record(move.node, move.vlan)  # as the driver read it back
         if after is not None:
-            after(driver, done)
-    if own not in done:
-        raise SwitchCommandFailed(
-            f"switch {own.node.switch_name} reports port {own.port} on VLAN {seen[own.port].vlan} after moving "
-            f"it to VLAN {own.vlan}"
-        )
+            after(driver, moves)
     ctx.log(
         f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why})"
         + (
@@ -242,9 +255,7 @@ def _session(
             else ""
         )
     )
-    for move in done:
-        if move is own:
-            continue
+    for move in moves[1:]:
         LogLine.objects.create(
             operation=move.operation,
             step=Step.objects.filter(operation=move.operation, index=move.operation.current_step).first(),

@@ -29,6 +29,11 @@ class Switch(models.Model):
     password_encrypted = models.TextField(blank=True)
     private_key_encrypted = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The switch's batch lock (engine/switch_batch.py): which network step moves this switch's ports now, and
+    # until when its claim holds should its worker die. Taken and given back by single-row UPDATEs, so no
+    # database transaction stays open across the SSH session (on SQLite that would stop every writer).
+    batch_holder = models.CharField(max_length=80, blank=True, editable=False)
+    batch_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
