@@ -80,20 +80,20 @@ class SwitchLock:
         self.holder = f"operation {ctx.operation.pk} {uuid.uuid4().hex[:12]}"
         self.ttl = dt.timedelta(seconds=ctx.step.timeout_seconds)
 
-    def __enter__(self) -> SwitchLock:
-        while True:
-            now = timezone.now()
-            taken = (
-                Switch.objects.filter(name=self.name)
-                .filter(Q(batch_holder="") | Q(batch_until__isnull=True) | Q(batch_until__lt=now))
-                .update(batch_holder=self.holder, batch_until=now + self.ttl)
-            )
-            if taken or not Switch.objects.filter(name=self.name).exists():
-                return self
-            self.ctx.check_cancelled()
-            time.sleep(0.05)
+    @property
+    def waiting_for(self) -> str:
+        return f"switch {self.name} to be free (another step moves its ports)"[:120]
 
-    def __exit__(self, *exc: object) -> None:
+    def take(self) -> bool:
+        """Take the lock if it is free (or its holder's claim expired). One conditional UPDATE."""
+        now = timezone.now()
+        return bool(
+            Switch.objects.filter(name=self.name)
+            .filter(Q(batch_holder="") | Q(batch_until__isnull=True) | Q(batch_until__lt=now))
+            .update(batch_holder=self.holder, batch_until=now + self.ttl)
+        )
+
+    def give_back(self) -> None:
         Switch.objects.filter(name=self.name, batch_holder=self.holder).update(
             batch_holder="", batch_until=None
         )
@@ -191,15 +191,20 @@ def run(
     """
     driver, _ = hardware.node_switch_port(ctx.node)
     gather(ctx, step_name)
-    with SwitchLock(ctx, ctx.node.switch_name):
+    lock = SwitchLock(ctx, ctx.node.switch_name)
+    if not lock.take():
+        own = plan(ctx.operation)
+        if own is not None and moved_by_batch(own, step_name):
+            _log_done(ctx, own)
+            return own
+        # Another step drives the switch now: park, holding no worker thread; its end wakes this operation.
+        ctx.wait(lock.waiting_for, timeout=ctx.step.timeout_seconds, recheck_every=2.0)
+    try:
         own = plan(ctx.operation)
         if own is None:
             return None
         if moved_by_batch(own, step_name):
-            ctx.log(
-                f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why}), "
-                "moved and read back by a batch of its switch"
-            )
+            _log_done(ctx, own)
             return own
         moves = [own]
         for operation in peers(ctx, step_name):
@@ -212,7 +217,20 @@ def run(
                 continue  # its own step says so
             moves.append(move)
         _session(ctx, driver, moves, before=before, after=after)
-    return own
+        return own
+    finally:
+        lock.give_back()
+        # the steps parked on the switch (and those about to park) look again: done, or the next batch
+        from provisioner.engine.queue import wake
+
+        wake([operation.pk for operation in peers(ctx, step_name)])
+
+
+def _log_done(ctx: StepContext, own: Move) -> None:
+    ctx.log(
+        f"{own.node.name}: switch {own.node.switch_name} port {own.port} on VLAN {own.vlan} ({own.why}), "
+        "moved and read back by a batch of its switch"
+    )
 
 
 def _session(
