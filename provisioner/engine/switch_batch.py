@@ -199,6 +199,7 @@ def run(
             return own
         # Another step drives the switch now: park, holding no worker thread; its end wakes this operation.
         ctx.wait(lock.waiting_for, timeout=ctx.step.timeout_seconds, recheck_every=2.0)
+    covered: list[int] = []
     try:
         own = plan(ctx.operation)
         if own is None:
@@ -216,14 +217,23 @@ def run(
             except UnknownSwitchPort:
                 continue  # its own step says so
             moves.append(move)
+        covered = [m.operation.pk for m in moves[1:]]
         _session(ctx, driver, moves, before=before, after=after)
+        covered = [m.operation.pk for m in moves[1:]]  # the batch may have shrunk (a port not on the switch)
         return own
     finally:
         lock.give_back()
-        # the steps parked on the switch (and those about to park) look again: done, or the next batch
-        from provisioner.engine.queue import wake
+        _wake_after(ctx, step_name, covered)
 
-        wake([operation.pk for operation in peers(ctx, step_name)])
+
+def _wake_after(ctx: StepContext, step_name: str, covered: list[int]) -> None:
+    """The batch's end: the steps it covered look again (done, or they retry on their own should it have
+    failed), and one of those still waiting for the switch takes it for the next batch (all at once would
+    only park again, but one)."""
+    from provisioner.engine.queue import wake
+
+    others = [o.pk for o in peers(ctx, step_name) if o.pk not in covered]
+    wake(covered + others[:1])
 
 
 def _log_done(ctx: StepContext, own: Move) -> None:
