@@ -252,6 +252,8 @@ def _session(
     after: HookFn | None,
 ) -> None:
     own = moves[0]
+    # a worker's next batch on this switch reuses the session (a login is most of a batch's time)
+    driver.keep_session = True
     with driver:
         if before is not None:
             before(driver, moves)

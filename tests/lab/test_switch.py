@@ -204,6 +204,35 @@ def test_batched_moves_use_one_ssh_session_per_switch(lab: Lab) -> None:
     assert lab.switch.ssh_sessions() == before + 1
 
 
+def test_a_kept_session_serves_the_next_batch_and_a_failed_one_is_dropped(lab: Lab) -> None:
+    """The engine's batches keep their session for the next one in the process (keep_session): one login
+    for two batches; a session whose batch failed is closed, and a driver that keeps none logs in anew."""
+    from provisioner.errors import UnknownSwitchPort
+
+    before = lab.switch.ssh_sessions()
+    for vlan in (810, 811):
+        driver = lab.driver()
+        driver.keep_session = True
+        with driver:
+            driver.set_access_vlans(dict.fromkeys(SPARE_PORTS, vlan))
+    assert lab.switch.ssh_sessions() == before + 1
+    assert {lab_switch.bridge_link(lab.switch)[p] for p in SPARE_PORTS} == {"br811"}
+
+    driver = lab.driver()
+    driver.keep_session = True
+    with pytest.raises(UnknownSwitchPort), driver:  # reuses the kept session, then drops it
+        driver.set_access_vlans({"swp999": 812})
+    assert lab.switch.ssh_sessions() == before + 1
+    driver = lab.driver()
+    driver.keep_session = True
+    with driver:
+        driver.port_states(SPARE_PORTS)
+    assert lab.switch.ssh_sessions() == before + 2
+    with lab.driver() as plain:  # keeps nothing: its own login
+        plain.port_states(SPARE_PORTS)
+    assert lab.switch.ssh_sessions() == before + 3
+
+
 def test_save_writes_the_commands_that_restore_every_port(lab: Lab) -> None:
     lab_switch.set_port_vlan(lab.switch, "swp7", 170)
     lab.driver().save()
