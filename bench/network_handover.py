@@ -15,11 +15,12 @@ alternate for ``--rounds`` rounds. Checks on the switch itself (``bridge link``,
 port is on the reservation's VLAN and every public address published, and counts the switch's SSH logins
 (its sshd log). Stops everything it started and prints as its last line:
 
-    network handover: 32 servers, +X s for the network (target < 5 s), N switch sessions
+    network handover: 32 servers, +X s for the network (target < 5 s), N switch sessions, L SSH logins
 
-X is the median over rounds of (managed wall time - plain wall time), reserve to all active; N the switch's
-SSH sessions during one managed reservation (the median), against 2 x servers for a session per server and
-step (network_provisioning, network_tenant).
+X is the median over rounds of (managed wall time - plain wall time), reserve to all active; N the switch
+sessions (batches) of one managed reservation's network steps (the median), against 2 x servers for a session
+per server and step (network_provisioning, network_tenant); the SSH logins are fewer still, as a worker keeps
+its session for its next batch on the switch.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> int:
     from provisioner.lifecycle import Actor
     from provisioner.models import (
         Image,
+        LogLine,
         Membership,
         NetworkAttachment,
         Node,
@@ -240,7 +242,19 @@ def main() -> int:
                     f"all {n} {site} servers active",
                 )
                 active = time.monotonic() - t0
-                used = switch.ssh_sessions() - sessions
+                logins = switch.ssh_sessions() - sessions
+                # a batch's leader logs "<node>: switch S port P on VLAN V (why)[; k more port(s) ...]"; the
+                # ports it covered and those that found their port done say "moved ..."
+                batches = (
+                    LogLine.objects.filter(
+                        operation__reservation=reservation,
+                        step__name__in=["network_provisioning", "network_tenant"],
+                        message__contains=" on VLAN ",
+                    )
+                    .exclude(message__contains="moved in one session")
+                    .exclude(message__contains="moved and read back")
+                    .count()
+                )
                 if site == "net":
                     network = TenantNetwork.objects.get(reservation=reservation)
                     shown = lab_switch.bridge_link(switch)
@@ -273,10 +287,10 @@ def main() -> int:
                     if wrong:
                         raise SystemExit(f"bench failed: released ports not on br100: {', '.join(wrong)}")
                 say(
-                    f"{site}: {n} servers active in {active:.2f} s ({used} switch sessions), released and "
-                    f"available in {released:.2f} s"
+                    f"{site}: {n} servers active in {active:.2f} s ({batches} switch sessions, {logins} SSH "
+                    f"logins), released and available in {released:.2f} s"
                 )
-                return active, released, used
+                return active, released, batches, logins
 
             spawn_process = spawner(procs, var)
             for _ in range(args.workers):
@@ -311,6 +325,7 @@ def main() -> int:
     added = statistics.median(m[0] - p[0] for p, m in zip(plain, managed, strict=True))
     added_release = statistics.median(m[1] - p[1] for p, m in zip(plain, managed, strict=True))
     sessions = statistics.median(m[2] for m in managed)
+    logins = statistics.median(m[3] for m in managed)
     print(
         f"{n} servers, {args.workers} worker(s) x {args.threads} threads: reserve to all active "
         f"{', '.join(f'{p[0]:.2f}' for p in plain)} s without network management, "
@@ -320,7 +335,7 @@ def main() -> int:
     )
     print(
         f"network handover: {n} servers, +{added:.2f} s for the network (target < 5 s), {sessions:.0f} switch "
-        f"sessions (a session per server and step: {2 * n})"
+        f"sessions, {logins:.0f} SSH logins (a session per server and step: {2 * n})"
     )
     return 0
 

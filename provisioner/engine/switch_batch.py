@@ -13,9 +13,10 @@ its port recorded on the wanted VLAN since it reached the step, under the same l
 (no session of its own).
 
 Gathering: before it takes the lock, a step whose reservation has other servers on the same switch that are
-running the steps before this one (their operation is running, not parked on an agent or queued) waits for
-them, at most ``NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS`` (2 s): servers handed over together then share one
-session instead of queueing at the lock one session each.
+running the steps before this one (their operation is running, not parked on an agent or queued) may wait for
+them, at most ``NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS`` (default 0: off, since a step that finds the switch busy
+parks, holding no worker thread, and joins the next batch; the batch's end wakes the steps it covered and one
+still waiting, the next batch's leader).
 
 A batch that fails records nothing for its peers: each peer's own step then runs its own batch (so a switch
 that stays unreachable fails each one's step in the normal way, with the normal retries). A port the switch
