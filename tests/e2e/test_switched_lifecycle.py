@@ -16,7 +16,7 @@ import pytest
 from lab import switch as lab_switch
 from lab import switched
 from provisioner.lifecycle import Actor
-from provisioner.models import Image, NetworkAttachment, Node, ServerType
+from provisioner.models import Image, LogLine, NetworkAttachment, Node, ServerType
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, ReservationState
 from tests.conftest import wait_for
@@ -120,6 +120,12 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
         for i, node in enumerate(nodes, start=1):
             attachment = NetworkAttachment.objects.live().select_related("network").get(node=node)
             servers[f"{who}{i}"] = (node, switched_lab[node.name], attachment)
+    # each deploy checked its cabling by LLDP: the lab switch's lldpd, heard on the server's own NIC
+    for node, spec, _attachment in servers.values():
+        heard = LogLine.objects.filter(operation__node=node, message__startswith="LLDP on eth0:")
+        assert [line.message for line in heard] == [
+            f"LLDP on eth0: switch {switch.name} port {spec.switch_port}"
+        ], list(LogLine.objects.filter(operation__node=node).values_list("message", flat=True))
     acme_vlan, globex_vlan = servers["acme1"][2].network.vlan, servers["globex1"][2].network.vlan
     assert acme_vlan != globex_vlan and servers["acme2"][2].network.vlan == acme_vlan
 
