@@ -221,7 +221,12 @@ def _power_off_after_failure(ctx: StepContext, what: str) -> None:
     except Exception as exc:  # reported; the step's own failure is raised by the caller
         ctx.log(f"{what}; powering {ctx.node.name} off failed too: {exc}", level=LogLine.Level.WARNING)
         return
-    Node.objects.filter(pk=ctx.node.pk).update(power_state=state.value, power_checked_at=timezone.now())
+    Node.objects.filter(pk=ctx.node.pk).update(
+        power_state=state.value,
+        power_checked_at=timezone.now(),
+        fast_track_ticket=None,
+        fast_track_until=None,
+    )
     ctx.log(f"{what}: {ctx.node.name} powered off so that nothing keeps running on it")
 
 
@@ -236,13 +241,15 @@ def wipe(ctx: StepContext) -> None:
         # The released customer's OS (firmware fell back to the disk) or a half-done erase: off.
         _power_off_after_failure(ctx, "the wipe failed")
         raise
-    # the wipe ends by powering the server off through its BMC: that is when its power was last known
+    # the wipe ends by powering the server off through its BMC (or, fast-tracked, with its agent up in the
+    # ramdisk): that is when its power was last known
+    fast_tracked = Node.objects.filter(pk=node.pk, fast_track_ticket__isnull=False).exists()
     Node.objects.filter(pk=node.pk).update(
         ssh_address="",
         host_key_fingerprints={},
         known_hosts="",
         image=None,
-        power_state=PowerStateChoice.OFF,
+        power_state=PowerStateChoice.ON if fast_tracked else PowerStateChoice.OFF,
         power_checked_at=timezone.now(),
     )
     ctx.log(f"{node.name} wiped")
@@ -296,7 +303,12 @@ def power_action(ctx: StepContext) -> None:
         state = driver.get_power_state()
     finally:
         driver.close()
+    # whatever ran on the server (a fast-tracked agent too) was power cycled or stopped by this action
     Node.objects.filter(pk=ctx.node.pk).update(
-        power_state=state.value, power_checked_at=timezone.now(), bmc_last_contact_at=timezone.now()
+        power_state=state.value,
+        power_checked_at=timezone.now(),
+        bmc_last_contact_at=timezone.now(),
+        fast_track_ticket=None,
+        fast_track_until=None,
     )
     ctx.log(f"power {action}: node is now {state.value}")

@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from provisioner.boot import fast_track
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket
 from provisioner.burnin.bundle import build_bundle
@@ -91,9 +92,41 @@ def _netboot_with_ticket(node: Node, op: Operation, instructions: dict[str, Any]
     node into the deploy ramdisk, which fetches the instructions and reports to the boot service."""
     ticket = open_ticket(node, op, instructions)
     ctx.save_data(ticket=ticket.pk, phase="agent")
-    _run_bmc_playbook(node, "netboot.yml", ctx)
+    _netboot(node, ctx)
     ctx.log(f"{node.name} is booting the deploy ramdisk (ticket {ticket.pk})")
     return ticket
+
+
+def _netboot(node: Node, ctx: Any) -> None:
+    """Power cycle the node into the deploy ramdisk (an agent still up in it is killed: no fast-track)."""
+    fast_track.end(node.pk)
+    _run_bmc_playbook(node, "netboot.yml", ctx)
+
+
+def _hand_to_running_agent(node: Node, op: Operation, instructions: dict[str, Any], ctx: Any) -> bool:
+    """Fast-track: when the agent that wiped ``node`` still heartbeats, open this attempt's ticket for it to
+    take at its next heartbeat, with no power cycle (no firmware self-test, no ramdisk boot). False (nothing
+    done) when the node is not fast-tracked."""
+    if not fast_track.is_fast_tracked(node):
+        return False
+    ticket = open_ticket(node, op, instructions)
+    ctx.save_data(ticket=ticket.pk, phase="agent", fast_track=True)
+    ctx.log(
+        f"fast-track: the deploy agent on {node.name} is up and heartbeating; it takes ticket {ticket.pk} "
+        "at its next heartbeat (no power cycle)"
+    )
+    return True
+
+
+def _fall_back_to_netboot(node: Node, ctx: Any) -> None:
+    """A fast-track deploy whose agent stopped heartbeating before it took the ticket: boot the node into
+    the ramdisk the cold way; the open ticket is served to its PXE boot."""
+    ticket = DeployTicket.objects.get(pk=ctx.data["ticket"])
+    if ticket.script_served_at is not None or fast_track.is_fast_tracked(node):
+        return
+    ctx.log(f"fast-track: the agent on {node.name} stopped heartbeating; booting it into the ramdisk")
+    ctx.save_data(fast_track=False)
+    _netboot(node, ctx)
 
 
 def _agent_result(
@@ -122,6 +155,9 @@ def _agent_result(
                 f"{what}: no progress reported for {quiet:.0f} s (last: {progress or 'none'})", retryable=True
             )
         recheck = min(60.0, stall_timeout / 4)
+    if ctx.data.get("fast_track") and ticket.script_served_at is None:
+        # looked at again when the agent would have missed its heartbeats (the fall-back to a netboot)
+        recheck = min(recheck, fast_track.heartbeat_seconds() * 2)
     ctx.wait(what, timeout=timeout, recheck_every=recheck)
     raise AssertionError("ctx.wait returns only by raising")  # pragma: no cover
 
@@ -230,9 +266,13 @@ class AnsibleDeployDriver(DeployDriver):
         ctx = log
         phase = ctx.data.get("phase")
         if phase is None:
-            _netboot_with_ticket(self.node, _operation(request.extra), instructions, ctx)
+            op = _operation(request.extra)
+            if not _hand_to_running_agent(self.node, op, instructions, ctx):
+                _netboot_with_ticket(self.node, op, instructions, ctx)
             phase = "agent"
         if phase == "agent":
+            if ctx.data.get("fast_track"):
+                _fall_back_to_netboot(self.node, ctx)
             result = _agent_result(ctx, "the deploy agent", DEPLOY_AGENT_TIMEOUT)
             try:
                 host_keys, fingerprints = verify_deployed(
@@ -330,14 +370,23 @@ class AnsibleDeployDriver(DeployDriver):
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
         ctx = log
         if ctx.data.get("phase") is None:
-            _netboot_with_ticket(self.node, op, {"action": "erase", "node": node_name}, ctx)
+            instructions = fast_track.erase_instructions(node_name)
+            if not _hand_to_running_agent(self.node, op, instructions, ctx):
+                _netboot_with_ticket(self.node, op, instructions, ctx)
         if ctx.data["phase"] == "agent":
+            if ctx.data.get("fast_track"):
+                _fall_back_to_netboot(self.node, ctx)
             result = _agent_result(ctx, "the wipe", WIPE_TIMEOUT, stall_timeout=WIPE_STALL_TIMEOUT)
             erased = result.get("bytes_written")
             if not isinstance(erased, int) or erased <= 0:
                 # an "ok" that overwrote nothing (a disk read as empty) is no wipe
                 raise DeployFailed(f"the deploy agent on {node_name} reported erasing {erased or 0} bytes")
             ctx.save_data(phase="erased", erased=erased)
+        node = Node.objects.get(pk=self.node.pk)
+        if node.fast_track_ticket_id == ctx.data["ticket"] and fast_track.is_fast_tracked(node):
+            # the agent stays up heartbeating: the next deploy streams without a power cycle
+            log(f"{node_name}: {ctx.data['erased']} bytes overwritten; fast-track: its agent stays up")
+            return
         _run_bmc_playbook(self.node, "power_off_disk.yml", ctx)
         log(f"{node_name}: {ctx.data['erased']} bytes overwritten")
 
