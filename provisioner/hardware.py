@@ -59,8 +59,9 @@ DRIVERS_USED: dict[str, tuple[str, ...]] = {
     OperationKind.CLEAN: (POWER, DEPLOY),
     OperationKind.BURNIN: (BURNIN,),
     OperationKind.POWER: (POWER,),
+    OperationKind.WARM_UP: INTERFACES,
 }
-DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE, OperationKind.WARM_UP})
 T = TypeVar("T")
 
 

@@ -285,6 +285,9 @@ NEOCLOUD_POWER_SYNC_SECONDS = env_float("NEOCLOUD_POWER_SYNC_SECONDS", 60.0, min
 # the ramdisk, heartbeating every HEARTBEAT seconds, and a deploy to that server streams at once instead of
 # power cycling it through a firmware self-test into the ramdisk. An agent that missed MISSED heartbeats is
 # powered off through the BMC by the scheduler (the cold path again).
+# A server's power-on self-test as the catalog estimates it before any deploy of its type was measured
+# (services/warm_pool.expected_ready_seconds; 8-GPU servers take 3-5 minutes).
+NEOCLOUD_POST_SECONDS_ESTIMATE = env_float("NEOCLOUD_POST_SECONDS_ESTIMATE", 180.0, minimum=0)
 NEOCLOUD_FAST_TRACK = env_bool("NEOCLOUD_FAST_TRACK", False)
 NEOCLOUD_FAST_TRACK_HEARTBEAT_SECONDS = env_float("NEOCLOUD_FAST_TRACK_HEARTBEAT_SECONDS", 10.0, minimum=0.2)
 NEOCLOUD_FAST_TRACK_MISSED_HEARTBEATS = env_int("NEOCLOUD_FAST_TRACK_MISSED_HEARTBEATS", 3, minimum=1)

@@ -53,6 +53,8 @@ PLANS: dict[str, list[str]] = {
     OperationKind.CLEAN: ["begin_clean", "wipe", "finish_clean"],
     OperationKind.BURNIN: ["burnin_only"],
     OperationKind.POWER: ["power_action"],
+    # the warm pool (services/warm_pool.py): deployed with the provisioning key only, burned in, kept on
+    OperationKind.WARM_UP: ["begin_warm_up", "deploy", "burnin", "finish_warm_up"],
 }
 
 

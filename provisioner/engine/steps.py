@@ -6,7 +6,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from provisioner import crypto, events, hardware
-from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, HandoverRequest
+from provisioner.drivers.base import (
+    BootDevice,
+    BootSetting,
+    DeployRequest,
+    HandoverRequest,
+    PersonalizeRequest,
+)
 from provisioner.engine.context import StepContext
 from provisioner.engine.registry import step
 from provisioner.errors import BurnInFailed, InvalidRequest
@@ -48,8 +54,9 @@ def _provisioning_keypair(ctx: StepContext) -> tuple[str, str]:
     from provisioner.sshkeys import generate_keypair
 
     stored = ctx.operation.params.get("provisioning_key")
-    if stored is None and ctx.operation.kind == OperationKind.BURNIN:
-        # A burn-in re-run reaches the node with the key of the deployment that installed its OS.
+    if stored is None and (ctx.operation.kind == OperationKind.BURNIN or ctx.params.get("warm")):
+        # A burn-in re-run, or a warm server taken by a reservation, reaches the node with the key of the
+        # deployment that installed its OS.
         earlier = (
             Operation.objects.filter(node=ctx.node, params__has_key="provisioning_key")
             .exclude(pk=ctx.operation.pk)
@@ -74,8 +81,34 @@ def _authorized_keys(ctx: StepContext) -> list[str]:
     return list(ctx.params.get("authorized_keys", []))
 
 
+def _personalize_warm(ctx: StepContext) -> None:
+    """A warm server taken by a reservation: its OS is deployed and burned in already; it gets fresh host
+    keys generated on it and its customer's keys, over SSH with the warm pool's provisioning key."""
+    node = ctx.node
+    private, _ = _provisioning_keypair(ctx)
+    ctx.log(f"{node.name} comes from the warm pool: new host keys and the customer's keys, no deploy")
+    result = hardware.deploy_driver(node).personalize(
+        PersonalizeRequest(
+            node_name=node.name,
+            address=node.ssh_address,
+            port=node.ssh_port,
+            username=node.ssh_user,
+            expected_fingerprints=node.host_key_fingerprints,
+            provisioning_private_key=private,
+            customer_keys=_authorized_keys(ctx),
+        ),
+        ctx,
+    )
+    Node.objects.filter(pk=node.pk).update(
+        host_key_fingerprints=result.host_key_fingerprints, known_hosts=result.known_hosts
+    )
+
+
 @step("deploy", timeout=900, attempts=2)
 def deploy(ctx: StepContext) -> None:
+    if ctx.params.get("warm"):
+        _personalize_warm(ctx)
+        return
     node = ctx.node
     image = node.image if node.image_id else None
     if "image_id" in ctx.params:
@@ -130,9 +163,16 @@ def _run_burnin(ctx: StepContext) -> BurnInReport:
     thresholds = dict(node.server_type.burnin_thresholds or {})
     ctx.log(f"burn-in of {node.name}: expecting {expectations['gpu_count']}x {expectations['gpu_model']}")
     private, _ = _provisioning_keypair(ctx)
+    # a warm server, burned in when it joined the pool, gets a short health re-check before handover
+    profile = "short" if ctx.params.get("warm") else "full"
     report = hardware.burnin_driver(node).run(
         node.name,
-        {"expect": expectations, "thresholds": thresholds, "provisioning_private_key": private},
+        {
+            "expect": expectations,
+            "thresholds": thresholds,
+            "provisioning_private_key": private,
+            "profile": profile,
+        },
         ctx,
     )
     failed = [c for c in report.get("checks", []) if not c.get("passed")]
@@ -195,6 +235,16 @@ def handover(ctx: StepContext) -> None:
 @step("finish_provision", timeout=30)
 def finish_provision(ctx: StepContext) -> None:
     _advance(ctx, NodeEvent.BURNIN_PASSED, from_state=NodeState.BURNING_IN, to_state=NodeState.ACTIVE)
+
+
+@step("begin_warm_up", timeout=30)
+def begin_warm_up(ctx: StepContext) -> None:
+    _advance(ctx, NodeEvent.WARM_UP, from_state=NodeState.AVAILABLE, to_state=NodeState.WARMING)
+
+
+@step("finish_warm_up", timeout=30)
+def finish_warm_up(ctx: StepContext) -> None:
+    _advance(ctx, NodeEvent.WARMED, from_state=NodeState.WARMING, to_state=NodeState.WARM)
 
 
 @step("begin_clean", timeout=30)

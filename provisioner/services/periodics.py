@@ -19,7 +19,7 @@ from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdu
 from provisioner.errors import IllegalTransition
 from provisioner.lifecycle import Actor, process_event
 from provisioner.models import LogLine, Node, Operation, Reservation
-from provisioner.services import fast_track, signin, webhooks
+from provisioner.services import fast_track, signin, warm_pool, webhooks
 from provisioner.services.outcomes import after_failure, failure_event, mark_reservation_active_if_ready
 from provisioner.services.reservations import (
     add_spare,
@@ -166,6 +166,7 @@ def housekeeping_pass() -> dict[str, int]:
     counts["settled"] = settle_finished_reservations()
     counts["rollouts"] = advance_running_rollouts()
     counts["fast_track_expired"] = fast_track.expire()
+    counts.update({f"warm_pool_{k}": v for k, v in warm_pool.refill().items()})
     counts["signin_failures_pruned"] = signin.prune()
     counts["ansible_leftovers_swept"] = sweep_stale_spools()
     # webhooks: new events into deliveries, passes queued for endpoints with deliveries due (no HTTP here)

@@ -37,6 +37,7 @@ from provisioner.drivers.base import (
     DeployResult,
     HandoverRequest,
     HandoverResult,
+    PersonalizeRequest,
 )
 from provisioner.errors import DeployFailed, DriverError, ImageChecksumMismatch, NvmlUnavailable
 from provisioner.models import BmcCallErrors, DeployTicket, Node, Operation
@@ -298,6 +299,63 @@ class AnsibleDeployDriver(DeployDriver):
             known_hosts=known_hosts,
         )
 
+    def personalize(self, request: PersonalizeRequest, log: Any) -> DeployResult:
+        """A warm server made its customer's over one SSH session (strict host-key checking against the
+        warm-time keys): new host keys generated on the server over every ``HostKey`` its sshd reads, the
+        customer's keys appended to the file sshd reads them from, sshd told to reload (SIGHUP: it
+        re-executes and reads the new keys; the session it serves goes on). The new keys are then read
+        back from outside and must be the ones generated."""
+        import shlex
+
+        from provisioner.boot.reports import ReportError, _host_key_blob
+        from provisioner.handover import known_hosts_name, run_command, scan_host_keys
+        from provisioner.sshkeys import fingerprint_sha256
+
+        keys = "".join(f"printf '%s\\n' {shlex.quote(key)} >> \"$keys\"\n" for key in request.customer_keys)
+        script = PERSONALIZE_SCRIPT.replace("@CUSTOMER_KEYS@", keys)
+        status, out, err = run_command(
+            request.address,
+            request.port,
+            request.username,
+            request.provisioning_private_key,
+            request.expected_fingerprints,
+            f"sh -c {shlex.quote(script)}",
+            60,
+        )
+        if status != 0:
+            raise DriverError(
+                f"new host keys for {request.node_name} failed (exit {status}): {err.strip()[-300:]}",
+                retryable=True,
+            )
+        publics = {line.split()[0]: line.strip() for line in out.splitlines() if line.strip()}
+        try:
+            prints = {kind: fingerprint_sha256(_host_key_blob(kind, line)) for kind, line in publics.items()}
+        except ReportError as exc:
+            raise DriverError(f"new host keys for {request.node_name}: {exc}") from None
+        if not prints or set(prints.values()) & set(request.expected_fingerprints.values()):
+            raise DriverError(f"{request.node_name} did not generate new host keys", retryable=True)
+        deadline = time.monotonic() + 15
+        while True:  # sshd re-executes on SIGHUP: the new keys are served a moment later
+            try:
+                scanned = scan_host_keys(request.address, request.port, prints)
+                break
+            except DriverError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        if {k.fingerprint for k in scanned} != set(prints.values()):
+            raise DriverError(
+                f"{request.node_name} does not serve the host keys it generated", retryable=True
+            )
+        host = known_hosts_name(request.address, request.port)
+        log(f"{request.node_name}: new host keys {', '.join(prints.values())}; the customer's keys installed")
+        return DeployResult(
+            address=request.address,
+            ssh_port=request.port,
+            host_key_fingerprints=prints,
+            known_hosts="\n".join(f"{host} {' '.join(line.split()[:2])}" for line in publics.values()),
+        )
+
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
         host = ssh_host(
             request.address,
@@ -398,6 +456,13 @@ class AnsibleBurnInDriver(BurnInDriver):
     def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
         node = Node.objects.get(pk=self.node.pk)
         info = AnsibleNodeInfo.of(node)
+        load_seconds, xid_wait = info.load_seconds, info.burnin_xid_wait_seconds
+        if expectations.get("profile") == "short":
+            # a warm server's health re-check before handover: every NVML check, under a brief load
+            load_seconds, xid_wait = (
+                min(load_seconds, SHORT_LOAD_SECONDS),
+                min(xid_wait, SHORT_XID_WAIT_SECONDS),
+            )
         host = ssh_host(
             node.ssh_address,
             node.ssh_port,
@@ -409,16 +474,16 @@ class AnsibleBurnInDriver(BurnInDriver):
             expect=untemplated(expectations["expect"]),
             thresholds=untemplated(expectations.get("thresholds") or {}),
             faults=info.faults(),
-            load_seconds=info.load_seconds,
-            xid_wait_seconds=info.burnin_xid_wait_seconds,
-            sample_interval=info.burnin_sample_interval,
+            load_seconds=load_seconds,
+            xid_wait_seconds=xid_wait,
+            sample_interval=min(info.burnin_sample_interval, load_seconds),
         )
         private_key = expectations["provisioning_private_key"]
         files: dict[str, str | bytes] = {
             "provisioning_key": private_key,
             "known_hosts": node.known_hosts + "\n",
         }
-        runs_for = info.load_seconds + info.burnin_xid_wait_seconds
+        runs_for = load_seconds + xid_wait
         if runs_for > settings.NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS:
             return self._run_detached(node, host, files, private_key, runs_for, log)
         result = self._playbook(
@@ -510,6 +575,36 @@ class AnsibleBurnInDriver(BurnInDriver):
         except PlaybookFailed as exc:
             raise self._could_not_run(node.name, exc)
 
+
+# Run on a warm server as root by DeployDriver.personalize: fresh host keys over the ones sshd reads (its
+# HostKey lines, else OpenSSH's defaults), printed; the customer's keys appended to the file sshd reads them
+# from (NEOCLOUD_AUTHORIZED_KEYS_FILE where the server says so, as in provisioner.handover); sshd reloaded.
+PERSONALIZE_SCRIPT = r"""set -eu
+conf="${NEOCLOUD_SSHD_CONFIG:-/etc/ssh/sshd_config}"
+keys="${NEOCLOUD_AUTHORIZED_KEYS_FILE:-$HOME/.ssh/authorized_keys}"
+paths=$(awk 'tolower($1)=="hostkey"{print $2}' "$conf")
+[ -n "$paths" ] || paths="/etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ecdsa_key /etc/ssh/ssh_host_rsa_key"
+for path in $paths; do
+  case "$path" in
+    *ed25519*) set -- -t ed25519 ;;
+    *ecdsa*) set -- -t ecdsa -b 256 ;;
+    *rsa*) set -- -t rsa -b 3072 ;;
+    *) continue ;;
+  esac
+  rm -f "$path.new" "$path.new.pub"
+  ssh-keygen -q -N '' "$@" -C "root@$(hostname)" -f "$path.new" >/dev/null
+  mv -f "$path.new.pub" "$path.pub"
+  mv -f "$path.new" "$path"
+  cat "$path.pub"
+done
+if [ -s "$keys" ] && [ -n "$(tail -c1 "$keys")" ]; then echo >> "$keys"; fi
+@CUSTOMER_KEYS@pidfile=$(awk 'tolower($1)=="pidfile"{print $2}' "$conf")
+kill -HUP "$(cat "${pidfile:-/run/sshd.pid}")"
+"""
+
+# The short profile of a warm server's re-check (its full burn-in ran when it joined the warm pool).
+SHORT_LOAD_SECONDS = 5.0
+SHORT_XID_WAIT_SECONDS = 1.0
 
 # A detached burn-in may run this much longer than its load and Xid wait before its wait fails.
 BURNIN_DETACHED_MARGIN = 600
