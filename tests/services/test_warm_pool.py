@@ -95,3 +95,14 @@ def test_the_catalog_estimates_the_cold_path_from_recent_deploys_or_the_post_tim
     _run_all()
     measured = warm_pool.expected_ready_seconds(inventory.h100)
     assert 0 <= measured < 60  # the fake deploy takes no time
+
+
+def test_time_per_phase_of_a_warm_provisioning_names_its_phases(inventory):
+    from provisioner.services.phases import phase_times
+
+    _fill(inventory, 1)
+    r = reserve(inventory)
+    _run_all()
+    op = r.operations.get(kind=OperationKind.PROVISION)
+    assert [name for name, _ in phase_times(op)] == ["new host keys", "burn-in", "handover"]
+    assert all(seconds >= 0 for _, seconds in phase_times(op))
