@@ -197,3 +197,26 @@ def expected_ready_seconds(server_type: ServerType, image: Image | None = None) 
 # The cold path's work besides its two self-tests when nothing was measured yet: stream, first boot, burn-in
 # (a minute of load), handover.
 COLD_WORK_SECONDS = 180
+
+
+def set_pool(server_type: ServerType, size: int, image: Image | None, *, actor: Actor) -> PoolStatus:
+    """An operator's setting of the type's warm pool: its size and image (None: the most booked one). The
+    scheduler's next pass fills or shrinks the pool. Audited.
+
+    :raises InvalidRequest: a negative size, or an image the type's deploy driver cannot write.
+    """
+    from provisioner import hardware
+    from provisioner.errors import InvalidRequest
+    from provisioner.lifecycle import record
+
+    if size < 0:
+        raise InvalidRequest("the warm pool's size is a whole number of at least 0")
+    if image is not None and (problem := hardware.image_problem(server_type, image)):
+        raise InvalidRequest(f"image {image.slug} {problem}; choose another image")
+    ServerType.objects.filter(pk=server_type.pk).update(warm_pool_size=size, warm_pool_image=image)
+    record(
+        actor,
+        "set_warm_pool",
+        reason=f"{server_type.slug}: {size} warm server(s) of {image.slug if image else 'the most booked image'}",
+    )
+    return next(p for p in pools() if p.server_type.pk == server_type.pk)
