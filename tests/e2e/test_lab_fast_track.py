@@ -15,6 +15,7 @@ from provisioner import hardware
 from provisioner.handover import run_command
 from provisioner.lifecycle import Actor
 from provisioner.models import AuditEvent, Image, Node, Operation, ServerType
+from provisioner.services.phases import phase_times
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, OperationKind, PowerStateChoice, ReservationState
 from tests.conftest import wait_for
@@ -108,6 +109,11 @@ def test_deploy_after_a_fast_track_wipe_skips_the_power_cycle_and_a_silent_agent
     op = Operation.objects.filter(node=node, kind=OperationKind.PROVISION).latest("created_at")
     assert op.log_lines.filter(message__startswith="fast-track: the deploy agent on").exists()
     assert not op.log_lines.filter(message__startswith="TASK [Power off, boot from the network once").exists()
+    # the portal's time per phase: no POST into the ramdisk, the agent took the ticket at a heartbeat
+    phases = [name for name, _ in phase_times(op)]
+    assert phases == ["agent pickup (fast-track)", "stream", "first boot", "burn-in", "handover"]
+    cold_op = Operation.objects.filter(node=node, kind=OperationKind.PROVISION).earliest("created_at")
+    assert next(name for name, _ in phase_times(cold_op)) == "POST into the ramdisk"
     status, out, _ = run_command(
         node.ssh_address,
         node.ssh_port,
