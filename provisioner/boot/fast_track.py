@@ -23,6 +23,20 @@ from django.utils import timezone
 
 from provisioner.boot.tickets import TICKET_LIFETIME, _hash, _still_open
 from provisioner.models import DeployTicket, Node
+from provisioner.states import NodeState
+
+# States in which a fast-tracked agent keeps waiting for its next ticket: idle, or on the way to a deploy or a
+# wipe (a reservation, the warm pool, a release).
+MAY_DEPLOY_STATES = frozenset(
+    {
+        NodeState.AVAILABLE,
+        NodeState.RESERVED,
+        NodeState.DEPLOYING,
+        NodeState.WARMING,
+        NodeState.RELEASING,
+        NodeState.CLEANING,
+    }
+)
 
 
 def enabled() -> bool:
@@ -88,6 +102,10 @@ def heartbeat(ticket: DeployTicket) -> dict[str, Any] | None:
             or node.fast_track_until is None
             or node.fast_track_until <= now
         ):
+            return None
+        if node.state not in MAY_DEPLOY_STATES:
+            # held by an operator, quarantined, failed: the deadline is not moved on, and once it passes
+            # the scheduler powers the server off
             return None
         waiting = _still_open(now).filter(node=node, script_served_at__isnull=True).order_by("-created_at")
         following = waiting.first()

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from provisioner.engine.queue import create_operations, enqueue_many
@@ -90,7 +90,7 @@ def _idle_candidates(server_type: ServerType, unfit: list[int]) -> list[Node]:
         .exclude(pk__in=busy)
         .exclude(pk__in=unfit)
         # a fast-tracked agent first: its deploy starts without a power cycle
-        .order_by("fast_track_until", "name")
+        .order_by(F("fast_track_until").desc(nulls_last=True), "name")
         .select_related("rack__site")
     )
 
