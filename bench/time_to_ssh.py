@@ -181,7 +181,24 @@ def main() -> int:
                 time.sleep(0.1)
             results.append(time.monotonic() - started)
 
+        def phase_breakdown(since) -> str:
+            """The median time of each provisioning phase (the portal's time per phase) of the provisioning
+            operations created since ``since``."""
+            from statistics import median
+
+            from provisioner.models import Operation
+            from provisioner.services.phases import phase_times
+
+            seen: dict[str, list[float]] = {}
+            for op in Operation.objects.filter(kind="provision", created_at__gte=since):
+                for label, seconds in phase_times(op):
+                    seen.setdefault(label, []).append(seconds)
+            return ", ".join(f"{label} {median(times):.1f} s" for label, times in seen.items())
+
         def phase(name: str) -> list[float]:
+            from django.utils import timezone
+
+            since = timezone.now()
             results: list[float] = []
             errors: list[str] = []
             threads = [threading.Thread(target=one, args=(results, errors)) for _ in range(args.count)]
@@ -196,6 +213,7 @@ def main() -> int:
                 f"p99 {percentile(results, 99):.1f} s (POST scaled x{args.post_scale})",
                 flush=True,
             )
+            print(f"  {name}, median per phase: {phase_breakdown(since)}", flush=True)
             return results
 
         def release_all_and_wait_fast_tracked() -> None:
