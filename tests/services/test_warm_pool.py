@@ -106,3 +106,18 @@ def test_time_per_phase_of_a_warm_provisioning_names_its_phases(inventory):
     op = r.operations.get(kind=OperationKind.PROVISION)
     assert [name for name, _ in phase_times(op)] == ["new host keys", "burn-in", "handover"]
     assert all(seconds >= 0 for _, seconds in phase_times(op))
+
+
+def test_operators_see_the_pool_on_the_fleet_page_and_customers_the_time_to_ready(client, inventory, settings):
+    from django.urls import reverse
+
+    settings.NEOCLOUD_POST_SECONDS_ESTIMATE = 240
+    client.force_login(inventory.owner)
+    body = client.get(reverse("portal:catalog")).content.decode()
+    assert "Ready in about 11 minutes" in body  # two POSTs of 4 minutes and the work: nothing measured yet
+    _fill(inventory, 1)
+    body = client.get(reverse("portal:catalog")).content.decode()
+    assert 'data-testid="ready-h100-8x">Ready in about 1 minute<' in body
+    client.force_login(inventory.operator)
+    fleet = client.get(reverse("portal:ops_fleet")).content.decode()
+    assert 'id="warm-pools"' in fleet and 'data-type="h100-8x"' in fleet
