@@ -108,7 +108,9 @@ def test_time_per_phase_of_a_warm_provisioning_names_its_phases(inventory):
     assert all(seconds >= 0 for _, seconds in phase_times(op))
 
 
-def test_operators_see_the_pool_on_the_fleet_page_and_customers_the_time_to_ready(client, inventory, settings):
+def test_operators_see_the_pool_on_the_fleet_page_and_customers_the_time_to_ready(
+    client, inventory, settings
+):
     from django.urls import reverse
 
     settings.NEOCLOUD_POST_SECONDS_ESTIMATE = 240
