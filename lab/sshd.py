@@ -37,6 +37,7 @@ SSHD = "/usr/sbin/sshd"
 SSH_USER = "root"
 SSH_PORT = 22
 AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"
+SSHD_CONFIG_ENV = "NEOCLOUD_SSHD_CONFIG"
 # sshd refuses to start without its privilege-separation directory (Debian creates it at boot only).
 PRIVSEP_DIR = Path("/run/sshd")
 _KEY_TYPE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -113,7 +114,9 @@ def render_sshd_config(
         # The files live in the lab directory, whose owners and modes sshd's checks do not expect.
         "StrictModes no",
         f"PidFile {directory / 'sshd.pid'}",
-        f"SetEnv {AUTHORIZED_KEYS_ENV}={directory / 'authorized_keys'}",
+        # where sessions find the files a real server keeps in /etc/ssh (a warm server's new host keys)
+        f"SetEnv {AUTHORIZED_KEYS_ENV}={directory / 'authorized_keys'} "
+        f"{SSHD_CONFIG_ENV}={directory / 'sshd_config'}",
         "PrintMotd no",
         "X11Forwarding no",
         "AllowTcpForwarding no",
