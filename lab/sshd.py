@@ -100,10 +100,20 @@ def render_sshd_config(
     spec: LabNodeSpec, host_keys: list[Path], directory: Path, also_listen: str = ""
 ) -> str:
     """The sshd_config of a lab node: key-only root login on the node's address (and ``also_listen``, its
-    private address on a tenant network), state in ``directory``."""
+    private address on a tenant network; a switched node: every address of its namespace), state in
+    ``directory``."""
+    # A switched server's sshd listens on every address of its own namespace, as a real OS's does: a warm
+    # server gets its tenant address while sshd runs (the warm pool's personalize step).
+    listen = (
+        [f"ListenAddress 0.0.0.0:{SSH_PORT}"]
+        if spec.switch_name
+        else [
+            f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
+            *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
+        ]
+    )
     lines = [
-        f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
-        *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
+        *listen,
         *(f"HostKey {path}" for path in host_keys),
         f"AuthorizedKeysFile {directory / 'authorized_keys'}",
         "PubkeyAuthentication yes",

@@ -399,6 +399,9 @@ class PersonalizeRequest:
     expected_fingerprints: dict[str, str]  # the warm-time host keys, checked before anything is sent
     provisioning_private_key: str = dataclasses.field(repr=False)
     customer_keys: list[str]
+    # the reservation's tenant network, as DeployRequest.private_network: a warm server's OS booted before it
+    # had one, so it is put on the running OS (None: unmanaged site)
+    private_network: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass

@@ -105,6 +105,7 @@ def _personalize_warm(ctx: StepContext) -> None:
             expected_fingerprints=node.host_key_fingerprints,
             provisioning_private_key=private,
             customer_keys=_authorized_keys(ctx),
+            private_network=_private_network(ctx),
         ),
         ctx,
     )

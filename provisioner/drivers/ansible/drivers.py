@@ -331,7 +331,7 @@ class AnsibleDeployDriver(DeployDriver):
         from provisioner.sshkeys import fingerprint_sha256
 
         keys = "".join(f"printf '%s\\n' {shlex.quote(key)} >> \"$keys\"\n" for key in request.customer_keys)
-        script = PERSONALIZE_SCRIPT.replace("@CUSTOMER_KEYS@", keys)
+        script = PERSONALIZE_SCRIPT.replace("@CUSTOMER_KEYS@", keys + _private_network_script(request))
         status, out, err = run_command(
             request.address,
             request.port,
@@ -367,7 +367,15 @@ class AnsibleDeployDriver(DeployDriver):
                 f"{request.node_name} does not serve the host keys it generated", retryable=True
             )
         host = known_hosts_name(request.address, request.port)
-        log(f"{request.node_name}: new host keys {', '.join(prints.values())}; the customer's keys installed")
+        on_network = (
+            f"; on its private network at {request.private_network['address']}"
+            if request.private_network
+            else ""
+        )
+        log(
+            f"{request.node_name}: new host keys {', '.join(prints.values())}; the customer's keys installed"
+            f"{on_network}"
+        )
         return DeployResult(
             address=request.address,
             ssh_port=request.port,
@@ -620,6 +628,42 @@ if [ -s "$keys" ] && [ -n "$(tail -c1 "$keys")" ]; then echo >> "$keys"; fi
 @CUSTOMER_KEYS@pidfile=$(awk 'tolower($1)=="pidfile"{print $2}' "$conf")
 kill -HUP "$(cat "${pidfile:-/run/sshd.pid}")"
 """
+
+# A warm server's OS booted on the provisioning network before any reservation had it: its tenant address goes
+# on the NIC that holds its provisioning address, as the first boot would have put it (lab.os_firstboot): the
+# address with its prefix, the default route via the tenant gateway; the old gateway keeps a host route so
+# that this session and the handover after it still reach the server until its port moves.
+PRIVATE_NETWORK_SCRIPT = r"""dev=$(ip -o -4 addr show | awk -v a=@PROVISIONING@ '{split($4, x, "/"); if (x[1] == a) {print $2; exit}}')
+[ -n "$dev" ] || { echo "no interface holds @PROVISIONING@" >&2; exit 3; }
+old=$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "via") {print $(i + 1); exit}}')
+[ -z "$old" ] || ip route replace "$old" dev "$dev"
+ip addr replace @ADDRESS@ dev "$dev"
+ip route replace default via @GATEWAY@ dev "$dev" src @IP@
+"""
+
+
+def _private_network_script(request: PersonalizeRequest) -> str:
+    """PRIVATE_NETWORK_SCRIPT for ``request`` ("" without a private network). Raises DriverError for a
+    malformed network (never sent to the server)."""
+    import ipaddress
+    import shlex
+
+    network = request.private_network
+    if not network:
+        return ""
+    try:
+        address = ipaddress.IPv4Interface(f"{network['address']}/{int(network['prefix'])}")
+        gateway = ipaddress.IPv4Address(network["gateway"])
+        provisioning = ipaddress.IPv4Address(request.address)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DriverError(f"{request.node_name}'s private network is malformed: {exc}") from None
+    return (
+        PRIVATE_NETWORK_SCRIPT.replace("@PROVISIONING@", shlex.quote(str(provisioning)))
+        .replace("@ADDRESS@", shlex.quote(address.with_prefixlen))
+        .replace("@GATEWAY@", shlex.quote(str(gateway)))
+        .replace("@IP@", shlex.quote(str(address.ip)))
+    )
+
 
 # The short profile of a warm server's re-check (its full burn-in ran when it joined the warm pool).
 SHORT_LOAD_SECONDS = 5.0
