@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from lab import post
+from lab.netns import NODE_INTERFACE, LabNetworkError, call_in_namespace
 from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
+from provisioner.pxe import lldp
 from provisioner.pxe.configdrive import ConfigDriveError, read_config_drive
 from provisioner.pxe.ipxe import (
     BOOT_RETRY_SECONDS,
@@ -182,13 +184,28 @@ class Firmware:
             env["NEOCLOUD_FAULT_CRASH_AFTER_BYTES"] = str(AGENT_CRASH_AFTER_BYTES)
             self._console("fault injection: the deploy agent will crash mid-write")
         cmd = [sys.executable, "-m", "provisioner.pxe.agent", "--api", api, "--disk", self.spec.disk_path]
+        lldp_socket = self._lldp_socket()
+        if lldp_socket is not None:
+            cmd += ["--lldp-interface", NODE_INTERFACE, "--lldp-fd", str(lldp_socket.fileno())]
         with open(self.node_dir / "agent.log", "ab") as agent_log, self._lock:
             if generation != self._generation:
+                if lldp_socket is not None:
+                    lldp_socket.close()
                 return  # powered off (or cycled) while the ramdisk was loading
             # The token goes by environment, not argv, so it never shows in the process list.
-            self._agent = subprocess.Popen(
-                cmd, env=env, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=agent_log, stderr=agent_log
-            )
+            try:
+                self._agent = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=PROJECT_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=agent_log,
+                    stderr=agent_log,
+                    pass_fds=() if lldp_socket is None else (lldp_socket.fileno(),),
+                )
+            finally:
+                if lldp_socket is not None:
+                    lldp_socket.close()  # the agent holds its own copy
             agent = self._agent
         self._console(f"deploy ramdisk: agent started (pid {agent.pid})")
         returncode = agent.wait()
@@ -197,6 +214,18 @@ class Firmware:
                 self._agent = None
             self.agent_returncode = returncode
         self._console(f"deploy ramdisk: agent exited with {returncode}")
+
+    def _lldp_socket(self) -> Any:
+        """A switched server's NIC is a switch port's far end inside the server's network namespace, while its
+        agent runs on this host: the agent listens for LLDP through a socket opened there (None: a server
+        cabled straight to the host has no switch to hear)."""
+        if not (self.spec.switch_name and self.spec.netns):
+            return None
+        try:
+            return call_in_namespace(self.spec.netns, lambda: lldp.open_socket(NODE_INTERFACE))
+        except (OSError, LabNetworkError) as exc:
+            self._console(f"deploy ramdisk: cannot listen for LLDP on {NODE_INTERFACE}: {exc}")
+            return None
 
     # --- disk ---------------------------------------------------------------------------------------
 

@@ -23,16 +23,22 @@ interfaces are never touched. Everything runs ``ip`` from iproute2 and needs roo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from lab.spec import LabNodeSpec
 from provisioner.errors import DriverError
+
+T = TypeVar("T")
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 GATEWAY_ADDRESS = "198.18.0.1"
@@ -137,6 +143,39 @@ def configure_node_end(netns: str, address: str, gateway: str = GATEWAY_ADDRESS)
     _ip("link", "set", NODE_INTERFACE, "up", namespace=netns)
     _ip("route", "replace", f"{gateway}/32", "dev", NODE_INTERFACE, "scope", "link", namespace=netns)
     _ip("route", "replace", "default", "via", gateway, "dev", NODE_INTERFACE, "src", str(ip), namespace=netns)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def call_in_namespace(netns: str, fn: Callable[[], T]) -> T:
+    """``fn()`` run in network namespace ``netns``, on a thread of its own: a network namespace belongs to a
+    thread (setns(2)), so this process's other threads stay where they are, and a socket made by ``fn`` keeps
+    the namespace it was made in after the thread ends. Raises LabNetworkError when the namespace cannot be
+    entered; whatever ``fn`` raises is raised here."""
+    _check_name(netns)
+    outcome: dict[str, Any] = {}
+
+    def enter_and_call() -> None:
+        try:
+            with open(NETNS_DIR / netns) as handle:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise LabNetworkError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=enter_and_call, name=f"in-{netns}", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, FileNotFoundError):
+            raise LabNetworkError(f"network namespace {netns} does not exist")
+        raise error
+    return outcome["value"]
 
 
 def namespace_pids(netns: str) -> list[int]:

@@ -37,6 +37,7 @@ SSHD = "/usr/sbin/sshd"
 SSH_USER = "root"
 SSH_PORT = 22
 AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"
+SSHD_CONFIG_ENV = "NEOCLOUD_SSHD_CONFIG"
 # sshd refuses to start without its privilege-separation directory (Debian creates it at boot only).
 PRIVSEP_DIR = Path("/run/sshd")
 _KEY_TYPE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -99,10 +100,20 @@ def render_sshd_config(
     spec: LabNodeSpec, host_keys: list[Path], directory: Path, also_listen: str = ""
 ) -> str:
     """The sshd_config of a lab node: key-only root login on the node's address (and ``also_listen``, its
-    private address on a tenant network), state in ``directory``."""
+    private address on a tenant network; a switched node: every address of its namespace), state in
+    ``directory``."""
+    # A switched server's sshd listens on every address of its own namespace, as a real OS's does: a warm
+    # server gets its tenant address while sshd runs (the warm pool's personalize step).
+    listen = (
+        [f"ListenAddress 0.0.0.0:{SSH_PORT}"]
+        if spec.switch_name
+        else [
+            f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
+            *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
+        ]
+    )
     lines = [
-        f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
-        *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
+        *listen,
         *(f"HostKey {path}" for path in host_keys),
         f"AuthorizedKeysFile {directory / 'authorized_keys'}",
         "PubkeyAuthentication yes",
@@ -113,7 +124,9 @@ def render_sshd_config(
         # The files live in the lab directory, whose owners and modes sshd's checks do not expect.
         "StrictModes no",
         f"PidFile {directory / 'sshd.pid'}",
-        f"SetEnv {AUTHORIZED_KEYS_ENV}={directory / 'authorized_keys'}",
+        # where sessions find the files a real server keeps in /etc/ssh (a warm server's new host keys)
+        f"SetEnv {AUTHORIZED_KEYS_ENV}={directory / 'authorized_keys'} "
+        f"{SSHD_CONFIG_ENV}={directory / 'sshd_config'}",
         "PrintMotd no",
         "X11Forwarding no",
         "AllowTcpForwarding no",

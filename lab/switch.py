@@ -232,6 +232,7 @@ def start_switch(
     os.chmod(directory, 0o700)
     stop_switch_named(name)
     netns.create_namespace(NETNS_PREFIX + name, address)
+    _write_name_files(name, address)
     login_key = directory / "login_key"
     host_key = directory / "ssh_host_ed25519_key"
     _keygen(login_key, f"neocloud-lab-switch-{name}")
@@ -269,6 +270,20 @@ def start_switch(
             stop_switch(switch)
             raise
     return switch
+
+
+def _name_files(name: str) -> Path:
+    return Path("/etc/netns") / (NETNS_PREFIX + name)
+
+
+def _write_name_files(name: str, address: str) -> None:
+    # `ip netns exec` bind-mounts /etc/netns/<namespace>/* over /etc: the switch's own hosts file names it and
+    # an empty resolv.conf asks no name server, so lldpd's look-up of its host name answers at once (with the
+    # host's files it waited for a name server out of the namespace's reach: 20 s before the first frame).
+    directory = _name_files(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts").write_text(f"127.0.0.1 localhost\n{address} {name}\n")
+    (directory / "resolv.conf").write_text("")
 
 
 def _route_in_namespace(switch: LabSwitch) -> None:
@@ -520,6 +535,7 @@ def stop_switch_named(name: str) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     netns.destroy_namespace(namespace)
+    shutil.rmtree(_name_files(name), ignore_errors=True)
     for suffix in (".socket", ".socket.lock", ".conf"):
         (LLDP_RUN_DIR / f"{namespace}{suffix}").unlink(missing_ok=True)
     for proc in list(_launched):

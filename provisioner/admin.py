@@ -24,7 +24,15 @@ _DESCRIPTION_FIELDS = ("name", "description", "hourly_price_cents")
 class ServerTypeForm(forms.ModelForm):
     class Meta:
         model = models.ServerType
-        fields = ("slug", *SERVER_TYPE_FIELDS, "burnin_thresholds", "deploy_driver", "burnin_driver")
+        fields = (
+            "slug",
+            *SERVER_TYPE_FIELDS,
+            "burnin_thresholds",
+            "warm_pool_size",
+            "warm_pool_image",
+            "deploy_driver",
+            "burnin_driver",
+        )
 
     def clean_burnin_thresholds(self) -> dict[str, Any]:
         from provisioner.burnin.thresholds import resolve_thresholds
@@ -41,7 +49,7 @@ class ServerTypeForm(forms.ModelForm):
 @admin.register(models.ServerType)
 class ServerTypeAdmin(admin.ModelAdmin):
     form = ServerTypeForm
-    list_display = ("slug", "name", "gpu_model", "gpu_count", "pcie_gen", "nvlink_links")
+    list_display = ("slug", "name", "gpu_model", "gpu_count", "pcie_gen", "nvlink_links", "warm_pool_size")
     fieldsets = (
         (None, {"fields": ("slug", *_DESCRIPTION_FIELDS)}),
         ("Hardware", {"fields": tuple(f for f in SERVER_TYPE_FIELDS if f not in _DESCRIPTION_FIELDS)}),
@@ -51,6 +59,15 @@ class ServerTypeAdmin(admin.ModelAdmin):
                 "fields": ("burnin_thresholds",),
                 "description": "Overrides of the default thresholds in provisioner/burnin/thresholds.py "
                 "(key: value; null turns a limit off).",
+            },
+        ),
+        (
+            "Warm pool",
+            {
+                "fields": ("warm_pool_size", "warm_pool_image"),
+                "description": "Servers of this type kept deployed with the image, burned in and powered on, "
+                "handed to a reservation of that image in about a minute; the scheduler refills the pool "
+                "(blank image: the type's most booked one).",
             },
         ),
         (

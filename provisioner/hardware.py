@@ -59,8 +59,9 @@ DRIVERS_USED: dict[str, tuple[str, ...]] = {
     OperationKind.CLEAN: (POWER, DEPLOY),
     OperationKind.BURNIN: (BURNIN,),
     OperationKind.POWER: (POWER,),
+    OperationKind.WARM_UP: INTERFACES,
 }
-DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE})
+DEPLOYS = frozenset({OperationKind.PROVISION, OperationKind.REIMAGE, OperationKind.WARM_UP})
 # Work that moves a network-managed node's switch port (issue 18): its cabling and switch are validated too.
 NETWORK = "network"
 MOVES_PORTS = frozenset(
@@ -70,6 +71,7 @@ MOVES_PORTS = frozenset(
         OperationKind.RELEASE,
         OperationKind.CLEAN,
         OperationKind.BURNIN,
+        OperationKind.WARM_UP,
     }
 )
 T = TypeVar("T")

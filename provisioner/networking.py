@@ -284,12 +284,19 @@ def empty_networks() -> list[TenantNetwork]:
 def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
     """What a customer sees of a reservation's private networks (one query): each network's CIDR and gateway
     (never its VLAN) and its servers' private and public addresses, by server name."""
-    networks: dict[int, dict[str, object]] = {}
-    for network_id, cidr, gateway, name, private, public in (
+    return networks_by_reservation([reservation_id]).get(reservation_id, [])
+
+
+def networks_by_reservation(reservation_ids: Iterable[int]) -> dict[int, list[dict[str, object]]]:
+    """``reservation_networks`` of many reservations in one query (a list of reservations), by reservation id;
+    a reservation without a private network is absent."""
+    found: dict[int, dict[int, dict[str, object]]] = {}
+    for reservation_id, network_id, cidr, gateway, name, private, public in (
         NetworkAttachment.objects.live()
-        .filter(reservation_id=reservation_id)
-        .order_by("network_id", "node__name")
+        .filter(reservation_id__in=list(reservation_ids))
+        .order_by("reservation_id", "network_id", "node__name")
         .values_list(
+            "reservation_id",
             "network_id",
             "network__cidr",
             "network__gateway",
@@ -298,11 +305,12 @@ def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
             "public_address",
         )
     ):
+        networks = found.setdefault(reservation_id, {})
         entry = networks.setdefault(network_id, {"cidr": cidr, "gateway": gateway, "servers": []})
         entry["servers"].append(  # type: ignore[attr-defined]
             {"name": name, "private_address": private, "public_address": public}
         )
-    return list(networks.values())
+    return {reservation_id: list(networks.values()) for reservation_id, networks in found.items()}
 
 
 def customer_endpoint(node: Node) -> tuple[str, int, str] | None:

@@ -24,6 +24,10 @@ class NodeState(models.TextChoices):
     MAINTENANCE = "maintenance", "Maintenance"
     QUARANTINED = "quarantined", "Quarantined"
     ERROR = "error", "Error"
+    # The warm pool: deployed with an image and burned in by the operator's pool, powered on, reachable by
+    # no customer (no reservation; only our provisioning key logs in). Counted as available capacity.
+    WARMING = "warming", "Warming up"
+    WARM = "warm", "Warm"
 
 
 class NodeEvent(models.TextChoices):
@@ -44,20 +48,25 @@ class NodeEvent(models.TextChoices):
     QUARANTINE = "quarantine", "quarantined"
     UNQUARANTINE = "unquarantine", "returned from quarantine after repair"
     RECOVER = "recover", "operator retry after an error"
+    WARM_UP = "warm_up", "taken into the warm pool: deploy and burn-in start"
+    WARMED = "warmed", "deployed and burned in: warm"
 
 
 S = NodeState
 E = NodeEvent
 
 # Named groups, like Ironic's STABLE_STATES: the engine and the UI use these, not ad-hoc lists.
-STABLE_STATES = frozenset({S.AVAILABLE, S.RESERVED, S.ACTIVE, S.MAINTENANCE, S.QUARANTINED, S.ERROR})
-TRANSIENT_STATES = frozenset({S.ENROLLING, S.DEPLOYING, S.BURNING_IN, S.RELEASING, S.CLEANING})
+STABLE_STATES = frozenset({S.AVAILABLE, S.RESERVED, S.ACTIVE, S.MAINTENANCE, S.QUARANTINED, S.ERROR, S.WARM})
+TRANSIENT_STATES = frozenset({S.ENROLLING, S.DEPLOYING, S.BURNING_IN, S.RELEASING, S.CLEANING, S.WARMING})
 # States a node may be in while it belongs to a customer's reservation.
 LEASED_STATES = frozenset({S.RESERVED, S.DEPLOYING, S.BURNING_IN, S.ACTIVE})
 # Nodes that can be allocated to a reservation window (now or later): everything but operator holds and faults.
 ALLOCATABLE_STATES = frozenset(
-    {S.AVAILABLE, S.RESERVED, S.DEPLOYING, S.BURNING_IN, S.ACTIVE, S.RELEASING, S.CLEANING}
+    {S.AVAILABLE, S.RESERVED, S.DEPLOYING, S.BURNING_IN, S.ACTIVE, S.RELEASING, S.CLEANING, S.WARMING, S.WARM}
 )
+# Free to be taken by a reservation that starts now: idle, or warm (a warm server of the asked image is
+# handed over as it is, one of another image is deployed over like an idle one).
+FREE_NOW_STATES = frozenset({S.AVAILABLE, S.WARM})
 
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ENROLLING, E.ENROLLED): S.AVAILABLE,
@@ -87,6 +96,13 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (S.ACTIVE, E.QUARANTINE): S.QUARANTINED,
     (S.ERROR, E.QUARANTINE): S.QUARANTINED,
     (S.MAINTENANCE, E.QUARANTINE): S.QUARANTINED,
+    (S.AVAILABLE, E.WARM_UP): S.WARMING,
+    (S.WARMING, E.WARMED): S.WARM,
+    (S.WARMING, E.BURNIN_FAILED): S.QUARANTINED,
+    (S.WARM, E.RESERVE): S.RESERVED,
+    (S.WARM, E.CLEAN): S.CLEANING,  # the pool shrank or its image changed: wiped back to the pool
+    (S.WARM, E.MAINTAIN): S.MAINTENANCE,
+    (S.WARM, E.QUARANTINE): S.QUARANTINED,
 }
 # Any transient state can fail into error: a step failed and the operation gave up.
 for _state in TRANSIENT_STATES:
@@ -139,6 +155,7 @@ class OperationKind(models.TextChoices):
     CLEAN = "clean", "Wipe"  # a clean operation wipes the disk (release, reimage of an idle server)
     BURNIN = "burnin", "Burn-in"
     POWER = "power", "Power"
+    WARM_UP = "warm_up", "Warm up"  # deploy and burn in a server of the warm pool
 
 
 class OperationState(models.TextChoices):

@@ -289,6 +289,17 @@ NEOCLOUD_NETWORK_DRIFT_SECONDS = env_float("NEOCLOUD_NETWORK_DRIFT_SECONDS", 300
 # Off by default: the wait holds a worker thread, and steps that find the switch busy already park and join
 # the next batch (bench/network_handover.py, 32 servers on 8 threads: +4.3 s with 0, +7.4 s with 2).
 NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS = env_float("NEOCLOUD_SWITCH_BATCH_WAIT_SECONDS", 0.0, minimum=0)
+
+# Fast-track (Ironic's [deploy]fast_track, off by default there too): after a wipe the deploy agent stays up in
+# the ramdisk, heartbeating every HEARTBEAT seconds, and a deploy to that server streams at once instead of
+# power cycling it through a firmware self-test into the ramdisk. An agent that missed MISSED heartbeats is
+# powered off through the BMC by the scheduler (the cold path again).
+# A server's power-on self-test as the catalog estimates it before any deploy of its type was measured
+# (services/warm_pool.expected_ready_seconds; 8-GPU servers take 3-5 minutes).
+NEOCLOUD_POST_SECONDS_ESTIMATE = env_float("NEOCLOUD_POST_SECONDS_ESTIMATE", 180.0, minimum=0)
+NEOCLOUD_FAST_TRACK = env_bool("NEOCLOUD_FAST_TRACK", False)
+NEOCLOUD_FAST_TRACK_HEARTBEAT_SECONDS = env_float("NEOCLOUD_FAST_TRACK_HEARTBEAT_SECONDS", 10.0, minimum=0.2)
+NEOCLOUD_FAST_TRACK_MISSED_HEARTBEATS = env_int("NEOCLOUD_FAST_TRACK_MISSED_HEARTBEATS", 3, minimum=1)
 NEOCLOUD_BMC_TIMEOUT_SECONDS = env_float("NEOCLOUD_BMC_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Playbook runs for several nodes that start together share one ansible-playbook process (one play, many
 # hosts). A run waits until no other node joined for QUIET seconds, at most MAX_WAIT seconds; 0 disables.

@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/instructions", views.agent_instructions, name="boot-agent-instructions"),
     path("api/progress", views.agent_progress, name="boot-agent-progress"),
     path("api/result", views.agent_result, name="boot-agent-result"),
+    path("api/heartbeat", views.agent_heartbeat, name="boot-agent-heartbeat"),
     path("api/tickets/<int:ticket_id>", views.ticket_status, name="boot-ticket-status"),
 ]

@@ -18,7 +18,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBas
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from provisioner.boot import tickets
+from provisioner.boot import fast_track, tickets
 from provisioner.boot.cabling import cabling_problem, cabling_recorded, describe_heard
 from provisioner.boot.reports import MAX_REPORT_BYTES, ReportError, clean_progress, clean_result
 from provisioner.engine.queue import wake
@@ -71,10 +71,12 @@ def _base_url(request: HttpRequest) -> str:
 
 def record_and_wake(ticket: DeployTicket, result: dict[str, Any]) -> bool:
     """Record the agent's result once and wake the operation parked waiting for it (engine waits), in one
-    transaction. False when a result was already recorded."""
+    transaction; a wipe whose agent stays up starts the node's fast-track in it. False when a result was
+    already recorded."""
     with transaction.atomic():
         recorded = tickets.record_result(ticket, result)
         if recorded:
+            fast_track.start(ticket, result)
             wake([ticket.operation_id])
     return recorded
 
@@ -286,3 +288,17 @@ def agent_result(request: HttpRequest) -> JsonResponse:
     if not record_and_wake(ticket, result):
         return _error(409, "token_used", "a result was already reported for this deploy")
     return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@provisioning_networks_only
+@require_POST
+def agent_heartbeat(request: HttpRequest) -> JsonResponse:
+    """A fast-tracked agent's heartbeat (provisioner.boot.fast_track): wait, run a new ticket, or stop (410)."""
+    ticket = _ticket(request)
+    if ticket is None:
+        return _error(403, "invalid_token", "unknown or expired deploy token")
+    answer = fast_track.heartbeat(ticket)
+    if answer is None:
+        return _error(410, "fast_track_ended", "this server is not fast-tracked any more; power off awaits")
+    return JsonResponse(answer)

@@ -316,6 +316,20 @@ class DeployDriver(abc.ABC):
         :raises DeployFailed:
         """
 
+    def personalize(self, request: PersonalizeRequest, log: Any) -> DeployResult:
+        """Make a warm server (deployed and burned in for the warm pool, reachable with the provisioning key
+        only) its customer's: fresh host keys generated on the server (the warm-time ones are never handed
+        to a customer), the customer's keys installed next to ours (handover removes ours). Returns where
+        it answers and its new host keys. Not idempotent in its keys (each run makes new ones); safe to run
+        again: the step records only the last run's keys.
+
+        :raises UnsupportedOperation: the driver has no warm pool (the default).
+        :raises DriverError: SSH failed, or the server does not show the keys it generated.
+        """
+        from provisioner.errors import UnsupportedOperation
+
+        raise UnsupportedOperation(f"{type(self).__name__} cannot take servers from a warm pool")
+
 
 class BurnInDriver(abc.ABC):
     """Runs the GPU burn-in on a deployed node and returns its JSON report."""
@@ -372,6 +386,22 @@ class HandoverRequest:
     provisioning_private_key: str = dataclasses.field(repr=False)
     provisioning_public_key: str
     customer_keys: list[str]
+
+
+@dataclasses.dataclass
+class PersonalizeRequest:
+    """Give a warm server fresh host keys and its customer's keys (DeployDriver.personalize)."""
+
+    node_name: str
+    address: str
+    port: int
+    username: str
+    expected_fingerprints: dict[str, str]  # the warm-time host keys, checked before anything is sent
+    provisioning_private_key: str = dataclasses.field(repr=False)
+    customer_keys: list[str]
+    # the reservation's tenant network, as DeployRequest.private_network: a warm server's OS booted before it
+    # had one, so it is put on the running OS (None: unmanaged site)
+    private_network: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass

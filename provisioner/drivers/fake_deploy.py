@@ -22,6 +22,7 @@ from provisioner.drivers.base import (
     DeployResult,
     HandoverRequest,
     HandoverResult,
+    PersonalizeRequest,
     PowerDriver,
     PowerState,
 )
@@ -93,6 +94,30 @@ class FakeDeployDriver(DeployDriver):
             ssh_port=22,
             host_key_fingerprints={host.key_type: host.fingerprint},
             known_hosts=f"{address} {host.key_type} {host.blob_b64}",
+        )
+
+    def personalize(self, request: PersonalizeRequest, log: Any) -> DeployResult:
+        """The fake warm server: checks the warm-time host key, writes a new one and the customer's keys."""
+        from provisioner.sshkeys import fingerprint_sha256, generate_keypair, parse_public_key
+
+        path = _disk_path(self.state_dir, request.node_name)
+        if not path.exists():
+            raise DriverError(f"{request.node_name} has no deployed OS to personalize")
+        disk = json.loads(path.read_text())
+        key_type, blob = disk["host_key"].split()[:2]
+        if request.expected_fingerprints.get(key_type) != fingerprint_sha256(base64.b64decode(blob)):
+            raise DriverError(f"host key of {request.node_name} does not match its warm-time one")
+        _, host_public = generate_keypair("ed25519")
+        host = parse_public_key(host_public)
+        disk["host_key"] = host_public
+        disk["authorized_keys"] = [*disk["authorized_keys"], *request.customer_keys]
+        path.write_text(json.dumps(disk))
+        log(f"{request.node_name}: new host key {host.fingerprint}; the customer's keys installed")
+        return DeployResult(
+            address=request.address,
+            ssh_port=request.port,
+            host_key_fingerprints={host.key_type: host.fingerprint},
+            known_hosts=f"{request.address} {host.key_type} {host.blob_b64}",
         )
 
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:

@@ -57,6 +57,8 @@ PLANS: dict[str, list[str]] = {
     OperationKind.CLEAN: ["begin_clean", "network_cleaning", "wipe", "finish_clean"],
     OperationKind.BURNIN: ["network_provisioning", "burnin_only", "network_quarantine"],
     OperationKind.POWER: ["power_action"],
+    # the warm pool (services/warm_pool.py): deployed with the provisioning key only, burned in, kept on
+    OperationKind.WARM_UP: ["begin_warm_up", "network_provisioning", "deploy", "burnin", "finish_warm_up"],
 }
 
 

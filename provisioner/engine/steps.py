@@ -6,7 +6,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from provisioner import crypto, events, hardware, networking
-from provisioner.drivers.base import BootDevice, BootSetting, DeployRequest, HandoverRequest
+from provisioner.drivers.base import (
+    BootDevice,
+    BootSetting,
+    DeployRequest,
+    HandoverRequest,
+    PersonalizeRequest,
+)
 from provisioner.drivers.switch import SwitchDriver
 from provisioner.engine import switch_batch
 from provisioner.engine.context import StepContext
@@ -58,8 +64,9 @@ def _provisioning_keypair(ctx: StepContext) -> tuple[str, str]:
     from provisioner.sshkeys import generate_keypair
 
     stored = ctx.operation.params.get("provisioning_key")
-    if stored is None and ctx.operation.kind == OperationKind.BURNIN:
-        # A burn-in re-run reaches the node with the key of the deployment that installed its OS.
+    if stored is None and (ctx.operation.kind == OperationKind.BURNIN or ctx.params.get("warm")):
+        # A burn-in re-run, or a warm server taken by a reservation, reaches the node with the key of the
+        # deployment that installed its OS.
         earlier = (
             Operation.objects.filter(node=ctx.node, params__has_key="provisioning_key")
             .exclude(pk=ctx.operation.pk)
@@ -84,8 +91,35 @@ def _authorized_keys(ctx: StepContext) -> list[str]:
     return list(ctx.params.get("authorized_keys", []))
 
 
+def _personalize_warm(ctx: StepContext) -> None:
+    """A warm server taken by a reservation: its OS is deployed and burned in already; it gets fresh host
+    keys generated on it and its customer's keys, over SSH with the warm pool's provisioning key."""
+    node = ctx.node
+    private, _ = _provisioning_keypair(ctx)
+    ctx.log(f"{node.name} comes from the warm pool: new host keys and the customer's keys, no deploy")
+    result = hardware.deploy_driver(node).personalize(
+        PersonalizeRequest(
+            node_name=node.name,
+            address=node.ssh_address,
+            port=node.ssh_port,
+            username=node.ssh_user,
+            expected_fingerprints=node.host_key_fingerprints,
+            provisioning_private_key=private,
+            customer_keys=_authorized_keys(ctx),
+            private_network=_private_network(ctx),
+        ),
+        ctx,
+    )
+    Node.objects.filter(pk=node.pk).update(
+        host_key_fingerprints=result.host_key_fingerprints, known_hosts=result.known_hosts
+    )
+
+
 @step("deploy", timeout=900, attempts=2)
 def deploy(ctx: StepContext) -> None:
+    if ctx.params.get("warm"):
+        _personalize_warm(ctx)
+        return
     node = ctx.node
     image = node.image if node.image_id else None
     if "image_id" in ctx.params:
@@ -141,9 +175,16 @@ def _run_burnin(ctx: StepContext) -> BurnInReport:
     thresholds = dict(node.server_type.burnin_thresholds or {})
     ctx.log(f"burn-in of {node.name}: expecting {expectations['gpu_count']}x {expectations['gpu_model']}")
     private, _ = _provisioning_keypair(ctx)
+    # a warm server, burned in when it joined the pool, gets a short health re-check before handover
+    profile = "short" if ctx.params.get("warm") else "full"
     report = hardware.burnin_driver(node).run(
         node.name,
-        {"expect": expectations, "thresholds": thresholds, "provisioning_private_key": private},
+        {
+            "expect": expectations,
+            "thresholds": thresholds,
+            "provisioning_private_key": private,
+            "profile": profile,
+        },
         ctx,
     )
     failed = [c for c in report.get("checks", []) if not c.get("passed")]
@@ -217,6 +258,16 @@ def finish_provision(ctx: StepContext) -> None:
     _advance(ctx, NodeEvent.BURNIN_PASSED, from_state=NodeState.BURNING_IN, to_state=NodeState.ACTIVE)
 
 
+@step("begin_warm_up", timeout=30)
+def begin_warm_up(ctx: StepContext) -> None:
+    _advance(ctx, NodeEvent.WARM_UP, from_state=NodeState.AVAILABLE, to_state=NodeState.WARMING)
+
+
+@step("finish_warm_up", timeout=30)
+def finish_warm_up(ctx: StepContext) -> None:
+    _advance(ctx, NodeEvent.WARMED, from_state=NodeState.WARMING, to_state=NodeState.WARM)
+
+
 @step("begin_clean", timeout=30)
 def begin_clean(ctx: StepContext) -> None:
     ctx.refresh()
@@ -241,7 +292,12 @@ def _power_off_after_failure(ctx: StepContext, what: str) -> None:
     except Exception as exc:  # reported; the step's own failure is raised by the caller
         ctx.log(f"{what}; powering {ctx.node.name} off failed too: {exc}", level=LogLine.Level.WARNING)
         return
-    Node.objects.filter(pk=ctx.node.pk).update(power_state=state.value, power_checked_at=timezone.now())
+    Node.objects.filter(pk=ctx.node.pk).update(
+        power_state=state.value,
+        power_checked_at=timezone.now(),
+        fast_track_ticket=None,
+        fast_track_until=None,
+    )
     ctx.log(f"{what}: {ctx.node.name} powered off so that nothing keeps running on it")
 
 
@@ -257,13 +313,15 @@ def wipe(ctx: StepContext) -> None:
         # The released customer's OS (firmware fell back to the disk) or a half-done erase: off.
         _power_off_after_failure(ctx, "the wipe failed")
         raise
-    # the wipe ends by powering the server off through its BMC: that is when its power was last known
+    # the wipe ends by powering the server off through its BMC (or, fast-tracked, with its agent up in the
+    # ramdisk): that is when its power was last known
+    fast_tracked = Node.objects.filter(pk=node.pk, fast_track_ticket__isnull=False).exists()
     Node.objects.filter(pk=node.pk).update(
         ssh_address="",
         host_key_fingerprints={},
         known_hosts="",
         image=None,
-        power_state=PowerStateChoice.OFF,
+        power_state=PowerStateChoice.ON if fast_tracked else PowerStateChoice.OFF,
         power_checked_at=timezone.now(),
     )
     ctx.log(f"{node.name} wiped")
@@ -317,8 +375,13 @@ def power_action(ctx: StepContext) -> None:
         state = driver.get_power_state()
     finally:
         driver.close()
+    # whatever ran on the server (a fast-tracked agent too) was power cycled or stopped by this action
     Node.objects.filter(pk=ctx.node.pk).update(
-        power_state=state.value, power_checked_at=timezone.now(), bmc_last_contact_at=timezone.now()
+        power_state=state.value,
+        power_checked_at=timezone.now(),
+        bmc_last_contact_at=timezone.now(),
+        fast_track_ticket=None,
+        fast_track_until=None,
     )
     ctx.log(f"power {action}: node is now {state.value}")
 

@@ -99,6 +99,20 @@ class ServerType(models.Model):
         choices=[("", "installation default"), *((name, name) for name in BURNIN_DRIVERS)],
         help_text="blank: the installation's default (NEOCLOUD_BURNIN_DRIVER)",
     )
+    # The warm pool (services/warm_pool.py): this many servers of the type kept deployed, burned in and
+    # powered on with an image, on the provisioning network and reachable by no customer, so that a
+    # reservation of that image is handed over in about a minute instead of paying two firmware self-tests.
+    warm_pool_size = models.PositiveIntegerField(
+        default=0, help_text="servers kept deployed and burned in, ready to hand over (0: no warm pool)"
+    )
+    warm_pool_image = models.ForeignKey(
+        "provisioner.Image",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the image the warm servers run (blank: the type's most booked image)",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -219,6 +233,16 @@ class Node(models.Model):
     host_key_fingerprints = models.JSONField(default=dict, blank=True)
     known_hosts = models.TextField(blank=True)
     image = models.ForeignKey("provisioner.Image", null=True, blank=True, on_delete=models.SET_NULL)
+
+    # Fast-track (Ironic's fast_track): after a wipe the deploy agent stays up in the ramdisk and heartbeats
+    # with the wipe's ticket; while its heartbeats arrive (fast_track_until: the last one plus the missed
+    # heartbeats allowed) a deploy hands it the next ticket instead of power cycling the server into the
+    # ramdisk. Past that deadline the scheduler powers the server off and clears these (the cold path).
+    fast_track_ticket = models.ForeignKey(
+        "provisioner.DeployTicket", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    agent_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    fast_track_until = models.DateTimeField(null=True, blank=True)
 
     # The node's lease: at most one operation works on a node at a time (see engine/locks.py).
     lease_owner = models.CharField(max_length=64, blank=True, default="")

@@ -210,6 +210,25 @@ class AgentApi:
             time.sleep(min(0.5 * 2**attempt, 5))
         raise AgentError("boot_service_unreachable", f"the cabling report was not answered: {last}")
 
+    def heartbeat(self) -> dict[str, Any] | None:
+        """A fast-tracked agent's heartbeat: the boot service's answer (``wait`` with an interval, or ``run``
+        with the token of a new ticket), or None when it ended the fast-track (the agent stops). Idempotent.
+
+        :raises AgentError: ``boot_service_unreachable``, ``heartbeat_failed`` (an unexpected answer).
+        """
+        status, body = self._request("POST", "heartbeat", {})
+        if status in (401, 403, 404, 410):
+            return None
+        if status != 200:
+            raise AgentError("heartbeat_failed", f"POST heartbeat answered HTTP {status}")
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise AgentError("heartbeat_failed", "the heartbeat answer is not JSON")
+        if not isinstance(answer, dict):
+            raise AgentError("heartbeat_failed", "the heartbeat answer is not a JSON object")
+        return answer
+
     def post_result(self, result: dict[str, Any], attempts: int = 5) -> None:
         """Report the outcome, retrying transient failures. Idempotent on the server side.
 
@@ -390,7 +409,7 @@ class CablingProbe:
     for it unless the boot service asks for the cabling check. ``report(wait)`` is what the agent posts:
     ``{"heard": true, "switch", "port", "interface", "waited"}`` or ``{"heard": false, ..., "reason"}``."""
 
-    def __init__(self, interface: str | None, timeout: float, reason: str = "") -> None:
+    def __init__(self, interface: str | None, timeout: float, reason: str = "", sock: Any = None) -> None:
         self.interface, self.timeout = interface, timeout
         self._reason = reason
         self._heard: lldp.LldpNeighbour | None = None
@@ -398,11 +417,13 @@ class CablingProbe:
         self._waited: float | None = None
         self._done = threading.Event()
         if interface is None or timeout <= 0:
+            if sock is not None:
+                sock.close()
             self._reason = reason if interface is None else "LLDP listening is off (neocloud.lldp_timeout=0)"
             self._finish()
             return
         try:
-            sock = lldp.open_socket(interface)
+            sock = sock if sock is not None else lldp.open_socket(interface)
         except OSError as exc:
             self._reason = f"cannot listen for LLDP on {interface}: {exc.strerror or exc}"
             self._finish()
@@ -879,7 +900,18 @@ def deploy(
                 log.error("%s", report)
         return EXIT_NO_INSTRUCTIONS
     if instructions.get("action") == "erase":
-        return erase(api, disk_path)
+        code = erase(api, disk_path)
+        fast_track = instructions.get("fast_track")
+        if code == EXIT_OK and isinstance(fast_track, dict):
+            return stay_up(
+                api,
+                disk_path,
+                float(fast_track.get("heartbeat_seconds") or 10.0),
+                corrupt_offset=corrupt_offset,
+                crash_after=crash_after,
+                cabling=cabling,
+            )
+        return code
     if instructions.get("cabling_check") is True:
         # Before anything touches the disk or the image is fetched: a server cabled to another port than
         # the one recorded must not be deployed (its port's VLAN moves would put another server on it).
@@ -1066,6 +1098,46 @@ def lldp_timeout(params: dict[str, str], given: float | None) -> float:
     return value
 
 
+def stay_up(
+    api: AgentApi,
+    disk_path: str,
+    interval: float,
+    *,
+    corrupt_offset: int | None = None,
+    crash_after: int | None = None,
+    cabling: CablingProbe | None = None,
+) -> int:
+    """Fast-track: after a wipe, stay up in the ramdisk and heartbeat until the boot service hands over the
+    next ticket (then run it: a deploy streams at once, no power cycle) or ends the fast-track (exit 0, the
+    control plane powers the server off). A boot service that does not answer is asked again at the next
+    heartbeat: the control plane, not the agent, decides when waiting has lasted too long."""
+    log.info("fast-track: staying up, heartbeating every %.1f s", interval)
+    while True:
+        try:
+            answer = api.heartbeat()
+        except AgentError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            time.sleep(interval)
+            continue
+        if answer is None:
+            log.info("fast-track ended by the boot service")
+            return EXIT_OK
+        if answer.get("action") == "run" and isinstance(answer.get("token"), str):
+            log.info("fast-track: a new ticket; running it without a reboot")
+            return deploy(
+                AgentApi(api.base_url, answer["token"], api.timeout),
+                disk_path,
+                corrupt_offset=corrupt_offset,
+                crash_after=crash_after,
+                cabling=cabling,  # what LLDP heard on this NIC since the agent started
+            )
+        try:
+            pause = float(answer.get("interval") or interval)
+        except (TypeError, ValueError):
+            pause = interval
+        time.sleep(min(max(pause, 0.1), 300.0))
+
+
 def _resolve_arguments(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
     params = parse_kernel_cmdline(Path(args.cmdline).read_text()) if args.cmdline else {}
     api = args.api or params.get("neocloud.api", "")
@@ -1093,6 +1165,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help=f"seconds to listen for LLDP (neocloud.lldp_timeout=, default {LLDP_TIMEOUT:.0f})",
     )
+    parser.add_argument(
+        "--lldp-fd",
+        type=int,
+        help="an LLDP socket already open on the boot NIC (lldp.open_socket), inherited from the process that "
+        "started the agent: the lab's firmware opens it in a simulated server's network namespace",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s", stream=sys.stderr
@@ -1102,7 +1180,16 @@ def main(argv: list[str] | None = None) -> int:
         params = {**params, "neocloud.lldp_interface": args.lldp_interface}
     # Listening starts now, while the instructions are fetched: a switch may take its full interval to speak.
     interface, found_by = boot_interface(params, api_url)
-    cabling = CablingProbe(interface, lldp_timeout(params, args.lldp_timeout), found_by)
+    inherited = None
+    if args.lldp_fd is not None:
+        import socket
+
+        inherited = socket.socket(fileno=args.lldp_fd)
+        interface, found_by = (
+            interface or "the inherited socket",
+            "an LLDP socket inherited from the firmware",
+        )
+    cabling = CablingProbe(interface, lldp_timeout(params, args.lldp_timeout), found_by, sock=inherited)
     try:
         api = AgentApi(api_url, token)
     except AgentError as exc:

@@ -87,7 +87,7 @@ def failure_event(op: Operation, node: Node, error: BaseException | None) -> Nod
     """Where a failed operation sends its node: quarantine after a failed burn-in (told by the error, or by
     the code the operation recorded when the error is gone), error from any other transient state."""
     burnin_failed = isinstance(error, BurnInFailed) or op.error_code == BurnInFailed.code
-    if burnin_failed and node.state == NodeState.BURNING_IN:
+    if burnin_failed and node.state in (NodeState.BURNING_IN, NodeState.WARMING):
         return NodeEvent.BURNIN_FAILED
     if node.state in TRANSIENT_STATES:
         return NodeEvent.FAIL

@@ -19,7 +19,7 @@ from provisioner.engine.reaper import reap, requeue_lost_operations, wake_overdu
 from provisioner.errors import IllegalTransition
 from provisioner.lifecycle import Actor, process_event
 from provisioner.models import LogLine, Node, Operation, Reservation, SiteNetwork
-from provisioner.services import signin, webhooks
+from provisioner.services import fast_track, signin, warm_pool, webhooks
 from provisioner.services.outcomes import after_failure, failure_event, mark_reservation_active_if_ready
 from provisioner.services.reservations import (
     add_spare,
@@ -75,7 +75,13 @@ def settle_finished_reservations() -> int:
 
 # The states an operation's steps move a node into and out of again (enrolling belongs to the inventory
 # services, which run no operation).
-OPERATION_STATES = (NodeState.DEPLOYING, NodeState.BURNING_IN, NodeState.RELEASING, NodeState.CLEANING)
+OPERATION_STATES = (
+    NodeState.DEPLOYING,
+    NodeState.BURNING_IN,
+    NodeState.RELEASING,
+    NodeState.CLEANING,
+    NodeState.WARMING,
+)
 
 
 def settle_stranded_nodes(now=None, actor: Actor | None = None) -> int:
@@ -159,6 +165,8 @@ def housekeeping_pass() -> dict[str, int]:
     counts["spares"] = fill_waiting_reservations()
     counts["settled"] = settle_finished_reservations()
     counts["rollouts"] = advance_running_rollouts()
+    counts["fast_track_expired"] = fast_track.expire()
+    counts.update({f"warm_pool_{k}": v for k, v in warm_pool.refill().items()})
     counts["signin_failures_pruned"] = signin.prune()
     counts["ansible_leftovers_swept"] = sweep_stale_spools()
     # webhooks: new events into deliveries, passes queued for endpoints with deliveries due (no HTTP here)

@@ -57,6 +57,7 @@ from provisioner.models import (
 from provisioner.services import metering
 from provisioner.states import (
     ALLOCATABLE_STATES,
+    FREE_NOW_STATES,
     LEASED_STATES,
     OPEN_OPERATION_STATES,
     OPEN_RESERVATION_STATES,
@@ -129,7 +130,7 @@ def free_nodes(
     if unfit:
         nodes = nodes.exclude(pk__in=list(unfit))
     if starts_now:
-        return nodes.filter(state=NodeState.AVAILABLE)
+        return nodes.filter(state__in=FREE_NOW_STATES)
     return nodes
 
 
@@ -313,7 +314,11 @@ def book_servers(
     if starts_now:
         try:
             with transaction.atomic():
-                nodes = Node.objects.filter(pk__in=node_ids).only("pk", "name", "state").annotate(**_SITE)
+                nodes = (
+                    Node.objects.filter(pk__in=node_ids)
+                    .only("pk", "name", "state", "image_id")
+                    .annotate(**_SITE)
+                )
                 operations = _start_nodes(reservation, list(nodes), actor)
         except DatabaseError:
             # The servers are booked; the scheduler starts a due window it finds still scheduled.
@@ -342,7 +347,9 @@ def _allocate(
     :raises CapacityError: fewer than ``count`` are free (the caller's transaction must roll back).
     """
     starts_now = start <= timezone.now() + START_NOW_SLACK
-    free_sql, free_params = _free_nodes_statement(server_type, start, end, unfit, count, starts_now)
+    free_sql, free_params = _free_nodes_statement(
+        server_type, start, end, unfit, count, starts_now, reservation.image_id
+    )
     ops = connection.ops
     columns = ", ".join(
         ops.quote_name(c)
@@ -387,14 +394,16 @@ def _free_nodes_statement(
     unfit: Collection[int],
     count: int,
     starts_now: bool,
+    image_pk: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """The SELECT of the ``count`` nodes _allocate takes: free_nodes() for the window, nodes idle now first
-    (a future window then does not depend on another lease ending on time). Building it with the ORM costs
+    """The SELECT of the ``count`` nodes _allocate takes: free_nodes() for the window, warm servers of the
+    image ``image_pk`` first (handed over in about a minute), then nodes idle now (a future window then does
+    not depend on another lease ending on time), then warm servers of another image (deployed over). Building it with the ORM costs
     more CPU than the rest of a booking's statements, and its shape repeats (type, whether the window starts
     now or is open-ended, unfit nodes, count), so it is built once per shape and the window's values put in
     place of the sentinels it was built with."""
     sql, params, start_at, end_at = _compiled_free_nodes(
-        connection.vendor, server_type.pk, starts_now, end is None, tuple(sorted(unfit)), count
+        connection.vendor, server_type.pk, starts_now, end is None, tuple(sorted(unfit)), count, image_pk
     )
     out = list(params)
     for i in start_at:
@@ -406,13 +415,27 @@ def _free_nodes_statement(
 
 @functools.lru_cache(maxsize=512)
 def _compiled_free_nodes(
-    vendor: str, server_type_pk: int, starts_now: bool, open_ended: bool, unfit: tuple[int, ...], count: int
+    vendor: str,
+    server_type_pk: int,
+    starts_now: bool,
+    open_ended: bool,
+    unfit: tuple[int, ...],
+    count: int,
+    image_pk: int | None = None,
 ) -> tuple[str, tuple[Any, ...], tuple[int, ...], tuple[int, ...]]:
     """(sql, params, where the start goes, where the end goes) of _free_nodes_statement's shape."""
     end = None if open_ended else _SENTINEL_END
     free = (
         free_nodes(ServerType(pk=server_type_pk), _SENTINEL_START, end, unfit=unfit, starts_now=starts_now)
-        .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+        .order_by(
+            Case(
+                When(state=NodeState.WARM, image_id=image_pk, then=0),
+                When(state=NodeState.AVAILABLE, then=1),
+                When(state=NodeState.WARM, then=2),
+                default=3,
+            ),
+            "name",
+        )
         .values(node_id=F("pk"))[:count]
     )
     sql, params = free.query.sql_with_params()
@@ -439,7 +462,7 @@ def _start_nodes(reservation: Reservation, nodes: Sequence[Node], actor: Actor) 
         .exists()
     ):
         return []
-    available = [node for node in nodes if node.state == NodeState.AVAILABLE]
+    available = [node for node in nodes if node.state in FREE_NOW_STATES]
     try:
         started = start_provisioning_many(reservation, available, actor)
     except IllegalTransition:
@@ -468,27 +491,43 @@ def start_provisioning(reservation: Reservation, node: Node, actor: Actor) -> Op
 
 
 def start_provisioning_many(reservation: Reservation, nodes: Sequence[Node], actor: Actor) -> list[Operation]:
-    """Move ``nodes`` (available) to reserved for the reservation and queue their provisioning, all or none
-    (process_events), in a few statements whatever their number. Returns the operations, in their order.
-    A node read with its site's slug (``site_slug``, as _SITE annotates it) costs no query for its queue.
+    """Move ``nodes`` (available, or warm) to reserved for the reservation and queue their provisioning, all
+    or none (process_events), in a few statements whatever their number. Returns the operations, in their
+    order. A warm server of the reservation's image is provisioned from the warm pool (``warm`` in its
+    operation's params: new host keys and the customer's keys instead of a deploy, a short re-check instead
+    of the full burn-in); a warm server of another image is deployed over like an idle one. A node read
+    with its site's slug (``site_slug``, as _SITE annotates it) costs no query for its queue.
 
-    :raises IllegalTransition: one of them is not available (any more); none was started.
+    :raises IllegalTransition: one of them is not available or warm (any more); none was started.
     """
     if not nodes:
         return []
-    process_events(
-        nodes,
-        NodeEvent.RESERVE,
-        actor=actor,
-        reason=f"reservation {reservation.pk}",
-        expected_state=NodeState.AVAILABLE,
-        owner=reservation.organization,
-        reservation=reservation,
-        image=reservation.image,
+    by_state: dict[NodeState, list[Node]] = {}
+    for node in nodes:
+        by_state.setdefault(NodeState(node.state), []).append(node)
+    # decided on what the nodes run now: the RESERVE event sets every node's image to the reservation's
+    warm = [n for n in by_state.get(NodeState.WARM, []) if n.image_id == reservation.image_id]
+    with transaction.atomic():  # all or none, also when a later group is refused
+        for state, group in by_state.items():
+            process_events(
+                group,
+                NodeEvent.RESERVE,
+                actor=actor,
+                reason=f"reservation {reservation.pk}",
+                expected_state=state,
+                owner=reservation.organization,
+                reservation=reservation,
+                image=reservation.image,
+            )
+    cold = [n for n in nodes if n not in warm]
+    ops = create_operations(OperationKind.PROVISION, cold, reservation=reservation, requested_by=actor.user)
+    ops += create_operations(
+        OperationKind.PROVISION, warm, reservation=reservation, requested_by=actor.user, params={"warm": True}
     )
-    ops = create_operations(OperationKind.PROVISION, nodes, reservation=reservation, requested_by=actor.user)
-    enqueue_many(ops, queues=_known_queues(nodes))
-    return ops
+    by_node = {op.node_id: op for op in ops}
+    ordered = [by_node[node.pk] for node in nodes]
+    enqueue_many(ordered, queues=_known_queues(nodes))
+    return ordered
 
 
 # Annotate a node (an allocation) query with the slug of the node's site, which decides the queue of its

@@ -211,6 +211,13 @@ MATRIX: dict[str, Cell] = {
         staff_only(201),
         lambda w: {"server_type": "h100-8x", "cents_per_hour": 2500},
     ),
+    "admin list warm pools": Cell("get", lambda w: f"{V1}/admin/warm-pools", staff_only(200)),
+    "admin set a warm pool": Cell(
+        "patch",
+        lambda w: f"{V1}/admin/warm-pools/h100-8x",
+        staff_only(200),
+        lambda w: {"size": 1, "image": w.inv.image.slug},
+    ),
     "list tokens": Cell("get", lambda w: f"{V1}/tokens", everyone(200)),
     "create token": Cell("post", lambda w: f"{V1}/tokens", everyone(201), lambda w: {"name": "ci"}),
     # Tokens are personal: only olivia sees (and can revoke) hers, staff included.

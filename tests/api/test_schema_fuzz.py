@@ -187,7 +187,11 @@ def test_generated_requests_get_documented_answers_and_leave_other_organizations
     inv = fuzz_world["inv"]
     caller = getattr(inv, persona)
     spare_token = ApiToken.issue(caller, "spare")[0]  # the one the calls may revoke, not the one they use
-    acme = {**rows_of(inv.acme, inv.member, spare_token), "admin/reimage-rollouts": fuzz_world["rollout"]}
+    acme = {
+        **rows_of(inv.acme, inv.member, spare_token),
+        "admin/reimage-rollouts": fuzz_world["rollout"],
+        "admin/warm-pools": "h100-8x",
+    }
     other = rows_of(inv.other, inv.outsider, ApiToken.issue(inv.outsider, "oscar's script")[0])
     fuzzer = Fuzzer(live_server.url, ApiToken.issue(caller, "fuzz")[1])
     before = organization_state(inv.other)

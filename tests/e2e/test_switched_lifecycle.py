@@ -16,7 +16,7 @@ import pytest
 from lab import switch as lab_switch
 from lab import switched
 from provisioner.lifecycle import Actor
-from provisioner.models import Image, NetworkAttachment, Node, ServerType
+from provisioner.models import Image, LogLine, NetworkAttachment, Node, ServerType
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, ReservationState
 from tests.conftest import wait_for
@@ -120,6 +120,12 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
         for i, node in enumerate(nodes, start=1):
             attachment = NetworkAttachment.objects.live().select_related("network").get(node=node)
             servers[f"{who}{i}"] = (node, switched_lab[node.name], attachment)
+    # each deploy checked its cabling by LLDP: the lab switch's lldpd, heard on the server's own NIC
+    for node, spec, _attachment in servers.values():
+        heard = LogLine.objects.filter(operation__node=node, message__startswith="LLDP on eth0:")
+        assert [line.message for line in heard] == [
+            f"LLDP on eth0: switch {switch.name} port {spec.switch_port}"
+        ], list(LogLine.objects.filter(operation__node=node).values_list("message", flat=True))
     acme_vlan, globex_vlan = servers["acme1"][2].network.vlan, servers["globex1"][2].network.vlan
     assert acme_vlan != globex_vlan and servers["acme2"][2].network.vlan == acme_vlan
 
@@ -188,3 +194,54 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
     assert globex_vlan not in lab_switch.gateways_on_switch(switch)
     assert set(lab_switch.published_on_switch(switch)) == {a1[2].public_address, a2[2].public_address}
     assert _login_from(a2[1].netns, keys["acme"], a1[2].private_address) == a1[0].name
+
+
+@pytest.fixture
+def switched_lab2(lab_workers, live_server, settings):
+    from lab.management.commands.lab import start_lab, stop_lab
+
+    try:
+        specs = start_lab(2, boot_url=live_server.url, switch=True)
+        yield {s.name: s for s in specs}
+    finally:
+        stop_lab()
+
+
+def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_tenants(
+    switched_lab2, lab_workers, customers, settings, tmp_path
+):
+    """The warm pool on a managed site: a warm server sits deployed on the provisioning VLAN with nothing
+    published (no customer reaches it); taken by a reservation, it lands on the reservation's VLAN with its
+    public address, and the customer logs in through it."""
+    switch = switched.running_switch(Path(settings.NEOCLOUD_LAB_DIR))
+    assert switch is not None
+    demo = Image.objects.get(slug="neocloud-demo-linux")
+    h100 = ServerType.objects.get(slug="h100-8x")
+    h100.warm_pool_size, h100.warm_pool_image = 1, demo
+    h100.save()
+    lab_workers.worker()
+    lab_workers.scheduler()
+    wait_for(
+        lambda: Node.objects.filter(state=NodeState.WARM).count() == 1,
+        TIMEOUT,
+        interval=0.5,
+        message="a warm server",
+        details=lab_workers.logs,
+    )
+    warm = Node.objects.get(state=NodeState.WARM)
+    spec = switched_lab2[warm.name]
+    assert lab_switch.bridge_link(switch)[spec.switch_port] == "br100"
+    assert lab_switch.published_on_switch(switch) == {}
+
+    key = tmp_path / "acme.key"
+    key.write_text(customers["acme"]["private"])
+    key.chmod(0o600)
+    reservation = _reserve(customers["acme"], 1)
+    assert Node.objects.get(reservation=reservation).pk == warm.pk  # the warm server first
+    wait_reservation_state(reservation, ReservationState.ACTIVE, lab_workers, TIMEOUT)
+    attachment = NetworkAttachment.objects.live().select_related("network").get(node=warm)
+    assert lab_switch.bridge_link(switch)[spec.switch_port] == f"br{attachment.network.vlan}"
+    assert lab_switch.published_on_switch(switch) == {attachment.public_address: attachment.private_address}
+    assert _login_from_host(key, attachment.public_address) == warm.name
+    # and from the warm server's new network, the boot service is out of reach
+    assert not _ping(spec.netns, "198.18.0.1")

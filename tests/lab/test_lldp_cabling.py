@@ -118,6 +118,23 @@ def test_the_reader_hears_the_lab_switch_name_and_the_port_the_server_is_cabled_
     assert json.loads(dark.stdout) is None
 
 
+def test_a_socket_opened_in_the_servers_namespace_hears_its_switch_from_a_host_thread(cabled: Cabled) -> None:
+    """What the lab firmware hands a host-side agent (--lldp-fd): the socket is made in the server's
+    namespace by call_in_namespace, then read on this thread, which never left the host's namespace."""
+    from lab.netns import call_in_namespace
+    from provisioner.pxe import lldp
+
+    host_namespace = os.readlink("/proc/thread-self/ns/net")
+    sock = call_in_namespace(cabled.server, lambda: lldp.open_socket("eth1"))
+    assert os.readlink("/proc/thread-self/ns/net") == host_namespace
+    with sock:
+        heard = lldp.receive(sock, HEAR_TIMEOUT)
+    assert heard is not None and (heard.switch, heard.port) == (cabled.switch.name, "swp5")
+    # a namespace that is not there is one sentence
+    with pytest.raises(Exception, match="network namespace ncsrv-missing-x does not exist"):
+        call_in_namespace("ncsrv-missing-x", lambda: None)
+
+
 # --- the report path: the agent in the server's namespace, the boot service, the engine ----------------
 
 

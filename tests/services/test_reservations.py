@@ -494,14 +494,24 @@ def test_the_free_nodes_statement_built_once_per_shape_is_what_the_orm_builds(
 
     from provisioner.services.reservations import _free_nodes_statement, free_nodes
 
+    image_pk = 7  # warm servers of the booked image first, then idle ones, then warm ones of another image
     for offset in (dt.timedelta(0), dt.timedelta(seconds=20)):  # the second one comes from the cache
         start = timezone.now() + (starts_in or dt.timedelta(0)) + offset
         end = None if open_ended else start + 2 * HOUR
         starts_now = starts_in is None
         orm = (
             free_nodes(inventory.h100, start, end, unfit=unfit)
-            .order_by(Case(When(state=NodeState.AVAILABLE, then=0), default=1), "name")
+            .order_by(
+                Case(
+                    When(state=NodeState.WARM, image_id=image_pk, then=0),
+                    When(state=NodeState.AVAILABLE, then=1),
+                    When(state=NodeState.WARM, then=2),
+                    default=3,
+                ),
+                "name",
+            )
             .values(node_id=F("pk"))[:2]
         )
         sql, params = orm.query.sql_with_params()
-        assert _free_nodes_statement(inventory.h100, start, end, unfit, 2, starts_now) == (sql, list(params))
+        built = _free_nodes_statement(inventory.h100, start, end, unfit, 2, starts_now, image_pk)
+        assert built == (sql, list(params))

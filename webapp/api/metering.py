@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from provisioner import usage
+from provisioner import networking, usage
 from provisioner.errors import InvalidRequest
 from provisioner.lifecycle import Actor
 from provisioner.models import ServerType, ServerTypePrice
@@ -74,7 +74,8 @@ def statement_data(stmt: metering.Statement) -> dict[str, Any]:
 
 class SpendInLists:
     """A list of reservations reads every row's ``spend`` at once (metering.spend_by_reservation, two
-    queries) instead of two queries per row; ReservationSerializer takes it from the context."""
+    queries) instead of two queries per row, and every row's private networks in one more (networking);
+    ReservationSerializer takes them from the context."""
 
     filter_queryset: Any
     get_queryset: Any
@@ -90,6 +91,7 @@ class SpendInLists:
         context = {
             **self.get_serializer_context(),
             "spend": metering.spend_by_reservation(r.pk for r in rows),
+            "private_networks": networking.networks_by_reservation(r.pk for r in rows),
         }
         data = self.get_serializer_class()(rows, many=True, context=context).data
         return Response(data) if page is None else self.get_paginated_response(data)

@@ -23,6 +23,7 @@ from provisioner.services import network_drift
 from provisioner.services import nodes as node_service
 from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
+from provisioner.services import warm_pool
 from provisioner.states import NodeState, OperationKind
 from webapp.api.customer import errors
 from webapp.api.metering import SpendInLists
@@ -41,6 +42,8 @@ from webapp.api.serializers.operators import (
     QuarantinedNodeSerializer,
     ReasonSerializer,
     ReimageSerializer,
+    WarmPoolSerializer,
+    WarmPoolUpdateSerializer,
 )
 from webapp.api.serializers.rollouts import (
     RolloutCancelSerializer,
@@ -350,3 +353,37 @@ def _nodes_by_reference(refs: list[int | str]) -> list[Node]:
     if problems:
         raise ValidationError({"nodes": problems})
     return [by_id[r] if isinstance(r, int) else by_name[r] for r in refs]
+
+
+class WarmPoolViewSet(viewsets.ViewSet):
+    """Warm pools per server type: servers kept deployed with an image, burned in and powered on, handed to
+    a reservation of that image in about a minute. Setting a size lets the scheduler fill or shrink it."""
+
+    permission_classes = [IsOperator]
+    lookup_field = "server_type"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(responses={200: WarmPoolSerializer(many=True), **errors(401, 403)})
+    def list(self, request: Request) -> Response:
+        return Response(WarmPoolSerializer(warm_pool.pools(), many=True).data)
+
+    @extend_schema(
+        request=WarmPoolUpdateSerializer, responses={200: WarmPoolSerializer, **errors(400, 401, 403, 404)}
+    )
+    def partial_update(self, request: Request, server_type: str | None = None) -> Response:
+        from django.shortcuts import get_object_or_404
+
+        from provisioner.models import ServerType
+
+        st = get_object_or_404(ServerType, slug=server_type)
+        body = WarmPoolUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        image = None
+        if body.validated_data.get("image"):
+            image = Image.objects.filter(slug=body.validated_data["image"]).first()
+            if image is None:
+                raise ValidationError({"image": [f"no image {body.validated_data['image']!r}"]})
+        status_ = warm_pool.set_pool(
+            st, body.validated_data["size"], image, actor=Actor.operator_from_request(request)
+        )
+        return Response(WarmPoolSerializer(status_).data)

@@ -36,6 +36,7 @@ router.register("admin/reservations", operators.AdminReservationViewSet, basenam
 router.register("admin/reimage-rollouts", operators.RolloutViewSet, basename="admin-rollouts")
 router.register("admin/events", events.AdminEventViewSet, basename="admin-events")
 router.register("admin/prices", metering.AdminPriceViewSet, basename="admin-prices")
+router.register("admin/warm-pools", operators.WarmPoolViewSet, basename="admin-warm-pools")
 
 app_name = "api"
 urlpatterns = [

@@ -3,7 +3,10 @@
 Starts the boot service/portal (gunicorn), a worker (8 threads) and the scheduler with the real drivers (Ansible,
 IPMI/Redfish, PXE, SSH), brings up a 3-node lab, reserves two servers (one IPMI, one Redfish) for a demo
 customer, prints progress as it happens, prints the ssh command and host-key fingerprints, logs in with
-strict host-key checking to prove it, releases, waits for the wipe, and stops everything it started.
+strict host-key checking to prove it, releases, waits for the wipe, and stops everything it started. The lab is
+the switched one (lab.switched): the servers are deployed on the provisioning VLAN, handed over on their
+reservation's own VLAN, reached by the customer through their public addresses; from inside, each pings the
+other on the private network and cannot reach the boot service.
 """
 
 from __future__ import annotations
@@ -91,10 +94,15 @@ class Command(BaseCommand):
             self.spawn(env, "worker", "worker", "--threads", "8")
             self.spawn(env, "scheduler", "scheduler", "--interval", "0.5")
             self.wait_http(boot_url)
-            self.step("Starting the lab: 3 simulated H100 servers with real IPMI/Redfish BMCs")
-            specs = start_lab(3, boot_url=boot_url)
+            self.step(
+                "Starting the lab: 3 simulated H100 servers with real IPMI/Redfish BMCs, cabled to a lab switch"
+            )
+            specs = start_lab(3, boot_url=boot_url, switch=True)
             for s in specs:
-                self.say(f"  {s.name}: {s.bmc_protocol} BMC at {s.bmc_address}:{s.bmc_port}, MAC {s.mac}")
+                self.say(
+                    f"  {s.name}: {s.bmc_protocol} BMC at {s.bmc_address}:{s.bmc_port}, MAC {s.mac}, "
+                    f"cabled to {s.switch_name} {s.switch_port}"
+                )
             customer, key, private_path = self.demo_customer()
             self.step(f"Portal: {boot_url}/  (demo customer: demo / demo-password-1)")
             reservation = book_servers(
@@ -230,29 +238,55 @@ class Command(BaseCommand):
         raise CommandError(f"timed out waiting for the reservation to be {target}; logs in {self.log_dir}")
 
     def show_access(self, nodes: list[Node], private_path: Path) -> None:
+        from provisioner import networking
         from provisioner.handover import run_command
 
+        reservation_id = nodes[0].reservation_id if nodes else None
+        networks = networking.reservation_networks(reservation_id) if reservation_id else []
+        for network in networks:
+            self.step(
+                f"Private network {network['cidr']} (gateway {network['gateway']}), the reservation's own VLAN"
+            )
+        private: dict[str, str] = {}
+        for network in networks:
+            servers: list[dict[str, str]] = network["servers"]  # type: ignore[assignment]
+            private.update({server["name"]: server["private_address"] for server in servers})
         for n in nodes:
             n.refresh_from_db()
             report = n.burnin_reports.first()
             self.step(f"{n.name} is yours")
-            self.say(f"  {ssh_command(n.ssh_user, n.ssh_address, n.ssh_port, identity=str(private_path))}")
+            address, port, _known_hosts = networking.customer_endpoint(n) or (n.ssh_address, n.ssh_port, "")
+            self.say(f"  {ssh_command(n.ssh_user, address, port, identity=str(private_path))}")
             for kind, fp in n.host_key_fingerprints.items():
                 self.say(f"  host key {kind}: {fp}")
             if report:
                 self.say(f"  burn-in: {report.summary}")
+            # from inside: its peers answer on the private network; the boot service does not
+            peers = [a for name, a in private.items() if name != n.name]
+            probes = "".join(
+                f"; ping -c1 -W2 {target} >/dev/null 2>&1 && echo '{target} answers' || echo '{target} unreachable'"
+                for target in [*peers, "198.18.0.1"]
+            )
             status, out, err = run_command(
-                n.ssh_address,
-                n.ssh_port,
+                address,
+                port,
                 n.ssh_user,
                 private_path.read_text(),
                 n.host_key_fingerprints,
-                "hostname; ip -4 -o addr show scope global | awk '{print $4}'",
+                "hostname; ip -4 -o addr show scope global | awk '{print $4}' | paste -sd ' '" + probes,
                 30,
             )
             lines = out.strip().splitlines()
             seen = f"{lines[0]} at {lines[1] if len(lines) > 1 else 'no address'}" if lines else err.strip()
-            self.say(f"  logged in with strict host-key checking (exit {status}): {seen}")
+            self.say(f"  logged in at {address} with strict host-key checking (exit {status}): {seen}")
+            for line in lines[2:]:
+                self.say(f"  from {n.name}: {line}")
+            if private and (
+                any(f"{peer} answers" not in lines for peer in peers) or "198.18.0.1 unreachable" not in lines
+            ):
+                raise CommandError(
+                    f"{n.name}: the private network or its isolation is not as it should be: {lines}"
+                )
 
     def check_wiped(self, node: Node) -> None:
         from lab.spec import load_specs

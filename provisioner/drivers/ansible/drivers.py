@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from provisioner.boot import fast_track
 from provisioner.boot.cabling import MISMATCH, UNCONFIRMED, cabling_problem, describe_heard
 from provisioner.boot.reports import ReportError, verify_deployed
 from provisioner.boot.tickets import open_ticket
@@ -37,6 +38,7 @@ from provisioner.drivers.base import (
     DeployResult,
     HandoverRequest,
     HandoverResult,
+    PersonalizeRequest,
 )
 from provisioner.errors import (
     CablingMismatch,
@@ -101,9 +103,41 @@ def _netboot_with_ticket(node: Node, op: Operation, instructions: dict[str, Any]
     node into the deploy ramdisk, which fetches the instructions and reports to the boot service."""
     ticket = open_ticket(node, op, instructions)
     ctx.save_data(ticket=ticket.pk, phase="agent")
-    _run_bmc_playbook(node, "netboot.yml", ctx)
+    _netboot(node, ctx)
     ctx.log(f"{node.name} is booting the deploy ramdisk (ticket {ticket.pk})")
     return ticket
+
+
+def _netboot(node: Node, ctx: Any) -> None:
+    """Power cycle the node into the deploy ramdisk (an agent still up in it is killed: no fast-track)."""
+    fast_track.end(node.pk)
+    _run_bmc_playbook(node, "netboot.yml", ctx)
+
+
+def _hand_to_running_agent(node: Node, op: Operation, instructions: dict[str, Any], ctx: Any) -> bool:
+    """Fast-track: when the agent that wiped ``node`` still heartbeats, open this attempt's ticket for it to
+    take at its next heartbeat, with no power cycle (no firmware self-test, no ramdisk boot). False (nothing
+    done) when the node is not fast-tracked."""
+    if not fast_track.is_fast_tracked(node):
+        return False
+    ticket = open_ticket(node, op, instructions)
+    ctx.save_data(ticket=ticket.pk, phase="agent", fast_track=True)
+    ctx.log(
+        f"fast-track: the deploy agent on {node.name} is up and heartbeating; it takes ticket {ticket.pk} "
+        "at its next heartbeat (no power cycle)"
+    )
+    return True
+
+
+def _fall_back_to_netboot(node: Node, ctx: Any) -> None:
+    """A fast-track deploy whose agent stopped heartbeating before it took the ticket: boot the node into
+    the ramdisk the cold way; the open ticket is served to its PXE boot."""
+    ticket = DeployTicket.objects.get(pk=ctx.data["ticket"])
+    if ticket.script_served_at is not None or fast_track.is_fast_tracked(node):
+        return
+    ctx.log(f"fast-track: the agent on {node.name} stopped heartbeating; booting it into the ramdisk")
+    ctx.save_data(fast_track=False)
+    _netboot(node, ctx)
 
 
 def _agent_result(
@@ -134,6 +168,9 @@ def _agent_result(
                 f"{what}: no progress reported for {quiet:.0f} s (last: {progress or 'none'})", retryable=True
             )
         recheck = min(60.0, stall_timeout / 4)
+    if ctx.data.get("fast_track") and ticket.script_served_at is None:
+        # looked at again when the agent would have missed its heartbeats (the fall-back to a netboot)
+        recheck = min(recheck, fast_track.heartbeat_seconds() * 2)
     ctx.wait(what, timeout=timeout, recheck_every=recheck)
     raise AssertionError("ctx.wait returns only by raising")  # pragma: no cover
 
@@ -244,9 +281,13 @@ class AnsibleDeployDriver(DeployDriver):
         ctx = log
         phase = ctx.data.get("phase")
         if phase is None:
-            _netboot_with_ticket(self.node, _operation(request.extra), instructions, ctx)
+            op = _operation(request.extra)
+            if not _hand_to_running_agent(self.node, op, instructions, ctx):
+                _netboot_with_ticket(self.node, op, instructions, ctx)
             phase = "agent"
         if phase == "agent":
+            if ctx.data.get("fast_track"):
+                _fall_back_to_netboot(self.node, ctx)
             result = _agent_result(ctx, "the deploy agent", DEPLOY_AGENT_TIMEOUT)
             # The boot service checked the cabling before the agent wrote; checked again here for an agent
             # that never asked (the node must not boot its OS, let alone reach handover, on the wrong port).
@@ -275,6 +316,71 @@ class AnsibleDeployDriver(DeployDriver):
             ssh_port=ssh_port,
             host_key_fingerprints=fingerprints,
             known_hosts=known_hosts,
+        )
+
+    def personalize(self, request: PersonalizeRequest, log: Any) -> DeployResult:
+        """A warm server made its customer's over one SSH session (strict host-key checking against the
+        warm-time keys): new host keys generated on the server over every ``HostKey`` its sshd reads, the
+        customer's keys appended to the file sshd reads them from, sshd told to reload (SIGHUP: it
+        re-executes and reads the new keys; the session it serves goes on). The new keys are then read
+        back from outside and must be the ones generated."""
+        import shlex
+
+        from provisioner.boot.reports import ReportError, _host_key_blob
+        from provisioner.handover import known_hosts_name, run_command, scan_host_keys
+        from provisioner.sshkeys import fingerprint_sha256
+
+        keys = "".join(f"printf '%s\\n' {shlex.quote(key)} >> \"$keys\"\n" for key in request.customer_keys)
+        script = PERSONALIZE_SCRIPT.replace("@CUSTOMER_KEYS@", keys + _private_network_script(request))
+        status, out, err = run_command(
+            request.address,
+            request.port,
+            request.username,
+            request.provisioning_private_key,
+            request.expected_fingerprints,
+            f"sh -c {shlex.quote(script)}",
+            60,
+        )
+        if status != 0:
+            raise DriverError(
+                f"new host keys for {request.node_name} failed (exit {status}): {err.strip()[-300:]}",
+                retryable=True,
+            )
+        publics = {line.split()[0]: line.strip() for line in out.splitlines() if line.strip()}
+        try:
+            prints = {kind: fingerprint_sha256(_host_key_blob(kind, line)) for kind, line in publics.items()}
+        except ReportError as exc:
+            raise DriverError(f"new host keys for {request.node_name}: {exc}") from None
+        if not prints or set(prints.values()) & set(request.expected_fingerprints.values()):
+            raise DriverError(f"{request.node_name} did not generate new host keys", retryable=True)
+        deadline = time.monotonic() + 15
+        while True:  # sshd re-executes on SIGHUP: the new keys are served a moment later
+            try:
+                scanned = scan_host_keys(request.address, request.port, prints)
+                break
+            except DriverError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        if {k.fingerprint for k in scanned} != set(prints.values()):
+            raise DriverError(
+                f"{request.node_name} does not serve the host keys it generated", retryable=True
+            )
+        host = known_hosts_name(request.address, request.port)
+        on_network = (
+            f"; on its private network at {request.private_network['address']}"
+            if request.private_network
+            else ""
+        )
+        log(
+            f"{request.node_name}: new host keys {', '.join(prints.values())}; the customer's keys installed"
+            f"{on_network}"
+        )
+        return DeployResult(
+            address=request.address,
+            ssh_port=request.port,
+            host_key_fingerprints=prints,
+            known_hosts="\n".join(f"{host} {' '.join(line.split()[:2])}" for line in publics.values()),
         )
 
     def handover(self, request: HandoverRequest, log: Any) -> HandoverResult:
@@ -349,14 +455,23 @@ class AnsibleDeployDriver(DeployDriver):
             raise DeployFailed(f"wiping {node_name} needs the operation that asked for it")
         ctx = log
         if ctx.data.get("phase") is None:
-            _netboot_with_ticket(self.node, op, {"action": "erase", "node": node_name}, ctx)
+            instructions = fast_track.erase_instructions(node_name)
+            if not _hand_to_running_agent(self.node, op, instructions, ctx):
+                _netboot_with_ticket(self.node, op, instructions, ctx)
         if ctx.data["phase"] == "agent":
+            if ctx.data.get("fast_track"):
+                _fall_back_to_netboot(self.node, ctx)
             result = _agent_result(ctx, "the wipe", WIPE_TIMEOUT, stall_timeout=WIPE_STALL_TIMEOUT)
             erased = result.get("bytes_written")
             if not isinstance(erased, int) or erased <= 0:
                 # an "ok" that overwrote nothing (a disk read as empty) is no wipe
                 raise DeployFailed(f"the deploy agent on {node_name} reported erasing {erased or 0} bytes")
             ctx.save_data(phase="erased", erased=erased)
+        node = Node.objects.get(pk=self.node.pk)
+        if node.fast_track_ticket_id == ctx.data["ticket"] and fast_track.is_fast_tracked(node):
+            # the agent stays up heartbeating: the next deploy streams without a power cycle
+            log(f"{node_name}: {ctx.data['erased']} bytes overwritten; fast-track: its agent stays up")
+            return
         _run_bmc_playbook(self.node, "power_off_disk.yml", ctx)
         log(f"{node_name}: {ctx.data['erased']} bytes overwritten")
 
@@ -368,6 +483,13 @@ class AnsibleBurnInDriver(BurnInDriver):
     def run(self, node_name: str, expectations: Any, log: Any) -> dict[str, Any]:
         node = Node.objects.get(pk=self.node.pk)
         info = AnsibleNodeInfo.of(node)
+        load_seconds, xid_wait = info.load_seconds, info.burnin_xid_wait_seconds
+        if expectations.get("profile") == "short":
+            # a warm server's health re-check before handover: every NVML check, under a brief load
+            load_seconds, xid_wait = (
+                min(load_seconds, SHORT_LOAD_SECONDS),
+                min(xid_wait, SHORT_XID_WAIT_SECONDS),
+            )
         host = ssh_host(
             node.ssh_address,
             node.ssh_port,
@@ -379,16 +501,16 @@ class AnsibleBurnInDriver(BurnInDriver):
             expect=untemplated(expectations["expect"]),
             thresholds=untemplated(expectations.get("thresholds") or {}),
             faults=info.faults(),
-            load_seconds=info.load_seconds,
-            xid_wait_seconds=info.burnin_xid_wait_seconds,
-            sample_interval=info.burnin_sample_interval,
+            load_seconds=load_seconds,
+            xid_wait_seconds=xid_wait,
+            sample_interval=min(info.burnin_sample_interval, load_seconds),
         )
         private_key = expectations["provisioning_private_key"]
         files: dict[str, str | bytes] = {
             "provisioning_key": private_key,
             "known_hosts": node.known_hosts + "\n",
         }
-        runs_for = info.load_seconds + info.burnin_xid_wait_seconds
+        runs_for = load_seconds + xid_wait
         if runs_for > settings.NEOCLOUD_BURNIN_DETACH_AFTER_SECONDS:
             return self._run_detached(node, host, files, private_key, runs_for, log)
         result = self._playbook(
@@ -480,6 +602,72 @@ class AnsibleBurnInDriver(BurnInDriver):
         except PlaybookFailed as exc:
             raise self._could_not_run(node.name, exc)
 
+
+# Run on a warm server as root by DeployDriver.personalize: fresh host keys over the ones sshd reads (its
+# HostKey lines, else OpenSSH's defaults), printed; the customer's keys appended to the file sshd reads them
+# from (NEOCLOUD_AUTHORIZED_KEYS_FILE where the server says so, as in provisioner.handover); sshd reloaded.
+PERSONALIZE_SCRIPT = r"""set -eu
+conf="${NEOCLOUD_SSHD_CONFIG:-/etc/ssh/sshd_config}"
+keys="${NEOCLOUD_AUTHORIZED_KEYS_FILE:-$HOME/.ssh/authorized_keys}"
+paths=$(awk 'tolower($1)=="hostkey"{print $2}' "$conf")
+[ -n "$paths" ] || paths="/etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ecdsa_key /etc/ssh/ssh_host_rsa_key"
+for path in $paths; do
+  case "$path" in
+    *ed25519*) set -- -t ed25519 ;;
+    *ecdsa*) set -- -t ecdsa -b 256 ;;
+    *rsa*) set -- -t rsa -b 3072 ;;
+    *) continue ;;
+  esac
+  rm -f "$path.new" "$path.new.pub"
+  ssh-keygen -q -N '' "$@" -C "root@$(hostname)" -f "$path.new" >/dev/null
+  mv -f "$path.new.pub" "$path.pub"
+  mv -f "$path.new" "$path"
+  cat "$path.pub"
+done
+if [ -s "$keys" ] && [ -n "$(tail -c1 "$keys")" ]; then echo >> "$keys"; fi
+@CUSTOMER_KEYS@pidfile=$(awk 'tolower($1)=="pidfile"{print $2}' "$conf")
+kill -HUP "$(cat "${pidfile:-/run/sshd.pid}")"
+"""
+
+# A warm server's OS booted on the provisioning network before any reservation had it: its tenant address goes
+# on the NIC that holds its provisioning address, as the first boot would have put it (lab.os_firstboot): the
+# address with its prefix, the default route via the tenant gateway; the old gateway keeps a host route so
+# that this session and the handover after it still reach the server until its port moves.
+PRIVATE_NETWORK_SCRIPT = r"""dev=$(ip -o -4 addr show | awk -v a=@PROVISIONING@ '{split($4, x, "/"); if (x[1] == a) {print $2; exit}}')
+[ -n "$dev" ] || { echo "no interface holds @PROVISIONING@" >&2; exit 3; }
+old=$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "via") {print $(i + 1); exit}}')
+[ -z "$old" ] || ip route replace "$old" dev "$dev"
+ip addr replace @ADDRESS@ dev "$dev"
+ip route replace default via @GATEWAY@ dev "$dev" src @IP@
+"""
+
+
+def _private_network_script(request: PersonalizeRequest) -> str:
+    """PRIVATE_NETWORK_SCRIPT for ``request`` ("" without a private network). Raises DriverError for a
+    malformed network (never sent to the server)."""
+    import ipaddress
+    import shlex
+
+    network = request.private_network
+    if not network:
+        return ""
+    try:
+        address = ipaddress.IPv4Interface(f"{network['address']}/{int(network['prefix'])}")
+        gateway = ipaddress.IPv4Address(network["gateway"])
+        provisioning = ipaddress.IPv4Address(request.address)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DriverError(f"{request.node_name}'s private network is malformed: {exc}") from None
+    return (
+        PRIVATE_NETWORK_SCRIPT.replace("@PROVISIONING@", shlex.quote(str(provisioning)))
+        .replace("@ADDRESS@", shlex.quote(address.with_prefixlen))
+        .replace("@GATEWAY@", shlex.quote(str(gateway)))
+        .replace("@IP@", shlex.quote(str(address.ip)))
+    )
+
+
+# The short profile of a warm server's re-check (its full burn-in ran when it joined the warm pool).
+SHORT_LOAD_SECONDS = 5.0
+SHORT_XID_WAIT_SECONDS = 1.0
 
 # A detached burn-in may run this much longer than its load and Xid wait before its wait fails.
 BURNIN_DETACHED_MARGIN = 600

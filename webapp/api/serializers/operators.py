@@ -239,3 +239,22 @@ class AdminNodeCheckedSerializer(AdminNodeDetailSerializer):
             {"interface": interface, "field": err.field, "reason": err.reason}
             for interface, err in hardware.pool_problems(obj).items()
         ]
+
+
+class WarmPoolSerializer(serializers.Serializer):
+    server_type = serializers.CharField(source="server_type.slug")
+    size = serializers.IntegerField(help_text="servers kept deployed, burned in and powered on")
+    image = serializers.CharField(
+        source="image.slug",
+        allow_null=True,
+        help_text="what they run (the type's most booked image by default)",
+    )
+    warm = serializers.IntegerField(help_text="warm servers ready to hand over")
+    warming = serializers.IntegerField(help_text="servers being deployed and burned in for the pool")
+
+
+class WarmPoolUpdateSerializer(serializers.Serializer):
+    size = serializers.IntegerField(min_value=0, max_value=100_000)
+    image = serializers.CharField(
+        required=False, allow_null=True, help_text="an image slug; null: the type's most booked image"
+    )

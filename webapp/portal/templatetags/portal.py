@@ -142,6 +142,17 @@ def step_time(step: Any) -> str:
 
 
 @register.filter
+def phase_summary(op: Any) -> str:
+    """Time per phase of a provisioning (POST, stream, first boot, burn-in, handover), "" for other work:
+    "POST into the ramdisk 24 s · stream 3 s · first boot 26 s · burn-in 4 s · handover 2 s"."""
+    if op.kind not in ("provision", "reimage", "warm_up"):
+        return ""
+    from provisioner.services.phases import phase_times
+
+    return " · ".join(f"{name} {_span(seconds)}" for name, seconds in phase_times(op))
+
+
+@register.filter
 def humanize_name(value: str) -> str:
     return str(value).replace("_", " ")
 

@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from provisioner.errors import InvalidRequest, NeocloudError
 from provisioner.lifecycle import Actor
 from provisioner.models import Allocation, Organization, Reservation, ServerType
-from provisioner.services import tenancy
+from provisioner.services import tenancy, warm_pool
 from provisioner.services.reservations import availability, book_servers
 from webapp.portal.access import current_org
 from webapp.portal.forms import ReserveForm, WindowForm
@@ -24,7 +24,12 @@ def _catalog_rows(form: WindowForm) -> list[dict]:
     start, end = window.get("starts_at"), window.get("ends_at")
     rows = []
     for st in ServerType.objects.annotate(total=Count("nodes")).order_by("slug"):
-        row = {"type": st, "total": st.total, "now": availability(st)}
+        row = {
+            "type": st,
+            "total": st.total,
+            "now": availability(st),
+            "ready_minutes": max(1, round(warm_pool.expected_ready_seconds(st) / 60)),
+        }
         if start or end:
             row["window"] = availability(st, start, end)
         rows.append(row)

@@ -28,6 +28,7 @@ from provisioner.models import (
 from provisioner.services import network_drift
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
+from provisioner.services import warm_pool
 from provisioner.states import (
     FINISHED_OPERATION_STATES,
     LEASED_STATES,
@@ -82,6 +83,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "totals": [(s, totals[s]) for s in states],
         "total": sum(totals.values()),
         "grid_rows": grid_rows,
+        "warm_pools": [p for p in warm_pool.pools() if p.size or p.warm or p.warming],
         "sites": Site.objects.all(),
         "server_types": ServerType.objects.all(),
         "rollout_form": RolloutForm(),

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('provisioner', '0021_network_attachment_configured'),
+        ('provisioner', '0022_fast_track_warm_pool'),
     ]
 
     operations = [
