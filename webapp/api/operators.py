@@ -19,11 +19,10 @@ from rest_framework.response import Response
 from provisioner.filtersets import NodeFilterSet
 from provisioner.lifecycle import Actor
 from provisioner.models import Image, Node, Operation, Reservation, Rollout
-from provisioner.services import network_drift
+from provisioner.services import network_drift, warm_pool
 from provisioner.services import nodes as node_service
 from provisioner.services import reservations as reservation_service
 from provisioner.services import rollouts as rollout_service
-from provisioner.services import warm_pool
 from provisioner.states import NodeState, OperationKind
 from webapp.api.customer import errors
 from webapp.api.metering import SpendInLists

@@ -25,10 +25,9 @@ from provisioner.models import (
     ServerType,
     Site,
 )
-from provisioner.services import network_drift
+from provisioner.services import network_drift, warm_pool
 from provisioner.services import nodes as node_services
 from provisioner.services import rollouts as rollout_services
-from provisioner.services import warm_pool
 from provisioner.states import (
     FINISHED_OPERATION_STATES,
     LEASED_STATES,
