@@ -283,6 +283,28 @@ def lab_fleet(args: argparse.Namespace) -> int:
         stop_all(procs, var, keep=args.keep)
 
 
+def fake_engine_environment(prefix: str, agent_seconds: float, database_url: str = "", **extra: str) -> Path:
+    """A fresh var directory under var/ and this process's environment for an engine bench on the fake
+    deploy and burn-in drivers (``extra``: more settings); returns the directory."""
+    (ROOT / "var").mkdir(exist_ok=True)
+    var = Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "var"))
+    env = {
+        "NEOCLOUD_VAR_DIR": str(var),
+        "DJANGO_SETTINGS_MODULE": "webapp.settings",
+        "NEOCLOUD_DEPLOY_DRIVER": "fake",
+        "NEOCLOUD_BURNIN_DRIVER": "fake",
+        "NEOCLOUD_FAKE_HW_DIR": str(var / "fake-hw"),
+        "NEOCLOUD_FAKE_AGENT_SECONDS": str(agent_seconds),
+        "NEOCLOUD_LOG_LEVEL": "WARNING",
+        "NEOCLOUD_DEBUG": "0",
+        **extra,
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    os.environ.update(env)
+    return var
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine-only", action="store_true", help="fake drivers, no lab")
@@ -299,21 +321,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.engine_only:
         return lab_fleet(args)
-    (ROOT / "var").mkdir(exist_ok=True)
-    var = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir=ROOT / "var"))
-    env = {
-        "NEOCLOUD_VAR_DIR": str(var),
-        "DJANGO_SETTINGS_MODULE": "webapp.settings",
-        "NEOCLOUD_DEPLOY_DRIVER": "fake",
-        "NEOCLOUD_BURNIN_DRIVER": "fake",
-        "NEOCLOUD_FAKE_HW_DIR": str(var / "fake-hw"),
-        "NEOCLOUD_FAKE_AGENT_SECONDS": str(args.agent_seconds),
-        "NEOCLOUD_LOG_LEVEL": "WARNING",
-        "NEOCLOUD_DEBUG": "0",
-    }
-    if args.database_url:
-        env["DATABASE_URL"] = args.database_url
-    os.environ.update(env)
+    var = fake_engine_environment("bench-fleet-", args.agent_seconds, args.database_url)
     import django
 
     django.setup()

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet import spawner, stop_all  # noqa: E402
+from bench.fleet import fake_engine_environment, spawner, stop_all  # noqa: E402
 
 PROVISIONING_VLAN = 100
 
@@ -62,23 +62,10 @@ def main() -> int:
     def say(what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
-    (ROOT / "var").mkdir(exist_ok=True)
-    var = Path(tempfile.mkdtemp(prefix="bench-nethandover-", dir=ROOT / "var"))
-    env = {
-        "NEOCLOUD_VAR_DIR": str(var),
-        "DJANGO_SETTINGS_MODULE": "webapp.settings",
-        "NEOCLOUD_DEPLOY_DRIVER": "fake",
-        "NEOCLOUD_BURNIN_DRIVER": "fake",
-        "NEOCLOUD_FAKE_HW_DIR": str(var / "fake-hw"),
-        "NEOCLOUD_FAKE_AGENT_SECONDS": str(args.agent_seconds),
-        "NEOCLOUD_LOG_LEVEL": "WARNING",
-        "NEOCLOUD_DEBUG": "0",
-        # the drift job would add sessions of its own to the count
-        "NEOCLOUD_NETWORK_DRIFT_SECONDS": "0",
-    }
-    if args.database_url:
-        env["DATABASE_URL"] = args.database_url
-    os.environ.update(env)
+    # the drift job would add sessions of its own to the count
+    var = fake_engine_environment(
+        "bench-nethandover-", args.agent_seconds, args.database_url, NEOCLOUD_NETWORK_DRIFT_SECONDS="0"
+    )
     import django
 
     django.setup()

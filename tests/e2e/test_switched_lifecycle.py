@@ -6,6 +6,7 @@ touched."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -26,15 +27,20 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 TIMEOUT = 600
 
 
-@pytest.fixture
-def switched_lab(lab_workers, live_server, settings):
+@contextlib.contextmanager
+def _switched_lab(nodes: int, boot_url: str):
     from lab.management.commands.lab import start_lab, stop_lab
 
     try:
-        specs = start_lab(4, boot_url=live_server.url, switch=True)
-        yield {s.name: s for s in specs}
+        yield {s.name: s for s in start_lab(nodes, boot_url=boot_url, switch=True)}
     finally:
         stop_lab()
+
+
+@pytest.fixture
+def switched_lab(lab_workers, live_server, settings):
+    with _switched_lab(4, live_server.url) as specs:
+        yield specs
 
 
 def _reserve(customer, count):
@@ -198,13 +204,8 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
 
 @pytest.fixture
 def switched_lab2(lab_workers, live_server, settings):
-    from lab.management.commands.lab import start_lab, stop_lab
-
-    try:
-        specs = start_lab(2, boot_url=live_server.url, switch=True)
-        yield {s.name: s for s in specs}
-    finally:
-        stop_lab()
+    with _switched_lab(2, live_server.url) as specs:
+        yield specs
 
 
 def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_tenants(
