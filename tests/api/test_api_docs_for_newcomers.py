@@ -23,7 +23,7 @@ def test_the_schema_has_no_markdown_choice_lists_and_says_where_the_first_token_
     text = json.dumps(schema)
     assert "* `" not in text
     assert schema["components"]["schemas"]["KindEnum"]["description"] == (
-        "One of: provision, reimage, release, clean (wipe), burnin, power."
+        "One of: provision, reimage, release, clean (wipe), burnin, power, warm_up."
     )
     admin_nodes = schema["paths"]["/api/v1/admin/nodes/"]["get"]["parameters"]
     power = next(p for p in admin_nodes if p["name"] == "power")
