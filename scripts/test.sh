@@ -52,8 +52,10 @@ echo "== ironic-python-agent for the deploy bench's test (bench/ipa_env.py)"
 
 # Tests marked `peer` (a real NetBox, which takes about 0.1 s a write here) run once: in the PostgreSQL pass,
 # production's database, when there is one; otherwise in this pass.
+# The same holds for the lab's tests (`lab`: real BMCs, namespaces, switches and QEMU, about 10 minutes a pass):
+# they test the lab's machines and packets, and their database side runs on production's.
 only_once=()
-[ "$pg_up" = 1 ] && only_once=(-m "not peer")
+[ "$pg_up" = 1 ] && only_once=(-m "not peer and not lab")
 echo "== pytest (SQLite)"
 env -u DATABASE_URL "$PY" -m pytest "${only_once[@]}" "$@" || status=1
 
