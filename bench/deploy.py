@@ -69,8 +69,6 @@ import datetime
 import mmap
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -84,7 +82,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # a time-to-SSH benchmark is where POST time counts
 os.environ.setdefault("NEOCLOUD_LAB_POST_SCALE", "0")
 sys.path.insert(0, str(ROOT))
-from bench.procstat import TICK, cpu_seconds, cpu_split  # noqa: E402
+from bench.procstat import TICK, cpu_seconds, cpu_split, stop_all  # noqa: E402
 
 WRITE_DONE = re.compile(r"^(\S+ \S+) agent INFO stage=write done bytes=(\d+) seconds=([\d.]+)", re.M)
 
@@ -591,18 +589,7 @@ def main() -> int:
         return 0
     finally:
         stop_lab()
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if args.keep:
-            print(f"kept {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
+        stop_all(procs, var, keep=args.keep)
 
 
 if __name__ == "__main__":

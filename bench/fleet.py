@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NEOCLOUD_LAB_POST_SCALE", "0")
 sys.path.insert(0, str(ROOT))
 
-from bench.procstat import cpu_seconds, tree_cpu_seconds  # noqa: E402
+from bench.procstat import cpu_seconds, stop_all, tree_cpu_seconds  # noqa: E402
 
 SMALL = 20
 
@@ -83,22 +81,6 @@ def spawner(procs: list[subprocess.Popen], var: Path):
         return proc
 
     return spawn
-
-
-def stop_all(procs: list[subprocess.Popen], var: Path, *, keep: bool) -> None:
-    """SIGTERM every process group started, SIGKILL what has not ended 15 s later; remove ``var`` unless kept."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    if keep:
-        print(f"kept {var}")
-    else:
-        shutil.rmtree(var, ignore_errors=True)
 
 
 def machine_busy_seconds() -> float:

@@ -1,8 +1,12 @@
-"""CPU time of processes and of the machine, read from /proc (shared by the benchmarks)."""
+"""CPU time of processes and of the machine, read from /proc, and the benches' process teardown (shared by the
+benchmarks)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -54,3 +58,19 @@ def tree_cpu_seconds(root: int | None = None) -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         total += usage.ru_utime + usage.ru_stime
     return total
+
+
+def stop_all(procs: list[subprocess.Popen], var: Path, *, keep: bool) -> None:
+    """SIGTERM every process group started, SIGKILL what has not ended 15 s later; remove ``var`` unless kept."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if keep:
+        print(f"kept {var}")
+    else:
+        shutil.rmtree(var, ignore_errors=True)

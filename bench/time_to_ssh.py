@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.procstat import stop_all  # noqa: E402
 
 SERVER_TYPE = "h100-8x"
 POSTS_PAID = {"cold": 2, "fast-track": 1, "warm": 0}
@@ -261,18 +261,7 @@ def main() -> int:
     finally:
         if lab_started:
             stop_lab()
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if args.keep:
-            print(f"kept {var}")
-        else:
-            shutil.rmtree(var, ignore_errors=True)
+        stop_all(procs, var, keep=args.keep)
 
 
 if __name__ == "__main__":
