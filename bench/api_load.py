@@ -126,6 +126,7 @@ def seed(nodes: int, orgs: int, clients: int) -> list[str]:
     """One server type with ``nodes`` fake nodes; ``orgs`` organizations; one user+token per client."""
     from django.contrib.auth.models import User
 
+    from lab.spec import H100_8X_TYPE
     from provisioner.lifecycle import Actor
     from provisioner.models import ApiToken, Membership, Organization, SSHKey
     from provisioner.services.inventory import enroll
@@ -135,9 +136,7 @@ def seed(nodes: int, orgs: int, clients: int) -> list[str]:
         {
             "sites": [{"slug": "bench", "name": "Bench", "racks": ["r1"]}],
             "server_types": [
-                {"slug": "h100-8x", "name": "8x H100 SXM", "cpu_model": "Xeon 8480+", "cpu_cores": 112,
-                 "ram_gib": 2048, "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 8, "gpu_memory_gib": 80,
-                 "pcie_gen": 5, "pcie_width": 16, "nvlink_links": 18, "disk_gib": 7680},
+                {"slug": "h100-8x", **H100_8X_TYPE},
             ],
             "images": [{"slug": "ubuntu-24.04", "name": "Ubuntu 24.04", "url": "http://127.0.0.1:9/u.raw",
                         "sha256": "0" * 64, "size_bytes": 1024, "format": "raw", "os_name": "Ubuntu"}],

@@ -68,6 +68,7 @@ def seed(nodes: int) -> dict[str, Any]:
     """A fleet of ``nodes`` fake servers of one type, an image, an organization with its owner and key."""
     from django.contrib.auth.models import User
 
+    from lab.spec import H100_8X_TYPE
     from provisioner.lifecycle import Actor
     from provisioner.models import Image, Membership, Organization, ServerType, SSHKey
     from provisioner.services.inventory import enroll
@@ -76,22 +77,7 @@ def seed(nodes: int) -> dict[str, Any]:
     enroll(
         {
             "sites": [{"slug": "bench", "name": "Bench", "racks": ["r1"]}],
-            "server_types": [
-                {
-                    "slug": "h100-8x",
-                    "name": "8x H100 SXM",
-                    "cpu_model": "Xeon 8480+",
-                    "cpu_cores": 112,
-                    "ram_gib": 2048,
-                    "gpu_model": "NVIDIA H100 80GB HBM3",
-                    "gpu_count": 8,
-                    "gpu_memory_gib": 80,
-                    "pcie_gen": 5,
-                    "pcie_width": 16,
-                    "nvlink_links": 18,
-                    "disk_gib": 7680,
-                }
-            ],
+            "server_types": [{"slug": "h100-8x", **H100_8X_TYPE}],
             "images": [
                 {
                     "slug": "ubuntu-24.04",

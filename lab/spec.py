@@ -12,6 +12,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The 8-GPU H100 server type (inventory YAML's fields, less its slug) that the tests and the benches enroll
+# for their fake and lab servers: one definition, so that their figures and messages agree.
+H100_8X_TYPE: dict[str, Any] = {
+    "name": "8x H100 SXM",
+    "cpu_model": "Xeon 8480+",
+    "cpu_cores": 112,
+    "ram_gib": 2048,
+    "gpu_model": "NVIDIA H100 80GB HBM3",
+    "gpu_count": 8,
+    "gpu_memory_gib": 80,
+    "pcie_gen": 5,
+    "pcie_width": 16,
+    "nvlink_links": 18,
+    "disk_gib": 7680,
+}
+
 
 @dataclasses.dataclass
 class LabNodeSpec:

@@ -53,6 +53,7 @@ def inventory(db, tmp_path: Path):
     """A small fleet with fake BMCs: 4 h100-8x nodes and 2 a100-8x nodes, an image, two organizations."""
     from django.contrib.auth.models import User
 
+    from lab.spec import H100_8X_TYPE
     from provisioner.lifecycle import Actor
     from provisioner.models import Image, Membership, Organization, SSHKey
     from provisioner.services.inventory import enroll
@@ -78,20 +79,7 @@ def inventory(db, tmp_path: Path):
         {
             "sites": [{"slug": "lab", "name": "Lab", "racks": ["r1"]}],
             "server_types": [
-                {
-                    "slug": "h100-8x",
-                    "name": "8x H100 SXM",
-                    "cpu_model": "Xeon 8480+",
-                    "cpu_cores": 112,
-                    "ram_gib": 2048,
-                    "gpu_model": "NVIDIA H100 80GB HBM3",
-                    "gpu_count": 8,
-                    "gpu_memory_gib": 80,
-                    "pcie_gen": 5,
-                    "pcie_width": 16,
-                    "nvlink_links": 18,
-                    "disk_gib": 7680,
-                },
+                {"slug": "h100-8x", **H100_8X_TYPE},
                 {
                     "slug": "a100-8x",
                     "name": "8x A100 SXM",
