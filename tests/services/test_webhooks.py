@@ -382,3 +382,21 @@ def test_a_name_that_resolves_to_an_inner_address_gets_nothing(inventory, receiv
     with pytest.raises(webhooks.Undeliverable, match=r"resolves to 127\.0\.0\.1, a loopback address"):
         webhooks.resolve("hooks.example.com", 443)
     assert receiver.delivered() == []
+
+
+def test_the_receivers_verifier_in_the_docs_accepts_our_signature_and_refuses_a_changed_body():
+    """docs/events-and-metrics.md gives receivers a verifier to copy: it must agree with what we send."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "events-and-metrics.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "docs/events-and-metrics.md", "exec"), namespace)  # noqa: S102 - our own docs
+    verify = namespace["verify"]
+    body = b'{"type":"node.active"}'
+    header = webhooks.signature_header("whsec_doc", int(time.time()), body)
+    assert verify("whsec_doc", header, body) is True  # type: ignore[operator]
+    assert verify("whsec_doc", header, body + b" ") is False  # type: ignore[operator]
+    assert verify("whsec_other", header, body) is False  # type: ignore[operator]
+    stale = webhooks.signature_header("whsec_doc", int(time.time()) - 3600, body)
+    assert verify("whsec_doc", stale, body) is False  # type: ignore[operator]
