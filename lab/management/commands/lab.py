@@ -1,6 +1,9 @@
 """``manage.py lab up --nodes N [--kind simulated|qemu] [--no-enroll] | status [--json] | down``: the
 virtual datacenter.
 
+A simulated lab's servers reach the boot service and the image server on the provisioning network, at
+198.18.0.1 (lab.provisioning_relay): the lab site's image mirror is the image server there.
+
 A ``qemu`` lab's nodes are emulated computers (lab.qemu_firmware) on a site of their own,
 ``lab-qemu``, whose facts differ from the loopback lab's the way one real site's differ from another's: its
 servers fetch images from the site's image mirror (the lab image server, which they reach at 10.0.2.101),
@@ -20,10 +23,11 @@ import yaml
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from lab import supervisor, switched
+from lab import provisioning_relay, supervisor, switched
 from lab import switch as lab_switch
 from lab.database import migrate_if_needed
 from lab.images import (
+    IMAGE_SERVER_PORT,
     ensure_demo_image,
     ensure_lab_os_image,
     start_image_server,
@@ -82,10 +86,14 @@ def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
     if any(s.kind == "qemu" for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
-    if any(s.switch_port for s in specs):
-        for site in base.get("sites", []):
-            if site.get("slug") == "lab":
-                site["network"] = switched.site_network()
+    for site in base.get("sites", []):
+        if site.get("slug") != "lab":
+            continue
+        if any(s.kind == "simulated" for s in specs):
+            # the simulated servers fetch images on the provisioning network (lab.provisioning_relay)
+            site["image_mirror_url"] = provisioning_relay.server_url(f"http://127.0.0.1:{IMAGE_SERVER_PORT}")
+        if any(s.switch_port for s in specs):
+            site["network"] = switched.site_network()
     base["images"] = [image]
     base["nodes"] = [
         {
