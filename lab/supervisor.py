@@ -27,6 +27,7 @@ import requests
 
 from lab import post
 from lab import provisioning_relay as relay
+from lab import switch as lab_switch
 from lab import switched as switched_lab
 from lab.images import IMAGE_SERVER_PORT
 from lab.machine import read_state_file
@@ -90,7 +91,8 @@ def make_specs(
                 disk_path=str(node_dir(lab_dir, name) / "disk.img"),
                 kind=kind,
                 image_port=image_port,
-                ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" else 0,
+                # switched, an emulated computer's sshd is reached at its own address over the switch
+                ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" and not switched else 0,
                 post_seconds=post.seconds_for(server_type, post_scale),
                 switch_name=switched_lab.SWITCH_NAME if switched else "",
                 switch_port=switched_lab.port_for(i) if switched else "",
@@ -290,10 +292,6 @@ def up(
         another lab directory's nodes run (they hold the same addresses: the message says how to stop them).
     """
     lab_dir = lab_dir.resolve()
-    if switch and kind != "simulated":
-        raise LabError(
-            "the switched lab cables simulated servers only: emulated computers have no tap into it"
-        )
     if others := other_labs(lab_dir):
         where, pids = next(iter(others.items()))
         raise LabError(
@@ -316,12 +314,18 @@ def up(
     if switch:
         switched_lab.start(lab_dir, specs)
     node_boot_url = boot_url
-    if kind == "simulated":
-        # the simulated servers reach the boot service and the image server on the provisioning network
-        # (their own NIC, 198.18.0.1), relayed to loopback; emulated computers have QEMU's forwards instead
-        node_boot_url = relay.server_url(boot_url)
+    if kind == "simulated" or switch:
+        # the servers reach the boot service and the image server on the provisioning network (their own NIC,
+        # 198.18.0.1), relayed to loopback; unswitched emulated computers have QEMU's forwards instead
         ports = [p for p in (relay.relayed_port(boot_url), image_port) if p is not None]
         start_relay(lab_dir, ports)
+    if kind == "simulated":
+        node_boot_url = relay.server_url(boot_url)
+    elif switch:
+        try:
+            switched_lab.start_pxe_service(lab_dir, specs, relay.server_url(boot_url))
+        except lab_switch.LabSwitchError as exc:
+            raise LabError(str(exc)) from None
     for spec in specs:
         _create_disk(spec)
         pid = _read_pid(lab_dir, spec.name)

@@ -53,7 +53,8 @@ QEMU_SITE = {
 
 def _node_placement(spec: LabNodeSpec) -> dict[str, Any]:
     """Site, rack and, for an emulated computer, the SSH endpoint (its forwarded port) of a lab node."""
-    if spec.kind != "qemu":
+    if spec.kind != "qemu" or spec.switch_port:
+        # a switched emulated computer is on the lab site's switch, reached at its own address
         return {"site": "lab", "rack": "lab-r1"}
     return {
         "site": QEMU_SITE["slug"],
@@ -84,12 +85,12 @@ def lab_driver_info(spec: LabNodeSpec, lab_dir: Path) -> dict[str, Any]:
 
 def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
-    if any(s.kind == "qemu" for s in specs):
+    if any(s.kind == "qemu" and not s.switch_port for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
     for site in base.get("sites", []):
         if site.get("slug") != "lab":
             continue
-        if any(s.kind == "simulated" for s in specs):
+        if any(s.kind == "simulated" or s.switch_port for s in specs):
             # the simulated servers fetch images on the provisioning network (lab.provisioning_relay)
             site["image_mirror_url"] = provisioning_relay.server_url(f"http://127.0.0.1:{IMAGE_SERVER_PORT}")
         if any(s.switch_port for s in specs):
