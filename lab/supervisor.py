@@ -62,7 +62,8 @@ def make_specs(
     whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
     at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index). ``post_scale``: the time scale of the servers' power-on
     self-test (lab.post; 0: none). ``switched``: every node's eth0 is cabled to port swp<index> of the lab
-    switch (lab.switched) instead of to the host."""
+    switch (lab.switched) instead of to the host (an emulated computer's through a tap, its sshd then reached
+    at its own address, not forwarded)."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
@@ -284,7 +285,7 @@ def up(
     switch: bool = False,
 ) -> list[LabNodeSpec]:
     """Start an n-node lab (``switch``: the switched topology of lab.switched, the lab switch started and
-    every node cabled to it before the nodes start) (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
+    every node cabled to it before the nodes start; with ``kind`` qemu, its DHCP service on VLAN 100 too) (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
     None: NEOCLOUD_LAB_POST_SCALE or its default). Idempotent: an existing lab.json with n nodes and the same protocols, kind and
     image port keeps its specs (and passwords); nodes already running are left alone.
 

@@ -8,6 +8,8 @@ A ``qemu`` lab's nodes are emulated computers (lab.qemu_firmware) on a site of t
 ``lab-qemu``, whose facts differ from the loopback lab's the way one real site's differ from another's: its
 servers fetch images from the site's image mirror (the lab image server, which they reach at 10.0.2.101),
 and each one's SSH is reached through a port forward (127.0.0.1:22000+index), its inventory SSH endpoint.
+Cabled to the lab switch (``--switch --kind qemu``), emulated computers are on the lab site instead, reached
+at their own address over the provisioning VLAN, like the simulated servers (lab.qemu_firmware).
 The emulated computers boot the deploy ramdisk from the boot service's NEOCLOUD_BOOT_DIR (bootstrap.sh
 builds it in var/ramdisk) and are deployed with the bootable lab OS image.
 """
@@ -243,7 +245,8 @@ class Command(BaseCommand):
         up.add_argument(
             "--switch",
             action="store_true",
-            help="cable every server to the lab switch lab-leaf1 (VLANs, tenant networks, public addresses)",
+            help="cable every server to the lab switch lab-leaf1 (VLANs, tenant networks, public addresses; "
+            "emulated computers through a tap, with DHCP on the provisioning VLAN)",
         )
         up.add_argument("--boot-url", default="", help="where lab firmware finds the boot service")
         up.add_argument("--no-enroll", action="store_true", help="do not enroll the nodes into Neocloud")
