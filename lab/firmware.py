@@ -8,6 +8,15 @@
   (``python -m provisioner.pxe.agent``) against the node's disk with the API and token from the
   kernel arguments. A script that ``exit``s, or a boot service that cannot be reached, falls through to
   the disk, as real firmware tries its next boot device.
+
+Where the boot service is on the lab network (``boot_url`` at 198.18.0.1, as lab.supervisor hands it: the
+provisioning relay, lab.provisioning_relay), everything the server does over the network happens inside its
+own network namespace, over its own eth0, as on a site: the script, kernel and initrd are fetched from a
+thread that entered the namespace (lab.netns.call_in_namespace), and the agent runs under
+``ip netns exec`` (its image download, reports, heartbeats and LLDP listening all go through eth0). The
+network starts as a fresh boot finds it (lab.netns.boot_node_network: the provisioning address alone; a
+switched server's port stays on whatever VLAN the switch has it on, so a server moved off the provisioning
+VLAN reaches no boot service). A boot service on loopback (a test's) is reached from the host, as before.
 - power on, boot device DISK: read the config drive; if there is one, start the node's OS
   (``lab.sshd.start_node_os``), else the console says "no bootable device".
 - power off: kill the agent if it runs, stop the node's OS.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -34,12 +44,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from lab import post
+from lab import netns, post
 from lab.netns import NODE_INTERFACE, LabNetworkError, call_in_namespace
 from lab.spec import LabNodeSpec
 from provisioner.drivers.base import BootDevice, BootSetting
-from provisioner.pxe import lldp
 from provisioner.pxe.configdrive import ConfigDriveError, read_config_drive
 from provisioner.pxe.ipxe import (
     BOOT_RETRY_SECONDS,
@@ -68,6 +78,9 @@ class Firmware:
         self.spec = spec
         self.lab_dir = Path(lab_dir)
         self.boot_url = boot_url.rstrip("/")
+        # the server's own network (its namespace) reaches a boot service on the lab network; this host's
+        # loopback is reached from the host
+        self.in_namespace = bool(spec.netns) and _on_lab_network(self.boot_url)
         self.node_dir = self.lab_dir / "nodes" / spec.name
         self.node_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -135,6 +148,13 @@ class Firmware:
     # --- PXE ----------------------------------------------------------------------------------------
 
     def _pxe_boot(self, generation: int) -> None:
+        if self.in_namespace:
+            try:
+                netns.boot_node_network(self.spec)
+            except LabNetworkError as exc:
+                self._console(f"PXE: no link on {NODE_INTERFACE} ({exc}); trying the next boot device")
+                self._disk_boot(generation)
+                return
         mac = normalize_mac(self.spec.mac)
         script_url = f"{self.boot_url}/boot/{mac}.ipxe"
         for _ in range(MAX_CHAINED_SCRIPTS):
@@ -184,28 +204,21 @@ class Firmware:
             env["NEOCLOUD_FAULT_CRASH_AFTER_BYTES"] = str(AGENT_CRASH_AFTER_BYTES)
             self._console("fault injection: the deploy agent will crash mid-write")
         cmd = [sys.executable, "-m", "provisioner.pxe.agent", "--api", api, "--disk", self.spec.disk_path]
-        lldp_socket = self._lldp_socket()
-        if lldp_socket is not None:
-            cmd += ["--lldp-interface", NODE_INTERFACE, "--lldp-fd", str(lldp_socket.fileno())]
+        if self.in_namespace:
+            # `ip netns exec` enters the namespace and execs the agent: the child's pid is the agent's
+            cmd = ["ip", "netns", "exec", self.spec.netns, *cmd, "--lldp-interface", NODE_INTERFACE]
         with open(self.node_dir / "agent.log", "ab") as agent_log, self._lock:
             if generation != self._generation:
-                if lldp_socket is not None:
-                    lldp_socket.close()
                 return  # powered off (or cycled) while the ramdisk was loading
             # The token goes by environment, not argv, so it never shows in the process list.
-            try:
-                self._agent = subprocess.Popen(
-                    cmd,
-                    env=env,
-                    cwd=PROJECT_ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=agent_log,
-                    stderr=agent_log,
-                    pass_fds=() if lldp_socket is None else (lldp_socket.fileno(),),
-                )
-            finally:
-                if lldp_socket is not None:
-                    lldp_socket.close()  # the agent holds its own copy
+            self._agent = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=agent_log,
+                stderr=agent_log,
+            )
             agent = self._agent
         self._console(f"deploy ramdisk: agent started (pid {agent.pid})")
         returncode = agent.wait()
@@ -214,18 +227,6 @@ class Firmware:
                 self._agent = None
             self.agent_returncode = returncode
         self._console(f"deploy ramdisk: agent exited with {returncode}")
-
-    def _lldp_socket(self) -> Any:
-        """A switched server's NIC is a switch port's far end inside the server's network namespace, while its
-        agent runs on this host: the agent listens for LLDP through a socket opened there (None: a server
-        cabled straight to the host has no switch to hear)."""
-        if not (self.spec.switch_name and self.spec.netns):
-            return None
-        try:
-            return call_in_namespace(self.spec.netns, lambda: lldp.open_socket(NODE_INTERFACE))
-        except (OSError, LabNetworkError) as exc:
-            self._console(f"deploy ramdisk: cannot listen for LLDP on {NODE_INTERFACE}: {exc}")
-            return None
 
     # --- disk ---------------------------------------------------------------------------------------
 
@@ -286,6 +287,15 @@ class Firmware:
     def _get(self, url: str, limit: int | None = None) -> bytes:
         if not url.startswith(("http://", "https://")):
             raise OSError(f"unsupported URL scheme in {url}")
+        if self.in_namespace:
+            try:
+                return call_in_namespace(self.spec.netns, lambda: self._fetch(url, limit))
+            except LabNetworkError as exc:
+                raise OSError(str(exc)) from None
+        return self._fetch(url, limit)
+
+    @staticmethod
+    def _fetch(url: str, limit: int | None) -> bytes:
         try:
             with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:  # noqa: S310 - scheme checked
                 return response.read(limit) if limit else response.read()
@@ -299,6 +309,13 @@ class Firmware:
         with open(self.node_dir / "console.log", "a") as fh:
             fh.write(f"{_now()} {line}\n")
         log.info("%s: %s", self.spec.name, line)
+
+
+def _on_lab_network(url: str) -> bool:
+    try:
+        return ipaddress.ip_address(urlsplit(url).hostname or "") in netns.LAB_NETWORK
+    except ValueError:
+        return False
 
 
 def _now() -> str:

@@ -253,6 +253,23 @@ def create_node_network(spec: LabNodeSpec) -> None:
     create_namespace(spec.netns, spec.ssh_address)
 
 
+def boot_node_network(spec: LabNodeSpec) -> None:
+    """A node's network as a fresh boot finds it (the firmware's PXE boot, the OS's boot): ``create_node_network``,
+    and for a switched node its eth0 back to the provisioning address alone (lab.switched.boot_network; the
+    port's VLAN is the switch's business). Idempotent.
+
+    :raises LabNetworkError: ``ip`` failed, or the node's switch is not running.
+    """
+    if spec.switch_port:
+        from lab import switched
+
+        if not spec.netns or not spec.ssh_address:
+            raise LabNetworkError(f"lab node {spec.name} has no network namespace or SSH address in its spec")
+        switched.boot_network(spec)
+        return
+    create_node_network(spec)
+
+
 def destroy_node_network(spec: LabNodeSpec) -> None:
     """``destroy_namespace`` for a lab node. Idempotent."""
     if spec.netns:

@@ -84,6 +84,9 @@ class QemuComputer:
     # (host port, guest port): 127.0.0.1:<host port> on this host reaches the guest's TCP <guest port>
     host_forwards: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     bootfile: str | None = None  # DHCP bootfile for a network boot (iPXE expands ${mac:hexhyp})
+    # a tap's descriptor (lab.switch.open_tap_port): the NIC is cabled to a lab switch port instead of QEMU's
+    # user network (no forwards, no bootfile: the switch's VLAN and its DHCP service decide what it reaches)
+    tap_fd: int | None = None
     boot_from: str = "network"  # "network" or "disk": which the firmware tries first (the other second)
     kernel: Path | None = None  # direct kernel boot instead of the network
     initrd: Path | None = None
@@ -102,12 +105,15 @@ class QemuComputer:
 
     def command(self) -> list[str]:
         """The QEMU command line. Pure."""
-        netdev = ",".join(
-            ["user", "id=n0", "restrict=on"]
-            + [forward.netdev_option() for forward in self.forwards]
-            + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in self.host_forwards]
-            + ([f"bootfile={self.bootfile}"] if self.bootfile else [])
-        )
+        if self.tap_fd is not None:
+            netdev = f"tap,id=n0,fd={self.tap_fd}"
+        else:
+            netdev = ",".join(
+                ["user", "id=n0", "restrict=on"]
+                + [forward.netdev_option() for forward in self.forwards]
+                + [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in self.host_forwards]
+                + ([f"bootfile={self.bootfile}"] if self.bootfile else [])
+            )
         if self.boot_from not in ("network", "disk"):
             raise QemuError(f"boot_from must be 'network' or 'disk', not {self.boot_from!r}")
         net_index, disk_index = (1, 2) if self.boot_from == "network" else (2, 1)
@@ -145,6 +151,7 @@ class QemuComputer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            pass_fds=() if self.tap_fd is None else (self.tap_fd,),
         )
         self._console_copier = threading.Thread(
             target=self._copy_console, args=(self.process.stdout,), name="qemu-console", daemon=True

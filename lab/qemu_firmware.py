@@ -11,6 +11,13 @@ node's MAC and its file-backed disk on virtio:
   OS image of lab.osimage starts sshd, reached at 127.0.0.1:``spec.ssh_forward_port``);
 - power off: QMP ``quit``, as a hard power-off; the QEMU process is gone when the hook returns.
 
+Cabled to the lab switch (``lab up --switch --kind qemu``: ``spec.switch_port``), the NIC is instead a tap
+that is the switch's port ``swp<index>`` (lab.switch.add_tap_port; opened in the switch's namespace at each
+power-on and handed to QEMU as ``-netdev tap,fd=``). Then the computer is on whatever VLAN the switch puts
+its port on: on the provisioning VLAN, the lab's dnsmasq (lab.switched.start_pxe_service) gives it its
+address and points its iPXE at the boot service at 198.18.0.1, which it reaches, as the image server, through
+the lab's provisioning relay; its sshd is reached at its own address. Without the switch:
+
 The guest reaches two host services, both on loopback: the boot service (the port of ``boot_url``) at
 10.0.2.100:80 and the lab image server (``spec.image_port``) at 10.0.2.101:80. Image URLs handed to a
 ``qemu`` node must therefore name 10.0.2.101, not 127.0.0.1 (the guest's own loopback). The fault
@@ -24,6 +31,7 @@ engine's reset after the deploy powers it on again. QEMU's console is ``nodes/<n
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +39,7 @@ from urllib.parse import urlsplit
 from lab import post
 from lab.qemu import GuestForward, QemuComputer
 from lab.spec import LabNodeSpec
+from lab.switch import LabSwitchError, open_tap_port
 from provisioner.drivers.base import BootDevice, BootSetting
 
 BOOT_SERVICE_GUEST_ADDRESS = "10.0.2.100"
@@ -54,10 +63,16 @@ class QemuFirmware:
         self.spec = spec
         self.node_dir = Path(lab_dir) / "nodes" / spec.name
         self.node_dir.mkdir(parents=True, exist_ok=True)
-        self.forwards = [
-            GuestForward(BOOT_SERVICE_GUEST_ADDRESS, 80, parts.port),
-            GuestForward(IMAGE_SERVER_GUEST_ADDRESS, 80, spec.image_port),
-        ]
+        # cabled to the lab switch (a tap in its port): the provisioning VLAN's DHCP service and relay instead
+        self.switched = bool(spec.switch_port)
+        self.forwards = (
+            []
+            if self.switched
+            else [
+                GuestForward(BOOT_SERVICE_GUEST_ADDRESS, 80, parts.port),
+                GuestForward(IMAGE_SERVER_GUEST_ADDRESS, 80, spec.image_port),
+            ]
+        )
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every power change: a POST of an earlier power-on stops
         self.computer: QemuComputer | None = None
@@ -87,16 +102,30 @@ class QemuFirmware:
         with self._lock:
             if self._generation != generation or (self.computer is not None and self.computer.running()):
                 return
+            tap_fd = None
+            if self.switched:
+                try:
+                    tap_fd = open_tap_port(spec.switch_name, spec.switch_port)
+                except LabSwitchError as exc:
+                    self._console(f"power on: no link: {exc}")
+                    return
             self.computer = QemuComputer(
                 workdir=self.node_dir / "qemu",
                 mac=spec.mac,
                 disk=Path(spec.disk_path),
                 forwards=self.forwards,
                 host_forwards=[(spec.ssh_forward_port, 22)] if spec.ssh_forward_port else [],
-                bootfile=f"http://{BOOT_SERVICE_GUEST_ADDRESS}/boot/${{mac:hexhyp}}.ipxe",
+                bootfile=None
+                if self.switched
+                else f"http://{BOOT_SERVICE_GUEST_ADDRESS}/boot/${{mac:hexhyp}}.ipxe",
                 boot_from="network" if network else "disk",
+                tap_fd=tap_fd,
             )
-            self.computer.start()
+            try:
+                self.computer.start()
+            finally:
+                if tap_fd is not None:
+                    os.close(tap_fd)  # QEMU holds its own copy
             process = self.computer.process
         self._console(
             f"power on: QEMU (pid {process.pid if process else None}) boots "

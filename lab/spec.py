@@ -45,7 +45,7 @@ class LabNodeSpec:
     netns: str = ""  # network namespace name, e.g. "nc-lab-01"
     disk_path: str = ""  # file-backed disk
     disk_size: int = 256 * 1024 * 1024
-    # "simulated": the lab firmware runs the agent on this host (lab.firmware);
+    # "simulated": the lab firmware runs the agent on this host, in the node's network namespace (lab.firmware);
     # "qemu": an emulated computer, powered by the BMC (lab.qemu_firmware)
     kind: str = "simulated"
     image_port: int = 8090  # qemu kind: the loopback port of the image server the guest sees at 10.0.2.101

@@ -238,18 +238,15 @@ def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, time
     """
     stop_node_os(spec, lab_dir)
     private = ""
+    netns.boot_node_network(spec)
     if spec.switch_port:
         # the switched lab: a boot starts from a bare NIC, then applies the config drive's private_network
-        from lab import switched
         from lab.os_firstboot import apply_private_network
 
-        switched.boot_network(spec)
         try:
             private = apply_private_network(config, netns.NODE_INTERFACE, spec.netns)
         except ValueError as exc:
             raise NodeOsError(f"lab node {spec.name}: {exc}") from None
-    else:
-        netns.create_node_network(spec)
     config_path = write_node_os(spec, config, lab_dir, private)
     check_config(config_path)
     directory = config_path.parent

@@ -1,9 +1,11 @@
 """Start, inspect and stop the lab: one detached process per lab node (plain Python, no Django).
 
-``up`` writes ``lab.json`` (one LabNodeSpec per node), creates each node's sparse disk, starts every
-node process that is not already running (pid file ``nodes/<name>/node.pid``) and waits until every
-BMC answers on the network. ``status`` reads pid files and each node's state.json. ``down`` stops every
-node process of the lab, by pid and by scanning /proc for strays, and verifies none is left.
+``up`` writes ``lab.json`` (one LabNodeSpec per node), creates each node's sparse disk, starts the
+provisioning relay (lab.provisioning_relay: the boot service and the image server at 198.18.0.1, where the
+simulated servers reach them over their own NIC) and every node process that is not already running (pid
+file ``nodes/<name>/node.pid``) and waits until every BMC answers on the network. ``status`` reads pid
+files and each node's state.json. ``down`` stops every process of the lab (node processes and relay), by pid
+and by scanning /proc for strays, and verifies none is left.
 BMC passwords live in lab.json (mode 0600) and never appear on a command line.
 """
 
@@ -24,6 +26,8 @@ from typing import Any
 import requests
 
 from lab import post
+from lab import provisioning_relay as relay
+from lab import switch as lab_switch
 from lab import switched as switched_lab
 from lab.images import IMAGE_SERVER_PORT
 from lab.machine import read_state_file
@@ -58,7 +62,8 @@ def make_specs(
     whose guest reaches the image server on loopback port ``image_port`` and whose sshd this host reaches
     at 127.0.0.1:``QEMU_SSH_PORT_BASE`` + index). ``post_scale``: the time scale of the servers' power-on
     self-test (lab.post; 0: none). ``switched``: every node's eth0 is cabled to port swp<index> of the lab
-    switch (lab.switched) instead of to the host."""
+    switch (lab.switched) instead of to the host (an emulated computer's through a tap, its sshd then reached
+    at its own address, not forwarded)."""
     if not 1 <= n <= MAX_NODES:
         raise ValueError(f"the lab holds 1..{MAX_NODES} nodes, not {n}")
     if protocols not in ("mixed", "ipmi", "redfish"):
@@ -87,7 +92,8 @@ def make_specs(
                 disk_path=str(node_dir(lab_dir, name) / "disk.img"),
                 kind=kind,
                 image_port=image_port,
-                ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" else 0,
+                # switched, an emulated computer's sshd is reached at its own address over the switch
+                ssh_forward_port=QEMU_SSH_PORT_BASE + i if kind == "qemu" and not switched else 0,
                 post_seconds=post.seconds_for(server_type, post_scale),
                 switch_name=switched_lab.SWITCH_NAME if switched else "",
                 switch_port=switched_lab.port_for(i) if switched else "",
@@ -126,10 +132,10 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _node_process_lab(pid: int) -> tuple[Path, str] | None:
-    """(lab directory, node name) of a running node process, None for any other pid (guards against pid
-    reuse: zombies and other programs are None)."""
+    """(lab directory, node name) of a running node process ("" for the lab's provisioning relay), None for
+    any other pid (guards against pid reuse: zombies and other programs are None)."""
     args = _cmdline(pid)
-    if NODE_MODULE not in args or "--lab-dir" not in args:
+    if (NODE_MODULE not in args and relay.MODULE not in args) or "--lab-dir" not in args:
         return None
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -162,7 +168,8 @@ def other_labs(lab_dir: Path) -> dict[Path, list[int]]:
 
 
 def lab_processes(lab_dir: Path) -> list[int]:
-    """Every live node process of this lab, found by scanning /proc (not trusting pid files)."""
+    """Every live process of this lab (its nodes and its relay), found by scanning /proc (not trusting pid
+    files)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and _is_node_process(int(entry.name), lab_dir):
@@ -278,7 +285,7 @@ def up(
     switch: bool = False,
 ) -> list[LabNodeSpec]:
     """Start an n-node lab (``switch``: the switched topology of lab.switched, the lab switch started and
-    every node cabled to it before the nodes start) (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
+    every node cabled to it before the nodes start; with ``kind`` qemu, its DHCP service on VLAN 100 too) (``post_scale``: the time scale of the servers' power-on self-test, lab.post;
     None: NEOCLOUD_LAB_POST_SCALE or its default). Idempotent: an existing lab.json with n nodes and the same protocols, kind and
     image port keeps its specs (and passwords); nodes already running are left alone.
 
@@ -286,14 +293,10 @@ def up(
         another lab directory's nodes run (they hold the same addresses: the message says how to stop them).
     """
     lab_dir = lab_dir.resolve()
-    if switch and kind != "simulated":
-        raise LabError(
-            "the switched lab cables simulated servers only: emulated computers have no tap into it"
-        )
     if others := other_labs(lab_dir):
         where, pids = next(iter(others.items()))
         raise LabError(
-            f"another lab runs from {where} ({len(pids)} node process(es), pids {', '.join(map(str, sorted(pids)))}) "
+            f"another lab runs from {where} ({len(pids)} process(es), pids {', '.join(map(str, sorted(pids)))}) "
             f"and holds the lab's addresses; stop it first: python -m lab --lab-dir {where} down"
         )
     specs = load_specs(lab_dir)
@@ -311,11 +314,24 @@ def up(
     write_lab_json(lab_dir, specs, boot_url)
     if switch:
         switched_lab.start(lab_dir, specs)
+    node_boot_url = boot_url
+    if kind == "simulated" or switch:
+        # the servers reach the boot service and the image server on the provisioning network (their own NIC,
+        # 198.18.0.1), relayed to loopback; unswitched emulated computers have QEMU's forwards instead
+        ports = [p for p in (relay.relayed_port(boot_url), image_port) if p is not None]
+        start_relay(lab_dir, ports)
+    if kind == "simulated":
+        node_boot_url = relay.server_url(boot_url)
+    elif switch:
+        try:
+            switched_lab.start_pxe_service(lab_dir, specs, relay.server_url(boot_url))
+        except lab_switch.LabSwitchError as exc:
+            raise LabError(str(exc)) from None
     for spec in specs:
         _create_disk(spec)
         pid = _read_pid(lab_dir, spec.name)
         if pid is None or not _is_node_process(pid, lab_dir, spec.name):
-            _start_node(lab_dir, spec, boot_url)
+            _start_node(lab_dir, spec, node_boot_url)
     deadline = time.monotonic() + wait_timeout
     waiting = list(specs)
     while waiting:
@@ -338,6 +354,85 @@ def up(
         if pid is None or not _is_node_process(pid, lab_dir, spec.name):
             raise LabError(f"lab node {spec.name} exited; see {node_dir(lab_dir, spec.name) / 'node.log'}")
     return specs
+
+
+def _relay_pid(lab_dir: Path) -> int | None:
+    """The pid of this lab's running provisioning relay, None when none runs."""
+    for pid in lab_processes(lab_dir):
+        found = _node_process_lab(pid)
+        if found is not None and found[1] == "" and relay.MODULE in _cmdline(pid):
+            return pid
+    return None
+
+
+def start_relay(lab_dir: Path, ports: list[int], timeout: float = 10.0) -> int:
+    """Start (or keep) the lab's provisioning relay for ``ports`` (lab.provisioning_relay); returns its pid.
+    Idempotent: a relay of this lab that carries the same ports is kept, one carrying others replaced.
+
+    :raises LabError: it could not listen (the message carries its error), or did not start in ``timeout``.
+    """
+    lab_dir = lab_dir.resolve()
+    wanted = sorted(set(ports))
+    ready_file = lab_dir / relay.READY_FILE
+    pid = _relay_pid(lab_dir)
+    if pid is not None:
+        with contextlib.suppress(OSError, ValueError):
+            ready = json.loads(ready_file.read_text())
+            if ready.get("pid") == pid and ready.get("ports") == wanted:
+                return pid
+        _signal(pid, signal.SIGTERM)
+        _wait_gone(lab_dir, [pid], timeout)
+    ready_file.unlink(missing_ok=True)
+    log_path = lab_dir / relay.LOG_FILE
+    argv = [sys.executable, "-m", relay.MODULE, "--lab-dir", str(lab_dir)]
+    for port in wanted:
+        argv += ["--port", str(port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # detached, as the node processes are
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            cwd=PROJECT_ROOT,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(ready_file.read_text()).get("pid") == proc.pid:
+                return proc.pid
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise LabError(f"the lab's provisioning relay exited: {' '.join(tail) or 'see ' + str(log_path)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise LabError(
+                f"the lab's provisioning relay did not start within {timeout:.0f} s; see {log_path}"
+            )
+        time.sleep(0.05)
+
+
+def stop_relay(lab_dir: Path, timeout: float = 10.0) -> None:
+    """Stop the lab's provisioning relay (``down`` stops it with the rest of the lab). Idempotent."""
+    lab_dir = lab_dir.resolve()
+    pid = _relay_pid(lab_dir)
+    if pid is not None:
+        _signal(pid, signal.SIGTERM)
+        _wait_gone(lab_dir, [pid], timeout)
+    (lab_dir / relay.READY_FILE).unlink(missing_ok=True)
+
+
+def _wait_gone(lab_dir: Path, pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_is_node_process(p, lab_dir) for p in pids):
+        _reap(set(pids))
+        time.sleep(0.05)
+    for pid in pids:
+        if _is_node_process(pid, lab_dir):
+            _signal(pid, signal.SIGKILL)
+    _reap(set(pids))
 
 
 def status(lab_dir: Path) -> list[dict[str, Any]]:
@@ -403,6 +498,7 @@ def down(lab_dir: Path, *, timeout: float = 10.0) -> None:
     specs = load_specs(lab_dir)
     for spec in specs:
         _pid_file(lab_dir, spec.name).unlink(missing_ok=True)
+    (lab_dir / relay.READY_FILE).unlink(missing_ok=True)
     if any(spec.switch_port for spec in specs):
         switched_lab.stop(lab_dir)
 

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -488,6 +490,63 @@ def add_port(
     _ip(peer_netns, "link", "set", peer_interface, "up")
 
 
+_TUNSETIFF = 0x400454CA  # <linux/if_tun.h>
+_TUNSETPERSIST = 0x400454CB
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+
+
+def _tap(port: str, persist: bool) -> int:
+    """In the calling thread's namespace: the tap ``port`` (made if missing), opened; ``persist``: made to
+    outlive this descriptor, and closed."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", port.encode(), _IFF_TAP | _IFF_NO_PI))
+        if persist:
+            fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+    except OSError:
+        os.close(fd)
+        raise
+    if persist:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def add_tap_port(switch: LabSwitch, port: str, vlan: int) -> None:
+    """Cable an emulated computer: a persistent tap device ``port`` in the switch, on ``vlan``'s bridge, up;
+    QEMU gets its other side with ``open_tap_port`` (``-netdev tap,fd=``). Idempotent: an existing port keeps
+    its VLAN.
+
+    :raises LabSwitchError: the tap could not be made (no /dev/net/tun) or ``ip`` refused.
+    """
+    _check_port(port)
+    if _ip(switch.netns, "link", "show", "dev", port, check=False).returncode == 0:
+        return
+    try:
+        netns.call_in_namespace(switch.netns, lambda: _tap(port, persist=True))
+    except OSError as exc:
+        raise LabSwitchError(f"cannot make tap {port} in lab switch {switch.name}: {exc}") from None
+    _ip(switch.netns, "link", "set", port, "master", ensure_vlan(switch, vlan))
+    _ip(switch.netns, "link", "set", port, "up")
+
+
+def open_tap_port(switch_name: str, port: str) -> int:
+    """A descriptor on the tap ``port`` of lab switch ``switch_name`` (made by ``add_tap_port``), for QEMU's
+    ``-netdev tap,fd=`` (close-on-exec: hand it over with ``pass_fds``). The caller closes it.
+
+    :raises LabSwitchError: the switch or the port is missing.
+    """
+    _check_port(port)
+    namespace = NETNS_PREFIX + switch_name
+    if _ip(namespace, "link", "show", "dev", port, check=False).returncode != 0:
+        raise LabSwitchError(f"lab switch {switch_name} has no port {port}")
+    try:
+        return netns.call_in_namespace(namespace, lambda: _tap(port, persist=False))
+    except OSError as exc:
+        raise LabSwitchError(f"cannot open tap {port} of lab switch {switch_name}: {exc}") from None
+
+
 def set_port_vlan(switch: LabSwitch, port: str, vlan: int | None) -> None:
     """Put ``port`` on ``vlan``'s bridge, or on none (``None``), from the host, without SSH: how a test sets
     the scene before the driver acts. Idempotent."""
@@ -525,7 +584,7 @@ def stop_switch_named(name: str) -> None:
     # The kernel frees a deleted namespace's interfaces later, in the background: delete the ports' veth
     # pairs now, so that no server namespace still holds a cable to nowhere when this returns.
     if netns.namespace_exists(namespace):
-        for line in _ip(namespace, "-o", "link", "show", "type", "veth", check=False).stdout.splitlines():
+        for line in _ip(namespace, "-o", "link", "show", check=False).stdout.splitlines():
             parts = line.split(": ", 2)
             port = parts[1].split("@", 1)[0] if len(parts) >= 2 else ""
             if _PORT.match(port) or port in (HOST_UPLINK, PUBLIC_UPLINK):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import subprocess
+import time
 from pathlib import Path
 
 from lab import netns
@@ -42,6 +43,11 @@ PUBLIC_NETWORK = "198.19.254.0/24"
 PUBLIC_UPLINK_HOST = "198.18.254.1"
 PUBLIC_UPLINK_SWITCH = "198.18.254.2"
 PUBLIC_UPLINK_PREFIX = 30
+# the emulated computers' DHCP service (start_pxe_service): on VLAN 100, beside the servers' .2-.201
+PROVISIONING_SUBNET = "198.18.0.0/24"
+DHCP_PORT = "swp0"
+DHCP_ADDRESS = "198.18.0.250"
+DHCP_RANGE = ("198.18.0.202", "198.18.0.249")  # unknown MACs; a lab server's MAC gets its own address
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +127,93 @@ def start(lab_dir: Path, specs: list[LabNodeSpec], topology: Topology = LAB) -> 
     return switch
 
 
+def pxe_namespace(topology: Topology = LAB) -> str:
+    return f"{lab_switch.NETNS_PREFIX}{topology.switch_name}-dhcp"
+
+
+def start_pxe_service(
+    lab_dir: Path, specs: list[LabNodeSpec], boot_url: str, topology: Topology = LAB, timeout: float = 10.0
+) -> None:
+    """DHCP for network boot on the provisioning VLAN, for the emulated computers cabled to the switch: Debian's
+    dnsmasq in a namespace of its own, cabled to port ``swp0`` on VLAN 100 at ``DHCP_ADDRESS``/24, with the
+    configuration the product writes for a site (provisioner.pxe.dnsmasq, ``dhcp`` mode): each emulated
+    server's MAC pinned to its address, 198.18.0.1 as router, iPXE pointed at ``boot_url`` (the boot service
+    at 198.18.0.1, relayed by lab.provisioning_relay), TFTP on for plain PXE ROMs (an empty root: the lab's
+    ROM is iPXE already). dnsmasq serves nothing else (no DNS) and listens only in that namespace. Restarted
+    with the current configuration on every call.
+
+    :raises lab.switch.LabSwitchError: the switch is not running, or dnsmasq did not start.
+    """
+    from provisioner.pxe.dnsmasq import DhcpHost, DnsmasqConfigError, DnsmasqSite, write_dnsmasq_config
+
+    switch = running_switch(lab_dir, topology)
+    if switch is None:
+        raise lab_switch.LabSwitchError(f"lab switch {topology.switch_name} is not running")
+    namespace = pxe_namespace(topology)
+    directory = switch_directory(lab_dir) / "dhcp"
+    (directory / "tftp").mkdir(parents=True, exist_ok=True)
+    lab_switch.destroy_server_namespace(namespace)  # dnsmasq and its cable go; a fresh one follows
+    _run(["ip", "-n", switch.netns, "link", "del", DHCP_PORT])
+    lab_switch.create_server_namespace(namespace)
+    lab_switch.add_port(
+        switch,
+        DHCP_PORT,
+        namespace,
+        peer_interface=netns.NODE_INTERFACE,
+        peer_address=f"{DHCP_ADDRESS}/{PROVISIONING_SUBNET.split('/')[1]}",
+        vlan=PROVISIONING_VLAN,
+    )
+    site = DnsmasqSite(
+        subnet=PROVISIONING_SUBNET,
+        boot_url=boot_url,
+        tftp_root=str(directory / "tftp"),
+        interface=netns.NODE_INTERFACE,
+        mode="dhcp",
+        dhcp_range=DHCP_RANGE,
+        router=netns.GATEWAY_ADDRESS,
+        hosts=[DhcpHost(s.mac, s.name, s.ssh_address) for s in specs if s.kind == "qemu"],
+    )
+    try:
+        config = write_dnsmasq_config(site, directory / "dnsmasq.conf")
+    except DnsmasqConfigError as exc:
+        raise lab_switch.LabSwitchError(f"the lab's DHCP service: {exc}") from None
+    log_path = directory / "dnsmasq.log"
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [
+                "ip", "netns", "exec", namespace, "dnsmasq", "--keep-in-foreground", f"--conf-file={config}",
+                f"--dhcp-leasefile={directory / 'leases'}", f"--pid-file={directory / 'dnsmasq.pid'}",
+                "--user=root", "--log-facility=-",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while ":67 " not in _run(["ip", "netns", "exec", namespace, "ss", "-ulnH"]).stdout:
+        if time.monotonic() > deadline:
+            raise lab_switch.LabSwitchError(f"the lab's DHCP service did not start; see {log_path}")
+        time.sleep(0.1)
+
+
 def _sshd_answers(switch: lab_switch.LabSwitch) -> bool:
     from lab import sshd
 
     return sshd.wait_for_port(switch.address, lab_switch.SSH_PORT, 1.0)
+
+
+def connect_computer(spec: LabNodeSpec, switch: lab_switch.LabSwitch | None = None) -> None:
+    """Cable an emulated computer: a tap ``spec.switch_port`` in the switch on the provisioning VLAN (QEMU opens
+    it at power-on, lab.qemu_firmware), and the host's route to its address over the provisioning uplink (the
+    guest takes that address by DHCP, ``start_pxe_service``). Idempotent: a cabled port keeps its VLAN.
+
+    :raises lab.netns.LabNetworkError: the lab switch is not running.
+    """
+    if switch is None:
+        switch = _switch_of(spec)
+    lab_switch.add_tap_port(switch, spec.switch_port, PROVISIONING_VLAN)
+    lab_switch.route_host_to(switch, spec.ssh_address)
 
 
 def connect_node(spec: LabNodeSpec, switch: lab_switch.LabSwitch | None = None) -> None:
@@ -141,6 +230,9 @@ def connect_node(spec: LabNodeSpec, switch: lab_switch.LabSwitch | None = None) 
         )
     if switch is None:
         switch = _switch_of(spec)
+    if spec.kind == "qemu":
+        connect_computer(spec, switch)
+        return
     if not netns.namespace_exists(spec.netns):
         lab_switch.create_server_namespace(spec.netns)
     has_cable = _run(["ip", "-n", switch.netns, "link", "show", "dev", spec.switch_port]).returncode == 0
@@ -180,8 +272,9 @@ def _switch_of(spec: LabNodeSpec) -> lab_switch.LabSwitch:
 
 
 def stop(lab_dir: Path, topology: Topology = LAB) -> None:
-    """Stop the lab switch (its ports, both ends, and uplinks go with it). Idempotent."""
+    """Stop the lab switch (its ports, both ends, and uplinks go with it) and its DHCP service. Idempotent."""
     lab_switch.stop_switch_named(topology.switch_name)
+    lab_switch.destroy_server_namespace(pxe_namespace(topology))
 
 
 def private_network_of(vlan: int) -> ipaddress.IPv4Network:

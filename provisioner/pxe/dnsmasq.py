@@ -58,7 +58,8 @@ class DnsmasqSite:
     """One site's provisioning network.
 
     ``subnet`` is the network in CIDR form; ``boot_url`` is how nodes reach the boot service
-    (``http://10.0.0.2:8000``); ``dhcp_range`` (``dhcp`` mode only) is the first and last address leased.
+    (``http://10.0.0.2:8000``); ``dhcp_range`` (``dhcp`` mode only) is the first and last address leased;
+    ``router`` (``dhcp`` mode only) is the default gateway handed out (dnsmasq's default: its own address).
     """
 
     subnet: str
@@ -69,6 +70,7 @@ class DnsmasqSite:
     dhcp_range: tuple[str, str] | None = None
     lease_time: str = "1h"
     hosts: Sequence[DhcpHost] = ()
+    router: str | None = None
 
 
 def _address(text: str, what: str) -> ipaddress.IPv4Address:
@@ -99,6 +101,8 @@ def _checked(site: DnsmasqSite) -> ipaddress.IPv4Network:
         for address in site.dhcp_range:
             if _address(address, "dhcp range address") not in network:
                 raise DnsmasqConfigError(f"dhcp range address {address} is outside {network}")
+        if site.router is not None and _address(site.router, "router") not in network:
+            raise DnsmasqConfigError(f"router {site.router} is outside {network}")
         if not re.match(r"^(\d+[smhdw]?|infinite)$", site.lease_time):
             raise DnsmasqConfigError(f"lease time {site.lease_time!r} is not valid (e.g. 1h, 30m, 3600)")
     # dnsmasq refuses a whole file with one address twice ("duplicate dhcp-host IP address"); a MAC twice
@@ -152,6 +156,8 @@ def render_dnsmasq_config(site: DnsmasqSite) -> str:
     else:
         first, last = site.dhcp_range or ("", "")
         lines += [f"dhcp-range={first},{last},{network.netmask},{site.lease_time}"]
+        if site.router is not None:
+            lines += [f"dhcp-option=option:router,{site.router}"]
     lines += [
         "",
         "# Which clients are already running iPXE (user class 'iPXE' or iPXE's option 175).",

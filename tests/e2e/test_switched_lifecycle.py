@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from lab import switch as lab_switch
 from lab import switched
+from lab.images import IMAGE_NAME, IMAGE_SERVER_PORT
 from provisioner.lifecycle import Actor
 from provisioner.models import Image, LogLine, NetworkAttachment, Node, ServerType
 from provisioner.services.reservations import book_servers, release_reservation
@@ -62,6 +65,31 @@ def _in(netns: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _ping(netns: str, address: str) -> bool:
     return _in(netns, ["ping", "-c", "1", "-W", "1", address]).returncode == 0
+
+
+_HTTP_STATUS = """
+import sys, urllib.error, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except OSError:
+    print("none")
+"""
+
+
+def _provisioning_services(netns: str, boot_url: str) -> dict[str, str]:
+    """What answers a GET from inside the server at 198.18.0.1: the boot service (an unknown MAC's boot
+    script is its 404) and the lab image server (the demo image), each an HTTP status or "none"."""
+    boot_port = urlsplit(boot_url).port
+    urls = {
+        "boot": f"http://198.18.0.1:{boot_port}/boot/02-00-00-00-00-99.ipxe",
+        "image": f"http://198.18.0.1:{IMAGE_SERVER_PORT}/{IMAGE_NAME}",
+    }
+    return {
+        name: _in(netns, [sys.executable, "-c", _HTTP_STATUS, url]).stdout.strip()
+        for name, url in urls.items()
+    }
 
 
 def _ssh(key: Path, address: str) -> list[str]:
@@ -151,6 +179,11 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
     for target in (g1[2].private_address, g1[0].ssh_address, "198.18.0.1", switched.SWITCH_ADDRESS):
         assert not _ping(a1[1].netns, target), target
     assert _login_from(a1[1].netns, keys["acme"], switched.SWITCH_ADDRESS) is None
+    # the boot service and the image server that deployed it (over 198.18.0.1 on VLAN 100) are out of reach
+    assert _provisioning_services(a1[1].netns, settings.NEOCLOUD_BOOT_URL) == {
+        "boot": "none",
+        "image": "none",
+    }
     assert _login_from(g1[1].netns, keys["globex"], a1[2].private_address) is None
     # the customer logs in from outside through the public address, with their key only
     assert _login_from_host(keys["acme"], a1[2].public_address) == a1[0].name
@@ -196,6 +229,12 @@ def test_two_organizations_get_isolated_networks_and_release_moves_ports_before_
         assert any(port == cleaning for port, _w in seen[:first_wiped]), (
             f"{name}: no move seen before the wipe"
         )
+    # back on the cleaning VLAN, the same server reaches both again, through its own NIC
+    globex1_netns = watched["globex1"][1].netns
+    assert _provisioning_services(globex1_netns, settings.NEOCLOUD_BOOT_URL) == {
+        "boot": "404",
+        "image": "200",
+    }
     # globex's network is gone from the switch; acme's still works
     assert globex_vlan not in lab_switch.gateways_on_switch(switch)
     assert set(lab_switch.published_on_switch(switch)) == {a1[2].public_address, a2[2].public_address}
@@ -233,6 +272,7 @@ def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_
     spec = switched_lab2[warm.name]
     assert lab_switch.bridge_link(switch)[spec.switch_port] == "br100"
     assert lab_switch.published_on_switch(switch) == {}
+    assert _provisioning_services(spec.netns, settings.NEOCLOUD_BOOT_URL) == {"boot": "404", "image": "200"}
 
     key = tmp_path / "acme.key"
     key.write_text(customers["acme"]["private"])
@@ -244,5 +284,6 @@ def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_
     assert lab_switch.bridge_link(switch)[spec.switch_port] == f"br{attachment.network.vlan}"
     assert lab_switch.published_on_switch(switch) == {attachment.public_address: attachment.private_address}
     assert _login_from_host(key, attachment.public_address) == warm.name
-    # and from the warm server's new network, the boot service is out of reach
+    # and from the warm server's new network, the boot service and the image server are out of reach
     assert not _ping(spec.netns, "198.18.0.1")
+    assert _provisioning_services(spec.netns, settings.NEOCLOUD_BOOT_URL) == {"boot": "none", "image": "none"}

@@ -5,16 +5,16 @@ servers ``nctest-<hex>-*`` at 198.19.2xx.y, a public /24 and uplink of their own
 lab on 198.18.x.y. Four servers boot their OS (lab.sshd: a real sshd, the config drive's private_network
 applied at boot) on the provisioning VLAN; then, as handover does, the driver moves tenant A's two servers
 to VLAN 1000 and tenant B's to VLAN 1001, gives each VLAN its gateway and publishes A1. p1 stays on the
-provisioning VLAN. The host end of the provisioning uplink carries 198.18.0.1, where the lab image server
-listens (a real one, started here) and a listener stands for the boot service.
+provisioning VLAN. The host end of the provisioning uplink carries 198.18.0.1, where the servers reach the
+lab image server (a real one on loopback, started here) through the lab's provisioning relay, as in the lab.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from lab import netns, sshd, switched
+from lab import netns, sshd, supervisor, switched
 from lab import switch as lab_switch
 from lab.spec import LabNodeSpec
 from provisioner.drivers.switch import LinuxSwitchDriver, SwitchAccess
+from provisioner.pxe.imageserver import ImageServer
 from provisioner.sshkeys import generate_keypair
 
 pytestmark = [pytest.mark.lab]
@@ -46,12 +47,6 @@ def _lab_missing() -> str:
     if not os.path.exists(lab_switch.NFT):
         return "nftables is not installed"
     return ""
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
 
 
 class SwitchedLab:
@@ -165,46 +160,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchedLab]:
     private_key, public_key = generate_keypair("ed25519", "customer")
     key.write_text(private_key)
     key.chmod(0o600)
-    processes: list[subprocess.Popen[bytes]] = []
+    stack = contextlib.ExitStack()
     try:
         switch = switched.start(lab_dir, list(specs.values()), topology)
         for name, spec in specs.items():
             sshd.start_node_os(spec, _document(spec.name, public_key, PRIVATE.get(name)), lab_dir)
-        ports = {"image": _free_port(BOOT_SERVICE), "boot": _free_port(BOOT_SERVICE)}
+        # the lab's image server on loopback, reached by the servers at 198.18.0.1 through the lab's own relay
         (lab_dir / "images").mkdir()
         (lab_dir / "images" / "hello.img").write_bytes(b"an image")
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "provisioner.pxe.imageserver",
-                    "--dir",
-                    str(lab_dir / "images"),
-                    "--bind",
-                    BOOT_SERVICE,
-                    "--port",
-                    str(ports["image"]),
-                ],
-                cwd=Path(__file__).resolve().parents[2],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "import socket,sys,time\ns=socket.socket();s.bind((sys.argv[1],"
-                    "int(sys.argv[2])));s.listen()\nwhile True: s.accept()[0].close()",
-                    BOOT_SERVICE,
-                    str(ports["boot"]),
-                ],
-            )
-        )
-        for port in ports.values():
-            assert sshd.wait_for_port(BOOT_SERVICE, port, 15)
+        image_server = stack.enter_context(ImageServer(lab_dir / "images"))
+        ports = {"image": image_server.port}
+        supervisor.start_relay(lab_dir, list(ports.values()))
         # handover, as the lifecycle does it: the tenant VLANs' gateways, the ports, the public address
         driver = LinuxSwitchDriver(
             SwitchAccess(name=switch.name, driver="linux", address=switch.address, port=22,
@@ -217,9 +183,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchedLab]:
             driver.publish(f"{public}.11", str(PRIVATE["a1"]))
         yield SwitchedLab(switch, specs, key, public, ports)
     finally:
-        for proc in processes:
-            proc.kill()
-            proc.wait()
+        supervisor.stop_relay(lab_dir)
+        stack.close()
         for spec in specs.values():
             sshd.stop_node_os(spec, lab_dir)
         switched.stop(lab_dir, topology)
@@ -241,7 +206,6 @@ def test_nothing_else_answers_a_tenant_server(lab: SwitchedLab) -> None:
     assert not lab.tcp("a1", PRIVATE["b1"], 22)
     assert lab.ssh_from("a1", PRIVATE["b1"]) is None
     assert not lab.tcp("a1", BOOT_SERVICE, lab.ports["image"])
-    assert not lab.tcp("a1", BOOT_SERVICE, lab.ports["boot"])
     assert not lab.tcp("a1", lab.switch.address, 22)
     assert not lab.tcp("a1", NET_A[1], 22)  # the switch's address on a1's own VLAN: ping only
     assert not lab.tcp("b1", PRIVATE["a1"], 22)
@@ -253,7 +217,6 @@ def test_a_server_on_the_provisioning_vlan_reaches_the_boot_services_and_no_tena
     fetched = lab._in("p1", [sys.executable, "-c", "import sys,urllib.request;print(urllib.request.urlopen("
                               f"'http://{BOOT_SERVICE}:{lab.ports['image']}/hello.img', timeout=5).read())"])  # fmt: skip
     assert fetched.stdout.strip() == "b'an image'"
-    assert lab.tcp("p1", BOOT_SERVICE, lab.ports["boot"])
     for target in (PRIVATE["a1"], PRIVATE["b1"], lab.specs["a1"].ssh_address, NET_A[1], lab.public(11)):
         assert not lab.ping("p1", target), target
     assert not lab.tcp("p1", PRIVATE["a1"], 22)
@@ -297,3 +260,28 @@ def test_lab_up_again_leaves_a_running_server_on_its_vlan_with_its_private_netwo
     assert lab_switch.bridge_link(lab.switch)[spec.switch_port] == f"br{VLAN_A}"
     assert lab.ssh_from("a2", PRIVATE["a1"]) == lab.specs["a1"].name
     assert lab.ssh_from_host(lab.public(11)) == lab.specs["a1"].name
+
+
+def test_a_server_on_the_quarantine_vlan_reaches_nothing(lab: SwitchedLab) -> None:
+    p1 = lab.specs["p1"]
+    with lab.driver() as driver:
+        driver.set_access_vlans({p1.switch_port: switched.QUARANTINE_VLAN})
+    try:
+        assert lab_switch.bridge_link(lab.switch)[p1.switch_port] == f"br{switched.QUARANTINE_VLAN}"
+        a1 = lab.specs["a1"]
+        for target in (
+            BOOT_SERVICE,
+            PRIVATE["a1"],
+            a1.ssh_address,
+            lab.switch.address,
+            NET_A[1],
+            lab.public(11),
+        ):
+            assert not lab.ping("p1", target), target
+        assert not lab.tcp("p1", BOOT_SERVICE, lab.ports["image"])
+        assert not lab.tcp("p1", lab.switch.address, 22)
+        assert not lab.tcp("p1", lab.public(11), 22)
+    finally:
+        with lab.driver() as driver:
+            driver.set_access_vlans({p1.switch_port: switched.PROVISIONING_VLAN})
+    assert lab.tcp("p1", BOOT_SERVICE, lab.ports["image"])  # back on the provisioning VLAN

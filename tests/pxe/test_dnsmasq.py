@@ -50,10 +50,12 @@ def test_dhcp_mode_config_passes_dnsmasq_test(tmp_path):
         interface="eth1",
         dhcp_range=("192.0.2.100", "192.0.2.200"),
         hosts=HOSTS,
+        router="192.0.2.1",
     )
     path = write_dnsmasq_config(site, tmp_path / "neocloud.conf")
     check_dnsmasq_config(path)
     text = path.read_text()
+    assert "dhcp-option=option:router,192.0.2.1" in text
     assert "dhcp-range=192.0.2.100,192.0.2.200,255.255.255.0,1h" in text
     assert "dhcp-host=52:54:00:aa:bb:01,192.0.2.21,lab-node-01" in text
     assert "interface=eth1" in text
@@ -79,6 +81,7 @@ def test_check_reports_what_dnsmasq_rejects(tmp_path):
         {"hosts": [DhcpHost("52:54:00:aa:bb", "short-mac")]},
         {"hosts": [DhcpHost("52:54:00:aa:bb:01", "bad name")]},
         {"mode": "dhcp", "dhcp_range": ("192.0.2.10", "192.0.2.x")},
+        {"mode": "dhcp", "dhcp_range": ("192.0.2.10", "192.0.2.20"), "router": "198.51.100.1"},
         {"hosts": [DhcpHost("52:54:00:aa:bb:01", "n1", "192.0.2.300")]},
         # one address twice: dnsmasq refuses the whole file; one MAC twice: it picks a line silently
         {

@@ -1,10 +1,15 @@
 """``manage.py lab up --nodes N [--kind simulated|qemu] [--no-enroll] | status [--json] | down``: the
 virtual datacenter.
 
+A simulated lab's servers reach the boot service and the image server on the provisioning network, at
+198.18.0.1 (lab.provisioning_relay): the lab site's image mirror is the image server there.
+
 A ``qemu`` lab's nodes are emulated computers (lab.qemu_firmware) on a site of their own,
 ``lab-qemu``, whose facts differ from the loopback lab's the way one real site's differ from another's: its
 servers fetch images from the site's image mirror (the lab image server, which they reach at 10.0.2.101),
 and each one's SSH is reached through a port forward (127.0.0.1:22000+index), its inventory SSH endpoint.
+Cabled to the lab switch (``--switch --kind qemu``), emulated computers are on the lab site instead, reached
+at their own address over the provisioning VLAN, like the simulated servers (lab.qemu_firmware).
 The emulated computers boot the deploy ramdisk from the boot service's NEOCLOUD_BOOT_DIR (bootstrap.sh
 builds it in var/ramdisk) and are deployed with the bootable lab OS image.
 """
@@ -20,10 +25,11 @@ import yaml
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from lab import supervisor, switched
+from lab import provisioning_relay, supervisor, switched
 from lab import switch as lab_switch
 from lab.database import migrate_if_needed
 from lab.images import (
+    IMAGE_SERVER_PORT,
     ensure_demo_image,
     ensure_lab_os_image,
     start_image_server,
@@ -49,7 +55,8 @@ QEMU_SITE = {
 
 def _node_placement(spec: LabNodeSpec) -> dict[str, Any]:
     """Site, rack and, for an emulated computer, the SSH endpoint (its forwarded port) of a lab node."""
-    if spec.kind != "qemu":
+    if spec.kind != "qemu" or spec.switch_port:
+        # a switched emulated computer is on the lab site's switch, reached at its own address
         return {"site": "lab", "rack": "lab-r1"}
     return {
         "site": QEMU_SITE["slug"],
@@ -80,12 +87,16 @@ def lab_driver_info(spec: LabNodeSpec, lab_dir: Path) -> dict[str, Any]:
 
 def lab_inventory(specs: list[LabNodeSpec], image: dict[str, Any], lab_dir: Path) -> dict[str, Any]:
     base = yaml.safe_load((ROOT / "inventory" / "lab.yaml").read_text())
-    if any(s.kind == "qemu" for s in specs):
+    if any(s.kind == "qemu" and not s.switch_port for s in specs):
         base["sites"] = [*base.get("sites", []), QEMU_SITE]
-    if any(s.switch_port for s in specs):
-        for site in base.get("sites", []):
-            if site.get("slug") == "lab":
-                site["network"] = switched.site_network()
+    for site in base.get("sites", []):
+        if site.get("slug") != "lab":
+            continue
+        if any(s.kind == "simulated" or s.switch_port for s in specs):
+            # the simulated servers fetch images on the provisioning network (lab.provisioning_relay)
+            site["image_mirror_url"] = provisioning_relay.server_url(f"http://127.0.0.1:{IMAGE_SERVER_PORT}")
+        if any(s.switch_port for s in specs):
+            site["network"] = switched.site_network()
     base["images"] = [image]
     base["nodes"] = [
         {
@@ -234,7 +245,8 @@ class Command(BaseCommand):
         up.add_argument(
             "--switch",
             action="store_true",
-            help="cable every server to the lab switch lab-leaf1 (VLANs, tenant networks, public addresses)",
+            help="cable every server to the lab switch lab-leaf1 (VLANs, tenant networks, public addresses; "
+            "emulated computers through a tap, with DHCP on the provisioning VLAN)",
         )
         up.add_argument("--boot-url", default="", help="where lab firmware finds the boot service")
         up.add_argument("--no-enroll", action="store_true", help="do not enroll the nodes into Neocloud")
