@@ -21,7 +21,7 @@ import pytest
 
 from lab import switch as lab_switch
 from provisioner.drivers.switch import LinuxSwitchDriver, RoutingState, SwitchAccess
-from provisioner.errors import InvalidRequest
+from provisioner.errors import InvalidRequest, UnknownSwitchPort
 
 pytestmark = [pytest.mark.lab]
 
@@ -259,3 +259,25 @@ def test_the_switch_management_sshd_still_answers_from_the_host(scene: Scene) ->
     started = time.monotonic()
     assert scene.driver().port_state("swp1").vlan == VLAN_A
     assert time.monotonic() - started < 15
+
+
+def test_joining_tenant_networks_is_one_session_and_changes_nothing_for_an_unknown_port(scene: Scene) -> None:
+    """A handover's batch: gateway, published address and port move in one session (one read, the changes,
+    one read back), as the switch's own state and a ping show; an unknown port changes nothing."""
+    driver = scene.driver()
+    driver.set_access_vlans({"swp2": 4000})  # a2 off its VLAN, as on the provisioning network
+    assert not scene.ping("a1", A2)
+    public = scene.public(40)
+    with pytest.raises(UnknownSwitchPort, match="swp99"):
+        driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A, "swp99": VLAN_A})
+    assert public not in lab_switch.published_on_switch(scene.switch)
+    assert lab_switch.bridge_link(scene.switch)["swp2"] == "br4000"
+    sessions = scene.switch.ssh_sessions()
+    driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A})
+    driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A})  # idempotent
+    assert scene.switch.ssh_sessions() - sessions == 2
+    assert lab_switch.bridge_link(scene.switch)["swp2"] == f"br{VLAN_A}"
+    assert lab_switch.gateways_on_switch(scene.switch)[VLAN_A] == GW_A
+    assert lab_switch.published_on_switch(scene.switch)[public] == A2
+    assert scene.ping("a1", A2)
+    driver.withdraw(public)
