@@ -71,6 +71,7 @@ def main() -> int:
     django.setup()
     from django.contrib.auth.models import User
     from django.core.management import call_command
+    from django.utils import timezone
 
     from lab import switch as lab_switch
     from provisioner.lifecycle import Actor
@@ -86,6 +87,7 @@ def main() -> int:
         ServerType,
         Site,
         SSHKey,
+        Step,
         Switch,
         TenantNetwork,
     )
@@ -215,12 +217,53 @@ def main() -> int:
                         raise SystemExit(f"bench failed: {what} did not happen within {args.timeout:.0f} s")
                     time.sleep(0.1)
 
+            def timeline(reservation, booked_at) -> str:
+                """Where the time went: per step, when the first server reached it and the last one finished
+                it (seconds after booking), and each server's time at it (finished - reached: waiting on
+                the switch included), median/max; then each switch session (a batch's leader's line)."""
+                steps: dict[str, list[tuple[float, float]]] = {}
+                for operation in Operation.objects.filter(reservation=reservation):
+                    rows = list(Step.objects.filter(operation=operation).order_by("index"))
+                    reached = operation.started_at or operation.created_at
+                    for row in rows:
+                        if row.finished_at is None:
+                            continue
+                        steps.setdefault(row.name, []).append(
+                            (
+                                (reached - booked_at).total_seconds(),
+                                (row.finished_at - booked_at).total_seconds(),
+                            )
+                        )
+                        reached = row.finished_at
+                parts = []
+                for name, spans in steps.items():
+                    at = sorted(f - r for r, f in spans)
+                    parts.append(
+                        f"{name} {min(r for r, _ in spans):.1f}-{max(f for _, f in spans):.1f} "
+                        f"(at it {statistics.median(at):.2f}/{at[-1]:.2f})"
+                    )
+                sessions = [
+                    f"+{(line.created_at - booked_at).total_seconds():.1f} {line.step.name[8:12]} "
+                    f"x{1 + int(line.message.split('; ')[1].split()[0]) if '; ' in line.message else 1}"
+                    for line in LogLine.objects.filter(
+                        operation__reservation=reservation,
+                        step__name__in=["network_provisioning", "network_tenant"],
+                        message__contains=" on VLAN ",
+                    )
+                    .exclude(message__contains="moved in one session")
+                    .exclude(message__contains="moved and read back")
+                    .select_related("step")
+                    .order_by("created_at")
+                ]
+                return "; ".join(parts) + ("\n    sessions: " + ", ".join(sessions) if sessions else "")
+
             def cycle(site: str) -> tuple[float, float, int]:
                 """Book all servers of ``site`` in one reservation; seconds to all active, switch sessions
                 meanwhile; then release and the seconds until all are available again."""
                 st = ServerType.objects.get(slug=site)
                 sessions = switch.ssh_sessions()
                 t0 = time.monotonic()
+                booked_at = timezone.now()
                 reservation = book_servers(org, st, n, image=image, ssh_keys=[key], actor=actor).reservation
                 until(
                     lambda: Reservation.objects.filter(
@@ -258,6 +301,7 @@ def main() -> int:
                     )
                     if any(published.get(p) != v for p, v in want.items()):
                         raise SystemExit("bench failed: the switch's NAT map lacks a public address")
+                say(f"{site}: {timeline(reservation, booked_at)}")
                 t1 = time.monotonic()
                 release_reservation(Reservation.objects.get(pk=reservation.pk), actor=actor)
                 until(
