@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -242,10 +243,9 @@ def main() -> int:
                         f"{name} {min(r for r, _ in spans):.1f}-{max(f for _, f in spans):.1f} "
                         f"(at it {statistics.median(at):.2f}/{at[-1]:.2f})"
                     )
-                sessions = [
-                    f"+{(line.created_at - booked_at).total_seconds():.1f} {line.step.name[8:12]} "
-                    f"x{1 + int(line.message.split('; ')[1].split()[0]) if '; ' in line.message else 1}"
-                    for line in LogLine.objects.filter(
+                sessions = []
+                for line in (
+                    LogLine.objects.filter(
                         operation__reservation=reservation,
                         step__name__in=["network_provisioning", "network_tenant"],
                         message__contains=" on VLAN ",
@@ -254,7 +254,14 @@ def main() -> int:
                     .exclude(message__contains="moved and read back")
                     .select_related("step")
                     .order_by("created_at")
-                ]
+                ):
+                    more = re.search(r"; (\d+) more port", line.message)
+                    took = re.search(r"switch session ([0-9.]+) s", line.message)
+                    sessions.append(
+                        f"+{(line.created_at - booked_at).total_seconds():.1f} {line.step.name[8:12]} "
+                        f"x{1 + int(more.group(1)) if more else 1}"
+                        + (f" ({took.group(1)} s)" if took else "")
+                    )
                 return "; ".join(parts) + ("\n    sessions: " + ", ".join(sessions) if sessions else "")
 
             def cycle(site: str) -> tuple[float, float, int]:

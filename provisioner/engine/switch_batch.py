@@ -302,6 +302,7 @@ def _session(
     own = moves[0]
     # a worker's next batch on this switch reuses the session (a login is most of a batch's time)
     driver.keep_session = True
+    started = time.monotonic()
     with driver:
         if before is not None:
             before(driver, moves)
@@ -331,6 +332,7 @@ def _session(
             if len(moves) > 1
             else ""
         )
+        + f" (switch session {time.monotonic() - started:.2f} s)"
     )
     # each covered operation's line goes to its own step of that name (an early one has not reached it yet)
     step_name = ctx.step.name
