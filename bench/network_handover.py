@@ -21,6 +21,11 @@ X is the median over rounds of (managed wall time - plain wall time), reserve to
 sessions (batches) of one managed reservation's network steps (the median), against 2 x servers for a session
 per server and step (network_provisioning, network_tenant); the SSH logins are fewer still, as a worker keeps
 its session for its next batch on the switch.
+
+After each reservation is active it prints where the time went (from the engine's own records): per step,
+when the first server reached it and the last one finished it (seconds after the booking) and each server's
+time at it (finished minus reached, waiting on the switch included: median/max); then each switch session:
+when its leader logged it, its step, how many ports it moved and how long the session took.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ When a node's network step runs, it takes the switch's lock (``SwitchLock``: a c
 and given back by single-row UPDATEs, so it holds across worker processes on PostgreSQL and SQLite and no
 transaction stays open while the switch is driven), then gathers every *peer*: an operation of another node cabled to the same switch that stands at
 the same step of the same kind of plan (``current_step`` is that step: every earlier step succeeded, so a
-peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished. It moves
-its own port and all its peers' ports in one ``set_access_vlans`` (one session: every port checked, moved and
-read back), and records each node's port (``switch_vlan``,
+peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished; at
+``network_provisioning`` also the provisioning and warm-up operations not at the step yet (``EARLY_STEPS``).
+It moves its own port and all its peers' ports in one call (``set_access_vlans``, or the step's ``apply``:
+``join_tenant_networks`` at ``network_tenant``; one session: every port checked, moved and read back), and
+records each node's port (``switch_vlan``,
 ``switch_checked_at``) and a line in each peer's operation log. A peer's own step, when its turn comes, finds
 its port recorded on the wanted VLAN since it reached the step, under the same lock, and only records that
 (no session of its own).
