@@ -223,12 +223,12 @@ def main() -> int:
                         raise SystemExit(f"bench failed: {what} did not happen within {args.timeout:.0f} s")
                     time.sleep(0.1)
 
-            def timeline(reservation, booked_at) -> str:
+            def timeline(reservation, booked_at, kind: str = "provision") -> str:
                 """Where the time went: per step, when the first server reached it and the last one finished
                 it (seconds after booking), and each server's time at it (finished - reached: waiting on
                 the switch included), median/max; then each switch session (a batch's leader's line)."""
                 steps: dict[str, list[tuple[float, float]]] = {}
-                for operation in Operation.objects.filter(reservation=reservation):
+                for operation in Operation.objects.filter(reservation=reservation, kind=kind):
                     rows = list(Step.objects.filter(operation=operation).order_by("index"))
                     reached = operation.started_at or operation.created_at
                     for row in rows:
@@ -252,7 +252,8 @@ def main() -> int:
                 for line in (
                     LogLine.objects.filter(
                         operation__reservation=reservation,
-                        step__name__in=["network_provisioning", "network_tenant"],
+                        operation__kind=kind,
+                        step__name__in=["network_provisioning", "network_tenant", "network_cleaning"],
                         message__contains=" on VLAN ",
                     )
                     .exclude(message__contains="moved in one session")
@@ -315,6 +316,7 @@ def main() -> int:
                         raise SystemExit("bench failed: the switch's NAT map lacks a public address")
                 say(f"{site}: {timeline(reservation, booked_at)}")
                 t1 = time.monotonic()
+                released_at = timezone.now()
                 release_reservation(Reservation.objects.get(pk=reservation.pk), actor=actor)
                 until(
                     lambda: (
@@ -324,6 +326,7 @@ def main() -> int:
                     f"all {n} {site} servers released and available",
                 )
                 released = time.monotonic() - t1
+                say(f"{site} release: {timeline(reservation, released_at, 'release')}")
                 if site == "net":
                     shown = lab_switch.bridge_link(switch)
                     wrong = [p for p in (f"swp{i}" for i in range(1, n + 1)) if shown.get(p) != "br100"]
