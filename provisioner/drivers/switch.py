@@ -293,6 +293,17 @@ class SwitchDriver(abc.ABC):
         self.publish_many(published)
         self.set_access_vlans(moves)
 
+    def leave_tenant_networks(self, withdrawn: Iterable[str], moves: Mapping[str, int]) -> None:
+        """A release's switch work in one session: the public addresses withdrawn (``withdraw_many``), then
+        each port on its VLAN (``set_access_vlans``), in that order, and both read back. Idempotent.
+
+        :raises UnknownSwitchPort: some port does not exist (nothing was changed).
+        :raises InvalidRequest: a VLAN or address is malformed (nothing was changed).
+        :raises UnsupportedOperation, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        self.withdraw_many(withdrawn)
+        self.set_access_vlans(moves)
+
     def routing_state(self) -> RoutingState:
         """Read the switch's routed interfaces and published addresses back (what ``ensure_vlan_gateway``
         and ``publish`` made, as the switch itself holds them). Idempotent; changes nothing.
@@ -781,6 +792,38 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
             after = self._read_gateways(connection).get(vlan)
         if after is not None:
             raise SwitchCommandFailed(f"{self.access.label}: VLAN {vlan} still has its gateway {after}")
+
+    def leave_tenant_networks(self, withdrawn: Iterable[str], moves: Mapping[str, int]) -> None:
+        """One read of ports and the NAT map; the withdrawals and port moves that are due, in that order;
+        one read back of both."""
+        for vlan in moves.values():
+            check_vlan(vlan)
+        for port in moves:
+            self.validate_port_name(self.access.name, port)
+        gone = list(dict.fromkeys(str(check_ipv4(public, "public address")) for public in withdrawn))
+        if not (gone or moves):
+            return
+        with self.session() as connection:
+            links, _, nat = self._read_all(connection)
+            unknown = self._unknown_ports(links, moves)
+            if unknown is not None:
+                raise unknown
+            commands = []
+            published = [public for public in gone if public in nat]
+            if published:
+                commands += self._nft_commands(published, [])
+            pending = {p: v for p, v in moves.items() if links[p].vlan != v}
+            if pending:
+                commands += self._move_commands(pending)
+            if not commands:
+                return  # the switch holds it already: that read is its state
+            links, _, nat = self._parse_all(
+                self._checked(connection, commands, then=self._read_all_command())
+            )
+        wrong = [f"port {p} on {links[p].vlan} (wanted {v})" for p, v in moves.items() if links[p].vlan != v]
+        wrong += [f"{public} still published (to {nat[public]})" for public in gone if public in nat]
+        if wrong:
+            raise SwitchCommandFailed(f"{self.access.label}: read back otherwise: {', '.join(wrong)}")
 
     def publish(self, public_address: str, private_address: str) -> None:
         self.publish_many({public_address: private_address})

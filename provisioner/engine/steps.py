@@ -561,8 +561,13 @@ def _cleaning_move(operation: Operation) -> switch_batch.Move | None:
     )
 
 
-def _withdraw(driver: SwitchDriver, moves) -> None:
-    driver.withdraw_many([a.public_address for m in moves for a in m.extra if a.public_address])
+def _clean_leave(driver: SwitchDriver, moves) -> None:
+    """The public addresses withdrawn, then the ports on the cleaning VLAN: one read, the changes, one read
+    back (``leave_tenant_networks``)."""
+    driver.leave_tenant_networks(
+        [a.public_address for m in moves for a in m.extra if a.public_address],
+        {m.port: m.vlan for m in moves},
+    )
 
 
 @step("network_cleaning", timeout=120)
@@ -582,7 +587,7 @@ def network_cleaning(ctx: StepContext) -> None:
                 if emptied is not None:
                     _remove_network(ctx, driver, emptied)
 
-    switch_batch.run(ctx, "network_cleaning", _cleaning_move, before=_withdraw, after=end_attachments)
+    switch_batch.run(ctx, "network_cleaning", _cleaning_move, apply=_clean_leave, after=end_attachments)
 
 
 def _remove_network(ctx: StepContext, driver: SwitchDriver, network: TenantNetwork) -> None:
