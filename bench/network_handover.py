@@ -21,12 +21,18 @@ X is the median over rounds of (managed wall time - plain wall time), reserve to
 sessions (batches) of one managed reservation's network steps (the median), against 2 x servers for a session
 per server and step (network_provisioning, network_tenant); the SSH logins are fewer still, as a worker keeps
 its session for its next batch on the switch.
+
+After each reservation is active it prints where the time went (from the engine's own records): per step,
+when the first server reached it and the last one finished it (seconds after the booking) and each server's
+time at it (finished minus reached, waiting on the switch included: median/max); then each switch session:
+when its leader logged it, its step, how many ports it moved and how long the session took.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -71,6 +77,7 @@ def main() -> int:
     django.setup()
     from django.contrib.auth.models import User
     from django.core.management import call_command
+    from django.utils import timezone
 
     from lab import switch as lab_switch
     from provisioner.lifecycle import Actor
@@ -86,6 +93,7 @@ def main() -> int:
         ServerType,
         Site,
         SSHKey,
+        Step,
         Switch,
         TenantNetwork,
     )
@@ -215,12 +223,60 @@ def main() -> int:
                         raise SystemExit(f"bench failed: {what} did not happen within {args.timeout:.0f} s")
                     time.sleep(0.1)
 
+            def timeline(reservation, booked_at, kind: str = "provision") -> str:
+                """Where the time went: per step, when the first server reached it and the last one finished
+                it (seconds after booking), and each server's time at it (finished - reached: waiting on
+                the switch included), median/max; then each switch session (a batch's leader's line)."""
+                steps: dict[str, list[tuple[float, float]]] = {}
+                for operation in Operation.objects.filter(reservation=reservation, kind=kind):
+                    rows = list(Step.objects.filter(operation=operation).order_by("index"))
+                    reached = operation.started_at or operation.created_at
+                    for row in rows:
+                        if row.finished_at is None:
+                            continue
+                        steps.setdefault(row.name, []).append(
+                            (
+                                (reached - booked_at).total_seconds(),
+                                (row.finished_at - booked_at).total_seconds(),
+                            )
+                        )
+                        reached = row.finished_at
+                parts = []
+                for name, spans in steps.items():
+                    at = sorted(f - r for r, f in spans)
+                    parts.append(
+                        f"{name} {min(r for r, _ in spans):.1f}-{max(f for _, f in spans):.1f} "
+                        f"(at it {statistics.median(at):.2f}/{at[-1]:.2f})"
+                    )
+                sessions = []
+                for line in (
+                    LogLine.objects.filter(
+                        operation__reservation=reservation,
+                        operation__kind=kind,
+                        step__name__in=["network_provisioning", "network_tenant", "network_cleaning"],
+                        message__contains=" on VLAN ",
+                    )
+                    .exclude(message__contains="moved in one session")
+                    .exclude(message__contains="moved and read back")
+                    .select_related("step")
+                    .order_by("created_at")
+                ):
+                    more = re.search(r"; (\d+) more port", line.message)
+                    took = re.search(r"switch session ([0-9.]+) s", line.message)
+                    sessions.append(
+                        f"+{(line.created_at - booked_at).total_seconds():.1f} {line.step.name[8:12]} "
+                        f"x{1 + int(more.group(1)) if more else 1}"
+                        + (f" ({took.group(1)} s)" if took else "")
+                    )
+                return "; ".join(parts) + ("\n    sessions: " + ", ".join(sessions) if sessions else "")
+
             def cycle(site: str) -> tuple[float, float, int]:
                 """Book all servers of ``site`` in one reservation; seconds to all active, switch sessions
                 meanwhile; then release and the seconds until all are available again."""
                 st = ServerType.objects.get(slug=site)
                 sessions = switch.ssh_sessions()
                 t0 = time.monotonic()
+                booked_at = timezone.now()
                 reservation = book_servers(org, st, n, image=image, ssh_keys=[key], actor=actor).reservation
                 until(
                     lambda: Reservation.objects.filter(
@@ -258,7 +314,9 @@ def main() -> int:
                     )
                     if any(published.get(p) != v for p, v in want.items()):
                         raise SystemExit("bench failed: the switch's NAT map lacks a public address")
+                say(f"{site}: {timeline(reservation, booked_at)}")
                 t1 = time.monotonic()
+                released_at = timezone.now()
                 release_reservation(Reservation.objects.get(pk=reservation.pk), actor=actor)
                 until(
                     lambda: (
@@ -268,6 +326,7 @@ def main() -> int:
                     f"all {n} {site} servers released and available",
                 )
                 released = time.monotonic() - t1
+                say(f"{site} release: {timeline(reservation, released_at, 'release')}")
                 if site == "net":
                     shown = lab_switch.bridge_link(switch)
                     wrong = [p for p in (f"swp{i}" for i in range(1, n + 1)) if shown.get(p) != "br100"]

@@ -6,7 +6,15 @@ document the deploy agent wrote (see provisioner.pxe.configdrive); on power-off 
 
   ssh_host_<type>_key[.pub]   the host keys from the document (private keys mode 0600)
   authorized_keys             the document's keys: the customer's plus, until handover, ours
+  netplan/60-neocloud-private.yaml   a switched server's private network (lab.os_firstboot.NETPLAN_FILE)
+  instance-id                 the instance whose per-instance data the files above hold
   sshd_config, sshd.pid, sshd.log
+
+The directory is the node's root file system: it outlives a power cycle. As cloud-init, the OS applies the
+document's per-instance data (host keys, authorized keys, the private network's netplan file) at the first
+boot of an instance only (the document's ``instance_id``, lab.os_firstboot.instance_id); a reboot keeps what
+the server holds since: the handover removed our provisioning key, a warm server's personalize generated new
+host keys, added its customer's keys and wrote its private network's netplan file.
 
 The SSH user of a lab node is ``root``: sshd runs as root on the host's file system (only its network
 and its host name are separate), so a root session can edit ``authorized_keys`` in place, which is what
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import netns
+from lab import os_firstboot as firstboot
 from lab.spec import LabNodeSpec
 from provisioner.errors import DriverError
 
@@ -38,6 +47,8 @@ SSH_USER = "root"
 SSH_PORT = 22
 AUTHORIZED_KEYS_ENV = "NEOCLOUD_AUTHORIZED_KEYS_FILE"
 SSHD_CONFIG_ENV = "NEOCLOUD_SSHD_CONFIG"
+# where a session finds the directory a real server's netplan files live in (/etc/netplan)
+NETPLAN_DIR_ENV = "NEOCLOUD_NETPLAN_DIR"
 # sshd refuses to start without its privilege-separation directory (Debian creates it at boot only).
 PRIVSEP_DIR = Path("/run/sshd")
 _KEY_TYPE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -126,7 +137,7 @@ def render_sshd_config(
         f"PidFile {directory / 'sshd.pid'}",
         # where sessions find the files a real server keeps in /etc/ssh (a warm server's new host keys)
         f"SetEnv {AUTHORIZED_KEYS_ENV}={directory / 'authorized_keys'} "
-        f"{SSHD_CONFIG_ENV}={directory / 'sshd_config'}",
+        f"{SSHD_CONFIG_ENV}={directory / 'sshd_config'} {NETPLAN_DIR_ENV}={netplan_dir(directory)}",
         "PrintMotd no",
         "X11Forwarding no",
         "AllowTcpForwarding no",
@@ -147,23 +158,44 @@ def node_hostname(config: dict[str, Any]) -> str:
     return hostname
 
 
-def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, also_listen: str = "") -> Path:
-    """Write host keys, authorized_keys and sshd_config for the node; return the sshd_config path.
+def netplan_dir(directory: Path) -> Path:
+    """Where the node's OS (``directory``, its os_dir) keeps its netplan files."""
+    return directory / "netplan"
 
-    Idempotent (rewrites the same files). Raises NodeOsError when the document lacks host keys,
-    authorized keys or a host name.
+
+def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, also_listen: str = "") -> Path:
+    """At the first boot of the document's instance: host keys, authorized_keys and the private network's
+    netplan file (a switched node) from the document; at every boot: sshd_config. Return the sshd_config path.
+
+    Idempotent. Raises NodeOsError when the document lacks a host name, or (at an instance's first boot) host
+    keys, authorized keys or a usable private network, or when a later boot finds no host keys.
     """
     if not spec.ssh_address or not spec.netns:
         raise NodeOsError(f"lab node {spec.name} has no SSH address or network namespace in its spec")
     directory = os_dir(spec, lab_dir)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    host_keys = _host_key_files(config, directory)
-    keys = config.get("authorized_keys")
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not keys:
-        raise NodeOsError("the config-drive document has no authorized_keys: nobody could log in")
-    node_hostname(config)
-    _write(directory / "authorized_keys", "\n".join(k.strip() for k in keys), 0o600)
+    marker = directory / firstboot.INSTANCE_ID_FILE
+    if firstboot.first_boot_of_instance(config, marker):
+        for old in directory.glob("ssh_host_*"):  # a new instance does not keep the last one's host keys
+            old.unlink()
+        host_keys = _host_key_files(config, directory)
+        keys = config.get("authorized_keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not keys:
+            raise NodeOsError("the config-drive document has no authorized_keys: nobody could log in")
+        node_hostname(config)
+        _write(directory / "authorized_keys", "\n".join(k.strip() for k in keys), 0o600)
+        if spec.switch_port:
+            try:
+                firstboot.write_network_config(config, netns.NODE_INTERFACE, netplan_dir(directory))
+            except ValueError as exc:
+                raise NodeOsError(f"lab node {spec.name}: {exc}") from None
+        firstboot.mark_instance(config, marker)
+    else:
+        node_hostname(config)
+        host_keys = sorted(directory.glob("ssh_host_*_key"))
+        if not host_keys:
+            raise NodeOsError(f"lab node {spec.name}'s OS has no SSH host keys left: sshd cannot start")
     config_path = directory / "sshd_config"
     _write(config_path, render_sshd_config(spec, host_keys, directory, also_listen), 0o600)
     return config_path
@@ -231,23 +263,21 @@ def start_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, time
     """Boot the node's "OS": its namespace, then its sshd on ``spec.ssh_address:22`` under the document's
     host name (a UTS namespace of its own); wait until it answers.
 
-    Idempotent: a running sshd is stopped and started again with the document's keys (a reboot after
-    a redeploy brings new host keys). Raises NodeOsError when the document is unusable or sshd does
-    not come up within ``timeout`` seconds (the message carries the tail of sshd's log), and
-    lab.netns.LabNetworkError when the namespace cannot be created.
+    Idempotent: a running sshd is stopped and started again (a reboot after a redeploy brings the new
+    instance's host keys; a reboot of the same instance keeps the keys and network its OS holds). Raises
+    NodeOsError when the document is unusable or sshd does not come up within ``timeout`` seconds (the
+    message carries the tail of sshd's log), and lab.netns.LabNetworkError when the namespace cannot be
+    created.
     """
     stop_node_os(spec, lab_dir)
-    private = ""
+    config_path = write_node_os(spec, config, lab_dir)
     netns.boot_node_network(spec)
     if spec.switch_port:
-        # the switched lab: a boot starts from a bare NIC, then applies the config drive's private_network
-        from lab.os_firstboot import apply_private_network
-
+        # the switched lab: a boot starts from a bare NIC, then brings up the private network the OS keeps
         try:
-            private = apply_private_network(config, netns.NODE_INTERFACE, spec.netns)
+            firstboot.apply_network_config(netplan_dir(config_path.parent), spec.netns)
         except ValueError as exc:
             raise NodeOsError(f"lab node {spec.name}: {exc}") from None
-    config_path = write_node_os(spec, config, lab_dir, private)
     check_config(config_path)
     directory = config_path.parent
     log_path = directory / "sshd.log"

@@ -275,6 +275,35 @@ class SwitchDriver(abc.ABC):
         """
         raise UnsupportedOperation(f"{self.access.label}: this switch driver does not route")
 
+    def join_tenant_networks(
+        self, gateways: Mapping[int, str], published: Mapping[str, str], moves: Mapping[str, int]
+    ) -> None:
+        """A handover's switch work in one session: each VLAN's gateway (``ensure_vlan_gateway``), each
+        public address published (``publish_many``), then each port on its VLAN (``set_access_vlans``), in
+        that order, and everything read back. Idempotent. Drivers that can do it in fewer round trips
+        override it (the Linux driver: one read, the changes, one read back).
+
+        :raises UnknownSwitchPort: some port does not exist (nothing was changed).
+        :raises InvalidRequest: a VLAN, gateway or address is malformed, or a private address is on no
+            gateway's network (nothing was changed).
+        :raises UnsupportedOperation, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        for vlan, gateway_cidr in sorted(gateways.items()):
+            self.ensure_vlan_gateway(vlan, gateway_cidr)
+        self.publish_many(published)
+        self.set_access_vlans(moves)
+
+    def leave_tenant_networks(self, withdrawn: Iterable[str], moves: Mapping[str, int]) -> None:
+        """A release's switch work in one session: the public addresses withdrawn (``withdraw_many``), then
+        each port on its VLAN (``set_access_vlans``), in that order, and both read back. Idempotent.
+
+        :raises UnknownSwitchPort: some port does not exist (nothing was changed).
+        :raises InvalidRequest: a VLAN or address is malformed (nothing was changed).
+        :raises UnsupportedOperation, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed:
+        """
+        self.withdraw_many(withdrawn)
+        self.set_access_vlans(moves)
+
     def routing_state(self) -> RoutingState:
         """Read the switch's routed interfaces and published addresses back (what ``ensure_vlan_gateway``
         and ``publish`` made, as the switch itself holds them). Idempotent; changes nothing.
@@ -444,9 +473,14 @@ class NetmikoSwitchDriver(SwitchDriver):
 
 
 _RC = re.compile(r"NC_RC=(\d+)\s*\Z")
+# the first command's result in an output that goes on with a read back's (``_checked``'s ``then``)
+_FIRST_RC = re.compile(r"^NC_RC=(\d+)\s*$", re.MULTILINE)
 _LINK = re.compile(r"\A\d+: ([^:@\s]+)(?:@\S+)?: <([^>]*)>")
 _MASTER = re.compile(r" master (\S+)")
 _ADDR = re.compile(r"\A\d+: (\S+)\s+inet ([0-9.]+/[0-9]+) ")
+# separates the parts of one command's output that reads several things (``_read_all``)
+_SECTION = "NC_SECTION"
+_LINKS = "ip -o link show"
 _NAT_ELEMENT = re.compile(r"([0-9]+(?:\.[0-9]+){3}) : ([0-9]+(?:\.[0-9]+){3})")
 
 
@@ -475,25 +509,43 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
     def bridge(vlan: int) -> str:
         return f"br{vlan}"
 
-    def _checked(self, connection: Any, commands: list[str]) -> None:
-        """Run ``commands`` (joined by ``&&``, a few lines at most) and check that each line succeeded."""
+    def _checked(self, connection: Any, commands: list[str], then: str = "") -> str:
+        """Run ``commands`` (joined by ``&&``, a few lines at most) and check that each line succeeded; then
+        run ``then`` (a read back) and return its output. ``then`` rides on the last line when it fits (one
+        round trip fewer: it runs whatever the line's result, which is checked first)."""
         lines: list[list[str]] = [[]]
         for command in commands:
             if lines[-1] and sum(len(c) + 4 for c in lines[-1]) + len(command) > self.MAX_LINE:
                 lines.append([])
             lines[-1].append(command)
-        for line in lines:
-            if not line:
-                continue
-            output = self.run(connection, " && ".join(line) + "; echo NC_RC=$?")
-            match = _RC.search(output.strip())
+        lines = [line for line in lines if line]
+        riding = (
+            bool(then)
+            and bool(lines)
+            and (sum(len(c) + 4 for c in lines[-1]) + len(then) + 20 <= self.MAX_LINE)
+        )
+        rest = ""
+        for number, line in enumerate(lines, start=1):
+            command = " && ".join(line) + "; echo NC_RC=$?"
+            if riding and number == len(lines):
+                command += f"; {then}"
+            output = self.run(connection, command)
+            match = _FIRST_RC.search(output)
             if match is None or match.group(1) != "0":
-                said = _RC.sub("", output).strip().replace("\n", " / ")[:300] or "no output"
+                said = output[: match.start()] if match else output
+                said = said.strip().replace("\n", " / ")[:300] or "no output"
                 raise SwitchCommandFailed(f"{self.access.label} refused a port change: {said}")
+            rest = output[match.end() :]
+        if riding:
+            return rest
+        return self.run(connection, then) if then else ""
 
     def _read_links(self, connection: Any) -> dict[str, PortState]:
+        return self._parse_links(self.run(connection, _LINKS))
+
+    def _parse_links(self, output: str) -> dict[str, PortState]:
         states = {}
-        for line in self.run(connection, "ip -o link show").splitlines():
+        for line in output.splitlines():
             match = _LINK.match(line.strip())
             if not match or not self.PORT_NAME.match(match.group(1)):
                 continue
@@ -506,24 +558,57 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
             )
         return states
 
+    def _unknown_ports(
+        self, states: Mapping[str, PortState], wanted: Iterable[str]
+    ) -> UnknownSwitchPort | None:
+        missing = [p for p in dict.fromkeys(wanted) if p not in states]
+        if not missing:
+            return None
+        have = sorted(states, key=lambda p: (len(p), p))
+        listed = f"{have[0]} to {have[-1]}" if len(have) > 1 else (", ".join(have) or "none")
+        return UnknownSwitchPort(
+            f"switch {self.access.name} has no port {', '.join(missing)} (its ports: {listed}); "
+            "check the node's recorded cabling"
+        )
+
     def _known(self, connection: Any, ports: Iterable[str]) -> dict[str, PortState]:
         wanted = list(dict.fromkeys(ports))
         for port in wanted:
             self.validate_port_name(self.access.name, port)
         states = self._read_links(connection)
-        missing = [p for p in wanted if p not in states]
-        if missing:
-            have = sorted(states, key=lambda p: (len(p), p))
-            listed = f"{have[0]} to {have[-1]}" if len(have) > 1 else (", ".join(have) or "none")
-            raise UnknownSwitchPort(
-                f"switch {self.access.name} has no port {', '.join(missing)} (its ports: {listed}); "
-                "check the node's recorded cabling"
-            )
+        unknown = self._unknown_ports(states, wanted)
+        if unknown is not None:
+            raise unknown
         return {p: states[p] for p in wanted}
 
     def port_states(self, ports: Iterable[str]) -> dict[str, PortState]:
         with self.session() as connection:
             return self._known(connection, ports)
+
+    def _move_commands(self, moves: Mapping[str, int]) -> list[str]:
+        """The commands that put each port of ``moves`` on its VLAN's bridge (made when missing)."""
+        commands = []
+        for vlan in sorted(set(moves.values())):
+            bridge = self.bridge(vlan)
+            commands.append(
+                f"{{ ip link show {bridge} >/dev/null 2>&1 || ip link add {bridge} type bridge; }}"
+            )
+            commands.append(f"ip link set {bridge} up")
+        # One `ip -batch` per VLAN (and per line's worth of ports): a port costs a few characters of the
+        # command line instead of a whole `ip link set` command.
+        by_vlan: dict[int, list[str]] = {}
+        for port, vlan in moves.items():
+            by_vlan.setdefault(vlan, []).append(port)
+        for vlan, ports in sorted(by_vlan.items()):
+            head = f"printf 'link set %s master {self.bridge(vlan)}\\n'"
+            chunk: list[str] = []
+            for port in ports:
+                if chunk and len(head) + sum(len(p) + 1 for p in chunk) + len(port) > self.MAX_LINE - 40:
+                    commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
+                    chunk = []
+                chunk.append(port)
+            commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
+        return commands
 
     def set_access_vlans(self, moves: Mapping[str, int]) -> None:
         if not moves:
@@ -531,30 +616,16 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
         for vlan in moves.values():
             check_vlan(vlan)
         with self.session() as connection:
-            self._known(connection, moves)
-            commands = []
-            for vlan in sorted(set(moves.values())):
-                bridge = self.bridge(vlan)
-                commands.append(
-                    f"{{ ip link show {bridge} >/dev/null 2>&1 || ip link add {bridge} type bridge; }}"
-                )
-                commands.append(f"ip link set {bridge} up")
-            # One `ip -batch` per VLAN (and per line's worth of ports): a port costs a few characters of
-            # the command line instead of a whole `ip link set` command.
-            by_vlan: dict[int, list[str]] = {}
-            for port, vlan in moves.items():
-                by_vlan.setdefault(vlan, []).append(port)
-            for vlan, ports in sorted(by_vlan.items()):
-                head = f"printf 'link set %s master {self.bridge(vlan)}\\n'"
-                chunk: list[str] = []
-                for port in ports:
-                    if chunk and len(head) + sum(len(p) + 1 for p in chunk) + len(port) > self.MAX_LINE - 40:
-                        commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
-                        chunk = []
-                    chunk.append(port)
-                commands.append(f"{head} {' '.join(chunk)} | ip -batch -")
-            self._checked(connection, commands)
-            after = self._known(connection, moves)
+            before = self._known(connection, moves)
+            # ports the switch already reports on their VLAN need nothing more: that read is its state
+            pending = {p: v for p, v in moves.items() if before[p].vlan != v}
+            if not pending:
+                return
+            states = self._parse_links(self._checked(connection, self._move_commands(pending), then=_LINKS))
+        unknown = self._unknown_ports(states, moves)
+        if unknown is not None:  # gone meanwhile
+            raise SwitchCommandFailed(f"{self.access.label}: {unknown}")
+        after = {p: states[p] for p in moves}
         wrong = [f"{p} on {after[p].vlan} (wanted {v})" for p, v in moves.items() if after[p].vlan != v]
         if wrong:
             raise SwitchCommandFailed(f"{self.access.label}: ports read back otherwise: {', '.join(wrong)}")
@@ -565,8 +636,12 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
     # reaches another, the provisioning network or the management network. The driver only fills the map.
 
     def _read_gateways(self, connection: Any) -> dict[int, str]:
+        return self._parse_gateways(self.run(connection, "ip -4 -o addr show"))
+
+    @staticmethod
+    def _parse_gateways(output: str) -> dict[int, str]:
         gateways: dict[int, str] = {}
-        for line in self.run(connection, "ip -4 -o addr show").splitlines():
+        for line in output.splitlines():
             match = _ADDR.match(line.strip())
             if match and re.fullmatch(r"br[0-9]{1,4}", match.group(1)):
                 # one gateway per VLAN: a second address on the bridge would be an outside change; the
@@ -574,8 +649,20 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
                 gateways.setdefault(int(match.group(1)[2:]), match.group(2))
         return gateways
 
+    @staticmethod
+    def _bridge_addresses(output: str, bridge: str) -> list[str]:
+        return [
+            m.group(2)
+            for m in (_ADDR.match(line.strip()) for line in output.splitlines())
+            if m and m.group(1) == bridge
+        ]
+
     def _read_published(self, connection: Any) -> dict[str, str]:
-        output = self.run(connection, f"nft list map {self.NAT_TABLE} {self.NAT_MAP}; echo NC_RC=$?")
+        return self._parse_published(
+            self.run(connection, f"nft list map {self.NAT_TABLE} {self.NAT_MAP}; echo NC_RC=$?")
+        )
+
+    def _parse_published(self, output: str) -> dict[str, str]:
         match = _RC.search(output.strip())
         if match is None or match.group(1) != "0":
             said = _RC.sub("", output).strip().replace("\n", " / ")[:200] or "no output"
@@ -584,6 +671,87 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
                 f"missing): {said}"
             )
         return dict(_NAT_ELEMENT.findall(output))
+
+    def _read_all(self, connection: Any) -> tuple[dict[str, PortState], str, dict[str, str]]:
+        """Ports, addresses (``ip -4 -o addr`` output) and published addresses in one command."""
+        return self._parse_all(self.run(connection, self._read_all_command()))
+
+    def _read_all_command(self) -> str:
+        return (
+            f"{_LINKS}; echo {_SECTION}; ip -4 -o addr show; echo {_SECTION}; "
+            f"nft list map {self.NAT_TABLE} {self.NAT_MAP}; echo NC_RC=$?"
+        )
+
+    def _parse_all(self, output: str) -> tuple[dict[str, PortState], str, dict[str, str]]:
+        parts = re.split(rf"^{_SECTION}\s*$", output, flags=re.MULTILINE)  # the echo's own lines only
+        if len(parts) != 3:
+            raise SwitchCommandFailed(f"{self.access.label} answered a state read unexpectedly")
+        return self._parse_links(parts[0]), parts[1], self._parse_published(parts[2])
+
+    def join_tenant_networks(
+        self, gateways: Mapping[int, str], published: Mapping[str, str], moves: Mapping[str, int]
+    ) -> None:
+        """One read of ports, addresses and the NAT map; the gateways, published addresses and port moves
+        that differ, in that order, in as few command lines as fit; one read back of all three."""
+        for vlan in [*gateways, *moves.values()]:
+            check_vlan(vlan)
+        for port in moves:
+            self.validate_port_name(self.access.name, port)
+        cidrs = {vlan: check_gateway_cidr(cidr).with_prefixlen for vlan, cidr in gateways.items()}
+        wanted = {
+            str(check_ipv4(public, "public address")): str(check_ipv4(private, "private address"))
+            for public, private in published.items()
+        }
+        if not (cidrs or wanted or moves):
+            return
+        with self.session() as connection:
+            links, addresses, nat = self._read_all(connection)
+            unknown = self._unknown_ports(links, moves)
+            if unknown is not None:
+                raise unknown
+            networks = [
+                ipaddress.IPv4Interface(c).network
+                for c in {**self._parse_gateways(addresses), **cidrs}.values()
+            ]
+            for private in wanted.values():
+                if not any(ipaddress.IPv4Address(private) in network for network in networks):
+                    raise InvalidRequest(
+                        f"{self.access.label} has no VLAN gateway whose network holds {private}: give the "
+                        "tenant VLAN its gateway before publishing an address on it"
+                    )
+            commands = []
+            for vlan, cidr in sorted(cidrs.items()):
+                bridge = self.bridge(vlan)
+                if self._bridge_addresses(addresses, bridge) != [cidr]:
+                    commands += [
+                        f"{{ ip link show {bridge} >/dev/null 2>&1 || ip link add {bridge} type bridge; }}",
+                        f"ip -4 addr flush dev {bridge}",
+                        f"ip addr add {cidr} dev {bridge}",
+                        f"ip link set {bridge} up",
+                    ]
+            changed = [(p, v) for p, v in wanted.items() if nat.get(p) != v]
+            if changed:
+                commands += self._nft_commands([p for p, _ in changed if p in nat], changed)
+            pending = {p: v for p, v in moves.items() if links[p].vlan != v}
+            if pending:
+                commands += self._move_commands(pending)
+            if not commands:
+                return  # the switch holds all of it: that read is its state
+            links, addresses, nat = self._parse_all(
+                self._checked(connection, commands, then=self._read_all_command())
+            )
+        wrong = [f"port {p} on {links[p].vlan} (wanted {v})" for p, v in moves.items() if links[p].vlan != v]
+        wrong += [
+            f"VLAN {vlan}'s gateway {', '.join(self._bridge_addresses(addresses, self.bridge(vlan))) or 'none'} "
+            f"(wanted {cidr})"
+            for vlan, cidr in sorted(cidrs.items())
+            if self._bridge_addresses(addresses, self.bridge(vlan)) != [cidr]
+        ]
+        wrong += [
+            f"{p} to {nat.get(p) or 'nothing'} (wanted {v})" for p, v in wanted.items() if nat.get(p) != v
+        ]
+        if wrong:
+            raise SwitchCommandFailed(f"{self.access.label}: read back otherwise: {', '.join(wrong)}")
 
     def routing_state(self) -> RoutingState:
         with self.session() as connection:
@@ -624,6 +792,38 @@ class LinuxSwitchDriver(NetmikoSwitchDriver):
             after = self._read_gateways(connection).get(vlan)
         if after is not None:
             raise SwitchCommandFailed(f"{self.access.label}: VLAN {vlan} still has its gateway {after}")
+
+    def leave_tenant_networks(self, withdrawn: Iterable[str], moves: Mapping[str, int]) -> None:
+        """One read of ports and the NAT map; the withdrawals and port moves that are due, in that order;
+        one read back of both."""
+        for vlan in moves.values():
+            check_vlan(vlan)
+        for port in moves:
+            self.validate_port_name(self.access.name, port)
+        gone = list(dict.fromkeys(str(check_ipv4(public, "public address")) for public in withdrawn))
+        if not (gone or moves):
+            return
+        with self.session() as connection:
+            links, _, nat = self._read_all(connection)
+            unknown = self._unknown_ports(links, moves)
+            if unknown is not None:
+                raise unknown
+            commands = []
+            published = [public for public in gone if public in nat]
+            if published:
+                commands += self._nft_commands(published, [])
+            pending = {p: v for p, v in moves.items() if links[p].vlan != v}
+            if pending:
+                commands += self._move_commands(pending)
+            if not commands:
+                return  # the switch holds it already: that read is its state
+            links, _, nat = self._parse_all(
+                self._checked(connection, commands, then=self._read_all_command())
+            )
+        wrong = [f"port {p} on {links[p].vlan} (wanted {v})" for p, v in moves.items() if links[p].vlan != v]
+        wrong += [f"{public} still published (to {nat[public]})" for public in gone if public in nat]
+        if wrong:
+            raise SwitchCommandFailed(f"{self.access.label}: read back otherwise: {', '.join(wrong)}")
 
     def publish(self, public_address: str, private_address: str) -> None:
         self.publish_many({public_address: private_address})

@@ -487,13 +487,13 @@ def _tenant_move(operation: Operation) -> switch_batch.Move | None:
     )
 
 
-def _tenant_gateways(driver: SwitchDriver, moves) -> None:
-    """Each VLAN's gateway once, each server's public address published, before any port joins."""
-    gateways = {m.extra.network.vlan: m.extra.network.gateway_cidr for m in moves}
-    for vlan, gateway_cidr in sorted(gateways.items()):
-        driver.ensure_vlan_gateway(vlan, gateway_cidr)
-    driver.publish_many(
-        {m.extra.public_address: m.extra.private_address for m in moves if m.extra.public_address}
+def _tenant_join(driver: SwitchDriver, moves) -> None:
+    """Each VLAN's gateway once, each server's public address published, then the ports on their tenant
+    VLANs, in that order, in one read, the changes and one read back (``join_tenant_networks``)."""
+    driver.join_tenant_networks(
+        {m.extra.network.vlan: m.extra.network.gateway_cidr for m in moves},
+        {m.extra.public_address: m.extra.private_address for m in moves if m.extra.public_address},
+        {m.port: m.vlan for m in moves},
     )
 
 
@@ -518,7 +518,7 @@ def network_tenant(ctx: StepContext) -> None:
                 f"{node.name} has no tenant network for reservation {ctx.operation.reservation_id}: it is not "
                 "handed over on the provisioning network"
             )
-        switch_batch.run(ctx, "network_tenant", _tenant_move, before=_tenant_gateways, after=_tenant_joined)
+        switch_batch.run(ctx, "network_tenant", _tenant_move, apply=_tenant_join, after=_tenant_joined)
         if attachment.public_address:
             ctx.log(
                 f"{node.name}: public address {attachment.public_address} reaches {attachment.private_address}"
@@ -561,8 +561,13 @@ def _cleaning_move(operation: Operation) -> switch_batch.Move | None:
     )
 
 
-def _withdraw(driver: SwitchDriver, moves) -> None:
-    driver.withdraw_many([a.public_address for m in moves for a in m.extra if a.public_address])
+def _clean_leave(driver: SwitchDriver, moves) -> None:
+    """The public addresses withdrawn, then the ports on the cleaning VLAN: one read, the changes, one read
+    back (``leave_tenant_networks``)."""
+    driver.leave_tenant_networks(
+        [a.public_address for m in moves for a in m.extra if a.public_address],
+        {m.port: m.vlan for m in moves},
+    )
 
 
 @step("network_cleaning", timeout=120)
@@ -582,7 +587,7 @@ def network_cleaning(ctx: StepContext) -> None:
                 if emptied is not None:
                     _remove_network(ctx, driver, emptied)
 
-    switch_batch.run(ctx, "network_cleaning", _cleaning_move, before=_withdraw, after=end_attachments)
+    switch_batch.run(ctx, "network_cleaning", _cleaning_move, apply=_clean_leave, after=end_attachments)
 
 
 def _remove_network(ctx: StepContext, driver: SwitchDriver, network: TenantNetwork) -> None:

@@ -5,12 +5,15 @@ When a node's network step runs, it takes the switch's lock (``SwitchLock``: a c
 and given back by single-row UPDATEs, so it holds across worker processes on PostgreSQL and SQLite and no
 transaction stays open while the switch is driven), then gathers every *peer*: an operation of another node cabled to the same switch that stands at
 the same step of the same kind of plan (``current_step`` is that step: every earlier step succeeded, so a
-peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished. It moves
-its own port and all its peers' ports in one ``set_access_vlans`` (one session: every port checked, moved and
-read back), and records each node's port (``switch_vlan``,
+peer at ``network_tenant`` has had its own handover remove our key), not cancelled, not finished; at
+``network_provisioning`` also the provisioning and warm-up operations not at the step yet (``EARLY_STEPS``).
+It moves its own port and all its peers' ports in one call (``set_access_vlans``, or the step's ``apply``:
+``join_tenant_networks`` at ``network_tenant``; one session: every port checked, moved and read back), and
+records each node's port (``switch_vlan``,
 ``switch_checked_at``) and a line in each peer's operation log. A peer's own step, when its turn comes, finds
 its port recorded on the wanted VLAN since it reached the step, under the same lock, and only records that
-(no session of its own).
+(no session of its own). A step that finds the lock held looks again for up to ``LOCK_LOOK_SECONDS`` (the
+batch may cover it, or end) before it parks.
 
 Gathering: before it takes the lock, a step whose reservation has other servers on the same switch that are
 running the steps before this one (their operation is running, not parked on an agent or queued) may wait for
@@ -42,7 +45,7 @@ from provisioner.engine.context import StepContext
 from provisioner.engine.registry import PLANS
 from provisioner.errors import SwitchCommandFailed, UnknownSwitchPort
 from provisioner.models import LogLine, Node, Operation, Step, Switch
-from provisioner.states import OperationState
+from provisioner.states import OperationKind, OperationState
 
 OPEN = (OperationState.PENDING, OperationState.RUNNING, OperationState.WAITING)
 
@@ -69,6 +72,25 @@ PlanFn = Callable[[Operation], "Move | None"]
 # before/after(driver, moves): work in the same session (gateways and publishing, withdrawing, ending)
 HookFn = Callable[[SwitchDriver, Sequence[Move]], None]
 
+# Plans whose steps before ``network_provisioning`` never need the port elsewhere (the server is reserved or
+# available, so on the provisioning or cleaning network already): a provisioning batch also takes the ports of
+# their operations that have not reached the step yet, so a booking's servers are moved, and read back, in the
+# session of its first server's step instead of in one session per wave of servers reaching it. A reimage is
+# not among them: its server is its customer's, on the tenant network, until begin_reimage.
+EARLY_STEPS: dict[str, frozenset[str]] = {
+    "network_provisioning": frozenset({OperationKind.PROVISION, OperationKind.WARM_UP}),
+}
+
+
+# A step that finds the switch's lock held looks again every LOCK_LOOK_INTERVAL seconds for at most
+# LOCK_LOOK_SECONDS (its port moved by that batch, or the lock free) before it parks.
+LOCK_LOOK_SECONDS = 1.0
+LOCK_LOOK_INTERVAL = 0.1
+
+
+def _move_all(driver: SwitchDriver, moves: Sequence[Move]) -> None:
+    driver.set_access_vlans({m.port: m.vlan for m in moves})
+
 
 class SwitchLock:
     """The switch's batch lock, held in its ``Switch`` row (``batch_holder``, ``batch_until``): taken by one
@@ -94,6 +116,13 @@ class SwitchLock:
             .update(batch_holder=self.holder, batch_until=now + self.ttl)
         )
 
+    def holder_now(self) -> str:
+        """Who holds the lock now ("" when free or its claim expired). One query."""
+        row = Switch.objects.filter(name=self.name).values_list("batch_holder", "batch_until").first()
+        if row is None or not row[0] or row[1] is None or row[1] < timezone.now():
+            return ""
+        return str(row[0])
+
     def give_back(self) -> None:
         Switch.objects.filter(name=self.name, batch_holder=self.holder).update(
             batch_holder="", batch_until=None
@@ -101,8 +130,12 @@ class SwitchLock:
 
 
 def reached_at(operation: Operation, step_name: str):
-    """When the operation reached ``step_name``: the end of the step before it (else its start)."""
+    """When the operation reached ``step_name``: the end of the step before it (else its start). For a plan
+    of ``EARLY_STEPS`` (nothing before the step moves the port), the operation's creation: a batch may have
+    moved its port since, before the operation even started."""
     index = PLANS[operation.kind].index(step_name)
+    if operation.kind in EARLY_STEPS.get(step_name, ()):
+        return operation.created_at
     if index > 0:
         finished = (
             Step.objects.filter(operation=operation, index=index - 1)
@@ -115,11 +148,16 @@ def reached_at(operation: Operation, step_name: str):
 
 
 def peers(ctx: StepContext, step_name: str) -> list[Operation]:
-    """Open operations of other nodes on the same switch standing at ``step_name`` (every earlier step done)."""
+    """Open operations of other nodes on the same switch standing at ``step_name`` (every earlier step done),
+    or, for a plan of ``EARLY_STEPS``, not past it yet."""
     at_step = Q(pk__in=[])
     for kind, names in PLANS.items():
         if step_name in names:
-            at_step |= Q(kind=kind, current_step=names.index(step_name))
+            index = names.index(step_name)
+            if kind in EARLY_STEPS.get(step_name, ()):
+                at_step |= Q(kind=kind, current_step__lte=index)
+            else:
+                at_step |= Q(kind=kind, current_step=index)
     return list(
         Operation.objects.filter(at_step, state__in=OPEN, cancel_requested=False)
         .filter(node__switch_name=ctx.node.switch_name)
@@ -175,6 +213,17 @@ def record(node: Node, vlan: int | None) -> None:
     node.switch_vlan = vlan
 
 
+def record_moves(moves: Sequence[Move]) -> None:
+    """Each move's port on its VLAN, as the switch read it back: one UPDATE per VLAN."""
+    now = timezone.now()
+    by_vlan: dict[int, list[int]] = {}
+    for move in moves:
+        by_vlan.setdefault(move.vlan, []).append(move.node.pk)
+        move.node.switch_vlan = move.vlan
+    for vlan, pks in by_vlan.items():
+        Node.objects.filter(pk__in=pks).update(switch_vlan=vlan, switch_checked_at=now, network_drift="")
+
+
 def run(
     ctx: StepContext,
     step_name: str,
@@ -182,9 +231,11 @@ def run(
     *,
     before: HookFn | None = None,
     after: HookFn | None = None,
+    apply: HookFn = _move_all,
 ) -> Move | None:
     """Move the node's port (and its peers') as ``plan`` says, in one session under the switch's lock.
-    Returns the node's own move (None: ``plan`` had none), already done when this returns.
+    Returns the node's own move (None: ``plan`` had none), already done when this returns. ``apply`` moves
+    the ports (default: one ``set_access_vlans``; every port checked, moved, read back).
 
     :raises InvalidNodeData: the node's cabling or switch record is unusable (not retried).
     :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed: from the switch;
@@ -194,12 +245,27 @@ def run(
     gather(ctx, step_name)
     lock = SwitchLock(ctx, ctx.node.switch_name)
     if not lock.take():
-        own = plan(ctx.operation)
-        if own is not None and moved_by_batch(own, step_name):
-            _log_done(ctx, own)
-            return own
-        # Another step drives the switch now: park, holding no worker thread; its end wakes this operation.
-        ctx.wait(lock.waiting_for, timeout=ctx.step.timeout_seconds, recheck_every=2.0)
+        # Another step drives the switch now. A batch takes a few tenths of a second (with the session
+        # kept): look again for a moment, holding this thread, since it may have covered this port or the
+        # switch may be free, rather than park for a wake through the task queue (a second or more when the
+        # workers are busy: PostgreSQL, 32 servers, +2-3 s at network_tenant).
+        deadline = time.monotonic() + LOCK_LOOK_SECONDS
+        seen: str | None = None
+        while True:
+            holder = lock.holder_now()
+            if holder != seen:  # a batch ended (or began) since the last look: this port may be done
+                own = plan(ctx.operation)
+                if own is not None and moved_by_batch(own, step_name):
+                    _log_done(ctx, own)
+                    return own
+                seen = holder
+            if holder == "" and lock.take():
+                break
+            if time.monotonic() >= deadline:
+                # park, holding no worker thread; the batch's end wakes this operation
+                ctx.wait(lock.waiting_for, timeout=ctx.step.timeout_seconds, recheck_every=2.0)
+            ctx.check_cancelled()
+            time.sleep(LOCK_LOOK_INTERVAL)
     covered: list[int] = []
     try:
         own = plan(ctx.operation)
@@ -218,13 +284,20 @@ def run(
             except UnknownSwitchPort:
                 continue  # its own step says so
             moves.append(move)
-        covered = [m.operation.pk for m in moves[1:]]
-        _session(ctx, driver, moves, before=before, after=after)
-        covered = [m.operation.pk for m in moves[1:]]  # the batch may have shrunk (a port not on the switch)
+        covered = _at_step(moves[1:], step_name)
+        _session(ctx, driver, moves, before=before, after=after, apply=apply)
+        covered = _at_step(moves[1:], step_name)  # the batch may have shrunk (a port not on the switch)
         return own
     finally:
         lock.give_back()
         _wake_after(ctx, step_name, covered)
+
+
+def _at_step(moves: Sequence[Move], step_name: str) -> list[int]:
+    """The operations of ``moves`` standing at the step (an early one has not reached it: nothing to wake)."""
+    return [
+        m.operation.pk for m in moves if m.operation.current_step == PLANS[m.operation.kind].index(step_name)
+    ]
 
 
 def _wake_after(ctx: StepContext, step_name: str, covered: list[int]) -> None:
@@ -233,8 +306,12 @@ def _wake_after(ctx: StepContext, step_name: str, covered: list[int]) -> None:
     only park again, but one)."""
     from provisioner.engine.queue import wake
 
-    others = [o.pk for o in peers(ctx, step_name) if o.pk not in covered]
-    wake(covered + others[:1])
+    waiting = [o.pk for o in _standing_at(ctx, step_name) if o.pk not in covered]
+    wake(covered + waiting[:1])
+
+
+def _standing_at(ctx: StepContext, step_name: str) -> list[Operation]:
+    return [o for o in peers(ctx, step_name) if o.current_step == PLANS[o.kind].index(step_name)]
 
 
 def _log_done(ctx: StepContext, own: Move) -> None:
@@ -251,31 +328,32 @@ def _session(
     *,
     before: HookFn | None,
     after: HookFn | None,
+    apply: HookFn,
 ) -> None:
     own = moves[0]
     # a worker's next batch on this switch reuses the session (a login is most of a batch's time)
     driver.keep_session = True
+    started = time.monotonic()
     with driver:
         if before is not None:
             before(driver, moves)
         try:
             # checks every port first (an unknown one changes nothing), moves them, reads every one back
-            driver.set_access_vlans({m.port: m.vlan for m in moves})
+            apply(driver, moves)
         except UnknownSwitchPort:
             if len(moves) == 1:
                 raise
             # a port is not on the switch: this node's alone (raising again if it is this node's); a peer's
             # own step fails with the switch's sentence
             moves[1:] = []
-            driver.set_access_vlans({own.port: own.vlan})
+            apply(driver, moves)
         except SwitchCommandFailed:
             # refused, or a port read back otherwise: record where the switch says each port is
             seen = driver.port_states([m.port for m in moves])
             for move in moves:
                 record(move.node, seen[move.port].vlan)
             raise
-        for move in moves:
-            record(move.node, move.vlan)  # as the driver read it back
+        record_moves(moves)  # as the driver read them back
         if after is not None:
             after(driver, moves)
     ctx.log(
@@ -285,13 +363,24 @@ def _session(
             if len(moves) > 1
             else ""
         )
+        + f" (switch session {time.monotonic() - started:.2f} s)"
     )
-    for move in moves[1:]:
-        LogLine.objects.create(
+    # each covered operation's line goes to its own step of that name (an early one has not reached it yet)
+    step_name = ctx.step.name
+    steps = {
+        (operation_id, index): pk
+        for operation_id, index, pk in Step.objects.filter(
+            operation_id__in=[m.operation.pk for m in moves[1:]], name=step_name
+        ).values_list("operation_id", "index", "pk")
+    }
+    LogLine.objects.bulk_create(
+        LogLine(
             operation=move.operation,
-            step=Step.objects.filter(operation=move.operation, index=move.operation.current_step).first(),
+            step_id=steps.get((move.operation.pk, PLANS[move.operation.kind].index(step_name))),
             message=(
                 f"{move.node.name}: switch {move.node.switch_name} port {move.port} on VLAN {move.vlan} "
                 f"({move.why}), moved in one session with {own.node.name}'s port"
             ),
         )
+        for move in moves[1:]
+    )

@@ -61,6 +61,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -971,6 +972,8 @@ def deploy(
             "image": {"url": image["url"], "sha256": expected_sha, "size": image["size"]},
             "node": instructions.get("node"),
             "deployed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            # the deployed OS applies its per-instance data (keys, network) at this instance's first boot only
+            "instance_id": uuid.uuid4().hex,
         }
         try:
             write_config_drive(disk_path, document)

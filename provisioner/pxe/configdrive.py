@@ -15,6 +15,8 @@ Document keys (all written by the agent, read by the lab's boot-from-disk and by
                                         provisioning address keeps only its host route)
   image: {"url": ..., "sha256": ...}
   deployed_at: ISO 8601 timestamp
+  instance_id: str                      one per deploy: the OS applies the keys, host keys and private network
+                                        at the first boot of an instance only (lab.os_firstboot), as cloud-init
 """
 
 from __future__ import annotations

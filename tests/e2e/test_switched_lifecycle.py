@@ -19,8 +19,10 @@ import pytest
 from lab import switch as lab_switch
 from lab import switched
 from lab.images import IMAGE_NAME, IMAGE_SERVER_PORT
+from provisioner import crypto, hardware
+from provisioner.handover import SshAuthFailed, run_command
 from provisioner.lifecycle import Actor
-from provisioner.models import Image, LogLine, NetworkAttachment, Node, ServerType
+from provisioner.models import Image, LogLine, NetworkAttachment, Node, Operation, ServerType
 from provisioner.services.reservations import book_servers, release_reservation
 from provisioner.states import NodeState, ReservationState
 from tests.conftest import wait_for
@@ -251,8 +253,11 @@ def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_
     switched_lab2, lab_workers, customers, settings, tmp_path
 ):
     """The warm pool on a managed site: a warm server sits deployed on the provisioning VLAN with nothing
-    published (no customer reaches it); taken by a reservation, it lands on the reservation's VLAN with its
-    public address, and the customer logs in through it."""
+    published (no customer reaches it); taken by a reservation with a cold-deployed peer, it lands on the
+    reservation's VLAN with its public address, the customer logs in through it and the peer answers on the
+    private network. Then the customer's reboot (a power cycle through the BMC): the warm server's OS brings
+    its private network up again from its own configuration, keeps the host keys and keys its personalize and
+    handover left (the provisioning key is still refused)."""
     switch = switched.running_switch(Path(settings.NEOCLOUD_LAB_DIR))
     assert switch is not None
     demo = Image.objects.get(slug="neocloud-demo-linux")
@@ -277,13 +282,55 @@ def test_a_warm_server_waits_on_the_provisioning_vlan_and_is_handed_over_on_its_
     key = tmp_path / "acme.key"
     key.write_text(customers["acme"]["private"])
     key.chmod(0o600)
-    reservation = _reserve(customers["acme"], 1)
-    assert Node.objects.get(reservation=reservation).pk == warm.pk  # the warm server first
+    reservation = _reserve(customers["acme"], 2)
+    assert warm.pk in {n.pk for n in Node.objects.filter(reservation=reservation)}  # the warm server first
     wait_reservation_state(reservation, ReservationState.ACTIVE, lab_workers, TIMEOUT)
     attachment = NetworkAttachment.objects.live().select_related("network").get(node=warm)
+    peer = NetworkAttachment.objects.live().exclude(node=warm).get(reservation=reservation)
     assert lab_switch.bridge_link(switch)[spec.switch_port] == f"br{attachment.network.vlan}"
-    assert lab_switch.published_on_switch(switch) == {attachment.public_address: attachment.private_address}
+    assert lab_switch.published_on_switch(switch) == {
+        attachment.public_address: attachment.private_address,
+        peer.public_address: peer.private_address,
+    }
     assert _login_from_host(key, attachment.public_address) == warm.name
+    assert _login_from(spec.netns, key, peer.private_address) == peer.node.name
     # and from the warm server's new network, the boot service and the image server are out of reach
     assert not _ping(spec.netns, "198.18.0.1")
     assert _provisioning_services(spec.netns, settings.NEOCLOUD_BOOT_URL) == {"boot": "none", "image": "none"}
+
+    # the customer's reboot: power cycled through the server's BMC
+    warm.refresh_from_db()
+    driver = hardware.power_driver(warm)
+    try:
+        driver.power_off()
+        wait_for(lambda: driver.get_power_state().value == "off", 30, interval=0.5, message="the server off")
+        assert _login_from_host(key, attachment.public_address) is None
+        driver.power_on()
+    finally:
+        driver.close()
+    wait_for(
+        lambda: _login_from_host(key, attachment.public_address) == warm.name,
+        60,
+        interval=0.5,
+        message="the warm server back up behind its public address",
+        details=lambda: _network_dump(switch, switched_lab2),
+    )
+    # the host keys its personalize generated (strict check against what the customer was given)
+    status, out, _ = run_command(
+        attachment.public_address, 22, "root", customers["acme"]["private"], warm.host_key_fingerprints,
+        "hostname", timeout=20,
+    )  # fmt: skip
+    assert (status, out.strip()) == (0, warm.name)
+    # its private network came back from the OS's own configuration: the peer answers from inside it
+    assert _ping(spec.netns, peer.private_address)
+    assert _login_from(spec.netns, key, peer.private_address) == peer.node.name
+    assert not _ping(spec.netns, "198.18.0.1")
+    # and the provisioning key the warm pool deployed it with is still refused
+    stored = (
+        Operation.objects.filter(node=warm, params__has_key="provisioning_key").order_by("created_at").first()
+    )
+    with pytest.raises(SshAuthFailed):
+        run_command(
+            attachment.public_address, 22, "root", crypto.decrypt(stored.params["provisioning_key"]["private"]),
+            warm.host_key_fingerprints, "true", timeout=20,
+        )  # fmt: skip

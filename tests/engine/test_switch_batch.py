@@ -171,3 +171,42 @@ def test_a_peer_cabled_to_a_missing_port_fails_alone(network_site, monkeypatch):
     switch = read_fake_switch("leaf1")
     network = TenantNetwork.objects.get(reservation=r)
     assert [switch["ports"][n.switch_port] for n in nodes[:-1]] == [network.vlan] * (COUNT - 1)
+
+
+def test_a_bookings_first_provisioning_step_moves_every_server_of_the_booking(network_site):
+    """Servers that reach network_provisioning one after another still move in one session: the first one's
+    batch takes the ports of the booking's operations that have not reached the step yet (they are reserved,
+    so on the provisioning network already as far as anyone may know); the others find their port read back
+    since their operation was created."""
+    r = reserve(network_site, COUNT, label="o")
+    nodes = list(Node.objects.filter(reservation=r).order_by("name"))
+    write_fake_switch(
+        "leaf1", ports={**read_fake_switch("leaf1")["ports"], **{n.switch_port: 103 for n in nodes}}
+    )
+    provisions = list(
+        Operation.objects.filter(reservation=r, kind=OperationKind.PROVISION).order_by("node__name")
+    )
+    before = _sessions()
+    first = _run_all(provisions[:1])
+    assert set(first.values()) == {OperationState.SUCCEEDED}, first
+    switch = read_fake_switch("leaf1")
+    assert [switch["ports"][n.switch_port] for n in nodes[1:]] == [10] * (COUNT - 1)  # not started yet
+    assert (
+        Operation.objects.filter(pk__in=[o.pk for o in provisions[1:]], current_step=0).count() == COUNT - 1
+    )
+    assert _sessions() - before == 2  # its provisioning batch (all four ports), its tenant move
+    rest = _run_all(provisions[1:])
+    assert set(rest.values()) == {OperationState.SUCCEEDED}, rest
+    lines = [
+        line
+        for o in provisions[1:]
+        for line in o.log_lines.filter(step__name="network_provisioning").values_list("message", flat=True)
+    ]
+    assert sum("moved and read back by a batch of its switch" in line for line in lines) == COUNT - 1
+    leaders = [
+        line
+        for o in provisions
+        for line in o.log_lines.filter(step__name="network_provisioning").values_list("message", flat=True)
+        if "more port(s) of this switch moved in the same session" in line
+    ]
+    assert len(leaders) == 1 and "3 more port(s)" in leaders[0]  # no provisioning session of their own

@@ -368,3 +368,28 @@ def test_openssh_client_logs_in_with_the_documents_known_hosts(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_reboot_keeps_what_the_os_holds_and_a_new_instance_brings_its_own(
+    make_node: Any, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """Per-instance data is applied once per instance, as cloud-init does: a reboot after the handover
+    removed our provisioning key does not bring it back from the config drive; a new deploy (another
+    instance) does bring its own keys."""
+    spec = make_node()
+    document = keys["document"]
+    sshd.start_node_os(spec, document, tmp_path)
+    path = sshd.authorized_keys_path(spec, tmp_path)
+    path.write_text(keys["customer"][1] + "\n")  # what the handover leaves
+    sshd.start_node_os(spec, document, tmp_path)  # a reboot of the same instance
+    with pytest.raises(SshAuthFailed):
+        run_command(spec.ssh_address, 22, "root", keys["provisioning"][0], keys["fingerprints"], "true", 20)
+    status, _, _ = run_command(
+        spec.ssh_address, 22, "root", keys["customer"][0], keys["fingerprints"], "true", timeout=20
+    )
+    assert status == 0
+    sshd.start_node_os(spec, {**document, "instance_id": "another-deploy"}, tmp_path)
+    status, _, _ = run_command(
+        spec.ssh_address, 22, "root", keys["provisioning"][0], keys["fingerprints"], "true", timeout=20
+    )
+    assert status == 0

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from lab.os_firstboot import apply_config, main
+from lab.os_firstboot import (
+    NETPLAN_FILE,
+    apply_config,
+    first_boot_of_instance,
+    main,
+    network_config_commands,
+    private_network_commands,
+    write_network_config,
+)
 from provisioner.pxe.agent import generate_host_keys
 from provisioner.pxe.configdrive import write_config_drive
 
@@ -80,3 +88,40 @@ def test_a_malformed_private_network_is_one_sentence(network: object, message: s
 
     with pytest.raises(ValueError, match=message):
         private_network_commands({"private_network": network}, "eth0")
+
+
+def test_a_reboot_keeps_what_the_os_holds_and_a_new_instance_applies_its_own(tmp_path: Path) -> None:
+    """Once per instance, as cloud-init: the handover's removal of our key survives a reboot; the private
+    network is kept as a netplan file whose commands bring it up at every boot; a new deploy starts over."""
+    disk = _disk(tmp_path)
+    document = {
+        "hostname": "gpu-box-5",
+        "authorized_keys": ["ssh-ed25519 AAAA customer", "ssh-ed25519 BBBB provisioning"],
+        "host_keys": generate_host_keys("root@gpu-box-5"),
+        "private_network": {"address": "198.19.3.2", "prefix": 24, "gateway": "198.19.3.1"},
+        "instance_id": "deploy-1",
+    }
+    write_config_drive(str(disk), document)
+    root = tmp_path / "root"
+    argv = ["--disk", str(disk), "--root", str(root)]
+    assert main(argv) == 0
+    authorized = root / "root/.ssh/authorized_keys"
+    authorized.write_text("ssh-ed25519 AAAA customer\n")  # the handover removed ours
+    assert main(argv) == 0  # a reboot
+    assert authorized.read_text() == "ssh-ed25519 AAAA customer\n"
+    assert not (root / "etc/netplan" / NETPLAN_FILE).exists()  # no --network-interface: not configured
+
+    write_config_drive(str(disk), {**document, "instance_id": "deploy-2"})
+    assert main(argv) == 0  # a new instance: its keys
+    assert "BBBB provisioning" in authorized.read_text()
+
+    netplan = root / "etc/netplan"
+    write_network_config(document, "eth0", netplan)
+    commands, private = network_config_commands((netplan / NETPLAN_FILE).read_text())
+    assert private == "198.19.3.2"
+    assert commands == private_network_commands(document, "eth0")
+    assert not first_boot_of_instance(
+        {**document, "instance_id": "deploy-2"}, root / "var/lib/neocloud/instance-id"
+    )
+    write_network_config({**document, "private_network": None}, "eth0", netplan)
+    assert not (netplan / NETPLAN_FILE).exists()  # a new instance without one does not keep the last one's

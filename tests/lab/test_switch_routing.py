@@ -21,7 +21,7 @@ import pytest
 
 from lab import switch as lab_switch
 from provisioner.drivers.switch import LinuxSwitchDriver, RoutingState, SwitchAccess
-from provisioner.errors import InvalidRequest
+from provisioner.errors import InvalidRequest, UnknownSwitchPort
 
 pytestmark = [pytest.mark.lab]
 
@@ -259,3 +259,34 @@ def test_the_switch_management_sshd_still_answers_from_the_host(scene: Scene) ->
     started = time.monotonic()
     assert scene.driver().port_state("swp1").vlan == VLAN_A
     assert time.monotonic() - started < 15
+
+
+def test_joining_and_leaving_tenant_networks_is_one_session_each(scene: Scene) -> None:
+    """A handover's batch: gateway, published address and port move in one session (one read, the changes,
+    one read back), as the switch's own state and a ping show; an unknown port changes nothing. A release's
+    batch: the address withdrawn and the port moved off in one session."""
+    driver = scene.driver()
+    driver.set_access_vlans({"swp2": 4000})  # a2 off its VLAN, as on the provisioning network
+    assert not scene.ping("a1", A2)
+    public = scene.public(40)
+    with pytest.raises(UnknownSwitchPort, match="swp99"):
+        driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A, "swp99": VLAN_A})
+    assert public not in lab_switch.published_on_switch(scene.switch)
+    assert lab_switch.bridge_link(scene.switch)["swp2"] == "br4000"
+    sessions = scene.switch.ssh_sessions()
+    driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A})
+    driver.join_tenant_networks({VLAN_A: GW_A}, {public: A2}, {"swp2": VLAN_A})  # idempotent
+    assert scene.switch.ssh_sessions() - sessions == 2
+    assert lab_switch.bridge_link(scene.switch)["swp2"] == f"br{VLAN_A}"
+    assert lab_switch.gateways_on_switch(scene.switch)[VLAN_A] == GW_A
+    assert lab_switch.published_on_switch(scene.switch)[public] == A2
+    assert scene.ping("a1", A2)
+    # the release's batch: withdrawn and moved off in one session
+    sessions = scene.switch.ssh_sessions()
+    driver.leave_tenant_networks([public], {"swp2": 4000})
+    driver.leave_tenant_networks([public], {"swp2": 4000})  # idempotent
+    assert scene.switch.ssh_sessions() - sessions == 2
+    assert public not in lab_switch.published_on_switch(scene.switch)
+    assert lab_switch.bridge_link(scene.switch)["swp2"] == "br4000"
+    assert not scene.ping("a1", A2)
+    driver.set_access_vlans({"swp2": VLAN_A})

@@ -630,16 +630,27 @@ kill -HUP "$(cat "${pidfile:-/run/sshd.pid}")"
 """
 
 # A warm server's OS booted on the provisioning network before any reservation had it: its tenant address goes
-# on the NIC that holds its provisioning address, as the first boot would have put it (lab.os_firstboot): the
-# address with its prefix, the default route via the tenant gateway; the old gateway keeps a host route so
-# that this session and the handover after it still reach the server until its port moves.
+# on the NIC that holds its provisioning address, as the first boot would have put it (lab.os_firstboot): kept
+# in the OS's own network configuration first (netplan's directory, NEOCLOUD_NETPLAN_DIR where the server says
+# so: the file a cold-deployed server's first boot writes from its config drive, so a reboot brings it up
+# again), then applied live: the address with its prefix, the default route via the tenant gateway; the old
+# gateway keeps a host route so that this session and the handover after it still reach the server until its
+# port moves.
 PRIVATE_NETWORK_SCRIPT = r"""dev=$(ip -o -4 addr show | awk -v a=@PROVISIONING@ '{split($4, x, "/"); if (x[1] == a) {print $2; exit}}')
 [ -n "$dev" ] || { echo "no interface holds @PROVISIONING@" >&2; exit 3; }
+netplan="${NEOCLOUD_NETPLAN_DIR:-/etc/netplan}"
+mkdir -p "$netplan"
+printf '{"network": {"version": 2, "ethernets": {"%s": {"addresses": ["%s"], "routes": [{"to": "default", "via": "%s"}]}}}}\n' "$dev" @ADDRESS@ @GATEWAY@ > "$netplan/@FILE@.tmp"
+chmod 600 "$netplan/@FILE@.tmp"
+mv -f "$netplan/@FILE@.tmp" "$netplan/@FILE@"
 old=$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "via") {print $(i + 1); exit}}')
 [ -z "$old" ] || ip route replace "$old" dev "$dev"
 ip addr replace @ADDRESS@ dev "$dev"
 ip route replace default via @GATEWAY@ dev "$dev" src @IP@
 """
+# The netplan file a deployed OS keeps its private network in (lab.os_firstboot.NETPLAN_FILE: the lab's OS
+# reads it back at boot; the product does not import the lab).
+PRIVATE_NETPLAN_FILE = "60-neocloud-private.yaml"
 
 
 def _private_network_script(request: PersonalizeRequest) -> str:
@@ -662,6 +673,7 @@ def _private_network_script(request: PersonalizeRequest) -> str:
         .replace("@ADDRESS@", shlex.quote(address.with_prefixlen))
         .replace("@GATEWAY@", shlex.quote(str(gateway)))
         .replace("@IP@", shlex.quote(str(address.ip)))
+        .replace("@FILE@", PRIVATE_NETPLAN_FILE)
     )
 
 
