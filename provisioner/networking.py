@@ -14,12 +14,15 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from provisioner import prepared
 from provisioner.errors import CapacityError
 from provisioner.models import Allocation, NetworkAttachment, Node, Reservation, SiteNetwork, TenantNetwork
+from provisioner.prepared import PreparedQuery
 from provisioner.states import OPEN_RESERVATION_STATES, NodeState
 from provisioner.transactions import requires_transaction
 
@@ -284,27 +287,38 @@ def empty_networks() -> list[TenantNetwork]:
 def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
     """What a customer sees of a reservation's private networks (one query): each network's CIDR and gateway
     (never its VLAN) and its servers' private and public addresses, by server name."""
-    return networks_by_reservation([reservation_id]).get(reservation_id, [])
+    rows = _RESERVATION_ATTACHMENTS.rows(reservation_id)
+    return _networks(rows).get(reservation_id, [])
+
+
+def _attachment_rows(attachments: QuerySet[NetworkAttachment]) -> QuerySet[NetworkAttachment]:
+    return attachments.order_by("reservation_id", "network_id", "node__name").values_list(
+        "reservation_id",
+        "network_id",
+        "network__cidr",
+        "network__gateway",
+        "node__name",
+        "private_address",
+        "public_address",
+    )
+
+
+# One reservation's (a response about one reservation reads it; built once, see provisioner.prepared).
+_RESERVATION_ATTACHMENTS = PreparedQuery(
+    lambda pk: _attachment_rows(NetworkAttachment.objects.live().filter(reservation_id=pk)), prepared.INT
+)
 
 
 def networks_by_reservation(reservation_ids: Iterable[int]) -> dict[int, list[dict[str, object]]]:
     """``reservation_networks`` of many reservations in one query (a list of reservations), by reservation id;
     a reservation without a private network is absent."""
+    ids = list(reservation_ids)
+    return _networks(_attachment_rows(NetworkAttachment.objects.live().filter(reservation_id__in=ids)))
+
+
+def _networks(rows: Iterable[Sequence[Any]]) -> dict[int, list[dict[str, object]]]:
     found: dict[int, dict[int, dict[str, object]]] = {}
-    for reservation_id, network_id, cidr, gateway, name, private, public in (
-        NetworkAttachment.objects.live()
-        .filter(reservation_id__in=list(reservation_ids))
-        .order_by("reservation_id", "network_id", "node__name")
-        .values_list(
-            "reservation_id",
-            "network_id",
-            "network__cidr",
-            "network__gateway",
-            "node__name",
-            "private_address",
-            "public_address",
-        )
-    ):
+    for reservation_id, network_id, cidr, gateway, name, private, public in rows:
         networks = found.setdefault(reservation_id, {})
         entry = networks.setdefault(network_id, {"cidr": cidr, "gateway": gateway, "servers": []})
         entry["servers"].append(  # type: ignore[attr-defined]
