@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
+
+M = TypeVar("M", bound=Model)
 
 # The kinds of argument a prepared query takes, each with the sentinels its builder is called with.
 INT, TEXT, DATETIME = "int", "text", "datetime"
@@ -105,3 +107,14 @@ def _convert(row: Sequence[Any], converters: dict[int, tuple[list[Any], Any]]) -
             value = function(value, expression, connection)
         out[position] = value
     return tuple(out)
+
+
+def columns(model: type[Model]) -> list[str]:
+    """What a prepared query reads of ``model`` to make instances of it (``instances``): every column."""
+    return [field.attname for field in model._meta.concrete_fields]
+
+
+def instances(model: type[M], rows: Iterable[Sequence[Any]]) -> list[M]:
+    """Instances of ``model`` from rows of its ``columns``, as a queryset of it would make them."""
+    names = columns(model)
+    return [model.from_db(connection.alias, names, list(row)) for row in rows]
