@@ -304,7 +304,7 @@ def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
     return _networks(rows).get(reservation_id, [])
 
 
-def _attachment_rows(attachments: QuerySet[NetworkAttachment]) -> QuerySet[NetworkAttachment]:
+def _attachment_rows(attachments: QuerySet[NetworkAttachment]) -> QuerySet[NetworkAttachment, Any]:
     return attachments.order_by("reservation_id", "network_id", "node__name").values_list(
         "reservation_id",
         "network_id",

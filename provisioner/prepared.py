@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from django.db import connection
-from django.db.models import Model, QuerySet
+from django.db.models import ForeignKey, Model, QuerySet
 
 M = TypeVar("M", bound=Model)
 
@@ -118,3 +118,40 @@ def instances(model: type[M], rows: Iterable[Sequence[Any]]) -> list[M]:
     """Instances of ``model`` from rows of its ``columns``, as a queryset of it would make them."""
     names = columns(model)
     return [model.from_db(connection.alias, names, list(row)) for row in rows]
+
+
+def joined_columns(model: type[Model], related: dict[str, type[Model]], *extra: str) -> list[str]:
+    """What a prepared query reads to make instances of ``model`` with the rows its foreign keys ``related``
+    (name: model) point to, as ``select_related(*related)`` would (``joined``); then ``extra`` values."""
+    out = columns(model)
+    for name, other in related.items():
+        out += [f"{name}__{column}" for column in columns(other)]
+    return [*out, *extra]
+
+
+def joined(
+    model: type[M], related: dict[str, type[Model]], rows: Iterable[Sequence[Any]], *extra: str
+) -> list[M]:
+    """Instances of ``model`` from rows of ``joined_columns(model, related, *extra)``: each with its related
+    rows in place (None where its foreign key is null), and each ``extra`` value set as an attribute."""
+    names = columns(model)
+    spans = []
+    start = len(names)
+    for name, other in related.items():
+        width = len(columns(other))
+        field = model._meta.get_field(name)
+        assert isinstance(field, ForeignKey), f"{model.__name__}.{name} is no foreign key"
+        spans.append((name, other, start, start + width, field.attname))
+        start += width
+    out = []
+    for row in rows:
+        obj = model.from_db(connection.alias, names, list(row[: len(names)]))
+        for name, other, begin, end, attname in spans:
+            target = None
+            if getattr(obj, attname) is not None:
+                target = other.from_db(connection.alias, columns(other), list(row[begin:end]))
+            setattr(obj, name, target)
+        for name, value in zip(extra, row[start:], strict=True):
+            setattr(obj, name, value)
+        out.append(obj)
+    return out

@@ -227,13 +227,10 @@ def _priced(found: list[usage.Interval], period: tuple[dt.datetime, dt.datetime]
 
 
 def reservation_spend(reservation: Reservation, now: dt.datetime | None = None) -> int:
-    """What the reservation has cost so far, in cents of NEOCLOUD_CURRENCY (every month, until now).
-
-    A window that has not begun has cost nothing, and that takes no query: every allocation of a reservation
-    starts at or after its start (a spare at the later of now and the start), no server of it is handed over
-    before (the scheduler starts a window when it is due), and spend counts time until now only."""
+    """What the reservation has cost so far, in cents of NEOCLOUD_CURRENCY (every month, until now). One not
+    started yet (Reservation.not_started) has cost nothing: no query."""
     now = now or timezone.now()
-    if reservation.starts_at > now:
+    if reservation.not_started(now):
         return 0
     return spend_by_reservation([reservation.pk], now).get(reservation.pk, 0)
 

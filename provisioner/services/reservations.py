@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -55,7 +55,7 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
-from provisioner.prepared import PreparedQuery
+from provisioner.prepared import PreparedQuery, joined, joined_columns
 from provisioner.services import metering
 from provisioner.states import (
     ALLOCATABLE_STATES,
@@ -217,7 +217,7 @@ def _check_quota(
         metering.check_spend_limit(org, spend_limit, server_type, count, starts_at, ends_at)
 
 
-def _held(org_id: int, starts_at: dt.datetime, ends_at: dt.datetime | None) -> QuerySet[Allocation]:
+def _held(org_id: Any, starts_at: dt.datetime, ends_at: dt.datetime | None) -> QuerySet[Allocation, Any]:
     """How many servers the organization holds in the window (one row: the count)."""
     return (
         Allocation.objects.filter(
@@ -616,18 +616,17 @@ def release_reservation(
     Returns the reservation as it is now, with its organization, server type and image loaded.
     """
     with transaction.atomic():
-        reservation = (
-            Reservation.objects.select_for_update(of=("self",))
-            .select_related("organization", "server_type", "image")
-            .get(pk=reservation.pk)
-        )
+        locked = joined(Reservation, _RESERVATION_RELATED, _LOCK_RESERVATION.rows(reservation.pk))
+        if not locked:
+            raise Reservation.DoesNotExist(f"reservation {reservation.pk} does not exist")
+        reservation = locked[0]
         if reservation.state not in OPEN_RESERVATION_STATES:
             return reservation
         if ended_by is not None and (reservation.ends_at is None or reservation.ends_at > ended_by):
             return reservation
         now = timezone.now()
-        allocations = list(
-            reservation.allocations.filter(active=True).select_related("node").annotate(**_NODE_SITE)
+        allocations = joined(
+            Allocation, _ALLOCATION_RELATED, _ACTIVE_ALLOCATIONS.rows(reservation.pk), "site_slug"
         )
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
             active=False, ended_at=now, end_reason=reason
@@ -662,6 +661,33 @@ def release_reservation(
         reservation.save(update_fields=["state", "released_at", "status_message"])
         record(actor, "release", reservation=reservation, reason=reason)
     return reservation
+
+
+# What a release reads under its lock (built once: provisioner.prepared): the reservation locked, with its
+# organization, server type and image; its active allocations with their nodes and the nodes' site slugs.
+_RESERVATION_RELATED: dict[str, type[models.Model]] = {
+    "organization": Organization,
+    "server_type": ServerType,
+    "image": Image,
+}
+_LOCK_RESERVATION = PreparedQuery(
+    lambda pk: (
+        Reservation.objects.select_for_update(of=("self",))
+        .filter(pk=pk)
+        .order_by()
+        .values_list(*joined_columns(Reservation, _RESERVATION_RELATED))
+    ),
+    prepared.INT,
+)
+_ALLOCATION_RELATED: dict[str, type[models.Model]] = {"node": Node}
+_ACTIVE_ALLOCATIONS = PreparedQuery(
+    lambda pk: (
+        Allocation.objects.filter(reservation_id=pk, active=True)
+        .annotate(**_NODE_SITE)
+        .values_list(*joined_columns(Allocation, _ALLOCATION_RELATED, "site_slug"))
+    ),
+    prepared.INT,
+)
 
 
 def _release_nodes(held: Sequence[Node], reservation: Reservation, actor: Actor, reason: str) -> list[Node]:

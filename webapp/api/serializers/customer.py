@@ -292,6 +292,8 @@ def reservation_data(
             _operation_data({c: getattr(op, c) for c in _OPERATION_COLUMNS}, node=op.node.name, percent=0)
             for op in booking.operations
         ]
+    elif reservation.not_started(timezone.now()):  # no servers and no operations yet: nothing to read
+        servers, operations = [], []
     else:
         servers = [
             {"id": pk, "name": name, "state": state}
