@@ -348,7 +348,7 @@ def _cabling_problem(
 
 # What unfit_nodes reads of each node, as plain values: it validates every bookable node of a type on each
 # booking, and building model instances cost it several times what the validation does.
-_RECORD_COLUMNS = (
+RECORD_COLUMNS = (
     "pk",
     "name",
     "bmc_protocol",
@@ -371,6 +371,15 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
     """Of ``nodes`` (all of ``server_type``), those that could not be provisioned, by id, with the first
     problem found (what ``pool_problems`` finds, in one query). The image is the reservation's business
     (``image_problem``), so it is not checked here."""
+    return unfit_records(server_type, nodes.order_by().values_list(*RECORD_COLUMNS))
+
+
+# Where a row of RECORD_COLUMNS says whether the node's site is network-managed (not None: it is).
+SITE_NETWORK_COLUMN = RECORD_COLUMNS.index("rack__site__network__id")
+
+
+def unfit_records(server_type: ServerType, rows: Iterable[Sequence[Any]]) -> dict[int, InvalidNodeData]:
+    """``unfit_nodes`` of nodes read as rows of RECORD_COLUMNS (by a caller that reads them its own way)."""
     type_fields = _type_fields(server_type)
     interfaces = DRIVERS_USED[OperationKind.PROVISION]
     classes: dict[tuple[str, str], Any] = {}
@@ -392,7 +401,7 @@ def unfit_nodes(server_type: ServerType, nodes: QuerySet[Node]) -> dict[int, Inv
         site_network,
         switch_name,
         switch_port,
-    ) in nodes.order_by().values_list(*_RECORD_COLUMNS):
+    ) in rows:
         record = NodeRecord(
             name=name,
             bmc_protocol=protocol,

@@ -14,12 +14,15 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from provisioner import prepared
 from provisioner.errors import CapacityError
 from provisioner.models import Allocation, NetworkAttachment, Node, Reservation, SiteNetwork, TenantNetwork
+from provisioner.prepared import PreparedQuery
 from provisioner.states import OPEN_RESERVATION_STATES, NodeState
 from provisioner.transactions import requires_transaction
 
@@ -238,19 +241,32 @@ def end_unjoined_attachments(reservation: Reservation, keep_node_ids: Iterable[i
     port on the tenant VLAN: their recovery's cleaning ends theirs). Networks left empty that no server ever
     joined are released at once; one with a gateway on a switch is left to the drift job. Returns how many
     ended. Call inside the release's transaction."""
+    keep = set(keep_node_ids)
+    # Read with a statement built once (most releases have none to end: a booking at unmanaged sites).
+    ending = [
+        pk
+        for pk, node_id, node_state in _UNJOINED_ATTACHMENTS.rows(reservation.pk)
+        if node_id not in keep and node_state != NodeState.ERROR
+    ]
+    if not ending:
+        return 0
     ended = 0
-    for attachment in (
-        NetworkAttachment.objects.live()
-        .filter(reservation=reservation, configured_at__isnull=True)
-        .exclude(node_id__in=list(keep_node_ids))
-        .exclude(node__state=NodeState.ERROR)
-        .select_related("network")
-    ):
+    for attachment in NetworkAttachment.objects.filter(pk__in=ending).select_related("network"):
         network = end_attachment(attachment)
         ended += 1
         if network is not None and not network.attachments.filter(configured_at__isnull=False).exists():
             release_network(network)
     return ended
+
+
+_UNJOINED_ATTACHMENTS = PreparedQuery(
+    lambda pk: (
+        NetworkAttachment.objects.live()
+        .filter(reservation_id=pk, configured_at__isnull=True)
+        .values_list("pk", "node_id", "node__state")
+    ),
+    prepared.INT,
+)
 
 
 def attachments_leaving(node: Node) -> QuerySet[NetworkAttachment]:
@@ -284,27 +300,38 @@ def empty_networks() -> list[TenantNetwork]:
 def reservation_networks(reservation_id: int) -> list[dict[str, object]]:
     """What a customer sees of a reservation's private networks (one query): each network's CIDR and gateway
     (never its VLAN) and its servers' private and public addresses, by server name."""
-    return networks_by_reservation([reservation_id]).get(reservation_id, [])
+    rows = _RESERVATION_ATTACHMENTS.rows(reservation_id)
+    return _networks(rows).get(reservation_id, [])
+
+
+def _attachment_rows(attachments: QuerySet[NetworkAttachment]) -> QuerySet[NetworkAttachment, Any]:
+    return attachments.order_by("reservation_id", "network_id", "node__name").values_list(
+        "reservation_id",
+        "network_id",
+        "network__cidr",
+        "network__gateway",
+        "node__name",
+        "private_address",
+        "public_address",
+    )
+
+
+# One reservation's (a response about one reservation reads it; built once, see provisioner.prepared).
+_RESERVATION_ATTACHMENTS = PreparedQuery(
+    lambda pk: _attachment_rows(NetworkAttachment.objects.live().filter(reservation_id=pk)), prepared.INT
+)
 
 
 def networks_by_reservation(reservation_ids: Iterable[int]) -> dict[int, list[dict[str, object]]]:
     """``reservation_networks`` of many reservations in one query (a list of reservations), by reservation id;
     a reservation without a private network is absent."""
+    ids = list(reservation_ids)
+    return _networks(_attachment_rows(NetworkAttachment.objects.live().filter(reservation_id__in=ids)))
+
+
+def _networks(rows: Iterable[Sequence[Any]]) -> dict[int, list[dict[str, object]]]:
     found: dict[int, dict[int, dict[str, object]]] = {}
-    for reservation_id, network_id, cidr, gateway, name, private, public in (
-        NetworkAttachment.objects.live()
-        .filter(reservation_id__in=list(reservation_ids))
-        .order_by("reservation_id", "network_id", "node__name")
-        .values_list(
-            "reservation_id",
-            "network_id",
-            "network__cidr",
-            "network__gateway",
-            "node__name",
-            "private_address",
-            "public_address",
-        )
-    ):
+    for reservation_id, network_id, cidr, gateway, name, private, public in rows:
         networks = found.setdefault(reservation_id, {})
         entry = networks.setdefault(network_id, {"cidr": cidr, "gateway": gateway, "servers": []})
         entry["servers"].append(  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.db import models
 
@@ -54,6 +56,17 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"reservation {self.pk}: {self.count}x {self.server_type.slug} for {self.organization}"
+
+    # A window that begins later than this from now has not been started: a booking starts its window at
+    # once only within a minute of now (services.reservations.START_NOW_SLACK), the scheduler once it is
+    # due; the rest is room for clocks that differ between hosts.
+    NOT_STARTED_MARGIN = dt.timedelta(minutes=10)
+
+    def not_started(self, now: dt.datetime) -> bool:
+        """Whether nothing of this reservation can have started by ``now``: no server reserved or handed
+        over for it, no operation, nothing used or billed (its window begins over NOT_STARTED_MARGIN later).
+        Callers that show it skip reading those."""
+        return self.starts_at > now + self.NOT_STARTED_MARGIN
 
 
 class Allocation(models.Model):

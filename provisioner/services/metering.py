@@ -227,7 +227,11 @@ def _priced(found: list[usage.Interval], period: tuple[dt.datetime, dt.datetime]
 
 
 def reservation_spend(reservation: Reservation, now: dt.datetime | None = None) -> int:
-    """What the reservation has cost so far, in cents of NEOCLOUD_CURRENCY (every month, until now)."""
+    """What the reservation has cost so far, in cents of NEOCLOUD_CURRENCY (every month, until now). One not
+    started yet (Reservation.not_started) has cost nothing: no query."""
+    now = now or timezone.now()
+    if reservation.not_started(now):
+        return 0
     return spend_by_reservation([reservation.pk], now).get(reservation.pk, 0)
 
 

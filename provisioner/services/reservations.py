@@ -36,11 +36,12 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Case, F, Q, QuerySet, When
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
+from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from provisioner import hardware, networking
+from provisioner import hardware, networking, prepared
 from provisioner.engine.queue import create_operations, enqueue_many, site_queue, wake
 from provisioner.errors import CapacityError, IllegalTransition, InvalidRequest, QuotaExceeded
 from provisioner.lifecycle import Actor, process_events, record
@@ -54,6 +55,7 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
+from provisioner.prepared import PreparedQuery, joined, joined_columns
 from provisioner.services import metering
 from provisioner.states import (
     ALLOCATABLE_STATES,
@@ -91,12 +93,13 @@ def lock_server_type(server_type: ServerType) -> None:
     type takes (the reservation row is written before this lock is taken), and it still excludes every
     other holder of this lock.
     """
-    list(
-        ServerType.objects.select_for_update(no_key=True)
-        .filter(pk=server_type.pk)
-        .order_by()
-        .values_list("pk")
-    )
+    _LOCK_SERVER_TYPE.rows(server_type.pk)
+
+
+_LOCK_SERVER_TYPE = PreparedQuery(
+    lambda pk: ServerType.objects.select_for_update(no_key=True).filter(pk=pk).order_by().values_list("pk"),
+    prepared.INT,
+)
 
 
 def _candidates(server_type: ServerType) -> QuerySet[Node]:
@@ -109,7 +112,21 @@ def unfit_node_ids(server_type: ServerType) -> list[int]:
     """The bookable nodes of this type whose record fails their drivers' validation (see the module's
     docstring): they are left out of the pool. Call outside the server type's lock; cheap (no I/O but the
     query: a few microseconds of Python per node)."""
-    return sorted(hardware.unfit_nodes(server_type, _candidates(server_type)))
+    return _pool(server_type)[0]
+
+
+def _pool(server_type: ServerType) -> tuple[list[int], bool]:
+    """``unfit_node_ids``, and whether any bookable node of the type is at a network-managed site (else a
+    booking of it gets no tenant network: nothing to allocate under its lock), read in one query."""
+    rows = _CANDIDATE_RECORDS.rows(server_type.pk)
+    managed = any(row[hardware.SITE_NETWORK_COLUMN] is not None for row in rows)
+    return sorted(hardware.unfit_records(server_type, rows)), managed
+
+
+_CANDIDATE_RECORDS = PreparedQuery(
+    lambda pk: _candidates(ServerType(pk=pk)).order_by().values_list(*hardware.RECORD_COLUMNS),
+    prepared.INT,
+)
 
 
 def free_nodes(
@@ -187,14 +204,10 @@ def _check_quota(
     inside a transaction: it locks the organization's row until the end, so two reservations of one
     organization (of any server types) cannot both see room for themselves."""
     quota, spend_limit = _lock_organization(org.pk)
-    held = (
-        Allocation.objects.filter(
-            _overlapping(starts_at, ends_at), active=True, reservation__organization=org
-        )
-        .values("node_id")
-        .distinct()
-        .count()
-    )
+    if ends_at is None:
+        held = _HELD_OPEN_ENDED.rows(org.pk, starts_at)[0][0]
+    else:
+        held = _HELD_IN_WINDOW.rows(org.pk, starts_at, ends_at)[0][0]
     if held + count > quota:
         raise QuotaExceeded(
             f"{org.name} may hold {quota} servers at once; it holds {held} in that window "
@@ -204,16 +217,59 @@ def _check_quota(
         metering.check_spend_limit(org, spend_limit, server_type, count, starts_at, ends_at)
 
 
+def _held(org_id: Any, starts_at: dt.datetime, ends_at: dt.datetime | None) -> QuerySet[Allocation, Any]:
+    """How many servers the organization holds in the window (one row: the count)."""
+    return (
+        Allocation.objects.filter(
+            _overlapping(starts_at, ends_at), active=True, reservation__organization_id=org_id
+        )
+        .order_by()
+        .values("reservation__organization_id")
+        .annotate(held=Count("node_id", distinct=True))
+        .values_list("held")
+    )
+
+
+# The quota check's count, in the two shapes a window has (open-ended or not). A group by the organization
+# gives no row when it holds nothing: Coalesce over a scalar subquery gives the 0 then.
+_HELD_OPEN_ENDED = PreparedQuery(
+    lambda org_id, start: (
+        Organization.objects.filter(pk=org_id)
+        .annotate(held=Coalesce(Subquery(_held(OuterRef("pk"), start, None)), 0))
+        .values_list("held")
+    ),
+    prepared.INT,
+    prepared.DATETIME,
+)
+_HELD_IN_WINDOW = PreparedQuery(
+    lambda org_id, start, end: (
+        Organization.objects.filter(pk=org_id)
+        .annotate(held=Coalesce(Subquery(_held(OuterRef("pk"), start, end)), 0))
+        .values_list("held")
+    ),
+    prepared.INT,
+    prepared.DATETIME,
+    prepared.DATETIME,
+)
+
+
 @requires_transaction
 def _lock_organization(org_id: int) -> tuple[int, int | None]:
     """Serialize quota checks of this organization until the transaction ends; return its server quota and
     its monthly spend limit (cents, or None)."""
-    return (
+    row = _LOCK_ORGANIZATION.rows(org_id)[0]
+    return row[0], row[1]
+
+
+_LOCK_ORGANIZATION = PreparedQuery(
+    lambda pk: (
         Organization.objects.select_for_update(no_key=True)
-        .filter(pk=org_id)
+        .filter(pk=pk)
         .order_by()
         .values_list("server_quota", "monthly_spend_limit_cents")
-    )[0]
+    ),
+    prepared.INT,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,8 +328,9 @@ def book_servers(
     if problem:
         raise InvalidRequest(f"image {image.slug} {problem}; choose another image")
     # before the transaction: on SQLite it holds the database's write lock from its first statement
-    unfit = unfit_node_ids(server_type)
-    managed = networking.managed_site_ids()  # no site network: no statement added under the type's lock
+    # No bookable node at a network-managed site: no statement added under the type's lock. A node it
+    # allocates is one of these (a site made managed since is the next booking's, as it always was).
+    unfit, managed = _pool(server_type)
     starts_now = start <= timezone.now() + START_NOW_SLACK
     try:
         with transaction.atomic():
@@ -559,18 +616,17 @@ def release_reservation(
     Returns the reservation as it is now, with its organization, server type and image loaded.
     """
     with transaction.atomic():
-        reservation = (
-            Reservation.objects.select_for_update(of=("self",))
-            .select_related("organization", "server_type", "image")
-            .get(pk=reservation.pk)
-        )
+        locked = joined(Reservation, _RESERVATION_RELATED, _LOCK_RESERVATION.rows(reservation.pk))
+        if not locked:
+            raise Reservation.DoesNotExist(f"reservation {reservation.pk} does not exist")
+        reservation = locked[0]
         if reservation.state not in OPEN_RESERVATION_STATES:
             return reservation
         if ended_by is not None and (reservation.ends_at is None or reservation.ends_at > ended_by):
             return reservation
         now = timezone.now()
-        allocations = list(
-            reservation.allocations.filter(active=True).select_related("node").annotate(**_NODE_SITE)
+        allocations = joined(
+            Allocation, _ALLOCATION_RELATED, _ACTIVE_ALLOCATIONS.rows(reservation.pk), "site_slug"
         )
         Allocation.objects.filter(pk__in=[a.pk for a in allocations]).update(
             active=False, ended_at=now, end_reason=reason
@@ -596,14 +652,42 @@ def release_reservation(
         # Servers wiped now leave the tenant network in their cleaning step; the others that never joined it
         # leave it here (their addresses and, once empty, the network's VLAN go back to the pools).
         networking.end_unjoined_attachments(reservation, [n.pk for n in wiping])
-        # Without a wipe queued here, it may be settled at once (see settle_reservation).
-        settled = not wiping and not _release_in_progress(reservation)
+        # Without a wipe queued here it is settled at once: its release operations are the wipes this call
+        # queues (_release_nodes), and none exists before, as a reservation is released once (it was open).
+        settled = not wiping
         reservation.state = ReservationState.RELEASED if settled else ReservationState.RELEASING
         reservation.released_at = now
         reservation.status_message = reason
         reservation.save(update_fields=["state", "released_at", "status_message"])
         record(actor, "release", reservation=reservation, reason=reason)
     return reservation
+
+
+# What a release reads under its lock (built once: provisioner.prepared): the reservation locked, with its
+# organization, server type and image; its active allocations with their nodes and the nodes' site slugs.
+_RESERVATION_RELATED: dict[str, type[models.Model]] = {
+    "organization": Organization,
+    "server_type": ServerType,
+    "image": Image,
+}
+_LOCK_RESERVATION = PreparedQuery(
+    lambda pk: (
+        Reservation.objects.select_for_update(of=("self",))
+        .filter(pk=pk)
+        .order_by()
+        .values_list(*joined_columns(Reservation, _RESERVATION_RELATED))
+    ),
+    prepared.INT,
+)
+_ALLOCATION_RELATED: dict[str, type[models.Model]] = {"node": Node}
+_ACTIVE_ALLOCATIONS = PreparedQuery(
+    lambda pk: (
+        Allocation.objects.filter(reservation_id=pk, active=True)
+        .annotate(**_NODE_SITE)
+        .values_list(*joined_columns(Allocation, _ALLOCATION_RELATED, "site_slug"))
+    ),
+    prepared.INT,
+)
 
 
 def _release_nodes(held: Sequence[Node], reservation: Reservation, actor: Actor, reason: str) -> list[Node]:

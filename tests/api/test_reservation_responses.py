@@ -85,10 +85,11 @@ def test_reserve_and_release_stay_within_their_query_budget(inventory, django_as
     client = api(inventory.owner)
     client.get(f"{V1}/reservations")  # the token's "last used" write happens here, not below
     later = timezone.now() + dt.timedelta(days=1)
-    # 16: one of them reads the type's bookable nodes with their BMC credentials, validated before the lock;
-    # one writes the reservation.created event (issue 22: each event is one INSERT beside its audit row);
-    # one asks whether any site's network is managed (issue 18: then the booking allocates tenant networks)
-    with django_assert_max_num_queries(17):
+    # 16: one of them reads the type's bookable nodes with their BMC credentials, validated before the lock,
+    # and whether any of them is at a network-managed site (issue 18: then the booking allocates tenant
+    # networks); one writes the reservation.created event (issue 22: each event is one INSERT beside its
+    # audit row)
+    with django_assert_max_num_queries(16):
         future = client.post(f"{V1}/reservations", reserve_body(starts_at=later.isoformat())).json()
     # a window starting now also locks the reservation (1) that a release may have ended meanwhile, moves
     # its nodes together (5 queries in process_events whatever their number), creates their operations and
@@ -96,15 +97,17 @@ def test_reserve_and_release_stay_within_their_query_budget(inventory, django_as
     # the tasks are inserted in one statement after commit); +3 events (created, 2 transitions); +2 since the warm
     # pool (issue 21): starting the booked servers tells a warm one of the asked image (personalized) from
     # the others (deployed), which reads them with their state and image
-    with django_assert_max_num_queries(33):
+    with django_assert_max_num_queries(32):
         now = client.post(f"{V1}/reservations", reserve_body(count=2)).json()
-    # +1: the reservation.released event; +1: its spend (metering reads the allocations with their handovers,
-    # and the prices only where there is time to price); +2 tenant networks: the attachments of servers that
-    # never joined theirs end (1), the answer's private networks (1)
-    with django_assert_max_num_queries(17):
+    # 13 for a window not started: the token, the reservation (is it the caller's to change), under the lock
+    # the reservation again with its allocations, the writes, the reservation.released event; the tenant
+    # networks: the attachments of servers that never joined theirs (read, ended), the answer's private
+    # networks (1); no servers, operations or spend to read back (Reservation.not_started)
+    with django_assert_max_num_queries(13):
         client.post(f"{V1}/reservations/{future['id']}/release")
     # the provisions it cancels are read (1) and woken if parked (2); the nodes move together (5 queries in
     # process_events), their release operations are created together (2), their queues known; +3 events;
-    # +1 the spend (no server was handed over: no prices to read); +2 tenant networks as above
+    # +1 the spend (no server was handed over: no prices to read); its servers and operations (2); +2
+    # tenant networks as above
     with django_assert_max_num_queries(29):
         client.post(f"{V1}/reservations/{now['id']}/release")

@@ -4,11 +4,13 @@ tokens and the audit trail. Views are thin: CustomerViewSet scopes every query t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import django_filters
 from django.contrib.auth.models import User
 from django.db.models import Prefetch, Q, QuerySet
+from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -18,6 +20,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from provisioner import prepared
 from provisioner.lifecycle import Actor
 from provisioner.models import (
     AuditEvent,
@@ -30,6 +33,7 @@ from provisioner.models import (
     ServerType,
     SSHKey,
 )
+from provisioner.prepared import PreparedQuery, columns, instances
 from provisioner.services import reservations as reservation_service
 from provisioner.services import tenancy
 from webapp.api.metering import SpendInLists, StatementActions
@@ -206,6 +210,39 @@ def _asks_for(existing: Reservation, data: dict[str, Any], image: Image, ssh_key
     )
 
 
+# What every booking reads by slug (built once: provisioner.prepared): its server type and its image (staff
+# may book any image, customers the public ones).
+_SERVER_TYPE = PreparedQuery(
+    lambda slug: ServerType.objects.filter(slug=slug).values_list(*columns(ServerType)), prepared.TEXT
+)
+_ANY_IMAGE = PreparedQuery(
+    lambda slug: Image.objects.filter(slug=slug).values_list(*columns(Image)), prepared.TEXT
+)
+_PUBLIC_IMAGE = PreparedQuery(
+    lambda slug: Image.objects.filter(slug=slug, public=True).values_list(*columns(Image)), prepared.TEXT
+)
+
+
+# Whether a reservation is one a user may change (CustomerViewSet's scope for changes: for_member).
+_RESERVATION_TO_CHANGE = PreparedQuery(
+    lambda user_id, pk: Reservation.objects.for_member(User(pk=user_id)).filter(pk=pk).values_list("pk"),
+    prepared.INT,
+    prepared.INT,
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _ssh_keys_query(ids: int, names: int) -> PreparedQuery:
+    """An organization's SSH keys with any of ``ids`` ids or ``names`` names (a query built once for each
+    number of each: provisioner.prepared)."""
+
+    def build(org_id: int, *refs: Any) -> QuerySet[SSHKey]:
+        wanted = Q(pk__in=refs[:ids]) | Q(name__in=refs[ids:])
+        return SSHKey.objects.filter(organization_id=org_id).filter(wanted).values_list(*columns(SSHKey))
+
+    return PreparedQuery(build, prepared.INT, *[prepared.INT] * ids, *[prepared.TEXT] * names)
+
+
 class ReservationViewSet(
     SpendInLists,
     mixins.ListModelMixin,
@@ -263,10 +300,10 @@ class ReservationViewSet(
         key = request.headers.get("Idempotency-Key", "").strip()
         if len(key) > 100:
             raise ValidationError({"Idempotency-Key": ["at most 100 characters"]})
-        try:
-            server_type = ServerType.objects.get(slug=data["server_type"])
-        except ServerType.DoesNotExist:
+        types = instances(ServerType, _SERVER_TYPE.rows(data["server_type"]))
+        if not types:
             raise ValidationError({"server_type": [f"no server type {data['server_type']!r}"]})
+        server_type = types[0]
         image = self._image(data["image"])
         ssh_keys = self._ssh_keys(org, data["ssh_keys"])
         existing = Reservation.objects.filter(organization=org, idempotency_key=key).first() if key else None
@@ -304,17 +341,25 @@ class ReservationViewSet(
             )  # fmt: skip
         return Response(self._out(existing.pk), status=status.HTTP_200_OK)
 
+    def _mine_to_change(self) -> Reservation:
+        """The reservation the URL names, if the caller may change it (one of their organizations'; else
+        404, as get_object answers), by its id alone: for a service that reads it again under its lock.
+        Checked with a statement built once (provisioner.prepared), as every release does."""
+        pk = _row_id(self.kwargs["pk"])
+        if pk is None or not _RESERVATION_TO_CHANGE.rows(_user(self.request).pk, pk):
+            raise Http404
+        return Reservation(pk=pk)
+
     def _out(self, pk: int) -> dict[str, Any]:
         # The caller already holds an authorized row (get_object or a replay): no scoping join needed.
         row = Reservation.objects.select_related("organization", "server_type", "image").get(pk=pk)
         return reservation_data(row)
 
     def _image(self, slug: str) -> Image:
-        images = Image.objects.all() if self.request.user.is_staff else Image.objects.filter(public=True)
-        try:
-            return images.get(slug=slug)
-        except Image.DoesNotExist:
+        found = instances(Image, (_ANY_IMAGE if self.request.user.is_staff else _PUBLIC_IMAGE).rows(slug))
+        if not found:
             raise ValidationError({"image": [f"no image {slug!r}"]})
+        return found[0]
 
     @staticmethod
     def _ssh_keys(org: Organization, refs: list[int | str]) -> list[SSHKey]:
@@ -326,7 +371,7 @@ class ReservationViewSet(
         """
         names = [r for r in refs if isinstance(r, str)]
         ids = [r for r in refs if isinstance(r, int)] + [i for i in map(_row_id, names) if i is not None]
-        found = list(SSHKey.objects.filter(organization=org).filter(Q(pk__in=ids) | Q(name__in=names)))
+        found = instances(SSHKey, _ssh_keys_query(len(ids), len(names)).rows(org.pk, *ids, *names))
         by_id = {k.pk: k for k in found}
         by_name = {k.name: k for k in found}
         keys: dict[int, SSHKey] = {}
@@ -373,7 +418,7 @@ class ReservationViewSet(
     def release(self, request: Request, pk: str | None = None) -> Response:
         """Give the servers back: they are wiped and return to the pool. Idempotent."""
         reservation = reservation_service.release_reservation(
-            self.get_object(), actor=Actor.from_request(request)
+            self._mine_to_change(), actor=Actor.from_request(request)
         )
         return Response(reservation_data(reservation), status=status.HTTP_202_ACCEPTED)
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from provisioner import networking
+from provisioner import networking, prepared
 from provisioner.models import (
     ApiToken,
     Image,
@@ -24,6 +24,7 @@ from provisioner.models import (
     SSHKey,
 )
 from provisioner.models.inventory import SERVER_TYPE_FIELDS
+from provisioner.prepared import PreparedQuery
 from provisioner.services import metering, warm_pool
 from provisioner.services.reservations import START_NOW_SLACK
 from provisioner.sshkeys import ssh_command
@@ -284,27 +285,25 @@ def reservation_data(
     The tests check that this and the serializer agree.
     """
     if ssh_key_ids is None:
-        ssh_key_ids = list(SSHKey.objects.filter(reservations=reservation).values_list("pk", flat=True))
+        ssh_key_ids = [pk for (pk,) in _RESERVATION_KEYS.rows(reservation.pk)]
     if booking is not None and not booking.replay:
         servers = [{"id": n.pk, "name": n.name, "state": n.state} for n in booking.started]
         operations = [
             _operation_data({c: getattr(op, c) for c in _OPERATION_COLUMNS}, node=op.node.name, percent=0)
             for op in booking.operations
         ]
+    elif reservation.not_started(timezone.now()):  # no servers and no operations yet: nothing to read
+        servers, operations = [], []
     else:
-        servers = list(Node.objects.filter(reservation=reservation).values("id", "name", "state"))
-        done = [StepState.SUCCEEDED, StepState.SKIPPED]
-        operations = [
-            _operation_data(
-                op,
-                node=op["node__name"],
-                percent=int(100 * op["steps_done"] / op["steps_total"]) if op["steps_total"] else 0,
-            )
-            for op in Operation.objects.filter(reservation=reservation)
-            .values(*_OPERATION_COLUMNS, "node__name")
-            .annotate(steps_total=Count("steps"), steps_done=Count("steps", filter=Q(steps__state__in=done)))
-            .order_by("-created_at", "-id")[:50]
+        servers = [
+            {"id": pk, "name": name, "state": state}
+            for pk, name, state in _RESERVATION_SERVERS.rows(reservation.pk)
         ]
+        operations = []
+        for row in _RESERVATION_OPERATIONS.rows(reservation.pk):
+            op = dict(zip(_OPERATION_COLUMNS, row, strict=False))
+            node, total, done = row[len(_OPERATION_COLUMNS) :]
+            operations.append(_operation_data(op, node=node, percent=int(100 * done / total) if total else 0))
     return {
         "id": reservation.pk,
         "name": reservation.name,
@@ -344,6 +343,30 @@ _OPERATION_COLUMNS = (
     "created_at",
     "started_at",
     "finished_at",
+)
+
+
+# What reservation_data reads of a reservation it did not just book (a query each, built once: see
+# provisioner.prepared): its keys' ids in the order of their names, its servers, its operations newest first
+# (at most 50) with their node's name and how many of their steps there are and are done.
+_RESERVATION_KEYS = PreparedQuery(
+    lambda pk: SSHKey.objects.filter(reservations=pk).values_list("pk"), prepared.INT
+)
+_RESERVATION_SERVERS = PreparedQuery(
+    lambda pk: Node.objects.filter(reservation=pk).values_list("id", "name", "state"), prepared.INT
+)
+_RESERVATION_OPERATIONS = PreparedQuery(
+    lambda pk: (
+        Operation.objects.filter(reservation=pk)
+        .values(*_OPERATION_COLUMNS, "node__name")
+        .annotate(
+            steps_total=Count("steps"),
+            steps_done=Count("steps", filter=Q(steps__state__in=[StepState.SUCCEEDED, StepState.SKIPPED])),
+        )
+        .order_by("-created_at", "-id")
+        .values_list(*_OPERATION_COLUMNS, "node__name", "steps_total", "steps_done")[:50]
+    ),
+    prepared.INT,
 )
 
 
