@@ -80,6 +80,7 @@ def main() -> int:
     from django.utils import timezone
 
     from lab import switch as lab_switch
+    from lab.spec import H100_8X_TYPE
     from provisioner.lifecycle import Actor
     from provisioner.models import (
         Image,
@@ -122,19 +123,7 @@ def main() -> int:
                     switch, f"swp{i}", server_ns, peer_interface=f"p{i}", vlan=PROVISIONING_VLAN
                 )
 
-            server_type = {
-                "name": "8x H100 SXM",
-                "cpu_model": "Xeon 8480+",
-                "cpu_cores": 112,
-                "ram_gib": 2048,
-                "gpu_model": "NVIDIA H100 80GB HBM3",
-                "gpu_count": 8,
-                "gpu_memory_gib": 80,
-                "pcie_gen": 5,
-                "pcie_width": 16,
-                "nvlink_links": 18,
-                "disk_gib": 7680,
-            }
+            server_type = H100_8X_TYPE
 
             def node(site: str, i: int) -> dict:
                 entry = {

@@ -60,8 +60,9 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     return total
 
 
-def stop_all(procs: list[subprocess.Popen], var: Path, *, keep: bool) -> None:
-    """SIGTERM every process group started, SIGKILL what has not ended 15 s later; remove ``var`` unless kept."""
+def stop_all(procs: list[subprocess.Popen], var: Path | None = None, *, keep: bool = False) -> None:
+    """SIGTERM every process group started, SIGKILL what has not ended 15 s later; remove ``var`` (when given)
+    unless kept."""
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -70,6 +71,8 @@ def stop_all(procs: list[subprocess.Popen], var: Path, *, keep: bool) -> None:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+    if var is None:
+        return
     if keep:
         print(f"kept {var}")
     else:

@@ -22,7 +22,6 @@ import hmac
 import http.server
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.procstat import stop_all  # noqa: E402
 
 SERVERS = 200
 
@@ -207,14 +208,7 @@ def main() -> int:
             time.sleep(0.2)
         elapsed = max(s.last_at for s in sinks) - started
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_all(procs)
     lags = [lag for s in sinks for _, lag in s.arrivals]
     duplicates = sum(len(s.arrivals) - len({e for e, _ in s.arrivals}) for s in sinks)
     bad = sum(s.bad_signatures for s in sinks)
