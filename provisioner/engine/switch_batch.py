@@ -69,7 +69,8 @@ class Move:
 
 # plan(operation) -> the node's move, or None: nothing to do for it (its step logs why)
 PlanFn = Callable[[Operation], "Move | None"]
-# before/after(driver, moves): work in the same session (gateways and publishing, withdrawing, ending)
+# apply/after(driver, moves): work in the same session (the moves, with gateways and publishing or withdrawing;
+# then the records)
 HookFn = Callable[[SwitchDriver, Sequence[Move]], None]
 
 # Plans whose steps before ``network_provisioning`` never need the port elsewhere (the server is reserved or
@@ -229,7 +230,6 @@ def run(
     step_name: str,
     plan: PlanFn,
     *,
-    before: HookFn | None = None,
     after: HookFn | None = None,
     apply: HookFn = _move_all,
 ) -> Move | None:
@@ -239,7 +239,7 @@ def run(
 
     :raises InvalidNodeData: the node's cabling or switch record is unusable (not retried).
     :raises UnknownSwitchPort, SwitchUnreachable, SwitchAuthFailed, SwitchCommandFailed: from the switch;
-        whatever ``before`` / ``after`` raise.
+        whatever ``apply`` / ``after`` raise.
     """
     driver, _ = hardware.node_switch_port(ctx.node)
     gather(ctx, step_name)
@@ -285,7 +285,7 @@ def run(
                 continue  # its own step says so
             moves.append(move)
         covered = _at_step(moves[1:], step_name)
-        _session(ctx, driver, moves, before=before, after=after, apply=apply)
+        _session(ctx, driver, moves, after=after, apply=apply)
         covered = _at_step(moves[1:], step_name)  # the batch may have shrunk (a port not on the switch)
         return own
     finally:
@@ -293,11 +293,14 @@ def run(
         _wake_after(ctx, step_name, covered)
 
 
+def _stands_at(operation: Operation, step_name: str) -> bool:
+    """Whether the operation stands at the step (an early one of ``EARLY_STEPS`` has not reached it)."""
+    return operation.current_step == PLANS[operation.kind].index(step_name)
+
+
 def _at_step(moves: Sequence[Move], step_name: str) -> list[int]:
     """The operations of ``moves`` standing at the step (an early one has not reached it: nothing to wake)."""
-    return [
-        m.operation.pk for m in moves if m.operation.current_step == PLANS[m.operation.kind].index(step_name)
-    ]
+    return [m.operation.pk for m in moves if _stands_at(m.operation, step_name)]
 
 
 def _wake_after(ctx: StepContext, step_name: str, covered: list[int]) -> None:
@@ -311,7 +314,7 @@ def _wake_after(ctx: StepContext, step_name: str, covered: list[int]) -> None:
 
 
 def _standing_at(ctx: StepContext, step_name: str) -> list[Operation]:
-    return [o for o in peers(ctx, step_name) if o.current_step == PLANS[o.kind].index(step_name)]
+    return [o for o in peers(ctx, step_name) if _stands_at(o, step_name)]
 
 
 def _log_done(ctx: StepContext, own: Move) -> None:
@@ -326,7 +329,6 @@ def _session(
     driver: SwitchDriver,
     moves: list[Move],
     *,
-    before: HookFn | None,
     after: HookFn | None,
     apply: HookFn,
 ) -> None:
@@ -335,8 +337,6 @@ def _session(
     driver.keep_session = True
     started = time.monotonic()
     with driver:
-        if before is not None:
-            before(driver, moves)
         try:
             # checks every port first (an unknown one changes nothing), moves them, reads every one back
             apply(driver, moves)
