@@ -107,21 +107,15 @@ def _host_key_files(config: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
-def render_sshd_config(
-    spec: LabNodeSpec, host_keys: list[Path], directory: Path, also_listen: str = ""
-) -> str:
-    """The sshd_config of a lab node: key-only root login on the node's address (and ``also_listen``, its
-    private address on a tenant network; a switched node: every address of its namespace), state in
-    ``directory``."""
+def render_sshd_config(spec: LabNodeSpec, host_keys: list[Path], directory: Path) -> str:
+    """The sshd_config of a lab node: key-only root login on the node's address (a switched node: every
+    address of its namespace, its private address on a tenant network included), state in ``directory``."""
     # A switched server's sshd listens on every address of its own namespace, as a real OS's does: a warm
     # server gets its tenant address while sshd runs (the warm pool's personalize step).
     listen = (
         [f"ListenAddress 0.0.0.0:{SSH_PORT}"]
         if spec.switch_name
-        else [
-            f"ListenAddress {spec.ssh_address}:{SSH_PORT}",
-            *([f"ListenAddress {also_listen}:{SSH_PORT}"] if also_listen else []),
-        ]
+        else [f"ListenAddress {spec.ssh_address}:{SSH_PORT}"]
     )
     lines = [
         *listen,
@@ -163,7 +157,7 @@ def netplan_dir(directory: Path) -> Path:
     return directory / "netplan"
 
 
-def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, also_listen: str = "") -> Path:
+def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path) -> Path:
     """At the first boot of the document's instance: host keys, authorized_keys and the private network's
     netplan file (a switched node) from the document; at every boot: sshd_config. Return the sshd_config path.
 
@@ -197,7 +191,7 @@ def write_node_os(spec: LabNodeSpec, config: dict[str, Any], lab_dir: Path, also
         if not host_keys:
             raise NodeOsError(f"lab node {spec.name}'s OS has no SSH host keys left: sshd cannot start")
     config_path = directory / "sshd_config"
-    _write(config_path, render_sshd_config(spec, host_keys, directory, also_listen), 0o600)
+    _write(config_path, render_sshd_config(spec, host_keys, directory), 0o600)
     return config_path
 
 
