@@ -207,17 +207,6 @@ def _run_ip(commands: list[list[str]], namespace: str) -> None:
             raise ValueError(f"'{' '.join(argv)}' failed: {proc.stderr.strip()}")
 
 
-def apply_private_network(document: dict[str, Any], interface: str, namespace: str = "") -> str:
-    """Run ``private_network_commands`` (in network namespace ``namespace`` when given); return the private
-    address ("" when the document has none).
-
-    :raises ValueError: the key is malformed, or ``ip`` refused a command (its complaint in the message).
-    """
-    _run_ip(private_network_commands(document, interface), namespace)
-    network = document.get("private_network")
-    return str(network["address"]) if isinstance(network, dict) else ""
-
-
 def write_network_config(document: dict[str, Any], interface: str, directory: Path) -> None:
     """At an instance's first boot: the netplan file for its private network in ``directory`` (removed when
     the document has none: a new instance does not inherit the last one's network).
