@@ -410,7 +410,7 @@ class CablingProbe:
     for it unless the boot service asks for the cabling check. ``report(wait)`` is what the agent posts:
     ``{"heard": true, "switch", "port", "interface", "waited"}`` or ``{"heard": false, ..., "reason"}``."""
 
-    def __init__(self, interface: str | None, timeout: float, reason: str = "", sock: Any = None) -> None:
+    def __init__(self, interface: str | None, timeout: float, reason: str = "") -> None:
         self.interface, self.timeout = interface, timeout
         self._reason = reason
         self._heard: lldp.LldpNeighbour | None = None
@@ -418,13 +418,11 @@ class CablingProbe:
         self._waited: float | None = None
         self._done = threading.Event()
         if interface is None or timeout <= 0:
-            if sock is not None:
-                sock.close()
             self._reason = reason if interface is None else "LLDP listening is off (neocloud.lldp_timeout=0)"
             self._finish()
             return
         try:
-            sock = sock if sock is not None else lldp.open_socket(interface)
+            sock = lldp.open_socket(interface)
         except OSError as exc:
             self._reason = f"cannot listen for LLDP on {interface}: {exc.strerror or exc}"
             self._finish()
@@ -1168,12 +1166,6 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help=f"seconds to listen for LLDP (neocloud.lldp_timeout=, default {LLDP_TIMEOUT:.0f})",
     )
-    parser.add_argument(
-        "--lldp-fd",
-        type=int,
-        help="an LLDP socket already open on the boot NIC (lldp.open_socket), inherited from the process that "
-        "started the agent: the lab's firmware opens it in a simulated server's network namespace",
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s", stream=sys.stderr
@@ -1183,16 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
         params = {**params, "neocloud.lldp_interface": args.lldp_interface}
     # Listening starts now, while the instructions are fetched: a switch may take its full interval to speak.
     interface, found_by = boot_interface(params, api_url)
-    inherited = None
-    if args.lldp_fd is not None:
-        import socket
-
-        inherited = socket.socket(fileno=args.lldp_fd)
-        interface, found_by = (
-            interface or "the inherited socket",
-            "an LLDP socket inherited from the firmware",
-        )
-    cabling = CablingProbe(interface, lldp_timeout(params, args.lldp_timeout), found_by, sock=inherited)
+    cabling = CablingProbe(interface, lldp_timeout(params, args.lldp_timeout), found_by)
     try:
         api = AgentApi(api_url, token)
     except AgentError as exc:

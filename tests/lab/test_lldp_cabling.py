@@ -119,9 +119,8 @@ def test_the_reader_hears_the_lab_switch_name_and_the_port_the_server_is_cabled_
 
 
 def test_a_socket_opened_in_the_servers_namespace_hears_its_switch_from_a_host_thread(cabled: Cabled) -> None:
-    """What a host-side agent can be handed (--lldp-fd; the lab firmware now runs its agent inside the server's
-    namespace instead): the socket is made in the server's namespace by call_in_namespace, then read on this
-    thread, which never left the host's namespace."""
+    """A socket made in the server's namespace by call_in_namespace is read on this thread, which never left
+    the host's namespace."""
     from lab.netns import call_in_namespace
     from provisioner.pxe import lldp
 
